@@ -1,0 +1,301 @@
+//! `pgpipe.v1.PipeService`: requests become commands, errors become statuses.
+
+use std::sync::{Arc, OnceLock};
+
+use tokio::sync::mpsc;
+use tokio::sync::watch as watch_channel;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::commands::{CommandError, Core};
+use crate::domain::validate;
+use crate::proto::pipe_service_server::PipeService;
+use crate::proto::*;
+use crate::store::LogError;
+use crate::watch::{self, FeedItem, PipeView};
+
+/// Depth of each watcher's outgoing queue; the follower task waits when the
+/// client reads slowly (the log, not memory, absorbs the difference).
+const WATCH_QUEUE: usize = 64;
+
+/// Filled once the log has been replayed; until then every RPC answers
+/// UNAVAILABLE (and health says NOT_SERVING).
+pub type CoreCell = Arc<OnceLock<Arc<Core>>>;
+
+pub struct PipeApi {
+    core: CoreCell,
+    /// Flips to true at shutdown so open watch streams end and the server
+    /// can drain.
+    closing: watch_channel::Receiver<bool>,
+}
+
+impl PipeApi {
+    pub fn new(core: CoreCell, closing: watch_channel::Receiver<bool>) -> Self {
+        Self { core, closing }
+    }
+
+    fn core(&self) -> Result<Arc<Core>, Status> {
+        self.core.get().cloned().ok_or_else(|| {
+            Status::unavailable("pgpipe is replaying its event log; retry in a moment")
+        })
+    }
+}
+
+impl From<CommandError> for Status {
+    fn from(e: CommandError) -> Self {
+        match e {
+            CommandError::Invalid(i) => Status::invalid_argument(i.0),
+            CommandError::NotFound(m) => Status::not_found(m),
+            CommandError::AlreadyExists(m) => Status::already_exists(m),
+            CommandError::FailedPrecondition(m) => Status::failed_precondition(m),
+            CommandError::Conflict(m) => Status::aborted(m),
+            CommandError::Log(l) => l.into(),
+        }
+    }
+}
+
+impl From<LogError> for Status {
+    fn from(e: LogError) -> Self {
+        match e {
+            LogError::VersionConflict { .. } => Status::aborted(format!("{e}; retry")),
+            LogError::Corrupt { .. } => Status::data_loss(e.to_string()),
+            LogError::Storage(_) | LogError::Unavailable(_) => Status::unavailable(e.to_string()),
+        }
+    }
+}
+
+fn name_arg(name: &str) -> Result<(), Status> {
+    validate::pipe_name(name).map_err(|e| Status::invalid_argument(e.0))
+}
+
+fn cursor_arg(after: Option<u64>, head: u64) -> Result<u64, Status> {
+    match after {
+        Some(c) if c > head => Err(Status::out_of_range(format!(
+            "after_cursor {c} is ahead of the log (head {head}); use a cursor from an earlier message"
+        ))),
+        Some(c) => Ok(c),
+        None => Ok(head),
+    }
+}
+
+/// The next item from a follower, or None when it ends or the server closes.
+async fn next_item<T>(
+    rx: &mut mpsc::Receiver<T>,
+    closing: &mut watch_channel::Receiver<bool>,
+) -> Option<T> {
+    if *closing.borrow() {
+        return None;
+    }
+    tokio::select! {
+        item = rx.recv() => item,
+        _ = closing.wait_for(|c| *c) => None,
+    }
+}
+
+#[tonic::async_trait]
+impl PipeService for PipeApi {
+    #[tracing::instrument(skip_all, fields(pipe = %request.get_ref().name))]
+    async fn create_pipe(
+        &self,
+        request: Request<CreatePipeRequest>,
+    ) -> Result<Response<CreatePipeResponse>, Status> {
+        let core = self.core()?;
+        let pipe = core.create(request.into_inner()).await?;
+        tracing::info!(pipe_id = %pipe.id, "pipe created");
+        Ok(Response::new(CreatePipeResponse { pipe: Some(pipe) }))
+    }
+
+    async fn get_pipe(
+        &self,
+        request: Request<GetPipeRequest>,
+    ) -> Result<Response<GetPipeResponse>, Status> {
+        let core = self.core()?;
+        let req = request.into_inner();
+        let pipe = match (req.name.is_empty(), req.id.is_empty()) {
+            (false, true) => {
+                name_arg(&req.name)?;
+                core.get_by_name(&req.name)?
+            }
+            (true, false) => {
+                if req.id.len() > 64 {
+                    return Err(Status::invalid_argument("id is too long to be a pipe id"));
+                }
+                core.get_by_id(&req.id)?
+            }
+            (false, false) => {
+                return Err(Status::invalid_argument(
+                    "give either name or id, not both",
+                ));
+            }
+            (true, true) => {
+                return Err(Status::invalid_argument("name or id is required"));
+            }
+        };
+        Ok(Response::new(GetPipeResponse { pipe: Some(pipe) }))
+    }
+
+    async fn list_pipes(
+        &self,
+        request: Request<ListPipesRequest>,
+    ) -> Result<Response<ListPipesResponse>, Status> {
+        let core = self.core()?;
+        let include_deleted = request.get_ref().include_deleted;
+        let pipes = core.read(|p| p.list(include_deleted));
+        Ok(Response::new(ListPipesResponse { pipes }))
+    }
+
+    #[tracing::instrument(skip_all, fields(pipe = %request.get_ref().name))]
+    async fn delete_pipe(
+        &self,
+        request: Request<DeletePipeRequest>,
+    ) -> Result<Response<DeletePipeResponse>, Status> {
+        let core = self.core()?;
+        let req = request.into_inner();
+        name_arg(&req.name)?;
+        let pipe = core.delete(&req.name, req.drop_destination_tables).await?;
+        tracing::info!(pipe_id = %pipe.id, "pipe deleted");
+        Ok(Response::new(DeletePipeResponse { pipe: Some(pipe) }))
+    }
+
+    #[tracing::instrument(skip_all, fields(pipe = %request.get_ref().name))]
+    async fn pause_pipe(
+        &self,
+        request: Request<PausePipeRequest>,
+    ) -> Result<Response<PausePipeResponse>, Status> {
+        let core = self.core()?;
+        let name = &request.get_ref().name;
+        name_arg(name)?;
+        let pipe = core.pause(name).await?;
+        Ok(Response::new(PausePipeResponse { pipe: Some(pipe) }))
+    }
+
+    #[tracing::instrument(skip_all, fields(pipe = %request.get_ref().name))]
+    async fn resume_pipe(
+        &self,
+        request: Request<ResumePipeRequest>,
+    ) -> Result<Response<ResumePipeResponse>, Status> {
+        let core = self.core()?;
+        let name = &request.get_ref().name;
+        name_arg(name)?;
+        let pipe = core.resume(name).await?;
+        Ok(Response::new(ResumePipeResponse { pipe: Some(pipe) }))
+    }
+
+    #[tracing::instrument(skip_all, fields(pipe = %request.get_ref().name))]
+    async fn resync_pipe(
+        &self,
+        request: Request<ResyncPipeRequest>,
+    ) -> Result<Response<ResyncPipeResponse>, Status> {
+        let core = self.core()?;
+        let req = request.into_inner();
+        name_arg(&req.name)?;
+        let pipe = core.resync(&req.name, &req.overrides).await?;
+        tracing::info!(pipe_id = %pipe.id, resync_of = %pipe.resync_of, "resync started");
+        Ok(Response::new(ResyncPipeResponse { pipe: Some(pipe) }))
+    }
+
+    type WatchPipeStream = ReceiverStream<Result<WatchPipeResponse, Status>>;
+
+    async fn watch_pipe(
+        &self,
+        request: Request<WatchPipeRequest>,
+    ) -> Result<Response<Self::WatchPipeStream>, Status> {
+        let core = self.core()?;
+        let req = request.into_inner();
+        name_arg(&req.name)?;
+        let log = Arc::clone(&core.log);
+        let start = cursor_arg(req.after_cursor, log.head())?;
+        let mut view = PipeView::load(&log, &req.name, start)?;
+        if log.stream_version(&req.name) == 0 {
+            return Err(Status::not_found(format!(
+                "no pipe named {:?}; ListPipes shows the existing ones",
+                req.name
+            )));
+        }
+        let (tx, rx) = mpsc::channel(WATCH_QUEUE);
+        let (feed_tx, mut feed_rx) = mpsc::channel(WATCH_QUEUE);
+        let resumed = req.after_cursor.is_some();
+        let name = req.name.clone();
+        let mut closing = self.closing.clone();
+        tokio::spawn(async move {
+            if !resumed {
+                let first = WatchPipeResponse {
+                    cursor: start,
+                    pipe: view.current(),
+                    event: None,
+                };
+                if tx.send(Ok(first)).await.is_err() {
+                    return;
+                }
+            }
+            if view.ended() {
+                return;
+            }
+            let follower = tokio::spawn(watch::follow(log, start, Some(name), feed_tx));
+            while let Some(item) = next_item(&mut feed_rx, &mut closing).await {
+                let msg = match item {
+                    Ok(FeedItem::CaughtUp(_)) => continue,
+                    Ok(FeedItem::Event(e)) => {
+                        view.apply(&e);
+                        let last = watch::is_final(&e);
+                        let msg = WatchPipeResponse {
+                            cursor: e.seq,
+                            pipe: view.pipe_for(&e),
+                            event: Some((*e).clone()),
+                        };
+                        if tx.send(Ok(msg)).await.is_err() || last {
+                            break;
+                        }
+                        continue;
+                    }
+                    Err(e) => Err(Status::from(e)),
+                };
+                let _ = tx.send(msg).await;
+                break;
+            }
+            follower.abort();
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    type WatchEventsStream = ReceiverStream<Result<WatchEventsResponse, Status>>;
+
+    async fn watch_events(
+        &self,
+        request: Request<WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let core = self.core()?;
+        let req = request.into_inner();
+        let filter = if req.pipe_name.is_empty() {
+            None
+        } else {
+            name_arg(&req.pipe_name)?;
+            Some(req.pipe_name)
+        };
+        let log = Arc::clone(&core.log);
+        let start = cursor_arg(req.after_cursor, log.head())?;
+        let (tx, rx) = mpsc::channel(WATCH_QUEUE);
+        let (feed_tx, mut feed_rx) = mpsc::channel(WATCH_QUEUE);
+        let mut closing = self.closing.clone();
+        tokio::spawn(async move {
+            let follower = tokio::spawn(watch::follow(log, start, filter, feed_tx));
+            while let Some(item) = next_item(&mut feed_rx, &mut closing).await {
+                let msg = match item {
+                    Ok(FeedItem::Event(e)) => Ok(WatchEventsResponse {
+                        item: Some(watch_events_response::Item::Event((*e).clone())),
+                    }),
+                    Ok(FeedItem::CaughtUp(cursor)) => Ok(WatchEventsResponse {
+                        item: Some(watch_events_response::Item::CaughtUp(CaughtUp { cursor })),
+                    }),
+                    Err(e) => Err(Status::from(e)),
+                };
+                let failed = msg.is_err();
+                if tx.send(msg).await.is_err() || failed {
+                    break;
+                }
+            }
+            follower.abort();
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}

@@ -1,0 +1,286 @@
+//! Commands: decided against the projection, recorded as events.
+//!
+//! Each command reads the pipe's current state, decides, and appends with the
+//! stream version it decided on. If another command got there first the
+//! append fails with a version conflict and the command is decided again
+//! against the new state (so of two racing ResyncPipe calls, the second one
+//! sees the first and is refused).
+
+use std::sync::{Arc, RwLock};
+
+use crate::domain::projection::Projection;
+use crate::domain::validate::{self, Invalid};
+use crate::proto::{
+    CreatePipeRequest, DeleteReason, Event, Pipe, PipeCreated, PipeDeleted, PipePaused,
+    PipeResumed, PipeStatus, ResyncStarted, TableConfig, event::Payload,
+};
+use crate::store::event_log::new_event;
+use crate::store::{EventLog, LogError, SecretStore};
+
+const MAX_ATTEMPTS: usize = 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Log(#[from] LogError),
+}
+
+/// The write side of the service, shared by the gRPC layer and the workers.
+pub struct Core {
+    pub log: Arc<EventLog>,
+    pub projection: Arc<RwLock<Projection>>,
+    pub secrets: SecretStore,
+}
+
+/// What a command decided: events to append at a stream version.
+struct Decision {
+    expected_version: u64,
+    events: Vec<Event>,
+}
+
+impl Core {
+    /// Reads the projection (a poisoned lock means a panic elsewhere; the
+    /// data is still the last consistent fold).
+    pub fn read<T>(&self, f: impl FnOnce(&Projection) -> T) -> T {
+        match self.projection.read() {
+            Ok(p) => f(&p),
+            Err(poisoned) => f(&poisoned.into_inner()),
+        }
+    }
+
+    pub fn get_by_name(&self, name: &str) -> Result<Pipe, CommandError> {
+        self.read(|p| p.by_name(name).cloned())
+            .ok_or_else(|| not_found(name))
+    }
+
+    pub fn get_by_id(&self, id: &str) -> Result<Pipe, CommandError> {
+        self.read(|p| p.by_id(id).cloned())
+            .ok_or_else(|| CommandError::NotFound(format!("no pipe has id {id:?}")))
+    }
+
+    /// Decides and appends, re-deciding on a version conflict. Returns the
+    /// state of the pipe the last event is about.
+    async fn execute(
+        &self,
+        name: &str,
+        decide: impl Fn(Option<&Pipe>) -> Result<Decision, CommandError>,
+    ) -> Result<Pipe, CommandError> {
+        let mut last_conflict = None;
+        for _ in 0..MAX_ATTEMPTS {
+            let decision = self.read(|p| decide(p.by_name(name)))?;
+            match self
+                .log
+                .append(name, decision.expected_version, decision.events)
+                .await
+            {
+                Ok(stored) => {
+                    let id = stored
+                        .last()
+                        .map(|e| e.pipe_id.clone())
+                        .unwrap_or_default();
+                    return self.get_by_id(&id);
+                }
+                Err(e @ LogError::VersionConflict { .. }) => last_conflict = Some(e),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(CommandError::Conflict(format!(
+            "pipe {name:?} kept changing while the command was applied ({}); retry",
+            last_conflict.map(|e| e.to_string()).unwrap_or_default()
+        )))
+    }
+
+    pub async fn create(&self, req: CreatePipeRequest) -> Result<Pipe, CommandError> {
+        validate::pipe_name(&req.name)?;
+        let (config, secrets) = validate::pipe_config(
+            req.source.as_ref(),
+            req.destination.as_ref(),
+            &req.tables,
+            req.settings.as_ref(),
+        )?;
+        let id = uuid::Uuid::new_v4().to_string();
+        // Secrets first: the append's flush makes them durable together, and
+        // a secret without a pipe (append refused) is inert.
+        self.secrets.put(&id, &secrets)?;
+        let name = req.name.clone();
+        let result = self
+            .execute(&name, |current| {
+                if let Some(p) = current
+                    && p.status != PipeStatus::Deleted as i32
+                {
+                    return Err(CommandError::AlreadyExists(format!(
+                        "a pipe named {:?} already exists (id {}); pick another name or delete it first",
+                        p.name, p.id
+                    )));
+                }
+                Ok(Decision {
+                    expected_version: current.map_or(0, |p| p.stream_version),
+                    events: vec![new_event(
+                        &id,
+                        Payload::PipeCreated(PipeCreated {
+                            name: name.clone(),
+                            config: Some(config.clone()),
+                            resync_of: String::new(),
+                        }),
+                    )],
+                })
+            })
+            .await;
+        if result.is_err() {
+            let _ = self.secrets.remove(&id);
+        }
+        result
+    }
+
+    pub async fn delete(&self, name: &str, drop_tables: bool) -> Result<Pipe, CommandError> {
+        self.execute(name, |current| {
+            let p = live(name, current)?;
+            Ok(Decision {
+                expected_version: p.stream_version,
+                events: vec![new_event(
+                    &p.id,
+                    Payload::PipeDeleted(PipeDeleted {
+                        reason: DeleteReason::User as i32,
+                        drop_destination_tables: drop_tables,
+                    }),
+                )],
+            })
+        })
+        .await
+    }
+
+    pub async fn pause(&self, name: &str) -> Result<Pipe, CommandError> {
+        self.execute(name, |current| {
+            let p = live(name, current)?;
+            match p.status() {
+                PipeStatus::Paused => Err(CommandError::FailedPrecondition(format!(
+                    "pipe {name:?} is already paused; resume it with ResumePipe"
+                ))),
+                PipeStatus::Resync => Err(CommandError::FailedPrecondition(format!(
+                    "pipe {name:?} is swapping tables for a resync; pause it once it is RUNNING"
+                ))),
+                _ => Ok(Decision {
+                    expected_version: p.stream_version,
+                    events: vec![new_event(&p.id, Payload::PipePaused(PipePaused {}))],
+                }),
+            }
+        })
+        .await
+    }
+
+    pub async fn resume(&self, name: &str) -> Result<Pipe, CommandError> {
+        self.execute(name, |current| {
+            let p = live(name, current)?;
+            if p.status() != PipeStatus::Paused {
+                return Err(CommandError::FailedPrecondition(format!(
+                    "pipe {name:?} is not paused (status {}); only a paused pipe can be resumed",
+                    status_name(p.status())
+                )));
+            }
+            Ok(Decision {
+                expected_version: p.stream_version,
+                events: vec![new_event(&p.id, Payload::PipeResumed(PipeResumed {}))],
+            })
+        })
+        .await
+    }
+
+    /// Starts a resync: validates the overrides against the pipe, records
+    /// the request, retires the current incarnation and creates the new one
+    /// with every setting carried over.
+    pub async fn resync(
+        &self,
+        name: &str,
+        overrides: &[TableConfig],
+    ) -> Result<Pipe, CommandError> {
+        let new_id = uuid::Uuid::new_v4().to_string();
+        // The new incarnation connects with the old one's credentials; copy
+        // them before the events exist so a crash cannot leave it without.
+        let old_id = live(name, self.read(|p| p.by_name(name).cloned()).as_ref())?
+            .id
+            .clone();
+        self.secrets.put(&new_id, &self.secrets.get(&old_id)?)?;
+        let result = self
+            .execute(name, |current| {
+                let p = live(name, current)?;
+                if p.resyncing {
+                    return Err(CommandError::FailedPrecondition(format!(
+                        "a resync of pipe {name:?} is already in progress (status {}); \
+                         wait for it with WatchPipe, or delete the pipe to stop it",
+                        status_name(p.status())
+                    )));
+                }
+                if p.id != old_id {
+                    return Err(CommandError::Conflict(format!(
+                        "pipe {name:?} was replaced while the resync was requested; retry"
+                    )));
+                }
+                let mut config = p.config.clone().unwrap_or_default();
+                config.tables = validate::apply_overrides(&config.tables, overrides)?;
+                Ok(Decision {
+                    expected_version: p.stream_version,
+                    events: vec![
+                        new_event(
+                            &p.id,
+                            Payload::ResyncStarted(ResyncStarted {
+                                overrides: overrides.to_vec(),
+                            }),
+                        ),
+                        new_event(
+                            &p.id,
+                            Payload::PipeDeleted(PipeDeleted {
+                                reason: DeleteReason::Resync as i32,
+                                drop_destination_tables: false,
+                            }),
+                        ),
+                        new_event(
+                            &new_id,
+                            Payload::PipeCreated(PipeCreated {
+                                name: name.to_owned(),
+                                config: Some(config),
+                                resync_of: p.id.clone(),
+                            }),
+                        ),
+                    ],
+                })
+            })
+            .await;
+        if result.is_err() {
+            let _ = self.secrets.remove(&new_id);
+        }
+        result
+    }
+}
+
+fn not_found(name: &str) -> CommandError {
+    CommandError::NotFound(format!(
+        "no pipe named {name:?}; ListPipes shows the existing ones"
+    ))
+}
+
+/// The pipe, if it exists and is not deleted.
+fn live<'a>(name: &str, current: Option<&'a Pipe>) -> Result<&'a Pipe, CommandError> {
+    match current {
+        Some(p) if p.status != PipeStatus::Deleted as i32 => Ok(p),
+        Some(_) => Err(CommandError::NotFound(format!(
+            "pipe {name:?} was deleted; create it again with CreatePipe"
+        ))),
+        None => Err(not_found(name)),
+    }
+}
+
+pub fn status_name(s: PipeStatus) -> &'static str {
+    s.as_str_name()
+        .strip_prefix("PIPE_STATUS_")
+        .unwrap_or(s.as_str_name())
+}

@@ -1,0 +1,5 @@
+//! The domain: validation of requests and the projection of events into
+//! pipe state. No I/O here.
+
+pub mod projection;
+pub mod validate;

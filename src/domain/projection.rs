@@ -1,0 +1,273 @@
+//! Current state as a fold of the events.
+//!
+//! The same fold serves the service (all pipes, rebuilt by replay) and each
+//! WatchPipe stream (one pipe name), so a watcher's view and GetPipe can never
+//! disagree.
+
+use std::collections::HashMap;
+
+use crate::proto::{
+    DeleteReason, Event, Pipe, PipeStatus, StepTiming, TableStats, event::Payload,
+};
+
+/// Name of an event's payload, as shown to humans and in logs.
+pub fn event_kind(e: &Event) -> &'static str {
+    match &e.payload {
+        None => "unknown",
+        Some(p) => match p {
+            Payload::PipeCreated(_) => "pipe_created",
+            Payload::PipeDeleted(_) => "pipe_deleted",
+            Payload::ResyncStarted(_) => "resync_started",
+            Payload::TablesPrepared(_) => "tables_prepared",
+            Payload::SnapshotStarted(_) => "snapshot_started",
+            Payload::SnapshotProgress(_) => "snapshot_progress",
+            Payload::SnapshotTableCompleted(_) => "snapshot_table_completed",
+            Payload::SnapshotCompleted(_) => "snapshot_completed",
+            Payload::SoftDeletesTransferred(_) => "soft_deletes_transferred",
+            Payload::SwapStarted(_) => "swap_started",
+            Payload::TablesSwapped(_) => "tables_swapped",
+            Payload::CdcStarted(_) => "cdc_started",
+            Payload::CdcProgress(_) => "cdc_progress",
+            Payload::PipePaused(_) => "pipe_paused",
+            Payload::PipeResumed(_) => "pipe_resumed",
+            Payload::PipeFailed(_) => "pipe_failed",
+            Payload::PipeRecovered(_) => "pipe_recovered",
+            Payload::StepStarted(_) => "step_started",
+            Payload::SetupCompleted(_) => "setup_completed",
+        },
+    }
+}
+
+/// True when a watcher of the pipe name should stop after this event: the
+/// name's pipe was deleted for good (a resync deletion is followed by the
+/// new incarnation, so the stream goes on).
+pub fn ends_stream(e: &Event) -> bool {
+    matches!(&e.payload, Some(Payload::PipeDeleted(d)) if d.reason() != DeleteReason::Resync)
+}
+
+const PAUSED_DETAIL: &str =
+    "paused: the replication slot is kept, so the source retains WAL until the pipe is resumed or deleted";
+
+fn table_stats_mut<'a>(pipe: &'a mut Pipe, source_table: &str) -> Option<&'a mut TableStats> {
+    pipe.tables.iter_mut().find(|t| t.source_table == source_table)
+}
+
+fn close_open_step(pipe: &mut Pipe, at: Option<prost_types::Timestamp>) {
+    if let Some(step) = pipe.steps.last_mut()
+        && step.finished_at.is_none()
+    {
+        step.duration_ms = match (&step.started_at, &at) {
+            (Some(s), Some(f)) => {
+                let ms = (f.seconds - s.seconds) * 1000 + i64::from(f.nanos - s.nanos) / 1_000_000;
+                ms.max(0) as u64
+            }
+            _ => 0,
+        };
+        step.finished_at = at;
+    }
+}
+
+/// Applies one event to the state of the incarnation it is about.
+/// `PipeCreated` makes a new state; other events need the existing one.
+pub fn apply(pipe: Option<&mut Pipe>, e: &Event) -> Option<Pipe> {
+    let at = e.at;
+    match (&e.payload, pipe) {
+        (Some(Payload::PipeCreated(c)), _) => {
+            let config = c.config.clone().unwrap_or_default();
+            let tables = config
+                .tables
+                .iter()
+                .map(|t| TableStats {
+                    source_table: t.source_table.clone(),
+                    destination_table: t.destination_table.clone(),
+                    ..Default::default()
+                })
+                .collect();
+            Some(Pipe {
+                id: e.pipe_id.clone(),
+                name: c.name.clone(),
+                status: PipeStatus::Setup as i32,
+                config: Some(config),
+                tables,
+                created_at: at,
+                updated_at: at,
+                resync_of: c.resync_of.clone(),
+                stream_version: e.stream_version,
+                cursor: e.seq,
+                resyncing: !c.resync_of.is_empty(),
+                steps: vec![StepTiming {
+                    step: "setup".into(),
+                    started_at: at,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+        }
+        (Some(payload), Some(p)) => {
+            p.updated_at = at;
+            p.stream_version = e.stream_version;
+            p.cursor = e.seq;
+            match payload {
+                Payload::PipeCreated(_) => {}
+                Payload::PipeDeleted(d) => {
+                    close_open_step(p, at);
+                    p.status = PipeStatus::Deleted as i32;
+                    p.resyncing = false;
+                    p.status_detail.clear();
+                    p.delete_reason = match d.reason() {
+                        DeleteReason::Resync => "resync".into(),
+                        _ => "user".into(),
+                    };
+                }
+                Payload::ResyncStarted(_) => {
+                    p.resyncing = true;
+                    p.status_detail = "resync requested: this incarnation is being replaced".into();
+                }
+                Payload::StepStarted(s) => {
+                    close_open_step(p, at);
+                    p.steps.push(StepTiming {
+                        step: s.step.clone(),
+                        started_at: at,
+                        ..Default::default()
+                    });
+                }
+                Payload::SetupCompleted(_) => {}
+                Payload::TablesPrepared(t) => {
+                    for prepared in &t.tables {
+                        if let Some(s) = table_stats_mut(p, &prepared.source_table) {
+                            s.destination_table = prepared.destination_table.clone();
+                        }
+                    }
+                }
+                Payload::SnapshotStarted(s) => {
+                    p.status = PipeStatus::Snapshot as i32;
+                    for plan in &s.tables {
+                        if let Some(t) = table_stats_mut(p, &plan.source_table) {
+                            t.snapshot_partitions_total = plan.partitions_total;
+                        }
+                    }
+                }
+                Payload::SnapshotProgress(s) => {
+                    if let Some(t) = table_stats_mut(p, &s.source_table) {
+                        t.snapshot_rows = s.rows_copied;
+                        t.snapshot_partitions_done = s.partitions_done;
+                        t.snapshot_partitions_total = s.partitions_total;
+                    }
+                }
+                Payload::SnapshotTableCompleted(s) => {
+                    if let Some(t) = table_stats_mut(p, &s.source_table) {
+                        t.snapshot_rows = s.rows;
+                        t.snapshot_done = true;
+                        t.snapshot_partitions_done = t.snapshot_partitions_total;
+                    }
+                }
+                Payload::SnapshotCompleted(_) => {}
+                Payload::SoftDeletesTransferred(s) => {
+                    if let Some(t) = table_stats_mut(p, &s.source_table) {
+                        t.soft_deletes_transferred = s.rows;
+                    }
+                }
+                Payload::SwapStarted(_) => p.status = PipeStatus::Resync as i32,
+                Payload::TablesSwapped(_) => {}
+                Payload::CdcStarted(c) => {
+                    close_open_step(p, at);
+                    p.status = PipeStatus::Running as i32;
+                    p.resyncing = false;
+                    if p.last_lsn.is_empty() {
+                        p.last_lsn = c.start_lsn.clone();
+                    }
+                }
+                Payload::CdcProgress(c) => {
+                    p.last_lsn = c.lsn.clone();
+                    p.lag_bytes = c.lag_bytes;
+                    for counts in &c.tables {
+                        if let Some(t) = table_stats_mut(p, &counts.source_table) {
+                            t.rows_inserted += counts.inserted;
+                            t.rows_updated += counts.updated;
+                            t.rows_deleted += counts.deleted;
+                        }
+                    }
+                }
+                Payload::PipePaused(_) => {
+                    if p.status != PipeStatus::Paused as i32 {
+                        p.paused_from = p.status;
+                    }
+                    p.status = PipeStatus::Paused as i32;
+                    p.status_detail = PAUSED_DETAIL.into();
+                }
+                Payload::PipeResumed(_) => {
+                    p.status = match PipeStatus::try_from(p.paused_from) {
+                        Ok(PipeStatus::Unspecified) | Err(_) => PipeStatus::Setup as i32,
+                        Ok(s) => s as i32,
+                    };
+                    p.paused_from = PipeStatus::Unspecified as i32;
+                    p.status_detail.clear();
+                }
+                Payload::PipeFailed(f) => {
+                    p.error = f.reason.clone();
+                    p.failed_step = f.step.clone();
+                    if f.retrying {
+                        p.status_detail = format!("retrying {} after an error", f.step);
+                    } else {
+                        p.status = PipeStatus::Failed as i32;
+                        p.resyncing = false;
+                        p.status_detail = "failed: resync the pipe to recover".into();
+                    }
+                }
+                Payload::PipeRecovered(_) => {
+                    p.error.clear();
+                    p.failed_step.clear();
+                    p.status_detail.clear();
+                }
+            }
+            None
+        }
+        _ => None,
+    }
+}
+
+/// All pipes: every incarnation by id, and the current one by name.
+#[derive(Debug, Default, Clone)]
+pub struct Projection {
+    by_id: HashMap<String, Pipe>,
+    current: HashMap<String, String>,
+    head: u64,
+}
+
+impl Projection {
+    pub fn apply(&mut self, e: &Event) {
+        self.head = e.seq;
+        let existing = self.by_id.get_mut(&e.pipe_id);
+        if let Some(created) = apply(existing, e) {
+            self.current.insert(created.name.clone(), created.id.clone());
+            self.by_id.insert(created.id.clone(), created);
+        }
+    }
+
+    /// Seq of the last applied event.
+    pub fn head(&self) -> u64 {
+        self.head
+    }
+
+    /// The current incarnation of `name` (possibly DELETED).
+    pub fn by_name(&self, name: &str) -> Option<&Pipe> {
+        self.current.get(name).and_then(|id| self.by_id.get(id))
+    }
+
+    pub fn by_id(&self, id: &str) -> Option<&Pipe> {
+        self.by_id.get(id)
+    }
+
+    /// Current incarnations, by name.
+    pub fn list(&self, include_deleted: bool) -> Vec<Pipe> {
+        let mut out: Vec<Pipe> = self
+            .current
+            .values()
+            .filter_map(|id| self.by_id.get(id))
+            .filter(|p| include_deleted || p.status != PipeStatus::Deleted as i32)
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+}

@@ -1,0 +1,603 @@
+//! Validation and normalization of what clients ask for, before anything is
+//! recorded. Every error message names the field and says what to fix.
+
+use std::collections::HashSet;
+use std::str::FromStr;
+
+use crate::proto::{DestinationConfig, PipeConfig, PipeSettings, SourceConfig, TableConfig};
+use crate::store::PipeSecrets;
+
+pub const MAX_NAME_LEN: usize = 63;
+pub const MAX_IDENT_LEN: usize = 63;
+pub const MAX_CONN_LEN: usize = 4096;
+pub const MAX_TABLES: usize = 1000;
+pub const MAX_PARALLELISM: u32 = 64;
+
+pub const DEFAULT_PARALLELISM: u32 = 4;
+pub const DEFAULT_ROWS_PER_PARTITION: u64 = 500_000;
+pub const DEFAULT_BATCH_SIZE: u32 = 10_000;
+pub const DEFAULT_SYNC_INTERVAL_MS: u32 = 1_000;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+fn invalid<T>(msg: impl Into<String>) -> Result<T, Invalid> {
+    Err(Invalid(msg.into()))
+}
+
+/// Pipe names become parts of replication slot and publication names, so
+/// they are restricted to what those accept: lowercase letters, digits, `_`.
+/// `-` is accepted and mapped to `_` where Postgres needs it.
+pub fn pipe_name(name: &str) -> Result<(), Invalid> {
+    if name.is_empty() {
+        return invalid("name is required: a pipe name like `orders_to_ch`");
+    }
+    if name.len() > MAX_NAME_LEN {
+        return invalid(format!(
+            "name is {} bytes long; use at most {MAX_NAME_LEN}",
+            name.len()
+        ));
+    }
+    let mut chars = name.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_lowercase());
+    let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    if !first_ok || !rest_ok {
+        return invalid(format!(
+            "name {name:?} is not allowed: start with a lowercase letter, then use only a-z, 0-9, `_` and `-`"
+        ));
+    }
+    Ok(())
+}
+
+/// A source table reference: schema and table, unquoted.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct QualifiedName {
+    pub schema: String,
+    pub table: String,
+}
+
+impl QualifiedName {
+    /// Canonical text: each part quoted only when it needs it.
+    pub fn canonical(&self) -> String {
+        format!("{}.{}", display_ident(&self.schema), display_ident(&self.table))
+    }
+}
+
+fn display_ident(s: &str) -> String {
+    let plain = s
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if plain {
+        s.to_owned()
+    } else {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    }
+}
+
+/// Parses `schema.table`, `table` (schema `public`), with optional double
+/// quotes around either part (`"My Schema"."Order.Items"`, `""` escapes a
+/// quote). Unquoted parts keep their case as given: Postgres would fold them
+/// to lowercase, which surprises users who typed `Orders` for "Orders".
+pub fn qualified_name(field: &str, text: &str) -> Result<QualifiedName, Invalid> {
+    let mut parts = Vec::new();
+    let mut chars = text.chars().peekable();
+    loop {
+        let mut part = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            loop {
+                match chars.next() {
+                    Some('"') if chars.peek() == Some(&'"') => {
+                        chars.next();
+                        part.push('"');
+                    }
+                    Some('"') => break,
+                    Some(c) => part.push(c),
+                    None => return invalid(format!("{field} {text:?} has an unterminated quote")),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == '.' {
+                    break;
+                }
+                if c == '"' {
+                    return invalid(format!(
+                        "{field} {text:?}: a quote may only open a quoted part (write \"a\"\"b\" for a\"b)"
+                    ));
+                }
+                part.push(c);
+                chars.next();
+            }
+        }
+        if part.is_empty() {
+            return invalid(format!(
+                "{field} {text:?} has an empty part: write `schema.table` or `table`"
+            ));
+        }
+        ident(field, &part)?;
+        parts.push(part);
+        match chars.next() {
+            None => break,
+            Some('.') => continue,
+            Some(c) => {
+                return invalid(format!(
+                    "{field} {text:?}: unexpected {c:?} after a quoted part"
+                ));
+            }
+        }
+    }
+    match parts.len() {
+        1 => Ok(QualifiedName {
+            schema: "public".into(),
+            table: parts.remove(0),
+        }),
+        2 => {
+            let table = parts.remove(1);
+            Ok(QualifiedName {
+                schema: parts.remove(0),
+                table,
+            })
+        }
+        _ => invalid(format!(
+            "{field} {text:?} has {} parts: write `schema.table` (quote a part that contains a dot)",
+            parts.len()
+        )),
+    }
+}
+
+/// An identifier of either dialect: any characters but NUL, 1..=63 bytes
+/// (Postgres truncates longer names silently, which would break mapping).
+pub fn ident(field: &str, s: &str) -> Result<(), Invalid> {
+    if s.is_empty() {
+        return invalid(format!("{field} is empty"));
+    }
+    if s.len() > MAX_IDENT_LEN {
+        return invalid(format!(
+            "{field} {:?}… is {} bytes; identifiers may have at most {MAX_IDENT_LEN}",
+            s.chars().take(20).collect::<String>(),
+            s.len()
+        ));
+    }
+    if s.contains('\0') {
+        return invalid(format!("{field} contains a NUL character"));
+    }
+    Ok(())
+}
+
+/// Removes the password from a libpq connection string (URL or key=value
+/// form), returning the redacted string and the password it held.
+pub fn split_password(conn: &str) -> (String, Option<String>) {
+    let trimmed = conn.trim();
+    if trimmed.starts_with("postgres://") || trimmed.starts_with("postgresql://") {
+        if let Ok(mut url) = url::Url::parse(trimmed) {
+            let mut password = url
+                .password()
+                .map(percent_decode);
+            let _ = url.set_password(None);
+            let pairs: Vec<(String, String)> = url
+                .query_pairs()
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+            if pairs.iter().any(|(k, _)| k == "password") {
+                let mut q = url.query_pairs_mut();
+                q.clear();
+                for (k, v) in &pairs {
+                    if k == "password" {
+                        password = Some(v.clone());
+                    } else {
+                        q.append_pair(k, v);
+                    }
+                }
+                drop(q);
+                if pairs.iter().all(|(k, _)| k == "password") {
+                    url.set_query(None);
+                }
+            }
+            return (url.to_string(), password);
+        }
+        return (trimmed.to_owned(), None);
+    }
+    // key=value form: values may be single-quoted with \' and \\ escapes.
+    let mut out = Vec::new();
+    let mut password = None;
+    let mut rest = trimmed;
+    while !rest.is_empty() {
+        rest = rest.trim_start();
+        let Some(eq) = rest.find('=') else {
+            out.push(rest.to_owned());
+            break;
+        };
+        let key = rest[..eq].trim().to_owned();
+        let after = rest[eq + 1..].trim_start();
+        let (value, raw, remaining) = if let Some(stripped) = after.strip_prefix('\'') {
+            let mut v = String::new();
+            let mut end = stripped.len();
+            let mut it = stripped.char_indices();
+            while let Some((i, c)) = it.next() {
+                match c {
+                    '\\' => {
+                        if let Some((_, n)) = it.next() {
+                            v.push(n);
+                        }
+                    }
+                    '\'' => {
+                        end = i + 1;
+                        break;
+                    }
+                    c => v.push(c),
+                }
+            }
+            let raw = &after[..(end + 1).min(after.len())];
+            (v, raw.to_owned(), &stripped[end.min(stripped.len())..])
+        } else {
+            let end = after.find(char::is_whitespace).unwrap_or(after.len());
+            (after[..end].to_owned(), after[..end].to_owned(), &after[end..])
+        };
+        if key == "password" {
+            password = Some(value);
+        } else {
+            out.push(format!("{key}={raw}"));
+        }
+        rest = remaining;
+    }
+    (out.join(" "), password)
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn source(src: Option<&SourceConfig>) -> Result<(SourceConfig, Option<String>), Invalid> {
+    let Some(src) = src else {
+        return invalid("source is required: give source.connection_string (e.g. postgres://user@host:5432/db)");
+    };
+    let conn = src.connection_string.trim();
+    if conn.is_empty() {
+        return invalid("source.connection_string is required (e.g. postgres://user@host:5432/db)");
+    }
+    if conn.len() > MAX_CONN_LEN {
+        return invalid(format!(
+            "source.connection_string is {} bytes; at most {MAX_CONN_LEN} are accepted",
+            conn.len()
+        ));
+    }
+    let (redacted, embedded) = split_password(conn);
+    // Parse the redacted form so a parse error can never echo the password.
+    let cfg = tokio_postgres::Config::from_str(&redacted).map_err(|e| {
+        Invalid(format!(
+            "source.connection_string is not a valid PostgreSQL connection string ({e}); \
+             use postgres://user@host:port/db or `host=... dbname=...`"
+        ))
+    })?;
+    if cfg.get_hosts().is_empty() {
+        return invalid("source.connection_string names no host; add host=... or postgres://user@HOST/db");
+    }
+    if cfg.get_dbname().is_none() {
+        return invalid("source.connection_string names no database; add dbname=... or /DB to the URL");
+    }
+    let password = match (embedded, src.password.as_str()) {
+        (Some(_), p) if !p.is_empty() => {
+            return invalid(
+                "source password given twice (in the connection string and in source.password); give it once",
+            );
+        }
+        (Some(p), _) => Some(p),
+        (None, "") => None,
+        (None, p) => Some(p.to_owned()),
+    };
+    Ok((
+        SourceConfig {
+            connection_string: redacted,
+            password: String::new(),
+        },
+        password,
+    ))
+}
+
+fn destination(
+    dst: Option<&DestinationConfig>,
+) -> Result<(DestinationConfig, Option<String>), Invalid> {
+    let Some(dst) = dst else {
+        return invalid("destination is required: give destination.url and destination.database");
+    };
+    let url = dst.url.trim();
+    if url.is_empty() {
+        return invalid("destination.url is required (e.g. http://clickhouse:8123)");
+    }
+    let parsed = url::Url::parse(url).map_err(|e| {
+        Invalid(format!(
+            "destination.url {:?} is not a URL ({e}); use http://host:8123 or https://host:8443",
+            url.chars().take(100).collect::<String>()
+        ))
+    })?;
+    if parsed.scheme() != "http" && parsed.scheme() != "https" {
+        return invalid(format!(
+            "destination.url must use http or https, not {:?}",
+            parsed.scheme()
+        ));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return invalid(
+            "destination.url must not carry credentials; use destination.user and destination.password",
+        );
+    }
+    ident("destination.database", &dst.database)?;
+    let user = if dst.user.is_empty() {
+        "default".to_owned()
+    } else {
+        ident("destination.user", &dst.user)?;
+        dst.user.clone()
+    };
+    let password = (!dst.password.is_empty()).then(|| dst.password.clone());
+    Ok((
+        DestinationConfig {
+            url: url.trim_end_matches('/').to_owned(),
+            database: dst.database.clone(),
+            user,
+            password: String::new(),
+        },
+        password,
+    ))
+}
+
+fn order_by(field: &str, cols: &[String]) -> Result<Vec<String>, Invalid> {
+    let mut seen = HashSet::new();
+    for (i, c) in cols.iter().enumerate() {
+        ident(&format!("{field}[{i}]"), c)?;
+        if !seen.insert(c) {
+            return invalid(format!("{field} lists column {c:?} twice"));
+        }
+    }
+    Ok(cols.to_vec())
+}
+
+/// Validates one table entry, filling in the default destination name.
+pub fn table(i: usize, t: &TableConfig) -> Result<(QualifiedName, TableConfig), Invalid> {
+    let field = format!("tables[{i}].source_table");
+    if t.source_table.trim().is_empty() {
+        return invalid(format!("{field} is required: write `schema.table`"));
+    }
+    let q = qualified_name(&field, &t.source_table)?;
+    let dest = if t.destination_table.is_empty() {
+        q.table.clone()
+    } else {
+        t.destination_table.clone()
+    };
+    ident(&format!("tables[{i}].destination_table"), &dest)?;
+    if dest.ends_with("_resync") {
+        return invalid(format!(
+            "tables[{i}].destination_table {dest:?} ends with `_resync`, a suffix pgpipe uses during a resync; pick another name"
+        ));
+    }
+    let order_by = order_by(&format!("tables[{i}].order_by"), &t.order_by)?;
+    Ok((
+        q.clone(),
+        TableConfig {
+            source_table: q.canonical(),
+            destination_table: dest,
+            order_by,
+        },
+    ))
+}
+
+fn tables(list: &[TableConfig]) -> Result<Vec<TableConfig>, Invalid> {
+    if list.is_empty() {
+        return invalid("tables is empty: list at least one source table (`schema.table`)");
+    }
+    if list.len() > MAX_TABLES {
+        return invalid(format!("tables has {} entries; at most {MAX_TABLES}", list.len()));
+    }
+    let mut sources = HashSet::new();
+    let mut dests = HashSet::new();
+    let mut out = Vec::with_capacity(list.len());
+    for (i, t) in list.iter().enumerate() {
+        let (q, t) = table(i, t)?;
+        if !sources.insert(q) {
+            return invalid(format!(
+                "tables[{i}]: source table {} is listed twice",
+                t.source_table
+            ));
+        }
+        if !dests.insert(t.destination_table.clone()) {
+            return invalid(format!(
+                "tables[{i}]: destination table {:?} is used by two entries; give one a destination_table",
+                t.destination_table
+            ));
+        }
+        out.push(t);
+    }
+    Ok(out)
+}
+
+pub fn settings(s: Option<&PipeSettings>) -> Result<PipeSettings, Invalid> {
+    let s = s.cloned().unwrap_or_default();
+    let out = PipeSettings {
+        snapshot_parallelism: if s.snapshot_parallelism == 0 {
+            DEFAULT_PARALLELISM
+        } else {
+            s.snapshot_parallelism
+        },
+        snapshot_rows_per_partition: if s.snapshot_rows_per_partition == 0 {
+            DEFAULT_ROWS_PER_PARTITION
+        } else {
+            s.snapshot_rows_per_partition
+        },
+        cdc_batch_size: if s.cdc_batch_size == 0 {
+            DEFAULT_BATCH_SIZE
+        } else {
+            s.cdc_batch_size
+        },
+        cdc_sync_interval_ms: if s.cdc_sync_interval_ms == 0 {
+            DEFAULT_SYNC_INTERVAL_MS
+        } else {
+            s.cdc_sync_interval_ms
+        },
+    };
+    if out.snapshot_parallelism > MAX_PARALLELISM {
+        return invalid(format!(
+            "settings.snapshot_parallelism is {}; use 1..={MAX_PARALLELISM}",
+            out.snapshot_parallelism
+        ));
+    }
+    if out.snapshot_rows_per_partition < 1_000 {
+        return invalid("settings.snapshot_rows_per_partition must be at least 1000 (0 means the default, 500000)");
+    }
+    if out.cdc_batch_size > 1_000_000 {
+        return invalid("settings.cdc_batch_size must be at most 1000000 (0 means the default, 10000)");
+    }
+    if out.cdc_sync_interval_ms < 10 || out.cdc_sync_interval_ms > 3_600_000 {
+        return invalid("settings.cdc_sync_interval_ms must be within 10..=3600000 (0 means the default, 1000)");
+    }
+    Ok(out)
+}
+
+/// Validates a whole CreatePipe request into the stored config (no secrets)
+/// and the secrets kept apart.
+pub fn pipe_config(
+    src: Option<&SourceConfig>,
+    dst: Option<&DestinationConfig>,
+    list: &[TableConfig],
+    s: Option<&PipeSettings>,
+) -> Result<(PipeConfig, PipeSecrets), Invalid> {
+    let (source, source_password) = source(src)?;
+    let (destination, destination_password) = destination(dst)?;
+    let config = PipeConfig {
+        source: Some(source),
+        destination: Some(destination),
+        tables: tables(list)?,
+        settings: Some(settings(s)?),
+    };
+    Ok((
+        config,
+        PipeSecrets {
+            source_password,
+            destination_password,
+        },
+    ))
+}
+
+/// Applies resync overrides (matched by source table) to a pipe's tables.
+pub fn apply_overrides(
+    tables: &[TableConfig],
+    overrides: &[TableConfig],
+) -> Result<Vec<TableConfig>, Invalid> {
+    let mut out = tables.to_vec();
+    let mut seen = HashSet::new();
+    for (i, o) in overrides.iter().enumerate() {
+        let field = format!("overrides[{i}].source_table");
+        let q = qualified_name(&field, &o.source_table)?;
+        if !seen.insert(q.clone()) {
+            return invalid(format!("overrides[{i}]: {} is overridden twice", q.canonical()));
+        }
+        let canonical = q.canonical();
+        let Some(t) = out.iter_mut().find(|t| t.source_table == canonical) else {
+            return invalid(format!(
+                "overrides[{i}]: table {canonical} is not part of this pipe; its tables are: {}",
+                tables
+                    .iter()
+                    .map(|t| t.source_table.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        };
+        if !o.order_by.is_empty() {
+            t.order_by = order_by(&format!("overrides[{i}].order_by"), &o.order_by)?;
+        }
+        if !o.destination_table.is_empty() {
+            ident(&format!("overrides[{i}].destination_table"), &o.destination_table)?;
+            t.destination_table = o.destination_table.clone();
+        }
+    }
+    // Re-check uniqueness of destinations after renames.
+    tables_unique_destinations(&out)?;
+    Ok(out)
+}
+
+fn tables_unique_destinations(list: &[TableConfig]) -> Result<(), Invalid> {
+    let mut dests = HashSet::new();
+    for t in list {
+        if !dests.insert(&t.destination_table) {
+            return invalid(format!(
+                "destination table {:?} would be used by two tables",
+                t.destination_table
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pipe_names_follow_slot_rules() {
+        assert!(pipe_name("orders_to_ch-2").is_ok());
+        assert!(pipe_name("").is_err());
+        assert!(pipe_name("Orders").is_err());
+        assert!(pipe_name("1abc").is_err());
+        assert!(pipe_name("a;drop").is_err());
+        assert!(pipe_name(&"a".repeat(64)).is_err());
+    }
+
+    #[test]
+    fn qualified_names_parse_quotes_and_default_schema() {
+        let q = qualified_name("t", "orders").unwrap();
+        assert_eq!((q.schema.as_str(), q.table.as_str()), ("public", "orders"));
+        let q = qualified_name("t", r#""My Schema"."a.b""c""#).unwrap();
+        assert_eq!((q.schema.as_str(), q.table.as_str()), ("My Schema", "a.b\"c"));
+        assert_eq!(q.canonical(), r#""My Schema"."a.b""c""#);
+        assert!(qualified_name("t", "a.b.c").is_err());
+        assert!(qualified_name("t", "a.").is_err());
+        assert!(qualified_name("t", "\"open").is_err());
+    }
+
+    #[test]
+    fn passwords_are_split_from_url_connection_strings() {
+        let (r, p) = split_password("postgres://alice:s%40cret@db:5432/app?sslmode=require");
+        assert_eq!(p.as_deref(), Some("s@cret"));
+        assert_eq!(r, "postgres://alice@db:5432/app?sslmode=require");
+        let (r, p) = split_password("postgres://alice@db/app?password=x");
+        assert_eq!(p.as_deref(), Some("x"));
+        assert!(!r.contains('x') || !r.contains("password"));
+    }
+
+    #[test]
+    fn passwords_are_split_from_key_value_connection_strings() {
+        let (r, p) = split_password("host=db password='a b\\'c' dbname=app");
+        assert_eq!(p.as_deref(), Some("a b'c"));
+        assert_eq!(r, "host=db dbname=app");
+        let (r, p) = split_password("host=db password=plain user=u");
+        assert_eq!(p.as_deref(), Some("plain"));
+        assert_eq!(r, "host=db user=u");
+    }
+
+    #[test]
+    fn duplicate_tables_are_rejected() {
+        let t = |s: &str| TableConfig {
+            source_table: s.into(),
+            ..Default::default()
+        };
+        assert!(tables(&[t("public.a"), t("a")]).is_err());
+        assert!(tables(&[t("s1.a"), t("s2.a")]).is_err());
+    }
+}

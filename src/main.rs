@@ -1,0 +1,102 @@
+//! The `pgpipe` binary: `pgpipe serve` runs the service, `pgpipe repair`
+//! mends a torn log, and the other subcommands are the gRPC client.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use pgpipe::server::{self, ServeConfig};
+
+#[derive(Parser)]
+#[command(name = "pgpipe", version, about = "Replicate PostgreSQL tables into ClickHouse")]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service.
+    Serve(ServeArgs),
+    /// Truncate a corrupt event log to its last valid event (the service
+    /// refuses to start on a corrupt log rather than drop events silently).
+    Repair {
+        #[arg(long, env = "PGPIPE_DATA_DIR", default_value = "pgpipe-data")]
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address of the gRPC server.
+    #[arg(long, env = "PGPIPE_LISTEN", default_value = "127.0.0.1:50051")]
+    listen: SocketAddr,
+    /// Directory of the event log (sled).
+    #[arg(long, env = "PGPIPE_DATA_DIR", default_value = "pgpipe-data")]
+    data_dir: PathBuf,
+    /// Log filter, e.g. `info` or `pgpipe=debug`.
+    #[arg(long, env = "PGPIPE_LOG", default_value = "info")]
+    log_level: String,
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "PGPIPE_LOG_JSON")]
+    log_json: bool,
+    /// Require `authorization: Bearer <token>` on every RPC but health.
+    /// Prefer the environment variable: arguments are visible in `ps`.
+    #[arg(long, env = "PGPIPE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+fn init_tracing(level: &str, json: bool) {
+    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    match args.command {
+        Command::Serve(a) => {
+            init_tracing(&a.log_level, a.log_json);
+            let cfg = ServeConfig {
+                listen: a.listen,
+                data_dir: a.data_dir,
+                token: a.token.filter(|t| !t.is_empty()),
+            };
+            match server::serve(cfg, server::shutdown_signal()).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "pgpipe stopped");
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Repair { data_dir } => match pgpipe::store::event_log::repair(&data_dir) {
+            Ok(0) => {
+                println!("the event log in {} is valid; nothing cut", data_dir.display());
+                ExitCode::SUCCESS
+            }
+            Ok(n) => {
+                println!(
+                    "cut {n} invalid event record(s) from the tail of the log in {}",
+                    data_dir.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}

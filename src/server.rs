@@ -1,0 +1,194 @@
+//! Wiring of the service: listener, health, reflection, auth, replay,
+//! graceful shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::Instant;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Server;
+
+use crate::api::{BearerAuth, CoreCell, PipeApi};
+use crate::commands::Core;
+use crate::domain::projection::Projection;
+use crate::failpoint;
+use crate::proto::FILE_DESCRIPTOR_SET;
+use crate::proto::pipe_service_server::PipeServiceServer;
+use crate::store::{EventLog, LogError, SecretStore};
+
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Bearer token required on every RPC but health (None: open).
+    pub token: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection setup failed: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("replay task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// Opens the log, replays it into a projection and starts the writer.
+/// Returns the core and how long replay took.
+pub async fn open_core(data_dir: PathBuf) -> Result<(Arc<Core>, ReplayReport), ServeError> {
+    let started = Instant::now();
+    let (log, projection, stats) = tokio::task::spawn_blocking(move || {
+        failpoint::hit_blocking("replay.before");
+        let log = EventLog::open(&data_dir)?;
+        let mut projection = Projection::default();
+        let stats = log.replay(|e| projection.apply(e))?;
+        Ok::<_, LogError>((log, projection, stats))
+    })
+    .await??;
+    let projection = Arc::new(RwLock::new(projection));
+    let hook_projection = Arc::clone(&projection);
+    log.start_writer(Arc::new(move |e| match hook_projection.write() {
+        Ok(mut p) => p.apply(e),
+        Err(poisoned) => poisoned.into_inner().apply(e),
+    }));
+    let secrets = SecretStore::open(log.db())?;
+    let core = Arc::new(Core {
+        log,
+        projection,
+        secrets,
+    });
+    Ok((
+        core,
+        ReplayReport {
+            events: stats.events,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+        },
+    ))
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ReplayReport {
+    pub events: u64,
+    pub elapsed_ms: u64,
+}
+
+/// Binds `cfg.listen` and serves until `shutdown` resolves.
+pub async fn serve(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| ServeError::Listen {
+            addr: cfg.listen,
+            source,
+        })?;
+    serve_on(listener, cfg, shutdown).await
+}
+
+/// Serves on an already bound listener. The listener answers at once (health
+/// says NOT_SERVING, RPCs say UNAVAILABLE) while the log is replayed.
+pub async fn serve_on(
+    listener: TcpListener,
+    cfg: ServeConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let addr = listener.local_addr().map_err(|source| ServeError::Listen {
+        addr: cfg.listen,
+        source,
+    })?;
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_not_serving::<PipeServiceServer<PipeApi>>()
+        .await;
+
+    let cell: CoreCell = Arc::new(OnceLock::new());
+    let (closing_tx, closing_rx) = tokio::sync::watch::channel(false);
+    let auth = BearerAuth::new(cfg.token.as_deref());
+    let pipes = InterceptedService::new(PipeServiceServer::new(PipeApi::new(Arc::clone(&cell), closing_rx)), {
+        let auth = auth.clone();
+        move |req| auth.check(req)
+    });
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection = InterceptedService::new(reflection, move |req| auth.check(req));
+
+    // Announced on stdout so scripts and tests can find a port chosen by the OS.
+    println!("pgpipe listening on {addr}");
+    tracing::info!(%addr, data_dir = %cfg.data_dir.display(), auth = cfg.token.is_some(), "listening");
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        Server::builder()
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(pipes)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                let _ = stop_rx.await;
+            }),
+    );
+
+    let replay = async {
+        let (core, report) = open_core(cfg.data_dir.clone()).await?;
+        tracing::info!(events = report.events, elapsed_ms = report.elapsed_ms, "event log replayed");
+        let _ = cell.set(Arc::clone(&core));
+        health_reporter
+            .set_serving::<PipeServiceServer<PipeApi>>()
+            .await;
+        Ok::<_, ServeError>(core)
+    };
+    tokio::pin!(shutdown);
+    let core = tokio::select! {
+        r = replay => Some(r?),
+        _ = &mut shutdown => None,
+    };
+    if core.is_some() {
+        shutdown.await;
+    }
+    tracing::info!("shutting down");
+    health_reporter
+        .set_not_serving::<PipeServiceServer<PipeApi>>()
+        .await;
+    let _ = closing_tx.send(true);
+    let _ = stop_tx.send(());
+    let served = server.await?;
+    if let Some(core) = core {
+        core.log.flush().await?;
+        tracing::info!("event log flushed");
+    }
+    served?;
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,463 @@
+//! The durable event log, on sled.
+//!
+//! Layout of the `log` tree: key `b'e' ++ seq (u64 BE)`, value
+//! `format (u8 = 1) ++ crc32(payload) (u32 LE) ++ payload` where payload is an
+//! encoded `Event`. Sequences are global, gap-free and start at 1. The
+//! per-pipe index (stream name -> seqs) lives in memory: replay reads every
+//! record anyway, so rebuilding it costs nothing extra and cannot drift.
+//!
+//! Appends go through one writer task that drains every queued request,
+//! checks each request's expected stream version, writes the records as one
+//! atomic sled batch and flushes once (group commit). Only then are the
+//! events applied by the commit hook (the projection), published to
+//! watchers, and acknowledged. Readers never see past `durable_head`, so a
+//! watcher cannot observe an event that a crash could still take back.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::Duration;
+
+use prost::Message;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::proto::{Event, event::Payload};
+
+const RECORD_FORMAT: u8 = 1;
+const EVENT_PREFIX: u8 = b'e';
+/// Schema version written into every new event.
+pub const EVENT_SCHEMA_VERSION: u32 = 1;
+/// In-memory fan-out depth; a watcher further behind continues from the log.
+const FEED_CAPACITY: usize = 4096;
+/// Most requests folded into one group commit.
+const MAX_GROUP: usize = 512;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("event log storage error: {0}")]
+    Storage(#[from] sled::Error),
+    #[error(
+        "event log is corrupt at seq {seq}: {reason}; {valid} valid events precede it. \
+         Run `pgpipe repair --data-dir <dir>` to truncate the log to the last valid event"
+    )]
+    Corrupt { seq: u64, valid: u64, reason: String },
+    #[error("stream {stream:?} is at version {actual}, expected {expected}")]
+    VersionConflict {
+        stream: String,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("event log is not accepting writes: {0}")]
+    Unavailable(String),
+}
+
+/// What replay found.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReplayStats {
+    pub events: u64,
+    pub head: u64,
+}
+
+/// A function applied to every committed event, in order, before watchers
+/// and the appender see it (the projection).
+pub type CommitHook = Arc<dyn Fn(&Event) + Send + Sync>;
+
+struct AppendRequest {
+    stream: String,
+    expected_version: u64,
+    events: Vec<Event>,
+    reply: oneshot::Sender<Result<Vec<Arc<Event>>, LogError>>,
+}
+
+pub struct EventLog {
+    db: sled::Db,
+    tree: sled::Tree,
+    durable_head: AtomicU64,
+    /// Stream name -> seqs of its events, ascending.
+    index: RwLock<HashMap<String, Vec<u64>>>,
+    feed: broadcast::Sender<Arc<Event>>,
+    writer: OnceLock<mpsc::Sender<AppendRequest>>,
+    broken: AtomicBool,
+}
+
+fn event_key(seq: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = EVENT_PREFIX;
+    k[1..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn encode_record(event: &Event) -> Vec<u8> {
+    let payload = event.encode_to_vec();
+    let mut v = Vec::with_capacity(payload.len() + 5);
+    v.push(RECORD_FORMAT);
+    v.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    v.extend_from_slice(&payload);
+    v
+}
+
+/// Decodes and verifies one record; the error says what is wrong with it.
+pub fn decode_record(bytes: &[u8]) -> Result<Event, String> {
+    if bytes.len() < 5 {
+        return Err(format!("record too short ({} bytes)", bytes.len()));
+    }
+    if bytes[0] != RECORD_FORMAT {
+        return Err(format!("unknown record format {}", bytes[0]));
+    }
+    let crc = u32::from_le_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
+    let payload = &bytes[5..];
+    if crc32fast::hash(payload) != crc {
+        return Err("checksum mismatch".into());
+    }
+    Event::decode(payload).map_err(|e| format!("undecodable event: {e}"))
+}
+
+fn key_seq(key: &[u8]) -> Option<u64> {
+    if key.len() != 9 || key[0] != EVENT_PREFIX {
+        return None;
+    }
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&key[1..]);
+    Some(u64::from_be_bytes(b))
+}
+
+impl EventLog {
+    /// Opens (or creates) the log in `dir`. Nothing is readable until
+    /// [`EventLog::replay`] has verified it.
+    pub fn open(dir: &Path) -> Result<Arc<Self>, LogError> {
+        let db = sled::Config::new().path(dir).open()?;
+        Self::with_db(db)
+    }
+
+    pub fn with_db(db: sled::Db) -> Result<Arc<Self>, LogError> {
+        let tree = db.open_tree("log")?;
+        let (feed, _) = broadcast::channel(FEED_CAPACITY);
+        Ok(Arc::new(Self {
+            db,
+            tree,
+            durable_head: AtomicU64::new(0),
+            index: RwLock::new(HashMap::new()),
+            feed,
+            writer: OnceLock::new(),
+            broken: AtomicBool::new(false),
+        }))
+    }
+
+    /// The sled database, for other trees that must be flushed with the log
+    /// (secrets).
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
+    /// Reads and verifies every record in order, calling `apply` on each,
+    /// and builds the per-stream index. A bad record anywhere stops the
+    /// replay with [`LogError::Corrupt`]: committed events are never
+    /// silently skipped.
+    pub fn replay(&self, mut apply: impl FnMut(&Event)) -> Result<ReplayStats, LogError> {
+        let mut index: HashMap<String, Vec<u64>> = HashMap::new();
+        let mut expected = 1u64;
+        for item in self.tree.scan_prefix([EVENT_PREFIX]) {
+            let (key, value) = item?;
+            let corrupt = |reason: String| LogError::Corrupt {
+                seq: expected,
+                valid: expected - 1,
+                reason,
+            };
+            let seq = key_seq(&key).ok_or_else(|| corrupt("malformed key".into()))?;
+            if seq != expected {
+                return Err(corrupt(format!("found seq {seq} where {expected} was due")));
+            }
+            let event = decode_record(&value).map_err(corrupt)?;
+            if event.seq != seq {
+                return Err(corrupt(format!("record carries seq {}", event.seq)));
+            }
+            apply(&event);
+            // Only the first lookup of a stream allocates its name.
+            match index.get_mut(event.pipe_name.as_str()) {
+                Some(v) => v.push(seq),
+                None => {
+                    index.insert(event.pipe_name.clone(), vec![seq]);
+                }
+            }
+            expected += 1;
+        }
+        let head = expected - 1;
+        if let Ok(mut idx) = self.index.write() {
+            *idx = index;
+        }
+        self.durable_head.store(head, Ordering::SeqCst);
+        Ok(ReplayStats { events: head, head })
+    }
+
+    /// Starts the writer task; appends fail until this is called.
+    pub fn start_writer(self: &Arc<Self>, on_commit: CommitHook) {
+        let (tx, rx) = mpsc::channel(1024);
+        if self.writer.set(tx).is_ok() {
+            let log = Arc::clone(self);
+            tokio::spawn(async move { log.writer_loop(rx, on_commit).await });
+        }
+    }
+
+    /// Appends `events` (payload, pipe_id and at filled in by the caller) to
+    /// `stream` if its version is still `expected_version`. Returns the
+    /// events as stored, once they are durable and projected.
+    pub async fn append(
+        &self,
+        stream: &str,
+        expected_version: u64,
+        events: Vec<Event>,
+    ) -> Result<Vec<Arc<Event>>, LogError> {
+        let writer = self
+            .writer
+            .get()
+            .ok_or_else(|| LogError::Unavailable("the log is still being replayed".into()))?;
+        let (reply, rx) = oneshot::channel();
+        writer
+            .send(AppendRequest {
+                stream: stream.to_owned(),
+                expected_version,
+                events,
+                reply,
+            })
+            .await
+            .map_err(|_| LogError::Unavailable("the log writer has stopped".into()))?;
+        rx.await
+            .map_err(|_| LogError::Unavailable("the log writer has stopped".into()))?
+    }
+
+    async fn writer_loop(
+        self: Arc<Self>,
+        mut rx: mpsc::Receiver<AppendRequest>,
+        on_commit: CommitHook,
+    ) {
+        let mut versions: HashMap<String, u64> = match self.index.read() {
+            Ok(idx) => idx.iter().map(|(k, v)| (k.clone(), v.len() as u64)).collect(),
+            Err(_) => HashMap::new(),
+        };
+        let mut next_seq = self.durable_head.load(Ordering::SeqCst) + 1;
+        let mut group = Vec::with_capacity(MAX_GROUP);
+        while rx.recv_many(&mut group, MAX_GROUP).await > 0 {
+            if self.broken.load(Ordering::SeqCst) {
+                for req in group.drain(..) {
+                    let _ = req.reply.send(Err(LogError::Unavailable(
+                        "an earlier write to the event log failed; restart the service".into(),
+                    )));
+                }
+                continue;
+            }
+            let now = prost_types::Timestamp::from(std::time::SystemTime::now());
+            let mut batch = sled::Batch::default();
+            let mut accepted: Vec<(oneshot::Sender<_>, Vec<Arc<Event>>)> = Vec::new();
+            let mut touched: Vec<(String, u64)> = Vec::new();
+            for req in group.drain(..) {
+                let actual = versions.get(&req.stream).copied().unwrap_or(0);
+                if actual != req.expected_version {
+                    let _ = req.reply.send(Err(LogError::VersionConflict {
+                        stream: req.stream,
+                        expected: req.expected_version,
+                        actual,
+                    }));
+                    continue;
+                }
+                let mut stored = Vec::with_capacity(req.events.len());
+                let mut version = actual;
+                for mut e in req.events {
+                    version += 1;
+                    e.seq = next_seq;
+                    e.pipe_name = req.stream.clone();
+                    e.stream_version = version;
+                    e.schema_version = EVENT_SCHEMA_VERSION;
+                    if e.at.is_none() {
+                        e.at = Some(now);
+                    }
+                    batch.insert(&event_key(next_seq), encode_record(&e));
+                    touched.push((req.stream.clone(), next_seq));
+                    next_seq += 1;
+                    stored.push(Arc::new(e));
+                }
+                versions.insert(req.stream, version);
+                accepted.push((req.reply, stored));
+            }
+            if accepted.is_empty() {
+                continue;
+            }
+            let written = match self.tree.apply_batch(batch) {
+                Ok(()) => self.db.flush_async().await.map(|_| ()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = written {
+                // The batch may or may not be on disk; nothing more may be
+                // written on top of that uncertainty.
+                self.broken.store(true, Ordering::SeqCst);
+                tracing::error!(error = %e, "event log write failed; refusing further appends");
+                for (reply, _) in accepted {
+                    let _ = reply.send(Err(LogError::Unavailable(format!(
+                        "could not write the event log: {e}"
+                    ))));
+                }
+                continue;
+            }
+            if let Ok(mut idx) = self.index.write() {
+                for (stream, seq) in touched {
+                    idx.entry(stream).or_default().push(seq);
+                }
+            }
+            let head = next_seq - 1;
+            for (_, events) in &accepted {
+                for e in events {
+                    on_commit(e);
+                }
+            }
+            self.durable_head.store(head, Ordering::SeqCst);
+            for (reply, events) in accepted {
+                for e in &events {
+                    // No receivers is fine: nobody is watching.
+                    let _ = self.feed.send(Arc::clone(e));
+                }
+                let _ = reply.send(Ok(events));
+            }
+        }
+    }
+
+    /// Seq of the last durable event (0 when empty).
+    pub fn head(&self) -> u64 {
+        self.durable_head.load(Ordering::SeqCst)
+    }
+
+    /// Live feed of committed events. Subscribe before reading history.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.feed.subscribe()
+    }
+
+    /// Number of events in a stream.
+    pub fn stream_version(&self, stream: &str) -> u64 {
+        self.index
+            .read()
+            .map(|idx| idx.get(stream).map_or(0, |v| v.len() as u64))
+            .unwrap_or(0)
+    }
+
+    fn read_seq(&self, seq: u64) -> Result<Event, LogError> {
+        let value = self.tree.get(event_key(seq))?.ok_or(LogError::Corrupt {
+            seq,
+            valid: seq.saturating_sub(1),
+            reason: "missing record".into(),
+        })?;
+        decode_record(&value).map_err(|reason| LogError::Corrupt {
+            seq,
+            valid: seq.saturating_sub(1),
+            reason,
+        })
+    }
+
+    /// Up to `limit` durable events with seq in (`after`, `upto`], in order.
+    pub fn read_after(
+        &self,
+        after: u64,
+        upto: u64,
+        limit: usize,
+    ) -> Result<Vec<Arc<Event>>, LogError> {
+        let head = upto.min(self.head());
+        let mut out = Vec::new();
+        if after >= head {
+            return Ok(out);
+        }
+        for item in self.tree.range(event_key(after + 1)..=event_key(head)) {
+            let (_, value) = item?;
+            let e = decode_record(&value).map_err(|reason| LogError::Corrupt {
+                seq: after + out.len() as u64 + 1,
+                valid: after + out.len() as u64,
+                reason,
+            })?;
+            out.push(Arc::new(e));
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` durable events of `stream` with seq in (`after`, `upto`].
+    pub fn read_stream(
+        &self,
+        stream: &str,
+        after: u64,
+        upto: u64,
+        limit: usize,
+    ) -> Result<Vec<Arc<Event>>, LogError> {
+        let upto = upto.min(self.head());
+        let seqs: Vec<u64> = match self.index.read() {
+            Ok(idx) => match idx.get(stream) {
+                Some(all) => {
+                    let start = all.partition_point(|&s| s <= after);
+                    all[start..]
+                        .iter()
+                        .copied()
+                        .take_while(|&s| s <= upto)
+                        .take(limit)
+                        .collect()
+                }
+                None => Vec::new(),
+            },
+            Err(_) => Vec::new(),
+        };
+        seqs.into_iter()
+            .map(|s| self.read_seq(s).map(Arc::new))
+            .collect()
+    }
+
+    /// Flushes everything written so far (shutdown).
+    pub async fn flush(&self) -> Result<(), LogError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+}
+
+/// Truncates the log at its first invalid record. Returns how many records
+/// were removed (0 when the log was valid).
+pub fn repair(dir: &Path) -> Result<u64, LogError> {
+    let db = sled::Config::new().path(dir).open()?;
+    let tree = db.open_tree("log")?;
+    let mut expected = 1u64;
+    let mut cut_from: Option<Vec<u8>> = None;
+    for item in tree.scan_prefix([EVENT_PREFIX]) {
+        let (key, value) = item?;
+        let ok = key_seq(&key) == Some(expected)
+            && decode_record(&value).is_ok_and(|e| e.seq == expected);
+        if !ok {
+            cut_from = Some(key.to_vec());
+            break;
+        }
+        expected += 1;
+    }
+    let mut removed = 0;
+    if let Some(from) = cut_from {
+        let keys: Vec<_> = tree
+            .range(from..)
+            .keys()
+            .collect::<Result<Vec<_>, _>>()?;
+        for k in keys {
+            tree.remove(k)?;
+            removed += 1;
+        }
+        db.flush()?;
+    }
+    Ok(removed)
+}
+
+/// Builds an event for `append` (seq, stream and version are assigned there).
+pub fn new_event(pipe_id: &str, payload: Payload) -> Event {
+    Event {
+        pipe_id: pipe_id.to_owned(),
+        payload: Some(payload),
+        ..Default::default()
+    }
+}
+
+/// Waits until `log` has a writer (used by tests and start-up ordering).
+pub async fn wait_ready(log: &EventLog) {
+    while log.writer.get().is_none() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
