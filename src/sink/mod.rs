@@ -1,0 +1,1 @@
+//! ClickHouse sink adapter (being written).

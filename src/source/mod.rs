@@ -1,0 +1,1 @@
+//! Postgres source adapter (being written).
