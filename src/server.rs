@@ -164,8 +164,8 @@ pub async fn serve_on(
     let _ = stop_tx.send(());
     let served = server.await?;
     if let Some(core) = core {
-        core.log.flush().await?;
-        tracing::info!("event log flushed");
+        core.log.close().await?;
+        tracing::info!("event log flushed and closed");
     }
     served?;
     Ok(())

@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use prost::Message;
@@ -77,7 +77,8 @@ pub struct EventLog {
     /// Stream name -> seqs of its events, ascending.
     index: RwLock<HashMap<String, Vec<u64>>>,
     feed: broadcast::Sender<Arc<Event>>,
-    writer: OnceLock<mpsc::Sender<AppendRequest>>,
+    writer: Mutex<Option<mpsc::Sender<AppendRequest>>>,
+    writer_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     broken: AtomicBool,
 }
 
@@ -139,7 +140,8 @@ impl EventLog {
             durable_head: AtomicU64::new(0),
             index: RwLock::new(HashMap::new()),
             feed,
-            writer: OnceLock::new(),
+            writer: Mutex::new(None),
+            writer_task: Mutex::new(None),
             broken: AtomicBool::new(false),
         }))
     }
@@ -192,11 +194,30 @@ impl EventLog {
 
     /// Starts the writer task; appends fail until this is called.
     pub fn start_writer(self: &Arc<Self>, on_commit: CommitHook) {
-        let (tx, rx) = mpsc::channel(1024);
-        if self.writer.set(tx).is_ok() {
-            let log = Arc::clone(self);
-            tokio::spawn(async move { log.writer_loop(rx, on_commit).await });
+        let Ok(mut writer) = self.writer.lock() else {
+            return;
+        };
+        if writer.is_some() {
+            return;
         }
+        let (tx, rx) = mpsc::channel(1024);
+        *writer = Some(tx);
+        let log = Arc::clone(self);
+        let task = tokio::spawn(async move { log.writer_loop(rx, on_commit).await });
+        if let Ok(mut t) = self.writer_task.lock() {
+            *t = Some(task);
+        }
+    }
+
+    /// Stops accepting appends, lets the writer finish what is queued, and
+    /// flushes. The log's files are released once the last handle drops.
+    pub async fn close(&self) -> Result<(), LogError> {
+        self.writer.lock().map(|mut w| w.take()).ok();
+        let task = self.writer_task.lock().ok().and_then(|mut t| t.take());
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+        self.flush().await
     }
 
     /// Appends `events` (payload, pipe_id and at filled in by the caller) to
@@ -210,8 +231,10 @@ impl EventLog {
     ) -> Result<Vec<Arc<Event>>, LogError> {
         let writer = self
             .writer
-            .get()
-            .ok_or_else(|| LogError::Unavailable("the log is still being replayed".into()))?;
+            .lock()
+            .ok()
+            .and_then(|w| w.clone())
+            .ok_or_else(|| LogError::Unavailable("the event log is not open for writes".into()))?;
         let (reply, rx) = oneshot::channel();
         writer
             .send(AppendRequest {
@@ -452,12 +475,5 @@ pub fn new_event(pipe_id: &str, payload: Payload) -> Event {
         pipe_id: pipe_id.to_owned(),
         payload: Some(payload),
         ..Default::default()
-    }
-}
-
-/// Waits until `log` has a writer (used by tests and start-up ordering).
-pub async fn wait_ready(log: &EventLog) {
-    while log.writer.get().is_none() {
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }

@@ -1,0 +1,207 @@
+//! Shared test harness: a pgpipe server in-process or as a child process,
+//! and request builders.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use pgpipe::proto::pipe_service_client::PipeServiceClient;
+use pgpipe::proto::*;
+use pgpipe::server::{self, ServeConfig};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+
+pub type Client = PipeServiceClient<Channel>;
+
+/// A server running inside the test process.
+pub struct InProcess {
+    pub addr: std::net::SocketAddr,
+    pub dir: tempfile::TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl InProcess {
+    pub async fn start(token: Option<&str>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(dir, token).await
+    }
+
+    pub async fn start_in(dir: tempfile::TempDir, token: Option<&str>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cfg = ServeConfig {
+            listen: addr,
+            data_dir: dir.path().join("data"),
+            token: token.map(str::to_owned),
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            server::serve_on(listener, cfg, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        let s = Self {
+            addr,
+            dir,
+            stop: Some(stop),
+            task: Some(task),
+        };
+        s.wait_serving().await;
+        s
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn client(&self) -> Client {
+        connect(&self.url()).await
+    }
+
+    async fn wait_serving(&self) {
+        wait_serving(&self.url()).await
+    }
+
+    /// Graceful stop; returns the data directory for a restart.
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(10), t)
+                .await
+                .expect("server did not shut down within 10 s")
+                .unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self.dir, dir)
+    }
+}
+
+pub async fn connect(url: &str) -> Client {
+    for _ in 0..100 {
+        if let Ok(c) = PipeServiceClient::connect(url.to_owned()).await {
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("could not connect to {url}");
+}
+
+pub async fn health_status(url: &str) -> Option<i32> {
+    let channel = Channel::from_shared(url.to_owned()).ok()?.connect().await.ok()?;
+    let mut h = tonic_health::pb::health_client::HealthClient::new(channel);
+    let r = h
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "pgpipe.v1.PipeService".into(),
+        })
+        .await
+        .ok()?;
+    Some(r.into_inner().status)
+}
+
+pub async fn wait_serving(url: &str) {
+    for _ in 0..400 {
+        if health_status(url).await == Some(1) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("server at {url} never reported SERVING");
+}
+
+/// The pgpipe binary as a child process (killed on drop).
+pub struct Proc {
+    pub child: Child,
+    pub addr: String,
+    pub data_dir: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(data_dir: &Path, envs: &[(&str, &str)]) -> Self {
+        use std::io::BufRead;
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgpipe"));
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env_remove("PGPIPE_TOKEN")
+            .env("PGPIPE_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn pgpipe");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line).unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("pgpipe listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        Self {
+            child,
+            addr,
+            data_dir: data_dir.to_owned(),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        unsafe_kill(self.child.id(), "TERM");
+        self.child.wait().unwrap()
+    }
+}
+
+fn unsafe_kill(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status();
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn table(source: &str) -> TableConfig {
+    TableConfig {
+        source_table: source.into(),
+        ..Default::default()
+    }
+}
+
+/// A valid CreatePipe request (the ends need not exist for the control
+/// plane alone).
+pub fn create_req(name: &str) -> CreatePipeRequest {
+    CreatePipeRequest {
+        name: name.into(),
+        source: Some(SourceConfig {
+            connection_string: "postgres://app:pg-secret-pw@127.0.0.1:5432/app".into(),
+            password: String::new(),
+        }),
+        destination: Some(DestinationConfig {
+            url: "http://127.0.0.1:8123".into(),
+            database: "analytics".into(),
+            user: "default".into(),
+            password: "ch-secret-pw".into(),
+        }),
+        tables: vec![table("public.orders"), table("public.customers")],
+        settings: None,
+    }
+}
