@@ -84,10 +84,7 @@ impl Core {
                 .await
             {
                 Ok(stored) => {
-                    let id = stored
-                        .last()
-                        .map(|e| e.pipe_id.clone())
-                        .unwrap_or_default();
+                    let id = stored.last().map(|e| e.pipe_id.clone()).unwrap_or_default();
                     return self.get_by_id(&id);
                 }
                 Err(e @ LogError::VersionConflict { .. }) => last_conflict = Some(e),

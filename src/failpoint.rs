@@ -49,7 +49,11 @@ pub async fn hit(name: &str) {
             std::process::abort();
         }
         Some(Action::Sleep(d)) => {
-            tracing::warn!(failpoint = name, ms = d.as_millis() as u64, "failpoint: sleeping");
+            tracing::warn!(
+                failpoint = name,
+                ms = d.as_millis() as u64,
+                "failpoint: sleeping"
+            );
             tokio::time::sleep(*d).await;
         }
     }

@@ -11,9 +11,9 @@ pub mod commands;
 pub mod domain;
 pub mod failpoint;
 pub mod model;
+pub mod server;
 pub mod sink;
 pub mod source;
-pub mod server;
 pub mod store;
 pub mod watch;
 

@@ -8,11 +8,18 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+use pgpipe::cli;
 use pgpipe::server::{self, ServeConfig};
 
 #[derive(Parser)]
-#[command(name = "pgpipe", version, about = "Replicate PostgreSQL tables into ClickHouse")]
+#[command(
+    name = "pgpipe",
+    version,
+    about = "Replicate PostgreSQL tables into ClickHouse"
+)]
 struct Args {
+    #[command(flatten)]
+    client: cli::ClientOpts,
     #[command(subcommand)]
     command: Command,
 }
@@ -27,6 +34,8 @@ enum Command {
         #[arg(long, env = "PGPIPE_DATA_DIR", default_value = "pgpipe-data")]
         data_dir: PathBuf,
     },
+    #[command(flatten)]
+    Client(cli::ClientCommand),
 }
 
 #[derive(clap::Args)]
@@ -65,6 +74,7 @@ fn init_tracing(level: &str, json: bool) {
 async fn main() -> ExitCode {
     let args = Args::parse();
     match args.command {
+        Command::Client(cmd) => cli::run(args.client, cmd).await,
         Command::Serve(a) => {
             init_tracing(&a.log_level, a.log_json);
             let cfg = ServeConfig {
@@ -83,7 +93,10 @@ async fn main() -> ExitCode {
         }
         Command::Repair { data_dir } => match pgpipe::store::event_log::repair(&data_dir) {
             Ok(0) => {
-                println!("the event log in {} is valid; nothing cut", data_dir.display());
+                println!(
+                    "the event log in {} is valid; nothing cut",
+                    data_dir.display()
+                );
                 ExitCode::SUCCESS
             }
             Ok(n) => {

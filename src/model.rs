@@ -65,7 +65,9 @@ pub enum PgType {
     Jsonb,
     Inet,
     /// A user enum type; labels in sort order.
-    Enum { labels: Vec<String> },
+    Enum {
+        labels: Vec<String>,
+    },
     /// One-dimensional array of an element type.
     Array(Box<PgType>),
 }

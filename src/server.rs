@@ -5,7 +5,10 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// How long shutdown waits for open connections to finish.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -114,10 +117,13 @@ pub async fn serve_on(
     let cell: CoreCell = Arc::new(OnceLock::new());
     let (closing_tx, closing_rx) = tokio::sync::watch::channel(false);
     let auth = BearerAuth::new(cfg.token.as_deref());
-    let pipes = InterceptedService::new(PipeServiceServer::new(PipeApi::new(Arc::clone(&cell), closing_rx)), {
-        let auth = auth.clone();
-        move |req| auth.check(req)
-    });
+    let pipes = InterceptedService::new(
+        PipeServiceServer::new(PipeApi::new(Arc::clone(&cell), closing_rx)),
+        {
+            let auth = auth.clone();
+            move |req| auth.check(req)
+        },
+    );
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -141,7 +147,11 @@ pub async fn serve_on(
 
     let replay = async {
         let (core, report) = open_core(cfg.data_dir.clone()).await?;
-        tracing::info!(events = report.events, elapsed_ms = report.elapsed_ms, "event log replayed");
+        tracing::info!(
+            events = report.events,
+            elapsed_ms = report.elapsed_ms,
+            "event log replayed"
+        );
         let _ = cell.set(Arc::clone(&core));
         health_reporter
             .set_serving::<PipeServiceServer<PipeApi>>()
@@ -162,7 +172,19 @@ pub async fn serve_on(
         .await;
     let _ = closing_tx.send(true);
     let _ = stop_tx.send(());
-    let served = server.await?;
+    // Clients get a GOAWAY; one that never lets go must not hold the log open.
+    let abort = server.abort_handle();
+    let served = match tokio::time::timeout(DRAIN_TIMEOUT, server).await {
+        Ok(joined) => joined?,
+        Err(_) => {
+            tracing::warn!(
+                timeout_s = DRAIN_TIMEOUT.as_secs(),
+                "connections did not drain; closing them"
+            );
+            abort.abort();
+            Ok(())
+        }
+    };
     if let Some(core) = core {
         core.log.close().await?;
         tracing::info!("event log flushed and closed");

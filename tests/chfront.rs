@@ -45,13 +45,22 @@ async fn client_in(name: &str) -> Client {
 /// Minimal HTTP/1.1 GET, returning (status, body).
 async fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect(addr).await?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
-        .await?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await?;
     let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
@@ -63,7 +72,11 @@ struct Item {
 }
 
 fn item(i: u64) -> Item {
-    Item { id: i, name: format!("name-{i}"), price: i as f64 / 4.0 }
+    Item {
+        id: i,
+        name: format!("name-{i}"),
+        price: i as f64 / 4.0,
+    }
 }
 
 async fn create_items(c: &Client, table: &str) {
@@ -86,9 +99,15 @@ async fn insert_items(c: &Client, table: &str, n: u64) {
 
 #[tokio::test]
 async fn ping() {
-    let (status, body) = http_get(&host_port(&ch_url()), "/ping").await.expect("GET /ping");
+    let (status, body) = http_get(&host_port(&ch_url()), "/ping")
+        .await
+        .expect("GET /ping");
     assert_eq!((status, body.as_str()), (200, "Ok.\n"));
-    let one: u8 = client().query("SELECT 1").fetch_one().await.expect("SELECT 1");
+    let one: u8 = client()
+        .query("SELECT 1")
+        .fetch_one()
+        .await
+        .expect("SELECT 1");
     assert_eq!(one, 1);
 }
 
@@ -99,9 +118,17 @@ async fn insert_100k_rows_and_count() {
     let t = Instant::now();
     insert_items(&c, "items", 100_000).await;
     eprintln!("inserted 100k rows in {:?}", t.elapsed());
-    let n: u64 = c.query("SELECT count() FROM items").fetch_one().await.unwrap();
+    let n: u64 = c
+        .query("SELECT count() FROM items")
+        .fetch_one()
+        .await
+        .unwrap();
     assert_eq!(n, 100_000);
-    let sum: u64 = c.query("SELECT sum(id) FROM items").fetch_one().await.unwrap();
+    let sum: u64 = c
+        .query("SELECT sum(id) FROM items")
+        .fetch_one()
+        .await
+        .unwrap();
     assert_eq!(sum, 99_999 * 100_000 / 2);
 }
 
@@ -113,10 +140,17 @@ async fn insert_200k_rows_is_fast() {
     insert_items(&c, "items", 200_000).await;
     let took = t.elapsed();
     eprintln!("inserted 200k rows in {took:?}");
-    let n: u64 = c.query("SELECT count() FROM items").fetch_one().await.unwrap();
+    let n: u64 = c
+        .query("SELECT count() FROM items")
+        .fetch_one()
+        .await
+        .unwrap();
     assert_eq!(n, 200_000);
     // Typically well under a second; the bound only catches pathological slowness.
-    assert!(took < Duration::from_secs(15), "200k-row insert took {took:?}");
+    assert!(
+        took < Duration::from_secs(15),
+        "200k-row insert took {took:?}"
+    );
 }
 
 #[tokio::test]
@@ -133,7 +167,11 @@ async fn fetch_all_with_binds() {
         .await
         .unwrap();
     assert_eq!(rows, vec![item(10), item(11), item(13), item(14)]);
-    let none = c.query("SELECT ?fields FROM items WHERE id > ?").bind(5000).fetch_all::<Item>().await;
+    let none = c
+        .query("SELECT ?fields FROM items WHERE id > ?")
+        .bind(5000)
+        .fetch_all::<Item>()
+        .await;
     assert_eq!(none.unwrap(), vec![]);
 }
 
@@ -142,9 +180,17 @@ async fn fetch_one_row() {
     let c = client_in("chfront_t_one").await;
     create_items(&c, "items").await;
     insert_items(&c, "items", 10).await;
-    let row: Item = c.query("SELECT ?fields FROM items WHERE id = ?").bind(7).fetch_one().await.unwrap();
+    let row: Item = c
+        .query("SELECT ?fields FROM items WHERE id = ?")
+        .bind(7)
+        .fetch_one()
+        .await
+        .unwrap();
     assert_eq!(row, item(7));
-    let missing = c.query("SELECT ?fields FROM items WHERE id = 99").fetch_one::<Item>().await;
+    let missing = c
+        .query("SELECT ?fields FROM items WHERE id = 99")
+        .fetch_one::<Item>()
+        .await;
     assert!(matches!(missing, Err(Error::RowNotFound)), "{missing:?}");
 }
 
@@ -164,9 +210,16 @@ async fn large_select_streams_all_rows() {
 
 #[tokio::test]
 async fn bad_query_is_bad_response_with_server_message() {
-    match client().query("SELECT * FROM chfront_no_such_db.nope").execute().await {
+    match client()
+        .query("SELECT * FROM chfront_no_such_db.nope")
+        .execute()
+        .await
+    {
         Err(Error::BadResponse(msg)) => {
-            assert!(msg.contains("UNKNOWN_DATABASE") || msg.contains("does not exist"), "{msg}");
+            assert!(
+                msg.contains("UNKNOWN_DATABASE") || msg.contains("does not exist"),
+                "{msg}"
+            );
             assert!(msg.contains("Code: 81"), "{msg}");
         }
         other => panic!("expected BadResponse, got {other:?}"),
@@ -205,15 +258,28 @@ async fn settings_and_database_do_not_leak_between_requests() {
     assert_ne!(before, "12345");
     for _ in 0..3 {
         // The same client reuses its keep-alive connection, i.e. the same front thread.
-        let with: String = c.query(q).with_setting("max_block_size", "12345").fetch_one().await.unwrap();
+        let with: String = c
+            .query(q)
+            .with_setting("max_block_size", "12345")
+            .fetch_one()
+            .await
+            .unwrap();
         assert_eq!(with, "12345");
         let after: String = c.query(q).fetch_one().await.unwrap();
         assert_eq!(after, before, "setting leaked into the next request");
     }
     let c2 = client_in("chfront_t_leak").await;
-    let db: String = c2.query("SELECT currentDatabase()").fetch_one().await.unwrap();
+    let db: String = c2
+        .query("SELECT currentDatabase()")
+        .fetch_one()
+        .await
+        .unwrap();
     assert_eq!(db, "chfront_t_leak");
-    let db: String = c.query("SELECT currentDatabase()").fetch_one().await.unwrap();
+    let db: String = c
+        .query("SELECT currentDatabase()")
+        .fetch_one()
+        .await
+        .unwrap();
     assert_eq!(db, "default", "database leaked into the next request");
 }
 
@@ -234,7 +300,14 @@ async fn server_side_query_parameters() {
         .fetch_one()
         .await
         .unwrap();
-    assert_eq!(got, P { s: tricky.into(), n: 42, a: vec![-1, 2, 3] });
+    assert_eq!(
+        got,
+        P {
+            s: tricky.into(),
+            n: 42,
+            a: vec![-1, 2, 3]
+        }
+    );
     let c = client_in("chfront_t_params").await;
     create_items(&c, "items").await;
     insert_items(&c, "items", 5).await;
@@ -268,7 +341,12 @@ async fn exchange_tables_replacing_merge_tree_final() {
         .await
         .unwrap();
     }
-    let v = |id, val: &str, version, is_deleted| Versioned { id, val: val.into(), version, is_deleted };
+    let v = |id, val: &str, version, is_deleted| Versioned {
+        id,
+        val: val.into(),
+        version,
+        is_deleted,
+    };
     // Separate inserts make separate parts, so FINAL has to merge them at read time.
     for batch in [
         vec![v(1, "a1", 1, 0), v(2, "b1", 1, 0), v(3, "c1", 1, 0)],
@@ -281,15 +359,32 @@ async fn exchange_tables_replacing_merge_tree_final() {
         }
         ins.end().await.unwrap();
     }
-    let raw: u64 = c.query("SELECT count() FROM staging").fetch_one().await.unwrap();
+    let raw: u64 = c
+        .query("SELECT count() FROM staging")
+        .fetch_one()
+        .await
+        .unwrap();
     assert_eq!(raw, 6);
-    c.query("INSERT INTO live VALUES (100, 'old', 1, 0)").execute().await.unwrap();
-    c.query("EXCHANGE TABLES live AND staging").execute().await.unwrap();
+    c.query("INSERT INTO live VALUES (100, 'old', 1, 0)")
+        .execute()
+        .await
+        .unwrap();
+    c.query("EXCHANGE TABLES live AND staging")
+        .execute()
+        .await
+        .unwrap();
 
-    let rows: Vec<Versioned> =
-        c.query("SELECT ?fields FROM live FINAL ORDER BY id").fetch_all().await.unwrap();
+    let rows: Vec<Versioned> = c
+        .query("SELECT ?fields FROM live FINAL ORDER BY id")
+        .fetch_all()
+        .await
+        .unwrap();
     assert_eq!(rows, vec![v(1, "a2", 2, 0), v(2, "b1", 1, 0)]);
-    let old: Vec<u64> = c.query("SELECT id FROM staging FINAL").fetch_all().await.unwrap();
+    let old: Vec<u64> = c
+        .query("SELECT id FROM staging FINAL")
+        .fetch_all()
+        .await
+        .unwrap();
     assert_eq!(old, vec![100]);
     let tables: Vec<String> = c
         .query("SELECT name FROM system.tables WHERE database = currentDatabase() ORDER BY name")
@@ -317,20 +412,37 @@ impl Drop for AuthFront {
 async fn start_auth_front(user: &str, password: &str) -> AuthFront {
     let script = std::env::var("PGPIPE_CHFRONT_PY")
         .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/dev/chfront.py").to_string());
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let dir = std::env::temp_dir().join(format!("chfront-auth-{}-{port}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let log = std::fs::File::create(dir.join("front.log")).unwrap();
     let child = Command::new("python3")
         .arg(&script)
-        .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--user", user, "--password", password])
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--user",
+            user,
+            "--password",
+            password,
+        ])
         .arg("--data")
         .arg(dir.join("data"))
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start python3 {script}: {e}"));
-    let mut front = AuthFront { child, url: format!("http://127.0.0.1:{port}"), dir };
+    let mut front = AuthFront {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+        dir,
+    };
     let addr = format!("127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -370,6 +482,13 @@ async fn wrong_password_is_rejected_when_auth_is_on() {
             other => panic!("{user}/{password}: expected BadResponse, got {other:?}"),
         }
     }
-    let res = Client::default().with_url(&front.url).query("SELECT 1").fetch_one::<u8>().await;
-    assert!(matches!(res, Err(Error::BadResponse(_))), "no credentials: {res:?}");
+    let res = Client::default()
+        .with_url(&front.url)
+        .query("SELECT 1")
+        .fetch_one::<u8>()
+        .await;
+    assert!(
+        matches!(res, Err(Error::BadResponse(_))),
+        "no credentials: {res:?}"
+    );
 }

@@ -57,19 +57,32 @@ async fn appended_events_replay_in_order_with_seqs_and_versions() {
     let (log, _) = open(dir.path());
     log.append("a", 0, vec![created("a")]).await.unwrap();
     log.append("b", 0, vec![created("b")]).await.unwrap();
-    let stored = log.append("a", 1, vec![progress("a", 10), progress("a", 20)]).await.unwrap();
+    let stored = log
+        .append("a", 1, vec![progress("a", 10), progress("a", 20)])
+        .await
+        .unwrap();
     assert_eq!(stored.iter().map(|e| e.seq).collect::<Vec<_>>(), [3, 4]);
-    assert_eq!(stored.iter().map(|e| e.stream_version).collect::<Vec<_>>(), [2, 3]);
+    assert_eq!(
+        stored.iter().map(|e| e.stream_version).collect::<Vec<_>>(),
+        [2, 3]
+    );
     log.close().await.unwrap();
     drop(log);
 
     let log = EventLog::open(dir.path()).unwrap();
     let mut seen = Vec::new();
-    let stats = log.replay(|e| seen.push((e.seq, e.pipe_name.clone(), e.stream_version))).unwrap();
+    let stats = log
+        .replay(|e| seen.push((e.seq, e.pipe_name.clone(), e.stream_version)))
+        .unwrap();
     assert_eq!(stats.head, 4);
     assert_eq!(
         seen,
-        [(1, "a".into(), 1), (2, "b".into(), 1), (3, "a".into(), 2), (4, "a".into(), 3)]
+        [
+            (1, "a".into(), 1),
+            (2, "b".into(), 1),
+            (3, "a".into(), 2),
+            (4, "a".into(), 3)
+        ]
     );
     assert_eq!(log.stream_version("a"), 3);
 }
@@ -107,13 +120,19 @@ async fn concurrent_appends_with_the_same_expected_version_exactly_one_wins() {
     let mut tasks = Vec::new();
     for i in 0..16 {
         let log = Arc::clone(&log);
-        tasks.push(tokio::spawn(async move { log.append("p", 1, vec![progress("p", i)]).await }));
+        tasks.push(tokio::spawn(async move {
+            log.append("p", 1, vec![progress("p", i)]).await
+        }));
     }
     let mut wins = 0;
     for t in tasks {
         match t.await.unwrap() {
             Ok(_) => wins += 1,
-            Err(LogError::VersionConflict { expected: 1, actual: 2, .. }) => {}
+            Err(LogError::VersionConflict {
+                expected: 1,
+                actual: 2,
+                ..
+            }) => {}
             Err(e) => panic!("unexpected {e}"),
         }
     }
@@ -127,7 +146,9 @@ async fn a_corrupt_tail_is_reported_and_repair_cuts_exactly_it() {
     {
         let (log, _) = open(dir.path());
         log.append("a", 0, vec![created("a")]).await.unwrap();
-        log.append("a", 1, vec![progress("a", 1), progress("a", 2)]).await.unwrap();
+        log.append("a", 1, vec![progress("a", 1), progress("a", 2)])
+            .await
+            .unwrap();
         log.close().await.unwrap();
     }
     {
@@ -144,7 +165,9 @@ async fn a_corrupt_tail_is_reported_and_repair_cuts_exactly_it() {
     let log = EventLog::open(dir.path()).unwrap();
     let err = log.replay(|_| {}).unwrap_err();
     match &err {
-        LogError::Corrupt { seq: 3, valid: 2, .. } => {}
+        LogError::Corrupt {
+            seq: 3, valid: 2, ..
+        } => {}
         other => panic!("unexpected {other}"),
     }
     assert!(err.to_string().contains("pgpipe repair"), "{err}");
@@ -162,7 +185,13 @@ async fn a_gap_in_sequences_is_reported() {
     let dir = tempfile::tempdir().unwrap();
     {
         let (log, _) = open(dir.path());
-        log.append("a", 0, vec![created("a"), progress("a", 1), progress("a", 2)]).await.unwrap();
+        log.append(
+            "a",
+            0,
+            vec![created("a"), progress("a", 1), progress("a", 2)],
+        )
+        .await
+        .unwrap();
         log.close().await.unwrap();
     }
     {
@@ -174,7 +203,10 @@ async fn a_gap_in_sequences_is_reported() {
         db.flush().unwrap();
     }
     let log = EventLog::open(dir.path()).unwrap();
-    assert!(matches!(log.replay(|_| {}), Err(LogError::Corrupt { seq: 2, .. })));
+    assert!(matches!(
+        log.replay(|_| {}),
+        Err(LogError::Corrupt { seq: 2, .. })
+    ));
 }
 
 #[derive(Debug, Clone)]
@@ -200,14 +232,29 @@ fn event_for(op: &Op) -> (String, Event) {
     let name = |p: &u8| format!("p{p}");
     match op {
         Op::Create(p) => (name(p), created(&name(p))),
-        Op::Pause(p) => (name(p), new_event(&format!("id-{}", name(p)), Payload::PipePaused(PipePaused {}))),
-        Op::Resume(p) => (name(p), new_event(&format!("id-{}", name(p)), Payload::PipeResumed(PipeResumed {}))),
+        Op::Pause(p) => (
+            name(p),
+            new_event(
+                &format!("id-{}", name(p)),
+                Payload::PipePaused(PipePaused {}),
+            ),
+        ),
+        Op::Resume(p) => (
+            name(p),
+            new_event(
+                &format!("id-{}", name(p)),
+                Payload::PipeResumed(PipeResumed {}),
+            ),
+        ),
         Op::Progress(p, r) => (name(p), progress(&name(p), *r)),
         Op::Delete(p) => (
             name(p),
             new_event(
                 &format!("id-{}", name(p)),
-                Payload::PipeDeleted(PipeDeleted { reason: DeleteReason::User as i32, drop_destination_tables: false }),
+                Payload::PipeDeleted(PipeDeleted {
+                    reason: DeleteReason::User as i32,
+                    drop_destination_tables: false,
+                }),
             ),
         ),
     }
@@ -228,8 +275,7 @@ proptest! {
                     log.append(&stream, v, vec![e]).await.unwrap();
                 }
                 log.close().await.unwrap();
-                let p = projection.lock().unwrap().clone();
-                p
+                projection.lock().unwrap().clone()
             };
             let log = EventLog::open(dir.path()).unwrap();
             let mut replayed = Projection::default();

@@ -16,20 +16,32 @@ async fn create_get_list_pause_resume_delete() {
     let srv = InProcess::start(None).await;
     let mut c = srv.client().await;
 
-    let created = c.create_pipe(create_req("orders")).await.unwrap().into_inner().pipe.unwrap();
+    let created = c
+        .create_pipe(create_req("orders"))
+        .await
+        .unwrap()
+        .into_inner()
+        .pipe
+        .unwrap();
     assert_eq!(created.name, "orders");
     assert_eq!(status_of(&created), PipeStatus::Setup);
     assert_eq!(created.tables.len(), 2);
 
     let by_name = c
-        .get_pipe(GetPipeRequest { name: "orders".into(), ..Default::default() })
+        .get_pipe(GetPipeRequest {
+            name: "orders".into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
         .pipe
         .unwrap();
     let by_id = c
-        .get_pipe(GetPipeRequest { id: created.id.clone(), ..Default::default() })
+        .get_pipe(GetPipeRequest {
+            id: created.id.clone(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
@@ -38,21 +50,37 @@ async fn create_get_list_pause_resume_delete() {
     assert_eq!(by_name, by_id);
 
     c.create_pipe(create_req("users")).await.unwrap();
-    let list = c.list_pipes(ListPipesRequest::default()).await.unwrap().into_inner().pipes;
-    assert_eq!(list.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["orders", "users"]);
+    let list = c
+        .list_pipes(ListPipesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .pipes;
+    assert_eq!(
+        list.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+        ["orders", "users"]
+    );
 
     let paused = c
-        .pause_pipe(PausePipeRequest { name: "orders".into() })
+        .pause_pipe(PausePipeRequest {
+            name: "orders".into(),
+        })
         .await
         .unwrap()
         .into_inner()
         .pipe
         .unwrap();
     assert_eq!(status_of(&paused), PipeStatus::Paused);
-    assert!(paused.status_detail.contains("WAL"), "{}", paused.status_detail);
+    assert!(
+        paused.status_detail.contains("WAL"),
+        "{}",
+        paused.status_detail
+    );
 
     let resumed = c
-        .resume_pipe(ResumePipeRequest { name: "orders".into() })
+        .resume_pipe(ResumePipeRequest {
+            name: "orders".into(),
+        })
         .await
         .unwrap()
         .into_inner()
@@ -61,17 +89,27 @@ async fn create_get_list_pause_resume_delete() {
     assert_eq!(status_of(&resumed), PipeStatus::Setup);
 
     let deleted = c
-        .delete_pipe(DeletePipeRequest { name: "orders".into(), ..Default::default() })
+        .delete_pipe(DeletePipeRequest {
+            name: "orders".into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
         .pipe
         .unwrap();
     assert_eq!(status_of(&deleted), PipeStatus::Deleted);
-    let list = c.list_pipes(ListPipesRequest::default()).await.unwrap().into_inner().pipes;
+    let list = c
+        .list_pipes(ListPipesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .pipes;
     assert_eq!(list.len(), 1);
     let all = c
-        .list_pipes(ListPipesRequest { include_deleted: true })
+        .list_pipes(ListPipesRequest {
+            include_deleted: true,
+        })
         .await
         .unwrap()
         .into_inner()
@@ -83,7 +121,13 @@ async fn create_get_list_pause_resume_delete() {
 async fn secrets_never_come_back() {
     let srv = InProcess::start(None).await;
     let mut c = srv.client().await;
-    let p = c.create_pipe(create_req("s")).await.unwrap().into_inner().pipe.unwrap();
+    let p = c
+        .create_pipe(create_req("s"))
+        .await
+        .unwrap()
+        .into_inner()
+        .pipe
+        .unwrap();
     let text = format!("{p:?}");
     assert!(!text.contains("pg-secret-pw"), "{text}");
     assert!(!text.contains("ch-secret-pw"), "{text}");
@@ -111,12 +155,26 @@ async fn state_survives_a_restart() {
     let srv = InProcess::start(None).await;
     let mut c = srv.client().await;
     c.create_pipe(create_req("a")).await.unwrap();
-    c.pause_pipe(PausePipeRequest { name: "a".into() }).await.unwrap();
-    let before = c.list_pipes(ListPipesRequest { include_deleted: true }).await.unwrap().into_inner();
+    c.pause_pipe(PausePipeRequest { name: "a".into() })
+        .await
+        .unwrap();
+    let before = c
+        .list_pipes(ListPipesRequest {
+            include_deleted: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
     let dir = srv.stop().await;
     let srv = InProcess::start_in(dir, None).await;
     let mut c = srv.client().await;
-    let after = c.list_pipes(ListPipesRequest { include_deleted: true }).await.unwrap().into_inner();
+    let after = c
+        .list_pipes(ListPipesRequest {
+            include_deleted: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(before, after);
 }
 
@@ -138,30 +196,95 @@ async fn expect_code<T: std::fmt::Debug>(
 async fn create_rejects_bad_input_with_a_useful_message() {
     let srv = InProcess::start(None).await;
     let mut c = srv.client().await;
-    let cases: Vec<(Box<dyn Fn(&mut CreatePipeRequest)>, &str)> = vec![
+    type Mutation = Box<dyn Fn(&mut CreatePipeRequest)>;
+    let cases: Vec<(Mutation, &str)> = vec![
         (Box::new(|r| r.name.clear()), "name is required"),
         (Box::new(|r| r.name = "Bad Name".into()), "lowercase"),
         (Box::new(|r| r.name = "x".repeat(64)), "at most 63"),
-        (Box::new(|r| r.name = "a;drop table x".into()), "not allowed"),
+        (
+            Box::new(|r| r.name = "a;drop table x".into()),
+            "not allowed",
+        ),
         (Box::new(|r| r.source = None), "source is required"),
-        (Box::new(|r| r.source.as_mut().unwrap().connection_string.clear()), "connection_string is required"),
-        (Box::new(|r| r.source.as_mut().unwrap().connection_string = "x".repeat(5000)), "at most 4096"),
-        (Box::new(|r| r.source.as_mut().unwrap().connection_string = "host=h port=notaport dbname=d".into()), "not a valid PostgreSQL connection string"),
-        (Box::new(|r| r.source.as_mut().unwrap().password = "again".into()), "given twice"),
-        (Box::new(|r| r.destination = None), "destination is required"),
-        (Box::new(|r| r.destination.as_mut().unwrap().url = "ftp://x".into()), "http or https"),
-        (Box::new(|r| r.destination.as_mut().unwrap().url = "not a url".into()), "not a URL"),
-        (Box::new(|r| r.destination.as_mut().unwrap().database.clear()), "destination.database is empty"),
+        (
+            Box::new(|r| r.source.as_mut().unwrap().connection_string.clear()),
+            "connection_string is required",
+        ),
+        (
+            Box::new(|r| r.source.as_mut().unwrap().connection_string = "x".repeat(5000)),
+            "at most 4096",
+        ),
+        (
+            Box::new(|r| {
+                r.source.as_mut().unwrap().connection_string =
+                    "host=h port=notaport dbname=d".into()
+            }),
+            "not a valid PostgreSQL connection string",
+        ),
+        (
+            Box::new(|r| r.source.as_mut().unwrap().password = "again".into()),
+            "given twice",
+        ),
+        (
+            Box::new(|r| r.destination = None),
+            "destination is required",
+        ),
+        (
+            Box::new(|r| r.destination.as_mut().unwrap().url = "ftp://x".into()),
+            "http or https",
+        ),
+        (
+            Box::new(|r| r.destination.as_mut().unwrap().url = "not a url".into()),
+            "not a URL",
+        ),
+        (
+            Box::new(|r| r.destination.as_mut().unwrap().database.clear()),
+            "destination.database is empty",
+        ),
         (Box::new(|r| r.tables.clear()), "tables is empty"),
         (Box::new(|r| r.tables.push(table("orders"))), "listed twice"),
-        (Box::new(|r| r.tables.push(table("other.orders"))), "used by two entries"),
-        (Box::new(|r| r.tables[0].source_table = "a.b.c".into()), "3 parts"),
-        (Box::new(|r| r.tables[0].source_table = "\"open".into()), "unterminated quote"),
-        (Box::new(|r| r.tables[0].destination_table = "x_resync".into()), "_resync"),
-        (Box::new(|r| r.tables[0].order_by = vec!["id".into(), "id".into()]), "twice"),
-        (Box::new(|r| r.tables[0].order_by = vec![String::new()]), "order_by[0] is empty"),
-        (Box::new(|r| r.settings = Some(PipeSettings { snapshot_parallelism: 1000, ..Default::default() })), "snapshot_parallelism"),
-        (Box::new(|r| r.settings = Some(PipeSettings { cdc_sync_interval_ms: 1, ..Default::default() })), "cdc_sync_interval_ms"),
+        (
+            Box::new(|r| r.tables.push(table("other.orders"))),
+            "used by two entries",
+        ),
+        (
+            Box::new(|r| r.tables[0].source_table = "a.b.c".into()),
+            "3 parts",
+        ),
+        (
+            Box::new(|r| r.tables[0].source_table = "\"open".into()),
+            "unterminated quote",
+        ),
+        (
+            Box::new(|r| r.tables[0].destination_table = "x_resync".into()),
+            "_resync",
+        ),
+        (
+            Box::new(|r| r.tables[0].order_by = vec!["id".into(), "id".into()]),
+            "twice",
+        ),
+        (
+            Box::new(|r| r.tables[0].order_by = vec![String::new()]),
+            "order_by[0] is empty",
+        ),
+        (
+            Box::new(|r| {
+                r.settings = Some(PipeSettings {
+                    snapshot_parallelism: 1000,
+                    ..Default::default()
+                })
+            }),
+            "snapshot_parallelism",
+        ),
+        (
+            Box::new(|r| {
+                r.settings = Some(PipeSettings {
+                    cdc_sync_interval_ms: 1,
+                    ..Default::default()
+                })
+            }),
+            "cdc_sync_interval_ms",
+        ),
     ];
     for (i, (mutate, needle)) in cases.iter().enumerate() {
         let mut req = create_req(&format!("p{i}"));
@@ -170,7 +293,13 @@ async fn create_rejects_bad_input_with_a_useful_message() {
         expect_code(r, Code::InvalidArgument, needle).await;
     }
     // Nothing was recorded by any of them.
-    let all = c.list_pipes(ListPipesRequest { include_deleted: true }).await.unwrap().into_inner();
+    let all = c
+        .list_pipes(ListPipesRequest {
+            include_deleted: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert!(all.pipes.is_empty());
 }
 
@@ -179,16 +308,38 @@ async fn create_with_a_taken_name_is_already_exists() {
     let srv = InProcess::start(None).await;
     let mut c = srv.client().await;
     c.create_pipe(create_req("dup")).await.unwrap();
-    expect_code(c.create_pipe(create_req("dup")).await, Code::AlreadyExists, "already exists").await;
+    expect_code(
+        c.create_pipe(create_req("dup")).await,
+        Code::AlreadyExists,
+        "already exists",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn a_deleted_name_can_be_created_again() {
     let srv = InProcess::start(None).await;
     let mut c = srv.client().await;
-    let first = c.create_pipe(create_req("again")).await.unwrap().into_inner().pipe.unwrap();
-    c.delete_pipe(DeletePipeRequest { name: "again".into(), ..Default::default() }).await.unwrap();
-    let second = c.create_pipe(create_req("again")).await.unwrap().into_inner().pipe.unwrap();
+    let first = c
+        .create_pipe(create_req("again"))
+        .await
+        .unwrap()
+        .into_inner()
+        .pipe
+        .unwrap();
+    c.delete_pipe(DeletePipeRequest {
+        name: "again".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let second = c
+        .create_pipe(create_req("again"))
+        .await
+        .unwrap()
+        .into_inner()
+        .pipe
+        .unwrap();
     assert_ne!(first.id, second.id);
 }
 
@@ -197,13 +348,64 @@ async fn unknown_pipes_are_not_found() {
     let srv = InProcess::start(None).await;
     let mut c = srv.client().await;
     let n = || "ghost".to_string();
-    expect_code(c.get_pipe(GetPipeRequest { name: n(), ..Default::default() }).await, Code::NotFound, "ghost").await;
-    expect_code(c.get_pipe(GetPipeRequest { id: "0000".into(), ..Default::default() }).await, Code::NotFound, "0000").await;
-    expect_code(c.delete_pipe(DeletePipeRequest { name: n(), ..Default::default() }).await, Code::NotFound, "ghost").await;
-    expect_code(c.pause_pipe(PausePipeRequest { name: n() }).await, Code::NotFound, "ghost").await;
-    expect_code(c.resume_pipe(ResumePipeRequest { name: n() }).await, Code::NotFound, "ghost").await;
-    expect_code(c.resync_pipe(ResyncPipeRequest { name: n(), ..Default::default() }).await, Code::NotFound, "ghost").await;
-    let r = c.watch_pipe(WatchPipeRequest { name: n(), ..Default::default() }).await;
+    expect_code(
+        c.get_pipe(GetPipeRequest {
+            name: n(),
+            ..Default::default()
+        })
+        .await,
+        Code::NotFound,
+        "ghost",
+    )
+    .await;
+    expect_code(
+        c.get_pipe(GetPipeRequest {
+            id: "0000".into(),
+            ..Default::default()
+        })
+        .await,
+        Code::NotFound,
+        "0000",
+    )
+    .await;
+    expect_code(
+        c.delete_pipe(DeletePipeRequest {
+            name: n(),
+            ..Default::default()
+        })
+        .await,
+        Code::NotFound,
+        "ghost",
+    )
+    .await;
+    expect_code(
+        c.pause_pipe(PausePipeRequest { name: n() }).await,
+        Code::NotFound,
+        "ghost",
+    )
+    .await;
+    expect_code(
+        c.resume_pipe(ResumePipeRequest { name: n() }).await,
+        Code::NotFound,
+        "ghost",
+    )
+    .await;
+    expect_code(
+        c.resync_pipe(ResyncPipeRequest {
+            name: n(),
+            ..Default::default()
+        })
+        .await,
+        Code::NotFound,
+        "ghost",
+    )
+    .await;
+    let r = c
+        .watch_pipe(WatchPipeRequest {
+            name: n(),
+            ..Default::default()
+        })
+        .await;
     expect_code(r, Code::NotFound, "ghost").await;
 }
 
@@ -211,8 +413,16 @@ async fn unknown_pipes_are_not_found() {
 async fn get_needs_exactly_one_of_name_and_id() {
     let srv = InProcess::start(None).await;
     let mut c = srv.client().await;
-    expect_code(c.get_pipe(GetPipeRequest::default()).await, Code::InvalidArgument, "required").await;
-    let both = GetPipeRequest { name: "a".into(), id: "b".into() };
+    expect_code(
+        c.get_pipe(GetPipeRequest::default()).await,
+        Code::InvalidArgument,
+        "required",
+    )
+    .await;
+    let both = GetPipeRequest {
+        name: "a".into(),
+        id: "b".into(),
+    };
     expect_code(c.get_pipe(both).await, Code::InvalidArgument, "not both").await;
 }
 
@@ -221,7 +431,10 @@ async fn delete_twice_is_not_found_the_second_time() {
     let srv = InProcess::start(None).await;
     let mut c = srv.client().await;
     c.create_pipe(create_req("d")).await.unwrap();
-    let del = || DeletePipeRequest { name: "d".into(), ..Default::default() };
+    let del = || DeletePipeRequest {
+        name: "d".into(),
+        ..Default::default()
+    };
     c.delete_pipe(del()).await.unwrap();
     expect_code(c.delete_pipe(del()).await, Code::NotFound, "deleted").await;
 }
@@ -232,9 +445,21 @@ async fn pause_and_resume_check_the_state() {
     let mut c = srv.client().await;
     c.create_pipe(create_req("pr")).await.unwrap();
     let name = || "pr".to_string();
-    expect_code(c.resume_pipe(ResumePipeRequest { name: name() }).await, Code::FailedPrecondition, "not paused").await;
-    c.pause_pipe(PausePipeRequest { name: name() }).await.unwrap();
-    expect_code(c.pause_pipe(PausePipeRequest { name: name() }).await, Code::FailedPrecondition, "already paused").await;
+    expect_code(
+        c.resume_pipe(ResumePipeRequest { name: name() }).await,
+        Code::FailedPrecondition,
+        "not paused",
+    )
+    .await;
+    c.pause_pipe(PausePipeRequest { name: name() })
+        .await
+        .unwrap();
+    expect_code(
+        c.pause_pipe(PausePipeRequest { name: name() }).await,
+        Code::FailedPrecondition,
+        "already paused",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -244,19 +469,38 @@ async fn resync_overrides_are_checked_against_the_pipe() {
     c.create_pipe(create_req("r")).await.unwrap();
     let o = ResyncPipeRequest {
         name: "r".into(),
-        overrides: vec![TableConfig { source_table: "public.nope".into(), order_by: vec!["id".into()], ..Default::default() }],
+        overrides: vec![TableConfig {
+            source_table: "public.nope".into(),
+            order_by: vec!["id".into()],
+            ..Default::default()
+        }],
     };
-    expect_code(c.resync_pipe(o).await, Code::InvalidArgument, "not part of this pipe").await;
+    expect_code(
+        c.resync_pipe(o).await,
+        Code::InvalidArgument,
+        "not part of this pipe",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn resync_carries_settings_over_and_applies_overrides() {
     let srv = InProcess::start(None).await;
     let mut c = srv.client().await;
-    let old = c.create_pipe(create_req("r")).await.unwrap().into_inner().pipe.unwrap();
+    let old = c
+        .create_pipe(create_req("r"))
+        .await
+        .unwrap()
+        .into_inner()
+        .pipe
+        .unwrap();
     let o = ResyncPipeRequest {
         name: "r".into(),
-        overrides: vec![TableConfig { source_table: "orders".into(), order_by: vec!["created_at".into(), "id".into()], ..Default::default() }],
+        overrides: vec![TableConfig {
+            source_table: "orders".into(),
+            order_by: vec!["created_at".into(), "id".into()],
+            ..Default::default()
+        }],
     };
     let new = c.resync_pipe(o).await.unwrap().into_inner().pipe.unwrap();
     assert_ne!(new.id, old.id);
@@ -267,7 +511,16 @@ async fn resync_carries_settings_over_and_applies_overrides() {
     assert_eq!(oc.settings, nc.settings);
     assert_eq!(nc.tables[0].order_by, ["created_at", "id"]);
     assert_eq!(nc.tables[1], oc.tables[1]);
-    let old_now = c.get_pipe(GetPipeRequest { id: old.id, ..Default::default() }).await.unwrap().into_inner().pipe.unwrap();
+    let old_now = c
+        .get_pipe(GetPipeRequest {
+            id: old.id,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pipe
+        .unwrap();
     assert_eq!(status_of(&old_now), PipeStatus::Deleted);
     assert_eq!(old_now.delete_reason, "resync");
 }
@@ -277,9 +530,17 @@ async fn a_second_resync_while_one_runs_is_failed_precondition() {
     let srv = InProcess::start(None).await;
     let mut c = srv.client().await;
     c.create_pipe(create_req("r2")).await.unwrap();
-    let req = || ResyncPipeRequest { name: "r2".into(), ..Default::default() };
+    let req = || ResyncPipeRequest {
+        name: "r2".into(),
+        ..Default::default()
+    };
     c.resync_pipe(req()).await.unwrap();
-    expect_code(c.resync_pipe(req()).await, Code::FailedPrecondition, "already in progress").await;
+    expect_code(
+        c.resync_pipe(req()).await,
+        Code::FailedPrecondition,
+        "already in progress",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -291,7 +552,11 @@ async fn racing_resyncs_start_exactly_one() {
     for _ in 0..8 {
         let mut c = c.clone();
         tasks.push(tokio::spawn(async move {
-            c.resync_pipe(ResyncPipeRequest { name: "race".into(), ..Default::default() }).await
+            c.resync_pipe(ResyncPipeRequest {
+                name: "race".into(),
+                ..Default::default()
+            })
+            .await
         }));
     }
     let mut ok = 0;
@@ -309,9 +574,19 @@ async fn watch_cursor_from_the_future_is_out_of_range() {
     let srv = InProcess::start(None).await;
     let mut c = srv.client().await;
     c.create_pipe(create_req("w")).await.unwrap();
-    let r = c.watch_pipe(WatchPipeRequest { name: "w".into(), after_cursor: Some(99) }).await;
+    let r = c
+        .watch_pipe(WatchPipeRequest {
+            name: "w".into(),
+            after_cursor: Some(99),
+        })
+        .await;
     expect_code(r, Code::OutOfRange, "ahead of the log").await;
-    let r = c.watch_events(WatchEventsRequest { after_cursor: Some(99), ..Default::default() }).await;
+    let r = c
+        .watch_events(WatchEventsRequest {
+            after_cursor: Some(99),
+            ..Default::default()
+        })
+        .await;
     expect_code(r, Code::OutOfRange, "ahead of the log").await;
 }
 
@@ -332,10 +607,16 @@ mod auth {
         let mut c = srv.client().await;
         let e = c.list_pipes(ListPipesRequest::default()).await.unwrap_err();
         assert_eq!(e.code(), Code::Unauthenticated);
-        let e = c.list_pipes(with_token(ListPipesRequest::default(), "wrong")).await.unwrap_err();
+        let e = c
+            .list_pipes(with_token(ListPipesRequest::default(), "wrong"))
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), Code::Unauthenticated);
         assert!(!e.message().contains("wrong"));
-        let e = c.watch_events(WatchEventsRequest::default()).await.unwrap_err();
+        let e = c
+            .watch_events(WatchEventsRequest::default())
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), Code::Unauthenticated);
     }
 
@@ -343,8 +624,13 @@ mod auth {
     async fn with_the_right_token_requests_pass() {
         let srv = InProcess::start(Some("t0ken")).await;
         let mut c = srv.client().await;
-        c.create_pipe(with_token(create_req("a"), "t0ken")).await.unwrap();
-        let l = c.list_pipes(with_token(ListPipesRequest::default(), "t0ken")).await.unwrap();
+        c.create_pipe(with_token(create_req("a"), "t0ken"))
+            .await
+            .unwrap();
+        let l = c
+            .list_pipes(with_token(ListPipesRequest::default(), "t0ken"))
+            .await
+            .unwrap();
         assert_eq!(l.into_inner().pipes.len(), 1);
     }
 

@@ -12,10 +12,15 @@ fn grpcurl() -> Option<String> {
     let candidates = [
         std::env::var("GRPCURL").ok(),
         Some("grpcurl".to_owned()),
-        std::env::var("HOME").ok().map(|h| format!("{h}/.cargo/bin/grpcurl")),
+        std::env::var("HOME")
+            .ok()
+            .map(|h| format!("{h}/.cargo/bin/grpcurl")),
     ];
     candidates.into_iter().flatten().find(|c| {
-        Command::new(c).arg("--help").output().is_ok_and(|o| o.status.success() || !o.stdout.is_empty())
+        Command::new(c)
+            .arg("--help")
+            .output()
+            .is_ok_and(|o| o.status.success() || !o.stdout.is_empty())
     })
 }
 
@@ -49,7 +54,10 @@ async fn grpcurl_lists_describes_and_calls_the_service() {
     assert!(list.contains("pgpipe.v1.PipeService"), "{list}");
     assert!(list.contains("grpc.health.v1.Health"), "{list}");
 
-    let describe = run(&bin, &["-plaintext", &addr, "describe", "pgpipe.v1.PipeService"]);
+    let describe = run(
+        &bin,
+        &["-plaintext", &addr, "describe", "pgpipe.v1.PipeService"],
+    );
     assert!(describe.contains("WatchPipe"), "{describe}");
     assert!(describe.contains("stream"), "{describe}");
 
@@ -60,10 +68,28 @@ async fn grpcurl_lists_describes_and_calls_the_service() {
         "tables": [{"sourceTable": "public.orders"}]
     })
     .to_string();
-    let created = run(&bin, &["-plaintext", "-d", &create, &addr, "pgpipe.v1.PipeService/CreatePipe"]);
+    let created = run(
+        &bin,
+        &[
+            "-plaintext",
+            "-d",
+            &create,
+            &addr,
+            "pgpipe.v1.PipeService/CreatePipe",
+        ],
+    );
     assert!(created.contains("PIPE_STATUS_SETUP"), "{created}");
 
-    let got = run(&bin, &["-plaintext", "-d", r#"{"name":"curl"}"#, &addr, "pgpipe.v1.PipeService/GetPipe"]);
+    let got = run(
+        &bin,
+        &[
+            "-plaintext",
+            "-d",
+            r#"{"name":"curl"}"#,
+            &addr,
+            "pgpipe.v1.PipeService/GetPipe",
+        ],
+    );
     let v: serde_json::Value = serde_json::from_str(&got).unwrap();
     assert_eq!(v["pipe"]["name"], "curl");
     assert!(!got.contains("pw@"), "{got}");
@@ -71,13 +97,26 @@ async fn grpcurl_lists_describes_and_calls_the_service() {
     // WatchPipe from a cursor: the stream ends after the pipe is deleted,
     // so grpcurl returns with every message printed.
     let mut c = connect(&p.url()).await;
-    c.pause_pipe(pgpipe::proto::PausePipeRequest { name: "curl".into() }).await.unwrap();
-    c.delete_pipe(pgpipe::proto::DeletePipeRequest { name: "curl".into(), ..Default::default() })
-        .await
-        .unwrap();
+    c.pause_pipe(pgpipe::proto::PausePipeRequest {
+        name: "curl".into(),
+    })
+    .await
+    .unwrap();
+    c.delete_pipe(pgpipe::proto::DeletePipeRequest {
+        name: "curl".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     let watched = run(
         &bin,
-        &["-plaintext", "-d", r#"{"name":"curl","afterCursor":"1"}"#, &addr, "pgpipe.v1.PipeService/WatchPipe"],
+        &[
+            "-plaintext",
+            "-d",
+            r#"{"name":"curl","afterCursor":"1"}"#,
+            &addr,
+            "pgpipe.v1.PipeService/WatchPipe",
+        ],
     );
     assert!(watched.contains("pipePaused"), "{watched}");
     assert!(watched.contains("pipeDeleted"), "{watched}");

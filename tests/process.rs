@@ -11,7 +11,10 @@ use pgpipe::proto::*;
 #[tokio::test]
 async fn health_is_not_serving_until_the_log_is_replayed() {
     let dir = tempfile::tempdir().unwrap();
-    let p = Proc::spawn(dir.path(), &[("PGPIPE_FAILPOINTS", "replay.before=sleep(3000)")]);
+    let p = Proc::spawn(
+        dir.path(),
+        &[("PGPIPE_FAILPOINTS", "replay.before=sleep(3000)")],
+    );
     // NOT_SERVING (2) while the replay is held back...
     let mut saw_not_serving = false;
     for _ in 0..40 {
@@ -23,7 +26,10 @@ async fn health_is_not_serving_until_the_log_is_replayed() {
             _ => tokio::time::sleep(Duration::from_millis(25)).await,
         }
     }
-    assert!(saw_not_serving, "health never said NOT_SERVING during replay");
+    assert!(
+        saw_not_serving,
+        "health never said NOT_SERVING during replay"
+    );
     // ...and RPCs say UNAVAILABLE with a reason.
     let mut c = connect(&p.url()).await;
     let e = c.list_pipes(ListPipesRequest::default()).await.unwrap_err();
@@ -40,13 +46,20 @@ async fn an_acknowledged_create_survives_kill_9() {
     wait_serving(&p.url()).await;
     let mut c = connect(&p.url()).await;
     c.create_pipe(create_req("durable")).await.unwrap();
-    c.pause_pipe(PausePipeRequest { name: "durable".into() }).await.unwrap();
+    c.pause_pipe(PausePipeRequest {
+        name: "durable".into(),
+    })
+    .await
+    .unwrap();
     p.kill9();
     let p = Proc::spawn(dir.path(), &[]);
     wait_serving(&p.url()).await;
     let mut c = connect(&p.url()).await;
     let pipe = c
-        .get_pipe(GetPipeRequest { name: "durable".into(), ..Default::default() })
+        .get_pipe(GetPipeRequest {
+            name: "durable".into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
@@ -63,10 +76,15 @@ async fn sigterm_shuts_down_cleanly_with_a_watcher_connected() {
     let mut c = connect(&p.url()).await;
     c.create_pipe(create_req("w")).await.unwrap();
     let _stream = c
-        .watch_events(WatchEventsRequest { after_cursor: Some(0), ..Default::default() })
+        .watch_events(WatchEventsRequest {
+            after_cursor: Some(0),
+            ..Default::default()
+        })
         .await
         .unwrap();
-    let status = tokio::task::spawn_blocking(move || p.terminate()).await.unwrap();
+    let status = tokio::task::spawn_blocking(move || p.terminate())
+        .await
+        .unwrap();
     assert!(status.success(), "exit status {status:?}");
 }
 
@@ -79,7 +97,10 @@ async fn a_corrupt_log_stops_start_up_and_repair_mends_it() {
         let mut c = connect(&p.url()).await;
         c.create_pipe(create_req("a")).await.unwrap();
         c.create_pipe(create_req("b")).await.unwrap();
-        p.terminate();
+        drop(c);
+        tokio::task::spawn_blocking(move || p.terminate())
+            .await
+            .unwrap();
     }
     {
         let db = sled::open(dir.path()).unwrap();
@@ -101,7 +122,11 @@ async fn a_corrupt_log_stops_start_up_and_repair_mends_it() {
     assert!(stderr.contains("corrupt at seq 2"), "{stderr}");
     assert!(stderr.contains("pgpipe repair"), "{stderr}");
 
-    let out = std::process::Command::new(bin).args(["repair", "--data-dir"]).arg(dir.path()).output().unwrap();
+    let out = std::process::Command::new(bin)
+        .args(["repair", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("cut 1"));
 

@@ -13,9 +13,13 @@ use pgpipe::proto::*;
 async fn toggle(c: &mut Client, name: &str, n: usize) {
     for i in 0..n {
         if i % 2 == 0 {
-            c.pause_pipe(PausePipeRequest { name: name.into() }).await.unwrap();
+            c.pause_pipe(PausePipeRequest { name: name.into() })
+                .await
+                .unwrap();
         } else {
-            c.resume_pipe(ResumePipeRequest { name: name.into() }).await.unwrap();
+            c.resume_pipe(ResumePipeRequest { name: name.into() })
+                .await
+                .unwrap();
         }
     }
 }
@@ -52,7 +56,10 @@ async fn resuming_from_a_cursor_has_no_gap_and_no_duplicate_while_appends_run() 
     let mut cursor = 0u64;
     while seen.len() < 404 {
         let mut s = c
-            .watch_events(WatchEventsRequest { after_cursor: Some(cursor), ..Default::default() })
+            .watch_events(WatchEventsRequest {
+                after_cursor: Some(cursor),
+                ..Default::default()
+            })
             .await
             .unwrap()
             .into_inner();
@@ -78,19 +85,33 @@ async fn watch_events_says_when_it_has_caught_up() {
     c.create_pipe(create_req("a")).await.unwrap();
     c.create_pipe(create_req("b")).await.unwrap();
     let mut s = c
-        .watch_events(WatchEventsRequest { after_cursor: Some(0), pipe_name: "b".into() })
+        .watch_events(WatchEventsRequest {
+            after_cursor: Some(0),
+            pipe_name: "b".into(),
+        })
         .await
         .unwrap()
         .into_inner();
     let first = s.next().await.unwrap().unwrap();
     match first.item {
-        Some(watch_events_response::Item::Event(e)) => assert_eq!((e.seq, e.pipe_name.as_str()), (2, "b")),
+        Some(watch_events_response::Item::Event(e)) => {
+            assert_eq!((e.seq, e.pipe_name.as_str()), (2, "b"))
+        }
         other => panic!("{other:?}"),
     }
     let second = s.next().await.unwrap().unwrap();
-    assert_eq!(second.item, Some(watch_events_response::Item::CaughtUp(CaughtUp { cursor: 2 })));
-    c.pause_pipe(PausePipeRequest { name: "a".into() }).await.unwrap();
-    c.pause_pipe(PausePipeRequest { name: "b".into() }).await.unwrap();
+    assert_eq!(
+        second.item,
+        Some(watch_events_response::Item::CaughtUp(CaughtUp {
+            cursor: 2
+        }))
+    );
+    c.pause_pipe(PausePipeRequest { name: "a".into() })
+        .await
+        .unwrap();
+    c.pause_pipe(PausePipeRequest { name: "b".into() })
+        .await
+        .unwrap();
     let live = next_event(&mut s).await;
     assert_eq!((live.seq, live.pipe_name.as_str()), (4, "b"));
 }
@@ -104,7 +125,10 @@ async fn a_slow_watcher_still_receives_every_event() {
         c.create_pipe(create_req(n)).await.unwrap();
     }
     let mut slow = c
-        .watch_events(WatchEventsRequest { after_cursor: Some(0), ..Default::default() })
+        .watch_events(WatchEventsRequest {
+            after_cursor: Some(0),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -127,7 +151,7 @@ async fn a_slow_watcher_still_receives_every_event() {
         let e = next_event(&mut slow).await;
         assert_eq!(e.seq, expected);
         expected += 1;
-        if expected % 1000 == 0 {
+        if expected.is_multiple_of(1000) {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
@@ -141,7 +165,10 @@ async fn two_hundred_watchers_see_the_same_ordered_events() {
     let mut streams = Vec::new();
     for _ in 0..200 {
         let s = c
-            .watch_pipe(WatchPipeRequest { name: "fan".into(), after_cursor: None })
+            .watch_pipe(WatchPipeRequest {
+                name: "fan".into(),
+                after_cursor: None,
+            })
             .await
             .unwrap()
             .into_inner();
@@ -168,16 +195,27 @@ async fn two_hundred_watchers_see_the_same_ordered_events() {
 }
 
 fn kind(m: &WatchPipeResponse) -> &'static str {
-    m.event.as_ref().map_or("state", pgpipe::domain::projection::event_kind)
+    m.event
+        .as_ref()
+        .map_or("state", pgpipe::domain::projection::event_kind)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn watch_pipe_starts_with_the_state_and_follows_a_resync_by_name() {
     let srv = InProcess::start(None).await;
     let mut c = srv.client().await;
-    let old = c.create_pipe(create_req("rs")).await.unwrap().into_inner().pipe.unwrap();
+    let old = c
+        .create_pipe(create_req("rs"))
+        .await
+        .unwrap()
+        .into_inner()
+        .pipe
+        .unwrap();
     let mut s = c
-        .watch_pipe(WatchPipeRequest { name: "rs".into(), after_cursor: None })
+        .watch_pipe(WatchPipeRequest {
+            name: "rs".into(),
+            after_cursor: None,
+        })
         .await
         .unwrap()
         .into_inner();
@@ -187,7 +225,10 @@ async fn watch_pipe_starts_with_the_state_and_follows_a_resync_by_name() {
     assert_eq!(first.cursor, 1);
 
     let new = c
-        .resync_pipe(ResyncPipeRequest { name: "rs".into(), ..Default::default() })
+        .resync_pipe(ResyncPipeRequest {
+            name: "rs".into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
@@ -202,19 +243,40 @@ async fn watch_pipe_starts_with_the_state_and_follows_a_resync_by_name() {
         ["resync_started", "pipe_deleted", "pipe_created"]
     );
     assert_eq!(got[1].pipe.as_ref().unwrap().id, old.id);
-    assert_eq!(got[1].pipe.as_ref().unwrap().status, PipeStatus::Deleted as i32);
+    assert_eq!(
+        got[1].pipe.as_ref().unwrap().status,
+        PipeStatus::Deleted as i32
+    );
     assert_eq!(got[2].pipe.as_ref().unwrap().id, new.id);
-    assert_eq!(got[2].pipe.as_ref().unwrap().status, PipeStatus::Setup as i32);
+    assert_eq!(
+        got[2].pipe.as_ref().unwrap().status,
+        PipeStatus::Setup as i32
+    );
 
     // The stream goes on with the new incarnation...
-    c.pause_pipe(PausePipeRequest { name: "rs".into() }).await.unwrap();
+    c.pause_pipe(PausePipeRequest { name: "rs".into() })
+        .await
+        .unwrap();
     let paused = s.next().await.unwrap().unwrap();
     assert_eq!(paused.pipe.unwrap().status, PipeStatus::Paused as i32);
     // ...and ends when the pipe is deleted for good.
-    c.delete_pipe(DeletePipeRequest { name: "rs".into(), ..Default::default() }).await.unwrap();
+    c.delete_pipe(DeletePipeRequest {
+        name: "rs".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     let deleted = s.next().await.unwrap().unwrap();
-    assert!(matches!(deleted.event.unwrap().payload, Some(Payload::PipeDeleted(_))));
-    assert!(tokio::time::timeout(Duration::from_secs(5), s.next()).await.unwrap().is_none());
+    assert!(matches!(
+        deleted.event.unwrap().payload,
+        Some(Payload::PipeDeleted(_))
+    ));
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), s.next())
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -226,7 +288,10 @@ async fn watch_pipe_resumes_after_its_cursor_with_the_state_at_each_event() {
     toggle(&mut c, "cur", 3).await; // seqs 3, 4, 5: paused, resumed, paused
     toggle(&mut c, "other", 2).await;
     let mut s = c
-        .watch_pipe(WatchPipeRequest { name: "cur".into(), after_cursor: Some(3) })
+        .watch_pipe(WatchPipeRequest {
+            name: "cur".into(),
+            after_cursor: Some(3),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -244,7 +309,10 @@ async fn open_watch_streams_end_when_the_server_shuts_down() {
     let mut c = srv.client().await;
     c.create_pipe(create_req("x")).await.unwrap();
     let mut s = c
-        .watch_pipe(WatchPipeRequest { name: "x".into(), after_cursor: None })
+        .watch_pipe(WatchPipeRequest {
+            name: "x".into(),
+            after_cursor: None,
+        })
         .await
         .unwrap()
         .into_inner();

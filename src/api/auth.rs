@@ -13,7 +13,9 @@ pub struct BearerAuth {
 impl BearerAuth {
     pub fn new(token: Option<&str>) -> Self {
         Self {
-            token: token.filter(|t| !t.is_empty()).map(|t| Arc::from(t.as_bytes())),
+            token: token
+                .filter(|t| !t.is_empty())
+                .map(|t| Arc::from(t.as_bytes())),
         }
     }
 

@@ -123,9 +123,7 @@ impl PipeService for PipeApi {
                 core.get_by_id(&req.id)?
             }
             (false, false) => {
-                return Err(Status::invalid_argument(
-                    "give either name or id, not both",
-                ));
+                return Err(Status::invalid_argument("give either name or id, not both"));
             }
             (true, true) => {
                 return Err(Status::invalid_argument("name or id is required"));

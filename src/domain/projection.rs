@@ -6,9 +6,7 @@
 
 use std::collections::HashMap;
 
-use crate::proto::{
-    DeleteReason, Event, Pipe, PipeStatus, StepTiming, TableStats, event::Payload,
-};
+use crate::proto::{DeleteReason, Event, Pipe, PipeStatus, StepTiming, TableStats, event::Payload};
 
 /// Name of an event's payload, as shown to humans and in logs.
 pub fn event_kind(e: &Event) -> &'static str {
@@ -45,11 +43,12 @@ pub fn ends_stream(e: &Event) -> bool {
     matches!(&e.payload, Some(Payload::PipeDeleted(d)) if d.reason() != DeleteReason::Resync)
 }
 
-const PAUSED_DETAIL: &str =
-    "paused: the replication slot is kept, so the source retains WAL until the pipe is resumed or deleted";
+const PAUSED_DETAIL: &str = "paused: the replication slot is kept, so the source retains WAL until the pipe is resumed or deleted";
 
 fn table_stats_mut<'a>(pipe: &'a mut Pipe, source_table: &str) -> Option<&'a mut TableStats> {
-    pipe.tables.iter_mut().find(|t| t.source_table == source_table)
+    pipe.tables
+        .iter_mut()
+        .find(|t| t.source_table == source_table)
 }
 
 fn close_open_step(pipe: &mut Pipe, at: Option<prost_types::Timestamp>) {
@@ -239,7 +238,8 @@ impl Projection {
         self.head = e.seq;
         let existing = self.by_id.get_mut(&e.pipe_id);
         if let Some(created) = apply(existing, e) {
-            self.current.insert(created.name.clone(), created.id.clone());
+            self.current
+                .insert(created.name.clone(), created.id.clone());
             self.by_id.insert(created.id.clone(), created);
         }
     }

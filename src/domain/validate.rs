@@ -41,7 +41,8 @@ pub fn pipe_name(name: &str) -> Result<(), Invalid> {
     }
     let mut chars = name.chars();
     let first_ok = chars.next().is_some_and(|c| c.is_ascii_lowercase());
-    let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    let rest_ok =
+        chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
     if !first_ok || !rest_ok {
         return invalid(format!(
             "name {name:?} is not allowed: start with a lowercase letter, then use only a-z, 0-9, `_` and `-`"
@@ -60,7 +61,11 @@ pub struct QualifiedName {
 impl QualifiedName {
     /// Canonical text: each part quoted only when it needs it.
     pub fn canonical(&self) -> String {
-        format!("{}.{}", display_ident(&self.schema), display_ident(&self.table))
+        format!(
+            "{}.{}",
+            display_ident(&self.schema),
+            display_ident(&self.table)
+        )
     }
 }
 
@@ -175,9 +180,7 @@ pub fn split_password(conn: &str) -> (String, Option<String>) {
     let trimmed = conn.trim();
     if trimmed.starts_with("postgres://") || trimmed.starts_with("postgresql://") {
         if let Ok(mut url) = url::Url::parse(trimmed) {
-            let mut password = url
-                .password()
-                .map(percent_decode);
+            let mut password = url.password().map(percent_decode);
             let _ = url.set_password(None);
             let pairs: Vec<(String, String)> = url
                 .query_pairs()
@@ -236,7 +239,11 @@ pub fn split_password(conn: &str) -> (String, Option<String>) {
             (v, raw.to_owned(), &stripped[end.min(stripped.len())..])
         } else {
             let end = after.find(char::is_whitespace).unwrap_or(after.len());
-            (after[..end].to_owned(), after[..end].to_owned(), &after[end..])
+            (
+                after[..end].to_owned(),
+                after[..end].to_owned(),
+                &after[end..],
+            )
         };
         if key == "password" {
             password = Some(value);
@@ -253,12 +260,13 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(b);
+            i += 3;
+            continue;
         }
         out.push(bytes[i]);
         i += 1;
@@ -268,7 +276,9 @@ fn percent_decode(s: &str) -> String {
 
 fn source(src: Option<&SourceConfig>) -> Result<(SourceConfig, Option<String>), Invalid> {
     let Some(src) = src else {
-        return invalid("source is required: give source.connection_string (e.g. postgres://user@host:5432/db)");
+        return invalid(
+            "source is required: give source.connection_string (e.g. postgres://user@host:5432/db)",
+        );
     };
     let conn = src.connection_string.trim();
     if conn.is_empty() {
@@ -289,10 +299,14 @@ fn source(src: Option<&SourceConfig>) -> Result<(SourceConfig, Option<String>), 
         ))
     })?;
     if cfg.get_hosts().is_empty() {
-        return invalid("source.connection_string names no host; add host=... or postgres://user@HOST/db");
+        return invalid(
+            "source.connection_string names no host; add host=... or postgres://user@HOST/db",
+        );
     }
     if cfg.get_dbname().is_none() {
-        return invalid("source.connection_string names no database; add dbname=... or /DB to the URL");
+        return invalid(
+            "source.connection_string names no database; add dbname=... or /DB to the URL",
+        );
     }
     let password = match (embedded, src.password.as_str()) {
         (Some(_), p) if !p.is_empty() => {
@@ -404,7 +418,10 @@ fn tables(list: &[TableConfig]) -> Result<Vec<TableConfig>, Invalid> {
         return invalid("tables is empty: list at least one source table (`schema.table`)");
     }
     if list.len() > MAX_TABLES {
-        return invalid(format!("tables has {} entries; at most {MAX_TABLES}", list.len()));
+        return invalid(format!(
+            "tables has {} entries; at most {MAX_TABLES}",
+            list.len()
+        ));
     }
     let mut sources = HashSet::new();
     let mut dests = HashSet::new();
@@ -459,13 +476,19 @@ pub fn settings(s: Option<&PipeSettings>) -> Result<PipeSettings, Invalid> {
         ));
     }
     if out.snapshot_rows_per_partition < 1_000 {
-        return invalid("settings.snapshot_rows_per_partition must be at least 1000 (0 means the default, 500000)");
+        return invalid(
+            "settings.snapshot_rows_per_partition must be at least 1000 (0 means the default, 500000)",
+        );
     }
     if out.cdc_batch_size > 1_000_000 {
-        return invalid("settings.cdc_batch_size must be at most 1000000 (0 means the default, 10000)");
+        return invalid(
+            "settings.cdc_batch_size must be at most 1000000 (0 means the default, 10000)",
+        );
     }
     if out.cdc_sync_interval_ms < 10 || out.cdc_sync_interval_ms > 3_600_000 {
-        return invalid("settings.cdc_sync_interval_ms must be within 10..=3600000 (0 means the default, 1000)");
+        return invalid(
+            "settings.cdc_sync_interval_ms must be within 10..=3600000 (0 means the default, 1000)",
+        );
     }
     Ok(out)
 }
@@ -506,7 +529,10 @@ pub fn apply_overrides(
         let field = format!("overrides[{i}].source_table");
         let q = qualified_name(&field, &o.source_table)?;
         if !seen.insert(q.clone()) {
-            return invalid(format!("overrides[{i}]: {} is overridden twice", q.canonical()));
+            return invalid(format!(
+                "overrides[{i}]: {} is overridden twice",
+                q.canonical()
+            ));
         }
         let canonical = q.canonical();
         let Some(t) = out.iter_mut().find(|t| t.source_table == canonical) else {
@@ -523,7 +549,10 @@ pub fn apply_overrides(
             t.order_by = order_by(&format!("overrides[{i}].order_by"), &o.order_by)?;
         }
         if !o.destination_table.is_empty() {
-            ident(&format!("overrides[{i}].destination_table"), &o.destination_table)?;
+            ident(
+                &format!("overrides[{i}].destination_table"),
+                &o.destination_table,
+            )?;
             t.destination_table = o.destination_table.clone();
         }
     }
@@ -564,7 +593,10 @@ mod tests {
         let q = qualified_name("t", "orders").unwrap();
         assert_eq!((q.schema.as_str(), q.table.as_str()), ("public", "orders"));
         let q = qualified_name("t", r#""My Schema"."a.b""c""#).unwrap();
-        assert_eq!((q.schema.as_str(), q.table.as_str()), ("My Schema", "a.b\"c"));
+        assert_eq!(
+            (q.schema.as_str(), q.table.as_str()),
+            ("My Schema", "a.b\"c")
+        );
         assert_eq!(q.canonical(), r#""My Schema"."a.b""c""#);
         assert!(qualified_name("t", "a.b.c").is_err());
         assert!(qualified_name("t", "a.").is_err());

@@ -1,1 +1,336 @@
-//! ClickHouse sink adapter (being written).
+//! ClickHouse sink: destination DDL, fast RowBinary inserts into
+//! `ReplacingMergeTree` tables, unchanged-TOAST filling, and the resync's
+//! soft-delete transfer.
+//!
+//! Every destination table has the source columns (types: see [`types`])
+//! plus [`VERSION_COLUMN`] `UInt64` (snapshot rows: the slot's consistent
+//! LSN; CDC: the commit LSN), [`IS_DELETED_COLUMN`] `UInt8` (soft delete) and
+//! [`SYNCED_AT_COLUMN`] `DateTime64(6, 'UTC')`, with
+//! `ENGINE = ReplacingMergeTree(_pgpipe_version, _pgpipe_is_deleted)`: under
+//! `FINAL` the highest version of a key wins and a winning soft-delete
+//! hides the key.
+//!
+//! Table names passed to [`ChSink`] methods are names inside the sink's
+//! database; every identifier is quoted, so any name is safe.
+
+mod codec;
+mod ddl;
+mod error;
+mod ident;
+mod toast;
+pub mod types;
+mod writer;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use clickhouse::Client;
+use serde::Deserialize;
+
+pub use ddl::CreateMode;
+pub use error::SinkError;
+pub use ident::quote_ident;
+pub use types::clickhouse_type;
+pub use writer::{TableWriter, WriteStats, WriterOptions};
+
+use crate::model::SourceTable;
+use types::Kind;
+
+/// `_pgpipe_version UInt64`: the LSN that produced the row version.
+pub const VERSION_COLUMN: &str = "_pgpipe_version";
+/// `_pgpipe_is_deleted UInt8`: 1 for a soft-deleted key.
+pub const IS_DELETED_COLUMN: &str = "_pgpipe_is_deleted";
+/// `_pgpipe_synced_at DateTime64(6, 'UTC')`: when pgpipe wrote the row.
+pub const SYNCED_AT_COLUMN: &str = "_pgpipe_synced_at";
+const METADATA_COLUMNS: [(&str, &str); 3] = [
+    (VERSION_COLUMN, "UInt64"),
+    (IS_DELETED_COLUMN, "UInt8"),
+    (SYNCED_AT_COLUMN, "DateTime64(6, 'UTC')"),
+];
+
+const PING_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connection to one database of a ClickHouse server (HTTP interface).
+/// Cheap to clone; clones share the destination-schema cache.
+#[derive(Clone)]
+pub struct ChSink {
+    client: Client,
+    database: String,
+    /// The URL without credentials or query, for messages.
+    url: String,
+    user: String,
+    schemas: Arc<Mutex<HashMap<String, Arc<Vec<DestColumn>>>>>,
+}
+
+impl std::fmt::Debug for ChSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChSink")
+            .field("url", &self.url)
+            .field("user", &self.user)
+            .field("database", &self.database)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A column of a destination table as `system.columns` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, clickhouse::Row, Deserialize)]
+pub struct DestColumn {
+    pub name: String,
+    /// The ClickHouse type, e.g. `Nullable(Decimal(12, 2))`.
+    pub ch_type: String,
+}
+
+/// How one source column is written: its conversion and whether the
+/// destination column is Nullable.
+#[derive(Debug, Clone)]
+pub(crate) struct ColumnPlan {
+    pub(crate) name: String,
+    pub(crate) kind: Kind,
+    pub(crate) nullable: bool,
+}
+
+impl ColumnPlan {
+    pub(crate) fn ch_type(&self) -> String {
+        self.kind.ch_type(self.nullable)
+    }
+}
+
+impl ChSink {
+    /// Prepares a client for `database` on the server at `url`
+    /// (`http://host:8123`). Does no I/O: call [`ChSink::ping`] to check the
+    /// server and the credentials. Credentials go in `user`/`password`,
+    /// not in the URL.
+    pub fn connect(
+        url: &str,
+        user: &str,
+        password: Option<&str>,
+        database: &str,
+    ) -> Result<ChSink, SinkError> {
+        let parsed = url::Url::parse(url).map_err(|e| SinkError::InvalidUrl {
+            url: url.chars().take(200).collect(),
+            reason: e.to_string(),
+        })?;
+        let mut shown = parsed.clone();
+        let _ = shown.set_password(None);
+        let _ = shown.set_username("");
+        shown.set_query(None);
+        let shown = shown.to_string();
+        let invalid = |reason: &str| SinkError::InvalidUrl {
+            url: shown.clone(),
+            reason: reason.to_string(),
+        };
+        match parsed.scheme() {
+            "http" => {}
+            "https" => {
+                return Err(invalid(
+                    "https is not supported by this build (the clickhouse crate's TLS \
+                     feature is off); use http, or a TLS-terminating proxy",
+                ));
+            }
+            _ => return Err(invalid("the scheme must be http")),
+        }
+        if parsed.host_str().is_none_or(str::is_empty) {
+            return Err(invalid("no host"));
+        }
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            return Err(invalid(
+                "credentials in the URL are not used: pass the user and password separately",
+            ));
+        }
+        if database.is_empty() {
+            return Err(SinkError::Schema(
+                "the ClickHouse database name is empty".into(),
+            ));
+        }
+        if user.is_empty() {
+            return Err(SinkError::Schema(
+                "the ClickHouse user name is empty".into(),
+            ));
+        }
+        let mut client = Client::default().with_url(url).with_user(user);
+        if let Some(p) = password {
+            client = client.with_password(p);
+        }
+        Ok(ChSink {
+            client,
+            database: database.to_string(),
+            url: shown,
+            user: user.to_string(),
+            schemas: Arc::default(),
+        })
+    }
+
+    /// Checks that the server answers and accepts the credentials; returns
+    /// the server version. Errors: [`SinkError::Unreachable`] (nothing
+    /// answered within 10 s, connection refused, DNS...),
+    /// [`SinkError::Auth`] (unknown user or wrong password), or another
+    /// error (e.g. not a ClickHouse server).
+    pub async fn ping(&self) -> Result<String, SinkError> {
+        let query = self
+            .client
+            .query_raw("SELECT version()")
+            .fetch_one::<String>();
+        match tokio::time::timeout(PING_TIMEOUT, query).await {
+            Err(_) => Err(SinkError::Unreachable {
+                url: self.url.clone(),
+                reason: format!("no answer within {} s", PING_TIMEOUT.as_secs()),
+            }),
+            Ok(Ok(version)) => {
+                tracing::debug!(url = %self.url, version = %version, "clickhouse ping ok");
+                Ok(version)
+            }
+            Ok(Err(e)) => Err(self.map_err(e)),
+        }
+    }
+
+    /// The database this sink writes to.
+    pub fn database(&self) -> &str {
+        &self.database
+    }
+
+    /// The underlying client (for tests and ad-hoc queries).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub(crate) fn map_err(&self, e: clickhouse::error::Error) -> SinkError {
+        error::from_ch(e, &self.url, &self.user)
+    }
+
+    /// `` `db`.`table` ``
+    pub(crate) fn qualified(&self, table: &str) -> String {
+        format!("{}.{}", quote_ident(&self.database), quote_ident(table))
+    }
+
+    /// Runs a statement built by the sink (identifiers already quoted).
+    pub(crate) async fn exec(&self, sql: &str) -> Result<(), SinkError> {
+        tracing::debug!(database = %self.database, sql = %sql, "clickhouse statement");
+        self.client
+            .query_raw(sql)
+            .execute()
+            .await
+            .map_err(|e| self.map_err(e))
+    }
+
+    /// The columns of `table` in order, or None if it does not exist.
+    pub async fn columns(&self, table: &str) -> Result<Option<Vec<DestColumn>>, SinkError> {
+        let cols = self
+            .client
+            .query_raw(
+                "SELECT name, type AS ch_type FROM system.columns \
+                 WHERE database = {db:String} AND table = {t:String} ORDER BY position",
+            )
+            .param("db", &self.database)
+            .param("t", table)
+            .fetch_all::<DestColumn>()
+            .await
+            .map_err(|e| self.map_err(e))?;
+        Ok((!cols.is_empty()).then_some(cols))
+    }
+
+    /// Cached [`ChSink::columns`]; errors if the table does not exist.
+    pub(crate) async fn dest_columns(
+        &self,
+        table: &str,
+    ) -> Result<Arc<Vec<DestColumn>>, SinkError> {
+        if let Some(cols) = self.cache().get(table) {
+            return Ok(cols.clone());
+        }
+        let cols = self.columns(table).await?.ok_or_else(|| {
+            SinkError::Schema(format!(
+                "ClickHouse table {} does not exist",
+                self.qualified(table)
+            ))
+        })?;
+        let cols = Arc::new(cols);
+        self.cache().insert(table.to_string(), cols.clone());
+        Ok(cols)
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Vec<DestColumn>>>> {
+        // A poisoned cache is still a valid cache.
+        self.schemas.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Forgets the cached columns of `table` (the sink's own DDL does this;
+    /// call it after changing a destination table by other means).
+    pub fn forget_schema(&self, table: &str) {
+        self.cache().remove(table);
+    }
+
+    /// Matches the source columns to the destination table: each source
+    /// column must exist with the mapped type (Nullable or not: the
+    /// destination decides) and the metadata columns must be there.
+    pub(crate) async fn plan(
+        &self,
+        table: &str,
+        source: &SourceTable,
+    ) -> Result<Vec<ColumnPlan>, SinkError> {
+        let dest = self.dest_columns(table).await?;
+        let plan = plan_columns(&self.qualified(table), source, &dest);
+        if plan.is_err() {
+            // The cache may be stale: look again once.
+            self.forget_schema(table);
+            let dest = self.dest_columns(table).await?;
+            return plan_columns(&self.qualified(table), source, &dest);
+        }
+        plan
+    }
+}
+
+fn plan_columns(
+    qualified: &str,
+    source: &SourceTable,
+    dest: &[DestColumn],
+) -> Result<Vec<ColumnPlan>, SinkError> {
+    let find = |name: &str| {
+        dest.iter()
+            .find(|c| c.name == name)
+            .map(|c| c.ch_type.as_str())
+    };
+    for (name, ty) in METADATA_COLUMNS {
+        if find(name) != Some(ty) {
+            return Err(SinkError::Schema(format!(
+                "ClickHouse table {qualified} is not a pgpipe table: it lacks column {name} {ty}"
+            )));
+        }
+    }
+    source
+        .columns
+        .iter()
+        .map(|col| {
+            let kind = Kind::from_pg(&col.pg_type).map_err(|e| {
+                SinkError::Schema(format!(
+                    "column {:?} of {}.{} ({}): {e}",
+                    col.name, source.schema, source.name, col.type_name
+                ))
+            })?;
+            let Some(actual) = find(&col.name) else {
+                return Err(SinkError::Schema(format!(
+                    "ClickHouse table {qualified} has no column {:?} (source column of type {}): \
+                     add it (ALTER TABLE ... ADD COLUMN) or resync the table",
+                    col.name, col.type_name
+                )));
+            };
+            let nullable = if actual == kind.ch_type(false) {
+                false
+            } else if actual == kind.ch_type(true) {
+                true
+            } else {
+                return Err(SinkError::Schema(format!(
+                    "ClickHouse column {:?} of {qualified} is {actual}, but source type {} maps to \
+                     {}: change the column or resync the table",
+                    col.name,
+                    col.type_name,
+                    kind.ch_type(!col.not_null)
+                )));
+            };
+            Ok(ColumnPlan {
+                name: col.name.clone(),
+                kind,
+                nullable,
+            })
+        })
+        .collect()
+}

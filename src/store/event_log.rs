@@ -17,7 +17,6 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
 
 use prost::Message;
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -41,7 +40,11 @@ pub enum LogError {
         "event log is corrupt at seq {seq}: {reason}; {valid} valid events precede it. \
          Run `pgpipe repair --data-dir <dir>` to truncate the log to the last valid event"
     )]
-    Corrupt { seq: u64, valid: u64, reason: String },
+    Corrupt {
+        seq: u64,
+        valid: u64,
+        reason: String,
+    },
     #[error("stream {stream:?} is at version {actual}, expected {expected}")]
     VersionConflict {
         stream: String,
@@ -255,7 +258,10 @@ impl EventLog {
         on_commit: CommitHook,
     ) {
         let mut versions: HashMap<String, u64> = match self.index.read() {
-            Ok(idx) => idx.iter().map(|(k, v)| (k.clone(), v.len() as u64)).collect(),
+            Ok(idx) => idx
+                .iter()
+                .map(|(k, v)| (k.clone(), v.len() as u64))
+                .collect(),
             Err(_) => HashMap::new(),
         };
         let mut next_seq = self.durable_head.load(Ordering::SeqCst) + 1;
@@ -442,9 +448,8 @@ impl EventLog {
 pub fn repair(dir: &Path) -> Result<u64, LogError> {
     let db = sled::Config::new().path(dir).open()?;
     let tree = db.open_tree("log")?;
-    let mut expected = 1u64;
     let mut cut_from: Option<Vec<u8>> = None;
-    for item in tree.scan_prefix([EVENT_PREFIX]) {
+    for (expected, item) in (1u64..).zip(tree.scan_prefix([EVENT_PREFIX])) {
         let (key, value) = item?;
         let ok = key_seq(&key) == Some(expected)
             && decode_record(&value).is_ok_and(|e| e.seq == expected);
@@ -452,14 +457,10 @@ pub fn repair(dir: &Path) -> Result<u64, LogError> {
             cut_from = Some(key.to_vec());
             break;
         }
-        expected += 1;
     }
     let mut removed = 0;
     if let Some(from) = cut_from {
-        let keys: Vec<_> = tree
-            .range(from..)
-            .keys()
-            .collect::<Result<Vec<_>, _>>()?;
+        let keys: Vec<_> = tree.range(from..).keys().collect::<Result<Vec<_>, _>>()?;
         for k in keys {
             tree.remove(k)?;
             removed += 1;

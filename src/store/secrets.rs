@@ -19,7 +19,10 @@ impl std::fmt::Debug for PipeSecrets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print the values, only whether they are set.
         f.debug_struct("PipeSecrets")
-            .field("source_password", &self.source_password.as_ref().map(|_| "***"))
+            .field(
+                "source_password",
+                &self.source_password.as_ref().map(|_| "***"),
+            )
             .field(
                 "destination_password",
                 &self.destination_password.as_ref().map(|_| "***"),
@@ -51,8 +54,9 @@ impl SecretStore {
 
     pub fn get(&self, pipe_id: &str) -> Result<PipeSecrets, LogError> {
         match self.tree.get(pipe_id.as_bytes())? {
-            Some(v) => serde_json::from_slice(&v)
-                .map_err(|e| LogError::Unavailable(format!("unreadable secrets of {pipe_id}: {e}"))),
+            Some(v) => serde_json::from_slice(&v).map_err(|e| {
+                LogError::Unavailable(format!("unreadable secrets of {pipe_id}: {e}"))
+            }),
             None => Ok(PipeSecrets::default()),
         }
     }

@@ -94,7 +94,11 @@ pub async fn connect(url: &str) -> Client {
 }
 
 pub async fn health_status(url: &str) -> Option<i32> {
-    let channel = Channel::from_shared(url.to_owned()).ok()?.connect().await.ok()?;
+    let channel = Channel::from_shared(url.to_owned())
+        .ok()?
+        .connect()
+        .await
+        .ok()?;
     let mut h = tonic_health::pb::health_client::HealthClient::new(channel);
     let r = h
         .check(tonic_health::pb::HealthCheckRequest {
@@ -138,7 +142,9 @@ impl Proc {
         let mut child = cmd.spawn().expect("spawn pgpipe");
         let stdout = child.stdout.take().unwrap();
         let mut line = String::new();
-        std::io::BufReader::new(stdout).read_line(&mut line).unwrap();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .unwrap();
         let addr = line
             .trim()
             .strip_prefix("pgpipe listening on ")

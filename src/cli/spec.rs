@@ -1,0 +1,257 @@
+//! Parsers for table arguments: `create --table SPEC` and the
+//! `resync --order-by TABLE=COLS` / `--dest TABLE=NAME` overrides.
+//!
+//! Identifiers may be double-quoted (`"My Schema"."Order-Items"`, with `""`
+//! for a quote inside); separators inside quotes are not separators. Quoted
+//! parts are passed to the server verbatim, quotes included.
+
+use crate::proto::TableConfig;
+
+/// Splits `s` on `sep` outside double quotes.
+fn split_unquoted(s: &str, sep: char) -> Result<Vec<&str>, String> {
+    let mut parts = Vec::new();
+    let mut in_quotes = false;
+    let mut start = 0;
+    for (i, c) in s.char_indices() {
+        if c == '"' {
+            // `""` inside quotes is an escaped quote: toggling twice is a no-op.
+            in_quotes = !in_quotes;
+        } else if c == sep && !in_quotes {
+            parts.push(&s[start..i]);
+            start = i + c.len_utf8();
+        }
+    }
+    if in_quotes {
+        return Err(format!("unterminated double quote in {s:?}"));
+    }
+    parts.push(&s[start..]);
+    Ok(parts)
+}
+
+/// Checks `schema.table` or `table`, each part non-empty.
+fn check_source_table(t: &str) -> Result<(), String> {
+    if t.is_empty() {
+        return Err("missing source table".to_owned());
+    }
+    let parts = split_unquoted(t, '.')?;
+    if parts.len() > 2 || parts.iter().any(|p| p.trim().is_empty()) {
+        return Err(format!(
+            "source table {t:?} is not `schema.table` or `table` (quote names that contain dots)"
+        ));
+    }
+    Ok(())
+}
+
+/// Comma-separated column list; no empty entries.
+fn parse_columns(s: &str, what: &str) -> Result<Vec<String>, String> {
+    let cols: Vec<String> = split_unquoted(s, ',')?
+        .into_iter()
+        .map(|c| c.trim().to_owned())
+        .collect();
+    if cols.iter().any(String::is_empty) {
+        return Err(format!("empty column name in {what} {s:?}"));
+    }
+    Ok(cols)
+}
+
+/// `schema.table[:dest_table][:col1,col2]`, e.g. `public.orders`,
+/// `public.orders:orders_v2`, `public.orders::id,created_at`,
+/// `public.orders:orders_v2:id`. An empty destination means the default (the
+/// source table name); an omitted ORDER BY means the primary key.
+pub(crate) fn parse_table_spec(spec: &str) -> Result<TableConfig, String> {
+    let parts = split_unquoted(spec, ':')?;
+    if parts.len() > 3 {
+        return Err(format!(
+            "table spec {spec:?} has more than 3 `:`-separated parts \
+             (expected schema.table[:dest_table][:order_by_cols])"
+        ));
+    }
+    let source_table = parts[0].trim().to_owned();
+    check_source_table(&source_table).map_err(|e| format!("table spec {spec:?}: {e}"))?;
+    let destination_table = parts
+        .get(1)
+        .map(|d| d.trim().to_owned())
+        .unwrap_or_default();
+    let order_by = match parts.get(2) {
+        None => Vec::new(),
+        Some(cols) if cols.trim().is_empty() => {
+            return Err(format!(
+                "table spec {spec:?}: empty ORDER BY list (omit the last `:` to use the primary key)"
+            ));
+        }
+        Some(cols) => parse_columns(cols, "ORDER BY list")?,
+    };
+    Ok(TableConfig {
+        source_table,
+        destination_table,
+        order_by,
+    })
+}
+
+/// `TABLE=VALUE`, split at the first `=` outside quotes.
+fn split_assignment(s: &str) -> Result<(String, String), String> {
+    let parts = split_unquoted(s, '=')?;
+    let Some((table, rest)) = parts.split_first().filter(|(_, rest)| !rest.is_empty()) else {
+        return Err(format!("expected SOURCE_TABLE=VALUE, got {s:?}"));
+    };
+    let table = table.trim().to_owned();
+    check_source_table(&table).map_err(|e| format!("{s:?}: {e}"))?;
+    // Everything after the first separator, `=` included.
+    let value = rest.join("=").trim().to_owned();
+    Ok((table, value))
+}
+
+/// `resync --order-by SOURCE_TABLE=col1,col2`.
+pub(crate) fn parse_order_by_override(s: &str) -> Result<(String, Vec<String>), String> {
+    let (table, cols) = split_assignment(s)?;
+    if cols.is_empty() {
+        return Err(format!("{s:?}: empty ORDER BY list"));
+    }
+    Ok((table, parse_columns(&cols, "ORDER BY list")?))
+}
+
+/// `resync --dest SOURCE_TABLE=dest_table`.
+pub(crate) fn parse_dest_override(s: &str) -> Result<(String, String), String> {
+    let (table, dest) = split_assignment(s)?;
+    if dest.is_empty() {
+        return Err(format!("{s:?}: empty destination table"));
+    }
+    Ok((table, dest))
+}
+
+/// Merges per-table overrides into one TableConfig per source table, in
+/// the order tables were first mentioned.
+pub(crate) fn merge_overrides(
+    order_by: &[(String, Vec<String>)],
+    dest: &[(String, String)],
+) -> Vec<TableConfig> {
+    let mut out: Vec<TableConfig> = Vec::new();
+    fn entry<'a>(out: &'a mut Vec<TableConfig>, table: &str) -> &'a mut TableConfig {
+        let idx = match out.iter().position(|t| t.source_table == table) {
+            Some(i) => i,
+            None => {
+                out.push(TableConfig {
+                    source_table: table.to_owned(),
+                    ..Default::default()
+                });
+                out.len() - 1
+            }
+        };
+        &mut out[idx]
+    }
+    for (table, cols) in order_by {
+        entry(&mut out, table).order_by = cols.clone();
+    }
+    for (table, d) in dest {
+        entry(&mut out, table).destination_table = d.clone();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(s: &str) -> (String, String, Vec<String>) {
+        let t = parse_table_spec(s).unwrap();
+        (t.source_table, t.destination_table, t.order_by)
+    }
+
+    #[test]
+    fn table_specs() {
+        assert_eq!(
+            spec("public.orders"),
+            ("public.orders".into(), "".into(), vec![])
+        );
+        assert_eq!(spec("orders"), ("orders".into(), "".into(), vec![]));
+        assert_eq!(
+            spec("public.orders:orders_v2"),
+            ("public.orders".into(), "orders_v2".into(), vec![])
+        );
+        assert_eq!(
+            spec("public.orders::id, created_at"),
+            (
+                "public.orders".into(),
+                "".into(),
+                vec!["id".into(), "created_at".into()]
+            )
+        );
+        assert_eq!(
+            spec("public.orders:o:id"),
+            ("public.orders".into(), "o".into(), vec!["id".into()])
+        );
+        // Quotes protect separators and are kept.
+        assert_eq!(
+            spec(r#""My Schema"."Order:Items":items:"a,b",c"#),
+            (
+                r#""My Schema"."Order:Items""#.into(),
+                "items".into(),
+                vec![r#""a,b""#.into(), "c".into()]
+            )
+        );
+        assert_eq!(
+            spec(r#""we""ird.x".t"#),
+            (r#""we""ird.x".t"#.into(), "".into(), vec![])
+        );
+    }
+
+    #[test]
+    fn bad_table_specs() {
+        for bad in [
+            "",
+            ":dest",
+            "a.b.c",
+            ".t",
+            "s.",
+            "s.t:d:id:extra",
+            "s.t:d:",
+            "s.t::id,,x",
+            r#""unterminated.t"#,
+        ] {
+            assert!(parse_table_spec(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn overrides() {
+        assert_eq!(
+            parse_order_by_override("public.orders=id,created_at").unwrap(),
+            (
+                "public.orders".into(),
+                vec!["id".into(), "created_at".into()]
+            )
+        );
+        assert_eq!(
+            parse_order_by_override(r#""a=b".t="x=y""#).unwrap(),
+            (r#""a=b".t"#.into(), vec![r#""x=y""#.into()])
+        );
+        assert!(parse_order_by_override("public.orders").is_err());
+        assert!(parse_order_by_override("public.orders=").is_err());
+        assert!(parse_order_by_override("=id").is_err());
+        assert_eq!(
+            parse_dest_override("public.orders=orders_v3").unwrap(),
+            ("public.orders".into(), "orders_v3".into())
+        );
+        let merged = merge_overrides(
+            &[
+                ("a.x".into(), vec!["id".into()]),
+                ("a.y".into(), vec!["k".into()]),
+            ],
+            &[("a.y".into(), "y2".into()), ("a.z".into(), "z2".into())],
+        );
+        let got: Vec<(&str, &str, usize)> = merged
+            .iter()
+            .map(|t| {
+                (
+                    t.source_table.as_str(),
+                    t.destination_table.as_str(),
+                    t.order_by.len(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![("a.x", "", 1), ("a.y", "y2", 1), ("a.z", "z2", 0)]
+        );
+    }
+}

@@ -1,0 +1,208 @@
+//! Postgres → ClickHouse type mapping (a user-visible contract).
+//!
+//! | Postgres                         | ClickHouse                         | Notes |
+//! |----------------------------------|------------------------------------|-------|
+//! | `bool`                           | `Bool`                             | |
+//! | `int2` / `int4` / `int8`         | `Int16` / `Int32` / `Int64`        | |
+//! | `float4` / `float8`              | `Float32` / `Float64`              | `NaN`, `Infinity`, `-Infinity` kept; values are bit-exact |
+//! | `numeric(p, s)`, p ≤ 76          | `Decimal(p, s)`                    | `numeric(p, s)` with s > p → `Decimal(s, s)` |
+//! | `numeric` (unconstrained)        | `Decimal(76, 38)`                  | |
+//! | `numeric(p, s)`, p > 76          | `String` (Postgres text)           | lossless, not a number in ClickHouse |
+//! | `text`, `varchar`, `char`, `name`| `String`                           | bytes as Postgres sends them (UTF-8) |
+//! | `bytea`                          | `String`                           | the raw bytes (decoded from `\x…` hex or escape format) |
+//! | `date`                           | `Date32`                           | clamped to 1900-01-01 … 2299-12-31 (`±infinity`, BC, far future) |
+//! | `timestamp`                      | `DateTime64(6, 'UTC')`             | wall-clock time stored as if UTC, so it displays as in Postgres whatever the server time zone; clamped like `date` |
+//! | `timestamptz`                    | `DateTime64(6, 'UTC')`             | the instant (any offset in the text is applied); clamped like `date` |
+//! | `time`                           | `Int64`                            | microseconds since midnight (`24:00:00` = 86 400 000 000) |
+//! | `interval`                       | `String`                           | Postgres text (`IntervalStyle` of the source session) |
+//! | `uuid`                           | `UUID`                             | |
+//! | `json`, `jsonb`                  | `String`                           | Postgres text |
+//! | `inet` / `cidr`                  | `String`                           | Postgres text |
+//! | enum types                       | `LowCardinality(String)`           | the label |
+//! | `T[]` (one dimension)            | `Array(Nullable(T'))`              | T' as above; enum elements: `Array(LowCardinality(Nullable(String)))`; a multi-dimensional value is an error; explicit lower bounds (`[0:1]={…}`) are dropped |
+//!
+//! A nullable column is `Nullable(T)` (enum: `LowCardinality(Nullable(String))`).
+//! ClickHouse has no `Nullable(Array(…))`: a nullable array column is
+//! `Array(…)` and a NULL array is stored as `[]`.
+//!
+//! Values that cannot be represented are errors naming the table and column
+//! (the row is rejected, never silently altered): a numeric with more
+//! integer or fractional digits than the `Decimal` holds (trailing zeros
+//! beyond the scale are fine), numeric `NaN`/`±Infinity` (Decimal has
+//! neither), a multi-dimensional array. The only deliberate clamping is for
+//! dates and timestamps outside ClickHouse's range (1900-01-01 … 2299-12-31
+//! 23:59:59.999999), which includes Postgres `infinity`/`-infinity`: they map
+//! to the range's ends, as ClickHouse itself saturates such values.
+//!
+//! The source session must produce Postgres' default text output: `DateStyle`
+//! ISO, `bytea_output` hex (escape format is accepted too), and for
+//! PG < 12 `extra_float_digits = 3` so floats are exact.
+//!
+//! Every destination table also has the metadata columns
+//! `_pgpipe_version UInt64`, `_pgpipe_is_deleted UInt8` and
+//! `_pgpipe_synced_at DateTime64(6, 'UTC')`.
+
+use crate::model::{PgType, SourceColumn};
+
+/// Largest `Decimal` precision ClickHouse supports.
+pub const MAX_DECIMAL_PRECISION: u32 = 76;
+
+/// How one column (or array element) is converted: the Postgres text
+/// parsing rules together with the ClickHouse physical type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Bool,
+    Int16,
+    Int32,
+    Int64,
+    Float32,
+    Float64,
+    Decimal {
+        precision: u32,
+        scale: u32,
+    },
+    /// Any text kept verbatim (text, json, inet, interval, wide numeric).
+    Text,
+    /// bytea: Postgres hex/escape text decoded to raw bytes, stored as String.
+    Bytea,
+    Date,
+    /// `timestamp` (no offset in the text).
+    Timestamp,
+    /// `timestamptz` (offset in the text).
+    TimestampTz,
+    /// `time` as microseconds since midnight.
+    Time,
+    Uuid,
+    Enum,
+    /// One-dimensional array; elements are always nullable.
+    Array(Box<Kind>),
+}
+
+impl Kind {
+    /// Classifies a Postgres type. Errors name what is unsupported.
+    pub(crate) fn from_pg(t: &PgType) -> Result<Kind, String> {
+        Ok(match t {
+            PgType::Bool => Kind::Bool,
+            PgType::Int2 => Kind::Int16,
+            PgType::Int4 => Kind::Int32,
+            PgType::Int8 => Kind::Int64,
+            PgType::Float4 => Kind::Float32,
+            PgType::Float8 => Kind::Float64,
+            PgType::Numeric {
+                precision: None, ..
+            } => Kind::Decimal {
+                precision: MAX_DECIMAL_PRECISION,
+                scale: 38,
+            },
+            PgType::Numeric {
+                precision: Some(p),
+                scale,
+            } => {
+                let s = scale.unwrap_or(0);
+                let p = (*p).max(s);
+                if p == 0 {
+                    return Err("numeric with precision 0".into());
+                }
+                if p > MAX_DECIMAL_PRECISION {
+                    Kind::Text
+                } else {
+                    Kind::Decimal {
+                        precision: p,
+                        scale: s,
+                    }
+                }
+            }
+            PgType::Text | PgType::Json | PgType::Jsonb | PgType::Inet | PgType::Interval => {
+                Kind::Text
+            }
+            PgType::Bytea => Kind::Bytea,
+            PgType::Date => Kind::Date,
+            PgType::Timestamp => Kind::Timestamp,
+            PgType::TimestampTz => Kind::TimestampTz,
+            PgType::Time => Kind::Time,
+            PgType::Uuid => Kind::Uuid,
+            PgType::Enum { .. } => Kind::Enum,
+            PgType::Array(inner) => match inner.as_ref() {
+                PgType::Array(_) => return Err("arrays of arrays are not supported".into()),
+                other => Kind::Array(Box::new(Kind::from_pg(other)?)),
+            },
+        })
+    }
+
+    /// The ClickHouse type of a value of this kind, without nullability.
+    fn base_type(&self) -> String {
+        match self {
+            Kind::Bool => "Bool".into(),
+            Kind::Int16 => "Int16".into(),
+            Kind::Int32 => "Int32".into(),
+            Kind::Int64 | Kind::Time => "Int64".into(),
+            Kind::Float32 => "Float32".into(),
+            Kind::Float64 => "Float64".into(),
+            Kind::Decimal { precision, scale } => format!("Decimal({precision}, {scale})"),
+            Kind::Text | Kind::Bytea => "String".into(),
+            Kind::Date => "Date32".into(),
+            Kind::Timestamp | Kind::TimestampTz => "DateTime64(6, 'UTC')".into(),
+            Kind::Uuid => "UUID".into(),
+            Kind::Enum => "LowCardinality(String)".into(),
+            Kind::Array(elem) => format!("Array({})", elem.ch_type(true)),
+        }
+    }
+
+    /// The ClickHouse type, in the canonical spelling `system.columns` uses.
+    pub(crate) fn ch_type(&self, nullable: bool) -> String {
+        match (self, nullable) {
+            (Kind::Array(_), _) | (_, false) => self.base_type(),
+            (Kind::Enum, true) => "LowCardinality(Nullable(String))".into(),
+            (_, true) => format!("Nullable({})", self.base_type()),
+        }
+    }
+
+    /// Whether a ClickHouse column of this kind can hold NULL.
+    pub(crate) fn can_be_nullable(&self) -> bool {
+        !matches!(self, Kind::Array(_))
+    }
+}
+
+/// The ClickHouse type pgpipe creates for a source column (see the table in
+/// the module docs).
+pub fn clickhouse_type(column: &SourceColumn) -> Result<String, String> {
+    let kind = Kind::from_pg(&column.pg_type)
+        .map_err(|e| format!("column {:?} ({}): {e}", column.name, column.type_name))?;
+    Ok(kind.ch_type(!column.not_null))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn num(p: Option<u32>, s: Option<u32>) -> PgType {
+        PgType::Numeric {
+            precision: p,
+            scale: s,
+        }
+    }
+
+    #[test]
+    fn maps_types() {
+        let k = |t: &PgType, n| Kind::from_pg(t).map(|k| k.ch_type(n)).unwrap();
+        assert_eq!(k(&PgType::Bool, false), "Bool");
+        assert_eq!(k(&PgType::Int8, true), "Nullable(Int64)");
+        assert_eq!(k(&num(Some(12), Some(2)), false), "Decimal(12, 2)");
+        assert_eq!(k(&num(Some(5), None), false), "Decimal(5, 0)");
+        assert_eq!(k(&num(Some(2), Some(5)), false), "Decimal(5, 5)");
+        assert_eq!(k(&num(None, None), true), "Nullable(Decimal(76, 38))");
+        assert_eq!(k(&num(Some(77), Some(2)), false), "String");
+        assert_eq!(k(&PgType::TimestampTz, false), "DateTime64(6, 'UTC')");
+        assert_eq!(
+            k(&PgType::Enum { labels: vec![] }, true),
+            "LowCardinality(Nullable(String))"
+        );
+        let arr = |t: PgType| PgType::Array(Box::new(t));
+        assert_eq!(k(&arr(PgType::Int4), true), "Array(Nullable(Int32))");
+        assert_eq!(
+            k(&arr(PgType::Enum { labels: vec![] }), false),
+            "Array(LowCardinality(Nullable(String)))"
+        );
+        assert!(Kind::from_pg(&arr(arr(PgType::Int4))).is_err());
+    }
+}

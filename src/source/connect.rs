@@ -1,0 +1,267 @@
+//! Connecting to the source and checking that it can do logical replication.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use tokio_postgres::config::Host;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, Config, NoTls};
+
+use super::{MIN_SERVER_VERSION_NUM, SourceError, error_chain, format_db_error, has_io_source};
+
+/// Used when the connection string sets no `connect_timeout`, so an
+/// unreachable (black-holed) host fails instead of hanging.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Settings that shape text output, pinned so COPY and pgoutput (whose
+/// output functions run in this session) agree, and timeouts a role may
+/// carry that would kill long COPYs or the idle snapshot coordinator.
+const SESSION_SETUP: &str = "SET DateStyle = 'ISO, YMD'; SET TimeZone = 'UTC'; \
+     SET IntervalStyle = 'postgres'; SET extra_float_digits = 3; SET bytea_output = 'hex'; \
+     SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0";
+
+/// Where a connection goes, for messages: `host:port/db` (never a password).
+fn target(cfg: &Config) -> String {
+    let host = match cfg.get_hosts().first() {
+        Some(Host::Tcp(h)) => h.clone(),
+        #[cfg(unix)]
+        Some(Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = cfg.get_ports().first().copied().unwrap_or(5432);
+    format!("{host}:{port}/{}", cfg.get_dbname().unwrap_or(""))
+}
+
+/// Connects to the source (without TLS for now), with
+/// `application_name=pgpipe` and the pinned output settings. The password,
+/// if given, overrides one in `conn_str`; neither ever appears in errors
+/// or logs.
+pub async fn connect(conn_str: &str, password: Option<&str>) -> Result<Client, SourceError> {
+    let mut cfg = Config::from_str(conn_str).map_err(|e| {
+        // The cause names the bad option, not its value.
+        let cause = std::error::Error::source(&e)
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| e.to_string());
+        SourceError::InvalidConnectionString(cause)
+    })?;
+    if let Some(p) = password {
+        cfg.password(p);
+    }
+    cfg.application_name("pgpipe");
+    if cfg.get_connect_timeout().is_none() {
+        cfg.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
+    }
+    let target = target(&cfg);
+    let user = cfg.get_user().unwrap_or("").to_owned();
+    let (client, connection) = cfg
+        .connect(NoTls)
+        .await
+        .map_err(|e| classify_connect_error(&e, &target, &user, cfg.get_dbname()))?;
+    let log_target = target.clone();
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(target = %log_target, error = %error_chain(&e), "source connection ended with an error");
+        }
+    });
+    client
+        .batch_execute(SESSION_SETUP)
+        .await
+        .map_err(|e| SourceError::query("setting up the session", &e))?;
+    tracing::debug!(target = %target, user = %user, "connected to source");
+    Ok(client)
+}
+
+fn classify_connect_error(
+    e: &tokio_postgres::Error,
+    target: &str,
+    user: &str,
+    dbname: Option<&str>,
+) -> SourceError {
+    if let Some(db) = e.as_db_error() {
+        let code = db.code();
+        if *code == SqlState::INVALID_PASSWORD
+            || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+        {
+            return SourceError::AuthFailed {
+                target: target.into(),
+                user: user.into(),
+                reason: format_db_error(db),
+            };
+        }
+        if *code == SqlState::INVALID_CATALOG_NAME {
+            return SourceError::DatabaseMissing {
+                target: target.into(),
+                database: dbname.unwrap_or(user).into(),
+            };
+        }
+        if code.code().starts_with("08") || code.code().starts_with("57P") || code.code() == "53300"
+        {
+            // Connection exceptions, shutting down, too many connections.
+            return SourceError::Unreachable {
+                target: target.into(),
+                reason: format_db_error(db),
+            };
+        }
+        return SourceError::Query {
+            context: format!("connecting to {target}"),
+            reason: format_db_error(db),
+        };
+    }
+    let chain = error_chain(e);
+    if chain.contains("password missing") {
+        return SourceError::AuthFailed {
+            target: target.into(),
+            user: user.into(),
+            reason: "the server asks for a password but none was given".into(),
+        };
+    }
+    if chain.contains("user missing") {
+        return SourceError::InvalidConnectionString(
+            "no user given; add user=... or postgres://USER@host/db".into(),
+        );
+    }
+    if has_io_source(e) || chain.contains("timeout") || chain.contains("timed out") {
+        return SourceError::Unreachable {
+            target: target.into(),
+            reason: chain,
+        };
+    }
+    if chain.contains("authentication") || chain.contains("SASL") || chain.contains("SCRAM") {
+        return SourceError::AuthFailed {
+            target: target.into(),
+            user: user.into(),
+            reason: chain,
+        };
+    }
+    SourceError::Query {
+        context: format!("connecting to {target}"),
+        reason: chain,
+    }
+}
+
+/// Facts about the source server, from [`check_server`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerInfo {
+    /// `server_version_num`, e.g. 150004.
+    pub version_num: i32,
+    /// `server_version`, e.g. `15.4 (Debian 15.4-1)`.
+    pub version: String,
+    pub user: String,
+    pub database: String,
+}
+
+/// Checks that the server can serve a pipe: PostgreSQL 11+, `wal_level =
+/// logical`, a UTF8 database, and a user with REPLICATION (or superuser,
+/// or `rds_replication` on Amazon RDS).
+pub async fn check_server(client: &Client) -> Result<ServerInfo, SourceError> {
+    let row = client
+        .query_one(
+            "SELECT current_setting('server_version_num')::int4, current_setting('server_version'), \
+                    current_setting('wal_level'), current_user::text, current_database()::text, \
+                    pg_encoding_to_char(d.encoding)::text, r.rolsuper, r.rolreplication, \
+                    EXISTS (SELECT 1 FROM pg_roles g WHERE g.rolname = 'rds_replication' \
+                            AND pg_has_role(r.oid, g.oid, 'MEMBER')) \
+             FROM pg_roles r, pg_database d \
+             WHERE r.rolname = current_user AND d.datname = current_database()",
+            &[],
+        )
+        .await
+        .map_err(|e| SourceError::query("checking the source server", &e))?;
+    let info = ServerInfo {
+        version_num: row.get(0),
+        version: row.get(1),
+        user: row.get(3),
+        database: row.get(4),
+    };
+    let wal_level: String = row.get(2);
+    let encoding: String = row.get(5);
+    let (superuser, replication, rds): (bool, bool, bool) = (row.get(6), row.get(7), row.get(8));
+    check_facts(
+        &info,
+        &wal_level,
+        &encoding,
+        superuser || replication || rds,
+    )?;
+    Ok(info)
+}
+
+fn check_facts(
+    info: &ServerInfo,
+    wal_level: &str,
+    encoding: &str,
+    may_replicate: bool,
+) -> Result<(), SourceError> {
+    if info.version_num < MIN_SERVER_VERSION_NUM {
+        return Err(SourceError::ServerTooOld {
+            version: info.version.clone(),
+        });
+    }
+    if wal_level != "logical" {
+        return Err(SourceError::WalLevel {
+            actual: wal_level.into(),
+        });
+    }
+    if encoding != "UTF8" {
+        return Err(SourceError::UnsupportedEncoding {
+            encoding: encoding.into(),
+        });
+    }
+    if !may_replicate {
+        return Err(SourceError::NoReplicationPrivilege {
+            user: info.user.clone(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(v: i32) -> ServerInfo {
+        ServerInfo {
+            version_num: v,
+            version: "x".into(),
+            user: "app".into(),
+            database: "db".into(),
+        }
+    }
+
+    #[test]
+    fn server_facts_are_checked_in_order() {
+        assert!(check_facts(&info(150004), "logical", "UTF8", true).is_ok());
+        assert!(matches!(
+            check_facts(&info(100020), "logical", "UTF8", true),
+            Err(SourceError::ServerTooOld { .. })
+        ));
+        let e = check_facts(&info(150004), "replica", "UTF8", true).unwrap_err();
+        assert!(matches!(e, SourceError::WalLevel { .. }));
+        let m = e.to_string();
+        assert!(m.contains("wal_level = \"replica\""), "{m}");
+        assert!(
+            m.contains("`ALTER SYSTEM SET wal_level = logical;` and restart"),
+            "{m}"
+        );
+        assert!(matches!(
+            check_facts(&info(150004), "logical", "LATIN1", true),
+            Err(SourceError::UnsupportedEncoding { .. })
+        ));
+        assert!(matches!(
+            check_facts(&info(150004), "logical", "UTF8", false),
+            Err(SourceError::NoReplicationPrivilege { .. })
+        ));
+    }
+
+    #[test]
+    fn bad_connection_strings_do_not_echo_secrets() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let e = rt
+            .block_on(connect("host=h port=notaport password=hunter2", None))
+            .unwrap_err();
+        assert!(matches!(e, SourceError::InvalidConnectionString(_)));
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+    }
+}

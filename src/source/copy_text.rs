@@ -1,0 +1,199 @@
+//! Decoding of `COPY ... TO STDOUT` text format: rows end with `\n`, fields
+//! are separated by tabs, `\N` is NULL, and backslash escapes stand for
+//! special bytes (`\\ \t \n \r \b \f \v`, octal `\NNN`, hex `\xHH`; any
+//! other escaped character stands for itself). A raw tab or newline is
+//! always a separator: data tabs and newlines are escaped.
+
+use memchr::{memchr, memchr2};
+
+use crate::model::{Cell, Row};
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum CopyFormatError {
+    #[error("a COPY row has {found} fields where {expected} were expected")]
+    FieldCount { expected: usize, found: usize },
+}
+
+/// Decodes one row (without its trailing `\n`) of `ncols` fields.
+pub fn decode_copy_line(line: &[u8], ncols: usize) -> Result<Row, CopyFormatError> {
+    let mut row = Vec::with_capacity(ncols);
+    if ncols == 0 && line.is_empty() {
+        return Ok(row);
+    }
+    let mut start = 0;
+    let mut pos = 0;
+    let mut escaped = false;
+    loop {
+        match memchr2(b'\t', b'\\', &line[pos..]) {
+            Some(off) => {
+                let p = pos + off;
+                if line[p] == b'\\' {
+                    escaped = true;
+                    // The escaped byte is data, even if it is a tab.
+                    pos = (p + 2).min(line.len());
+                } else {
+                    row.push(field(&line[start..p], escaped));
+                    start = p + 1;
+                    pos = start;
+                    escaped = false;
+                }
+            }
+            None => {
+                row.push(field(&line[start..], escaped));
+                break;
+            }
+        }
+    }
+    if row.len() != ncols {
+        return Err(CopyFormatError::FieldCount {
+            expected: ncols,
+            found: row.len(),
+        });
+    }
+    Ok(row)
+}
+
+/// Decodes every complete row (ending in `\n`) of `buf` into `out` and
+/// returns how many bytes were consumed; an incomplete last row is left for
+/// the caller to complete with more data. A `\.` end-of-data line is
+/// consumed and ignored.
+pub fn decode_copy_lines(
+    buf: &[u8],
+    ncols: usize,
+    out: &mut Vec<Row>,
+) -> Result<usize, CopyFormatError> {
+    let mut start = 0;
+    while let Some(off) = memchr(b'\n', &buf[start..]) {
+        let line = &buf[start..start + off];
+        if line != b"\\." {
+            out.push(decode_copy_line(line, ncols)?);
+        }
+        start += off + 1;
+    }
+    Ok(start)
+}
+
+#[inline]
+fn field(f: &[u8], escaped: bool) -> Cell {
+    if !escaped {
+        Cell::Text(f.to_vec())
+    } else if f == b"\\N" {
+        Cell::Null
+    } else {
+        Cell::Text(unescape(f))
+    }
+}
+
+fn unescape(f: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(f.len());
+    let mut i = 0;
+    while i < f.len() {
+        let Some(off) = memchr(b'\\', &f[i..]) else {
+            out.extend_from_slice(&f[i..]);
+            break;
+        };
+        out.extend_from_slice(&f[i..i + off]);
+        i += off + 1;
+        let Some(&c) = f.get(i) else {
+            // A lone trailing backslash: keep it.
+            out.push(b'\\');
+            break;
+        };
+        i += 1;
+        match c {
+            b'b' => out.push(0x08),
+            b'f' => out.push(0x0c),
+            b'n' => out.push(b'\n'),
+            b'r' => out.push(b'\r'),
+            b't' => out.push(b'\t'),
+            b'v' => out.push(0x0b),
+            b'0'..=b'7' => {
+                let mut v = u32::from(c - b'0');
+                for _ in 0..2 {
+                    match f.get(i) {
+                        Some(&d @ b'0'..=b'7') => {
+                            v = v * 8 + u32::from(d - b'0');
+                            i += 1;
+                        }
+                        _ => break,
+                    }
+                }
+                out.push((v & 0xff) as u8);
+            }
+            b'x' => {
+                let mut v = 0u32;
+                let mut n = 0;
+                while n < 2 {
+                    match f.get(i).and_then(|d| (*d as char).to_digit(16)) {
+                        Some(d) => {
+                            v = v * 16 + d;
+                            i += 1;
+                            n += 1;
+                        }
+                        None => break,
+                    }
+                }
+                if n == 0 {
+                    out.push(b'x');
+                } else {
+                    out.push(v as u8);
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &[u8]) -> Cell {
+        Cell::Text(s.to_vec())
+    }
+
+    #[test]
+    fn splits_fields_and_recognizes_null() {
+        let row = decode_copy_line(b"1\t\\N\t\tabc", 4).unwrap();
+        assert_eq!(row, vec![t(b"1"), Cell::Null, t(b""), t(b"abc")]);
+        // `\N` is NULL only as a whole field.
+        let row = decode_copy_line(b"\\Nx\tx\\N", 2).unwrap();
+        assert_eq!(row, vec![t(b"Nx"), t(b"xN")]);
+    }
+
+    #[test]
+    fn unescapes_every_escape() {
+        let row = decode_copy_line(b"a\\tb\\nc\\rd\\\\e\\bf\\fg\\vh", 1).unwrap();
+        assert_eq!(row, vec![t(b"a\tb\nc\rd\\e\x08f\x0cg\x0bh")]);
+        let row = decode_copy_line(b"\\101\\0\\7777\\x41\\x4\\xg\\q", 1).unwrap();
+        // \101 = 'A', \0 = NUL, \777 = 0x1ff & 0xff, then '7'; \x41 = 'A'; \x4; \x without hex = 'x'.
+        assert_eq!(row, vec![t(b"A\0\xff7A\x04xgq")]);
+        let row = decode_copy_line(b"\\\tx\tend\\", 2).unwrap();
+        assert_eq!(row, vec![t(b"\tx"), t(b"end\\")]);
+    }
+
+    #[test]
+    fn counts_fields() {
+        assert_eq!(
+            decode_copy_line(b"a\tb", 3),
+            Err(CopyFormatError::FieldCount {
+                expected: 3,
+                found: 2
+            })
+        );
+        assert_eq!(decode_copy_line(b"", 1).unwrap(), vec![t(b"")]);
+        assert_eq!(decode_copy_line(b"", 0).unwrap(), Vec::<Cell>::new());
+    }
+
+    #[test]
+    fn decodes_complete_lines_only() {
+        let mut out = Vec::new();
+        let n = decode_copy_lines(b"1\ta\n2\t\\N\n3\tpart", 2, &mut out).unwrap();
+        assert_eq!(n, 9);
+        assert_eq!(out, vec![vec![t(b"1"), t(b"a")], vec![t(b"2"), Cell::Null]]);
+        let n = decode_copy_lines(b"\\.\n", 2, &mut out).unwrap();
+        assert_eq!(n, 3);
+        assert_eq!(out.len(), 2);
+    }
+}

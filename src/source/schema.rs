@@ -1,0 +1,463 @@
+//! Describing source tables from pg_catalog (parameterized queries only).
+
+use std::collections::HashMap;
+
+use tokio_postgres::Client;
+
+use super::SourceError;
+use crate::domain::validate::QualifiedName;
+use crate::model::{PgType, SourceColumn, SourceTable};
+
+/// Describes each table: columns in attribute order (dropped and generated
+/// columns excluded: pgoutput never sends generated columns, so the
+/// snapshot must not either), classified types, and the key pgoutput
+/// identifies rows by.
+///
+/// The key is the primary key, except with `REPLICA IDENTITY USING INDEX`,
+/// where it is that index's columns (pgoutput sends those, not the primary
+/// key, as the old key of updates and deletes).
+pub async fn describe_tables(
+    client: &Client,
+    tables: &[QualifiedName],
+) -> Result<Vec<SourceTable>, SourceError> {
+    let version: i32 = client
+        .query_one("SELECT current_setting('server_version_num')::int4", &[])
+        .await
+        .map_err(|e| SourceError::query("reading the server version", &e))?
+        .get(0);
+    let mut types = TypeCache::default();
+    let mut out = Vec::with_capacity(tables.len());
+    for q in tables {
+        out.push(describe_one(client, q, version, &mut types).await?);
+    }
+    Ok(out)
+}
+
+async fn describe_one(
+    client: &Client,
+    q: &QualifiedName,
+    version: i32,
+    types: &mut TypeCache,
+) -> Result<SourceTable, SourceError> {
+    let name = q.canonical();
+    let ctx = || format!("describing table {name}");
+    let rows = client
+        .query(
+            "SELECT c.oid, c.relkind::text, c.relpersistence::text, c.relreplident::text, \
+                    c.reltuples::float8, c.relpages::int8, \
+                    (pg_relation_size(c.oid) / current_setting('block_size')::int8)::int8, \
+                    has_table_privilege(c.oid, 'SELECT'), current_user::text \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2",
+            &[&q.schema, &q.table],
+        )
+        .await
+        .map_err(|e| SourceError::query(ctx(), &e))?;
+    let Some(t) = rows.first() else {
+        return Err(SourceError::TableMissing { table: name });
+    };
+    let oid: u32 = t.get(0);
+    let relkind: String = t.get(1);
+    let persistence: String = t.get(2);
+    let replident: String = t.get(3);
+    let reltuples: f64 = t.get(4);
+    let relpages: i64 = t.get(5);
+    let cur_pages: i64 = t.get(6);
+    let can_select: bool = t.get(7);
+    let user: String = t.get(8);
+
+    match relkind.as_str() {
+        "r" => {}
+        "p" => {
+            return Err(SourceError::NotATable {
+                table: name,
+                kind: "partitioned table".into(),
+                hint: "; list its partitions instead".into(),
+            });
+        }
+        k => {
+            let kind = match k {
+                "v" => "view",
+                "m" => "materialized view",
+                "f" => "foreign table",
+                "S" => "sequence",
+                "i" | "I" => "index",
+                "c" => "composite type",
+                "t" => "TOAST table",
+                _ => "relation of another kind",
+            };
+            return Err(SourceError::NotATable {
+                table: name,
+                kind: kind.into(),
+                hint: String::new(),
+            });
+        }
+    }
+    if persistence != "p" {
+        return Err(SourceError::UnloggedTable { table: name });
+    }
+    if !can_select {
+        return Err(SourceError::NoSelectPrivilege { table: name, user });
+    }
+
+    let generated = if version >= 120_000 {
+        "a.attgenerated::text"
+    } else {
+        "''::text"
+    };
+    let cols = client
+        .query(
+            &format!(
+                "SELECT a.attnum::int2, a.attname::text, format_type(a.atttypid, a.atttypmod), \
+                        a.atttypid, a.atttypmod::int4, a.attnotnull, a.attndims::int4, {generated} \
+                 FROM pg_attribute a \
+                 WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped \
+                 ORDER BY a.attnum"
+            ),
+            &[&oid],
+        )
+        .await
+        .map_err(|e| SourceError::query(ctx(), &e))?;
+    let mut columns = Vec::with_capacity(cols.len());
+    let mut attnums = Vec::with_capacity(cols.len());
+    for c in &cols {
+        let attnum: i16 = c.get(0);
+        let col_name: String = c.get(1);
+        let type_name: String = c.get(2);
+        let type_oid: u32 = c.get(3);
+        let typmod: i32 = c.get(4);
+        let not_null: bool = c.get(5);
+        let ndims: i32 = c.get(6);
+        let gen_kind: String = c.get(7);
+        if !gen_kind.is_empty() {
+            continue;
+        }
+        let unsupported = || SourceError::UnsupportedType {
+            table: name.clone(),
+            column: col_name.clone(),
+            type_name: type_name.clone(),
+        };
+        if ndims > 1 {
+            return Err(unsupported());
+        }
+        let pg_type = types
+            .classify(client, type_oid, typmod)
+            .await
+            .map_err(|e| e.into_source_error(&name))?
+            .ok_or_else(unsupported)?;
+        attnums.push(attnum);
+        columns.push(SourceColumn {
+            name: col_name,
+            type_name,
+            type_oid,
+            pg_type,
+            not_null,
+        });
+    }
+
+    let idx = client
+        .query(
+            "SELECT i.indisprimary, i.indisreplident, i.indkey::int2[] \
+             FROM pg_index i WHERE i.indrelid = $1 AND (i.indisprimary OR i.indisreplident)",
+            &[&oid],
+        )
+        .await
+        .map_err(|e| SourceError::query(ctx(), &e))?;
+    let mut pk: Option<Vec<i16>> = None;
+    let mut ri: Option<Vec<i16>> = None;
+    for r in &idx {
+        let (is_pk, is_ri, keys): (bool, bool, Vec<i16>) = (r.get(0), r.get(1), r.get(2));
+        if is_pk {
+            pk = Some(keys.clone());
+        }
+        if is_ri {
+            ri = Some(keys);
+        }
+    }
+    let key_attnums = match replident.as_str() {
+        "i" => ri.or(pk),
+        "n" => return Err(SourceError::ReplicaIdentityNothing { table: name }),
+        "f" => match pk {
+            Some(k) => Some(k),
+            None => return Err(SourceError::ReplicaIdentityFullWithoutKey { table: name }),
+        },
+        _ => pk,
+    };
+    let Some(key_attnums) = key_attnums.filter(|k| !k.is_empty()) else {
+        return Err(SourceError::NoPrimaryKey { table: name });
+    };
+    let mut key = Vec::with_capacity(key_attnums.len());
+    for a in key_attnums {
+        // A key on an expression (attnum 0) or a generated column cannot
+        // identify rows in the change stream.
+        let Some(i) = attnums.iter().position(|&x| x == a) else {
+            return Err(SourceError::NoPrimaryKey { table: name });
+        };
+        key.push(i);
+    }
+
+    let reltuples = if reltuples.is_finite() && reltuples > 0.0 {
+        reltuples
+    } else {
+        0.0
+    };
+    let pages = relpages.max(cur_pages).max(0) as u64;
+    // Like the planner: scale the row density seen at the last ANALYZE to
+    // the table's current size.
+    let estimated_rows = if relpages > 0 && cur_pages > relpages {
+        reltuples / relpages as f64 * cur_pages as f64
+    } else {
+        reltuples
+    };
+    Ok(SourceTable {
+        schema: q.schema.clone(),
+        name: q.table.clone(),
+        oid,
+        columns,
+        key,
+        estimated_rows: estimated_rows.round() as u64,
+        pages,
+    })
+}
+
+#[derive(Debug, Clone)]
+struct TypeRow {
+    name: String,
+    typtype: String,
+    basetype: u32,
+    typtypmod: i32,
+    elem: u32,
+    typlen: i32,
+    category: String,
+}
+
+enum TypeError {
+    Query(tokio_postgres::Error),
+    Missing(u32),
+}
+
+impl TypeError {
+    fn into_source_error(self, table: &str) -> SourceError {
+        match self {
+            TypeError::Query(e) => {
+                SourceError::query(format!("reading column types of {table}"), &e)
+            }
+            TypeError::Missing(oid) => SourceError::Protocol {
+                context: format!("reading column types of {table}"),
+                reason: format!("type oid {oid} is not in pg_type"),
+            },
+        }
+    }
+}
+
+#[derive(Default)]
+struct TypeCache {
+    rows: HashMap<u32, TypeRow>,
+    enums: HashMap<u32, Vec<String>>,
+}
+
+impl TypeCache {
+    async fn row(&mut self, client: &Client, oid: u32) -> Result<TypeRow, TypeError> {
+        if let Some(r) = self.rows.get(&oid) {
+            return Ok(r.clone());
+        }
+        let rows = client
+            .query(
+                "SELECT t.typname::text, t.typtype::text, t.typbasetype, t.typtypmod, t.typelem, \
+                        t.typlen::int4, t.typcategory::text \
+                 FROM pg_type t WHERE t.oid = $1",
+                &[&oid],
+            )
+            .await
+            .map_err(TypeError::Query)?;
+        let r = rows.first().ok_or(TypeError::Missing(oid))?;
+        let row = TypeRow {
+            name: r.get(0),
+            typtype: r.get(1),
+            basetype: r.get(2),
+            typtypmod: r.get(3),
+            elem: r.get(4),
+            typlen: r.get(5),
+            category: r.get(6),
+        };
+        self.rows.insert(oid, row.clone());
+        Ok(row)
+    }
+
+    /// Follows domains down to their base type; returns it with the
+    /// effective type modifier.
+    async fn resolve_domain(
+        &mut self,
+        client: &Client,
+        mut oid: u32,
+        mut typmod: i32,
+    ) -> Result<(u32, i32, TypeRow), TypeError> {
+        // Domains cannot be cyclic, but stay bounded anyway.
+        for _ in 0..32 {
+            let row = self.row(client, oid).await?;
+            if row.typtype != "d" {
+                return Ok((oid, typmod, row));
+            }
+            if typmod == -1 {
+                typmod = row.typtypmod;
+            }
+            oid = row.basetype;
+        }
+        Err(TypeError::Missing(oid))
+    }
+
+    async fn classify(
+        &mut self,
+        client: &Client,
+        oid: u32,
+        typmod: i32,
+    ) -> Result<Option<PgType>, TypeError> {
+        let (oid, typmod, row) = self.resolve_domain(client, oid, typmod).await?;
+        if is_array(&row) {
+            let (eoid, etypmod, erow) = self.resolve_domain(client, row.elem, typmod).await?;
+            if is_array(&erow) {
+                return Ok(None);
+            }
+            return Ok(self
+                .scalar(client, eoid, etypmod, &erow)
+                .await?
+                .map(|t| PgType::Array(Box::new(t))));
+        }
+        self.scalar(client, oid, typmod, &row).await
+    }
+
+    async fn scalar(
+        &mut self,
+        client: &Client,
+        oid: u32,
+        typmod: i32,
+        row: &TypeRow,
+    ) -> Result<Option<PgType>, TypeError> {
+        if let Some(t) = builtin_scalar(oid, typmod) {
+            return Ok(Some(t));
+        }
+        if row.typtype == "e" {
+            if let Some(labels) = self.enums.get(&oid) {
+                return Ok(Some(PgType::Enum {
+                    labels: labels.clone(),
+                }));
+            }
+            let labels: Vec<String> = client
+                .query(
+                    "SELECT enumlabel::text FROM pg_enum WHERE enumtypid = $1 ORDER BY enumsortorder",
+                    &[&oid],
+                )
+                .await
+                .map_err(TypeError::Query)?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            self.enums.insert(oid, labels.clone());
+            return Ok(Some(PgType::Enum { labels }));
+        }
+        // The citext extension's case-insensitive text (its oid varies).
+        if row.typtype == "b" && row.name == "citext" {
+            return Ok(Some(PgType::Text));
+        }
+        Ok(None)
+    }
+}
+
+/// A true array type (not `name`/`point`-like fixed-length types with an
+/// element type, nor int2vector/oidvector whose text form differs).
+fn is_array(row: &TypeRow) -> bool {
+    row.elem != 0
+        && row.typlen == -1
+        && row.category == "A"
+        && row.typtype == "b"
+        && row.name != "int2vector"
+        && row.name != "oidvector"
+}
+
+/// Built-in scalar types by their fixed oids.
+fn builtin_scalar(oid: u32, typmod: i32) -> Option<PgType> {
+    Some(match oid {
+        16 => PgType::Bool,
+        17 => PgType::Bytea,
+        19 | 25 | 1042 | 1043 => PgType::Text,
+        20 => PgType::Int8,
+        21 => PgType::Int2,
+        23 => PgType::Int4,
+        114 => PgType::Json,
+        3802 => PgType::Jsonb,
+        700 => PgType::Float4,
+        701 => PgType::Float8,
+        650 | 869 => PgType::Inet,
+        1082 => PgType::Date,
+        1083 => PgType::Time,
+        1114 => PgType::Timestamp,
+        1184 => PgType::TimestampTz,
+        1186 => PgType::Interval,
+        2950 => PgType::Uuid,
+        1700 => numeric(typmod),
+        _ => return None,
+    })
+}
+
+/// Decodes numeric's type modifier: `((p << 16) | s) + 4`, where since
+/// PostgreSQL 15 the scale is an 11-bit signed number and may be negative
+/// or exceed the precision. Mapped to what a decimal type can hold: a
+/// negative scale rounds to tens, hundreds...: precision `p - s`, scale 0;
+/// a scale above the precision widens the precision to the scale.
+fn numeric(typmod: i32) -> PgType {
+    if typmod < 4 {
+        return PgType::Numeric {
+            precision: None,
+            scale: None,
+        };
+    }
+    let t = typmod - 4;
+    let p = (t >> 16) & 0xffff;
+    let s = ((t & 0x7ff) ^ 1024) - 1024;
+    let (p, s) = if s < 0 { (p - s, 0) } else { (p.max(s), s) };
+    PgType::Numeric {
+        precision: Some(p as u32),
+        scale: Some(s as u32),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn typmod(p: i32, s: i32) -> i32 {
+        ((p << 16) | (s & 0x7ff)) + 4
+    }
+
+    #[test]
+    fn numeric_typmods_decode() {
+        assert_eq!(
+            numeric(-1),
+            PgType::Numeric {
+                precision: None,
+                scale: None
+            }
+        );
+        assert_eq!(
+            numeric(typmod(10, 2)),
+            PgType::Numeric {
+                precision: Some(10),
+                scale: Some(2)
+            }
+        );
+        assert_eq!(
+            numeric(typmod(5, -2)),
+            PgType::Numeric {
+                precision: Some(7),
+                scale: Some(0)
+            }
+        );
+        assert_eq!(
+            numeric(typmod(3, 5)),
+            PgType::Numeric {
+                precision: Some(5),
+                scale: Some(5)
+            }
+        );
+    }
+}

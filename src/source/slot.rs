@@ -1,0 +1,247 @@
+//! Publications and replication slots, all idempotent.
+
+use std::time::Duration;
+
+use tokio_postgres::Client;
+use tokio_postgres::error::SqlState;
+
+use super::{SourceError, format_db_error, quote_ident, quote_table};
+use crate::domain::validate::QualifiedName;
+use crate::model::Lsn;
+
+/// Creates the publication for exactly `tables` (`FOR TABLE ONLY ...`: rows
+/// of inheritance children are neither snapshotted nor published), or, if
+/// it exists, sets its table list to `tables`.
+pub async fn ensure_publication(
+    client: &Client,
+    name: &str,
+    tables: &[QualifiedName],
+) -> Result<(), SourceError> {
+    let list = tables
+        .iter()
+        .map(|t| format!("ONLY {}", quote_table(t)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let ctx = || format!("creating publication {name:?}");
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&name])
+        .await
+        .map_err(|e| SourceError::query(ctx(), &e))?
+        .is_some();
+    if !exists {
+        let sql = format!("CREATE PUBLICATION {} FOR TABLE {list}", quote_ident(name));
+        match client.batch_execute(&sql).await {
+            Ok(()) => {
+                tracing::info!(publication = %name, tables = tables.len(), "created publication");
+                return Ok(());
+            }
+            // Created concurrently: fall through to ALTER.
+            Err(e) if e.code() == Some(&SqlState::DUPLICATE_OBJECT) => {}
+            Err(e) => return Err(SourceError::query(ctx(), &e)),
+        }
+    }
+    let sql = format!("ALTER PUBLICATION {} SET TABLE {list}", quote_ident(name));
+    client
+        .batch_execute(&sql)
+        .await
+        .map_err(|e| SourceError::query(format!("updating publication {name:?}"), &e))?;
+    tracing::info!(publication = %name, tables = tables.len(), "updated publication");
+    Ok(())
+}
+
+/// Drops the publication if it exists.
+pub async fn drop_publication(client: &Client, name: &str) -> Result<(), SourceError> {
+    client
+        .batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", quote_ident(name)))
+        .await
+        .map_err(|e| SourceError::query(format!("dropping publication {name:?}"), &e))?;
+    tracing::info!(publication = %name, "dropped publication (if it existed)");
+    Ok(())
+}
+
+/// Creates a logical replication slot with pgoutput and returns its
+/// consistent point: decoding from it yields exactly the transactions that
+/// commit at or after that LSN. Waits for transactions running at the time
+/// (in any database) to finish. An existing slot is [`SourceError::SlotExists`].
+pub async fn create_slot(client: &Client, name: &str) -> Result<Lsn, SourceError> {
+    let row = client
+        .query_one(
+            "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",
+            &[&name],
+        )
+        .await
+        .map_err(|e| {
+            if e.code() == Some(&SqlState::DUPLICATE_OBJECT) {
+                SourceError::SlotExists { slot: name.into() }
+            } else {
+                SourceError::query(format!("creating replication slot {name:?}"), &e)
+            }
+        })?;
+    let lsn = parse_lsn(row.get(0), "creating the replication slot")?;
+    tracing::info!(slot = %name, consistent_point = %lsn, "created replication slot");
+    Ok(lsn)
+}
+
+/// Drops the slot; a no-op if it does not exist. If a backend holds it
+/// (e.g. a reader of a previous run), that backend is terminated first.
+pub async fn drop_slot(client: &Client, name: &str) -> Result<(), SourceError> {
+    let ctx = || format!("dropping replication slot {name:?}");
+    for attempt in 0..50 {
+        let row = client
+            .query_opt(
+                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
+                &[&name],
+            )
+            .await
+            .map_err(|e| SourceError::query(ctx(), &e))?;
+        let Some(row) = row else {
+            return Ok(());
+        };
+        let pid: Option<i32> = row.get(0);
+        if let Some(pid) = pid {
+            tracing::warn!(slot = %name, pid, "terminating the backend holding the slot");
+            client
+                .query("SELECT pg_terminate_backend($1)", &[&pid])
+                .await
+                .map_err(|e| SourceError::query(ctx(), &e))?;
+            tokio::time::sleep(Duration::from_millis(20 * (attempt + 1))).await;
+            continue;
+        }
+        match client
+            .query("SELECT pg_drop_replication_slot($1)", &[&name])
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(slot = %name, "dropped replication slot");
+                return Ok(());
+            }
+            Err(e) if e.code() == Some(&SqlState::UNDEFINED_OBJECT) => return Ok(()),
+            // Became active between the check and the drop: retry.
+            Err(e) if e.code() == Some(&SqlState::OBJECT_IN_USE) => {
+                tokio::time::sleep(Duration::from_millis(20 * (attempt + 1))).await;
+            }
+            Err(e) => return Err(SourceError::query(ctx(), &e)),
+        }
+    }
+    Err(SourceError::Query {
+        context: ctx(),
+        reason: "the slot stays in use by another connection".into(),
+    })
+}
+
+/// The state of a replication slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotInfo {
+    /// Up to where the consumer confirmed (decoding resumes here).
+    pub confirmed_flush: Lsn,
+    /// Oldest WAL the slot retains; None once the slot is invalidated.
+    pub restart_lsn: Option<Lsn>,
+    /// `reserved`, `extended`, `unreserved` or `lost` (invalidated: the
+    /// pipe must be resynced); `unknown` before PostgreSQL 13.
+    pub wal_status: String,
+    pub active: bool,
+}
+
+impl SlotInfo {
+    /// The slot was invalidated (its WAL was removed): it can never be
+    /// read again.
+    pub fn is_lost(&self) -> bool {
+        self.wal_status == "lost"
+    }
+}
+
+/// The slot's state, or None if it does not exist.
+pub async fn slot_info(client: &Client, name: &str) -> Result<Option<SlotInfo>, SourceError> {
+    // to_jsonb: wal_status exists only from PostgreSQL 13 on.
+    let row = client
+        .query_opt(
+            "SELECT confirmed_flush_lsn::text, restart_lsn::text, \
+                    coalesce(to_jsonb(s) ->> 'wal_status', 'unknown'), active \
+             FROM pg_replication_slots s WHERE slot_name = $1",
+            &[&name],
+        )
+        .await
+        .map_err(|e| SourceError::query(format!("reading replication slot {name:?}"), &e))?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let confirmed: Option<&str> = row.get(0);
+    let restart: Option<&str> = row.get(1);
+    Ok(Some(SlotInfo {
+        confirmed_flush: match confirmed {
+            Some(s) => parse_lsn(s, "reading the replication slot")?,
+            None => Lsn(0),
+        },
+        restart_lsn: restart
+            .map(|s| parse_lsn(s, "reading the replication slot"))
+            .transpose()?,
+        wal_status: row.get(2),
+        active: row.get(3),
+    }))
+}
+
+/// The WAL position flushed to disk (`pg_current_wal_flush_lsn`): the end
+/// up to which logical decoding can read. If a [`super::read_changes`]
+/// started after this call returns no transactions, the slot may be
+/// advanced to this LSN (nothing published committed before it).
+pub async fn current_wal_lsn(client: &Client) -> Result<Lsn, SourceError> {
+    let row = client
+        .query_one("SELECT pg_current_wal_flush_lsn()::text", &[])
+        .await
+        .map_err(|e| SourceError::query("reading the current WAL position", &e))?;
+    parse_lsn(row.get(0), "reading the current WAL position")
+}
+
+pub(crate) fn parse_lsn(s: &str, context: &str) -> Result<Lsn, SourceError> {
+    s.parse()
+        .map_err(|e: crate::model::LsnParseError| SourceError::Protocol {
+            context: context.into(),
+            reason: e.to_string(),
+        })
+}
+
+/// Maps errors of slot readers: a missing or invalidated slot is
+/// [`SourceError::SlotLost`], a missing publication
+/// [`SourceError::PublicationMissing`], a slot busy elsewhere
+/// [`SourceError::SlotActive`].
+pub(crate) fn slot_error(
+    slot: &str,
+    publication: Option<&str>,
+    context: &str,
+    e: &tokio_postgres::Error,
+) -> SourceError {
+    if let Some(db) = e.as_db_error() {
+        let msg = db.message();
+        let code = db.code();
+        let detail = db.detail().unwrap_or("");
+        if msg.contains("publication") && msg.contains("does not exist") {
+            return SourceError::PublicationMissing {
+                publication: publication.unwrap_or("").into(),
+            };
+        }
+        if *code == SqlState::OBJECT_IN_USE && msg.contains("is active for PID") {
+            let pid = msg
+                .rsplit(' ')
+                .next()
+                .and_then(|p| p.trim_end_matches('.').parse().ok())
+                .unwrap_or(0);
+            return SourceError::SlotActive {
+                slot: slot.into(),
+                pid,
+            };
+        }
+        let lost = (msg.contains("replication slot") && msg.contains("does not exist"))
+            || msg.contains("can no longer get changes from replication slot")
+            || msg.contains("can no longer access replication slot")
+            || (msg.contains("cannot be advanced") && detail.contains("invalidated"))
+            || detail.contains("has been invalidated")
+            || msg.contains("has already been removed");
+        if lost {
+            return SourceError::SlotLost {
+                slot: slot.into(),
+                reason: format_db_error(db),
+            };
+        }
+    }
+    SourceError::query(context, e)
+}
