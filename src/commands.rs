@@ -40,6 +40,9 @@ pub struct Core {
     pub log: Arc<EventLog>,
     pub projection: Arc<RwLock<Projection>>,
     pub secrets: SecretStore,
+    /// Check both ends before recording CreatePipe/ResyncPipe (off only for
+    /// a control-plane-only server).
+    pub preflight: bool,
 }
 
 /// What a command decided: events to append at a stream version.
@@ -73,11 +76,11 @@ impl Core {
     async fn execute(
         &self,
         name: &str,
-        decide: impl Fn(Option<&Pipe>) -> Result<Decision, CommandError>,
+        decide: impl Fn(Option<&Pipe>, u64) -> Result<Decision, CommandError>,
     ) -> Result<Pipe, CommandError> {
         let mut last_conflict = None;
         for _ in 0..MAX_ATTEMPTS {
-            let decision = self.read(|p| decide(p.by_name(name)))?;
+            let decision = self.read(|p| decide(p.by_name(name), p.stream_version(name)))?;
             match self
                 .log
                 .append(name, decision.expected_version, decision.events)
@@ -105,13 +108,27 @@ impl Core {
             &req.tables,
             req.settings.as_ref(),
         )?;
+        if self.read(|p| {
+            p.by_name(&req.name)
+                .is_some_and(|p| p.status != PipeStatus::Deleted as i32)
+        }) {
+            return Err(CommandError::AlreadyExists(format!(
+                "a pipe named {:?} already exists; pick another name or delete it first",
+                req.name
+            )));
+        }
+        if self.preflight {
+            crate::engine::preflight::check(&config, &secrets)
+                .await
+                .map_err(CommandError::FailedPrecondition)?;
+        }
         let id = uuid::Uuid::new_v4().to_string();
         // Secrets first: the append's flush makes them durable together, and
         // a secret without a pipe (append refused) is inert.
         self.secrets.put(&id, &secrets)?;
         let name = req.name.clone();
         let result = self
-            .execute(&name, |current| {
+            .execute(&name, |current, version| {
                 if let Some(p) = current
                     && p.status != PipeStatus::Deleted as i32
                 {
@@ -121,7 +138,7 @@ impl Core {
                     )));
                 }
                 Ok(Decision {
-                    expected_version: current.map_or(0, |p| p.stream_version),
+                    expected_version: version,
                     events: vec![new_event(
                         &id,
                         Payload::PipeCreated(PipeCreated {
@@ -140,10 +157,10 @@ impl Core {
     }
 
     pub async fn delete(&self, name: &str, drop_tables: bool) -> Result<Pipe, CommandError> {
-        self.execute(name, |current| {
+        self.execute(name, |current, version| {
             let p = live(name, current)?;
             Ok(Decision {
-                expected_version: p.stream_version,
+                expected_version: version,
                 events: vec![new_event(
                     &p.id,
                     Payload::PipeDeleted(PipeDeleted {
@@ -157,7 +174,7 @@ impl Core {
     }
 
     pub async fn pause(&self, name: &str) -> Result<Pipe, CommandError> {
-        self.execute(name, |current| {
+        self.execute(name, |current, version| {
             let p = live(name, current)?;
             match p.status() {
                 PipeStatus::Paused => Err(CommandError::FailedPrecondition(format!(
@@ -167,7 +184,7 @@ impl Core {
                     "pipe {name:?} is swapping tables for a resync; pause it once it is RUNNING"
                 ))),
                 _ => Ok(Decision {
-                    expected_version: p.stream_version,
+                    expected_version: version,
                     events: vec![new_event(&p.id, Payload::PipePaused(PipePaused {}))],
                 }),
             }
@@ -176,7 +193,7 @@ impl Core {
     }
 
     pub async fn resume(&self, name: &str) -> Result<Pipe, CommandError> {
-        self.execute(name, |current| {
+        self.execute(name, |current, version| {
             let p = live(name, current)?;
             if p.status() != PipeStatus::Paused {
                 return Err(CommandError::FailedPrecondition(format!(
@@ -185,7 +202,7 @@ impl Core {
                 )));
             }
             Ok(Decision {
-                expected_version: p.stream_version,
+                expected_version: version,
                 events: vec![new_event(&p.id, Payload::PipeResumed(PipeResumed {}))],
             })
         })
@@ -203,12 +220,26 @@ impl Core {
         let new_id = uuid::Uuid::new_v4().to_string();
         // The new incarnation connects with the old one's credentials; copy
         // them before the events exist so a crash cannot leave it without.
-        let old_id = live(name, self.read(|p| p.by_name(name).cloned()).as_ref())?
-            .id
-            .clone();
+        let old = live(name, self.read(|p| p.by_name(name).cloned()).as_ref())?.clone();
+        let old_id = old.id.clone();
+        if old.resyncing {
+            return Err(CommandError::FailedPrecondition(format!(
+                "a resync of pipe {name:?} is already in progress (status {}); \
+                 wait for it with WatchPipe, or delete the pipe to stop it",
+                status_name(old.status())
+            )));
+        }
+        if self.preflight {
+            // Validation happens before the old incarnation is dropped.
+            let mut config = old.config.clone().unwrap_or_default();
+            config.tables = validate::apply_overrides(&config.tables, overrides)?;
+            crate::engine::preflight::check(&config, &self.secrets.get(&old_id)?)
+                .await
+                .map_err(CommandError::FailedPrecondition)?;
+        }
         self.secrets.put(&new_id, &self.secrets.get(&old_id)?)?;
         let result = self
-            .execute(name, |current| {
+            .execute(name, |current, version| {
                 let p = live(name, current)?;
                 if p.resyncing {
                     return Err(CommandError::FailedPrecondition(format!(
@@ -225,7 +256,7 @@ impl Core {
                 let mut config = p.config.clone().unwrap_or_default();
                 config.tables = validate::apply_overrides(&config.tables, overrides)?;
                 Ok(Decision {
-                    expected_version: p.stream_version,
+                    expected_version: version,
                     events: vec![
                         new_event(
                             &p.id,

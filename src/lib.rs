@@ -9,6 +9,7 @@ pub mod api;
 pub mod cli;
 pub mod commands;
 pub mod domain;
+pub mod engine;
 pub mod failpoint;
 pub mod model;
 pub mod server;

@@ -56,6 +56,10 @@ struct ServeArgs {
     /// Prefer the environment variable: arguments are visible in `ps`.
     #[arg(long, env = "PGPIPE_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Serve the control plane only (events, API, watch) without moving
+    /// data or connecting to any database.
+    #[arg(long, env = "PGPIPE_CONTROL_PLANE_ONLY")]
+    control_plane_only: bool,
 }
 
 fn init_tracing(level: &str, json: bool) {
@@ -81,6 +85,7 @@ async fn main() -> ExitCode {
                 listen: a.listen,
                 data_dir: a.data_dir,
                 token: a.token.filter(|t| !t.is_empty()),
+                engine: !a.control_plane_only,
             };
             match server::serve(cfg, server::shutdown_signal()).await {
                 Ok(()) => ExitCode::SUCCESS,

@@ -98,7 +98,7 @@ pub struct SourceTable {
 }
 
 /// One value in Postgres' text output format (unescaped).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Cell {
     Null,
     Text(Vec<u8>),

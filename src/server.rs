@@ -29,6 +29,9 @@ pub struct ServeConfig {
     pub data_dir: PathBuf,
     /// Bearer token required on every RPC but health (None: open).
     pub token: Option<String>,
+    /// Run the data plane (pipes move data). Off: the control plane alone
+    /// (events, API, watch), with no connection to any Postgres or ClickHouse.
+    pub engine: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,7 +53,10 @@ pub enum ServeError {
 
 /// Opens the log, replays it into a projection and starts the writer.
 /// Returns the core and how long replay took.
-pub async fn open_core(data_dir: PathBuf) -> Result<(Arc<Core>, ReplayReport), ServeError> {
+pub async fn open_core(
+    data_dir: PathBuf,
+    engine: bool,
+) -> Result<(Arc<Core>, ReplayReport), ServeError> {
     let started = Instant::now();
     let (log, projection, stats) = tokio::task::spawn_blocking(move || {
         failpoint::hit_blocking("replay.before");
@@ -71,6 +77,7 @@ pub async fn open_core(data_dir: PathBuf) -> Result<(Arc<Core>, ReplayReport), S
         log,
         projection,
         secrets,
+        preflight: engine,
     });
     Ok((
         core,
@@ -116,6 +123,8 @@ pub async fn serve_on(
 
     let cell: CoreCell = Arc::new(OnceLock::new());
     let (closing_tx, closing_rx) = tokio::sync::watch::channel(false);
+    let closing_rx_engine = closing_rx.clone();
+    let mut engine_task = None;
     let auth = BearerAuth::new(cfg.token.as_deref());
     let pipes = InterceptedService::new(
         PipeServiceServer::new(PipeApi::new(Arc::clone(&cell), closing_rx)),
@@ -146,13 +155,19 @@ pub async fn serve_on(
     );
 
     let replay = async {
-        let (core, report) = open_core(cfg.data_dir.clone()).await?;
+        let (core, report) = open_core(cfg.data_dir.clone(), cfg.engine).await?;
         tracing::info!(
             events = report.events,
             elapsed_ms = report.elapsed_ms,
             "event log replayed"
         );
         let _ = cell.set(Arc::clone(&core));
+        if cfg.engine {
+            engine_task = Some(crate::engine::spawn(
+                Arc::clone(&core),
+                closing_rx_engine.clone(),
+            ));
+        }
         health_reporter
             .set_serving::<PipeServiceServer<PipeApi>>()
             .await;
@@ -172,6 +187,9 @@ pub async fn serve_on(
         .await;
     let _ = closing_tx.send(true);
     let _ = stop_tx.send(());
+    if let Some(engine) = engine_task {
+        let _ = engine.await;
+    }
     // Clients get a GOAWAY; one that never lets go must not hold the log open.
     let abort = server.abort_handle();
     let served = match tokio::time::timeout(DRAIN_TIMEOUT, server).await {

@@ -257,6 +257,16 @@ pub(crate) fn event_text(ev: &Event) -> String {
             p.publication_name,
             format_lsn(&p.consistent_lsn)
         ),
+        Payload::SourceReleased(p) => format!(
+            "source released (slot {} and publication {} dropped{})",
+            p.slot_name,
+            p.publication_name,
+            if p.destination_tables_dropped {
+                ", destination tables dropped"
+            } else {
+                ""
+            }
+        ),
         Payload::TablesPrepared(p) => {
             let tables: Vec<String> = p
                 .tables

@@ -125,6 +125,7 @@ pub(crate) fn event_kind(ev: &Event) -> &'static str {
             Payload::PipeRecovered(_) => "pipe_recovered",
             Payload::StepStarted(_) => "step_started",
             Payload::SetupCompleted(_) => "setup_completed",
+            Payload::SourceReleased(_) => "source_released",
         },
     }
 }
@@ -148,6 +149,11 @@ fn payload_json(p: &Payload) -> Value {
             "slot_name": p.slot_name,
             "publication_name": p.publication_name,
             "consistent_lsn": p.consistent_lsn,
+        }),
+        Payload::SourceReleased(p) => json!({
+            "slot_name": p.slot_name,
+            "publication_name": p.publication_name,
+            "destination_tables_dropped": p.destination_tables_dropped,
         }),
         Payload::TablesPrepared(p) => json!({
             "tables": p.tables.iter().map(|t| json!({

@@ -32,6 +32,7 @@ pub fn event_kind(e: &Event) -> &'static str {
             Payload::PipeRecovered(_) => "pipe_recovered",
             Payload::StepStarted(_) => "step_started",
             Payload::SetupCompleted(_) => "setup_completed",
+            Payload::SourceReleased(_) => "source_released",
         },
     }
 }
@@ -113,6 +114,7 @@ pub fn apply(pipe: Option<&mut Pipe>, e: &Event) -> Option<Pipe> {
                     p.status = PipeStatus::Deleted as i32;
                     p.resyncing = false;
                     p.status_detail.clear();
+                    p.drop_destination_tables = d.drop_destination_tables;
                     p.delete_reason = match d.reason() {
                         DeleteReason::Resync => "resync".into(),
                         _ => "user".into(),
@@ -130,8 +132,15 @@ pub fn apply(pipe: Option<&mut Pipe>, e: &Event) -> Option<Pipe> {
                         ..Default::default()
                     });
                 }
-                Payload::SetupCompleted(_) => {}
+                Payload::SetupCompleted(s) => {
+                    p.slot_name = s.slot_name.clone();
+                    p.publication_name = s.publication_name.clone();
+                    p.consistent_lsn = s.consistent_lsn.clone();
+                }
+                Payload::SourceReleased(_) => p.source_released = true,
                 Payload::TablesPrepared(t) => {
+                    p.tables_prepared = true;
+                    p.prepared = t.tables.clone();
                     for prepared in &t.tables {
                         if let Some(s) = table_stats_mut(p, &prepared.source_table) {
                             s.destination_table = prepared.destination_table.clone();
@@ -142,7 +151,11 @@ pub fn apply(pipe: Option<&mut Pipe>, e: &Event) -> Option<Pipe> {
                     p.status = PipeStatus::Snapshot as i32;
                     for plan in &s.tables {
                         if let Some(t) = table_stats_mut(p, &plan.source_table) {
+                            // A redone snapshot starts its counts afresh.
                             t.snapshot_partitions_total = plan.partitions_total;
+                            t.snapshot_partitions_done = 0;
+                            t.snapshot_rows = 0;
+                            t.snapshot_done = false;
                         }
                     }
                 }
@@ -160,18 +173,19 @@ pub fn apply(pipe: Option<&mut Pipe>, e: &Event) -> Option<Pipe> {
                         t.snapshot_partitions_done = t.snapshot_partitions_total;
                     }
                 }
-                Payload::SnapshotCompleted(_) => {}
+                Payload::SnapshotCompleted(_) => p.snapshot_done = true,
                 Payload::SoftDeletesTransferred(s) => {
                     if let Some(t) = table_stats_mut(p, &s.source_table) {
                         t.soft_deletes_transferred = s.rows;
                     }
                 }
                 Payload::SwapStarted(_) => p.status = PipeStatus::Resync as i32,
-                Payload::TablesSwapped(_) => {}
+                Payload::TablesSwapped(_) => p.swapped = true,
                 Payload::CdcStarted(c) => {
                     close_open_step(p, at);
                     p.status = PipeStatus::Running as i32;
                     p.resyncing = false;
+                    p.cdc_started = true;
                     if p.last_lsn.is_empty() {
                         p.last_lsn = c.start_lsn.clone();
                     }
@@ -230,18 +244,31 @@ pub fn apply(pipe: Option<&mut Pipe>, e: &Event) -> Option<Pipe> {
 pub struct Projection {
     by_id: HashMap<String, Pipe>,
     current: HashMap<String, String>,
+    /// Events per pipe name's stream (all incarnations).
+    streams: HashMap<String, u64>,
     head: u64,
 }
 
 impl Projection {
     pub fn apply(&mut self, e: &Event) {
         self.head = e.seq;
+        match self.streams.get_mut(e.pipe_name.as_str()) {
+            Some(v) => *v = e.stream_version,
+            None => {
+                self.streams.insert(e.pipe_name.clone(), e.stream_version);
+            }
+        }
         let existing = self.by_id.get_mut(&e.pipe_id);
         if let Some(created) = apply(existing, e) {
             self.current
                 .insert(created.name.clone(), created.id.clone());
             self.by_id.insert(created.id.clone(), created);
         }
+    }
+
+    /// Version of a pipe name's stream: what the next append must expect.
+    pub fn stream_version(&self, name: &str) -> u64 {
+        self.streams.get(name).copied().unwrap_or(0)
     }
 
     /// Seq of the last applied event.
@@ -256,6 +283,11 @@ impl Projection {
 
     pub fn by_id(&self, id: &str) -> Option<&Pipe> {
         self.by_id.get(id)
+    }
+
+    /// Every incarnation, deleted ones included.
+    pub fn all(&self) -> impl Iterator<Item = &Pipe> {
+        self.by_id.values()
     }
 
     /// Current incarnations, by name.

@@ -190,6 +190,32 @@ impl ChSink {
         Ok(())
     }
 
+    /// Renames a table within the database.
+    pub async fn rename_table(&self, from: &str, to: &str) -> Result<(), SinkError> {
+        self.forget_schema(from);
+        self.forget_schema(to);
+        self.exec(&format!(
+            "RENAME TABLE {} TO {}",
+            self.qualified(from),
+            self.qualified(to)
+        ))
+        .await
+    }
+
+    /// The table's UUID (Atomic databases keep it across EXCHANGE and
+    /// RENAME, so it identifies the data, not the name); None if missing.
+    pub async fn table_uuid(&self, table: &str) -> Result<Option<String>, SinkError> {
+        self.client
+            .query_raw(
+                "SELECT toString(uuid) FROM system.tables WHERE database = {db:String} AND name = {t:String}",
+            )
+            .param("db", &self.database)
+            .param("t", table)
+            .fetch_optional::<String>()
+            .await
+            .map_err(|e| self.map_err(e))
+    }
+
     pub async fn table_exists(&self, table: &str) -> Result<bool, SinkError> {
         let n = self
             .client

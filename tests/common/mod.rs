@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+pub mod data;
+
 use pgpipe::proto::pipe_service_client::PipeServiceClient;
 use pgpipe::proto::*;
 use pgpipe::server::{self, ServeConfig};
@@ -24,18 +26,36 @@ pub struct InProcess {
 }
 
 impl InProcess {
+    /// The control plane alone (no data plane, no peers needed).
     pub async fn start(token: Option<&str>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         Self::start_in(dir, token).await
     }
 
     pub async fn start_in(dir: tempfile::TempDir, token: Option<&str>) -> Self {
+        Self::start_with(dir, token, false).await
+    }
+
+    /// The whole service, pipes moving data.
+    pub async fn start_engine() -> Self {
+        Self::start_with(tempfile::tempdir().unwrap(), None, true).await
+    }
+
+    pub async fn start_with(dir: tempfile::TempDir, token: Option<&str>, engine: bool) -> Self {
+        // PGPIPE_TEST_LOG=pgpipe=debug shows the service's logs in a test.
+        if let Ok(filter) = std::env::var("PGPIPE_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let cfg = ServeConfig {
             listen: addr,
             data_dir: dir.path().join("data"),
             token: token.map(str::to_owned),
+            engine,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -127,12 +147,25 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// The control plane alone.
     pub fn spawn(data_dir: &Path, envs: &[(&str, &str)]) -> Self {
+        let mut all = vec![("PGPIPE_CONTROL_PLANE_ONLY", "true")];
+        all.extend_from_slice(envs);
+        Self::spawn_with(data_dir, &all)
+    }
+
+    /// The whole service.
+    pub fn spawn_engine(data_dir: &Path, envs: &[(&str, &str)]) -> Self {
+        Self::spawn_with(data_dir, envs)
+    }
+
+    fn spawn_with(data_dir: &Path, envs: &[(&str, &str)]) -> Self {
         use std::io::BufRead;
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgpipe"));
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .env_remove("PGPIPE_TOKEN")
+            .env_remove("PGPIPE_CONTROL_PLANE_ONLY")
             .env("PGPIPE_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());

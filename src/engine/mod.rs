@@ -1,0 +1,168 @@
+//! The engine: runs a worker for every active pipe incarnation and releases
+//! the source objects of deleted ones.
+//!
+//! It reconciles the projection with what runs, on every committed event and
+//! at start-up, so it needs no memory of its own: after a restart the
+//! projection says what must run and each worker resumes at its first step
+//! not recorded as done.
+
+pub mod preflight;
+pub mod worker;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::broadcast::error::RecvError;
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+use crate::commands::Core;
+use crate::proto::event::Payload;
+use crate::proto::{Pipe, PipeStatus, SourceReleased};
+use crate::sink::ChSink;
+use crate::source;
+use crate::store::event_log::new_event;
+
+/// Starts the engine; it stops when `closing` turns true.
+pub fn spawn(core: Arc<Core>, mut closing: tokio::sync::watch::Receiver<bool>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut workers: HashMap<String, JoinHandle<()>> = HashMap::new();
+        let mut releasing: HashMap<String, JoinHandle<()>> = HashMap::new();
+        let mut feed = core.log.subscribe();
+        loop {
+            reconcile(&core, &mut workers, &mut releasing);
+            tokio::select! {
+                r = feed.recv() => {
+                    if let Err(RecvError::Closed) = r {
+                        break;
+                    }
+                }
+                _ = closing.wait_for(|c| *c) => break,
+                // Restart workers that ended while still wanted.
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
+        }
+        for (_, h) in workers.drain().chain(releasing.drain()) {
+            h.abort();
+        }
+    })
+}
+
+fn wants_worker(p: &Pipe) -> bool {
+    matches!(
+        p.status(),
+        PipeStatus::Setup | PipeStatus::Snapshot | PipeStatus::Resync | PipeStatus::Running
+    )
+}
+
+fn reconcile(
+    core: &Arc<Core>,
+    workers: &mut HashMap<String, JoinHandle<()>>,
+    releasing: &mut HashMap<String, JoinHandle<()>>,
+) {
+    let (wanted, to_release): (HashSet<String>, Vec<Pipe>) = core.read(|p| {
+        let wanted = p
+            .list(false)
+            .into_iter()
+            .filter(wants_worker)
+            .map(|p| p.id)
+            .collect();
+        let release = p
+            .all()
+            .filter(|p| p.status() == PipeStatus::Deleted && !p.source_released)
+            .cloned()
+            .collect();
+        (wanted, release)
+    });
+    workers.retain(|id, h| {
+        if wanted.contains(id) && !h.is_finished() {
+            true
+        } else {
+            h.abort();
+            false
+        }
+    });
+    for id in wanted {
+        workers
+            .entry(id.clone())
+            .or_insert_with(|| tokio::spawn(worker::run(Arc::clone(core), id)));
+    }
+    releasing.retain(|_, h| !h.is_finished());
+    for p in to_release {
+        if workers.contains_key(&p.id) || releasing.contains_key(&p.id) {
+            continue;
+        }
+        let span = tracing::info_span!("release", pipe = %p.name, pipe_id = %p.id);
+        let core = Arc::clone(core);
+        let id = p.id.clone();
+        releasing.insert(id, tokio::spawn(release(core, p).instrument(span)));
+    }
+}
+
+/// Drops the slot and publication of a deleted incarnation (and its tables
+/// when asked), retrying with backoff while a peer is down.
+async fn release(core: Arc<Core>, pipe: Pipe) {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        match release_once(&core, &pipe).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not release the source objects yet");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(60));
+            }
+        }
+    }
+}
+
+async fn release_once(core: &Core, pipe: &Pipe) -> Result<(), worker::EngineError> {
+    let config = pipe.config.clone().unwrap_or_default();
+    let secrets = core.secrets.get(&pipe.id)?;
+    let src = config.source.unwrap_or_default();
+    let slot = source::slot_name(&pipe.id);
+    let publication = source::publication_name(&pipe.id);
+    let pg = source::connect(&src.connection_string, secrets.source_password.as_deref()).await?;
+    source::drop_slot(&pg, &slot).await?;
+    source::drop_publication(&pg, &publication).await?;
+    let mut dropped = false;
+    if pipe.drop_destination_tables {
+        let dst = config.destination.unwrap_or_default();
+        let ch = ChSink::connect(
+            &dst.url,
+            &dst.user,
+            secrets.destination_password.as_deref(),
+            &dst.database,
+        )?;
+        for t in &config.tables {
+            ch.drop_table_if_exists(&t.destination_table).await?;
+            ch.drop_table_if_exists(&format!("{}_resync", t.destination_table))
+                .await?;
+        }
+        dropped = true;
+    }
+    let event = new_event(
+        &pipe.id,
+        Payload::SourceReleased(SourceReleased {
+            slot_name: slot,
+            publication_name: publication,
+            destination_tables_dropped: dropped,
+        }),
+    );
+    loop {
+        let version = core.log.stream_version(&pipe.name);
+        match core
+            .log
+            .append(&pipe.name, version, vec![event.clone()])
+            .await
+        {
+            Ok(_) => break,
+            Err(crate::store::LogError::VersionConflict { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // The secrets of a released incarnation are no longer needed.
+    let _ = core.secrets.remove(&pipe.id);
+    tracing::info!("source objects released");
+    Ok(())
+}

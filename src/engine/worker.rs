@@ -1,0 +1,833 @@
+//! One pipe incarnation at work: setup, table preparation, snapshot, (for a
+//! resync) soft-delete transfer and swap, then CDC.
+//!
+//! Every step is recorded as an event before it starts and after it ends,
+//! and the worker always starts from the first step the projection does not
+//! show as done, so a crash (kill -9) anywhere resumes or safely redoes the
+//! step:
+//! - setup: the slot is dropped and created again if the crash came before
+//!   `SetupCompleted`;
+//! - tables: `CREATE ... IF NOT EXISTS` / `CREATE OR REPLACE` are idempotent;
+//! - snapshot: a redo truncates the load tables and copies again from a new
+//!   exported snapshot. The slot has not moved (CDC has not started), and the
+//!   new snapshot is taken after its consistent point, so the version
+//!   argument below still holds;
+//! - soft-delete transfer copies only keys missing from the `_resync` table,
+//!   so a repeat copies nothing twice;
+//! - swap: each `_resync` table's UUID is recorded when it is created; a redo
+//!   skips tables whose original name already carries that UUID;
+//! - CDC: the slot advances only after ClickHouse acknowledged a batch.
+//!
+//! Versions (why the snapshot/CDC hand-off neither misses nor doubles a
+//! change): the slot is created first, at consistent point C; the snapshot is
+//! exported after that, so it contains every transaction committed before C.
+//! Snapshot rows carry version C - 1; every change decoded from the slot
+//! belongs to a transaction committed at or after C and carries its commit
+//! LSN (>= C). A change that is also in the snapshot is replayed with a
+//! higher version and data at least as new; ReplacingMergeTree keeps the
+//! highest version, so doubles collapse and nothing is missed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Mutex;
+use tracing::Instrument;
+
+use crate::commands::Core;
+use crate::domain::validate;
+use crate::failpoint;
+use crate::model::{Cell, ChangeKind, Lsn, Row, SourceTable, TxItem};
+use crate::proto::event::Payload;
+use crate::proto::*;
+use crate::sink::{ChSink, CreateMode, SinkError};
+use crate::source::{self, SnapshotExport, SnapshotWorker, SourceError};
+use crate::store::event_log::new_event;
+use crate::store::{LogError, PipeSecrets};
+
+/// Progress events per table are coalesced to at most one per this period.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// The incarnation was paused, deleted or replaced: stop quietly.
+    #[error("stopped")]
+    Stopped,
+    /// Needs the user (usually a resync).
+    #[error("{0}")]
+    Fatal(String),
+}
+
+impl EngineError {
+    fn is_transient(&self) -> bool {
+        match self {
+            EngineError::Source(e) => e.is_transient(),
+            EngineError::Sink(e) => e.is_transient(),
+            EngineError::Log(_) => true,
+            EngineError::Stopped | EngineError::Fatal(_) => false,
+        }
+    }
+}
+
+type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+/// Runs an incarnation until it is stopped or fails for good.
+pub async fn run(core: Arc<Core>, pipe_id: String) {
+    let Some(pipe) = core.read(|p| p.by_id(&pipe_id).cloned()) else {
+        return;
+    };
+    let span = tracing::info_span!("pipe", pipe = %pipe.name, pipe_id = %pipe.id);
+    async move {
+        let mut w = Worker {
+            core,
+            id: pipe_id,
+            name: pipe.name.clone(),
+            failing: None,
+        };
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            let step = w.next_step();
+            match w.run_steps().await {
+                Ok(()) | Err(EngineError::Stopped) => return,
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(step, error = %e, backoff_ms = backoff.as_millis() as u64, "step failed; retrying");
+                    if w.report_failure(step, &e.to_string(), true).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                Err(e) => {
+                    tracing::error!(step, error = %e, "pipe failed");
+                    let _ = w.report_failure(step, &e.to_string(), false).await;
+                    return;
+                }
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+struct Worker {
+    core: Arc<Core>,
+    id: String,
+    name: String,
+    /// The step whose failure was reported as retrying (to report recovery).
+    failing: Option<String>,
+}
+
+/// Connections of one run of the steps.
+struct Ends {
+    pg: tokio_postgres::Client,
+    ch: ChSink,
+    conn: String,
+    secrets: PipeSecrets,
+    tables: Vec<SourceTable>,
+}
+
+impl Worker {
+    fn pipe(&self) -> Result<Pipe> {
+        self.core
+            .read(|p| p.by_id(&self.id).cloned())
+            .ok_or(EngineError::Stopped)
+    }
+
+    fn next_step(&self) -> &'static str {
+        match self.pipe() {
+            Ok(p) if p.slot_name.is_empty() => "setup",
+            Ok(p) if !p.tables_prepared => "prepare_tables",
+            Ok(p) if !p.snapshot_done => "snapshot",
+            Ok(p) if !p.resync_of.is_empty() && !p.swapped => "swap",
+            _ => "cdc",
+        }
+    }
+
+    /// Appends facts about this incarnation, unless it stopped being active
+    /// (then `Stopped`). Re-reads the stream version on a conflict: facts do
+    /// not depend on what other commands did meanwhile.
+    async fn record(&self, payloads: Vec<Payload>) -> Result<Pipe> {
+        loop {
+            let p = self.pipe()?;
+            let current = self
+                .core
+                .read(|pr| pr.by_name(&self.name).map(|c| c.id.clone()));
+            let status = p.status();
+            if current.as_deref() != Some(self.id.as_str())
+                || matches!(
+                    status,
+                    PipeStatus::Deleted | PipeStatus::Paused | PipeStatus::Failed
+                )
+            {
+                return Err(EngineError::Stopped);
+            }
+            let events = payloads
+                .iter()
+                .cloned()
+                .map(|pl| new_event(&self.id, pl))
+                .collect();
+            let version = self.core.read(|pr| pr.stream_version(&self.name));
+            match self.core.log.append(&self.name, version, events).await {
+                Ok(_) => return self.pipe(),
+                Err(LogError::VersionConflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    async fn report_failure(&mut self, step: &str, reason: &str, retrying: bool) -> Result<()> {
+        if retrying && self.failing.as_deref() == Some(step) {
+            return Ok(());
+        }
+        self.failing = retrying.then(|| step.to_owned());
+        let p = self.pipe()?;
+        if p.status() == PipeStatus::Deleted {
+            return Err(EngineError::Stopped);
+        }
+        let event = new_event(
+            &self.id,
+            Payload::PipeFailed(PipeFailed {
+                step: step.into(),
+                reason: reason.into(),
+                retrying,
+            }),
+        );
+        let version = self.core.read(|pr| pr.stream_version(&self.name));
+        self.core
+            .log
+            .append(&self.name, version, vec![event])
+            .await?;
+        Ok(())
+    }
+
+    async fn recovered(&mut self) -> Result<()> {
+        if self.failing.take().is_some() {
+            self.record(vec![Payload::PipeRecovered(PipeRecovered {})])
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn connect(&self, pipe: &Pipe) -> Result<Ends> {
+        let config = pipe.config.clone().unwrap_or_default();
+        let secrets = self.core.secrets.get(&self.id)?;
+        let src = config.source.unwrap_or_default();
+        let dst = config.destination.unwrap_or_default();
+        let pg =
+            source::connect(&src.connection_string, secrets.source_password.as_deref()).await?;
+        let names = config
+            .tables
+            .iter()
+            .enumerate()
+            .map(|(i, t)| validate::table(i, t).map(|(q, _)| q))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| EngineError::Fatal(e.0))?;
+        let tables = source::describe_tables(&pg, &names).await?;
+        let ch = ChSink::connect(
+            &dst.url,
+            &dst.user,
+            secrets.destination_password.as_deref(),
+            &dst.database,
+        )?;
+        ch.ping().await?;
+        Ok(Ends {
+            pg,
+            ch,
+            conn: src.connection_string,
+            secrets,
+            tables,
+        })
+    }
+
+    async fn run_steps(&mut self) -> Result<()> {
+        let pipe = self.pipe()?;
+        let ends = self.connect(&pipe).await?;
+        let mut pipe = pipe;
+        if pipe.slot_name.is_empty() {
+            pipe = self.setup(&ends).await?;
+        }
+        if !pipe.tables_prepared {
+            pipe = self.prepare_tables(&ends, &pipe).await?;
+        }
+        if !pipe.snapshot_done {
+            pipe = self.snapshot(&ends, &pipe).await?;
+        }
+        if !pipe.resync_of.is_empty() && !pipe.swapped {
+            pipe = self.swap(&ends, &pipe).await?;
+        }
+        if !pipe.cdc_started {
+            pipe = self
+                .record(vec![Payload::CdcStarted(CdcStarted {
+                    start_lsn: pipe.consistent_lsn.clone(),
+                })])
+                .await?;
+        }
+        self.recovered().await?;
+        self.cdc(ends, &pipe).await
+    }
+
+    async fn setup(&mut self, ends: &Ends) -> Result<Pipe> {
+        self.record(vec![Payload::StepStarted(StepStarted {
+            step: "setup".into(),
+        })])
+        .await?;
+        source::check_server(&ends.pg).await?;
+        ends.ch.create_database_if_missing().await?;
+        let slot = source::slot_name(&self.id);
+        let publication = source::publication_name(&self.id);
+        let names: Vec<_> = ends
+            .tables
+            .iter()
+            .map(|t| validate::QualifiedName {
+                schema: t.schema.clone(),
+                table: t.name.clone(),
+            })
+            .collect();
+        source::ensure_publication(&ends.pg, &publication, &names).await?;
+        failpoint::hit("setup.before_slot").await;
+        // A slot left by a crash before SetupCompleted was never recorded:
+        // its consistent point is unknown, so start over with a new one.
+        source::drop_slot(&ends.pg, &slot).await?;
+        let consistent = source::create_slot(&ends.pg, &slot).await?;
+        failpoint::hit("setup.after_slot").await;
+        self.recovered().await?;
+        self.record(vec![Payload::SetupCompleted(SetupCompleted {
+            slot_name: slot,
+            publication_name: publication,
+            consistent_lsn: consistent.to_string(),
+        })])
+        .await
+    }
+
+    fn table_configs(pipe: &Pipe) -> Vec<TableConfig> {
+        pipe.config
+            .as_ref()
+            .map(|c| c.tables.clone())
+            .unwrap_or_default()
+    }
+
+    async fn prepare_tables(&mut self, ends: &Ends, pipe: &Pipe) -> Result<Pipe> {
+        self.record(vec![Payload::StepStarted(StepStarted {
+            step: "prepare_tables".into(),
+        })])
+        .await?;
+        let resync = !pipe.resync_of.is_empty();
+        let mut prepared = Vec::new();
+        for (cfg, table) in Self::table_configs(pipe).iter().zip(&ends.tables) {
+            let order_by: Vec<String> = if cfg.order_by.is_empty() {
+                table
+                    .key
+                    .iter()
+                    .map(|&i| table.columns[i].name.clone())
+                    .collect()
+            } else {
+                cfg.order_by.clone()
+            };
+            let load_table = if resync {
+                format!("{}_resync", cfg.destination_table)
+            } else {
+                cfg.destination_table.clone()
+            };
+            let mode = if resync {
+                CreateMode::OrReplace
+            } else {
+                CreateMode::IfNotExists
+            };
+            ends.ch
+                .create_table(&load_table, table, &order_by, mode)
+                .await
+                .map_err(|e| match e {
+                    SinkError::Schema(m) => EngineError::Fatal(m),
+                    other => other.into(),
+                })?;
+            let uuid = table_uuid(&ends.ch, &load_table).await?;
+            prepared.push(PreparedTable {
+                source_table: cfg.source_table.clone(),
+                destination_table: cfg.destination_table.clone(),
+                load_table,
+                order_by,
+                load_table_uuid: uuid,
+            });
+        }
+        failpoint::hit("prepare.after_create").await;
+        self.record(vec![Payload::TablesPrepared(TablesPrepared {
+            tables: prepared,
+        })])
+        .await
+    }
+
+    async fn snapshot(&mut self, ends: &Ends, pipe: &Pipe) -> Result<Pipe> {
+        let settings = pipe
+            .config
+            .as_ref()
+            .and_then(|c| c.settings)
+            .unwrap_or_default();
+        let consistent: Lsn = pipe
+            .consistent_lsn
+            .parse()
+            .map_err(|e: crate::model::LsnParseError| EngineError::Fatal(e.to_string()))?;
+        let version = consistent.0.saturating_sub(1);
+        // Partition plan for every table.
+        let mut work = Vec::new();
+        let mut plans = Vec::new();
+        for (prep, table) in pipe.prepared.iter().zip(&ends.tables) {
+            // A redo must not keep rows of an earlier, partial copy.
+            ends.ch.truncate(&prep.load_table).await?;
+            let parts = source::plan_partitions(table, settings.snapshot_rows_per_partition);
+            plans.push(SnapshotTablePlan {
+                source_table: prep.source_table.clone(),
+                partitions_total: parts.len() as u32,
+                estimated_rows: table.estimated_rows,
+            });
+            for part in parts {
+                work.push((prep.clone(), table.clone(), part));
+            }
+        }
+        self.record(vec![Payload::SnapshotStarted(SnapshotStarted {
+            tables: plans.clone(),
+        })])
+        .await?;
+        failpoint::hit("snapshot.started").await;
+
+        let (export, snapshot_name) =
+            SnapshotExport::begin(&ends.conn, ends.secrets.source_password.as_deref()).await?;
+        let progress = Arc::new(Progress::new(&plans));
+        let queue = Arc::new(Mutex::new(work));
+        let workers =
+            (settings.snapshot_parallelism.max(1) as usize).min(queue.lock().await.len().max(1));
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..workers {
+            let queue = Arc::clone(&queue);
+            let progress = Arc::clone(&progress);
+            let conn = ends.conn.clone();
+            let password = ends.secrets.source_password.clone();
+            let name = snapshot_name.clone();
+            let ch = ends.ch.clone();
+            set.spawn(
+                async move {
+                    let mut worker =
+                        SnapshotWorker::begin(&conn, password.as_deref(), &name).await?;
+                    loop {
+                        let Some((prep, table, part)) = queue.lock().await.pop() else {
+                            break;
+                        };
+                        let mut writer = ch.writer(&prep.load_table, &table).await?;
+                        let mut copy = worker.copy_partition(&table, &part).await?;
+                        while let Some(batch) = copy.next_batch().await? {
+                            for row in &batch {
+                                writer.write(row, version, false).await?;
+                            }
+                            progress.add_rows(&prep.source_table, batch.len() as u64);
+                        }
+                        drop(copy);
+                        writer.end().await?;
+                        progress.partition_done(&prep.source_table);
+                        failpoint::hit("snapshot.partition_done").await;
+                    }
+                    worker.finish().await?;
+                    Ok::<_, EngineError>(())
+                }
+                .in_current_span(),
+            );
+        }
+        // Coalesced progress while the copy runs; the first error stops all
+        // workers (dropping the set aborts them).
+        let mut tick = tokio::time::interval(PROGRESS_EVERY);
+        tick.tick().await;
+        let mut all_ok = Ok(());
+        loop {
+            tokio::select! {
+                joined = set.join_next() => match joined {
+                    None => break,
+                    Some(Ok(Ok(()))) => {}
+                    Some(Ok(Err(e))) => { all_ok = Err(e); break; }
+                    Some(Err(join)) => {
+                        all_ok = Err(EngineError::Fatal(format!("snapshot worker crashed: {join}")));
+                        break;
+                    }
+                },
+                _ = tick.tick() => {
+                    self.record(progress.events()).await?;
+                }
+            }
+        }
+        drop(set);
+        let _ = export.finish().await;
+        all_ok?;
+        let mut done: Vec<Payload> = progress.events();
+        for plan in &plans {
+            done.push(Payload::SnapshotTableCompleted(SnapshotTableCompleted {
+                source_table: plan.source_table.clone(),
+                rows: progress.rows(&plan.source_table),
+            }));
+        }
+        done.push(Payload::SnapshotCompleted(SnapshotCompleted {}));
+        self.record(done).await
+    }
+
+    async fn swap(&mut self, ends: &Ends, pipe: &Pipe) -> Result<Pipe> {
+        self.record(vec![Payload::SwapStarted(SwapStarted {})])
+            .await?;
+        for (prep, table) in pipe.prepared.iter().zip(&ends.tables) {
+            let swapped =
+                table_uuid(&ends.ch, &prep.destination_table).await? == prep.load_table_uuid;
+            if swapped || !ends.ch.table_exists(&prep.destination_table).await? {
+                continue;
+            }
+            let keys: Vec<String> = table
+                .key
+                .iter()
+                .map(|&i| table.columns[i].name.clone())
+                .collect();
+            let rows = ends
+                .ch
+                .transfer_soft_deletes(&prep.destination_table, &prep.load_table, &keys)
+                .await?;
+            self.record(vec![Payload::SoftDeletesTransferred(
+                SoftDeletesTransferred {
+                    source_table: prep.source_table.clone(),
+                    rows,
+                },
+            )])
+            .await?;
+        }
+        failpoint::hit("swap.before_exchange").await;
+        let mut names = Vec::new();
+        for prep in &pipe.prepared {
+            let current = table_uuid(&ends.ch, &prep.destination_table).await?;
+            if current == prep.load_table_uuid {
+                continue; // swapped before a crash
+            }
+            if current.is_empty() {
+                // No original (a table added since): a rename is the swap.
+                ends.ch
+                    .rename_table(&prep.load_table, &prep.destination_table)
+                    .await?;
+            } else {
+                ends.ch
+                    .exchange_tables(&prep.destination_table, &prep.load_table)
+                    .await?;
+            }
+            failpoint::hit("swap.after_exchange").await;
+            names.push(prep.destination_table.clone());
+        }
+        let pipe = self
+            .record(vec![Payload::TablesSwapped(TablesSwapped {
+                destination_tables: names,
+            })])
+            .await?;
+        // The old data now sits under `_resync`; the swap is recorded, so it
+        // is dropped (a later resync would replace it anyway).
+        for prep in &pipe.prepared {
+            ends.ch.drop_table_if_exists(&prep.load_table).await?;
+        }
+        Ok(pipe)
+    }
+
+    async fn cdc(&mut self, ends: Ends, pipe: &Pipe) -> Result<()> {
+        let settings = pipe
+            .config
+            .as_ref()
+            .and_then(|c| c.settings)
+            .unwrap_or_default();
+        let slot = pipe.slot_name.clone();
+        let publication = pipe.publication_name.clone();
+        let interval = Duration::from_millis(u64::from(settings.cdc_sync_interval_ms));
+        let mut tables: HashMap<u32, (SourceTable, String, String)> = ends
+            .tables
+            .iter()
+            .zip(&pipe.prepared)
+            .map(|(t, p)| {
+                (
+                    t.oid,
+                    (
+                        t.clone(),
+                        p.destination_table.clone(),
+                        p.source_table.clone(),
+                    ),
+                )
+            })
+            .collect();
+        let mut counts: HashMap<String, TableChangeCounts> = HashMap::new();
+        let mut last_report = Instant::now();
+        let mut last_lsn = String::new();
+        loop {
+            let wal_before = source::current_wal_lsn(&ends.pg).await?;
+            let txs = source::read_changes(
+                &ends.pg,
+                &slot,
+                &publication,
+                settings.cdc_batch_size as usize,
+            )
+            .await?;
+            if txs.is_empty() {
+                // Nothing published: let the slot move so it does not pin WAL.
+                source::advance_slot(&ends.pg, &slot, wal_before).await?;
+                if last_report.elapsed() >= PROGRESS_EVERY * 5 {
+                    self.report_cdc(&ends, &mut counts, &slot, &last_lsn)
+                        .await?;
+                    last_report = Instant::now();
+                }
+                tokio::time::sleep(interval).await;
+                continue;
+            }
+            let mut pending: HashMap<u32, Vec<(Row, u64, bool)>> = HashMap::new();
+            let mut end = Lsn::default();
+            for tx in &txs {
+                end = end.max(tx.end_lsn);
+                for item in &tx.items {
+                    match item {
+                        TxItem::Relation(rel) => {
+                            self.check_relation(&ends, &mut tables, rel, &mut pending)
+                                .await?;
+                        }
+                        TxItem::Change(c) => {
+                            let Some((_, _, source_table)) = tables.get(&c.relation_oid) else {
+                                continue;
+                            };
+                            let e = counts.entry(source_table.clone()).or_insert_with(|| {
+                                TableChangeCounts {
+                                    source_table: source_table.clone(),
+                                    ..Default::default()
+                                }
+                            });
+                            match c.kind {
+                                ChangeKind::Insert => e.inserted += 1,
+                                ChangeKind::Update => e.updated += 1,
+                                ChangeKind::Delete => e.deleted += 1,
+                            }
+                            pending.entry(c.relation_oid).or_default().push((
+                                c.row.clone(),
+                                tx.commit_lsn.0,
+                                c.kind == ChangeKind::Delete,
+                            ));
+                        }
+                        TxItem::Truncate { relation_oids } => {
+                            // Truncate empties the destination table: rows
+                            // before it in this batch are written first, so
+                            // order is kept.
+                            for oid in relation_oids {
+                                if let Some((t, dest, _)) = tables.get(oid) {
+                                    if let Some(rows) = pending.remove(oid) {
+                                        write_rows(&ends.ch, dest, t, rows).await?;
+                                    }
+                                    ends.ch.truncate(dest).await?;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            for (oid, rows) in pending {
+                if let Some((t, dest, _)) = tables.get(&oid) {
+                    write_rows(&ends.ch, dest, t, rows).await?;
+                }
+            }
+            failpoint::hit("cdc.before_advance").await;
+            // ClickHouse has the batch: only now may the slot move on.
+            source::advance_slot(&ends.pg, &slot, end).await?;
+            last_lsn = end.to_string();
+            if last_report.elapsed() >= PROGRESS_EVERY {
+                self.report_cdc(&ends, &mut counts, &slot, &last_lsn)
+                    .await?;
+                last_report = Instant::now();
+            }
+        }
+    }
+
+    async fn report_cdc(
+        &mut self,
+        ends: &Ends,
+        counts: &mut HashMap<String, TableChangeCounts>,
+        slot: &str,
+        last_lsn: &str,
+    ) -> Result<()> {
+        let info = source::slot_info(&ends.pg, slot).await?;
+        let wal = source::current_wal_lsn(&ends.pg).await?;
+        let confirmed = info.map(|i| i.confirmed_flush).unwrap_or_default();
+        let lag = wal.0.saturating_sub(confirmed.0);
+        let lsn = if confirmed.0 > 0 {
+            confirmed.to_string()
+        } else {
+            last_lsn.to_owned()
+        };
+        let p = self.pipe()?;
+        if counts.is_empty() && p.last_lsn == lsn && p.lag_bytes == lag {
+            return Ok(());
+        }
+        let tables = counts.drain().map(|(_, c)| c).collect();
+        self.record(vec![Payload::CdcProgress(CdcProgress {
+            lsn,
+            lag_bytes: lag,
+            tables,
+        })])
+        .await?;
+        Ok(())
+    }
+
+    /// A Relation message: the same columns are fine, columns added at the
+    /// end are added in ClickHouse, anything else needs a resync.
+    async fn check_relation(
+        &mut self,
+        ends: &Ends,
+        tables: &mut HashMap<u32, (SourceTable, String, String)>,
+        rel: &crate::model::Relation,
+        pending: &mut HashMap<u32, Vec<(Row, u64, bool)>>,
+    ) -> Result<()> {
+        let Some((known, dest, _)) = tables.get(&rel.oid) else {
+            return Ok(());
+        };
+        let same_prefix = known.columns.len() <= rel.columns.len()
+            && known
+                .columns
+                .iter()
+                .zip(&rel.columns)
+                .all(|(k, r)| k.name == r.name && k.type_oid == r.type_oid);
+        if same_prefix && known.columns.len() == rel.columns.len() {
+            return Ok(());
+        }
+        if !same_prefix {
+            return Err(EngineError::Fatal(format!(
+                "the structure of source table {}.{} changed in a way pgpipe cannot apply \
+                 (a column was dropped, renamed or retyped); resync the pipe to rebuild it",
+                known.schema, known.name
+            )));
+        }
+        // Rows of the old shape go out before the table changes.
+        if let Some(rows) = pending.remove(&rel.oid) {
+            write_rows(&ends.ch, dest, known, rows).await?;
+        }
+        let q = validate::QualifiedName {
+            schema: known.schema.clone(),
+            table: known.name.clone(),
+        };
+        let fresh = source::describe_tables(&ends.pg, &[q])
+            .await?
+            .pop()
+            .ok_or_else(|| {
+                EngineError::Fatal(format!("table {}.{} disappeared", known.schema, known.name))
+            })?;
+        for col in fresh.columns.iter().skip(known.columns.len()) {
+            if !rel.columns.iter().any(|r| r.name == col.name) {
+                continue;
+            }
+            ends.ch.add_column(dest, col).await?;
+            tracing::info!(table = %dest, column = %col.name, "column added");
+        }
+        ends.ch.forget_schema(dest);
+        let dest = dest.clone();
+        if let Some(entry) = tables.get_mut(&rel.oid) {
+            let mut fresh = fresh;
+            fresh.columns.truncate(rel.columns.len());
+            entry.0 = fresh;
+            entry.1 = dest;
+        }
+        Ok(())
+    }
+}
+
+/// Writes one table's changes of a batch, in commit order: unchanged TOAST
+/// values are filled from earlier rows or ClickHouse, then only the last
+/// change per key is sent (same-version rows would otherwise tie).
+async fn write_rows(
+    ch: &ChSink,
+    dest: &str,
+    table: &SourceTable,
+    rows: Vec<(Row, u64, bool)>,
+) -> Result<()> {
+    let (mut cells, meta): (Vec<Row>, Vec<(u64, bool)>) =
+        rows.into_iter().map(|(r, v, d)| (r, (v, d))).unzip();
+    if cells.iter().any(|r| r.contains(&Cell::UnchangedToast)) {
+        ch.fill_unchanged(dest, table, &mut cells).await?;
+    }
+    let mut last: HashMap<Vec<Cell>, usize> = HashMap::with_capacity(cells.len());
+    for (i, row) in cells.iter().enumerate() {
+        let key: Vec<Cell> = table
+            .key
+            .iter()
+            .map(|&k| row.get(k).cloned().unwrap_or(Cell::Null))
+            .collect();
+        last.insert(key, i);
+    }
+    let mut keep: Vec<usize> = last.into_values().collect();
+    keep.sort_unstable();
+    let mut writer = ch.writer(dest, table).await?;
+    for i in keep {
+        let (version, deleted) = meta[i];
+        writer.write(&cells[i], version, deleted).await?;
+    }
+    writer.end().await?;
+    Ok(())
+}
+
+/// The ClickHouse UUID of a table ("" when it does not exist).
+async fn table_uuid(ch: &ChSink, table: &str) -> Result<String> {
+    Ok(ch.table_uuid(table).await?.unwrap_or_default())
+}
+
+/// Snapshot counters shared by the copy workers.
+struct Progress {
+    tables: HashMap<String, (AtomicU64, AtomicU64, u32)>,
+}
+
+impl Progress {
+    fn new(plans: &[SnapshotTablePlan]) -> Self {
+        Self {
+            tables: plans
+                .iter()
+                .map(|p| {
+                    (
+                        p.source_table.clone(),
+                        (AtomicU64::new(0), AtomicU64::new(0), p.partitions_total),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    fn add_rows(&self, table: &str, n: u64) {
+        if let Some((rows, _, _)) = self.tables.get(table) {
+            rows.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    fn partition_done(&self, table: &str) {
+        if let Some((_, done, _)) = self.tables.get(table) {
+            done.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn rows(&self, table: &str) -> u64 {
+        self.tables
+            .get(table)
+            .map_or(0, |(r, _, _)| r.load(Ordering::Relaxed))
+    }
+
+    fn events(&self) -> Vec<Payload> {
+        let mut out: Vec<Payload> = self
+            .tables
+            .iter()
+            .map(|(name, (rows, done, total))| {
+                Payload::SnapshotProgress(SnapshotProgress {
+                    source_table: name.clone(),
+                    rows_copied: rows.load(Ordering::Relaxed),
+                    partitions_done: done.load(Ordering::Relaxed) as u32,
+                    partitions_total: *total,
+                })
+            })
+            .collect();
+        out.sort_by_key(|p| match p {
+            Payload::SnapshotProgress(s) => s.source_table.clone(),
+            _ => String::new(),
+        });
+        out
+    }
+}
