@@ -1,0 +1,210 @@
+//! kill -9 at every named step (fail-points abort the process like SIGKILL):
+//! after a restart the pipe resumes from the log and Postgres and ClickHouse
+//! end equal, with no duplicates under FINAL.
+
+mod common;
+
+use std::time::Duration;
+
+use common::data::*;
+use common::*;
+use pgpipe::proto::*;
+
+const COLS: &str = "id, name, qty";
+
+async fn make_table(schema: &str, rows: i64) {
+    pg().await
+        .batch_execute(&format!(
+            "CREATE SCHEMA {schema};
+             CREATE TABLE {schema}.items (id bigint PRIMARY KEY, name text, qty int);
+             INSERT INTO {schema}.items SELECT g, 'item ' || g, g % 13 FROM generate_series(1, {rows}) g;"
+        ))
+        .await
+        .unwrap();
+}
+
+async fn write_some(schema: &str, from: i64) {
+    pg().await
+        .batch_execute(&format!(
+            "INSERT INTO {schema}.items SELECT g, 'late', 1 FROM generate_series({from}, {from} + 49) g;
+             UPDATE {schema}.items SET qty = qty + 100 WHERE id % 17 = 0;
+             DELETE FROM {schema}.items WHERE id % 19 = 0;"
+        ))
+        .await
+        .unwrap();
+}
+
+/// Waits for the process to end by itself (the fail-point fired).
+async fn wait_exit(p: &mut Proc) {
+    for _ in 0..600 {
+        if p.child.try_wait().unwrap().is_some() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the fail-point never fired");
+}
+
+async fn assert_synced(schema: &str) {
+    wait_equal(
+        schema,
+        "items",
+        schema,
+        "items",
+        COLS,
+        Duration::from_secs(90),
+    )
+    .await;
+    let dups: i64 = ch(schema)
+        .query("SELECT toInt64(count()) - toInt64(uniqExact(id)) FROM items FINAL")
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(dups, 0, "duplicates under FINAL");
+}
+
+/// Crash while a new pipe is being set up / loaded.
+async fn crash_during_create(failpoint: &str) {
+    let schema = unique("crc");
+    make_table(&schema, 12_000).await;
+    let dir = tempfile::tempdir().unwrap();
+    let name = schema.replace('_', "-");
+    let fp = format!("{failpoint}=abort");
+    let mut p = Proc::spawn_engine(dir.path(), &[("PGPIPE_FAILPOINTS", &fp)]);
+    wait_serving(&p.url()).await;
+    let mut c = connect(&p.url()).await;
+    c.create_pipe(pipe_req(&name, &schema, &[&format!("{schema}.items")]))
+        .await
+        .unwrap();
+    wait_exit(&mut p).await;
+    write_some(&schema, 50_000).await;
+
+    let p = Proc::spawn_engine(dir.path(), &[]);
+    wait_serving(&p.url()).await;
+    let mut c = connect(&p.url()).await;
+    wait_running(&mut c, &name, Duration::from_secs(120)).await;
+    write_some(&schema, 60_000).await;
+    assert_synced(&schema).await;
+}
+
+/// Crash during a resync of a running pipe.
+async fn crash_during_resync(failpoint: &str) {
+    let schema = unique("crr");
+    make_table(&schema, 8_000).await;
+    let dir = tempfile::tempdir().unwrap();
+    let name = schema.replace('_', "-");
+    let mut p = Proc::spawn_engine(dir.path(), &[]);
+    wait_serving(&p.url()).await;
+    let mut c = connect(&p.url()).await;
+    c.create_pipe(pipe_req(&name, &schema, &[&format!("{schema}.items")]))
+        .await
+        .unwrap();
+    let old = wait_running(&mut c, &name, Duration::from_secs(120)).await;
+    drop(c);
+    p.kill9();
+
+    let fp = format!("{failpoint}=abort");
+    let mut p = Proc::spawn_engine(dir.path(), &[("PGPIPE_FAILPOINTS", &fp)]);
+    wait_serving(&p.url()).await;
+    let mut c = connect(&p.url()).await;
+    c.resync_pipe(ResyncPipeRequest {
+        name: name.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    wait_exit(&mut p).await;
+    write_some(&schema, 50_000).await;
+
+    let p = Proc::spawn_engine(dir.path(), &[]);
+    wait_serving(&p.url()).await;
+    let mut c = connect(&p.url()).await;
+    let now = wait_running(&mut c, &name, Duration::from_secs(120)).await;
+    assert_eq!(now.resync_of, old.id);
+    write_some(&schema, 60_000).await;
+    assert_synced(&schema).await;
+    let leftovers: u64 = ch(&schema)
+        .query("SELECT count() FROM system.tables WHERE database = currentDatabase() AND name = 'items_resync'")
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(
+        leftovers, 0,
+        "the old data is dropped once the swap is recorded"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_before_the_slot_is_created() {
+    crash_during_create("setup.before_slot").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_after_the_slot_is_created_before_it_is_recorded() {
+    crash_during_create("setup.after_slot").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_after_the_tables_are_created() {
+    crash_during_create("prepare.after_create").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_when_the_snapshot_starts() {
+    crash_during_create("snapshot.started").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_in_the_middle_of_the_snapshot() {
+    crash_during_create("snapshot.partition_done").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_during_cdc_after_clickhouse_acked_before_the_slot_advanced() {
+    let schema = unique("crd");
+    make_table(&schema, 3_000).await;
+    let dir = tempfile::tempdir().unwrap();
+    let name = schema.replace('_', "-");
+    let mut p = Proc::spawn_engine(dir.path(), &[]);
+    wait_serving(&p.url()).await;
+    let mut c = connect(&p.url()).await;
+    c.create_pipe(pipe_req(&name, &schema, &[&format!("{schema}.items")]))
+        .await
+        .unwrap();
+    wait_running(&mut c, &name, Duration::from_secs(120)).await;
+    drop(c);
+    p.kill9();
+
+    let mut p = Proc::spawn_engine(
+        dir.path(),
+        &[("PGPIPE_FAILPOINTS", "cdc.before_advance=abort")],
+    );
+    wait_serving(&p.url()).await;
+    write_some(&schema, 50_000).await;
+    wait_exit(&mut p).await;
+
+    let p = Proc::spawn_engine(dir.path(), &[]);
+    wait_serving(&p.url()).await;
+    write_some(&schema, 60_000).await;
+    assert_synced(&schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_during_resync_setup() {
+    crash_during_resync("setup.after_slot").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_during_resync_load() {
+    crash_during_resync("snapshot.partition_done").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_before_the_swap() {
+    crash_during_resync("swap.before_exchange").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_in_the_middle_of_the_swap() {
+    crash_during_resync("swap.after_exchange").await;
+}
