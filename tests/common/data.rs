@@ -110,6 +110,16 @@ pub async fn wait_running(c: &mut Client, name: &str, timeout: Duration) -> Pipe
 /// rows), in either direction, compared inside ClickHouse with the
 /// postgresql() table function; `cols` are SQL expressions valid on both.
 pub async fn diff(database: &str, dest: &str, schema: &str, table: &str, cols: &str) -> u64 {
+    try_diff(database, dest, schema, table, cols).await.unwrap()
+}
+
+pub async fn try_diff(
+    database: &str,
+    dest: &str,
+    schema: &str,
+    table: &str,
+    cols: &str,
+) -> Result<u64, clickhouse::error::Error> {
     let (hostport, db) = pg_parts();
     let src = format!("postgresql('{hostport}', '{db}', '{table}', 'postgres', '', '{schema}')");
     let dst = format!("`{database}`.`{dest}` FINAL WHERE _pgpipe_is_deleted = 0");
@@ -118,7 +128,7 @@ pub async fn diff(database: &str, dest: &str, schema: &str, table: &str, cols: &
                 (SELECT count() FROM (SELECT {cols} FROM {dst} EXCEPT SELECT {cols} FROM {src})) + \
                 abs(toInt64((SELECT count() FROM {src})) - toInt64((SELECT count() FROM {dst})))))"
     );
-    ch(database).query(&q).fetch_one::<i64>().await.unwrap() as u64
+    Ok(ch(database).query(&q).fetch_one::<i64>().await? as u64)
 }
 
 /// Waits until source and destination are equal (or panics with the diff).
@@ -132,13 +142,15 @@ pub async fn wait_equal(
 ) {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let d = diff(database, dest, schema, table, cols).await;
-        if d == 0 {
-            return;
-        }
+        // An error (e.g. a column not added yet) counts as a difference.
+        let d = match try_diff(database, dest, schema, table, cols).await {
+            Ok(0) => return,
+            Ok(d) => d.to_string(),
+            Err(e) => e.to_string(),
+        };
         assert!(
             tokio::time::Instant::now() < deadline,
-            "{schema}.{table} and {database}.{dest} still differ by {d} rows"
+            "{schema}.{table} and {database}.{dest} still differ: {d}"
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
