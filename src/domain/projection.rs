@@ -124,6 +124,11 @@ pub fn apply(pipe: Option<&mut Pipe>, e: &Event) -> Option<Pipe> {
                     p.resyncing = true;
                     p.status_detail = "resync requested: this incarnation is being replaced".into();
                 }
+                // A step restarted after a crash keeps its first start.
+                Payload::StepStarted(s)
+                    if p.steps
+                        .last()
+                        .is_some_and(|l| l.step == s.step && l.finished_at.is_none()) => {}
                 Payload::StepStarted(s) => {
                     close_open_step(p, at);
                     p.steps.push(StepTiming {

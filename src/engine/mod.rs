@@ -126,8 +126,20 @@ async fn release_once(core: &Core, pipe: &Pipe) -> Result<(), worker::EngineErro
     source::drop_slot(&pg, &slot).await?;
     source::drop_publication(&pg, &publication).await?;
     let mut dropped = false;
+    let dst = config.destination.clone().unwrap_or_default();
+    if !pipe.resync_of.is_empty() && !pipe.swapped && pipe.tables_prepared {
+        // A resync stopped before its swap: its `_resync` tables are scratch.
+        let ch = ChSink::connect(
+            &dst.url,
+            &dst.user,
+            secrets.destination_password.as_deref(),
+            &dst.database,
+        )?;
+        for t in &pipe.prepared {
+            ch.drop_table_if_exists(&t.load_table).await?;
+        }
+    }
     if pipe.drop_destination_tables {
-        let dst = config.destination.unwrap_or_default();
         let ch = ChSink::connect(
             &dst.url,
             &dst.user,

@@ -391,9 +391,14 @@ impl Worker {
                 work.push((prep.clone(), table.clone(), part));
             }
         }
-        self.record(vec![Payload::SnapshotStarted(SnapshotStarted {
-            tables: plans.clone(),
-        })])
+        self.record(vec![
+            Payload::StepStarted(StepStarted {
+                step: "snapshot".into(),
+            }),
+            Payload::SnapshotStarted(SnapshotStarted {
+                tables: plans.clone(),
+            }),
+        ])
         .await?;
         failpoint::hit("snapshot.started").await;
 
@@ -474,8 +479,13 @@ impl Worker {
     }
 
     async fn swap(&mut self, ends: &Ends, pipe: &Pipe) -> Result<Pipe> {
-        self.record(vec![Payload::SwapStarted(SwapStarted {})])
-            .await?;
+        self.record(vec![
+            Payload::StepStarted(StepStarted {
+                step: "swap".into(),
+            }),
+            Payload::SwapStarted(SwapStarted {}),
+        ])
+        .await?;
         for (prep, table) in pipe.prepared.iter().zip(&ends.tables) {
             let swapped =
                 table_uuid(&ends.ch, &prep.destination_table).await? == prep.load_table_uuid;
