@@ -91,19 +91,22 @@ pub async fn run(core: Arc<Core>, pipe_id: String) {
             id: pipe_id,
             name: pipe.name.clone(),
             failing: None,
+            step: "setup",
+            backoff: Duration::from_secs(1),
         };
-        let mut backoff = Duration::from_secs(1);
         loop {
-            let step = w.next_step();
-            match w.run_steps().await {
+            let result = w.run_steps().await;
+            let step = w.step;
+            match result {
                 Ok(()) | Err(EngineError::Stopped) => return,
                 Err(e) if e.is_transient() => {
+                    let backoff = w.backoff;
                     tracing::warn!(step, error = %e, backoff_ms = backoff.as_millis() as u64, "step failed; retrying");
                     if w.report_failure(step, &e.to_string(), true).await.is_err() {
                         return;
                     }
                     tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    w.backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
                 Err(e) => {
                     tracing::error!(step, error = %e, "pipe failed");
@@ -123,6 +126,10 @@ struct Worker {
     name: String,
     /// The step whose failure was reported as retrying (to report recovery).
     failing: Option<String>,
+    /// The step being run (named in failure events).
+    step: &'static str,
+    /// Delay before the next retry; reset once a step succeeds again.
+    backoff: Duration,
 }
 
 /// Connections of one run of the steps.
@@ -139,16 +146,6 @@ impl Worker {
         self.core
             .read(|p| p.by_id(&self.id).cloned())
             .ok_or(EngineError::Stopped)
-    }
-
-    fn next_step(&self) -> &'static str {
-        match self.pipe() {
-            Ok(p) if p.slot_name.is_empty() => "setup",
-            Ok(p) if !p.tables_prepared => "prepare_tables",
-            Ok(p) if !p.snapshot_done => "snapshot",
-            Ok(p) if !p.resync_of.is_empty() && !p.swapped => "swap",
-            _ => "cdc",
-        }
     }
 
     /// Appends facts about this incarnation, unless it stopped being active
@@ -209,6 +206,7 @@ impl Worker {
     }
 
     async fn recovered(&mut self) -> Result<()> {
+        self.backoff = Duration::from_secs(1);
         if self.failing.take().is_some() {
             self.record(vec![Payload::PipeRecovered(PipeRecovered {})])
                 .await?;
@@ -248,21 +246,32 @@ impl Worker {
     }
 
     async fn run_steps(&mut self) -> Result<()> {
-        let pipe = self.pipe()?;
+        let mut pipe = self.pipe()?;
+        self.step = if pipe.slot_name.is_empty() {
+            "setup"
+        } else if !pipe.snapshot_done {
+            "snapshot"
+        } else {
+            "cdc"
+        };
         let ends = self.connect(&pipe).await?;
-        let mut pipe = pipe;
         if pipe.slot_name.is_empty() {
+            self.step = "setup";
             pipe = self.setup(&ends).await?;
         }
         if !pipe.tables_prepared {
+            self.step = "prepare_tables";
             pipe = self.prepare_tables(&ends, &pipe).await?;
         }
         if !pipe.snapshot_done {
+            self.step = "snapshot";
             pipe = self.snapshot(&ends, &pipe).await?;
         }
         if !pipe.resync_of.is_empty() && !pipe.swapped {
+            self.step = "swap";
             pipe = self.swap(&ends, &pipe).await?;
         }
+        self.step = "cdc";
         if !pipe.cdc_started {
             pipe = self
                 .record(vec![Payload::CdcStarted(CdcStarted {

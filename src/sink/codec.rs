@@ -88,6 +88,22 @@ fn write_string(out: &mut Vec<u8>, s: &[u8]) {
     out.extend_from_slice(s);
 }
 
+/// Encodes the type's zero value (a tombstone's filler for columns that are
+/// not part of the key: pgoutput sends only the key of a deleted row).
+pub(crate) fn encode_default(kind: &Kind, out: &mut Vec<u8>) {
+    let width = match kind {
+        Kind::Bool => 1,
+        Kind::Int16 => 2,
+        Kind::Int32 | Kind::Float32 | Kind::Date => 4,
+        Kind::Int64 | Kind::Float64 | Kind::Timestamp | Kind::TimestampTz | Kind::Time => 8,
+        Kind::Decimal { precision, .. } => decimal_width(*precision),
+        Kind::Uuid => 16,
+        // Empty string, empty array: a zero length.
+        Kind::Text | Kind::Enum | Kind::Bytea | Kind::Array(_) => 1,
+    };
+    out.extend(std::iter::repeat_n(0u8, width));
+}
+
 /// Encodes one non-NULL Postgres text value.
 pub(crate) fn encode_value(kind: &Kind, t: &[u8], out: &mut Vec<u8>) -> R<()> {
     match kind {

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clickhouse::insert_formatted::BufInsertFormatted;
 
-use super::codec::encode_cell;
+use super::codec::{encode_cell, encode_default};
 use super::ident::quote_ident;
 use super::{ChSink, ColumnPlan, METADATA_COLUMNS, SinkError};
 use crate::model::{Cell, Row, SourceTable};
@@ -221,6 +221,10 @@ impl TableWriter {
         }
         self.row.clear();
         for (cell, col) in row.iter().zip(self.columns.iter()) {
+            if is_deleted && !col.nullable && *cell == Cell::Null {
+                encode_default(&col.kind, &mut self.row);
+                continue;
+            }
             encode_cell(&col.kind, col.nullable, cell, &mut self.row).map_err(|message| {
                 SinkError::Value {
                     table: self.table.clone(),

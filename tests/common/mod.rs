@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 pub mod data;
+pub mod peers;
 
 use pgpipe::proto::pipe_service_client::PipeServiceClient;
 use pgpipe::proto::*;

@@ -1,0 +1,304 @@
+//! A private pair of peers for fault tests: a second dev environment
+//! (`dev/env up` with its own state directory and ports: a Postgres cluster
+//! with wal_level=logical and a chDB ClickHouse front) that a test may stop,
+//! kill and restart without disturbing the shared one. Dropping the guard
+//! runs `dev/env reset` (stops both, deletes the state).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use pgpipe::proto::*;
+use tokio_postgres::NoTls;
+
+use super::Client;
+
+const PG_DB: &str = "pgpipe_dev";
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn check(what: &str, out: std::io::Result<Output>) -> String {
+    let out = out.unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The private environment; `dev/env reset` on drop.
+pub struct PrivateEnv {
+    dir: tempfile::TempDir,
+    pub pg_port: u16,
+    pub ch_port: u16,
+}
+
+impl PrivateEnv {
+    /// Starts a fresh private environment (about 10 s: initdb and chDB).
+    pub async fn up() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("pgpipe-peers-")
+            .tempdir()
+            .unwrap();
+        let pg_port = free_port();
+        let mut ch_port = free_port();
+        while ch_port == pg_port {
+            ch_port = free_port();
+        }
+        let env = Self {
+            dir,
+            pg_port,
+            ch_port,
+        };
+        env.dev_env(&["up"]).await;
+        env
+    }
+
+    pub fn state(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn command(&self, args: &[&str]) -> std::process::Command {
+        let mut cmd = std::process::Command::new(repo().join("dev/env"));
+        cmd.args(args)
+            .env("PGPIPE_DEV_DIR", self.state())
+            .env("PGPIPE_DEV_PG_PORT", self.pg_port.to_string())
+            .env("PGPIPE_DEV_CH_PORT", self.ch_port.to_string())
+            .stdin(std::process::Stdio::null());
+        // Reuse the shared environment's Python (chDB installed) if it has a venv.
+        let venv = repo().join(".dev/venv/bin/python");
+        if std::env::var_os("PYTHON").is_none() && venv.exists() {
+            cmd.env("PYTHON", venv);
+        }
+        cmd
+    }
+
+    /// `dev/env ARGS` on this environment (`up` starts whatever is down).
+    pub async fn dev_env(&self, args: &[&str]) -> String {
+        let mut cmd = tokio::process::Command::from(self.command(args));
+        check(&format!("dev/env {args:?}"), cmd.output().await)
+    }
+
+    pub fn pg_url(&self) -> String {
+        self.pg_url_for("postgres", PG_DB)
+    }
+
+    pub fn pg_url_for(&self, user: &str, db: &str) -> String {
+        format!("postgres://{user}@127.0.0.1:{}/{db}", self.pg_port)
+    }
+
+    pub fn ch_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.ch_port)
+    }
+
+    pub fn pg_data(&self) -> PathBuf {
+        self.state().join("pg/data")
+    }
+
+    /// `pg_ctl ARGS -D <data>`, as the postgres OS user when we are root.
+    pub async fn pg_ctl(&self, args: &[&str]) -> String {
+        let bin = std::env::var("PGPIPE_DEV_PG_BIN")
+            .unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
+        let pg_ctl = format!("{bin}/pg_ctl");
+        let data = self.pg_data().to_string_lossy().into_owned();
+        let mut all: Vec<&str> = Vec::new();
+        if is_root() {
+            all.extend(["runuser", "-u", "postgres", "--"]);
+        }
+        all.push(&pg_ctl);
+        all.extend(["-D", &data]);
+        all.extend_from_slice(args);
+        let out = tokio::process::Command::new(all[0])
+            .args(&all[1..])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await;
+        check(&format!("{all:?}"), out)
+    }
+
+    /// Stops Postgres (fast shutdown: sessions and walsenders are terminated).
+    pub async fn stop_pg(&self) {
+        self.pg_ctl(&["-m", "fast", "-w", "-t", "60", "stop"]).await;
+    }
+
+    /// Starts whatever is down (`dev/env up`).
+    pub async fn start(&self) {
+        self.dev_env(&["up"]).await;
+    }
+
+    pub async fn restart_pg(&self) {
+        self.stop_pg().await;
+        self.start().await;
+    }
+
+    /// SIGKILLs the ClickHouse front and waits until it is gone.
+    pub async fn kill_ch(&self) {
+        let pid_file = self.state().join("ch/chfront.pid");
+        let pid = std::fs::read_to_string(&pid_file)
+            .unwrap_or_else(|e| panic!("{}: {e}", pid_file.display()))
+            .trim()
+            .to_owned();
+        assert!(pid.parse::<u32>().is_ok(), "bad pid {pid:?}");
+        let _ = tokio::process::Command::new("kill")
+            .args(["-KILL", &pid])
+            .status()
+            .await;
+        for _ in 0..200 {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("chfront (pid {pid}) survived SIGKILL");
+    }
+
+    pub async fn pg(&self) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(&self.pg_url(), NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("connect {}: {e}", self.pg_url()));
+        tokio::spawn(conn);
+        client
+    }
+
+    pub fn ch(&self, database: &str) -> clickhouse::Client {
+        clickhouse::Client::default()
+            .with_url(self.ch_url())
+            .with_database(database)
+    }
+
+    /// A CreatePipe request between this environment's peers.
+    pub fn pipe_req(&self, name: &str, database: &str, tables: &[&str]) -> CreatePipeRequest {
+        CreatePipeRequest {
+            name: name.into(),
+            source: Some(SourceConfig {
+                connection_string: self.pg_url(),
+                password: String::new(),
+            }),
+            destination: Some(DestinationConfig {
+                url: self.ch_url(),
+                database: database.into(),
+                user: "default".into(),
+                password: String::new(),
+            }),
+            tables: tables.iter().map(|t| super::table(t)).collect(),
+            settings: Some(PipeSettings {
+                snapshot_parallelism: 2,
+                snapshot_rows_per_partition: 1_000,
+                cdc_batch_size: 5_000,
+                cdc_sync_interval_ms: 100,
+            }),
+        }
+    }
+
+    /// Like `data::try_diff`, between this environment's peers.
+    pub async fn try_diff(
+        &self,
+        database: &str,
+        dest: &str,
+        schema: &str,
+        table: &str,
+        cols: &str,
+    ) -> Result<u64, clickhouse::error::Error> {
+        let src = format!(
+            "postgresql('127.0.0.1:{}', '{PG_DB}', '{table}', 'postgres', '', '{schema}')",
+            self.pg_port
+        );
+        let dst = format!("`{database}`.`{dest}` FINAL WHERE _pgpipe_is_deleted = 0");
+        let q = format!(
+            "SELECT toInt64(assumeNotNull((SELECT count() FROM (SELECT {cols} FROM {src} EXCEPT SELECT {cols} FROM {dst})) + \
+                    (SELECT count() FROM (SELECT {cols} FROM {dst} EXCEPT SELECT {cols} FROM {src})) + \
+                    abs(toInt64((SELECT count() FROM {src})) - toInt64((SELECT count() FROM {dst})))))"
+        );
+        Ok(self.ch(database).query(&q).fetch_one::<i64>().await? as u64)
+    }
+
+    /// Waits until both sides hold the same rows (panics with the diff).
+    pub async fn wait_equal(
+        &self,
+        database: &str,
+        dest: &str,
+        schema: &str,
+        table: &str,
+        cols: &str,
+        timeout: Duration,
+    ) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let d = match self.try_diff(database, dest, schema, table, cols).await {
+                Ok(0) => return,
+                Ok(d) => d.to_string(),
+                Err(e) => e.to_string(),
+            };
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{schema}.{table} and {database}.{dest} still differ after {timeout:?}: {d}"
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+}
+
+impl Drop for PrivateEnv {
+    fn drop(&mut self) {
+        // Stops both and deletes the state (also the cluster under /var/tmp).
+        let out = self.command(&["reset"]).output();
+        if let Ok(o) = &out
+            && !o.status.success()
+        {
+            eprintln!(
+                "dev/env reset of {} failed: {}",
+                self.state().display(),
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+    }
+}
+
+/// Polls GetPipe until `pred` holds (panics with the last state after
+/// `timeout`).
+pub async fn wait_pipe(
+    c: &mut Client,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    pred: impl Fn(&Pipe) -> bool,
+) -> Pipe {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let p = super::data::get(c, name).await;
+        if pred(&p) {
+            return p;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "pipe {name}: not {what} after {timeout:?}: status {:?}, error {:?}, detail {:?}",
+            p.status(),
+            p.error,
+            p.status_detail
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

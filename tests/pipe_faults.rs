@@ -1,0 +1,573 @@
+//! Peers failing under a pipe, each test on its own private Postgres and
+//! ClickHouse front (`dev/env` with a temporary state directory and free
+//! ports, torn down on drop), so restarting them disturbs no other test:
+//! a restart during CDC is retried and recovered from by itself, and
+//! CreatePipe refuses an end it cannot use with FAILED_PRECONDITION naming
+//! what to fix, recording nothing.
+
+mod common;
+
+use std::time::Duration;
+
+use common::data::{get, unique, wait_running};
+use common::peers::*;
+use common::*;
+use pgpipe::proto::event::Payload;
+use pgpipe::proto::*;
+
+const COLS: &str = "id, name, qty";
+
+async fn make_table(env: &PrivateEnv, schema: &str, rows: i64) {
+    env.pg()
+        .await
+        .batch_execute(&format!(
+            "CREATE SCHEMA {schema};
+             CREATE TABLE {schema}.items (id bigint PRIMARY KEY, name text, qty int);
+             INSERT INTO {schema}.items SELECT g, 'item ' || g, g % 13 FROM generate_series(1, {rows}) g;"
+        ))
+        .await
+        .unwrap();
+}
+
+/// Inserts 50 rows from `from`, updates and deletes some.
+async fn write_some(env: &PrivateEnv, schema: &str, from: i64) {
+    env.pg()
+        .await
+        .batch_execute(&format!(
+            "INSERT INTO {schema}.items SELECT g, 'late ' || g, 1 FROM generate_series({from}, {from} + 49) g;
+             UPDATE {schema}.items SET qty = qty + 100, name = name || '+' WHERE id % 17 = 0;
+             DELETE FROM {schema}.items WHERE id % 19 = 0;"
+        ))
+        .await
+        .unwrap();
+}
+
+/// A table, an engine and a RUNNING pipe between the private peers, with
+/// the snapshot already in ClickHouse.
+async fn running_pipe(env: &PrivateEnv, prefix: &str) -> (InProcess, Client, String, String) {
+    let schema = unique(prefix);
+    make_table(env, &schema, 2_000).await;
+    let srv = InProcess::start_engine().await;
+    let mut c = srv.client().await;
+    let name = schema.replace('_', "-");
+    c.create_pipe(env.pipe_req(&name, &schema, &[&format!("{schema}.items")]))
+        .await
+        .unwrap();
+    wait_running(&mut c, &name, Duration::from_secs(120)).await;
+    env.wait_equal(
+        &schema,
+        "items",
+        &schema,
+        "items",
+        COLS,
+        Duration::from_secs(30),
+    )
+    .await;
+    (srv, c, schema, name)
+}
+
+/// The pipe's events after `after` up to its current state.
+async fn events_since(c: &mut Client, name: &str, after: u64) -> Vec<Event> {
+    let head = get(c, name).await.cursor;
+    let mut stream = c
+        .watch_pipe(WatchPipeRequest {
+            name: name.into(),
+            after_cursor: Some(after),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut events = Vec::new();
+    while let Ok(Some(m)) = tokio::time::timeout(
+        Duration::from_secs(10),
+        futures::StreamExt::next(&mut stream),
+    )
+    .await
+    {
+        let m = m.unwrap();
+        if let Some(e) = m.event {
+            events.push(e);
+        }
+        if m.cursor >= head {
+            break;
+        }
+    }
+    events
+}
+
+fn kinds(events: &[Event]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| match &e.payload {
+            Some(Payload::PipeFailed(f)) => {
+                format!("pipe_failed(retrying={}, {:?})", f.retrying, f.reason)
+            }
+            _ => pgpipe::domain::projection::event_kind(e).to_owned(),
+        })
+        .collect()
+}
+
+/// A failure reported as retrying, a recovery only once the peer was back
+/// (events after `back_at`), and never a failure that needs the user.
+fn assert_retried_and_recovered(events: &[Event], back_at: u64) {
+    let all = kinds(events);
+    let first_failure = events
+        .iter()
+        .position(|e| matches!(&e.payload, Some(Payload::PipeFailed(f)) if f.retrying));
+    let Some(first_failure) = first_failure else {
+        panic!("no PipeFailed(retrying) event: {all:?}");
+    };
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(&e.payload, Some(Payload::PipeFailed(f)) if !f.retrying)),
+        "a failure that needs the user: {all:?}"
+    );
+    let last_failure = events
+        .iter()
+        .rposition(|e| matches!(&e.payload, Some(Payload::PipeFailed(_))))
+        .unwrap();
+    assert!(first_failure <= last_failure);
+    assert!(
+        !events
+            .iter()
+            .any(|e| e.seq <= back_at && matches!(&e.payload, Some(Payload::PipeRecovered(_)))),
+        "recovered while the peer was still down: {all:?}"
+    );
+    assert!(
+        events[last_failure..]
+            .iter()
+            .any(|e| matches!(&e.payload, Some(Payload::PipeRecovered(_)))),
+        "no PipeRecovered after the last failure: {all:?}"
+    );
+}
+
+async fn assert_no_duplicates(env: &PrivateEnv, schema: &str) {
+    let dups: i64 = env
+        .ch(schema)
+        .query("SELECT toInt64(count()) - toInt64(uniqExact(id)) FROM items FINAL")
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(dups, 0, "duplicates under FINAL");
+}
+
+/// Retrying: `error` set while the status stays RUNNING.
+async fn wait_retrying(c: &mut Client, name: &str) -> Pipe {
+    let p = wait_pipe(
+        c,
+        name,
+        "reporting an error",
+        Duration::from_secs(60),
+        |p| !p.error.is_empty(),
+    )
+    .await;
+    assert_eq!(p.status(), PipeStatus::Running, "{p:?}");
+    assert!(
+        p.status_detail.contains("retrying"),
+        "status_detail {:?} (error {:?})",
+        p.status_detail,
+        p.error
+    );
+    p
+}
+
+async fn wait_recovered(c: &mut Client, name: &str) -> Pipe {
+    let p = wait_pipe(
+        c,
+        name,
+        "recovered (error cleared)",
+        Duration::from_secs(60),
+        |p| p.error.is_empty(),
+    )
+    .await;
+    assert_eq!(p.status(), PipeStatus::Running, "{p:?}");
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_restarted_during_cdc_is_retried_and_recovered_from() {
+    let env = PrivateEnv::up().await;
+    let (_srv, mut c, schema, name) = running_pipe(&env, "fpg").await;
+    let before = get(&mut c, &name).await.cursor;
+
+    // Changes possibly still in flight when Postgres goes down.
+    write_some(&env, &schema, 10_000).await;
+    env.stop_pg().await;
+    let failing = wait_retrying(&mut c, &name).await;
+    assert!(
+        failing
+            .error
+            .contains(&format!("127.0.0.1:{}", env.pg_port))
+            || failing.error.contains("source"),
+        "the error should name the source: {}",
+        failing.error
+    );
+
+    let back_at = get(&mut c, &name).await.cursor;
+    env.start().await;
+    write_some(&env, &schema, 20_000).await;
+    env.wait_equal(
+        &schema,
+        "items",
+        &schema,
+        "items",
+        COLS,
+        Duration::from_secs(90),
+    )
+    .await;
+    wait_recovered(&mut c, &name).await;
+    assert_no_duplicates(&env, &schema).await;
+    // Still streaming after the recovery.
+    write_some(&env, &schema, 30_000).await;
+    env.wait_equal(
+        &schema,
+        "items",
+        &schema,
+        "items",
+        COLS,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_retried_and_recovered(&events_since(&mut c, &name, before).await, back_at);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clickhouse_killed_during_cdc_is_retried_and_recovered_from() {
+    let env = PrivateEnv::up().await;
+    let (_srv, mut c, schema, name) = running_pipe(&env, "fch").await;
+    let before = get(&mut c, &name).await.cursor;
+
+    env.kill_ch().await;
+    // Read from the slot but not writable: the batch must be retried.
+    write_some(&env, &schema, 10_000).await;
+    let failing = wait_retrying(&mut c, &name).await;
+    assert!(
+        failing
+            .error
+            .contains(&format!("127.0.0.1:{}", env.ch_port))
+            || failing.error.to_lowercase().contains("clickhouse"),
+        "the error should name the destination: {}",
+        failing.error
+    );
+    // More changes while ClickHouse is down: the slot keeps them.
+    write_some(&env, &schema, 20_000).await;
+
+    let back_at = get(&mut c, &name).await.cursor;
+    env.start().await;
+    write_some(&env, &schema, 30_000).await;
+    env.wait_equal(
+        &schema,
+        "items",
+        &schema,
+        "items",
+        COLS,
+        Duration::from_secs(90),
+    )
+    .await;
+    wait_recovered(&mut c, &name).await;
+    assert_no_duplicates(&env, &schema).await;
+    write_some(&env, &schema, 40_000).await;
+    env.wait_equal(
+        &schema,
+        "items",
+        &schema,
+        "items",
+        COLS,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_retried_and_recovered(&events_since(&mut c, &name, before).await, back_at);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failure_during_cdc_is_reported_as_a_cdc_failure() {
+    let env = PrivateEnv::up().await;
+    let (_srv, mut c, _schema, name) = running_pipe(&env, "fst").await;
+    env.stop_pg().await;
+    let p = wait_retrying(&mut c, &name).await;
+    assert_eq!(p.failed_step, "cdc", "{}", p.error);
+    assert_eq!(p.status_detail, "retrying cdc after an error");
+}
+
+/// CreatePipe must be FAILED_PRECONDITION; returns the message.
+async fn refused(c: &mut Client, req: CreatePipeRequest) -> String {
+    let name = req.name.clone();
+    let e = c.create_pipe(req).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    assert_nothing_recorded(c, &name).await;
+    e.message().to_owned()
+}
+
+async fn assert_nothing_recorded(c: &mut Client, name: &str) {
+    let all = c
+        .list_pipes(ListPipesRequest {
+            include_deleted: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(all.pipes.is_empty(), "recorded: {:?}", all.pipes);
+    let e = c
+        .get_pipe(GetPipeRequest {
+            name: name.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+}
+
+async fn slots(env: &PrivateEnv) -> i64 {
+    env.pg()
+        .await
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_replication_slots) + (SELECT count(*) FROM pg_publication)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+fn assert_mentions(msg: &str, parts: &[&str]) {
+    for p in parts {
+        assert!(msg.contains(p), "{msg:?} should contain {p:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn create_while_a_peer_is_down_is_refused_and_records_nothing() {
+    let env = PrivateEnv::up().await;
+    let schema = unique("fdn");
+    make_table(&env, &schema, 500).await;
+    let srv = InProcess::start_engine().await;
+    let mut c = srv.client().await;
+    let name = schema.replace('_', "-");
+    let req = env.pipe_req(&name, &schema, &[&format!("{schema}.items")]);
+
+    env.stop_pg().await;
+    let msg = refused(&mut c, req.clone()).await;
+    assert_mentions(
+        &msg,
+        &[
+            "source",
+            &format!(
+                "cannot reach PostgreSQL at 127.0.0.1:{}/pgpipe_dev",
+                env.pg_port
+            ),
+            "check the host and port, that the server is running",
+        ],
+    );
+
+    env.start().await;
+    env.kill_ch().await;
+    let msg = refused(&mut c, req.clone()).await;
+    assert!(msg.starts_with("destination"), "{msg}");
+    assert!(
+        msg.contains(&format!("127.0.0.1:{}", env.ch_port)),
+        "names the ClickHouse address: {msg}"
+    );
+    assert_eq!(slots(&env).await, 0, "no slot or publication left behind");
+
+    // Once both answer, the same request (and name) goes through.
+    env.start().await;
+    c.create_pipe(req).await.unwrap();
+    wait_running(&mut c, &name, Duration::from_secs(120)).await;
+    env.wait_equal(
+        &schema,
+        "items",
+        &schema,
+        "items",
+        COLS,
+        Duration::from_secs(30),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn create_with_a_wrong_database_role_or_password_is_refused_naming_it() {
+    let env = PrivateEnv::up().await;
+    let schema = unique("fau");
+    make_table(&env, &schema, 300).await;
+    // A role that must give its password (scram) on 127.0.0.1, ahead of the
+    // cluster's trust rules, and a role without REPLICATION.
+    env.pg()
+        .await
+        .batch_execute(
+            "CREATE ROLE pw_user LOGIN SUPERUSER PASSWORD 'right-pw';
+             CREATE ROLE plain_user LOGIN;",
+        )
+        .await
+        .unwrap();
+    let hba = env.pg_data().join("pg_hba.conf");
+    let old = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(
+        &hba,
+        format!("host all pw_user 127.0.0.1/32 scram-sha-256\n{old}"),
+    )
+    .unwrap();
+    env.pg_ctl(&["reload"]).await;
+
+    let srv = InProcess::start_engine().await;
+    let mut c = srv.client().await;
+    let name = schema.replace('_', "-");
+    let table = format!("{schema}.items");
+    let req = |conn: String, password: &str| {
+        let mut r = env.pipe_req(&name, &schema, &[&table]);
+        let s = r.source.as_mut().unwrap();
+        s.connection_string = conn;
+        s.password = password.into();
+        r
+    };
+    let target = |db: &str| format!("127.0.0.1:{}/{db}", env.pg_port);
+
+    let msg = refused(&mut c, req(env.pg_url_for("postgres", "no_such_db"), "")).await;
+    assert_mentions(
+        &msg,
+        &[
+            &format!(
+                "database \"no_such_db\" does not exist on {}",
+                target("no_such_db")
+            ),
+            "create it or fix the database name in the connection string",
+        ],
+    );
+
+    let msg = refused(
+        &mut c,
+        req(env.pg_url_for("no_such_role", "pgpipe_dev"), ""),
+    )
+    .await;
+    assert_mentions(
+        &msg,
+        &[
+            &format!(
+                "PostgreSQL at {} rejected user \"no_such_role\"",
+                target("pgpipe_dev")
+            ),
+            "role \"no_such_role\" does not exist",
+            "check the user name",
+        ],
+    );
+
+    // Wrong password, in the URL and in source.password; neither is echoed.
+    for (conn, password) in [
+        (
+            format!(
+                "postgres://pw_user:wrong-pw-1@127.0.0.1:{}/pgpipe_dev",
+                env.pg_port
+            ),
+            "",
+        ),
+        (env.pg_url_for("pw_user", "pgpipe_dev"), "wrong-pw-2"),
+    ] {
+        let msg = refused(&mut c, req(conn, password)).await;
+        assert_mentions(
+            &msg,
+            &[
+                "rejected user \"pw_user\"",
+                "password authentication failed",
+                "check the user name, the password (source.password)",
+            ],
+        );
+        assert!(!msg.contains("wrong-pw"), "the password is echoed: {msg}");
+    }
+    let msg = refused(&mut c, req(env.pg_url_for("pw_user", "pgpipe_dev"), "")).await;
+    assert_mentions(
+        &msg,
+        &[
+            "rejected user \"pw_user\"",
+            "the server asks for a password but none was given",
+        ],
+    );
+
+    let msg = refused(&mut c, req(env.pg_url_for("plain_user", "pgpipe_dev"), "")).await;
+    assert_mentions(
+        &msg,
+        &[
+            "user \"plain_user\" lacks the REPLICATION privilege",
+            "run `ALTER ROLE \"plain_user\" WITH REPLICATION;` as a superuser",
+        ],
+    );
+    assert_eq!(slots(&env).await, 0, "no slot or publication left behind");
+
+    // The right password (kept out of the stored connection string) works
+    // end to end: the worker connects with it from the secret store.
+    c.create_pipe(req(env.pg_url_for("pw_user", "pgpipe_dev"), "right-pw"))
+        .await
+        .unwrap();
+    let p = wait_running(&mut c, &name, Duration::from_secs(120)).await;
+    let stored = p.config.unwrap().source.unwrap();
+    assert!(stored.password.is_empty() && !stored.connection_string.contains("right-pw"));
+    write_some(&env, &schema, 10_000).await;
+    env.wait_equal(
+        &schema,
+        "items",
+        &schema,
+        "items",
+        COLS,
+        Duration::from_secs(60),
+    )
+    .await;
+}
+
+async fn wal_level(env: &PrivateEnv) -> String {
+    env.pg()
+        .await
+        .query_one("SHOW wal_level", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn create_on_a_server_without_logical_wal_says_what_to_change() {
+    let env = PrivateEnv::up().await;
+    // ALTER SYSTEM (postgresql.auto.conf) overrides dev/env's wal_level.
+    env.pg()
+        .await
+        .batch_execute("ALTER SYSTEM SET wal_level = replica")
+        .await
+        .unwrap();
+    env.restart_pg().await;
+    assert_eq!(wal_level(&env).await, "replica");
+
+    let schema = unique("fwl");
+    make_table(&env, &schema, 300).await;
+    let srv = InProcess::start_engine().await;
+    let mut c = srv.client().await;
+    let name = schema.replace('_', "-");
+    let req = env.pipe_req(&name, &schema, &[&format!("{schema}.items")]);
+    let msg = refused(&mut c, req.clone()).await;
+    assert_mentions(
+        &msg,
+        &[
+            "wal_level = \"replica\"",
+            "logical replication needs wal_level = logical",
+            "run `ALTER SYSTEM SET wal_level = logical;` and restart PostgreSQL",
+        ],
+    );
+    assert_eq!(slots(&env).await, 0);
+
+    // Doing exactly what the message says is enough.
+    env.pg()
+        .await
+        .batch_execute("ALTER SYSTEM SET wal_level = logical")
+        .await
+        .unwrap();
+    env.restart_pg().await;
+    assert_eq!(wal_level(&env).await, "logical");
+    c.create_pipe(req).await.unwrap();
+    wait_running(&mut c, &name, Duration::from_secs(120)).await;
+    write_some(&env, &schema, 10_000).await;
+    env.wait_equal(
+        &schema,
+        "items",
+        &schema,
+        "items",
+        COLS,
+        Duration::from_secs(60),
+    )
+    .await;
+}
