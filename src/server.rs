@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 
 use crate::api::{BearerAuth, CoreCell, PipeApi};
 use crate::commands::Core;
@@ -149,9 +149,13 @@ pub async fn serve_on(
             .add_service(health_service)
             .add_service(reflection)
             .add_service(pipes)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-                let _ = stop_rx.await;
-            }),
+            .serve_with_incoming_shutdown(
+                // Without nodelay small replies wait ~40 ms for Nagle.
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                async {
+                    let _ = stop_rx.await;
+                },
+            ),
     );
 
     let replay = async {

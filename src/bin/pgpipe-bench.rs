@@ -1,0 +1,1494 @@
+//! Benchmarks for pgpipe.
+//!
+//! `pgpipe-bench control-plane [--quick] [--json FILE] [--dir DIR]` measures
+//! the control plane (event log, replay, WatchPipe fan-out, GetPipe) and
+//! prints one table in which every figure sits next to a baseline measured
+//! in the same run. Data directories are temporary, under `--dir` (default:
+//! the system temp dir), so the baselines run on the same file system.
+
+use std::collections::BTreeMap;
+use std::error::Error;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use clap::{Args, Parser, Subcommand};
+use futures::StreamExt;
+use pgpipe::domain::projection::Projection;
+use pgpipe::proto::pipe_service_client::PipeServiceClient;
+use pgpipe::proto::{
+    CdcProgress, CreatePipeRequest, DestinationConfig, Event, GetPipeRequest, PausePipeRequest,
+    PipeConfig, PipeCreated, PipePaused, PipeResumed, PipeSettings, ResumePipeRequest,
+    SnapshotProgress, SourceConfig, TableChangeCounts, TableConfig, WatchPipeRequest,
+    event::Payload,
+};
+use pgpipe::server::{self, ServeConfig};
+use pgpipe::store::EventLog;
+use pgpipe::store::event_log::{decode_record, new_event};
+use prost::Message;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tonic::transport::Channel;
+
+type Res<T> = Result<T, Box<dyn Error + Send + Sync>>;
+type Client = PipeServiceClient<Channel>;
+
+#[derive(Parser)]
+#[command(name = "pgpipe-bench", about = "pgpipe benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Event appends, replay, WatchPipe fan-out and GetPipe latency, each
+    /// with a baseline measured in the same run.
+    ControlPlane(CpArgs),
+    /// (internal) One replay measurement, printed as JSON.
+    #[command(hide = true)]
+    ReplayProbe {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, value_enum)]
+        kind: ProbeKind,
+        #[arg(long)]
+        expect: u64,
+    },
+    /// (internal) Writes the replay log, prints JSON.
+    #[command(hide = true)]
+    ReplayWrite {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        events: u64,
+        #[arg(long, default_value_t = 100)]
+        pipes: u64,
+        #[arg(long, default_value_t = 5_000)]
+        batch: u64,
+    },
+}
+
+#[derive(Args)]
+struct CpArgs {
+    /// Smaller sizes and shorter runs (100k replay, 200 watchers, 5 rounds).
+    #[arg(long)]
+    quick: bool,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Where the temporary data directories go (default: the system temp dir).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+/// Sizes of one run.
+#[derive(Debug, Clone, Serialize)]
+struct Params {
+    append_secs: f64,
+    concurrent_appenders: usize,
+    grpc_channels: usize,
+    replay_events: u64,
+    replay_pipes: u64,
+    replay_batch: u64,
+    replay_reps: usize,
+    watchers: usize,
+    watchers_per_channel: usize,
+    watch_rounds: usize,
+    get_callers: usize,
+    get_secs: f64,
+    background_appenders: usize,
+}
+
+impl Params {
+    fn new(quick: bool) -> Self {
+        Self {
+            append_secs: if quick { 1.0 } else { 3.0 },
+            concurrent_appenders: 64,
+            grpc_channels: 8,
+            replay_events: if quick { 100_000 } else { 1_000_000 },
+            replay_pipes: 100,
+            replay_batch: 5_000,
+            replay_reps: 3,
+            watchers: if quick { 200 } else { 1_000 },
+            watchers_per_channel: 100,
+            watch_rounds: if quick { 5 } else { 20 },
+            get_callers: 16,
+            get_secs: if quick { 2.0 } else { 5.0 },
+            background_appenders: 16,
+        }
+    }
+}
+
+/// One line of the table (and of the JSON copy).
+#[derive(Debug, Clone, Serialize)]
+struct Row {
+    section: String,
+    name: String,
+    baseline: bool,
+    result: String,
+    vs: String,
+    values: BTreeMap<String, f64>,
+}
+
+fn row(section: &str, name: &str, baseline: bool, result: String, vs: String) -> Row {
+    Row {
+        section: section.into(),
+        name: name.into(),
+        baseline,
+        result,
+        vs,
+        values: BTreeMap::new(),
+    }
+}
+
+impl Row {
+    fn val(mut self, k: &str, v: f64) -> Self {
+        self.values.insert(k.into(), v);
+        self
+    }
+}
+
+fn main() -> Res<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::ControlPlane(args) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(control_plane(args))
+        }
+        Cmd::ReplayWrite {
+            dir,
+            events,
+            pipes,
+            batch,
+        } => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let r = rt.block_on(write_replay_log(&dir, events, pipes, batch))?;
+            println!("{}", serde_json::to_string(&r)?);
+            Ok(())
+        }
+        Cmd::ReplayProbe { dir, kind, expect } => {
+            let r = probe(&dir, kind, expect)?;
+            println!("{}", serde_json::to_string(&r)?);
+            Ok(())
+        }
+    }
+}
+
+// ------------------------------------------------------------------ helpers
+
+fn progress(msg: impl std::fmt::Display) {
+    let (rss, peak) = rss_mb();
+    eprintln!("[bench] {msg}  (rss {rss:.0} MB, peak {peak:.0} MB)");
+}
+
+/// Current and peak resident set size of this process, in MB (Linux).
+fn rss_mb() -> (f64, f64) {
+    let kb = |k: &str| {
+        proc_field("/proc/self/status", k)
+            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    };
+    (kb("VmRSS"), kb("VmHWM"))
+}
+
+fn tempdir_in(base: &Path) -> Res<tempfile::TempDir> {
+    Ok(tempfile::Builder::new()
+        .prefix("pgpipe-bench-")
+        .tempdir_in(base)?)
+}
+
+/// Nearest-rank percentile of sorted values.
+fn pct(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn fmt_ms(d: Duration) -> String {
+    let m = ms(d);
+    if m < 1.0 {
+        format!("{:.0} µs", m * 1e3)
+    } else if m < 10.0 {
+        format!("{m:.2} ms")
+    } else {
+        format!("{m:.1} ms")
+    }
+}
+
+/// A ratio, e.g. "0.031x", "2.4x".
+fn x(r: f64) -> String {
+    if r < 0.1 {
+        format!("{r:.3}x")
+    } else if r < 10.0 {
+        format!("{r:.2}x")
+    } else {
+        format!("{r:.0}x")
+    }
+}
+
+fn fmt_rate(r: f64) -> String {
+    let n = r.round() as u64;
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+struct Lat {
+    p50: Duration,
+    p99: Duration,
+    max: Duration,
+    n: usize,
+}
+
+fn lat(mut v: Vec<Duration>) -> Lat {
+    v.sort_unstable();
+    Lat {
+        p50: pct(&v, 0.50),
+        p99: pct(&v, 0.99),
+        max: v.last().copied().unwrap_or_default(),
+        n: v.len(),
+    }
+}
+
+impl Lat {
+    fn show(&self) -> String {
+        format!(
+            "p50 {}  p99 {}  max {}",
+            fmt_ms(self.p50),
+            fmt_ms(self.p99),
+            fmt_ms(self.max)
+        )
+    }
+
+    fn into_row(self, r: Row) -> Row {
+        r.val("p50_ms", ms(self.p50))
+            .val("p99_ms", ms(self.p99))
+            .val("max_ms", ms(self.max))
+            .val("samples", self.n as f64)
+    }
+}
+
+/// An in-process pgpipe server (control plane only) over loopback.
+struct Server {
+    url: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Res<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    async fn start(base: &Path) -> Res<Self> {
+        let dir = tempdir_in(base)?;
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let cfg = ServeConfig {
+            listen: addr,
+            data_dir: dir.path().join("data"),
+            token: None,
+            engine: false,
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            server::serve_on(listener, cfg, async {
+                let _ = stopped.await;
+            })
+            .await
+            .map_err(|e| -> Box<dyn Error + Send + Sync> { Box::new(e) })
+        });
+        let url = format!("http://{addr}");
+        let s = Self {
+            url,
+            stop: Some(stop),
+            task,
+            _dir: dir,
+        };
+        s.wait_serving().await?;
+        Ok(s)
+    }
+
+    async fn wait_serving(&self) -> Res<()> {
+        for _ in 0..800 {
+            if let Ok(ch) = self.channel().await {
+                let mut h = tonic_health::pb::health_client::HealthClient::new(ch);
+                let r = h
+                    .check(tonic_health::pb::HealthCheckRequest {
+                        service: "pgpipe.v1.PipeService".into(),
+                    })
+                    .await;
+                if r.is_ok_and(|r| r.into_inner().status == 1) {
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        Err("the in-process server never reported SERVING".into())
+    }
+
+    /// A new HTTP/2 connection.
+    async fn channel(&self) -> Res<Channel> {
+        Ok(Channel::from_shared(self.url.clone())?.connect().await?)
+    }
+
+    async fn channels(&self, n: usize) -> Res<Vec<Channel>> {
+        let mut v = Vec::with_capacity(n);
+        for _ in 0..n {
+            v.push(self.channel().await?);
+        }
+        Ok(v)
+    }
+
+    async fn stop(mut self) -> Res<()> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(30), self.task).await???;
+        Ok(())
+    }
+}
+
+fn create_req(name: &str, tables: usize) -> CreatePipeRequest {
+    CreatePipeRequest {
+        name: name.into(),
+        source: Some(SourceConfig {
+            connection_string: "postgres://app:pw@127.0.0.1:5432/app".into(),
+            password: String::new(),
+        }),
+        destination: Some(DestinationConfig {
+            url: "http://127.0.0.1:8123".into(),
+            database: "analytics".into(),
+            user: "default".into(),
+            password: "pw".into(),
+        }),
+        tables: (0..tables)
+            .map(|i| TableConfig {
+                source_table: table_name(i),
+                ..Default::default()
+            })
+            .collect(),
+        settings: None,
+    }
+}
+
+const TABLES: [&str; 4] = [
+    "public.orders",
+    "public.customers",
+    "public.order_items",
+    "billing.invoices",
+];
+
+fn table_name(i: usize) -> String {
+    TABLES[i % TABLES.len()].to_owned()
+}
+
+/// Pause/Resume toggling on one pipe: each call is one durable event.
+async fn toggle(client: &mut Client, name: &str, pause: bool) -> Res<()> {
+    if pause {
+        client
+            .pause_pipe(PausePipeRequest { name: name.into() })
+            .await?;
+    } else {
+        client
+            .resume_pipe(ResumePipeRequest { name: name.into() })
+            .await?;
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------ machine
+
+#[derive(Serialize)]
+struct Machine {
+    date_utc: String,
+    cores: usize,
+    cpu: String,
+    mem_total: String,
+    kernel: String,
+    /// /proc/loadavg at start: other work on the machine skews the figures.
+    loadavg_at_start: String,
+    data_dir: String,
+    data_fs: String,
+}
+
+fn utc_now() -> String {
+    let secs = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn proc_field(path: &str, key: &str) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_owned())
+}
+
+fn fs_type(dir: &Path) -> String {
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
+    let Ok(mounts) = std::fs::read_to_string("/proc/mounts") else {
+        return "unknown".into();
+    };
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (dev, mnt, fs) = (f.next()?, f.next()?, f.next()?);
+            dir.starts_with(mnt)
+                .then(|| (mnt.len(), format!("{fs} ({dev} on {mnt})")))
+        })
+        .max_by_key(|(len, _)| *len)
+        .map(|(_, s)| s)
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn machine(base: &Path) -> Machine {
+    Machine {
+        date_utc: utc_now(),
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        cpu: proc_field("/proc/cpuinfo", "model name").unwrap_or_else(|| "unknown".into()),
+        mem_total: proc_field("/proc/meminfo", "MemTotal").unwrap_or_else(|| "unknown".into()),
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|_| "unknown".into()),
+        loadavg_at_start: std::fs::read_to_string("/proc/loadavg")
+            .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            .unwrap_or_else(|_| "unknown".into()),
+        data_dir: base.display().to_string(),
+        data_fs: fs_type(base),
+    }
+}
+
+// ------------------------------------------------------------------ main flow
+
+async fn control_plane(args: CpArgs) -> Res<()> {
+    let p = Params::new(args.quick);
+    let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
+    std::fs::create_dir_all(&base)?;
+    let m = machine(&base);
+    let started = Instant::now();
+    progress(format!(
+        "control-plane{} on {} cores, data under {} [{}]",
+        if args.quick { " --quick" } else { "" },
+        m.cores,
+        m.data_dir,
+        m.data_fs
+    ));
+
+    let mut rows = Vec::new();
+    rows.extend(bench_appends(&p, &base).await?);
+    rows.extend(bench_replay(&p, &base).await?);
+    rows.extend(bench_fanout(&p, &base).await?);
+    rows.extend(bench_get(&p, &base).await?);
+
+    let total = started.elapsed();
+    let peak_rss_mb = rss_mb().1;
+    print_table(&m, &p, args.quick, &rows, total, peak_rss_mb);
+    if let Some(path) = &args.json {
+        let doc = serde_json::json!({
+            "benchmark": "control-plane",
+            "quick": args.quick,
+            "machine": m,
+            "params": p,
+            "elapsed_s": total.as_secs_f64(),
+            "peak_rss_mb": peak_rss_mb,
+            "rows": rows,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")?;
+        progress(format!("JSON written to {}", path.display()));
+    }
+    Ok(())
+}
+
+fn print_table(m: &Machine, p: &Params, quick: bool, rows: &[Row], total: Duration, peak: f64) {
+    println!();
+    println!(
+        "pgpipe-bench control-plane{}  |  {}  |  {} cores ({})  |  mem {}  |  kernel {}",
+        if quick { " --quick" } else { "" },
+        m.date_utc,
+        m.cores,
+        m.cpu,
+        m.mem_total,
+        m.kernel
+    );
+    println!(
+        "data dirs: {} on {}  |  load average at start {}",
+        m.data_dir, m.data_fs, m.loadavg_at_start
+    );
+    println!(
+        "sizes: {} events replayed, {} watchers x {} rounds, {} GetPipe callers x {} s, appends {} s each",
+        p.replay_events, p.watchers, p.watch_rounds, p.get_callers, p.get_secs, p.append_secs
+    );
+    let heads = ["#", "measurement", "result", "vs baseline (same run)"];
+    let cells: Vec<[String; 4]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.section.clone(),
+                format!("{}{}", if r.baseline { "[base] " } else { "" }, r.name),
+                r.result.clone(),
+                r.vs.clone(),
+            ]
+        })
+        .collect();
+    let mut w = heads.map(|h| h.chars().count());
+    for c in &cells {
+        for (i, s) in c.iter().enumerate() {
+            w[i] = w[i].max(s.chars().count());
+        }
+    }
+    let line = |c: [&str; 4]| {
+        let mut s = String::new();
+        for (i, v) in c.iter().enumerate() {
+            let pad = w[i] - v.chars().count();
+            s.push_str(&format!("| {v}{} ", " ".repeat(pad)));
+        }
+        s.push('|');
+        s
+    };
+    let sep = {
+        let mut s = String::new();
+        for wi in w {
+            s.push_str(&format!("|{}", "-".repeat(wi + 2)));
+        }
+        s.push('|');
+        s
+    };
+    println!("{}", line(heads));
+    println!("{sep}");
+    let mut last_section = String::new();
+    for c in &cells {
+        let sec: String = c[0].chars().take_while(char::is_ascii_digit).collect();
+        if !last_section.is_empty() && sec != last_section {
+            println!("{sep}");
+        }
+        last_section = sec;
+        println!("{}", line([&c[0], &c[1], &c[2], &c[3]]));
+    }
+    println!(
+        "total bench time {:.1} s, peak RSS {peak:.0} MB",
+        total.as_secs_f64()
+    );
+}
+
+// ------------------------------------------------------------------ 1. appends
+
+/// A representative stored record (a PipePaused event in the log's format).
+fn sample_record() -> Vec<u8> {
+    let mut e = new_event(
+        &uuid::Uuid::new_v4().to_string(),
+        Payload::PipePaused(PipePaused {}),
+    );
+    e.seq = 123_456;
+    e.pipe_name = "pipe-017".into();
+    e.stream_version = 42;
+    e.schema_version = 1;
+    e.at = Some(prost_types::Timestamp::from(SystemTime::now()));
+    let payload = e.encode_to_vec();
+    let mut v = vec![1u8];
+    v.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    v.extend_from_slice(&payload);
+    v
+}
+
+fn log_key(seq: u64) -> [u8; 9] {
+    let mut k = [b'e'; 9];
+    k[1..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// Raw sled, one insert at a time, optionally waiting for `flush_async`.
+async fn raw_sled(base: &Path, flush: bool, secs: f64, cap: u64) -> Res<(f64, Lat)> {
+    let dir = tempdir_in(base)?;
+    let db = sled::Config::new().path(dir.path()).open()?;
+    let tree = db.open_tree("log")?;
+    let value = sample_record();
+    let limit = Duration::from_secs_f64(secs);
+    let mut lats = Vec::new();
+    let start = Instant::now();
+    let mut n = 0u64;
+    loop {
+        let t = Instant::now();
+        tree.insert(log_key(n + 1), value.as_slice())?;
+        if flush {
+            db.flush_async().await?;
+        }
+        n += 1;
+        if flush || n.is_multiple_of(64) {
+            lats.push(t.elapsed());
+        }
+        if (flush || n.is_multiple_of(256)) && (start.elapsed() >= limit || n >= cap) {
+            break;
+        }
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    drop(tree);
+    db.flush_async().await?;
+    Ok((rate, lat(lats)))
+}
+
+async fn open_log(dir: &Path) -> Res<Arc<EventLog>> {
+    let d = dir.to_owned();
+    let log = tokio::task::spawn_blocking(move || EventLog::open(&d)).await??;
+    log.replay(|_| {})?;
+    Ok(log)
+}
+
+/// Appends on `streams` streams concurrently (one appender each) for
+/// `secs`, each append waiting for its group commit.
+async fn log_appends(base: &Path, streams: usize, secs: f64) -> Res<(f64, Lat)> {
+    let dir = tempdir_in(base)?;
+    let log = open_log(dir.path()).await?;
+    let projection = Arc::new(RwLock::new(Projection::default()));
+    let hook = Arc::clone(&projection);
+    log.start_writer(Arc::new(move |e| {
+        if let Ok(mut p) = hook.write() {
+            p.apply(e)
+        }
+    }));
+    for s in 0..streams {
+        let name = format!("pipe-{s:03}");
+        let id = uuid::Uuid::new_v4().to_string();
+        let created = new_event(
+            &id,
+            Payload::PipeCreated(PipeCreated {
+                name: name.clone(),
+                config: Some(pipe_config(3)),
+                resync_of: String::new(),
+            }),
+        );
+        log.append(&name, 0, vec![created]).await?;
+    }
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for s in 0..streams {
+        let log = Arc::clone(&log);
+        tasks.push(tokio::spawn(async move {
+            let name = format!("pipe-{s:03}");
+            let id = log
+                .read_stream(&name, 0, u64::MAX, 1)?
+                .first()
+                .map(|e| e.pipe_id.clone())
+                .unwrap_or_default();
+            let mut version = 1u64;
+            let mut lats = Vec::new();
+            while Instant::now() < deadline {
+                let payload = if version % 2 == 1 {
+                    Payload::PipePaused(PipePaused {})
+                } else {
+                    Payload::PipeResumed(PipeResumed {})
+                };
+                let t = Instant::now();
+                log.append(&name, version, vec![new_event(&id, payload)])
+                    .await?;
+                lats.push(t.elapsed());
+                version += 1;
+            }
+            Ok::<_, Box<dyn Error + Send + Sync>>(lats)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    let rate = all.len() as f64 / start.elapsed().as_secs_f64();
+    log.close().await?;
+    Ok((rate, lat(all)))
+}
+
+/// The same through the gRPC API: PausePipe/ResumePipe on one pipe per caller.
+async fn grpc_appends(p: &Params, base: &Path) -> Res<(f64, Lat)> {
+    let server = Server::start(base).await?;
+    let chans = server.channels(p.grpc_channels).await?;
+    let mut c = Client::new(chans[0].clone());
+    for s in 0..p.concurrent_appenders {
+        c.create_pipe(create_req(&format!("pipe-{s:03}"), 3))
+            .await?;
+    }
+    let deadline = Instant::now() + Duration::from_secs_f64(p.append_secs);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for s in 0..p.concurrent_appenders {
+        let mut client = Client::new(chans[s % chans.len()].clone());
+        tasks.push(tokio::spawn(async move {
+            let name = format!("pipe-{s:03}");
+            let mut lats = Vec::new();
+            let mut pause = true;
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                toggle(&mut client, &name, pause).await?;
+                lats.push(t.elapsed());
+                pause = !pause;
+            }
+            Ok::<_, Box<dyn Error + Send + Sync>>(lats)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    let rate = all.len() as f64 / start.elapsed().as_secs_f64();
+    drop(chans);
+    server.stop().await?;
+    Ok((rate, lat(all)))
+}
+
+async fn bench_appends(p: &Params, base: &Path) -> Res<Vec<Row>> {
+    let secs = p.append_secs;
+    progress("1. appends: raw sled insert + flush_async");
+    let (floor, floor_lat) = raw_sled(base, true, secs, u64::MAX).await?;
+    progress("1. appends: raw sled insert, no flush");
+    let (ceiling, ceil_lat) = raw_sled(base, false, secs, 500_000).await?;
+    progress("1. appends: EventLog, 1 appender");
+    let (one, one_lat) = log_appends(base, 1, secs).await?;
+    progress(format!(
+        "1. appends: EventLog, {} appenders",
+        p.concurrent_appenders
+    ));
+    let (many, many_lat) = log_appends(base, p.concurrent_appenders, secs).await?;
+    progress(format!(
+        "1. appends: gRPC Pause/Resume, {} callers",
+        p.concurrent_appenders
+    ));
+    let (grpc, grpc_lat) = grpc_appends(p, base).await?;
+
+    let vs = |r: f64| {
+        format!(
+            "{} floor, {:.1}% of ceiling",
+            x(r / floor),
+            100.0 * r / ceiling
+        )
+    };
+    let show = |r: f64, l: &Lat| format!("{} ev/s  (p50 {})", fmt_rate(r), fmt_ms(l.p50));
+    let n = p.concurrent_appenders;
+    Ok(vec![
+        row(
+            "1",
+            "raw sled insert + flush_async per record (durability floor)",
+            true,
+            show(floor, &floor_lat),
+            String::new(),
+        )
+        .val("per_s", floor)
+        .val("p50_ms", ms(floor_lat.p50)),
+        row(
+            "1",
+            "raw sled insert, no flush (memory ceiling)",
+            true,
+            format!("{} ev/s", fmt_rate(ceiling)),
+            String::new(),
+        )
+        .val("per_s", ceiling)
+        .val("p50_ms", ms(ceil_lat.p50)),
+        row(
+            "1a",
+            "EventLog::append, 1 appender (waits for its flush)",
+            false,
+            show(one, &one_lat),
+            vs(one),
+        )
+        .val("per_s", one),
+        row(
+            "1b",
+            &format!("EventLog::append, {n} appenders, own streams (group commit)"),
+            false,
+            show(many, &many_lat),
+            vs(many),
+        )
+        .val("per_s", many)
+        .val("p50_ms", ms(many_lat.p50))
+        .val("p99_ms", ms(many_lat.p99)),
+        row(
+            "1c",
+            &format!(
+                "gRPC PausePipe/ResumePipe, {n} callers on {n} pipes, {} conns",
+                p.grpc_channels
+            ),
+            false,
+            format!(
+                "{} ev/s  (p50 {}, p99 {})",
+                fmt_rate(grpc),
+                fmt_ms(grpc_lat.p50),
+                fmt_ms(grpc_lat.p99)
+            ),
+            format!("{}; {} of 1b", vs(grpc), x(grpc / many)),
+        )
+        .val("per_s", grpc)
+        .val("p50_ms", ms(grpc_lat.p50))
+        .val("p99_ms", ms(grpc_lat.p99)),
+    ])
+}
+
+// ------------------------------------------------------------------ 2. replay
+
+fn pipe_config(tables: usize) -> PipeConfig {
+    let req = create_req("x", tables);
+    PipeConfig {
+        source: Some(SourceConfig {
+            connection_string: "postgres://app@db.internal:5432/app?sslmode=require".into(),
+            password: String::new(),
+        }),
+        destination: req.destination.map(|mut d| {
+            d.password.clear();
+            d
+        }),
+        tables: (0..tables)
+            .map(|i| TableConfig {
+                source_table: table_name(i),
+                destination_table: table_name(i).replace('.', "_"),
+                order_by: vec!["id".into()],
+            })
+            .collect(),
+        settings: Some(PipeSettings {
+            snapshot_parallelism: 4,
+            snapshot_rows_per_partition: 500_000,
+            cdc_batch_size: 10_000,
+            cdc_sync_interval_ms: 1_000,
+        }),
+    }
+}
+
+/// Event `i` (0-based) of a pipe's stream: created, then 20 % snapshot
+/// progress, then CDC progress, over 3 tables.
+fn replay_event(pipe: &str, id: &str, i: u64, per_pipe: u64) -> Event {
+    const T: usize = 3;
+    let payload = if i == 0 {
+        Payload::PipeCreated(PipeCreated {
+            name: pipe.into(),
+            config: Some(pipe_config(T)),
+            resync_of: String::new(),
+        })
+    } else if i <= per_pipe / 5 {
+        Payload::SnapshotProgress(SnapshotProgress {
+            source_table: table_name(i as usize % T),
+            rows_copied: i * 500_000,
+            partitions_done: (i / 3) as u32,
+            partitions_total: (per_pipe / 5) as u32,
+        })
+    } else {
+        Payload::CdcProgress(CdcProgress {
+            lsn: format!("{:X}/{:08X}", i >> 20, i.wrapping_mul(4_096)),
+            lag_bytes: (i * 7_919) % 1_000_000,
+            tables: (0..T)
+                .map(|t| TableChangeCounts {
+                    source_table: table_name(t),
+                    inserted: i % 1_000,
+                    updated: i % 97,
+                    deleted: i % 13,
+                })
+                .collect(),
+        })
+    };
+    new_event(id, payload)
+}
+
+#[derive(Serialize, serde::Deserialize)]
+struct WriteResult {
+    seconds: f64,
+    bytes_on_disk: u64,
+    peak_rss_mb: f64,
+}
+
+/// Writes `events` events over `pipes` streams through `EventLog::append`,
+/// `batch` events per append, 4 streams at a time.
+async fn write_replay_log(dir: &Path, events: u64, pipes: u64, batch: u64) -> Res<WriteResult> {
+    let log = open_log(dir).await?;
+    log.start_writer(Arc::new(|_| {}));
+    let per_pipe = events / pipes;
+    let start = Instant::now();
+    let results: Vec<Res<()>> = futures::stream::iter(0..pipes)
+        .map(|pi| {
+            let log = Arc::clone(&log);
+            async move {
+                let name = format!("pipe-{pi:03}");
+                let id = uuid::Uuid::new_v4().to_string();
+                let mut next = 0;
+                while next < per_pipe {
+                    let end = (next + batch).min(per_pipe);
+                    let events = (next..end)
+                        .map(|i| replay_event(&name, &id, i, per_pipe))
+                        .collect();
+                    log.append(&name, next, events).await?;
+                    next = end;
+                }
+                Ok(())
+            }
+        })
+        .buffer_unordered(4)
+        .collect()
+        .await;
+    for r in results {
+        r?;
+    }
+    let took = start.elapsed();
+    log.close().await?;
+    drop(log);
+    Ok(WriteResult {
+        seconds: took.as_secs_f64(),
+        bytes_on_disk: dir_size(dir),
+        peak_rss_mb: rss_mb().1,
+    })
+}
+
+/// Runs [`write_replay_log`] in a child process (this binary, hidden
+/// subcommand), so its memory is not this process's.
+async fn write_child(dir: &Path, p: &Params) -> Res<WriteResult> {
+    let out = tokio::process::Command::new(std::env::current_exe()?)
+        .arg("replay-write")
+        .arg("--dir")
+        .arg(dir)
+        .args(["--events", &p.replay_events.to_string()])
+        .args(["--pipes", &p.replay_pipes.to_string()])
+        .args(["--batch", &p.replay_batch.to_string()])
+        .output()
+        .await?;
+    if !out.status.success() {
+        return Err(format!(
+            "replay-write failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => total += dir_size(&e.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
+/// One way of reading the replay log, run in a child process each so its
+/// time and peak memory are its own.
+#[derive(Clone, Copy, PartialEq, Debug, clap::ValueEnum)]
+enum ProbeKind {
+    /// sled open + scan of the log tree, values untouched.
+    Raw,
+    /// + `decode_record` (crc + prost) of every value.
+    Decode,
+    /// + `Projection::apply` (no per-stream index, no seq checks).
+    Project,
+    /// `EventLog::open` + `replay` into a projection: what start-up does.
+    Eventlog,
+    /// The same with sled's cache capped at 64 MiB (`EventLog::with_db`).
+    EventlogSmallCache,
+}
+
+const SMALL_CACHE: u64 = 64 << 20;
+
+#[derive(Serialize, serde::Deserialize)]
+struct ProbeResult {
+    open_s: f64,
+    scan_s: f64,
+    peak_rss_mb: f64,
+}
+
+fn probe(dir: &Path, kind: ProbeKind, expect: u64) -> Res<ProbeResult> {
+    let t = Instant::now();
+    let mut n = 0u64;
+    let (opened, scanned) = match kind {
+        ProbeKind::Eventlog | ProbeKind::EventlogSmallCache => {
+            let log = if kind == ProbeKind::Eventlog {
+                EventLog::open(dir)?
+            } else {
+                EventLog::with_db(
+                    sled::Config::new()
+                        .path(dir)
+                        .cache_capacity(SMALL_CACHE)
+                        .open()?,
+                )?
+            };
+            let opened = t.elapsed();
+            let t = Instant::now();
+            let mut projection = Projection::default();
+            n = log.replay(|e| projection.apply(e))?.events;
+            (opened, t.elapsed())
+        }
+        _ => {
+            let db = sled::Config::new().path(dir).open()?;
+            let tree = db.open_tree("log")?;
+            let opened = t.elapsed();
+            let t = Instant::now();
+            let mut projection = Projection::default();
+            let mut bytes = 0usize;
+            for item in tree.scan_prefix([b'e']) {
+                let (_, v) = item?;
+                bytes += v.len();
+                match kind {
+                    ProbeKind::Decode => bytes += decode_record(&v)?.pipe_name.len(),
+                    ProbeKind::Project => projection.apply(&decode_record(&v)?),
+                    _ => {}
+                }
+                n += 1;
+            }
+            std::hint::black_box(bytes);
+            (opened, t.elapsed())
+        }
+    };
+    if n != expect {
+        return Err(format!("{kind:?} saw {n} events, expected {expect}").into());
+    }
+    Ok(ProbeResult {
+        open_s: opened.as_secs_f64(),
+        scan_s: scanned.as_secs_f64(),
+        peak_rss_mb: rss_mb().1,
+    })
+}
+
+/// Runs [`probe`] in a child process (this binary, hidden subcommand).
+async fn probe_child(dir: &Path, kind: ProbeKind, expect: u64) -> Res<ProbeResult> {
+    let kind_arg = clap::ValueEnum::to_possible_value(&kind)
+        .map(|v| v.get_name().to_owned())
+        .ok_or("probe kind has no name")?;
+    let out = tokio::process::Command::new(std::env::current_exe()?)
+        .arg("replay-probe")
+        .arg("--dir")
+        .arg(dir)
+        .args(["--kind", &kind_arg, "--expect", &expect.to_string()])
+        .output()
+        .await?;
+    if !out.status.success() {
+        return Err(format!(
+            "replay probe {kind_arg} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+async fn bench_replay(p: &Params, base: &Path) -> Res<Vec<Row>> {
+    let n = p.replay_events;
+    let dir = tempdir_in(base)?;
+    let data = dir.path().join("data");
+    progress(format!(
+        "2. replay: writing {n} events via EventLog::append"
+    ));
+    let w = write_child(&data, p).await?;
+    let (write_took, size) = (w.seconds, w.bytes_on_disk);
+    progress(format!(
+        "2. replay: wrote in {write_took:.1} s ({} ev/s, {} per append), {:.0} MB on disk, writer peak RSS {:.0} MB",
+        fmt_rate(n as f64 / write_took),
+        p.replay_batch,
+        size as f64 / 1e6,
+        w.peak_rss_mb
+    ));
+    let kinds = [
+        ProbeKind::Raw,
+        ProbeKind::Decode,
+        ProbeKind::Project,
+        ProbeKind::Eventlog,
+        ProbeKind::EventlogSmallCache,
+    ];
+    let mut results: Vec<Vec<ProbeResult>> = kinds.iter().map(|_| Vec::new()).collect();
+    for rep in 0..p.replay_reps {
+        progress(format!(
+            "2. replay: round {}/{} (one child process per variant)",
+            rep + 1,
+            p.replay_reps
+        ));
+        for (i, kind) in kinds.iter().enumerate() {
+            results[i].push(probe_child(&data, *kind, n).await?);
+        }
+    }
+    // Median by total time.
+    let med: Vec<ProbeResult> = results
+        .into_iter()
+        .map(|mut v| {
+            v.sort_by(|a, b| (a.open_s + a.scan_s).total_cmp(&(b.open_s + b.scan_s)));
+            v.swap_remove(v.len() / 2)
+        })
+        .collect();
+    let total = |r: &ProbeResult| r.open_s + r.scan_s;
+    let full_t = total(&med[3]);
+    let show = |r: &ProbeResult| {
+        format!(
+            "{:.2} s  ({} ev/s; open {:.2} + scan {:.2} s; peak RSS {:.0} MB)",
+            total(r),
+            fmt_rate(n as f64 / total(r)),
+            r.open_s,
+            r.scan_s,
+            r.peak_rss_mb
+        )
+    };
+    let share = |r: &ProbeResult| format!("{:.0}% of replay time", 100.0 * total(r) / full_t);
+    let mk = |name: &str, base: bool, r: &ProbeResult, vs: String| {
+        row("2", name, base, show(r), vs)
+            .val("seconds", total(r))
+            .val("open_s", r.open_s)
+            .val("scan_s", r.scan_s)
+            .val("events_per_s", n as f64 / total(r))
+            .val("peak_rss_mb", r.peak_rss_mb)
+    };
+    Ok(vec![
+        mk(
+            &format!("raw sled open + scan of the log tree, no decode ({n} ev)"),
+            true,
+            &med[0],
+            share(&med[0]),
+        )
+        .val("bytes_on_disk", size as f64),
+        mk(
+            "sled scan + decode_record (crc + prost) only",
+            true,
+            &med[1],
+            share(&med[1]),
+        ),
+        mk(
+            "sled scan + decode + Projection::apply (no index/checks)",
+            true,
+            &med[2],
+            share(&med[2]),
+        ),
+        mk(
+            &format!(
+                "EventLog::open + replay into Projection ({n} ev, median of {})",
+                p.replay_reps
+            ),
+            false,
+            &med[3],
+            format!(
+                "{:.2}x raw scan, {:.2}x decode-only",
+                full_t / total(&med[0]),
+                full_t / total(&med[1])
+            ),
+        )
+        .val("setup_write_s", write_took)
+        .val("setup_write_peak_rss_mb", w.peak_rss_mb),
+        mk(
+            "  alt config: same, sled cache_capacity 64 MiB",
+            false,
+            &med[4],
+            format!(
+                "{:.2}x time, {:.2}x peak RSS of EventLog::open",
+                total(&med[4]) / full_t,
+                med[4].peak_rss_mb / med[3].peak_rss_mb
+            ),
+        ),
+    ])
+}
+
+// ------------------------------------------------------------------ 3. fan-out
+
+struct FanoutResult {
+    per_delivery: Lat,
+    last_watcher: Lat,
+    rpc: Lat,
+    connect: Duration,
+}
+
+async fn fanout(p: &Params, base: &Path, watchers: usize) -> Res<FanoutResult> {
+    let server = Server::start(base).await?;
+    let mut ctl = Client::new(server.channel().await?);
+    let name = "fanout";
+    ctl.create_pipe(create_req(name, 3)).await?;
+    let nchan = watchers.div_ceil(p.watchers_per_channel);
+    let chans = server.channels(nchan).await?;
+    let (tx, mut rx) = mpsc::unbounded_channel::<(u64, Instant)>();
+    let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<()>();
+    let t = Instant::now();
+    let mut tasks = Vec::with_capacity(watchers);
+    for i in 0..watchers {
+        let mut client = Client::new(chans[i / p.watchers_per_channel].clone());
+        let tx = tx.clone();
+        let ready = ready_tx.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut s = client
+                .watch_pipe(WatchPipeRequest {
+                    name: name.into(),
+                    after_cursor: None,
+                })
+                .await?
+                .into_inner();
+            s.message().await?;
+            let _ = ready.send(());
+            while let Some(m) = s.message().await? {
+                let _ = tx.send((m.cursor, Instant::now()));
+            }
+            Ok::<_, Box<dyn Error + Send + Sync>>(())
+        }));
+    }
+    drop(ready_tx);
+    for _ in 0..watchers {
+        tokio::time::timeout(Duration::from_secs(60), ready_rx.recv())
+            .await?
+            .ok_or("a watcher failed to start")?;
+    }
+    let connect = t.elapsed();
+    let mut per = Vec::new();
+    let mut last = Vec::new();
+    let mut rpc = Vec::new();
+    for round in 0..p.watch_rounds {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let t0 = Instant::now();
+        let pipe = if round % 2 == 0 {
+            ctl.pause_pipe(PausePipeRequest { name: name.into() })
+                .await?
+                .into_inner()
+                .pipe
+        } else {
+            ctl.resume_pipe(ResumePipeRequest { name: name.into() })
+                .await?
+                .into_inner()
+                .pipe
+        };
+        rpc.push(t0.elapsed());
+        let cursor = pipe.map(|p| p.cursor).ok_or("no pipe in response")?;
+        let mut got = 0;
+        let mut round_max = Duration::ZERO;
+        while got < watchers {
+            let (c, at) = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+                .await?
+                .ok_or("watchers ended")?;
+            if c != cursor {
+                continue;
+            }
+            let d = at.saturating_duration_since(t0);
+            round_max = round_max.max(d);
+            per.push(d);
+            got += 1;
+        }
+        last.push(round_max);
+    }
+    for t in &tasks {
+        t.abort();
+    }
+    drop(chans);
+    server.stop().await?;
+    Ok(FanoutResult {
+        per_delivery: lat(per),
+        last_watcher: lat(last),
+        rpc: lat(rpc),
+        connect,
+    })
+}
+
+async fn bench_fanout(p: &Params, base: &Path) -> Res<Vec<Row>> {
+    progress("3. fan-out: 1 watcher");
+    let one = fanout(p, base, 1).await?;
+    progress(format!("3. fan-out: {} watchers", p.watchers));
+    let many = fanout(p, base, p.watchers).await?;
+    let n = p.watchers;
+    let chans = n.div_ceil(p.watchers_per_channel);
+    let rounds = p.watch_rounds;
+    let vs = format!(
+        "p50 {}, max {} 1 watcher",
+        x(ms(many.per_delivery.p50) / ms(one.per_delivery.p50)),
+        x(ms(many.per_delivery.max) / ms(one.per_delivery.max))
+    );
+    let one_res = one.per_delivery.show();
+    let one_rpc = one.rpc.show();
+    let many_res = many.per_delivery.show();
+    let last_res = many.last_watcher.show();
+    let last_vs = format!("PausePipe RPC alone: p50 {}", fmt_ms(many.rpc.p50));
+    Ok(vec![
+        one.per_delivery.into_row(row(
+            "3",
+            &format!("WatchPipe, 1 watcher: PausePipe sent -> event received ({rounds} rounds)"),
+            true,
+            one_res,
+            String::new(),
+        )),
+        one.rpc.into_row(row(
+            "3",
+            "  same run: the PausePipe RPC round trip alone",
+            true,
+            one_rpc,
+            String::new(),
+        )),
+        many.per_delivery
+            .into_row(row(
+                "3",
+                &format!(
+                    "WatchPipe, {n} watchers ({chans} conns x {}): each delivery",
+                    p.watchers_per_channel
+                ),
+                false,
+                many_res,
+                vs,
+            ))
+            .val("connect_all_ms", ms(many.connect)),
+        many.last_watcher.into_row(row(
+            "3",
+            &format!("  same run: until the last of {n} watchers has it"),
+            false,
+            last_res,
+            last_vs,
+        )),
+    ])
+}
+
+// ------------------------------------------------------------------ 4. GetPipe
+
+struct GetResult {
+    lat: Lat,
+    rps: f64,
+    bg_rate: f64,
+}
+
+async fn get_load(p: &Params, base: &Path, background: bool) -> Res<GetResult> {
+    let server = Server::start(base).await?;
+    let mut ctl = Client::new(server.channel().await?);
+    ctl.create_pipe(create_req("target", 3)).await?;
+    for b in 0..p.background_appenders {
+        ctl.create_pipe(create_req(&format!("bg-{b:02}"), 3))
+            .await?;
+    }
+    let chans = server.channels(p.get_callers.div_ceil(4)).await?;
+    let bg_chan = server.channel().await?;
+    let warm = Instant::now() + Duration::from_millis(300);
+    let deadline = warm + Duration::from_secs_f64(p.get_secs);
+    let bg_tasks: Vec<_> = if background {
+        (0..p.background_appenders)
+            .map(|b| {
+                let mut c = Client::new(bg_chan.clone());
+                tokio::spawn(async move {
+                    let name = format!("bg-{b:02}");
+                    let mut n = 0u64;
+                    let mut pause = true;
+                    while Instant::now() < deadline {
+                        toggle(&mut c, &name, pause).await?;
+                        pause = !pause;
+                        if Instant::now() >= warm {
+                            n += 1;
+                        }
+                    }
+                    Ok::<_, Box<dyn Error + Send + Sync>>(n)
+                })
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut callers = Vec::new();
+    for i in 0..p.get_callers {
+        let mut c = Client::new(chans[i / 4].clone());
+        callers.push(tokio::spawn(async move {
+            let mut lats = Vec::new();
+            loop {
+                let t = Instant::now();
+                if t >= deadline {
+                    break;
+                }
+                c.get_pipe(GetPipeRequest {
+                    name: "target".into(),
+                    id: String::new(),
+                })
+                .await?;
+                if t >= warm {
+                    lats.push(t.elapsed());
+                }
+            }
+            Ok::<_, Box<dyn Error + Send + Sync>>(lats)
+        }));
+    }
+    let mut all = Vec::new();
+    for c in callers {
+        all.extend(c.await??);
+    }
+    let mut bg = 0;
+    for t in bg_tasks {
+        bg += t.await??;
+    }
+    drop(chans);
+    drop(bg_chan);
+    server.stop().await?;
+    Ok(GetResult {
+        rps: all.len() as f64 / p.get_secs,
+        bg_rate: bg as f64 / p.get_secs,
+        lat: lat(all),
+    })
+}
+
+async fn bench_get(p: &Params, base: &Path) -> Res<Vec<Row>> {
+    progress("4. GetPipe: no background appends");
+    let idle = get_load(p, base, false).await?;
+    progress(format!(
+        "4. GetPipe: with {} background Pause/Resume callers",
+        p.background_appenders
+    ));
+    let busy = get_load(p, base, true).await?;
+    let c = p.get_callers;
+    let vs = format!(
+        "p50 {}, p99 {}; {:.0}% of idle RPS",
+        x(ms(busy.lat.p50) / ms(idle.lat.p50)),
+        x(ms(busy.lat.p99) / ms(idle.lat.p99)),
+        100.0 * busy.rps / idle.rps
+    );
+    let idle_res = format!("{}  ({} RPS)", idle.lat.show(), fmt_rate(idle.rps));
+    let busy_res = format!(
+        "{}  ({} RPS; bg {} appends/s)",
+        busy.lat.show(),
+        fmt_rate(busy.rps),
+        fmt_rate(busy.bg_rate)
+    );
+    Ok(vec![
+        idle.lat
+            .into_row(row(
+                "4",
+                &format!("GetPipe, {c} concurrent callers, no appends"),
+                true,
+                idle_res,
+                String::new(),
+            ))
+            .val("rps", idle.rps),
+        busy.lat
+            .into_row(row(
+                "4",
+                &format!(
+                    "GetPipe, {c} callers + {} gRPC appenders in background",
+                    p.background_appenders
+                ),
+                false,
+                busy_res,
+                vs,
+            ))
+            .val("rps", busy.rps)
+            .val("bg_appends_per_s", busy.bg_rate),
+    ])
+}
