@@ -24,6 +24,32 @@ use crate::sink::ChSink;
 use crate::source;
 use crate::store::event_log::new_event;
 
+/// The ClickHouse end of a pipe config.
+pub(crate) fn sink_for(
+    config: &crate::proto::PipeConfig,
+    secrets: &crate::store::PipeSecrets,
+) -> Result<ChSink, crate::sink::SinkError> {
+    let dst = config.destination.clone().unwrap_or_default();
+    ChSink::connect(
+        &dst.url,
+        &dst.user,
+        secrets.destination_password.as_deref(),
+        &dst.database,
+    )
+}
+
+/// The source tables of a pipe config, parsed.
+pub(crate) fn source_tables(
+    config: &crate::proto::PipeConfig,
+) -> Result<Vec<crate::domain::validate::QualifiedName>, crate::domain::validate::Invalid> {
+    config
+        .tables
+        .iter()
+        .enumerate()
+        .map(|(i, t)| crate::domain::validate::table(i, t).map(|(q, _)| q))
+        .collect()
+}
+
 /// Starts the engine; it stops when `closing` turns true.
 pub fn spawn(core: Arc<Core>, mut closing: tokio::sync::watch::Receiver<bool>) -> JoinHandle<()> {
     tokio::spawn(async move {
@@ -119,33 +145,22 @@ async fn release(core: Arc<Core>, pipe: Pipe) {
 async fn release_once(core: &Core, pipe: &Pipe) -> Result<(), worker::EngineError> {
     let config = pipe.config.clone().unwrap_or_default();
     let secrets = core.secrets.get(&pipe.id)?;
-    let src = config.source.unwrap_or_default();
+    let src = config.source.clone().unwrap_or_default();
     let slot = source::slot_name(&pipe.id);
     let publication = source::publication_name(&pipe.id);
     let pg = source::connect(&src.connection_string, secrets.source_password.as_deref()).await?;
     source::drop_slot(&pg, &slot).await?;
     source::drop_publication(&pg, &publication).await?;
     let mut dropped = false;
-    let dst = config.destination.clone().unwrap_or_default();
     if !pipe.resync_of.is_empty() && !pipe.swapped && pipe.tables_prepared {
         // A resync stopped before its swap: its `_resync` tables are scratch.
-        let ch = ChSink::connect(
-            &dst.url,
-            &dst.user,
-            secrets.destination_password.as_deref(),
-            &dst.database,
-        )?;
+        let ch = sink_for(&config, &secrets)?;
         for t in &pipe.prepared {
             ch.drop_table_if_exists(&t.load_table).await?;
         }
     }
     if pipe.drop_destination_tables {
-        let ch = ChSink::connect(
-            &dst.url,
-            &dst.user,
-            secrets.destination_password.as_deref(),
-            &dst.database,
-        )?;
+        let ch = sink_for(&config, &secrets)?;
         for t in &config.tables {
             ch.drop_table_if_exists(&t.destination_table).await?;
             ch.drop_table_if_exists(&format!("{}_resync", t.destination_table))

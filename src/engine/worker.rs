@@ -217,24 +217,12 @@ impl Worker {
     async fn connect(&self, pipe: &Pipe) -> Result<Ends> {
         let config = pipe.config.clone().unwrap_or_default();
         let secrets = self.core.secrets.get(&self.id)?;
-        let src = config.source.unwrap_or_default();
-        let dst = config.destination.unwrap_or_default();
+        let src = config.source.clone().unwrap_or_default();
         let pg =
             source::connect(&src.connection_string, secrets.source_password.as_deref()).await?;
-        let names = config
-            .tables
-            .iter()
-            .enumerate()
-            .map(|(i, t)| validate::table(i, t).map(|(q, _)| q))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| EngineError::Fatal(e.0))?;
+        let names = super::source_tables(&config).map_err(|e| EngineError::Fatal(e.0))?;
         let tables = source::describe_tables(&pg, &names).await?;
-        let ch = ChSink::connect(
-            &dst.url,
-            &dst.user,
-            secrets.destination_password.as_deref(),
-            &dst.database,
-        )?;
+        let ch = super::sink_for(&config, &secrets)?;
         ch.ping().await?;
         Ok(Ends {
             pg,
