@@ -46,6 +46,10 @@ enum Cmd {
     /// Event appends, replay, WatchPipe fan-out and GetPipe latency, each
     /// with a baseline measured in the same run.
     ControlPlane(CpArgs),
+    /// Initial load (snapshot) of one Postgres table into ClickHouse, against
+    /// source-read, destination-write, psql|curl and postgresql() baselines
+    /// measured in the same run. Needs the dev env (dev/env up).
+    InitialLoad(IlArgs),
     /// (internal) One replay measurement, printed as JSON.
     #[command(hide = true)]
     ReplayProbe {
@@ -158,6 +162,12 @@ fn main() -> Res<()> {
                 .enable_all()
                 .build()?;
             rt.block_on(control_plane(args))
+        }
+        Cmd::InitialLoad(args) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(initial_load(args))
         }
         Cmd::ReplayWrite {
             dir,
@@ -297,6 +307,11 @@ struct Server {
 
 impl Server {
     async fn start(base: &Path) -> Res<Self> {
+        Self::start_with(base, false).await
+    }
+
+    /// `engine`: also run the data plane (snapshots, CDC).
+    async fn start_with(base: &Path, engine: bool) -> Res<Self> {
         let dir = tempdir_in(base)?;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -304,7 +319,7 @@ impl Server {
             listen: addr,
             data_dir: dir.path().join("data"),
             token: None,
-            engine: false,
+            engine,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -555,6 +570,15 @@ fn print_table(m: &Machine, p: &Params, quick: bool, rows: &[Row], total: Durati
         "sizes: {} events replayed, {} watchers x {} rounds, {} GetPipe callers x {} s, appends {} s each",
         p.replay_events, p.watchers, p.watch_rounds, p.get_callers, p.get_secs, p.append_secs
     );
+    print_grid(rows);
+    println!(
+        "total bench time {:.1} s, peak RSS {peak:.0} MB",
+        total.as_secs_f64()
+    );
+}
+
+/// The rows as one text table, sections separated by rules.
+fn print_grid(rows: &[Row]) {
     let heads = ["#", "measurement", "result", "vs baseline (same run)"];
     let cells: Vec<[String; 4]> = rows
         .iter()
@@ -601,10 +625,6 @@ fn print_table(m: &Machine, p: &Params, quick: bool, rows: &[Row], total: Durati
         last_section = sec;
         println!("{}", line([&c[0], &c[1], &c[2], &c[3]]));
     }
-    println!(
-        "total bench time {:.1} s, peak RSS {peak:.0} MB",
-        total.as_secs_f64()
-    );
 }
 
 // ------------------------------------------------------------------ 1. appends
@@ -1491,4 +1511,548 @@ async fn bench_get(p: &Params, base: &Path) -> Res<Vec<Row>> {
             .val("rps", busy.rps)
             .val("bg_appends_per_s", busy.bg_rate),
     ])
+}
+
+// ------------------------------------------------------------------ initial load
+
+#[derive(Args)]
+struct IlArgs {
+    /// Rows in the source table (default 2,000,000; 200,000 with --quick).
+    #[arg(long)]
+    rows: Option<u64>,
+    /// Snapshot parallelism values to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+    parallelism: Vec<u32>,
+    /// 200,000 rows instead of 2,000,000.
+    #[arg(long)]
+    quick: bool,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Where the temporary data directories go (default: the system temp dir).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+/// Source columns, as selected on both sides.
+const IL_COLS: &str = "id, amount, note, at, doc, n";
+
+fn dev_env() -> Res<(String, String)> {
+    match (
+        std::env::var("PGPIPE_TEST_PG_URL"),
+        std::env::var("PGPIPE_TEST_CH_URL"),
+    ) {
+        (Ok(pg), Ok(ch)) if !pg.is_empty() && !ch.is_empty() => Ok((pg, ch)),
+        _ => Err(
+            "PGPIPE_TEST_PG_URL / PGPIPE_TEST_CH_URL unset: run dev/env up and source .dev/env.sh"
+                .into(),
+        ),
+    }
+}
+
+fn unique_name(prefix: &str) -> String {
+    format!(
+        "{prefix}_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    )
+}
+
+async fn pg_connect(url: &str) -> Res<tokio_postgres::Client> {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+fn ch_client(url: &str) -> clickhouse::Client {
+    clickhouse::Client::default().with_url(url)
+}
+
+async fn ch_exec(ch: &clickhouse::Client, sql: &str) -> Res<()> {
+    ch.query(sql).execute().await?;
+    Ok(())
+}
+
+async fn ch_count(ch: &clickhouse::Client, table: &str) -> Res<u64> {
+    Ok(ch
+        .query(&format!("SELECT toUInt64(count()) FROM {table}"))
+        .fetch_one::<u64>()
+        .await?)
+}
+
+/// One timed load: seconds and rows.
+#[derive(Debug, Clone, Serialize)]
+struct Load {
+    secs: f64,
+    rows: u64,
+}
+
+impl Load {
+    fn rate(&self) -> f64 {
+        self.rows as f64 / self.secs
+    }
+}
+
+async fn make_source(pg: &tokio_postgres::Client, schema: &str, rows: u64) -> Res<()> {
+    pg.batch_execute(&format!(
+        "CREATE SCHEMA {schema};
+         CREATE TABLE {schema}.t (id bigint PRIMARY KEY, amount numeric(12,2) NOT NULL,
+             note text NOT NULL, at timestamptz NOT NULL, doc jsonb NOT NULL, n int NOT NULL);
+         INSERT INTO {schema}.t
+           SELECT g, (g % 10000000) / 100.0, rpad(md5(g::text), 96, md5((g * 7)::text)),
+                  timestamptz '2024-01-01 00:00:00+00' + g * interval '1 second',
+                  jsonb_build_object('k', g % 1000, 'tag', 'tag-' || (g % 17), 'ok', g % 2 = 0),
+                  (g % 1000000)::int
+           FROM generate_series(1, {rows}) g;
+         ANALYZE {schema}.t;"
+    ))
+    .await?;
+    Ok(())
+}
+
+/// (a) `COPY (SELECT ...) TO STDOUT (FORMAT binary)` drained to nowhere.
+async fn copy_out_binary(pg_url: &str, schema: &str) -> Res<(Load, u64)> {
+    let pg = pg_connect(pg_url).await?;
+    let start = Instant::now();
+    let stream = pg
+        .copy_out(&format!(
+            "COPY (SELECT {IL_COLS} FROM {schema}.t) TO STDOUT (FORMAT binary)"
+        ))
+        .await?;
+    futures::pin_mut!(stream);
+    let mut bytes = 0u64;
+    while let Some(chunk) = stream.next().await {
+        bytes += chunk?.len() as u64;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let rows = pg
+        .query_one(&format!("SELECT count(*) FROM {schema}.t"), &[])
+        .await?
+        .get::<_, i64>(0) as u64;
+    Ok((Load { secs, rows }, bytes))
+}
+
+struct PipeRun {
+    load: Load,
+    db: String,
+}
+
+/// One pgpipe initial load: in-process server (engine on), CreatePipe until
+/// snapshot_done (or RUNNING), then the ClickHouse row count is checked.
+#[allow(clippy::too_many_arguments)]
+async fn pgpipe_load(
+    base: &Path,
+    pg_url: &str,
+    ch_url: &str,
+    schema: &str,
+    rows: u64,
+    par: u32,
+) -> Res<PipeRun> {
+    let srv = Server::start_with(base, true).await?;
+    let mut c = PipeServiceClient::new(srv.channel().await?);
+    let db = unique_name(&format!("bench_il_p{par}"));
+    let name = db.replace('_', "-");
+    let req = CreatePipeRequest {
+        name: name.clone(),
+        source: Some(SourceConfig {
+            connection_string: pg_url.into(),
+            password: String::new(),
+        }),
+        destination: Some(DestinationConfig {
+            url: ch_url.into(),
+            database: db.clone(),
+            user: "default".into(),
+            password: String::new(),
+        }),
+        tables: vec![TableConfig {
+            source_table: format!("{schema}.t"),
+            ..Default::default()
+        }],
+        settings: Some(PipeSettings {
+            snapshot_parallelism: par,
+            snapshot_rows_per_partition: (rows / (2 * u64::from(par))).max(1),
+            cdc_batch_size: 10_000,
+            cdc_sync_interval_ms: 100,
+        }),
+    };
+    let start = Instant::now();
+    c.create_pipe(req).await?;
+    let deadline = start + Duration::from_secs(3_600);
+    loop {
+        let p = c
+            .get_pipe(GetPipeRequest {
+                name: name.clone(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .pipe
+            .ok_or("GetPipe returned no pipe")?;
+        let st = pgpipe::proto::PipeStatus::try_from(p.status)
+            .unwrap_or(pgpipe::proto::PipeStatus::Unspecified);
+        if p.snapshot_done || st == pgpipe::proto::PipeStatus::Running {
+            break;
+        }
+        if st == pgpipe::proto::PipeStatus::Failed {
+            return Err(format!("pipe {name} failed: {} ({})", p.error, p.failed_step).into());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("pipe {name}: no snapshot after an hour").into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let got = ch_count(&ch_client(ch_url), &format!("{db}.t")).await?;
+    if got != rows {
+        return Err(format!("pipe {name}: ClickHouse has {got} rows, expected {rows}").into());
+    }
+    c.delete_pipe(pgpipe::proto::DeletePipeRequest {
+        name: name.clone(),
+        drop_destination_tables: false,
+    })
+    .await?;
+    // Let the engine drop the slot and publication before the server stops.
+    for _ in 0..200 {
+        let done = match c
+            .get_pipe(GetPipeRequest {
+                name: name.clone(),
+                ..Default::default()
+            })
+            .await
+        {
+            Ok(r) => r.into_inner().pipe.is_none_or(|p| p.source_released),
+            Err(_) => true,
+        };
+        if done {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    srv.stop().await?;
+    Ok(PipeRun {
+        load: Load { secs, rows: got },
+        db,
+    })
+}
+
+/// A MergeTree table `db.table` with the column types pgpipe chose.
+async fn like_pgpipe(ch: &clickhouse::Client, src_db: &str, db: &str, table: &str) -> Res<()> {
+    ch_exec(ch, &format!("CREATE DATABASE IF NOT EXISTS {db}")).await?;
+    ch_exec(
+        ch,
+        &format!(
+            "CREATE TABLE {db}.{table} ENGINE = MergeTree ORDER BY id AS \
+             SELECT {IL_COLS} FROM {src_db}.t WHERE 0"
+        ),
+    )
+    .await
+}
+
+/// (b) POST a prepared RowBinary file to ClickHouse.
+async fn post_rowbinary(ch_url: &str, file: &Path, db: &str, rows: u64) -> Res<Load> {
+    let data = prost::bytes::Bytes::from(std::fs::read(file)?);
+    let ch = ch_client(ch_url);
+    let start = Instant::now();
+    let mut ins =
+        ch.insert_formatted_with(format!("INSERT INTO {db}.t ({IL_COLS}) FORMAT RowBinary"));
+    const CHUNK: usize = 1 << 20;
+    let mut off = 0;
+    while off < data.len() {
+        let end = (off + CHUNK).min(data.len());
+        ins.send(data.slice(off..end)).await?;
+        off = end;
+    }
+    ins.end().await?;
+    let secs = start.elapsed().as_secs_f64();
+    check_count(&ch, db, rows).await?;
+    Ok(Load { secs, rows })
+}
+
+async fn check_count(ch: &clickhouse::Client, db: &str, rows: u64) -> Res<()> {
+    let got = ch_count(ch, &format!("{db}.t")).await?;
+    if got != rows {
+        return Err(format!("{db}.t has {got} rows, expected {rows}").into());
+    }
+    Ok(())
+}
+
+/// (c) psql \copy ... CSV | curl --data-binary @- ... FORMAT CSV.
+async fn psql_curl(pg_url: &str, ch_url: &str, schema: &str, db: &str, rows: u64) -> Res<Load> {
+    let script = format!(
+        "set -o pipefail; PGTZ=UTC psql '{pg_url}' -X -q -v ON_ERROR_STOP=1 \
+         -c '\\copy (SELECT {IL_COLS} FROM {schema}.t) TO STDOUT WITH CSV' \
+         | curl -sS --fail-with-body --data-binary @- \
+         '{ch_url}/?date_time_input_format=best_effort&query=INSERT%20INTO%20{db}.t%20FORMAT%20CSV'"
+    );
+    let start = Instant::now();
+    let out = tokio::process::Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .await?;
+    let secs = start.elapsed().as_secs_f64();
+    if !out.status.success() {
+        return Err(format!(
+            "psql | curl failed: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        )
+        .into());
+    }
+    check_count(&ch_client(ch_url), db, rows).await?;
+    Ok(Load { secs, rows })
+}
+
+/// (d) ClickHouse pulling the table itself with postgresql().
+async fn ch_pull(pg_url: &str, ch_url: &str, schema: &str, db: &str, rows: u64) -> Res<Load> {
+    let u = url::Url::parse(pg_url)?;
+    let hostport = format!(
+        "{}:{}",
+        u.host_str().unwrap_or("127.0.0.1"),
+        u.port().unwrap_or(5432)
+    );
+    let pgdb = u.path().trim_start_matches('/');
+    let user = if u.username().is_empty() {
+        "postgres"
+    } else {
+        u.username()
+    };
+    let pw = u.password().unwrap_or("");
+    let ch = ch_client(ch_url);
+    let start = Instant::now();
+    ch_exec(
+        &ch,
+        &format!(
+            "INSERT INTO {db}.t ({IL_COLS}) SELECT {IL_COLS} FROM \
+             postgresql('{hostport}', '{pgdb}', 't', '{user}', '{pw}', '{schema}')"
+        ),
+    )
+    .await?;
+    let secs = start.elapsed().as_secs_f64();
+    check_count(&ch, db, rows).await?;
+    Ok(Load { secs, rows })
+}
+
+fn fmt_secs(s: f64) -> String {
+    if s < 10.0 {
+        format!("{s:.2} s")
+    } else {
+        format!("{s:.1} s")
+    }
+}
+
+fn load_result(l: &Load, mb: f64) -> String {
+    format!(
+        "{}  {} rows/s  {:.1} MB/s",
+        fmt_secs(l.secs),
+        fmt_rate(l.rate()),
+        mb / l.secs
+    )
+}
+
+fn load_row(section: &str, name: &str, baseline: bool, l: &Load, mb: f64, vs: String) -> Row {
+    row(section, name, baseline, load_result(l, mb), vs)
+        .val("secs", l.secs)
+        .val("rows", l.rows as f64)
+        .val("rows_per_s", l.rate())
+        .val("mb_per_s", mb / l.secs)
+}
+
+fn goal(ok: bool) -> &'static str {
+    if ok { "ok" } else { "MISSED" }
+}
+
+async fn initial_load(args: IlArgs) -> Res<()> {
+    let (pg_url, ch_url) = dev_env()?;
+    let rows = args
+        .rows
+        .unwrap_or(if args.quick { 200_000 } else { 2_000_000 });
+    if rows == 0 || args.parallelism.is_empty() || args.parallelism.contains(&0) {
+        return Err("--rows and every --parallelism must be > 0".into());
+    }
+    let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
+    std::fs::create_dir_all(&base)?;
+    let m = machine(&base);
+    let started = Instant::now();
+    progress(format!(
+        "initial-load of {rows} rows, parallelism {:?}, on {} cores",
+        args.parallelism, m.cores
+    ));
+
+    let pg = pg_connect(&pg_url).await?;
+    let ch = ch_client(&ch_url);
+    let schema = unique_name("bench_il");
+    make_source(&pg, &schema, rows).await?;
+    let rel_bytes = pg
+        .query_one(
+            &format!("SELECT pg_total_relation_size('{schema}.t')::bigint"),
+            &[],
+        )
+        .await?
+        .get::<_, i64>(0) as u64;
+    let rel_mb = rel_bytes as f64 / 1e6;
+    progress(format!("source {schema}.t: {rows} rows, {rel_mb:.1} MB"));
+
+    // (a) warm once (untimed), then measure.
+    copy_out_binary(&pg_url, &schema).await?;
+    let (a, copy_bytes) = copy_out_binary(&pg_url, &schema).await?;
+    progress(format!("(a) COPY binary: {:.2} s", a.secs));
+
+    let mut runs: Vec<(u32, Load)> = Vec::new();
+    let mut dbs = Vec::new();
+    for &par in &args.parallelism {
+        let r = pgpipe_load(&base, &pg_url, &ch_url, &schema, rows, par).await?;
+        progress(format!("pgpipe parallelism {par}: {:.2} s", r.load.secs));
+        runs.push((par, r.load));
+        dbs.push(r.db);
+    }
+
+    // (b) RowBinary file exported (untimed) from the first pgpipe load.
+    let tmp = tempdir_in(&base)?;
+    let file = tmp.path().join("t.rowbinary");
+    {
+        let mut cur = ch
+            .query(&format!("SELECT {IL_COLS} FROM {}.t", dbs[0]))
+            .fetch_bytes("RowBinary")?;
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&file)?);
+        while let Some(chunk) = cur.next().await? {
+            std::io::Write::write_all(&mut f, &chunk)?;
+        }
+        std::io::Write::flush(&mut f)?;
+    }
+    let rb_bytes = std::fs::metadata(&file)?.len();
+    let db_b = unique_name("bench_il_b");
+    like_pgpipe(&ch, &dbs[0], &db_b, "t").await?;
+    let b = post_rowbinary(&ch_url, &file, &db_b, rows).await?;
+    progress(format!("(b) RowBinary POST: {:.2} s", b.secs));
+
+    let db_c = unique_name("bench_il_c");
+    like_pgpipe(&ch, &dbs[0], &db_c, "t").await?;
+    let c = psql_curl(&pg_url, &ch_url, &schema, &db_c, rows).await?;
+    progress(format!("(c) psql | curl: {:.2} s", c.secs));
+
+    let db_d = unique_name("bench_il_d");
+    like_pgpipe(&ch, &dbs[0], &db_d, "t").await?;
+    let d = ch_pull(&pg_url, &ch_url, &schema, &db_d, rows).await?;
+    progress(format!("(d) postgresql(): {:.2} s", d.secs));
+
+    // Table.
+    let ab = a.secs.max(b.secs);
+    let mut out = Vec::new();
+    for (par, l) in &runs {
+        let vs = format!(
+            "{} of (d) [goal <=1: {}] | {} of max(a,b) [<=1.5: {}] | {} of (c) [<=0.33: {}]",
+            x(l.secs / d.secs),
+            goal(l.secs <= d.secs),
+            x(l.secs / ab),
+            goal(l.secs <= 1.5 * ab),
+            x(l.secs / c.secs),
+            goal(l.secs * 3.0 <= c.secs),
+        );
+        out.push(
+            load_row(
+                "1",
+                &format!("pgpipe snapshot, parallelism {par}"),
+                false,
+                l,
+                rel_mb,
+                vs,
+            )
+            .val("parallelism", f64::from(*par))
+            .val("vs_d", l.secs / d.secs)
+            .val("vs_max_ab", l.secs / ab)
+            .val("vs_c", l.secs / c.secs),
+        );
+    }
+    out.push(load_row(
+        "2",
+        "(a) source read: COPY binary to nowhere",
+        true,
+        &a,
+        rel_mb,
+        format!("{:.1} MB of COPY binary", copy_bytes as f64 / 1e6),
+    ));
+    out.push(load_row(
+        "2",
+        "(b) dest write: POST RowBinary file",
+        true,
+        &b,
+        rel_mb,
+        format!("{:.1} MB of RowBinary", rb_bytes as f64 / 1e6),
+    ));
+    out.push(load_row(
+        "2",
+        "(c) psql \\copy CSV | curl FORMAT CSV",
+        true,
+        &c,
+        rel_mb,
+        String::new(),
+    ));
+    out.push(load_row(
+        "2",
+        "(d) ClickHouse INSERT SELECT postgresql()",
+        true,
+        &d,
+        rel_mb,
+        String::new(),
+    ));
+
+    let total = started.elapsed();
+    let peak = rss_mb().1;
+    println!();
+    println!(
+        "pgpipe-bench initial-load{}  |  {}  |  {} cores ({})  |  mem {}  |  kernel {}",
+        if args.quick { " --quick" } else { "" },
+        m.date_utc,
+        m.cores,
+        m.cpu,
+        m.mem_total,
+        m.kernel
+    );
+    println!(
+        "source {schema}.t: {rows} rows (id bigint PK, numeric(12,2), text ~96 chars, timestamptz, jsonb, int); \
+         load average at start {}",
+        m.loadavg_at_start
+    );
+    println!(
+        "MB/s = pg_total_relation_size ({rel_mb:.1} MB, heap+toast+PK index) / time; \
+         COPY binary {:.1} MB, RowBinary {:.1} MB",
+        copy_bytes as f64 / 1e6,
+        rb_bytes as f64 / 1e6
+    );
+    println!(
+        "pgpipe: CreatePipe until GetPipe snapshot_done, rows_per_partition = rows/(2*parallelism); \
+         ratios are pgpipe time / baseline time"
+    );
+    print_grid(&out);
+    println!(
+        "total bench time {:.1} s, peak RSS {peak:.0} MB (includes the in-process server)",
+        total.as_secs_f64()
+    );
+
+    if let Some(path) = &args.json {
+        let doc = serde_json::json!({
+            "benchmark": "initial-load",
+            "quick": args.quick,
+            "machine": m,
+            "rows": rows,
+            "parallelism": args.parallelism,
+            "relation_bytes": rel_bytes,
+            "copy_binary_bytes": copy_bytes,
+            "rowbinary_bytes": rb_bytes,
+            "elapsed_s": total.as_secs_f64(),
+            "peak_rss_mb": peak,
+            "results": out,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")?;
+        progress(format!("JSON written to {}", path.display()));
+    }
+
+    // Clean up (best effort).
+    for db in dbs.iter().chain([&db_b, &db_c, &db_d]) {
+        let _ = ch_exec(&ch, &format!("DROP DATABASE IF EXISTS {db}")).await;
+    }
+    let _ = pg
+        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await;
+    Ok(())
 }
