@@ -54,6 +54,31 @@ pub(crate) fn is_reconnectable(status: &Status) -> bool {
     }
 }
 
+/// After a stream broke: the delay before reconnecting and the message that
+/// says so, or the error to end with (not reconnectable, or out of attempts).
+fn plan_reconnect(
+    failure: Status,
+    attempt: &mut u32,
+    cursor: Option<u64>,
+) -> Result<(Duration, String), CliError> {
+    if !is_reconnectable(&failure) {
+        return Err(failure.into());
+    }
+    if *attempt >= MAX_RECONNECTS {
+        return Err(gave_up(failure));
+    }
+    *attempt += 1;
+    let delay = backoff(*attempt);
+    let message = format!(
+        "stream interrupted ({}); reconnecting in {:.1}s after cursor {} (attempt {}/{MAX_RECONNECTS})",
+        CliError::from(failure),
+        delay.as_secs_f64(),
+        cursor.map_or_else(|| "-".to_owned(), |c| c.to_string()),
+        *attempt,
+    );
+    Ok((delay, message))
+}
+
 fn gave_up(failure: Status) -> CliError {
     CliError::Watch(format!(
         "gave up after {MAX_RECONNECTS} reconnection attempts: {}",
@@ -467,25 +492,9 @@ async fn follow_pipe_inner(
                 }
             }
         };
-        if !is_reconnectable(&failure) {
-            return Err(failure.into());
-        }
-        if attempt >= MAX_RECONNECTS {
-            return Err(gave_up(failure));
-        }
-        attempt += 1;
-        let delay = backoff(attempt);
-        warn(
-            view,
-            &format!(
-                "stream interrupted ({}); reconnecting in {:.1}s after cursor {} (attempt {attempt}/{MAX_RECONNECTS})",
-                CliError::from(failure),
-                delay.as_secs_f64(),
-                tracker
-                    .resume_cursor()
-                    .map_or_else(|| "-".to_owned(), |c| c.to_string()),
-            ),
-        );
+        let cursor = tracker.resume_cursor();
+        let (delay, message) = plan_reconnect(failure, &mut attempt, cursor)?;
+        warn(view, &message);
         tokio::time::sleep(delay).await;
     }
 }
@@ -558,20 +567,8 @@ pub(crate) async fn follow_events(
                 }
             }
         };
-        if !is_reconnectable(&failure) {
-            return Err(failure.into());
-        }
-        if attempt >= MAX_RECONNECTS {
-            return Err(gave_up(failure));
-        }
-        attempt += 1;
-        let delay = backoff(attempt);
-        eprintln!(
-            "stream interrupted ({}); reconnecting in {:.1}s after cursor {} (attempt {attempt}/{MAX_RECONNECTS})",
-            CliError::from(failure),
-            delay.as_secs_f64(),
-            last_seq.map_or_else(|| "-".to_owned(), |c| c.to_string()),
-        );
+        let (delay, message) = plan_reconnect(failure, &mut attempt, last_seq)?;
+        eprintln!("{message}");
         tokio::time::sleep(delay).await;
     }
 }
