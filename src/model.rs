@@ -108,6 +108,53 @@ pub enum Cell {
 
 pub type Row = Vec<Cell>;
 
+/// Many rows in two reused buffers (the snapshot's hot path: no allocation
+/// per row or per cell). Row `i`'s cells are
+/// `cells[i * ncols..(i + 1) * ncols]`, each a byte range of `data` holding
+/// the unescaped text value, or None for NULL.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RowBatch {
+    pub ncols: usize,
+    pub data: Vec<u8>,
+    pub cells: Vec<Option<(usize, usize)>>,
+}
+
+impl RowBatch {
+    pub fn new(ncols: usize) -> RowBatch {
+        RowBatch {
+            ncols,
+            ..RowBatch::default()
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.data.clear();
+        self.cells.clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.cells.len().checked_div(self.ncols).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.cells.is_empty()
+    }
+
+    /// Row `i`'s cells as text slices (None = NULL).
+    pub fn row(&self, i: usize) -> impl ExactSizeIterator<Item = Option<&[u8]>> + '_ {
+        self.cells[i * self.ncols..(i + 1) * self.ncols]
+            .iter()
+            .map(|c| c.map(|(s, e)| &self.data[s..e]))
+    }
+
+    /// Row `i` as owned cells.
+    pub fn to_row(&self, i: usize) -> Row {
+        self.row(i)
+            .map(|c| c.map_or(Cell::Null, |t| Cell::Text(t.to_vec())))
+            .collect()
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChangeKind {
     Insert,

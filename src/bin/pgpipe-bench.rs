@@ -50,6 +50,10 @@ enum Cmd {
     /// source-read, destination-write, psql|curl and postgresql() baselines
     /// measured in the same run. Needs the dev env (dev/env up).
     InitialLoad(IlArgs),
+    /// CDC under a steady write load at several rates: rows/s applied,
+    /// commit-to-visible latency, slot lag, against the raw decode limit
+    /// measured in the same run. Needs the dev env (dev/env up).
+    Cdc(CdcArgs),
     /// (internal) One replay measurement, printed as JSON.
     #[command(hide = true)]
     ReplayProbe {
@@ -169,6 +173,12 @@ fn main() -> Res<()> {
                 .build()?;
             rt.block_on(initial_load(args))
         }
+        Cmd::Cdc(args) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(cdc(args))
+        }
         Cmd::ReplayWrite {
             dir,
             events,
@@ -206,6 +216,148 @@ fn rss_mb() -> (f64, f64) {
             / 1024.0
     };
     (kb("VmRSS"), kb("VmHWM"))
+}
+
+/// CPU seconds (user + system) this process has used so far (Linux).
+fn cpu_secs() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields overall, in clock ticks (USER_HZ, 100 on Linux).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (tick(11) + tick(12)) / 100.0
+}
+
+/// Footprint of one scenario: peak RSS (reset at the start, Linux's
+/// clear_refs) and CPU seconds of this process, which hosts the service.
+struct Footprint<'p> {
+    peers: &'p Peers,
+    cpu0: CpuSplit,
+}
+
+impl Footprint<'_> {
+    fn start(peers: &Peers) -> Footprint<'_> {
+        // "5" resets the peak RSS (VmHWM) to the current RSS.
+        let _ = std::fs::write("/proc/self/clear_refs", "5");
+        Footprint {
+            peers,
+            cpu0: peers.now(),
+        }
+    }
+
+    /// (CPU seconds used by each side, peak RSS of this process in MB)
+    /// since start.
+    fn end(&self) -> (CpuSplit, f64) {
+        (self.peers.now() - self.cpu0, rss_mb().1)
+    }
+}
+
+/// (utime + stime, cutime + cstime) of a process, in seconds.
+fn proc_cpu(pid: u32) -> (f64, f64) {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return (0.0, 0.0);
+    };
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) / 100.0;
+    (t(11) + t(12), t(13) + t(14))
+}
+
+fn proc_ppid(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn all_pids() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The dev env's peers, to charge CPU time to each side: Postgres' postmaster
+/// (its children's time lands in its cutime when they exit) and the
+/// ClickHouse front's process.
+struct Peers {
+    postmaster: Option<u32>,
+    chfront: Option<u32>,
+}
+
+/// CPU seconds used so far by pgpipe (this process), Postgres and ClickHouse.
+#[derive(Debug, Clone, Copy, Default)]
+struct CpuSplit {
+    pgpipe: f64,
+    pg: f64,
+    ch: f64,
+}
+
+impl Peers {
+    async fn find(pg: &tokio_postgres::Client, ch_url: &str) -> Peers {
+        let backend = pg
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .ok()
+            .map(|r| r.get::<_, i32>(0) as u32);
+        let postmaster = backend.and_then(proc_ppid);
+        let port = url::Url::parse(ch_url).ok().and_then(|u| u.port());
+        let chfront = port.and_then(|port| {
+            all_pids().into_iter().find(|pid| {
+                let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+                args.iter().any(|a| a.ends_with(b"chfront.py"))
+                    && args
+                        .windows(2)
+                        .any(|w| w[0] == b"--port" && w[1] == port.to_string().as_bytes())
+            })
+        });
+        Peers {
+            postmaster,
+            chfront,
+        }
+    }
+
+    fn now(&self) -> CpuSplit {
+        let pg = self.postmaster.map_or(0.0, |pm| {
+            let (own, reaped) = proc_cpu(pm);
+            let live: f64 = all_pids()
+                .into_iter()
+                .filter(|p| proc_ppid(*p) == Some(pm))
+                .map(|p| proc_cpu(p).0)
+                .sum();
+            own + reaped + live
+        });
+        CpuSplit {
+            pgpipe: cpu_secs(),
+            pg,
+            ch: self.chfront.map_or(0.0, |p| proc_cpu(p).0),
+        }
+    }
+}
+
+impl std::ops::Sub for CpuSplit {
+    type Output = CpuSplit;
+    fn sub(self, o: CpuSplit) -> CpuSplit {
+        CpuSplit {
+            pgpipe: self.pgpipe - o.pgpipe,
+            pg: self.pg - o.pg,
+            ch: self.ch - o.ch,
+        }
+    }
+}
+
+impl CpuSplit {
+    fn show(&self) -> String {
+        format!(
+            "CPU s: pgpipe {:.2}, Postgres {:.2}, ClickHouse {:.2}",
+            self.pgpipe, self.pg, self.ch
+        )
+    }
 }
 
 fn tempdir_in(base: &Path) -> Res<tempfile::TempDir> {
@@ -1563,8 +1715,21 @@ async fn pg_connect(url: &str) -> Res<tokio_postgres::Client> {
     Ok(client)
 }
 
+/// Compressed like pgpipe's own client would be for this URL (LZ4 only
+/// across a network), so baseline (b) sends what pgpipe sends.
 fn ch_client(url: &str) -> clickhouse::Client {
-    clickhouse::Client::default().with_url(url)
+    let loopback = url::Url::parse(url).is_ok_and(|u| match u.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    });
+    let c = clickhouse::Client::default().with_url(url);
+    if loopback {
+        c.with_compression(clickhouse::Compression::None)
+    } else {
+        c
+    }
 }
 
 async fn ch_exec(ch: &clickhouse::Client, sql: &str) -> Res<()> {
@@ -1577,6 +1742,23 @@ async fn ch_count(ch: &clickhouse::Client, table: &str) -> Res<u64> {
         .query(&format!("SELECT toUInt64(count()) FROM {table}"))
         .fetch_one::<u64>()
         .await?)
+}
+
+/// Waits (up to a minute) until ClickHouse has no merge running, so that
+/// one measurement's background merges do not slow the next one down.
+async fn settle(ch: &clickhouse::Client) -> Res<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let running = ch
+            .query("SELECT toUInt64(count()) FROM system.merges")
+            .fetch_one::<u64>()
+            .await?;
+        if running == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
 }
 
 /// One timed load: seconds and rows.
@@ -1634,6 +1816,22 @@ async fn copy_out_binary(pg_url: &str, schema: &str) -> Res<(Load, u64)> {
 struct PipeRun {
     load: Load,
     db: String,
+    /// CPU seconds of each side; peak RSS (MB) of the process hosting the
+    /// service.
+    cpu: CpuSplit,
+    peak_mb: f64,
+    /// Each step's time, from the pipe's events.
+    steps: Vec<(&'static str, f64)>,
+    resync: Option<ResyncRun>,
+}
+
+/// A resync of the loaded pipe: total time and each step's share, from the
+/// new incarnation's events (their `at` times).
+struct ResyncRun {
+    secs: f64,
+    steps: Vec<(&'static str, f64)>,
+    cpu: CpuSplit,
+    peak_mb: f64,
 }
 
 /// One pgpipe initial load: in-process server (engine on), CreatePipe until
@@ -1646,6 +1844,8 @@ async fn pgpipe_load(
     schema: &str,
     rows: u64,
     par: u32,
+    resync: bool,
+    peers: &Peers,
 ) -> Res<PipeRun> {
     let srv = Server::start_with(base, true).await?;
     let mut c = PipeServiceClient::new(srv.channel().await?);
@@ -1674,6 +1874,7 @@ async fn pgpipe_load(
             cdc_sync_interval_ms: 100,
         }),
     };
+    let fp = Footprint::start(peers);
     let start = Instant::now();
     c.create_pipe(req).await?;
     let deadline = start + Duration::from_secs(3_600);
@@ -1701,10 +1902,22 @@ async fn pgpipe_load(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let secs = start.elapsed().as_secs_f64();
+    let (cpu, peak_mb) = fp.end();
     let got = ch_count(&ch_client(ch_url), &format!("{db}.t")).await?;
     if got != rows {
         return Err(format!("pipe {name}: ClickHouse has {got} rows, expected {rows}").into());
     }
+    let id = get_pipe(&mut c, &name).await?.id;
+    let steps = step_times(&mut c, &name, &id)
+        .await?
+        .into_iter()
+        .filter(|(s, _)| !s.starts_with("resume"))
+        .collect();
+    let resync = if resync {
+        Some(resync_run(&mut c, &name, ch_url, &db, rows, peers).await?)
+    } else {
+        None
+    };
     c.delete_pipe(pgpipe::proto::DeletePipeRequest {
         name: name.clone(),
         drop_destination_tables: false,
@@ -1731,6 +1944,121 @@ async fn pgpipe_load(
     Ok(PipeRun {
         load: Load { secs, rows: got },
         db,
+        cpu,
+        peak_mb,
+        steps,
+        resync,
+    })
+}
+
+async fn get_pipe(c: &mut Client, name: &str) -> Res<pgpipe::proto::Pipe> {
+    Ok(c.get_pipe(GetPipeRequest {
+        name: name.into(),
+        ..Default::default()
+    })
+    .await?
+    .into_inner()
+    .pipe
+    .ok_or("GetPipe returned no pipe")?)
+}
+
+/// Waits until `name` is RUNNING with CDC started (and, if `not_id` is set,
+/// is a different incarnation than `not_id`); returns its id.
+async fn wait_cdc(c: &mut Client, name: &str, not_id: Option<&str>) -> Res<String> {
+    let deadline = Instant::now() + Duration::from_secs(3_600);
+    loop {
+        let p = get_pipe(c, name).await?;
+        let st = pgpipe::proto::PipeStatus::try_from(p.status)
+            .unwrap_or(pgpipe::proto::PipeStatus::Unspecified);
+        if st == pgpipe::proto::PipeStatus::Failed {
+            return Err(format!("pipe {name} failed: {} ({})", p.error, p.failed_step).into());
+        }
+        if st == pgpipe::proto::PipeStatus::Running
+            && p.cdc_started
+            && not_id.is_none_or(|old| old != p.id)
+        {
+            return Ok(p.id);
+        }
+        if Instant::now() > deadline {
+            return Err(format!("pipe {name}: not running after an hour").into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// How long each step of incarnation `id` of `name` took, from its events'
+/// `at` times (each step ends with the event named).
+async fn step_times(c: &mut Client, name: &str, id: &str) -> Res<Vec<(&'static str, f64)>> {
+    let mut events = c
+        .watch_events(pgpipe::proto::WatchEventsRequest {
+            after_cursor: Some(0),
+            pipe_name: name.into(),
+        })
+        .await?
+        .into_inner();
+    let mut marks: Vec<(&'static str, f64)> = Vec::new();
+    while let Some(item) = events.message().await? {
+        use pgpipe::proto::watch_events_response::Item;
+        let e = match item.item {
+            Some(Item::Event(e)) => e,
+            _ => break, // caught up: the history is complete
+        };
+        if e.pipe_id != id {
+            continue;
+        }
+        let at =
+            e.at.map(|t| t.seconds as f64 + f64::from(t.nanos) / 1e9)
+                .unwrap_or(0.0);
+        let step = match e.payload {
+            Some(Payload::PipeCreated(_)) => "start",
+            Some(Payload::SetupCompleted(_)) => "setup (slot, snapshot export)",
+            Some(Payload::TablesPrepared(_)) => "create destination tables",
+            Some(Payload::SnapshotStarted(_)) => "plan partitions",
+            Some(Payload::SnapshotCompleted(_)) => "copy (the initial load proper)",
+            Some(Payload::SoftDeletesTransferred(_)) => "move soft deletes",
+            Some(Payload::TablesSwapped(_)) => "swap",
+            Some(Payload::CdcStarted(_)) => "resume CDC",
+            _ => continue,
+        };
+        marks.push((step, at));
+    }
+    Ok(marks
+        .windows(2)
+        .map(|w| (w[1].0, w[1].1 - w[0].1))
+        .collect())
+}
+
+/// ResyncPipe on a running pipe, until the new incarnation runs CDC; the
+/// step times come from its events.
+async fn resync_run(
+    c: &mut Client,
+    name: &str,
+    ch_url: &str,
+    db: &str,
+    rows: u64,
+    peers: &Peers,
+) -> Res<ResyncRun> {
+    let old = wait_cdc(c, name, None).await?;
+    let fp = Footprint::start(peers);
+    let start = Instant::now();
+    c.resync_pipe(pgpipe::proto::ResyncPipeRequest {
+        name: name.into(),
+        overrides: vec![],
+    })
+    .await?;
+    let new = wait_cdc(c, name, Some(&old)).await?;
+    let secs = start.elapsed().as_secs_f64();
+    let (cpu, peak_mb) = fp.end();
+    let got = ch_count(&ch_client(ch_url), &format!("{db}.t")).await?;
+    if got != rows {
+        return Err(format!("resync of {name}: ClickHouse has {got} rows, expected {rows}").into());
+    }
+    let steps = step_times(c, name, &new).await?;
+    Ok(ResyncRun {
+        secs,
+        steps,
+        cpu,
+        peak_mb,
     })
 }
 
@@ -1892,17 +2220,59 @@ async fn initial_load(args: IlArgs) -> Res<()> {
     let rel_mb = rel_bytes as f64 / 1e6;
     progress(format!("source {schema}.t: {rows} rows, {rel_mb:.1} MB"));
 
+    let peers = Peers::find(&pg, &ch_url).await;
+    let mut feet: Vec<(String, CpuSplit, f64, f64)> = Vec::new();
+    // A baseline's CPU split (no RSS: pgpipe is not running).
+    let base_cpu = |feet: &mut Vec<_>, name: &str, c0: CpuSplit, l: &Load| {
+        feet.push((name.to_string(), peers.now() - c0, f64::NAN, l.secs));
+    };
+
     // (a) warm once (untimed), then measure.
     copy_out_binary(&pg_url, &schema).await?;
+    settle(&ch).await?;
+    let c0 = peers.now();
     let (a, copy_bytes) = copy_out_binary(&pg_url, &schema).await?;
+    base_cpu(&mut feet, "(a) COPY binary", c0, &a);
     progress(format!("(a) COPY binary: {:.2} s", a.secs));
 
     let mut runs: Vec<(u32, Load)> = Vec::new();
+    let mut load_steps: Vec<Vec<(&'static str, f64)>> = Vec::new();
     let mut dbs = Vec::new();
-    for &par in &args.parallelism {
-        let r = pgpipe_load(&base, &pg_url, &ch_url, &schema, rows, par).await?;
+    let mut resync = None;
+    let last = args.parallelism.len() - 1;
+    for (i, &par) in args.parallelism.iter().enumerate() {
+        // The last (usually the widest) load is resynced too.
+        settle(&ch).await?;
+        let r = pgpipe_load(
+            &base,
+            &pg_url,
+            &ch_url,
+            &schema,
+            rows,
+            par,
+            i == last,
+            &peers,
+        )
+        .await?;
         progress(format!("pgpipe parallelism {par}: {:.2} s", r.load.secs));
+        feet.push((
+            format!("pgpipe initial load, parallelism {par}"),
+            r.cpu,
+            r.peak_mb,
+            r.load.secs,
+        ));
+        if let Some(rs) = r.resync {
+            progress(format!("pgpipe resync: {:.2} s", rs.secs));
+            feet.push((
+                format!("pgpipe resync, parallelism {par}"),
+                rs.cpu,
+                rs.peak_mb,
+                rs.secs,
+            ));
+            resync = Some((par, rs));
+        }
         runs.push((par, r.load));
+        load_steps.push(r.steps);
         dbs.push(r.db);
     }
 
@@ -1922,23 +2292,32 @@ async fn initial_load(args: IlArgs) -> Res<()> {
     let rb_bytes = std::fs::metadata(&file)?.len();
     let db_b = unique_name("bench_il_b");
     like_pgpipe(&ch, &dbs[0], &db_b, "t").await?;
+    settle(&ch).await?;
+    let c0 = peers.now();
     let b = post_rowbinary(&ch_url, &file, &db_b, rows).await?;
+    base_cpu(&mut feet, "(b) RowBinary POST", c0, &b);
     progress(format!("(b) RowBinary POST: {:.2} s", b.secs));
 
     let db_c = unique_name("bench_il_c");
     like_pgpipe(&ch, &dbs[0], &db_c, "t").await?;
+    settle(&ch).await?;
+    let c0 = peers.now();
     let c = psql_curl(&pg_url, &ch_url, &schema, &db_c, rows).await?;
+    base_cpu(&mut feet, "(c) psql | curl", c0, &c);
     progress(format!("(c) psql | curl: {:.2} s", c.secs));
 
     let db_d = unique_name("bench_il_d");
     like_pgpipe(&ch, &dbs[0], &db_d, "t").await?;
+    settle(&ch).await?;
+    let c0 = peers.now();
     let d = ch_pull(&pg_url, &ch_url, &schema, &db_d, rows).await?;
+    base_cpu(&mut feet, "(d) postgresql()", c0, &d);
     progress(format!("(d) postgresql(): {:.2} s", d.secs));
 
     // Table.
     let ab = a.secs.max(b.secs);
     let mut out = Vec::new();
-    for (par, l) in &runs {
+    for (i, (par, l)) in runs.iter().enumerate() {
         let vs = format!(
             "{} of (d) [goal <=1: {}] | {} of max(a,b) [<=1.5: {}] | {} of (c) [<=0.33: {}]",
             x(l.secs / d.secs),
@@ -1962,6 +2341,18 @@ async fn initial_load(args: IlArgs) -> Res<()> {
             .val("vs_max_ab", l.secs / ab)
             .val("vs_c", l.secs / c.secs),
         );
+        for (step, secs) in &load_steps[i] {
+            out.push(
+                row(
+                    "1",
+                    &format!("  step: {step}"),
+                    false,
+                    format!("{secs:.3} s"),
+                    format!("{:.1}% of the load", 100.0 * secs / l.secs),
+                )
+                .val("secs", *secs),
+            );
+        }
     }
     out.push(load_row(
         "2",
@@ -1995,6 +2386,64 @@ async fn initial_load(args: IlArgs) -> Res<()> {
         rel_mb,
         String::new(),
     ));
+    if let Some((par, rs)) = &resync {
+        let load = runs
+            .iter()
+            .find(|(p, _)| p == par)
+            .map_or(f64::NAN, |(_, l)| l.secs);
+        out.push(
+            row(
+                "3",
+                &format!("pgpipe resync (all steps), parallelism {par}"),
+                false,
+                format!("{:.2} s", rs.secs),
+                format!("{} of its initial load ({:.2} s)", x(rs.secs / load), load),
+            )
+            .val("secs", rs.secs)
+            .val("vs_initial_load", rs.secs / load),
+        );
+        for (step, secs) in &rs.steps {
+            out.push(
+                row(
+                    "3",
+                    &format!("  step: {step}"),
+                    false,
+                    format!("{:.3} s", secs),
+                    format!("{:.1}% of the resync", 100.0 * secs / rs.secs),
+                )
+                .val("secs", *secs),
+            );
+        }
+    }
+    let per_m = 1e6 / rows as f64;
+    for (what, cpu, peak, secs) in &feet {
+        out.push(
+            row(
+                "4",
+                &format!("footprint: {what}"),
+                !what.starts_with("pgpipe"),
+                if peak.is_nan() {
+                    format!("{:.2} s", secs)
+                } else {
+                    format!(
+                        "peak RSS {peak:.0} MB, {:.2} CPU s/M rows",
+                        cpu.pgpipe * per_m
+                    )
+                },
+                format!(
+                    "{}; {:.0}% of {} cores busy",
+                    cpu.show(),
+                    100.0 * (cpu.pgpipe + cpu.pg + cpu.ch) / (secs * m.cores as f64),
+                    m.cores
+                ),
+            )
+            .val("peak_rss_mb", *peak)
+            .val("cpu_pgpipe_s", cpu.pgpipe)
+            .val("cpu_postgres_s", cpu.pg)
+            .val("cpu_clickhouse_s", cpu.ch)
+            .val("pgpipe_cpu_s_per_million_rows", cpu.pgpipe * per_m),
+        );
+    }
 
     let total = started.elapsed();
     let peak = rss_mb().1;
@@ -2053,6 +2502,623 @@ async fn initial_load(args: IlArgs) -> Res<()> {
     }
     let _ = pg
         .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------- cdc
+
+#[derive(Args)]
+struct CdcArgs {
+    /// Offered write rates in changed rows per second, comma-separated; 0 =
+    /// as fast as the writers can go.
+    #[arg(long, value_delimiter = ',', default_value = "2000,10000,30000,0")]
+    rates: Vec<u64>,
+    /// Seconds of writes per rate.
+    #[arg(long, default_value_t = 10.0)]
+    secs: f64,
+    /// Concurrent writer connections.
+    #[arg(long, default_value_t = 4)]
+    writers: usize,
+    /// The pipe's cdc_sync_interval_ms.
+    #[arg(long, default_value_t = 200)]
+    sync_ms: u32,
+    /// Two rates (2000, unthrottled) of 3 s each.
+    #[arg(long)]
+    quick: bool,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Where the temporary data directory goes (default: the system temp dir).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+/// Rows changed per writer transaction: 6 inserted, 3 updated, 1 deleted.
+const CDC_TX_ROWS: u64 = 10;
+
+/// One writer: transactions of [`CDC_TX_ROWS`] changes at `rate` rows/s
+/// (0: unthrottled) until `stop`; returns the rows it changed.
+async fn cdc_writer(
+    pg_url: String,
+    schema: String,
+    rate: f64,
+    seed: u64,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> Res<u64> {
+    use std::sync::atomic::Ordering;
+    let pg = pg_connect(&pg_url).await?;
+    let mut rng = seed | 1;
+    let mut next = move || {
+        // xorshift: cheap, and good enough to spread ids.
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let max_id: i64 = pg
+        .query_one(&format!("SELECT coalesce(max(id), 1) FROM {schema}.t"), &[])
+        .await?
+        .get(0);
+    let mut changed = 0u64;
+    let start = Instant::now();
+    let mut txs = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        if rate > 0.0 {
+            let due = start + Duration::from_secs_f64(txs as f64 * CDC_TX_ROWS as f64 / rate);
+            tokio::time::sleep_until(due.into()).await;
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+        }
+        let pick = |r: u64| 1 + (r % max_id as u64) as i64;
+        let (u1, u2, u3, d) = (pick(next()), pick(next()), pick(next()), pick(next()));
+        let note = format!("w{seed}-{txs}");
+        let sql = format!(
+            "BEGIN;
+             INSERT INTO {schema}.t (v, note) SELECT g, '{note}' FROM generate_series(1, 6) g;
+             UPDATE {schema}.t SET v = v + 1, at = now() WHERE id IN ({u1}, {u2}, {u3});
+             DELETE FROM {schema}.t WHERE id = {d};
+             COMMIT;"
+        );
+        for m in pg.simple_query(&sql).await? {
+            if let tokio_postgres::SimpleQueryMessage::CommandComplete(n) = m {
+                changed += n;
+            }
+        }
+        txs += 1;
+    }
+    Ok(changed)
+}
+
+/// Inserts one probe row every 50 ms until `stop`; returns (id, commit time).
+async fn cdc_prober(
+    pg_url: String,
+    schema: String,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> Res<Vec<(i64, Instant)>> {
+    let pg = pg_connect(&pg_url).await?;
+    let mut sent = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        tick.tick().await;
+        let id: i64 = pg
+            .query_one(
+                &format!("INSERT INTO {schema}.probe DEFAULT VALUES RETURNING id"),
+                &[],
+            )
+            .await?
+            .get(0);
+        sent.push((id, Instant::now()));
+    }
+    Ok(sent)
+}
+
+/// Lag of `slot` in bytes (WAL written but not confirmed by pgpipe).
+async fn slot_lag(pg: &tokio_postgres::Client, slot: &str) -> Res<f64> {
+    let r = pg
+        .query_opt(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::float8
+             FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await?;
+    Ok(r.map_or(0.0, |r| r.get::<_, f64>(0)))
+}
+
+struct CdcRun {
+    offered: u64,
+    changed: u64,
+    write_secs: f64,
+    /// From the first write until the last probe was visible in ClickHouse.
+    applied_secs: f64,
+    latency: Lat,
+    max_lag: f64,
+    cpu: CpuSplit,
+    peak_mb: f64,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn cdc_rate(
+    pg_url: &str,
+    ch: &clickhouse::Client,
+    schema: &str,
+    db: &str,
+    slot: &str,
+    rate: u64,
+    args: &CdcArgs,
+    secs: f64,
+    peers: &Peers,
+) -> Res<CdcRun> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let pg = pg_connect(pg_url).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let fp = Footprint::start(peers);
+    let start = Instant::now();
+    let mut writers = Vec::new();
+    for w in 0..args.writers {
+        writers.push(tokio::spawn(cdc_writer(
+            pg_url.to_string(),
+            schema.to_string(),
+            rate as f64 / args.writers as f64,
+            (rate + 1) * 1000 + w as u64,
+            Arc::clone(&stop),
+        )));
+    }
+    let prober = tokio::spawn(cdc_prober(
+        pg_url.to_string(),
+        schema.to_string(),
+        Arc::clone(&stop),
+    ));
+    // Poll ClickHouse for probes; sample the slot lag.
+    let mut seen: Vec<(i64, Instant)> = Vec::new();
+    let mut max_lag = 0f64;
+    let mut last_lag = Instant::now();
+    let mut done_writing: Option<(f64, i64)> = None;
+    let mut changed = 0u64;
+    let deadline = start + Duration::from_secs_f64(secs + 120.0);
+    loop {
+        let top: i64 = ch
+            .query(&format!("SELECT toInt64(max(id)) FROM {db}.probe"))
+            .fetch_one::<i64>()
+            .await?;
+        let now = Instant::now();
+        if seen.last().is_none_or(|(id, _)| top > *id) {
+            seen.push((top, now));
+        }
+        if last_lag.elapsed() >= Duration::from_millis(250) {
+            max_lag = max_lag.max(slot_lag(&pg, slot).await?);
+            last_lag = now;
+        }
+        if done_writing.is_none() && start.elapsed().as_secs_f64() >= secs {
+            stop.store(true, Ordering::Relaxed);
+            for w in writers.drain(..) {
+                changed += w.await??;
+            }
+            // A probe committed after every write: when it is visible,
+            // everything before it is.
+            let last: i64 = pg
+                .query_one(
+                    &format!("INSERT INTO {schema}.probe DEFAULT VALUES RETURNING id"),
+                    &[],
+                )
+                .await?
+                .get(0);
+            done_writing = Some((start.elapsed().as_secs_f64(), last));
+        }
+        if let Some((_, last)) = done_writing
+            && top >= last
+        {
+            break;
+        }
+        if now > deadline {
+            return Err(
+                format!("CDC at {rate} rows/s: not caught up 2 minutes after the writes").into(),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let applied_secs = start.elapsed().as_secs_f64();
+    let (cpu, peak_mb) = fp.end();
+    let sent = prober.await??;
+    // Each probe's latency: first poll that saw its id (or a later one).
+    let mut lats = Vec::new();
+    let mut j = 0;
+    for (id, at) in &sent {
+        while j < seen.len() && seen[j].0 < *id {
+            j += 1;
+        }
+        if let Some((_, vis)) = seen.get(j) {
+            lats.push(vis.saturating_duration_since(*at));
+        }
+    }
+    Ok(CdcRun {
+        offered: rate,
+        changed,
+        write_secs: done_writing.map_or(secs, |(s, _)| s),
+        applied_secs,
+        latency: lat(lats),
+        max_lag,
+        cpu,
+        peak_mb,
+    })
+}
+
+/// The decode limit: the same changes read raw from a slot of its own with
+/// `pg_logical_slot_get_binary_changes` (pgoutput), in changes per second.
+async fn raw_decode(pg: &tokio_postgres::Client, slot: &str, publication: &str) -> Res<(f64, u64)> {
+    let start = Instant::now();
+    let msgs: i64 = pg
+        .query_one(
+            "SELECT count(*) FROM pg_logical_slot_get_binary_changes($1, NULL, NULL,
+                 'proto_version', '1', 'publication_names', $2)",
+            &[&slot, &publication],
+        )
+        .await?
+        .get(0);
+    Ok((start.elapsed().as_secs_f64(), msgs as u64))
+}
+
+/// pgpipe's CDC apply limit: a backlog written while the pipe is paused
+/// (unthrottled writers for `secs`), then drained after ResumePipe; the same
+/// changes are then decoded raw from a slot created just before them.
+/// Returns (changes, pgpipe drain secs, raw decode secs, pgoutput messages,
+/// CPU split and peak RSS of the drain).
+#[allow(clippy::too_many_arguments)]
+async fn cdc_backlog(
+    c: &mut Client,
+    name: &str,
+    pg_url: &str,
+    ch: &clickhouse::Client,
+    schema: &str,
+    db: &str,
+    writers: usize,
+    secs: f64,
+    peers: &Peers,
+) -> Res<(u64, f64, f64, u64, CpuSplit, f64)> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let pg = pg_connect(pg_url).await?;
+    toggle(c, name, true).await?;
+    loop {
+        let p = get_pipe(c, name).await?;
+        if p.status == pgpipe::proto::PipeStatus::Paused as i32 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let raw_slot = format!("{schema}_raw");
+    pg.execute(
+        "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+        &[&raw_slot],
+    )
+    .await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks: Vec<_> = (0..writers)
+        .map(|w| {
+            tokio::spawn(cdc_writer(
+                pg_url.to_string(),
+                schema.to_string(),
+                0.0,
+                7_000 + w as u64,
+                Arc::clone(&stop),
+            ))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut changed = 0;
+    for t in tasks {
+        changed += t.await??;
+    }
+    let last: i64 = pg
+        .query_one(
+            &format!("INSERT INTO {schema}.probe DEFAULT VALUES RETURNING id"),
+            &[],
+        )
+        .await?
+        .get(0);
+    settle(ch).await?;
+    let fp = Footprint::start(peers);
+    let start = Instant::now();
+    toggle(c, name, false).await?;
+    let deadline = start + Duration::from_secs(600);
+    loop {
+        let top: i64 = ch
+            .query(&format!("SELECT toInt64(max(id)) FROM {db}.probe"))
+            .fetch_one::<i64>()
+            .await?;
+        if top >= last {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err("CDC backlog not drained after 10 minutes".into());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let drain = start.elapsed().as_secs_f64();
+    let (cpu, peak) = fp.end();
+    let (raw_secs, msgs) = raw_decode(&pg, &raw_slot, &format!("{schema}_raw")).await?;
+    pg.execute("SELECT pg_drop_replication_slot($1)", &[&raw_slot])
+        .await?;
+    Ok((changed, drain, raw_secs, msgs, cpu, peak))
+}
+
+async fn cdc(args: CdcArgs) -> Res<()> {
+    let (pg_url, ch_url) = dev_env()?;
+    let rates = if args.quick {
+        vec![2000, 0]
+    } else {
+        args.rates.clone()
+    };
+    let secs = if args.quick { 3.0 } else { args.secs };
+    if rates.is_empty() || secs <= 0.0 || args.writers == 0 {
+        return Err("--rates, --secs and --writers must be set and positive".into());
+    }
+    let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
+    std::fs::create_dir_all(&base)?;
+    let m = machine(&base);
+    let started = Instant::now();
+    progress(format!(
+        "cdc: rates {rates:?} rows/s, {secs} s each, {} writers, on {} cores",
+        args.writers, m.cores
+    ));
+    let pg = pg_connect(&pg_url).await?;
+    let ch = ch_client(&ch_url);
+    let peers = Peers::find(&pg, &ch_url).await;
+    let schema = unique_name("bench_cdc");
+    pg.batch_execute(&format!(
+        "CREATE SCHEMA {schema};
+         CREATE TABLE {schema}.t (id bigserial PRIMARY KEY, v int NOT NULL, note text,
+             at timestamptz NOT NULL DEFAULT now());
+         INSERT INTO {schema}.t (v, note) SELECT g, md5(g::text) FROM generate_series(1, 100000) g;
+         CREATE TABLE {schema}.probe (id bigserial PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp());
+         CREATE PUBLICATION {schema}_raw FOR TABLE {schema}.t, {schema}.probe;"
+    ))
+    .await?;
+    let srv = Server::start_with(&base, true).await?;
+    let mut c = PipeServiceClient::new(srv.channel().await?);
+    let db = schema.clone();
+    let name = db.replace('_', "-");
+    let table = |t: &str| TableConfig {
+        source_table: format!("{schema}.{t}"),
+        ..Default::default()
+    };
+    c.create_pipe(CreatePipeRequest {
+        name: name.clone(),
+        source: Some(SourceConfig {
+            connection_string: pg_url.clone(),
+            password: String::new(),
+        }),
+        destination: Some(DestinationConfig {
+            url: ch_url.clone(),
+            database: db.clone(),
+            user: "default".into(),
+            password: String::new(),
+        }),
+        tables: vec![table("t"), table("probe")],
+        settings: Some(PipeSettings {
+            snapshot_parallelism: 2,
+            snapshot_rows_per_partition: 0,
+            cdc_batch_size: 10_000,
+            cdc_sync_interval_ms: args.sync_ms,
+        }),
+    })
+    .await?;
+    wait_cdc(&mut c, &name, None).await?;
+    let slot = get_pipe(&mut c, &name).await?.slot_name;
+    progress(format!("pipe {name} running CDC (slot {slot})"));
+
+    let mut runs = Vec::new();
+    for &rate in &rates {
+        settle(&ch).await?;
+        let r = cdc_rate(&pg_url, &ch, &schema, &db, &slot, rate, &args, secs, &peers).await?;
+        progress(format!(
+            "offered {}: {} rows changed in {:.1} s, applied by {:.1} s, latency {}",
+            if rate == 0 {
+                "max".to_string()
+            } else {
+                rate.to_string()
+            },
+            r.changed,
+            r.write_secs,
+            r.applied_secs,
+            r.latency.show()
+        ));
+        runs.push(r);
+    }
+    let (bl_rows, bl_drain, raw_secs, raw_msgs, bl_cpu, bl_peak) = cdc_backlog(
+        &mut c,
+        &name,
+        &pg_url,
+        &ch,
+        &schema,
+        &db,
+        args.writers,
+        secs,
+        &peers,
+    )
+    .await?;
+    progress(format!(
+        "backlog of {bl_rows} changes: pgpipe drained it in {bl_drain:.2} s, raw decode {raw_secs:.2} s"
+    ));
+
+    // Row-by-row sanity: live rows in ClickHouse equal the source's.
+    let pg_rows: i64 = pg
+        .query_one(&format!("SELECT count(*) FROM {schema}.t"), &[])
+        .await?
+        .get(0);
+    let ch_rows = ch
+        .query(&format!(
+            "SELECT toUInt64(count()) FROM {db}.t FINAL WHERE _pgpipe_is_deleted = 0"
+        ))
+        .fetch_one::<u64>()
+        .await?;
+    if ch_rows != pg_rows as u64 {
+        return Err(
+            format!("after CDC: ClickHouse has {ch_rows} live rows, Postgres {pg_rows}").into(),
+        );
+    }
+
+    let mut out = Vec::new();
+    let offered_name = |r: &CdcRun| {
+        if r.offered == 0 {
+            format!(
+                "max ({} rows/s achieved)",
+                fmt_rate(r.changed as f64 / r.write_secs)
+            )
+        } else {
+            format!("{} rows/s", fmt_rate(r.offered as f64))
+        }
+    };
+    for r in &runs {
+        let applied = r.changed as f64 / r.applied_secs;
+        let behind = r.applied_secs - r.write_secs;
+        out.push(
+            row(
+                "1",
+                &format!("pgpipe CDC, offered {}", offered_name(r)),
+                false,
+                format!(
+                    "{} rows/s applied; latency {}",
+                    fmt_rate(applied),
+                    r.latency.show()
+                ),
+                format!(
+                    "caught up {:.2} s after the writes ({}); slot lag max {:.1} MB",
+                    behind,
+                    if behind > 2.0 {
+                        "falling behind"
+                    } else {
+                        "keeping up"
+                    },
+                    r.max_lag / 1e6,
+                ),
+            )
+            .val("offered_rows_per_s", r.offered as f64)
+            .val("changed_rows", r.changed as f64)
+            .val("applied_rows_per_s", applied)
+            .val("caught_up_after_s", behind)
+            .val("max_slot_lag_bytes", r.max_lag)
+            .val("latency_p50_ms", ms(r.latency.p50))
+            .val("latency_p99_ms", ms(r.latency.p99))
+            .val("latency_max_ms", ms(r.latency.max))
+            .val("latency_samples", r.latency.n as f64)
+            .val("peak_rss_mb", r.peak_mb),
+        );
+    }
+    let drain_rate = bl_rows as f64 / bl_drain;
+    let raw_rate = bl_rows as f64 / raw_secs;
+    out.push(
+        row(
+            "2",
+            "pgpipe CDC apply limit: drain a paused pipe's backlog",
+            false,
+            format!(
+                "{} rows/s ({bl_rows} changes in {bl_drain:.2} s)",
+                fmt_rate(drain_rate)
+            ),
+            format!("{} of the decode limit's time", x(bl_drain / raw_secs)),
+        )
+        .val("rows_per_s", drain_rate)
+        .val("secs", bl_drain)
+        .val("vs_decode_limit", bl_drain / raw_secs),
+    );
+    out.push(
+        row(
+            "2",
+            "(decode limit) pg_logical_slot_get_binary_changes, same backlog",
+            true,
+            format!("{} rows/s ({raw_secs:.2} s)", fmt_rate(raw_rate)),
+            format!("{raw_msgs} pgoutput messages, counted server-side"),
+        )
+        .val("rows_per_s", raw_rate)
+        .val("secs", raw_secs),
+    );
+    let mut feet: Vec<(String, CpuSplit, f64, u64)> = runs
+        .iter()
+        .map(|r| {
+            (
+                format!("CDC at {}", offered_name(r)),
+                r.cpu,
+                r.peak_mb,
+                r.changed,
+            )
+        })
+        .collect();
+    feet.push(("backlog drain".into(), bl_cpu, bl_peak, bl_rows));
+    for (what, cpu, peak, n) in &feet {
+        let per_m = 1e6 / (*n).max(1) as f64;
+        out.push(
+            row(
+                "3",
+                &format!("footprint: {what}"),
+                false,
+                format!(
+                    "peak RSS {peak:.0} MB, {:.2} CPU s/M rows",
+                    cpu.pgpipe * per_m
+                ),
+                cpu.show(),
+            )
+            .val("peak_rss_mb", *peak)
+            .val("pgpipe_cpu_s_per_million_rows", cpu.pgpipe * per_m),
+        );
+    }
+
+    let total = started.elapsed();
+    let peak = rss_mb().1;
+    println!();
+    println!(
+        "pgpipe-bench cdc{}  |  {}  |  {} cores ({})  |  mem {}  |  kernel {}",
+        if args.quick { " --quick" } else { "" },
+        m.date_utc,
+        m.cores,
+        m.cpu,
+        m.mem_total,
+        m.kernel
+    );
+    println!(
+        "{} writers, transactions of 6 inserts + 3 updates + 1 delete, {secs} s per rate; \
+         cdc_sync_interval_ms {}; latency = probe row commit in Postgres -> visible in ClickHouse (10 ms polls)",
+        args.writers, args.sync_ms
+    );
+    print_grid(&out);
+    println!(
+        "total bench time {:.1} s, peak RSS {peak:.0} MB (includes the in-process server)",
+        total.as_secs_f64()
+    );
+    if let Some(path) = &args.json {
+        let doc = serde_json::json!({
+            "benchmark": "cdc",
+            "quick": args.quick,
+            "machine": m,
+            "rates": rates,
+            "secs": secs,
+            "writers": args.writers,
+            "sync_ms": args.sync_ms,
+            "elapsed_s": total.as_secs_f64(),
+            "results": out,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")?;
+        progress(format!("JSON written to {}", path.display()));
+    }
+
+    c.delete_pipe(pgpipe::proto::DeletePipeRequest {
+        name: name.clone(),
+        drop_destination_tables: true,
+    })
+    .await?;
+    for _ in 0..200 {
+        match get_pipe(&mut c, &name).await {
+            Ok(p) if !p.source_released => tokio::time::sleep(Duration::from_millis(50)).await,
+            _ => break,
+        }
+    }
+    srv.stop().await?;
+    let _ = ch_exec(&ch, &format!("DROP DATABASE IF EXISTS {db}")).await;
+    let _ = pg
+        .batch_execute(&format!(
+            "DROP PUBLICATION IF EXISTS {schema}_raw; DROP SCHEMA {schema} CASCADE"
+        ))
         .await;
     Ok(())
 }

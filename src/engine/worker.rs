@@ -38,7 +38,7 @@ use tracing::Instrument;
 use crate::commands::Core;
 use crate::domain::validate;
 use crate::failpoint;
-use crate::model::{Cell, ChangeKind, Lsn, Row, SourceTable, TxItem};
+use crate::model::{Cell, ChangeKind, Lsn, Row, RowBatch, SourceTable, TxItem};
 use crate::proto::event::Payload;
 use crate::proto::*;
 use crate::sink::{ChSink, CreateMode, SinkError};
@@ -417,16 +417,16 @@ impl Worker {
                 async move {
                     let mut worker =
                         SnapshotWorker::begin(&conn, password.as_deref(), &name).await?;
+                    // One batch buffer per worker, reused for every batch.
+                    let mut batch = RowBatch::default();
                     loop {
                         let Some((prep, table, part)) = queue.lock().await.pop() else {
                             break;
                         };
                         let mut writer = ch.writer(&prep.load_table, &table).await?;
                         let mut copy = worker.copy_partition(&table, &part).await?;
-                        while let Some(batch) = copy.next_batch().await? {
-                            for row in &batch {
-                                writer.write(row, version, false).await?;
-                            }
+                        while copy.next_rows(&mut batch).await? {
+                            writer.write_rows(&batch, version).await?;
                             progress.add_rows(&prep.source_table, batch.len() as u64);
                         }
                         drop(copy);

@@ -46,26 +46,57 @@ fn as_str(t: &[u8]) -> R<&str> {
 /// Encodes one cell of a column whose ClickHouse type is `kind` made
 /// nullable or not.
 pub(crate) fn encode_cell(kind: &Kind, nullable: bool, cell: &Cell, out: &mut Vec<u8>) -> R<()> {
+    encode_ref(kind, nullable, cell.into(), out)
+}
+
+/// A cell by reference: owned [`Cell`]s and the snapshot's [`RowBatch`]
+/// cells encode through the same code.
+///
+/// [`RowBatch`]: crate::model::RowBatch
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum CellRef<'a> {
+    Null,
+    Text(&'a [u8]),
+    UnchangedToast,
+}
+
+impl<'a> From<&'a Cell> for CellRef<'a> {
+    fn from(c: &'a Cell) -> Self {
+        match c {
+            Cell::Null => CellRef::Null,
+            Cell::Text(t) => CellRef::Text(t),
+            Cell::UnchangedToast => CellRef::UnchangedToast,
+        }
+    }
+}
+
+impl<'a> From<Option<&'a [u8]>> for CellRef<'a> {
+    fn from(c: Option<&'a [u8]>) -> Self {
+        c.map_or(CellRef::Null, CellRef::Text)
+    }
+}
+
+pub(crate) fn encode_ref(kind: &Kind, nullable: bool, cell: CellRef, out: &mut Vec<u8>) -> R<()> {
     match cell {
-        Cell::Text(t) => {
+        CellRef::Text(t) => {
             if nullable {
                 out.push(0);
             }
             encode_value(kind, t, out)
         }
-        Cell::Null if nullable => {
+        CellRef::Null if nullable => {
             out.push(1);
             Ok(())
         }
         // No Nullable(Array): NULL is stored as [] (documented).
-        Cell::Null if matches!(kind, Kind::Array(_)) => {
+        CellRef::Null if matches!(kind, Kind::Array(_)) => {
             out.push(0);
             Ok(())
         }
-        Cell::Null => Err("NULL in a column that is not Nullable in ClickHouse \
+        CellRef::Null => Err("NULL in a column that is not Nullable in ClickHouse \
              (the source column allows NULL now: ALTER the destination column to Nullable or resync)"
             .into()),
-        Cell::UnchangedToast => Err("unchanged TOAST value was not filled in \
+        CellRef::UnchangedToast => Err("unchanged TOAST value was not filled in \
              (call ChSink::fill_unchanged before writing CDC updates)"
             .into()),
     }

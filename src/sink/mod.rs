@@ -96,6 +96,37 @@ impl ColumnPlan {
     }
 }
 
+/// LZ4 saves bandwidth at a CPU cost on both ends: worth it across a
+/// network, pure cost on loopback. `?compression=lz4|none` in the URL
+/// overrides the choice by host.
+fn compression_for(url: &url::Url) -> Result<clickhouse::Compression, String> {
+    let asked = url
+        .query_pairs()
+        .find(|(k, _)| k == "compression")
+        .map(|(_, v)| v.to_ascii_lowercase());
+    match asked.as_deref() {
+        Some("lz4") => Ok(clickhouse::Compression::Lz4),
+        Some("none") => Ok(clickhouse::Compression::None),
+        Some(other) => Err(format!(
+            "compression={other} is not supported: use compression=lz4 or compression=none"
+        )),
+        None => Ok(if is_loopback(url) {
+            clickhouse::Compression::None
+        } else {
+            clickhouse::Compression::Lz4
+        }),
+    }
+}
+
+fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
 impl ChSink {
     /// Prepares a client for `database` on the server at `url`
     /// (`http://host:8123`). Does no I/O: call [`ChSink::ping`] to check the
@@ -148,7 +179,22 @@ impl ChSink {
                 "the ClickHouse user name is empty".into(),
             ));
         }
-        let mut client = Client::default().with_url(url).with_user(user);
+        let compression = compression_for(&parsed).map_err(|r| invalid(&r))?;
+        // The client gets the URL without our own parameter.
+        let mut base = parsed.clone();
+        let rest: Vec<(String, String)> = parsed
+            .query_pairs()
+            .filter(|(k, _)| k != "compression")
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        base.set_query(None);
+        if !rest.is_empty() {
+            base.query_pairs_mut().extend_pairs(rest);
+        }
+        let mut client = Client::default()
+            .with_url(base.as_str())
+            .with_user(user)
+            .with_compression(compression);
         if let Some(p) = password {
             client = client.with_password(p);
         }
@@ -333,4 +379,48 @@ fn plan_columns(
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clickhouse::Compression;
+
+    fn comp(url: &str) -> Result<Compression, String> {
+        compression_for(&url::Url::parse(url).unwrap())
+    }
+
+    #[test]
+    fn loopback_destinations_are_not_compressed() {
+        for u in [
+            "http://127.0.0.1:8123",
+            "http://localhost:8123",
+            "http://[::1]:8123",
+        ] {
+            assert!(matches!(comp(u), Ok(Compression::None)), "{u}");
+        }
+    }
+
+    #[test]
+    fn remote_destinations_use_lz4() {
+        assert!(matches!(
+            comp("http://ch.example.com:8123"),
+            Ok(Compression::Lz4)
+        ));
+        assert!(matches!(comp("http://10.1.2.3:8123"), Ok(Compression::Lz4)));
+    }
+
+    #[test]
+    fn the_url_parameter_overrides_the_choice() {
+        assert!(matches!(
+            comp("http://127.0.0.1:8123/?compression=lz4"),
+            Ok(Compression::Lz4)
+        ));
+        assert!(matches!(
+            comp("http://ch.example.com/?compression=none"),
+            Ok(Compression::None)
+        ));
+        let err = comp("http://ch.example.com/?compression=zstd").unwrap_err();
+        assert!(err.contains("compression=lz4 or compression=none"), "{err}");
+    }
 }

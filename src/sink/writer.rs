@@ -5,10 +5,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clickhouse::insert_formatted::BufInsertFormatted;
 
-use super::codec::{encode_cell, encode_default};
+use super::codec::{CellRef, encode_default, encode_ref};
 use super::ident::quote_ident;
 use super::{ChSink, ColumnPlan, METADATA_COLUMNS, SinkError};
-use crate::model::{Cell, Row, SourceTable};
+use crate::model::{Cell, Row, RowBatch, SourceTable};
 
 /// Tuning of a [`TableWriter`].
 #[derive(Debug, Clone)]
@@ -145,7 +145,12 @@ impl TableWriter {
         is_deleted: bool,
     ) -> Result<(), SinkError> {
         self.check_alive()?;
-        self.encode(row, version, is_deleted, now_micros())?;
+        self.encode(
+            row.iter().map(CellRef::from),
+            version,
+            is_deleted,
+            now_micros(),
+        )?;
         self.push().await
     }
 
@@ -154,7 +159,24 @@ impl TableWriter {
         self.check_alive()?;
         let synced_at = now_micros();
         for (row, version, is_deleted) in batch {
-            self.encode(row, *version, *is_deleted, synced_at)?;
+            self.encode(
+                row.iter().map(CellRef::from),
+                *version,
+                *is_deleted,
+                synced_at,
+            )?;
+            self.push().await?;
+        }
+        Ok(())
+    }
+
+    /// Writes every row of `batch` (a snapshot's rows: not deleted) at
+    /// `version`, encoding straight from the batch's buffers.
+    pub async fn write_rows(&mut self, batch: &RowBatch, version: u64) -> Result<(), SinkError> {
+        self.check_alive()?;
+        let synced_at = now_micros();
+        for i in 0..batch.len() {
+            self.encode(batch.row(i).map(CellRef::from), version, false, synced_at)?;
             self.push().await?;
         }
         Ok(())
@@ -205,9 +227,9 @@ impl TableWriter {
         e
     }
 
-    fn encode(
+    fn encode<'c>(
         &mut self,
-        row: &[Cell],
+        row: impl ExactSizeIterator<Item = CellRef<'c>>,
         version: u64,
         is_deleted: bool,
         synced_at: i64,
@@ -220,12 +242,12 @@ impl TableWriter {
             });
         }
         self.row.clear();
-        for (cell, col) in row.iter().zip(self.columns.iter()) {
-            if is_deleted && !col.nullable && *cell == Cell::Null {
+        for (cell, col) in row.zip(self.columns.iter()) {
+            if is_deleted && !col.nullable && matches!(cell, CellRef::Null) {
                 encode_default(&col.kind, &mut self.row);
                 continue;
             }
-            encode_cell(&col.kind, col.nullable, cell, &mut self.row).map_err(|message| {
+            encode_ref(&col.kind, col.nullable, cell, &mut self.row).map_err(|message| {
                 SinkError::Value {
                     table: self.table.clone(),
                     column: col.name.clone(),

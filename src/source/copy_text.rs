@@ -6,7 +6,7 @@
 
 use memchr::{memchr, memchr2};
 
-use crate::model::{Cell, Row};
+use crate::model::{Row, RowBatch};
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum CopyFormatError {
@@ -16,41 +16,9 @@ pub enum CopyFormatError {
 
 /// Decodes one row (without its trailing `\n`) of `ncols` fields.
 pub fn decode_copy_line(line: &[u8], ncols: usize) -> Result<Row, CopyFormatError> {
-    let mut row = Vec::with_capacity(ncols);
-    if ncols == 0 && line.is_empty() {
-        return Ok(row);
-    }
-    let mut start = 0;
-    let mut pos = 0;
-    let mut escaped = false;
-    loop {
-        match memchr2(b'\t', b'\\', &line[pos..]) {
-            Some(off) => {
-                let p = pos + off;
-                if line[p] == b'\\' {
-                    escaped = true;
-                    // The escaped byte is data, even if it is a tab.
-                    pos = (p + 2).min(line.len());
-                } else {
-                    row.push(field(&line[start..p], escaped));
-                    start = p + 1;
-                    pos = start;
-                    escaped = false;
-                }
-            }
-            None => {
-                row.push(field(&line[start..], escaped));
-                break;
-            }
-        }
-    }
-    if row.len() != ncols {
-        return Err(CopyFormatError::FieldCount {
-            expected: ncols,
-            found: row.len(),
-        });
-    }
-    Ok(row)
+    let mut batch = RowBatch::new(ncols);
+    decode_line_into(line, &mut batch)?;
+    Ok(batch.to_row(0))
 }
 
 /// Decodes every complete row (ending in `\n`) of `buf` into `out` and
@@ -62,30 +30,86 @@ pub fn decode_copy_lines(
     ncols: usize,
     out: &mut Vec<Row>,
 ) -> Result<usize, CopyFormatError> {
+    let mut batch = RowBatch::new(ncols);
+    let used = decode_copy_lines_into(buf, &mut batch);
+    out.extend((0..batch.len()).map(|i| batch.to_row(i)));
+    used
+}
+
+/// [`decode_copy_lines`] into a [`RowBatch`]: no allocation per row or cell
+/// once the batch's buffers have grown. Returns the bytes consumed; on an
+/// error the batch holds only whole rows.
+pub fn decode_copy_lines_into(buf: &[u8], batch: &mut RowBatch) -> Result<usize, CopyFormatError> {
     let mut start = 0;
     while let Some(off) = memchr(b'\n', &buf[start..]) {
         let line = &buf[start..start + off];
         if line != b"\\." {
-            out.push(decode_copy_line(line, ncols)?);
+            decode_line_into(line, batch)?;
         }
         start += off + 1;
     }
     Ok(start)
 }
 
-#[inline]
-fn field(f: &[u8], escaped: bool) -> Cell {
-    if !escaped {
-        Cell::Text(f.to_vec())
-    } else if f == b"\\N" {
-        Cell::Null
-    } else {
-        Cell::Text(unescape(f))
+fn decode_line_into(line: &[u8], batch: &mut RowBatch) -> Result<(), CopyFormatError> {
+    let ncols = batch.ncols;
+    let first = batch.cells.len();
+    let data_len = batch.data.len();
+    let mut found = 0usize;
+    let mut push = |f: &[u8], escaped: bool, batch: &mut RowBatch| {
+        found += 1;
+        if found > ncols {
+            return;
+        }
+        if escaped && f == b"\\N" {
+            batch.cells.push(None);
+            return;
+        }
+        let s = batch.data.len();
+        if escaped {
+            unescape_into(f, &mut batch.data);
+        } else {
+            batch.data.extend_from_slice(f);
+        }
+        batch.cells.push(Some((s, batch.data.len())));
+    };
+    if !(ncols == 0 && line.is_empty()) {
+        let mut start = 0;
+        let mut pos = 0;
+        let mut escaped = false;
+        loop {
+            match memchr2(b'\t', b'\\', &line[pos..]) {
+                Some(off) => {
+                    let p = pos + off;
+                    if line[p] == b'\\' {
+                        escaped = true;
+                        pos = (p + 2).min(line.len());
+                    } else {
+                        push(&line[start..p], escaped, batch);
+                        start = p + 1;
+                        pos = start;
+                        escaped = false;
+                    }
+                }
+                None => {
+                    push(&line[start..], escaped, batch);
+                    break;
+                }
+            }
+        }
     }
+    if found != ncols {
+        batch.cells.truncate(first);
+        batch.data.truncate(data_len);
+        return Err(CopyFormatError::FieldCount {
+            expected: ncols,
+            found,
+        });
+    }
+    Ok(())
 }
 
-fn unescape(f: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(f.len());
+fn unescape_into(f: &[u8], out: &mut Vec<u8>) {
     let mut i = 0;
     while i < f.len() {
         let Some(off) = memchr(b'\\', &f[i..]) else {
@@ -142,12 +166,12 @@ fn unescape(f: &[u8]) -> Vec<u8> {
             other => out.push(other),
         }
     }
-    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Cell;
 
     fn t(s: &[u8]) -> Cell {
         Cell::Text(s.to_vec())

@@ -57,7 +57,7 @@ mod snapshot;
 
 pub use cdc::{advance_slot, read_changes};
 pub use connect::{ServerInfo, check_server, connect};
-pub use copy_text::{CopyFormatError, decode_copy_line, decode_copy_lines};
+pub use copy_text::{CopyFormatError, decode_copy_line, decode_copy_lines, decode_copy_lines_into};
 pub use schema::describe_tables;
 pub use slot::{
     SlotInfo, create_slot, current_wal_lsn, drop_publication, drop_slot, ensure_publication,

@@ -6,9 +6,9 @@ use std::pin::Pin;
 use futures::StreamExt;
 use tokio_postgres::{Client, CopyOutStream};
 
-use super::copy_text::{decode_copy_line, decode_copy_lines};
+use super::copy_text::decode_copy_lines_into;
 use super::{SourceError, connect, quote_ident, quote_literal};
-use crate::model::{Row, SourceTable};
+use crate::model::{Row, RowBatch, SourceTable};
 
 /// Holds the coordinator transaction whose snapshot the workers import.
 /// Keep it until every [`SnapshotWorker`] has begun (importing needs the
@@ -259,42 +259,48 @@ impl PartitionCopy<'_> {
 
     /// The next batch of rows, or None when the partition is done.
     pub async fn next_batch(&mut self) -> Result<Option<Vec<Row>>, SourceError> {
-        if self.done {
+        let mut batch = RowBatch::new(self.ncols);
+        if !self.next_rows(&mut batch).await? {
             return Ok(None);
         }
-        let mut batch: Vec<Row> = Vec::with_capacity(self.batch_rows.min(65_536));
-        let mut bytes = 0usize;
-        while batch.len() < self.batch_rows && bytes < self.batch_bytes {
+        Ok(Some((0..batch.len()).map(|i| batch.to_row(i)).collect()))
+    }
+
+    /// Replaces `batch`'s rows with the next batch (reusing its buffers);
+    /// false when the partition is done.
+    pub async fn next_rows(&mut self, batch: &mut RowBatch) -> Result<bool, SourceError> {
+        batch.clear();
+        batch.ncols = self.ncols;
+        if self.done {
+            return Ok(false);
+        }
+        while batch.len() < self.batch_rows && batch.data.len() < self.batch_bytes {
             let Some(chunk) = self.stream.next().await else {
                 self.done = true;
                 if !self.pending.is_empty() {
                     // Unterminated last row (the server always ends rows
                     // with a newline, but be lenient).
-                    let line = std::mem::take(&mut self.pending);
-                    batch.push(decode_copy_line(&line, self.ncols).map_err(|e| self.format(e))?);
+                    self.pending.push(b'\n');
+                    let pending = std::mem::take(&mut self.pending);
+                    decode_copy_lines_into(&pending, batch).map_err(|e| self.format(e))?;
                 }
                 break;
             };
             let chunk =
                 chunk.map_err(|e| SourceError::query(format!("copying {}", self.table), &e))?;
-            bytes += chunk.len();
             if self.pending.is_empty() {
                 // Fast path: Postgres sends one row per CopyData message.
-                let used = decode_copy_lines(&chunk, self.ncols, &mut batch)
-                    .map_err(|e| self.format(e))?;
+                let used = decode_copy_lines_into(&chunk, batch).map_err(|e| self.format(e))?;
                 self.pending.extend_from_slice(&chunk[used..]);
             } else {
                 self.pending.extend_from_slice(&chunk);
-                let used = decode_copy_lines(&self.pending, self.ncols, &mut batch)
-                    .map_err(|e| self.format(e))?;
+                let used =
+                    decode_copy_lines_into(&self.pending, batch).map_err(|e| self.format(e))?;
                 self.pending.drain(..used);
             }
         }
         self.rows += batch.len() as u64;
-        if batch.is_empty() && self.done {
-            return Ok(None);
-        }
-        Ok(Some(batch))
+        Ok(!(batch.is_empty() && self.done))
     }
 
     fn format(&self, e: super::CopyFormatError) -> SourceError {
