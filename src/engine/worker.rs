@@ -258,6 +258,11 @@ impl Worker {
         if !pipe.resync_of.is_empty() && !pipe.swapped {
             self.step = "swap";
             pipe = self.swap(&ends, &pipe).await?;
+        } else if !pipe.resync_of.is_empty() && !pipe.cdc_started {
+            // A crash came after the swap was recorded but maybe before the
+            // old data was dropped.
+            self.step = "swap";
+            drop_old_data(&ends, &pipe).await?;
         }
         self.step = "cdc";
         if !pipe.cdc_started {
@@ -531,11 +536,8 @@ impl Worker {
                 destination_tables: names,
             })])
             .await?;
-        // The old data now sits under `_resync`; the swap is recorded, so it
-        // is dropped (a later resync would replace it anyway).
-        for prep in &pipe.prepared {
-            ends.ch.drop_table_if_exists(&prep.load_table).await?;
-        }
+        failpoint::hit("swap.before_drop").await;
+        drop_old_data(ends, &pipe).await?;
         Ok(pipe)
     }
 
@@ -772,6 +774,16 @@ async fn write_rows(
         writer.write(&cells[i], version, deleted).await?;
     }
     writer.end().await?;
+    Ok(())
+}
+
+/// Drops a swapped resync's old data, which now sits under `_resync`. Only
+/// once the swap is recorded: before that the `_resync` tables may be the
+/// new load.
+async fn drop_old_data(ends: &Ends, pipe: &Pipe) -> Result<()> {
+    for prep in &pipe.prepared {
+        ends.ch.drop_table_if_exists(&prep.load_table).await?;
+    }
     Ok(())
 }
 
