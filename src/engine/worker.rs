@@ -148,12 +148,27 @@ impl Worker {
             .ok_or(EngineError::Stopped)
     }
 
+    /// The incarnation and its stream's version, read together: checks made
+    /// on this state hold for an append at this version, since the append
+    /// fails if anything (e.g. a deletion) was recorded in between. Read
+    /// apart, a deletion could slip between the check and the version read
+    /// and the append would land after it.
+    fn pipe_at_version(&self) -> Result<(Pipe, u64)> {
+        self.core
+            .read(|pr| {
+                pr.by_id(&self.id)
+                    .cloned()
+                    .map(|p| (p, pr.stream_version(&self.name)))
+            })
+            .ok_or(EngineError::Stopped)
+    }
+
     /// Appends facts about this incarnation, unless it stopped being active
     /// (then `Stopped`). Re-reads the stream version on a conflict: facts do
     /// not depend on what other commands did meanwhile.
     async fn record(&self, payloads: Vec<Payload>) -> Result<Pipe> {
         loop {
-            let p = self.pipe()?;
+            let (p, version) = self.pipe_at_version()?;
             let current = self
                 .core
                 .read(|pr| pr.by_name(&self.name).map(|c| c.id.clone()));
@@ -171,7 +186,6 @@ impl Worker {
                 .cloned()
                 .map(|pl| new_event(&self.id, pl))
                 .collect();
-            let version = self.core.read(|pr| pr.stream_version(&self.name));
             match self.core.log.append(&self.name, version, events).await {
                 Ok(_) => return self.pipe(),
                 Err(LogError::VersionConflict { .. }) => continue,
@@ -185,7 +199,7 @@ impl Worker {
             return Ok(());
         }
         self.failing = retrying.then(|| step.to_owned());
-        let p = self.pipe()?;
+        let (p, version) = self.pipe_at_version()?;
         if p.status() == PipeStatus::Deleted {
             return Err(EngineError::Stopped);
         }
@@ -197,7 +211,6 @@ impl Worker {
                 retrying,
             }),
         );
-        let version = self.core.read(|pr| pr.stream_version(&self.name));
         self.core
             .log
             .append(&self.name, version, vec![event])
@@ -848,5 +861,91 @@ impl Progress {
             _ => String::new(),
         });
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A deletion racing with the worker's appends: nothing of the
+    /// incarnation may be recorded after its `PipeDeleted`. (Before the fix
+    /// the status check and the stream version were read apart, and an
+    /// append could land right after the deletion.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn nothing_is_recorded_after_the_incarnation_is_deleted() {
+        const ROUNDS: u64 = 150;
+        const RECORDERS: usize = 8;
+        let dir = tempfile::tempdir().unwrap();
+        let (core, _) = crate::server::open_core(dir.path().join("data"), false)
+            .await
+            .unwrap();
+        for round in 0..ROUNDS {
+            let name = format!("p{round}");
+            let id = format!("id-{round}");
+            let created = Payload::PipeCreated(PipeCreated {
+                name: name.clone(),
+                config: Some(PipeConfig::default()),
+                resync_of: String::new(),
+            });
+            core.log
+                .append(&name, 0, vec![new_event(&id, created)])
+                .await
+                .unwrap();
+            let recorders: Vec<_> = (0..RECORDERS)
+                .map(|_| {
+                    let w = Worker {
+                        core: Arc::clone(&core),
+                        id: id.clone(),
+                        name: name.clone(),
+                        failing: None,
+                        step: "cdc",
+                        backoff: Duration::from_secs(1),
+                    };
+                    tokio::spawn(async move {
+                        loop {
+                            let progress = Payload::CdcProgress(CdcProgress::default());
+                            match w.record(vec![progress]).await {
+                                Ok(_) => tokio::task::yield_now().await,
+                                Err(EngineError::Stopped) => return,
+                                Err(e) => panic!("{e}"),
+                            }
+                        }
+                    })
+                })
+                .collect();
+            tokio::time::sleep(Duration::from_micros(round * 37 % 3_000)).await;
+            // As the DeletePipe command does: at the projection's version.
+            loop {
+                let version = core.read(|p| p.stream_version(&name));
+                let deleted = Payload::PipeDeleted(PipeDeleted::default());
+                match core
+                    .log
+                    .append(&name, version, vec![new_event(&id, deleted)])
+                    .await
+                {
+                    Ok(_) => break,
+                    Err(LogError::VersionConflict { .. }) => continue,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            for r in recorders {
+                r.await.unwrap();
+            }
+            let events = core
+                .log
+                .read_stream(&name, 0, u64::MAX, usize::MAX)
+                .unwrap();
+            let kinds: Vec<_> = events
+                .iter()
+                .map(|e| crate::domain::projection::event_kind(e))
+                .collect();
+            assert_eq!(
+                kinds.last(),
+                Some(&"pipe_deleted"),
+                "round {round}: recorded after the deletion: {:?}",
+                &kinds[kinds.len().saturating_sub(4)..]
+            );
+        }
     }
 }
