@@ -248,13 +248,8 @@ impl Worker {
 
     async fn run_steps(&mut self) -> Result<()> {
         let mut pipe = self.pipe()?;
-        self.step = if pipe.slot_name.is_empty() {
-            "setup"
-        } else if !pipe.snapshot_done {
-            "snapshot"
-        } else {
-            "cdc"
-        };
+        // Named if connecting fails.
+        self.step = first_open_step(&pipe);
         let ends = self.connect(&pipe).await?;
         if pipe.slot_name.is_empty() {
             self.step = "setup";
@@ -790,6 +785,22 @@ async fn write_rows(
     Ok(())
 }
 
+/// The first step the projection does not show as done: where a run of the
+/// steps resumes.
+fn first_open_step(pipe: &Pipe) -> &'static str {
+    if pipe.slot_name.is_empty() {
+        "setup"
+    } else if !pipe.tables_prepared {
+        "prepare_tables"
+    } else if !pipe.snapshot_done {
+        "snapshot"
+    } else if !pipe.resync_of.is_empty() && !pipe.swapped {
+        "swap"
+    } else {
+        "cdc"
+    }
+}
+
 /// Drops a swapped resync's old data, which now sits under `_resync`. Only
 /// once the swap is recorded: before that the `_resync` tables may be the
 /// new load.
@@ -867,6 +878,24 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_resumes_at_the_first_step_not_recorded_as_done() {
+        let mut p = Pipe::default();
+        assert_eq!(first_open_step(&p), "setup");
+        p.slot_name = "s".into();
+        assert_eq!(first_open_step(&p), "prepare_tables");
+        p.tables_prepared = true;
+        assert_eq!(first_open_step(&p), "snapshot");
+        p.snapshot_done = true;
+        assert_eq!(first_open_step(&p), "cdc");
+        // A resync swaps before CDC (was reported as "cdc" when connecting
+        // failed during the swap).
+        p.resync_of = "old".into();
+        assert_eq!(first_open_step(&p), "swap");
+        p.swapped = true;
+        assert_eq!(first_open_step(&p), "cdc");
+    }
 
     /// A deletion racing with the worker's appends: nothing of the
     /// incarnation may be recorded after its `PipeDeleted`. (Before the fix
