@@ -208,3 +208,49 @@ async fn kill_before_the_swap() {
 async fn kill_in_the_middle_of_the_swap() {
     crash_during_resync("swap.after_exchange").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_after_the_resync_tables_are_created() {
+    crash_during_resync("prepare.after_create").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_when_the_resync_load_starts() {
+    crash_during_resync("snapshot.started").await;
+}
+
+/// Crash at start-up, before the log is replayed: the pipe resumes CDC from
+/// its slot on the next start, with the changes made meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_before_the_log_is_replayed() {
+    let schema = unique("crp");
+    make_table(&schema, 3_000).await;
+    let dir = tempfile::tempdir().unwrap();
+    let name = schema.replace('_', "-");
+    let mut p = Proc::spawn_engine(dir.path(), &[]);
+    wait_serving(&p.url()).await;
+    let mut c = connect(&p.url()).await;
+    c.create_pipe(pipe_req(&name, &schema, &[&format!("{schema}.items")]))
+        .await
+        .unwrap();
+    let before = wait_running(&mut c, &name, Duration::from_secs(120)).await;
+    drop(c);
+    p.kill9();
+    write_some(&schema, 50_000).await;
+
+    let mut p = Proc::spawn_engine(dir.path(), &[("PGPIPE_FAILPOINTS", "replay.before=abort")]);
+    wait_exit(&mut p).await;
+
+    let p = Proc::spawn_engine(dir.path(), &[]);
+    wait_serving(&p.url()).await;
+    let mut c = connect(&p.url()).await;
+    let after = wait_running(&mut c, &name, Duration::from_secs(60)).await;
+    assert_eq!(after.id, before.id, "the same incarnation resumes");
+    write_some(&schema, 60_000).await;
+    assert_synced(&schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_after_the_swap_is_recorded_before_the_old_data_is_dropped() {
+    crash_during_resync("swap.before_drop").await;
+}

@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::data::{get, unique, wait_running};
 use common::peers::*;
@@ -570,4 +570,158 @@ async fn create_on_a_server_without_logical_wal_says_what_to_change() {
         Duration::from_secs(60),
     )
     .await;
+}
+
+/// How long a peer stays unreachable in the outage tests below.
+const OUTAGE: Duration = Duration::from_secs(30);
+
+/// The pgpipe binary with `failpoints`, a table of `rows` and a pipe
+/// between the private peers (created, not waited for).
+async fn spawned_pipe(
+    env: &PrivateEnv,
+    prefix: &str,
+    rows: i64,
+    failpoints: &str,
+) -> (tempfile::TempDir, Proc, Client, String, String) {
+    let schema = unique(prefix);
+    make_table(env, &schema, rows).await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = Proc::spawn_engine(dir.path(), &[("PGPIPE_FAILPOINTS", failpoints)]);
+    wait_serving(&p.url()).await;
+    let mut c = connect(&p.url()).await;
+    let name = schema.replace('_', "-");
+    c.create_pipe(env.pipe_req(&name, &schema, &[&format!("{schema}.items")]))
+        .await
+        .unwrap();
+    (dir, p, c, schema, name)
+}
+
+async fn assert_equal_and_no_duplicates(env: &PrivateEnv, schema: &str) {
+    env.wait_equal(
+        schema,
+        "items",
+        schema,
+        "items",
+        COLS,
+        Duration::from_secs(120),
+    )
+    .await;
+    assert_no_duplicates(env, schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_unreachable_for_30_s_during_the_snapshot_is_retried_and_the_load_completes() {
+    let env = PrivateEnv::up().await;
+    // Slow partitions keep the load going when Postgres goes away.
+    let (_dir, _p, mut c, schema, name) =
+        spawned_pipe(&env, "fps", 20_000, "snapshot.partition_done=sleep(400)").await;
+    wait_pipe(&mut c, &name, "loading", Duration::from_secs(60), |p| {
+        p.status() == PipeStatus::Snapshot
+            && p.tables.iter().any(|t| t.snapshot_partitions_done > 0)
+    })
+    .await;
+    let before = get(&mut c, &name).await.cursor;
+
+    env.stop_pg().await;
+    let down_at = Instant::now();
+    let failing = wait_pipe(
+        &mut c,
+        &name,
+        "reporting an error",
+        Duration::from_secs(60),
+        |p| !p.error.is_empty(),
+    )
+    .await;
+    assert_eq!(failing.status(), PipeStatus::Snapshot, "{failing:?}");
+    assert_eq!(failing.failed_step, "snapshot", "{}", failing.error);
+    tokio::time::sleep(OUTAGE.saturating_sub(down_at.elapsed())).await;
+    assert_eq!(get(&mut c, &name).await.status(), PipeStatus::Snapshot);
+
+    let back_at = get(&mut c, &name).await.cursor;
+    env.start().await;
+    write_some(&env, &schema, 30_000).await;
+    wait_running(&mut c, &name, Duration::from_secs(120)).await;
+    write_some(&env, &schema, 40_000).await;
+    assert_equal_and_no_duplicates(&env, &schema).await;
+    wait_recovered(&mut c, &name).await;
+    assert_retried_and_recovered(&events_since(&mut c, &name, before).await, back_at);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_unreachable_for_30_s_during_cdc_is_retried_and_nothing_is_lost() {
+    let env = PrivateEnv::up().await;
+    let (_srv, mut c, schema, name) = running_pipe(&env, "fpc").await;
+    let before = get(&mut c, &name).await.cursor;
+    write_some(&env, &schema, 10_000).await;
+
+    env.stop_pg().await;
+    let down_at = Instant::now();
+    wait_retrying(&mut c, &name).await;
+    tokio::time::sleep(OUTAGE.saturating_sub(down_at.elapsed())).await;
+    let still = get(&mut c, &name).await;
+    assert!(
+        still.status() == PipeStatus::Running && !still.error.is_empty(),
+        "{still:?}"
+    );
+
+    let back_at = get(&mut c, &name).await.cursor;
+    env.start().await;
+    write_some(&env, &schema, 20_000).await;
+    assert_equal_and_no_duplicates(&env, &schema).await;
+    wait_recovered(&mut c, &name).await;
+    write_some(&env, &schema, 30_000).await;
+    assert_equal_and_no_duplicates(&env, &schema).await;
+    assert_retried_and_recovered(&events_since(&mut c, &name, before).await, back_at);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clickhouse_killed_and_restarted_during_the_swap_of_a_resync_completes_it() {
+    let env = PrivateEnv::up().await;
+    // The swap waits 5 s before exchanging the tables: ClickHouse dies then.
+    let (_dir, _p, mut c, schema, name) =
+        spawned_pipe(&env, "fsw", 3_000, "swap.before_exchange=sleep(5000)").await;
+    let old = wait_running(&mut c, &name, Duration::from_secs(120)).await;
+    // Soft deletes the swap must carry over, and rows the new load holds.
+    write_some(&env, &schema, 10_000).await;
+    env.wait_equal(
+        &schema,
+        "items",
+        &schema,
+        "items",
+        COLS,
+        Duration::from_secs(60),
+    )
+    .await;
+    c.resync_pipe(ResyncPipeRequest {
+        name: name.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    wait_pipe(&mut c, &name, "swapping", Duration::from_secs(120), |p| {
+        p.status() == PipeStatus::Resync
+    })
+    .await;
+    env.kill_ch().await;
+    write_some(&env, &schema, 20_000).await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let during = get(&mut c, &name).await;
+    assert_eq!(during.status(), PipeStatus::Resync, "{during:?}");
+    // Retried as the swap (every attempt, connecting included).
+    assert_eq!(during.failed_step, "swap", "{}", during.error);
+    assert_eq!(during.status_detail, "retrying swap after an error");
+
+    env.start().await;
+    let now = wait_running(&mut c, &name, Duration::from_secs(120)).await;
+    assert_eq!(now.resync_of, old.id);
+    assert!(now.swapped, "{now:?}");
+    write_some(&env, &schema, 30_000).await;
+    assert_equal_and_no_duplicates(&env, &schema).await;
+    let leftovers: u64 = env
+        .ch(&schema)
+        .query("SELECT count() FROM system.tables WHERE database = currentDatabase() AND name = 'items_resync'")
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(leftovers, 0, "the old data is dropped after the swap");
 }

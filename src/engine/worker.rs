@@ -148,12 +148,27 @@ impl Worker {
             .ok_or(EngineError::Stopped)
     }
 
+    /// The incarnation and its stream's version, read together: checks made
+    /// on this state hold for an append at this version, since the append
+    /// fails if anything (e.g. a deletion) was recorded in between. Read
+    /// apart, a deletion could slip between the check and the version read
+    /// and the append would land after it.
+    fn pipe_at_version(&self) -> Result<(Pipe, u64)> {
+        self.core
+            .read(|pr| {
+                pr.by_id(&self.id)
+                    .cloned()
+                    .map(|p| (p, pr.stream_version(&self.name)))
+            })
+            .ok_or(EngineError::Stopped)
+    }
+
     /// Appends facts about this incarnation, unless it stopped being active
     /// (then `Stopped`). Re-reads the stream version on a conflict: facts do
     /// not depend on what other commands did meanwhile.
     async fn record(&self, payloads: Vec<Payload>) -> Result<Pipe> {
         loop {
-            let p = self.pipe()?;
+            let (p, version) = self.pipe_at_version()?;
             let current = self
                 .core
                 .read(|pr| pr.by_name(&self.name).map(|c| c.id.clone()));
@@ -171,7 +186,6 @@ impl Worker {
                 .cloned()
                 .map(|pl| new_event(&self.id, pl))
                 .collect();
-            let version = self.core.read(|pr| pr.stream_version(&self.name));
             match self.core.log.append(&self.name, version, events).await {
                 Ok(_) => return self.pipe(),
                 Err(LogError::VersionConflict { .. }) => continue,
@@ -185,7 +199,7 @@ impl Worker {
             return Ok(());
         }
         self.failing = retrying.then(|| step.to_owned());
-        let p = self.pipe()?;
+        let (p, version) = self.pipe_at_version()?;
         if p.status() == PipeStatus::Deleted {
             return Err(EngineError::Stopped);
         }
@@ -197,7 +211,6 @@ impl Worker {
                 retrying,
             }),
         );
-        let version = self.core.read(|pr| pr.stream_version(&self.name));
         self.core
             .log
             .append(&self.name, version, vec![event])
@@ -235,13 +248,8 @@ impl Worker {
 
     async fn run_steps(&mut self) -> Result<()> {
         let mut pipe = self.pipe()?;
-        self.step = if pipe.slot_name.is_empty() {
-            "setup"
-        } else if !pipe.snapshot_done {
-            "snapshot"
-        } else {
-            "cdc"
-        };
+        // Named if connecting fails.
+        self.step = first_open_step(&pipe);
         let ends = self.connect(&pipe).await?;
         if pipe.slot_name.is_empty() {
             self.step = "setup";
@@ -258,6 +266,11 @@ impl Worker {
         if !pipe.resync_of.is_empty() && !pipe.swapped {
             self.step = "swap";
             pipe = self.swap(&ends, &pipe).await?;
+        } else if !pipe.resync_of.is_empty() && !pipe.cdc_started {
+            // A crash came after the swap was recorded but maybe before the
+            // old data was dropped.
+            self.step = "swap";
+            drop_old_data(&ends, &pipe).await?;
         }
         self.step = "cdc";
         if !pipe.cdc_started {
@@ -531,11 +544,8 @@ impl Worker {
                 destination_tables: names,
             })])
             .await?;
-        // The old data now sits under `_resync`; the swap is recorded, so it
-        // is dropped (a later resync would replace it anyway).
-        for prep in &pipe.prepared {
-            ends.ch.drop_table_if_exists(&prep.load_table).await?;
-        }
+        failpoint::hit("swap.before_drop").await;
+        drop_old_data(ends, &pipe).await?;
         Ok(pipe)
     }
 
@@ -775,6 +785,32 @@ async fn write_rows(
     Ok(())
 }
 
+/// The first step the projection does not show as done: where a run of the
+/// steps resumes.
+fn first_open_step(pipe: &Pipe) -> &'static str {
+    if pipe.slot_name.is_empty() {
+        "setup"
+    } else if !pipe.tables_prepared {
+        "prepare_tables"
+    } else if !pipe.snapshot_done {
+        "snapshot"
+    } else if !pipe.resync_of.is_empty() && !pipe.swapped {
+        "swap"
+    } else {
+        "cdc"
+    }
+}
+
+/// Drops a swapped resync's old data, which now sits under `_resync`. Only
+/// once the swap is recorded: before that the `_resync` tables may be the
+/// new load.
+async fn drop_old_data(ends: &Ends, pipe: &Pipe) -> Result<()> {
+    for prep in &pipe.prepared {
+        ends.ch.drop_table_if_exists(&prep.load_table).await?;
+    }
+    Ok(())
+}
+
 /// The ClickHouse UUID of a table ("" when it does not exist).
 async fn table_uuid(ch: &ChSink, table: &str) -> Result<String> {
     Ok(ch.table_uuid(table).await?.unwrap_or_default())
@@ -836,5 +872,109 @@ impl Progress {
             _ => String::new(),
         });
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_resumes_at_the_first_step_not_recorded_as_done() {
+        let mut p = Pipe::default();
+        assert_eq!(first_open_step(&p), "setup");
+        p.slot_name = "s".into();
+        assert_eq!(first_open_step(&p), "prepare_tables");
+        p.tables_prepared = true;
+        assert_eq!(first_open_step(&p), "snapshot");
+        p.snapshot_done = true;
+        assert_eq!(first_open_step(&p), "cdc");
+        // A resync swaps before CDC (was reported as "cdc" when connecting
+        // failed during the swap).
+        p.resync_of = "old".into();
+        assert_eq!(first_open_step(&p), "swap");
+        p.swapped = true;
+        assert_eq!(first_open_step(&p), "cdc");
+    }
+
+    /// A deletion racing with the worker's appends: nothing of the
+    /// incarnation may be recorded after its `PipeDeleted`. (Before the fix
+    /// the status check and the stream version were read apart, and an
+    /// append could land right after the deletion.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn nothing_is_recorded_after_the_incarnation_is_deleted() {
+        const ROUNDS: u64 = 150;
+        const RECORDERS: usize = 8;
+        let dir = tempfile::tempdir().unwrap();
+        let (core, _) = crate::server::open_core(dir.path().join("data"), false)
+            .await
+            .unwrap();
+        for round in 0..ROUNDS {
+            let name = format!("p{round}");
+            let id = format!("id-{round}");
+            let created = Payload::PipeCreated(PipeCreated {
+                name: name.clone(),
+                config: Some(PipeConfig::default()),
+                resync_of: String::new(),
+            });
+            core.log
+                .append(&name, 0, vec![new_event(&id, created)])
+                .await
+                .unwrap();
+            let recorders: Vec<_> = (0..RECORDERS)
+                .map(|_| {
+                    let w = Worker {
+                        core: Arc::clone(&core),
+                        id: id.clone(),
+                        name: name.clone(),
+                        failing: None,
+                        step: "cdc",
+                        backoff: Duration::from_secs(1),
+                    };
+                    tokio::spawn(async move {
+                        loop {
+                            let progress = Payload::CdcProgress(CdcProgress::default());
+                            match w.record(vec![progress]).await {
+                                Ok(_) => tokio::task::yield_now().await,
+                                Err(EngineError::Stopped) => return,
+                                Err(e) => panic!("{e}"),
+                            }
+                        }
+                    })
+                })
+                .collect();
+            tokio::time::sleep(Duration::from_micros(round * 37 % 3_000)).await;
+            // As the DeletePipe command does: at the projection's version.
+            loop {
+                let version = core.read(|p| p.stream_version(&name));
+                let deleted = Payload::PipeDeleted(PipeDeleted::default());
+                match core
+                    .log
+                    .append(&name, version, vec![new_event(&id, deleted)])
+                    .await
+                {
+                    Ok(_) => break,
+                    Err(LogError::VersionConflict { .. }) => continue,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            for r in recorders {
+                r.await.unwrap();
+            }
+            let events = core
+                .log
+                .read_stream(&name, 0, u64::MAX, usize::MAX)
+                .unwrap();
+            let kinds: Vec<_> = events
+                .iter()
+                .map(|e| crate::domain::projection::event_kind(e))
+                .collect();
+            assert_eq!(
+                kinds.last(),
+                Some(&"pipe_deleted"),
+                "round {round}: recorded after the deletion: {:?}",
+                &kinds[kinds.len().saturating_sub(4)..]
+            );
+        }
     }
 }
