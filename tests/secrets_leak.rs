@@ -316,6 +316,11 @@ async fn passwords_and_token_appear_in_no_log_file_message_or_stream() {
     );
     assert_clean("the service's log", &log_text, &secrets);
     assert_clean("the wrong token's log", &log_text, &[&wrong_token]);
+    // The refusals were logged (without the token).
+    assert!(
+        contains(&log_text, "rejected unauthenticated request")
+            && contains(&log_text, "wrong token")
+    );
     for e in &errors {
         assert_clean(&format!("error {e}"), e.as_bytes(), &secrets);
         assert_clean(&format!("error {e}"), e.as_bytes(), &[&wrong_token]);
