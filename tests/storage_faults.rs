@@ -235,10 +235,22 @@ async fn a_full_disk_refuses_appends_as_unavailable_and_keeps_serving_reads() {
         "a refused append became visible"
     );
 
+    // A restart while the disk is still full: the shutdown flush fails
+    // (exit status 1, saying why) and the next start either serves what is
+    // durable or refuses naming the full disk; it never loses or invents.
+    let status = p.terminate();
+    assert!(!status.success(), "a failed final flush must not exit 0");
+    match start_on_full_disk(&data).await {
+        Ok(events) => assert_eq!(events, before + acked.len()),
+        Err(stderr) => assert!(
+            stderr.contains("the file system holding the data directory is full"),
+            "{stderr}"
+        ),
+    }
+
     // Space freed and a restart: the log replays cleanly, nothing partial
     // shows, the projection is the fold of the log, writes work again.
     std::fs::remove_file(filler).unwrap();
-    let _ = p.terminate();
     let p = Proc::spawn(&data, &[]);
     wait_serving(&p.url()).await;
     let mut c = connect(&p.url()).await;
@@ -256,6 +268,50 @@ async fn a_full_disk_refuses_appends_as_unavailable_and_keeps_serving_reads() {
     }
     c.create_pipe(plain_req("after")).await.unwrap();
     assert_consistent(&mut c).await;
+}
+
+/// Starts pgpipe on `data` (disk full): Ok(events in its log, checked
+/// consistent) if it serves (then stops it), Err(stderr) if it exits.
+async fn start_on_full_disk(data: &Path) -> Result<usize, String> {
+    use std::io::BufRead;
+    let err_path = data.parent().unwrap().parent().unwrap().join("stderr.log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pgpipe"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data)
+        .env("PGPIPE_CONTROL_PLANE_ONLY", "true")
+        .env("PGPIPE_LOG", "warn")
+        .env_remove("PGPIPE_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = format!(
+        "http://{}",
+        line.trim()
+            .strip_prefix("pgpipe listening on ")
+            .unwrap_or("")
+    );
+    for _ in 0..200 {
+        if let Some(_status) = child.try_wait().unwrap() {
+            return Err(std::fs::read_to_string(&err_path).unwrap());
+        }
+        if health_status(&url).await == Some(1) {
+            let result = {
+                let mut c = connect(&url).await;
+                Ok(assert_consistent(&mut c).await.len())
+            };
+            let _ = child.kill();
+            let _ = child.wait();
+            return result;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = child.kill();
+    panic!("pgpipe neither served nor exited on a full disk");
 }
 
 /// `pgpipe serve` on `data`: exit status and stderr (it must exit by itself).
