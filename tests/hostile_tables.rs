@@ -150,6 +150,47 @@ async fn tables_that_cannot_be_replicated_are_refused_naming_the_fix() {
         .unwrap()
         .get(0);
     assert_eq!(slots, 0, "a publication was left behind");
+
+    // The same checks guard a resync, before the old incarnation is touched.
+    c.create_pipe(pipe_req(&name, &schema, &[&ok]))
+        .await
+        .unwrap();
+    let live = wait_running(&mut c, &name, Duration::from_secs(120)).await;
+    // Paused, so no progress event moves the head meanwhile.
+    c.pause_pipe(PausePipeRequest { name: name.clone() })
+        .await
+        .unwrap();
+    let (before_list, before_head) = (list(&mut c).await, head(&mut c).await);
+    for order_by in [
+        "nope".to_string(),
+        format!("id; DROP TABLE {schema}.canary; --"),
+    ] {
+        let e = c
+            .resync_pipe(ResyncPipeRequest {
+                name: name.clone(),
+                overrides: vec![TableConfig {
+                    source_table: ok.clone(),
+                    order_by: vec![order_by.clone(), "id".into()],
+                    ..Default::default()
+                }],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+        assert!(
+            e.message().contains("which the table does not have"),
+            "{}",
+            e.message()
+        );
+        assert_eq!(
+            list(&mut c).await,
+            before_list,
+            "resync {order_by:?} recorded"
+        );
+        assert_eq!(head(&mut c).await, before_head);
+    }
+    assert_eq!(get(&mut c, &name).await.id, live.id);
+    assert_eq!(canary_alive(&schema).await, 1);
 }
 
 /// ClickHouse quoting for the test's own reads.
