@@ -58,6 +58,7 @@ pub async fn open_core(
     engine: bool,
 ) -> Result<(Arc<Core>, ReplayReport), ServeError> {
     let started = Instant::now();
+    let secrets_dir = data_dir.clone();
     let (log, projection, stats) = tokio::task::spawn_blocking(move || {
         failpoint::hit_blocking("replay.before");
         let log = EventLog::open(&data_dir)?;
@@ -72,7 +73,7 @@ pub async fn open_core(
         Ok(mut p) => p.apply(e),
         Err(poisoned) => poisoned.into_inner().apply(e),
     }));
-    let secrets = SecretStore::open(log.db())?;
+    let secrets = SecretStore::open(&secrets_dir, log.db())?;
     let core = Arc::new(Core {
         log,
         projection,

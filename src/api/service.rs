@@ -59,7 +59,11 @@ impl From<LogError> for Status {
         match e {
             LogError::VersionConflict { .. } => Status::aborted(format!("{e}; retry")),
             LogError::Corrupt { .. } => Status::data_loss(e.to_string()),
-            LogError::Storage(_) | LogError::Unavailable(_) => Status::unavailable(e.to_string()),
+            LogError::Storage(_)
+            | LogError::Unavailable(_)
+            | LogError::NotWritable(_)
+            | LogError::Open { .. }
+            | LogError::DataDir { .. } => Status::unavailable(e.to_string()),
         }
     }
 }

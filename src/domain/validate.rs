@@ -10,6 +10,11 @@ use crate::store::PipeSecrets;
 pub const MAX_NAME_LEN: usize = 63;
 pub const MAX_IDENT_LEN: usize = 63;
 pub const MAX_CONN_LEN: usize = 4096;
+/// Longer URLs are not ClickHouse endpoints; refused before they are
+/// recorded in every event and watch message of the pipe.
+pub const MAX_URL_LEN: usize = 2048;
+/// Bounds what the secrets file holds per pipe.
+pub const MAX_PASSWORD_LEN: usize = 1024;
 pub const MAX_TABLES: usize = 1000;
 pub const MAX_PARALLELISM: u32 = 64;
 
@@ -88,6 +93,8 @@ fn display_ident(s: &str) -> String {
 /// quote). Unquoted parts keep their case as given: Postgres would fold them
 /// to lowercase, which surprises users who typed `Orders` for "Orders".
 pub fn qualified_name(field: &str, text: &str) -> Result<QualifiedName, Invalid> {
+    // Errors quote the input, cut short: it may be megabytes.
+    let shown = shorten(text);
     let mut parts = Vec::new();
     let mut chars = text.chars().peekable();
     loop {
@@ -102,7 +109,7 @@ pub fn qualified_name(field: &str, text: &str) -> Result<QualifiedName, Invalid>
                     }
                     Some('"') => break,
                     Some(c) => part.push(c),
-                    None => return invalid(format!("{field} {text:?} has an unterminated quote")),
+                    None => return invalid(format!("{field} {shown:?} has an unterminated quote")),
                 }
             }
         } else {
@@ -112,7 +119,7 @@ pub fn qualified_name(field: &str, text: &str) -> Result<QualifiedName, Invalid>
                 }
                 if c == '"' {
                     return invalid(format!(
-                        "{field} {text:?}: a quote may only open a quoted part (write \"a\"\"b\" for a\"b)"
+                        "{field} {shown:?}: a quote may only open a quoted part (write \"a\"\"b\" for a\"b)"
                     ));
                 }
                 part.push(c);
@@ -121,7 +128,7 @@ pub fn qualified_name(field: &str, text: &str) -> Result<QualifiedName, Invalid>
         }
         if part.is_empty() {
             return invalid(format!(
-                "{field} {text:?} has an empty part: write `schema.table` or `table`"
+                "{field} {shown:?} has an empty part: write `schema.table` or `table`"
             ));
         }
         ident(field, &part)?;
@@ -131,7 +138,7 @@ pub fn qualified_name(field: &str, text: &str) -> Result<QualifiedName, Invalid>
             Some('.') => continue,
             Some(c) => {
                 return invalid(format!(
-                    "{field} {text:?}: unexpected {c:?} after a quoted part"
+                    "{field} {shown:?}: unexpected {c:?} after a quoted part"
                 ));
             }
         }
@@ -149,9 +156,17 @@ pub fn qualified_name(field: &str, text: &str) -> Result<QualifiedName, Invalid>
             })
         }
         _ => invalid(format!(
-            "{field} {text:?} has {} parts: write `schema.table` (quote a part that contains a dot)",
+            "{field} {shown:?} has {} parts: write `schema.table` (quote a part that contains a dot)",
             parts.len()
         )),
+    }
+}
+
+/// At most 80 characters of `s`, marked when cut.
+fn shorten(s: &str) -> String {
+    match s.char_indices().nth(80) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_owned(),
     }
 }
 
@@ -308,6 +323,12 @@ fn source(src: Option<&SourceConfig>) -> Result<(SourceConfig, Option<String>), 
             "source.connection_string names no database; add dbname=... or /DB to the URL",
         );
     }
+    if src.password.len() > MAX_PASSWORD_LEN {
+        return invalid(format!(
+            "source.password is {} bytes; at most {MAX_PASSWORD_LEN} are accepted",
+            src.password.len()
+        ));
+    }
     let password = match (embedded, src.password.as_str()) {
         (Some(_), p) if !p.is_empty() => {
             return invalid(
@@ -336,6 +357,18 @@ fn destination(
     let url = dst.url.trim();
     if url.is_empty() {
         return invalid("destination.url is required (e.g. http://clickhouse:8123)");
+    }
+    if url.len() > MAX_URL_LEN {
+        return invalid(format!(
+            "destination.url is {} bytes; at most {MAX_URL_LEN} are accepted",
+            url.len()
+        ));
+    }
+    if dst.password.len() > MAX_PASSWORD_LEN {
+        return invalid(format!(
+            "destination.password is {} bytes; at most {MAX_PASSWORD_LEN} are accepted",
+            dst.password.len()
+        ));
     }
     let parsed = url::Url::parse(url).map_err(|e| {
         Invalid(format!(
@@ -553,6 +586,13 @@ pub fn apply_overrides(
                 &format!("overrides[{i}].destination_table"),
                 &o.destination_table,
             )?;
+            // Same rule as at create: the suffix is the resync's scratch name.
+            if o.destination_table.ends_with("_resync") {
+                return invalid(format!(
+                    "overrides[{i}].destination_table {:?} ends with `_resync`, a suffix pgpipe uses during a resync; pick another name",
+                    o.destination_table
+                ));
+            }
             t.destination_table = o.destination_table.clone();
         }
     }

@@ -573,6 +573,13 @@ impl Worker {
                 )
             })
             .collect();
+        // Each table's ORDER BY (empty: the source key), for tombstones.
+        let sort_keys: HashMap<u32, Vec<String>> = ends
+            .tables
+            .iter()
+            .zip(&pipe.prepared)
+            .map(|(t, p)| (t.oid, p.order_by.clone()))
+            .collect();
         let mut counts: HashMap<String, TableChangeCounts> = HashMap::new();
         let mut last_report = Instant::now();
         let mut last_lsn = String::new();
@@ -603,7 +610,7 @@ impl Worker {
                 for item in &tx.items {
                     match item {
                         TxItem::Relation(rel) => {
-                            self.check_relation(&ends, &mut tables, rel, &mut pending)
+                            self.check_relation(&ends, &mut tables, &sort_keys, rel, &mut pending)
                                 .await?;
                         }
                         TxItem::Change(c) => {
@@ -634,7 +641,8 @@ impl Worker {
                             for oid in relation_oids {
                                 if let Some((t, dest, _)) = tables.get(oid) {
                                     if let Some(rows) = pending.remove(oid) {
-                                        write_rows(&ends.ch, dest, t, rows).await?;
+                                        let order_by = sort_keys.get(oid).map_or(&[][..], |v| v);
+                                        write_rows(&ends.ch, dest, t, order_by, rows).await?;
                                     }
                                     ends.ch.truncate(dest).await?;
                                 }
@@ -645,7 +653,8 @@ impl Worker {
             }
             for (oid, rows) in pending {
                 if let Some((t, dest, _)) = tables.get(&oid) {
-                    write_rows(&ends.ch, dest, t, rows).await?;
+                    let order_by = sort_keys.get(&oid).map_or(&[][..], |v| v);
+                    write_rows(&ends.ch, dest, t, order_by, rows).await?;
                 }
             }
             failpoint::hit("cdc.before_advance").await;
@@ -696,6 +705,7 @@ impl Worker {
         &mut self,
         ends: &Ends,
         tables: &mut HashMap<u32, (SourceTable, String, String)>,
+        sort_keys: &HashMap<u32, Vec<String>>,
         rel: &crate::model::Relation,
         pending: &mut HashMap<u32, Vec<(Row, u64, bool)>>,
     ) -> Result<()> {
@@ -720,7 +730,8 @@ impl Worker {
         }
         // Rows of the old shape go out before the table changes.
         if let Some(rows) = pending.remove(&rel.oid) {
-            write_rows(&ends.ch, dest, known, rows).await?;
+            let order_by = sort_keys.get(&rel.oid).map_or(&[][..], |v| v);
+            write_rows(&ends.ch, dest, known, order_by, rows).await?;
         }
         let q = validate::QualifiedName {
             schema: known.schema.clone(),
@@ -753,23 +764,89 @@ impl Worker {
 
 /// Writes one table's changes of a batch, in commit order: unchanged TOAST
 /// values are filled from earlier rows or ClickHouse, then only the last
-/// change per key is sent (same-version rows would otherwise tie).
+/// change per sorting key is sent (same-version rows would otherwise tie).
+///
+/// When `order_by` has columns outside the source key, a row's sorting key
+/// can change while its source key stays, and a delete arrives with the key
+/// alone: its tombstone would land under another sorting key and leave the
+/// row live. So each change is preceded by a tombstone that copies the
+/// key's previous row (from earlier in the batch or ClickHouse; none if the
+/// key is new), and a delete is that copy.
 async fn write_rows(
     ch: &ChSink,
     dest: &str,
     table: &SourceTable,
+    order_by: &[String],
     rows: Vec<(Row, u64, bool)>,
 ) -> Result<()> {
-    let (mut cells, meta): (Vec<Row>, Vec<(u64, bool)>) =
-        rows.into_iter().map(|(r, v, d)| (r, (v, d))).unzip();
+    let extra: Vec<usize> = order_by
+        .iter()
+        .filter_map(|name| table.columns.iter().position(|c| &c.name == name))
+        .filter(|i| !table.key.contains(i))
+        .collect();
+    // (row, version, deleted, tombstone of a previous row that may not exist)
+    let mut expanded: Vec<(Row, u64, bool, bool)> = Vec::with_capacity(rows.len());
+    for (row, version, deleted) in rows {
+        if extra.is_empty() {
+            expanded.push((row, version, deleted, false));
+            continue;
+        }
+        let previous: Row = row
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if table.key.contains(&i) {
+                    c.clone()
+                } else {
+                    Cell::UnchangedToast
+                }
+            })
+            .collect();
+        if deleted {
+            expanded.push((previous, version, true, false));
+        } else {
+            expanded.push((previous, version, true, true));
+            expanded.push((row, version, false, false));
+        }
+    }
+    let (mut cells, meta): (Vec<Row>, Vec<(u64, bool, bool)>) = expanded
+        .into_iter()
+        .map(|(r, v, d, t)| (r, (v, d, t)))
+        .unzip();
+    let mut keep_row = vec![true; cells.len()];
     if cells.iter().any(|r| r.contains(&Cell::UnchangedToast)) {
-        ch.fill_unchanged(dest, table, &mut cells).await?;
+        if extra.is_empty() {
+            ch.fill_unchanged(dest, table, &mut cells).await?;
+        } else {
+            let (_, missing) = ch.fill_from_previous(dest, table, &mut cells).await?;
+            for (i, m) in missing.into_iter().enumerate() {
+                let Some(e) = m else { continue };
+                match meta[i] {
+                    // No previous row: nothing to bury.
+                    (_, _, true) => keep_row[i] = false,
+                    // A delete of a row ClickHouse never had: the key alone,
+                    // as without a custom ORDER BY.
+                    (_, true, false) => {
+                        for c in cells[i].iter_mut() {
+                            if *c == Cell::UnchangedToast {
+                                *c = Cell::Null;
+                            }
+                        }
+                    }
+                    (_, false, false) => return Err(e.into()),
+                }
+            }
+        }
     }
     let mut last: HashMap<Vec<Cell>, usize> = HashMap::with_capacity(cells.len());
     for (i, row) in cells.iter().enumerate() {
+        if !keep_row[i] {
+            continue;
+        }
         let key: Vec<Cell> = table
             .key
             .iter()
+            .chain(&extra)
             .map(|&k| row.get(k).cloned().unwrap_or(Cell::Null))
             .collect();
         last.insert(key, i);
@@ -778,7 +855,7 @@ async fn write_rows(
     keep.sort_unstable();
     let mut writer = ch.writer(dest, table).await?;
     for i in keep {
-        let (version, deleted) = meta[i];
+        let (version, deleted, _) = meta[i];
         writer.write(&cells[i], version, deleted).await?;
     }
     writer.end().await?;

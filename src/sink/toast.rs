@@ -28,9 +28,28 @@ impl ChSink {
         source: &SourceTable,
         rows: &mut [Row],
     ) -> Result<usize, SinkError> {
+        let (filled, mut missing) = self.fill_from_previous(table, source, rows).await?;
+        match missing.iter_mut().find_map(Option::take) {
+            Some(e) => Err(e),
+            None => Ok(filled),
+        }
+    }
+
+    /// Like [`ChSink::fill_unchanged`], but a row whose key has no earlier
+    /// row and is not in ClickHouse is left as it is: `missing[i]` holds the
+    /// error `fill_unchanged` would have returned for row `i`. Used to copy
+    /// a key's previous row (every non-key cell `UnchangedToast`), which may
+    /// not exist.
+    pub async fn fill_from_previous(
+        &self,
+        table: &str,
+        source: &SourceTable,
+        rows: &mut [Row],
+    ) -> Result<(usize, Vec<Option<SinkError>>), SinkError> {
+        let mut missing: Vec<Option<SinkError>> = (0..rows.len()).map(|_| None).collect();
         let has_toast = |r: &Row| r.iter().any(|c| matches!(c, Cell::UnchangedToast));
         if !rows.iter().any(has_toast) {
-            return Ok(0);
+            return Ok((0, missing));
         }
         if source.key.is_empty() {
             return Err(SinkError::Schema(format!(
@@ -129,34 +148,40 @@ impl ChSink {
                     continue;
                 }
                 let value = match prior[i] {
-                    Some(p) => rows[p][j].clone(),
+                    // An earlier row left unfilled passes that on.
+                    Some(p) if missing[p].is_some() => None,
+                    Some(p) => Some(rows[p][j].clone()),
                     None => {
                         let pos = wanted_cols.iter().position(|&c| c == j);
                         match (fetched.get(&keys[i]), pos) {
-                            (Some(vals), Some(pos)) => vals[pos].clone(),
-                            _ => {
-                                let key: Vec<String> = key_plan
-                                    .iter()
-                                    .map(|&(k, _)| match &rows[i][k] {
-                                        Cell::Text(t) => preview(t),
-                                        other => format!("{other:?}"),
-                                    })
-                                    .collect();
-                                return Err(SinkError::ToastRowMissing {
-                                    table: table.to_string(),
-                                    column: plan[j].name.clone(),
-                                    key: format!("({})", key.join(", ")),
-                                });
-                            }
+                            (Some(vals), Some(pos)) => Some(vals[pos].clone()),
+                            _ => None,
                         }
                     }
+                };
+                let Some(value) = value else {
+                    if missing[i].is_none() {
+                        let key: Vec<String> = key_plan
+                            .iter()
+                            .map(|&(k, _)| match &rows[i][k] {
+                                Cell::Text(t) => preview(t),
+                                other => format!("{other:?}"),
+                            })
+                            .collect();
+                        missing[i] = Some(SinkError::ToastRowMissing {
+                            table: table.to_string(),
+                            column: plan[j].name.clone(),
+                            key: format!("({})", key.join(", ")),
+                        });
+                    }
+                    continue;
                 };
                 rows[i][j] = value;
                 filled += 1;
             }
         }
         tracing::debug!(table = %table, filled, fetched = fetched.len(), "filled unchanged TOAST values");
-        Ok(filled)
+        Ok((filled, missing))
     }
 
     /// One lookup: the current values of `cols` for `keys` (each the

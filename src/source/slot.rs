@@ -237,9 +237,17 @@ pub(crate) fn slot_error(
             || detail.contains("has been invalidated")
             || msg.contains("has already been removed");
         if lost {
+            // Say which of the two it is in words: the server's own text
+            // ("never previously reserved WAL, or ... invalidated") is vague.
+            let why = if msg.contains("does not exist") {
+                "it was dropped"
+            } else {
+                "the server invalidated it after removing WAL it still needed \
+                 (max_slot_wal_keep_size exceeded)"
+            };
             return SourceError::SlotLost {
                 slot: slot.into(),
-                reason: format_db_error(db),
+                reason: format!("{why}: {}", format_db_error(db)),
             };
         }
     }

@@ -53,6 +53,119 @@ pub enum LogError {
     },
     #[error("event log is not accepting writes: {0}")]
     Unavailable(String),
+    /// The storage under the data directory refused a write. Sticky until
+    /// restart: the failed batch may or may not be on disk, and sled itself
+    /// refuses further writes after an I/O error.
+    #[error(
+        "the event log cannot be written: {0}; nothing more is recorded until this is fixed \
+         and pgpipe is restarted (reads keep working)"
+    )]
+    NotWritable(WriteFailure),
+    #[error("cannot open the event log in {dir}: {reason}")]
+    Open { dir: String, reason: WriteFailure },
+    #[error("cannot prepare the data directory {dir}: {source}")]
+    DataDir { dir: String, source: std::io::Error },
+}
+
+/// Why the storage refused a write, in words an operator can act on.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WriteFailure {
+    #[error("the file system holding the data directory is full ({0}); free space")]
+    StorageFull(String),
+    #[error("the data directory is on a read-only file system ({0}); make it writable")]
+    ReadOnly(String),
+    #[error("pgpipe may not write to the data directory ({0}); fix its permissions")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    Io(String),
+}
+
+impl WriteFailure {
+    pub fn from_io(e: &std::io::Error) -> Self {
+        use std::io::ErrorKind as K;
+        // sled hands out clones of its first I/O error, rebuilt from the
+        // kind and a debug string (the errno is lost): classify by kind, and
+        // word the cause by kind too.
+        let cause = match e.raw_os_error() {
+            Some(_) => e.to_string(),
+            None => e.kind().to_string(),
+        };
+        match (e.kind(), e.raw_os_error()) {
+            (K::StorageFull | K::QuotaExceeded, _) | (_, Some(28 | 122)) => {
+                Self::StorageFull(cause)
+            }
+            (K::ReadOnlyFilesystem, _) | (_, Some(30)) => Self::ReadOnly(cause),
+            (K::PermissionDenied, _) | (_, Some(1 | 13)) => Self::PermissionDenied(cause),
+            _ => Self::Io(e.to_string()),
+        }
+    }
+
+    pub fn from_sled(e: &sled::Error) -> Self {
+        match e {
+            sled::Error::Io(io) => Self::from_io(io),
+            other => Self::Io(other.to_string()),
+        }
+    }
+}
+
+/// Permissions of a data directory: it holds credentials (the secrets file)
+/// and the history of every pipe, so only the owner may enter it.
+#[cfg(unix)]
+const DATA_DIR_MODE: u32 = 0o700;
+
+/// Creates `dir` owner-only, or tightens an existing one that pgpipe owns
+/// (empty, or holding pgpipe's files) to owner-only.
+pub fn prepare_data_dir(dir: &Path) -> Result<(), LogError> {
+    let err = |source| LogError::DataDir {
+        dir: dir.display().to_string(),
+        source,
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        if !dir.exists() {
+            // Parents as usual, the data directory itself owner-only (the
+            // builder applies the mode to every level it creates, so do it
+            // in two steps).
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent).map_err(err)?;
+            }
+            match std::fs::DirBuilder::new().mode(DATA_DIR_MODE).create(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(err(e)),
+            }
+        }
+        let meta = std::fs::metadata(dir).map_err(err)?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            let ours = std::fs::read_dir(dir)
+                .map_err(err)?
+                .filter_map(Result::ok)
+                .all(|e| is_pgpipe_file(&e.file_name().to_string_lossy()));
+            if ours {
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DATA_DIR_MODE))
+                    .map_err(err)?;
+                tracing::warn!(dir = %dir.display(), old_mode = format!("{mode:o}"),
+                    "data directory was readable by others; made it owner-only (0700)");
+            } else {
+                tracing::warn!(dir = %dir.display(), mode = format!("{mode:o}"),
+                    "data directory holds other files and is readable by others; \
+                     it holds credentials: make it owner-only (chmod 700)");
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    std::fs::create_dir_all(dir).map_err(err)?;
+    Ok(())
+}
+
+/// Names sled and pgpipe put into a data directory.
+fn is_pgpipe_file(name: &str) -> bool {
+    matches!(
+        name,
+        "conf" | "db" | "blobs" | "secrets.json" | "secrets.json.tmp"
+    ) || name.starts_with("snap.")
 }
 
 /// What replay found.
@@ -83,6 +196,8 @@ pub struct EventLog {
     writer: Mutex<Option<mpsc::Sender<AppendRequest>>>,
     writer_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     broken: AtomicBool,
+    /// The first write failure, repeated to every later append.
+    failure: Mutex<Option<WriteFailure>>,
 }
 
 fn event_key(seq: u64) -> [u8; 9] {
@@ -130,7 +245,14 @@ impl EventLog {
     /// Opens (or creates) the log in `dir`. Nothing is readable until
     /// [`EventLog::replay`] has verified it.
     pub fn open(dir: &Path) -> Result<Arc<Self>, LogError> {
-        let db = sled::Config::new().path(dir).open()?;
+        prepare_data_dir(dir)?;
+        let db = sled::Config::new()
+            .path(dir)
+            .open()
+            .map_err(|e| LogError::Open {
+                dir: dir.display().to_string(),
+                reason: WriteFailure::from_sled(&e),
+            })?;
         Self::with_db(db)
     }
 
@@ -146,6 +268,7 @@ impl EventLog {
             writer: Mutex::new(None),
             writer_task: Mutex::new(None),
             broken: AtomicBool::new(false),
+            failure: Mutex::new(None),
         }))
     }
 
@@ -268,10 +391,14 @@ impl EventLog {
         let mut group = Vec::with_capacity(MAX_GROUP);
         while rx.recv_many(&mut group, MAX_GROUP).await > 0 {
             if self.broken.load(Ordering::SeqCst) {
+                let failure = self
+                    .failure
+                    .lock()
+                    .ok()
+                    .and_then(|f| f.clone())
+                    .unwrap_or_else(|| WriteFailure::Io("an earlier write failed".into()));
                 for req in group.drain(..) {
-                    let _ = req.reply.send(Err(LogError::Unavailable(
-                        "an earlier write to the event log failed; restart the service".into(),
-                    )));
+                    let _ = req.reply.send(Err(LogError::NotWritable(failure.clone())));
                 }
                 continue;
             }
@@ -317,13 +444,17 @@ impl EventLog {
             };
             if let Err(e) = written {
                 // The batch may or may not be on disk; nothing more may be
-                // written on top of that uncertainty.
+                // written on top of that uncertainty. Nothing of it was
+                // applied or published, and readers stop at durable_head.
+                let failure = WriteFailure::from_sled(&e);
                 self.broken.store(true, Ordering::SeqCst);
-                tracing::error!(error = %e, "event log write failed; refusing further appends");
+                if let Ok(mut f) = self.failure.lock() {
+                    f.get_or_insert_with(|| failure.clone());
+                }
+                tracing::error!(error = %e, reason = %failure, events = touched.len(),
+                    "event log write failed; refusing further appends until restart");
                 for (reply, _) in accepted {
-                    let _ = reply.send(Err(LogError::Unavailable(format!(
-                        "could not write the event log: {e}"
-                    ))));
+                    let _ = reply.send(Err(LogError::NotWritable(failure.clone())));
                 }
                 continue;
             }
@@ -438,8 +569,16 @@ impl EventLog {
 
     /// Flushes everything written so far (shutdown).
     pub async fn flush(&self) -> Result<(), LogError> {
-        self.db.flush_async().await?;
+        self.db
+            .flush_async()
+            .await
+            .map_err(|e| LogError::NotWritable(WriteFailure::from_sled(&e)))?;
         Ok(())
+    }
+
+    /// Whether an earlier write failed (appends are refused until restart).
+    pub fn write_failure(&self) -> Option<WriteFailure> {
+        self.failure.lock().ok().and_then(|f| f.clone())
     }
 }
 
