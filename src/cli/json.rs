@@ -49,6 +49,7 @@ fn config_json(c: &PipeConfig) -> Value {
             "url": d.url,
             "database": d.database,
             "user": d.user,
+            "ca_cert": (!d.ca_cert.is_empty()).then_some(&d.ca_cert),
         })),
         "tables": c.tables.iter().map(table_config_json).collect::<Vec<_>>(),
         "settings": c.settings.as_ref().map(|s| json!({
@@ -349,13 +350,18 @@ pub(crate) fn create_request_from_json(v: &Value) -> Result<CreatePipeRequest, S
             }
             "destination" => {
                 let mut d = DestinationConfig::default();
-                for (k, v) in fields(v, "destination", &["url", "database", "user", "password"])? {
+                for (k, v) in fields(
+                    v,
+                    "destination",
+                    &["url", "database", "user", "password", "ca_cert"],
+                )? {
                     let p = format!("destination.{k}");
                     let s = string(v, &p)?;
                     match k {
                         "url" => d.url = s,
                         "database" => d.database = s,
                         "user" => d.user = s,
+                        "ca_cert" => d.ca_cert = s,
                         _ => d.password = s,
                     }
                 }
