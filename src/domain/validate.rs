@@ -667,6 +667,37 @@ mod tests {
     }
 
     #[test]
+    fn tls_parameters_are_checked_here_not_by_tokio_postgres() {
+        let src = |c: &str| {
+            source(Some(&SourceConfig {
+                connection_string: c.into(),
+                password: String::new(),
+            }))
+        };
+        // tokio-postgres alone would refuse verify-full and sslrootcert.
+        let (cfg, _) =
+            src("postgres://u@db/app?sslmode=verify-full&sslrootcert=/etc/ca.pem").unwrap();
+        assert!(cfg.connection_string.contains("sslmode=verify-full"));
+        assert!(src("host=db dbname=app sslmode=verify-ca sslrootcert=/ca.pem").is_ok());
+        let e = src("host=db dbname=app sslmode=strict password=pw").unwrap_err();
+        assert!(e.0.contains("sslmode=\"strict\""), "{}", e.0);
+        assert!(!e.0.contains("pw"), "{}", e.0);
+    }
+
+    #[test]
+    fn ca_cert_needs_an_https_destination() {
+        let dst = |url: &str| DestinationConfig {
+            url: url.into(),
+            database: "db".into(),
+            ca_cert: "/etc/ca.pem".into(),
+            ..Default::default()
+        };
+        assert!(destination(Some(&dst("https://ch:8443"))).is_ok());
+        let e = destination(Some(&dst("http://ch:8123"))).unwrap_err();
+        assert!(e.0.contains("only used with an https"), "{}", e.0);
+    }
+
+    #[test]
     fn duplicate_tables_are_rejected() {
         let t = |s: &str| TableConfig {
             source_table: s.into(),

@@ -7,7 +7,7 @@ use tokio_postgres::config::Host;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Config};
 
-use super::tls::{SslMode, TlsParams, connector, split_tls};
+use super::tls::{TlsParams, connector, split_tls};
 use super::{MIN_SERVER_VERSION_NUM, SourceError, error_chain, format_db_error, has_io_source};
 
 /// Used when the connection string sets no `connect_timeout`, so an
@@ -73,7 +73,7 @@ pub async fn connect(conn_str: &str, password: Option<&str>) -> Result<Client, S
         .batch_execute(SESSION_SETUP)
         .await
         .map_err(|e| SourceError::query("setting up the session", &e))?;
-    tracing::debug!(target = %target, user = %user, sslmode = ?tls.mode, "connected to source");
+    tracing::debug!(target = %target, user = %user, sslmode = %tls.mode, "connected to source");
     Ok(client)
 }
 
@@ -163,7 +163,7 @@ fn tls_failure(e: &tokio_postgres::Error, tls: &TlsParams) -> Option<String> {
         return Some(format!(
             "the server does not accept TLS connections, but sslmode={} requires TLS; \
              enable ssl on the server, or lower sslmode",
-            mode_name(tls.mode)
+            tls.mode
         ));
     }
     // tokio-postgres' kind for every failure of the TLS layer, including a
@@ -174,20 +174,10 @@ fn tls_failure(e: &tokio_postgres::Error, tls: &TlsParams) -> Option<String> {
             .unwrap_or(&chain);
         return Some(format!(
             "TLS handshake failed (sslmode={}): {detail}",
-            mode_name(tls.mode)
+            tls.mode
         ));
     }
     None
-}
-
-fn mode_name(mode: SslMode) -> &'static str {
-    match mode {
-        SslMode::Disable => "disable",
-        SslMode::Prefer => "prefer",
-        SslMode::Require => "require",
-        SslMode::VerifyCa => "verify-ca",
-        SslMode::VerifyFull => "verify-full",
-    }
 }
 
 /// Facts about the source server, from [`check_server`].

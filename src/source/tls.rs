@@ -47,6 +47,18 @@ pub enum SslMode {
     VerifyFull,
 }
 
+impl std::fmt::Display for SslMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        })
+    }
+}
+
 impl SslMode {
     fn parse(s: &str) -> Result<Self, String> {
         Ok(match s {
@@ -112,7 +124,7 @@ pub fn split_tls(conn: &str) -> Result<(String, TlsParams), String> {
 
 /// Why TLS could not be set up before connecting (a file problem).
 #[derive(Debug, thiserror::Error)]
-#[error("sslrootcert: {0}")]
+#[error(transparent)]
 pub struct TlsSetupError(#[from] crate::tls::TlsFileError);
 
 /// Applies the TLS mode to `cfg` and builds the connector for it.
