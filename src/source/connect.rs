@@ -173,7 +173,8 @@ fn tls_failure(e: &tokio_postgres::Error, tls: &TlsParams) -> Option<String> {
             .strip_prefix("error performing TLS handshake: ")
             .unwrap_or(&chain);
         return Some(format!(
-            "TLS handshake failed (sslmode={}): {detail}",
+            "TLS handshake failed (sslmode={}): {detail}; check sslrootcert in the connection \
+             string and that the server's certificate is for this host",
             tls.mode
         ));
     }

@@ -88,9 +88,7 @@ pub enum SourceError {
     )]
     Unreachable { target: String, reason: String },
 
-    #[error(
-        "TLS with PostgreSQL at {target} failed: {reason}; check sslmode and sslrootcert in the connection string and the server's certificate"
-    )]
+    #[error("TLS with PostgreSQL at {target} failed: {reason}")]
     Tls { target: String, reason: String },
 
     #[error(
