@@ -332,3 +332,48 @@ async fn serve_refuses_to_start_without_a_usable_key() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn grpcurl_reaches_health_and_reflection_over_tls() {
+    let Some(bin) = common::grpcurl() else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "grpcurl is missing in CI: dev/env up must install it"
+        );
+        eprintln!("SKIPPED: grpcurl not installed (cargo install grpcurl-rs)");
+        return;
+    };
+    let pki = Pki::new();
+    let server = InProcess::start_tls(false, pki.server_files(), pki.client_tls()).await;
+    let addr = format!("localhost:{}", server.addr.port());
+    let ca = pki.ca();
+    let grpcurl = |args: Vec<&str>| {
+        // tokio's Command: the server runs on this test's runtime.
+        tokio::process::Command::new(&bin).args(args).output()
+    };
+    let list = grpcurl(vec!["-cacert", path_str(&ca), &addr, "list"])
+        .await
+        .unwrap();
+    let out = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        list.status.success() && out.contains("pgpipe.v1.PipeService"),
+        "{out}{}",
+        String::from_utf8_lossy(&list.stderr)
+    );
+    let health = grpcurl(vec![
+        "-cacert",
+        path_str(&ca),
+        "-d",
+        r#"{"service":"pgpipe.v1.PipeService"}"#,
+        &addr,
+        "grpc.health.v1.Health/Check",
+    ])
+    .await
+    .unwrap();
+    let out = String::from_utf8_lossy(&health.stdout);
+    assert!(
+        health.status.success() && out.contains("SERVING"),
+        "{out}{}",
+        String::from_utf8_lossy(&health.stderr)
+    );
+}

@@ -295,3 +295,20 @@ pub fn create_req(name: &str) -> CreatePipeRequest {
         settings: None,
     }
 }
+
+/// The grpcurl binary (`GRPCURL`, on PATH, or in ~/.cargo/bin), if any.
+pub fn grpcurl() -> Option<String> {
+    let candidates = [
+        std::env::var("GRPCURL").ok(),
+        Some("grpcurl".to_owned()),
+        std::env::var("HOME")
+            .ok()
+            .map(|h| format!("{h}/.cargo/bin/grpcurl")),
+    ];
+    candidates.into_iter().flatten().find(|c| {
+        Command::new(c)
+            .arg("--help")
+            .output()
+            .is_ok_and(|o| o.status.success() || !o.stdout.is_empty())
+    })
+}
