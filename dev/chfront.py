@@ -3,6 +3,7 @@
 crate uses, served over chDB (ClickHouse embedded in-process). Dev/test only.
 
     python3 dev/chfront.py --host 127.0.0.1 --port 18123 --data DIR [--user U --password P]
+                           [--tls-cert CERT.pem --tls-key KEY.pem]   # HTTPS instead of HTTP
 
 Served: GET /ping and GET / -> "Ok."; queries from the POST body, the `query` URL
 parameter (URL query + "\\n" + body, as ClickHouse does for INSERT data) or a
@@ -23,7 +24,7 @@ Requests carrying a `session_id` share that session's connection instead, so
 there SET/USE (and URL settings) persist for the session, as in ClickHouse sessions.
 """
 import argparse, base64, hmac, json, logging, os, re, secrets, signal, string, struct
-import sys, threading, time, uuid, zlib
+import ssl, sys, threading, time, uuid, zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
 
@@ -501,6 +502,14 @@ class Server(ThreadingHTTPServer):
     def __init__(self, addr, cfg):
         super().__init__(addr, Handler)
         self.cfg = cfg
+        self.tls = None
+        if cfg.tls_cert:
+            self.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.tls.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+            # The handshake runs in the request's thread (finish_request), so
+            # a client that stalls or rejects the certificate blocks nobody.
+            self.socket = self.tls.wrap_socket(self.socket, server_side=True,
+                                               do_handshake_on_connect=False)
         self.path = os.path.abspath(cfg.data)
         os.makedirs(self.path, exist_ok=True)
         self.anchor = chdb.state.connect(self.path)  # keeps the engine up for the server's life
@@ -508,6 +517,17 @@ class Server(ThreadingHTTPServer):
         self.active = set()
         self.sessions = {}  # session_id -> [conn, lock, last_used, timeout]
         self.sessions_lock = threading.Lock()
+
+    def finish_request(self, request, client_address):
+        if self.tls is not None:
+            try:
+                request.settimeout(10)
+                request.do_handshake()
+                request.settimeout(None)
+            except (ssl.SSLError, OSError) as e:
+                log.info("TLS handshake with %s failed: %s", client_address[0], e)
+                return
+        super().finish_request(request, client_address)
 
     def connection(self, params):
         sid = params.get("session_id")
@@ -569,7 +589,11 @@ def main():
     ap.add_argument("--password", default="", help="empty: no authentication check")
     ap.add_argument("--pid-file", help="written once listening, removed on clean exit")
     ap.add_argument("--log-level", default="INFO")
+    ap.add_argument("--tls-cert", help="PEM certificate chain: serve HTTPS instead of HTTP")
+    ap.add_argument("--tls-key", help="PEM private key of --tls-cert")
     cfg = ap.parse_args()
+    if bool(cfg.tls_cert) != bool(cfg.tls_key):
+        ap.error("--tls-cert and --tls-key go together")
     logging.basicConfig(level=cfg.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(threadName)s %(message)s")
     srv = Server((cfg.host, cfg.port), cfg)
@@ -581,8 +605,8 @@ def main():
     if cfg.pid_file:
         with open(cfg.pid_file, "w") as f:
             f.write(f"{os.getpid()}\n")
-    log.info("chfront listening on http://%s:%d (data %s, chDB %s)", cfg.host, srv.server_address[1],
-             srv.path, chdb.__version__)
+    log.info("chfront listening on %s://%s:%d (data %s, chDB %s)", "https" if srv.tls else "http",
+             cfg.host, srv.server_address[1], srv.path, chdb.__version__)
     while not stop.wait(0.2):
         pass
     log.info("shutting down")

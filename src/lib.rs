@@ -16,6 +16,7 @@ pub mod server;
 pub mod sink;
 pub mod source;
 pub mod store;
+pub mod tls;
 pub mod watch;
 
 pub mod proto {

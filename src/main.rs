@@ -60,6 +60,22 @@ struct ServeArgs {
     /// data or connecting to any database.
     #[arg(long, env = "PGPIPE_CONTROL_PLANE_ONLY")]
     control_plane_only: bool,
+    /// Serve gRPC over TLS with this PEM certificate chain (needs --tls-key).
+    #[arg(
+        long,
+        env = "PGPIPE_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(
+        long,
+        env = "PGPIPE_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
 }
 
 fn init_tracing(level: &str, json: bool) {
@@ -86,6 +102,10 @@ async fn main() -> ExitCode {
                 data_dir: a.data_dir,
                 token: a.token.filter(|t| !t.is_empty()),
                 engine: !a.control_plane_only,
+                tls: match (a.tls_cert, a.tls_key) {
+                    (Some(cert), Some(key)) => Some(server::TlsFiles { cert, key }),
+                    _ => None,
+                },
             };
             match server::serve(cfg, server::shutdown_signal()).await {
                 Ok(()) => ExitCode::SUCCESS,

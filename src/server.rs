@@ -12,8 +12,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
 
 use crate::api::{BearerAuth, CoreCell, PipeApi};
 use crate::commands::Core;
@@ -32,6 +32,16 @@ pub struct ServeConfig {
     /// Run the data plane (pipes move data). Off: the control plane alone
     /// (events, API, watch), with no connection to any Postgres or ClickHouse.
     pub engine: bool,
+    /// Serve gRPC (health and reflection too) over TLS with this identity
+    /// (None: plaintext).
+    pub tls: Option<TlsFiles>,
+}
+
+/// PEM files of the server's certificate chain and private key.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +53,10 @@ pub enum ServeError {
     },
     #[error(transparent)]
     Log(#[from] LogError),
+    #[error(transparent)]
+    TlsFile(#[from] crate::tls::TlsFileError),
+    #[error("the TLS certificate and key cannot be used: {0}")]
+    Tls(String),
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("reflection setup failed: {0}")]
@@ -117,6 +131,15 @@ pub async fn serve_on(
         addr: cfg.listen,
         source,
     })?;
+    // Before anything answers: a bad certificate or key is a start-up error.
+    let mut builder = Server::builder();
+    if let Some(files) = &cfg.tls {
+        let id = crate::tls::read_identity(&files.cert, &files.key)?;
+        let tls = ServerTlsConfig::new().identity(Identity::from_pem(id.cert_pem, id.key_pem));
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| ServeError::Tls(chain(&e)))?;
+    }
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_not_serving::<PipeServiceServer<PipeApi>>()
@@ -142,11 +165,11 @@ pub async fn serve_on(
 
     // Announced on stdout so scripts and tests can find a port chosen by the OS.
     println!("pgpipe listening on {addr}");
-    tracing::info!(%addr, data_dir = %cfg.data_dir.display(), auth = cfg.token.is_some(), "listening");
+    tracing::info!(%addr, data_dir = %cfg.data_dir.display(), auth = cfg.token.is_some(), tls = cfg.tls.is_some(), "listening");
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(
-        Server::builder()
+        builder
             .add_service(health_service)
             .add_service(reflection)
             .add_service(pipes)
@@ -214,6 +237,18 @@ pub async fn serve_on(
     }
     served?;
     Ok(())
+}
+
+/// An error and its causes: tonic's transport errors say little alone.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 /// Resolves on SIGINT or SIGTERM.

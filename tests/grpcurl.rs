@@ -8,22 +8,6 @@ use std::process::Command;
 
 use common::*;
 
-fn grpcurl() -> Option<String> {
-    let candidates = [
-        std::env::var("GRPCURL").ok(),
-        Some("grpcurl".to_owned()),
-        std::env::var("HOME")
-            .ok()
-            .map(|h| format!("{h}/.cargo/bin/grpcurl")),
-    ];
-    candidates.into_iter().flatten().find(|c| {
-        Command::new(c)
-            .arg("--help")
-            .output()
-            .is_ok_and(|o| o.status.success() || !o.stdout.is_empty())
-    })
-}
-
 fn run(bin: &str, args: &[&str]) -> String {
     let out = Command::new(bin).args(args).output().unwrap();
     assert!(

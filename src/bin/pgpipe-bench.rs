@@ -472,6 +472,7 @@ impl Server {
             data_dir: dir.path().join("data"),
             token: None,
             engine,
+            tls: None,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -544,6 +545,7 @@ fn create_req(name: &str, tables: usize) -> CreatePipeRequest {
             database: "analytics".into(),
             user: "default".into(),
             password: "pw".into(),
+            ca_cert: String::new(),
         }),
         tables: (0..tables)
             .map(|i| TableConfig {
@@ -1862,6 +1864,7 @@ async fn pgpipe_load(
             database: db.clone(),
             user: "default".into(),
             password: String::new(),
+            ca_cert: String::new(),
         }),
         tables: vec![TableConfig {
             source_table: format!("{schema}.t"),
@@ -2894,6 +2897,7 @@ async fn cdc(args: CdcArgs) -> Res<()> {
             database: db.clone(),
             user: "default".into(),
             password: String::new(),
+            ca_cert: String::new(),
         }),
         tables: vec![table("t"), table("probe")],
         settings: Some(PipeSettings {

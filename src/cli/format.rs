@@ -469,6 +469,9 @@ pub(crate) fn pipe_summary(p: &Pipe) -> String {
             if !dst.user.is_empty() {
                 let _ = write!(s, " user {}", dst.user);
             }
+            if !dst.ca_cert.is_empty() {
+                let _ = write!(s, " (CA {})", dst.ca_cert);
+            }
             field("ClickHouse", s);
         }
         if let Some(st) = &cfg.settings {

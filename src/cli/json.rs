@@ -45,11 +45,18 @@ fn config_json(c: &PipeConfig) -> Value {
         "source": c.source.as_ref().map(|s| json!({
             "connection_string": s.connection_string,
         })),
-        "destination": c.destination.as_ref().map(|d| json!({
-            "url": d.url,
-            "database": d.database,
-            "user": d.user,
-        })),
+        "destination": c.destination.as_ref().map(|d| {
+            let mut v = json!({
+                "url": d.url,
+                "database": d.database,
+                "user": d.user,
+            });
+            // Only when set: most destinations trust the system's roots.
+            if !d.ca_cert.is_empty() {
+                v["ca_cert"] = json!(d.ca_cert);
+            }
+            v
+        }),
         "tables": c.tables.iter().map(table_config_json).collect::<Vec<_>>(),
         "settings": c.settings.as_ref().map(|s| json!({
             "snapshot_parallelism": s.snapshot_parallelism,
@@ -349,13 +356,18 @@ pub(crate) fn create_request_from_json(v: &Value) -> Result<CreatePipeRequest, S
             }
             "destination" => {
                 let mut d = DestinationConfig::default();
-                for (k, v) in fields(v, "destination", &["url", "database", "user", "password"])? {
+                for (k, v) in fields(
+                    v,
+                    "destination",
+                    &["url", "database", "user", "password", "ca_cert"],
+                )? {
                     let p = format!("destination.{k}");
                     let s = string(v, &p)?;
                     match k {
                         "url" => d.url = s,
                         "database" => d.database = s,
                         "user" => d.user = s,
+                        "ca_cert" => d.ca_cert = s,
                         _ => d.password = s,
                     }
                 }

@@ -26,7 +26,7 @@ use serde_json::Value;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::proto::pipe_service_client::PipeServiceClient;
 use crate::proto::{
@@ -74,6 +74,17 @@ pub struct ClientOpts {
         help_heading = "Connection"
     )]
     pub token: Option<String>,
+
+    /// PEM file of the CA that signed the server's TLS certificate (for an
+    /// `https://` server; without it the system's roots are trusted).
+    #[arg(
+        long,
+        env = "PGPIPE_CA_CERT",
+        value_name = "FILE",
+        global = true,
+        help_heading = "Connection"
+    )]
+    pub ca_cert: Option<PathBuf>,
 }
 
 impl fmt::Debug for ClientOpts {
@@ -81,6 +92,7 @@ impl fmt::Debug for ClientOpts {
         f.debug_struct("ClientOpts")
             .field("server", &self.server)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("ca_cert", &self.ca_cert)
             .finish()
     }
 }
@@ -180,6 +192,11 @@ pub struct CreateArgs {
     /// ClickHouse user.
     #[arg(long, value_name = "USER")]
     pub ch_user: Option<String>,
+
+    /// For an https ClickHouse URL: a PEM file, on the pgpipe server, of the
+    /// CA to trust (default: the server's system roots).
+    #[arg(long, value_name = "FILE")]
+    pub ch_ca_cert: Option<String>,
 
     /// Environment variable holding the ClickHouse password.
     #[arg(long, value_name = "VAR", conflicts_with = "ch_password_stdin")]
@@ -478,14 +495,50 @@ fn normalize_server(server: &str) -> String {
     }
 }
 
+/// TLS settings for an `https://` server: its certificate must chain to the
+/// `--ca-cert` file, or to a system root without one. A CA file with an
+/// `http://` server is refused rather than ignored, which would send the
+/// token in the clear.
+fn client_tls(
+    server: &str,
+    ca_cert: Option<&std::path::Path>,
+) -> Result<Option<ClientTlsConfig>, CliError> {
+    let https = server.starts_with("https://");
+    match (https, ca_cert) {
+        (false, None) => Ok(None),
+        (false, Some(_)) => Err(CliError::Usage(format!(
+            "--ca-cert is given but the server address {server} is not https://; use https://HOST:PORT"
+        ))),
+        (true, None) => Ok(Some(ClientTlsConfig::new().with_native_roots())),
+        (true, Some(path)) => {
+            let pem = std::fs::read(path).map_err(|source| CliError::Io {
+                what: format!("reading the CA certificate file {}", path.display()),
+                source,
+            })?;
+            Ok(Some(
+                ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)),
+            ))
+        }
+    }
+}
+
 async fn connect(opts: &ClientOpts) -> Result<Client, CliError> {
     let interceptor = AuthInterceptor::new(opts.token.as_deref())?;
     let server = normalize_server(&opts.server);
-    let endpoint = Endpoint::from_shared(server.clone())
-        .map_err(|e| CliError::InvalidServer {
+    let mut endpoint =
+        Endpoint::from_shared(server.clone()).map_err(|e| CliError::InvalidServer {
             server: server.clone(),
             reason: error_chain(&e),
-        })?
+        })?;
+    if let Some(tls) = client_tls(&server, opts.ca_cert.as_deref())? {
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| CliError::InvalidServer {
+                server: server.clone(),
+                reason: error_chain(&e),
+            })?;
+    }
+    let endpoint = endpoint
         .connect_timeout(Duration::from_secs(10))
         .tcp_keepalive(Some(Duration::from_secs(30)))
         // Detects a dead peer during a long, quiet watch.
@@ -854,6 +907,9 @@ fn build_create_request(
     }
     if let Some(db) = &args.ch_database {
         dest.database = db.clone();
+    }
+    if let Some(ca) = &args.ch_ca_cert {
+        dest.ca_cert = ca.clone();
     }
     if let Some(user) = &args.ch_user {
         dest.user = user.clone();

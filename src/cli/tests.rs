@@ -256,6 +256,7 @@ async fn start(mock: Mock) -> ClientOpts {
     ClientOpts {
         server: format!("http://{addr}"),
         token: Some("s3cret".into()),
+        ca_cert: None,
     }
 }
 
@@ -585,6 +586,7 @@ async fn unary_commands_and_errors() {
     let down = ClientOpts {
         server: "http://127.0.0.1:1".into(),
         token: None,
+        ca_cert: None,
     };
     let err = execute(&down, cmd(&["list"]), &mut out, false)
         .await
@@ -896,6 +898,7 @@ async fn watch_survives_a_server_restart() {
     let opts = ClientOpts {
         server: format!("http://{addr}"),
         token: None,
+        ca_cert: None,
     };
     let (mut out, buf) = capture();
     let watch = tokio::spawn(async move {

@@ -193,36 +193,63 @@ pub fn ident(field: &str, s: &str) -> Result<(), Invalid> {
 /// form), returning the redacted string and the password it held.
 pub fn split_password(conn: &str) -> (String, Option<String>) {
     let trimmed = conn.trim();
-    if trimmed.starts_with("postgres://") || trimmed.starts_with("postgresql://") {
-        if let Ok(mut url) = url::Url::parse(trimmed) {
-            let mut password = url.password().map(percent_decode);
-            let _ = url.set_password(None);
-            let pairs: Vec<(String, String)> = url
-                .query_pairs()
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect();
-            if pairs.iter().any(|(k, _)| k == "password") {
-                let mut q = url.query_pairs_mut();
-                q.clear();
-                for (k, v) in &pairs {
-                    if k == "password" {
-                        password = Some(v.clone());
-                    } else {
-                        q.append_pair(k, v);
-                    }
-                }
-                drop(q);
-                if pairs.iter().all(|(k, _)| k == "password") {
-                    url.set_query(None);
+    let mut password = None;
+    let mut rest = trimmed.to_owned();
+    if is_url(trimmed) {
+        let Ok(mut url) = url::Url::parse(trimmed) else {
+            return (trimmed.to_owned(), None);
+        };
+        password = url.password().map(percent_decode);
+        let _ = url.set_password(None);
+        rest = url.to_string();
+    }
+    let (rest, taken) = take_params(&rest, &["password"]);
+    if let Some((_, p)) = taken.into_iter().last() {
+        password = Some(p);
+    }
+    (rest, password)
+}
+
+fn is_url(conn: &str) -> bool {
+    conn.starts_with("postgres://") || conn.starts_with("postgresql://")
+}
+
+/// Removes the parameters named in `keys` from a libpq connection string
+/// (URL query or key=value form); returns the rest and the removed pairs in
+/// order, values unquoted/decoded. A URL that does not parse is returned
+/// unchanged (the caller's parser will name the problem).
+pub fn take_params(conn: &str, keys: &[&str]) -> (String, Vec<(String, String)>) {
+    let trimmed = conn.trim();
+    let mut taken = Vec::new();
+    if is_url(trimmed) {
+        let Ok(mut url) = url::Url::parse(trimmed) else {
+            return (trimmed.to_owned(), taken);
+        };
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        if pairs.iter().any(|(k, _)| keys.contains(&k.as_str())) {
+            let mut kept = 0;
+            let mut q = url.query_pairs_mut();
+            q.clear();
+            for (k, v) in pairs {
+                if keys.contains(&k.as_str()) {
+                    taken.push((k, v));
+                } else {
+                    q.append_pair(&k, &v);
+                    kept += 1;
                 }
             }
-            return (url.to_string(), password);
+            drop(q);
+            if kept == 0 {
+                url.set_query(None);
+            }
         }
-        return (trimmed.to_owned(), None);
+        return (url.to_string(), taken);
     }
     // key=value form: values may be single-quoted with \' and \\ escapes.
     let mut out = Vec::new();
-    let mut password = None;
     let mut rest = trimmed;
     while !rest.is_empty() {
         rest = rest.trim_start();
@@ -260,14 +287,14 @@ pub fn split_password(conn: &str) -> (String, Option<String>) {
                 &after[end..],
             )
         };
-        if key == "password" {
-            password = Some(value);
+        if keys.contains(&key.as_str()) {
+            taken.push((key, value));
         } else {
             out.push(format!("{key}={raw}"));
         }
         rest = remaining;
     }
-    (out.join(" "), password)
+    (out.join(" "), taken)
 }
 
 fn percent_decode(s: &str) -> String {
@@ -306,8 +333,12 @@ fn source(src: Option<&SourceConfig>) -> Result<(SourceConfig, Option<String>), 
         ));
     }
     let (redacted, embedded) = split_password(conn);
+    // tokio-postgres knows neither verify-ca/verify-full nor sslrootcert:
+    // those are checked here and applied by the source's own TLS layer.
+    let (without_tls, _) = crate::source::tls::split_tls(&redacted)
+        .map_err(|e| Invalid(format!("source.connection_string: {e}")))?;
     // Parse the redacted form so a parse error can never echo the password.
-    let cfg = tokio_postgres::Config::from_str(&redacted).map_err(|e| {
+    let cfg = tokio_postgres::Config::from_str(&without_tls).map_err(|e| {
         Invalid(format!(
             "source.connection_string is not a valid PostgreSQL connection string ({e}); \
              use postgres://user@host:port/db or `host=... dbname=...`"
@@ -395,12 +426,24 @@ fn destination(
         dst.user.clone()
     };
     let password = (!dst.password.is_empty()).then(|| dst.password.clone());
+    let ca_cert = dst.ca_cert.trim();
+    if !ca_cert.is_empty() {
+        if parsed.scheme() != "https" {
+            return invalid(
+                "destination.ca_cert is only used with an https destination.url; use https:// or drop ca_cert",
+            );
+        }
+        if ca_cert.len() > MAX_CONN_LEN || ca_cert.contains('\0') {
+            return invalid("destination.ca_cert is not a usable file path");
+        }
+    }
     Ok((
         DestinationConfig {
             url: url.trim_end_matches('/').to_owned(),
             database: dst.database.clone(),
             user,
             password: String::new(),
+            ca_cert: ca_cert.to_owned(),
         },
         password,
     ))
@@ -661,6 +704,37 @@ mod tests {
         let (r, p) = split_password("host=db password=plain user=u");
         assert_eq!(p.as_deref(), Some("plain"));
         assert_eq!(r, "host=db user=u");
+    }
+
+    #[test]
+    fn tls_parameters_are_checked_here_not_by_tokio_postgres() {
+        let src = |c: &str| {
+            source(Some(&SourceConfig {
+                connection_string: c.into(),
+                password: String::new(),
+            }))
+        };
+        // tokio-postgres alone would refuse verify-full and sslrootcert.
+        let (cfg, _) =
+            src("postgres://u@db/app?sslmode=verify-full&sslrootcert=/etc/ca.pem").unwrap();
+        assert!(cfg.connection_string.contains("sslmode=verify-full"));
+        assert!(src("host=db dbname=app sslmode=verify-ca sslrootcert=/ca.pem").is_ok());
+        let e = src("host=db dbname=app sslmode=strict password=pw").unwrap_err();
+        assert!(e.0.contains("sslmode=\"strict\""), "{}", e.0);
+        assert!(!e.0.contains("pw"), "{}", e.0);
+    }
+
+    #[test]
+    fn ca_cert_needs_an_https_destination() {
+        let dst = |url: &str| DestinationConfig {
+            url: url.into(),
+            database: "db".into(),
+            ca_cert: "/etc/ca.pem".into(),
+            ..Default::default()
+        };
+        assert!(destination(Some(&dst("https://ch:8443"))).is_ok());
+        let e = destination(Some(&dst("http://ch:8123"))).unwrap_err();
+        assert!(e.0.contains("only used with an https"), "{}", e.0);
     }
 
     #[test]

@@ -30,11 +30,13 @@ pub(crate) fn sink_for(
     secrets: &crate::store::PipeSecrets,
 ) -> Result<ChSink, crate::sink::SinkError> {
     let dst = config.destination.clone().unwrap_or_default();
-    ChSink::connect(
+    let ca_cert = (!dst.ca_cert.is_empty()).then(|| std::path::Path::new(&dst.ca_cert));
+    ChSink::connect_with_ca(
         &dst.url,
         &dst.user,
         secrets.destination_password.as_deref(),
         &dst.database,
+        ca_cert,
     )
 }
 

@@ -15,6 +15,14 @@ pub enum SinkError {
     )]
     Unreachable { url: String, reason: String },
 
+    /// A TLS problem: an untrusted or mismatched certificate, a CA file that
+    /// cannot be read, or a server that does not speak TLS on that port.
+    #[error(
+        "TLS with ClickHouse at {url} failed: {reason} \
+         (check destination.ca_cert and that the server's certificate is for this host)"
+    )]
+    Tls { url: String, reason: String },
+
     #[error(
         "ClickHouse at {url} rejected the credentials of user {user:?}: {message} \
          (check the user name and password)"
@@ -77,7 +85,8 @@ impl SinkError {
     /// a change (credentials, schema, data).
     pub fn is_transient(&self) -> bool {
         match self {
-            SinkError::Unreachable { .. } => true,
+            // A certificate or CA file can be fixed without a resync.
+            SinkError::Unreachable { .. } | SinkError::Tls { .. } => true,
             // TOO_MANY_PARTS, TIMEOUT_EXCEEDED, MEMORY_LIMIT_EXCEEDED,
             // TOO_MANY_SIMULTANEOUS_QUERIES, NETWORK_ERROR, SOCKET_TIMEOUT,
             // ALL_CONNECTION_TRIES_FAILED, ABORTED.
@@ -114,10 +123,20 @@ pub(crate) fn is_auth_code(code: u32) -> bool {
 /// Maps a crate error; `url`/`user` only go into messages.
 pub(crate) fn from_ch(err: ChError, url: &str, user: &str) -> SinkError {
     match err {
-        ChError::Network(e) => SinkError::Unreachable {
-            url: url.to_string(),
-            reason: error_chain(&*e),
-        },
+        ChError::Network(e) => {
+            let reason = error_chain(&*e);
+            if is_tls_failure(&reason) {
+                SinkError::Tls {
+                    url: url.to_string(),
+                    reason,
+                }
+            } else {
+                SinkError::Unreachable {
+                    url: url.to_string(),
+                    reason,
+                }
+            }
+        }
         ChError::TimedOut => SinkError::Unreachable {
             url: url.to_string(),
             reason: "timed out".into(),
@@ -136,6 +155,20 @@ pub(crate) fn from_ch(err: ChError, url: &str, user: &str) -> SinkError {
         }
         other => SinkError::Client(other),
     }
+}
+
+/// Whether a network error's chain is a TLS failure: rustls' messages
+/// (through hyper-rustls' io::Error) for a rejected certificate, a TLS alert,
+/// or a peer that does not speak TLS. Retrying would not help.
+fn is_tls_failure(chain: &str) -> bool {
+    const MARKERS: [&str; 5] = [
+        "invalid peer certificate",
+        "received fatal alert",
+        "corrupt message",
+        "peer is incompatible",
+        "peer misbehaved",
+    ];
+    MARKERS.iter().any(|m| chain.contains(m))
 }
 
 /// "error: cause: cause" — hyper's top-level messages alone ("client error

@@ -138,6 +138,19 @@ impl ChSink {
         password: Option<&str>,
         database: &str,
     ) -> Result<ChSink, SinkError> {
+        Self::connect_with_ca(url, user, password, database, None)
+    }
+
+    /// Like [`ChSink::connect`]; for an `https` URL the server's certificate
+    /// must chain to a CA in the PEM file `ca_cert` (None: the system's
+    /// roots). Reads that file, but does no network I/O.
+    pub fn connect_with_ca(
+        url: &str,
+        user: &str,
+        password: Option<&str>,
+        database: &str,
+        ca_cert: Option<&std::path::Path>,
+    ) -> Result<ChSink, SinkError> {
         let parsed = url::Url::parse(url).map_err(|e| SinkError::InvalidUrl {
             url: url.chars().take(200).collect(),
             reason: e.to_string(),
@@ -151,15 +164,13 @@ impl ChSink {
             url: shown.clone(),
             reason: reason.to_string(),
         };
-        match parsed.scheme() {
-            "http" => {}
-            "https" => {
-                return Err(invalid(
-                    "https is not supported by this build (the clickhouse crate's TLS \
-                     feature is off); use http, or a TLS-terminating proxy",
-                ));
-            }
-            _ => return Err(invalid("the scheme must be http")),
+        let https = match parsed.scheme() {
+            "http" => false,
+            "https" => true,
+            _ => return Err(invalid("the scheme must be http or https")),
+        };
+        if ca_cert.is_some() && !https {
+            return Err(invalid("a CA certificate file is only used with https"));
         }
         if parsed.host_str().is_none_or(str::is_empty) {
             return Err(invalid("no host"));
@@ -191,7 +202,15 @@ impl ChSink {
         if !rest.is_empty() {
             base.query_pairs_mut().extend_pairs(rest);
         }
-        let mut client = Client::default()
+        let client = if https {
+            https_client(ca_cert).map_err(|e| SinkError::Tls {
+                url: shown.clone(),
+                reason: e.to_string(),
+            })?
+        } else {
+            Client::default()
+        };
+        let mut client = client
             .with_url(base.as_str())
             .with_user(user)
             .with_compression(compression);
@@ -323,6 +342,42 @@ impl ChSink {
         }
         plan
     }
+}
+
+/// How long an idle pooled connection is kept: less than ClickHouse's
+/// keep-alive timeout (3 s before 23.11), as the crate's default client does.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(2);
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+
+/// A client for https URLs. The clickhouse crate's own TLS features trust
+/// only built-in or system roots; this one can trust a given CA file.
+fn https_client(ca_cert: Option<&std::path::Path>) -> Result<Client, crate::tls::TlsFileError> {
+    use hyper_util::client::legacy::Client as HyperClient;
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use hyper_util::rt::TokioExecutor;
+
+    let roots = crate::tls::roots("CA certificate file (destination.ca_cert)", ca_cert)?;
+    let tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| crate::tls::TlsFileError::Invalid {
+            what: "TLS configuration",
+            path: Default::default(),
+            reason: e.to_string(),
+        })?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut http = HttpConnector::new();
+    http.set_keepalive(Some(TCP_KEEPALIVE));
+    http.enforce_http(false);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http1()
+        .wrap_connector(http);
+    let hyper = HyperClient::builder(TokioExecutor::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .build(connector);
+    Ok(Client::with_http_client(hyper))
 }
 
 fn plan_columns(

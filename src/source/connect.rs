@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use tokio_postgres::config::Host;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{Client, Config};
 
+use super::tls::{TlsParams, connector, split_tls};
 use super::{MIN_SERVER_VERSION_NUM, SourceError, error_chain, format_db_error, has_io_source};
 
 /// Used when the connection string sets no `connect_timeout`, so an
@@ -32,12 +33,13 @@ fn target(cfg: &Config) -> String {
     format!("{host}:{port}/{}", cfg.get_dbname().unwrap_or(""))
 }
 
-/// Connects to the source (without TLS for now), with
-/// `application_name=pgpipe` and the pinned output settings. The password,
-/// if given, overrides one in `conn_str`; neither ever appears in errors
-/// or logs.
+/// Connects to the source with `application_name=pgpipe` and the pinned
+/// output settings, over TLS as `sslmode`/`sslrootcert` say (see
+/// [`super::tls`]). The password, if given, overrides one in `conn_str`;
+/// neither ever appears in errors or logs.
 pub async fn connect(conn_str: &str, password: Option<&str>) -> Result<Client, SourceError> {
-    let mut cfg = Config::from_str(conn_str).map_err(|e| {
+    let (rest, tls) = split_tls(conn_str).map_err(SourceError::InvalidConnectionString)?;
+    let mut cfg = Config::from_str(&rest).map_err(|e| {
         // The cause names the bad option, not its value.
         let cause = std::error::Error::source(&e)
             .map(|c| c.to_string())
@@ -53,10 +55,14 @@ pub async fn connect(conn_str: &str, password: Option<&str>) -> Result<Client, S
     }
     let target = target(&cfg);
     let user = cfg.get_user().unwrap_or("").to_owned();
+    let make_tls = connector(&tls, &mut cfg).map_err(|e| SourceError::Tls {
+        target: target.clone(),
+        reason: e.to_string(),
+    })?;
     let (client, connection) = cfg
-        .connect(NoTls)
+        .connect(make_tls)
         .await
-        .map_err(|e| classify_connect_error(&e, &target, &user, cfg.get_dbname()))?;
+        .map_err(|e| classify_connect_error(&e, &target, &user, cfg.get_dbname(), &tls))?;
     let log_target = target.clone();
     tokio::spawn(async move {
         if let Err(e) = connection.await {
@@ -67,7 +73,7 @@ pub async fn connect(conn_str: &str, password: Option<&str>) -> Result<Client, S
         .batch_execute(SESSION_SETUP)
         .await
         .map_err(|e| SourceError::query("setting up the session", &e))?;
-    tracing::debug!(target = %target, user = %user, "connected to source");
+    tracing::debug!(target = %target, user = %user, sslmode = %tls.mode, "connected to source");
     Ok(client)
 }
 
@@ -76,7 +82,14 @@ fn classify_connect_error(
     target: &str,
     user: &str,
     dbname: Option<&str>,
+    tls: &TlsParams,
 ) -> SourceError {
+    if let Some(reason) = tls_failure(e, tls) {
+        return SourceError::Tls {
+            target: target.into(),
+            reason,
+        };
+    }
     if let Some(db) = e.as_db_error() {
         let code = db.code();
         if *code == SqlState::INVALID_PASSWORD
@@ -137,6 +150,35 @@ fn classify_connect_error(
         context: format!("connecting to {target}"),
         reason: chain,
     }
+}
+
+/// The TLS problem behind a failed connection, worded for the user, or
+/// None if the failure is not about TLS.
+fn tls_failure(e: &tokio_postgres::Error, tls: &TlsParams) -> Option<String> {
+    if e.as_db_error().is_some() {
+        return None;
+    }
+    let chain = error_chain(e);
+    if chain.contains("server does not support TLS") {
+        return Some(format!(
+            "the server does not accept TLS connections, but sslmode={} requires TLS; \
+             enable ssl on the server, or lower sslmode",
+            tls.mode
+        ));
+    }
+    // tokio-postgres' kind for every failure of the TLS layer, including a
+    // certificate rejected by rustls (its message says why).
+    if chain.contains("TLS handshake") || chain.contains("invalid peer certificate") {
+        let detail = chain
+            .strip_prefix("error performing TLS handshake: ")
+            .unwrap_or(&chain);
+        return Some(format!(
+            "TLS handshake failed (sslmode={}): {detail}; check sslrootcert in the connection \
+             string and that the server's certificate is for this host",
+            tls.mode
+        ));
+    }
+    None
 }
 
 /// Facts about the source server, from [`check_server`].

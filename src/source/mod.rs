@@ -54,6 +54,7 @@ pub mod pgoutput;
 mod schema;
 mod slot;
 mod snapshot;
+pub mod tls;
 
 pub use cdc::{advance_slot, read_changes};
 pub use connect::{ServerInfo, check_server, connect};
@@ -86,6 +87,9 @@ pub enum SourceError {
         "cannot reach PostgreSQL at {target}: {reason}; check the host and port, that the server is running and accepts TCP connections (listen_addresses), and that no firewall is in the way"
     )]
     Unreachable { target: String, reason: String },
+
+    #[error("TLS with PostgreSQL at {target} failed: {reason}")]
+    Tls { target: String, reason: String },
 
     #[error(
         "PostgreSQL at {target} rejected user {user:?}: {reason}; check the user name, the password (source.password) and the server's pg_hba.conf"
@@ -216,6 +220,8 @@ impl SourceError {
         matches!(
             self,
             SourceError::Unreachable { .. }
+                // A certificate or CA file can be fixed without a resync.
+                | SourceError::Tls { .. }
                 | SourceError::ConnectionLost { .. }
                 | SourceError::SlotActive { .. }
         )

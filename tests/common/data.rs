@@ -59,6 +59,7 @@ pub fn pipe_req(name: &str, database: &str, tables: &[&str]) -> CreatePipeReques
             database: database.into(),
             user: "default".into(),
             password: String::new(),
+            ca_cert: String::new(),
         }),
         tables: tables
             .iter()

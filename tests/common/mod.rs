@@ -12,10 +12,10 @@ pub mod workload;
 
 use pgpipe::proto::pipe_service_client::PipeServiceClient;
 use pgpipe::proto::*;
-use pgpipe::server::{self, ServeConfig};
+use pgpipe::server::{self, ServeConfig, TlsFiles};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 pub type Client = PipeServiceClient<Channel>;
 
@@ -25,6 +25,8 @@ pub struct InProcess {
     pub dir: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
+    /// Set when the server serves TLS: how clients trust it.
+    client_tls: Option<ClientTlsConfig>,
 }
 
 impl InProcess {
@@ -44,6 +46,22 @@ impl InProcess {
     }
 
     pub async fn start_with(dir: tempfile::TempDir, token: Option<&str>, engine: bool) -> Self {
+        Self::start_full(dir, token, engine, None).await
+    }
+
+    /// A server on TLS with `files`; its clients use `client_tls`.
+    pub async fn start_tls(engine: bool, files: TlsFiles, client_tls: ClientTlsConfig) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_full(dir, None, engine, Some((files, client_tls))).await
+    }
+
+    async fn start_full(
+        dir: tempfile::TempDir,
+        token: Option<&str>,
+        engine: bool,
+        tls: Option<(TlsFiles, ClientTlsConfig)>,
+    ) -> Self {
+        let (tls, client_tls) = tls.unzip();
         // PGPIPE_TEST_LOG=pgpipe=debug shows the service's logs in a test.
         if let Ok(filter) = std::env::var("PGPIPE_TEST_LOG") {
             let _ = tracing_subscriber::fmt()
@@ -58,6 +76,7 @@ impl InProcess {
             data_dir: dir.path().join("data"),
             token: token.map(str::to_owned),
             engine,
+            tls,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -72,21 +91,50 @@ impl InProcess {
             dir,
             stop: Some(stop),
             task: Some(task),
+            client_tls,
         };
         s.wait_serving().await;
         s
     }
 
+    /// `https://localhost:PORT` on TLS (the name in the test certificates).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        match &self.client_tls {
+            Some(_) => format!("https://localhost:{}", self.addr.port()),
+            None => format!("http://{}", self.addr),
+        }
+    }
+
+    /// An endpoint for this server, with the client TLS settings if any.
+    pub fn endpoint(&self) -> Endpoint {
+        let e = Endpoint::from_shared(self.url()).unwrap();
+        match &self.client_tls {
+            Some(tls) => e.tls_config(tls.clone()).unwrap(),
+            None => e,
+        }
     }
 
     pub async fn client(&self) -> Client {
-        connect(&self.url()).await
+        if self.client_tls.is_none() {
+            return connect(&self.url()).await;
+        }
+        for _ in 0..100 {
+            if let Ok(ch) = self.endpoint().connect().await {
+                return PipeServiceClient::new(ch);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("could not connect to {}", self.url());
     }
 
     async fn wait_serving(&self) {
-        wait_serving(&self.url()).await
+        for _ in 0..400 {
+            if health_of(self.endpoint()).await == Some(1) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("server at {} never reported SERVING", self.url());
     }
 
     /// Graceful stop; returns the data directory for a restart.
@@ -116,11 +164,12 @@ pub async fn connect(url: &str) -> Client {
 }
 
 pub async fn health_status(url: &str) -> Option<i32> {
-    let channel = Channel::from_shared(url.to_owned())
-        .ok()?
-        .connect()
-        .await
-        .ok()?;
+    health_of(Channel::from_shared(url.to_owned()).ok()?).await
+}
+
+/// The health status the server at `endpoint` reports (None: no answer).
+pub async fn health_of(endpoint: Endpoint) -> Option<i32> {
+    let channel = endpoint.connect().await.ok()?;
     let mut h = tonic_health::pb::health_client::HealthClient::new(channel);
     let r = h
         .check(tonic_health::pb::HealthCheckRequest {
@@ -241,8 +290,26 @@ pub fn create_req(name: &str) -> CreatePipeRequest {
             database: "analytics".into(),
             user: "default".into(),
             password: "ch-secret-pw".into(),
+            ca_cert: String::new(),
         }),
         tables: vec![table("public.orders"), table("public.customers")],
         settings: None,
     }
+}
+
+/// The grpcurl binary (`GRPCURL`, on PATH, or in ~/.cargo/bin), if any.
+pub fn grpcurl() -> Option<String> {
+    let candidates = [
+        std::env::var("GRPCURL").ok(),
+        Some("grpcurl".to_owned()),
+        std::env::var("HOME")
+            .ok()
+            .map(|h| format!("{h}/.cargo/bin/grpcurl")),
+    ];
+    candidates.into_iter().flatten().find(|c| {
+        Command::new(c)
+            .arg("--help")
+            .output()
+            .is_ok_and(|o| o.status.success() || !o.stdout.is_empty())
+    })
 }

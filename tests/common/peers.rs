@@ -49,16 +49,33 @@ fn check(what: &str, out: std::io::Result<Output>) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// TLS for a private environment's peers: PEM files of a server
+/// certificate and key for Postgres (`ssl=on`) and/or the ClickHouse front
+/// (HTTPS), and the CA file that signed the front's certificate (so the
+/// test's own ClickHouse queries trust it).
+#[derive(Debug, Clone, Default)]
+pub struct PeerTls {
+    pub pg: Option<(PathBuf, PathBuf)>,
+    pub ch: Option<(PathBuf, PathBuf)>,
+    pub ch_ca: Option<PathBuf>,
+}
+
 /// The private environment; `dev/env reset` on drop.
 pub struct PrivateEnv {
     dir: tempfile::TempDir,
     pub pg_port: u16,
     pub ch_port: u16,
+    tls: PeerTls,
 }
 
 impl PrivateEnv {
     /// Starts a fresh private environment (about 10 s: initdb and chDB).
     pub async fn up() -> Self {
+        Self::up_with(PeerTls::default()).await
+    }
+
+    /// Like [`PrivateEnv::up`], with TLS on the peers `tls` names.
+    pub async fn up_with(tls: PeerTls) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("pgpipe-peers-")
             .tempdir()
@@ -72,6 +89,7 @@ impl PrivateEnv {
             dir,
             pg_port,
             ch_port,
+            tls,
         };
         env.dev_env(&["up"]).await;
         env
@@ -88,6 +106,14 @@ impl PrivateEnv {
             .env("PGPIPE_DEV_PG_PORT", self.pg_port.to_string())
             .env("PGPIPE_DEV_CH_PORT", self.ch_port.to_string())
             .stdin(std::process::Stdio::null());
+        if let Some((cert, key)) = &self.tls.pg {
+            cmd.env("PGPIPE_DEV_PG_SSL_CERT", cert)
+                .env("PGPIPE_DEV_PG_SSL_KEY", key);
+        }
+        if let Some((cert, key)) = &self.tls.ch {
+            cmd.env("PGPIPE_DEV_CH_TLS_CERT", cert)
+                .env("PGPIPE_DEV_CH_TLS_KEY", key);
+        }
         // Reuse the shared environment's Python (chDB installed) if it has a venv.
         let venv = repo().join(".dev/venv/bin/python");
         if std::env::var_os("PYTHON").is_none() && venv.exists() {
@@ -110,8 +136,14 @@ impl PrivateEnv {
         format!("postgres://{user}@127.0.0.1:{}/{db}", self.pg_port)
     }
 
+    /// `https://localhost:PORT` when the front serves HTTPS (the name its
+    /// certificate is for), else `http://127.0.0.1:PORT`.
     pub fn ch_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.ch_port)
+        if self.tls.ch.is_some() {
+            format!("https://localhost:{}", self.ch_port)
+        } else {
+            format!("http://127.0.0.1:{}", self.ch_port)
+        }
     }
 
     pub fn pg_data(&self) -> PathBuf {
@@ -184,6 +216,20 @@ impl PrivateEnv {
     }
 
     pub fn ch(&self, database: &str) -> clickhouse::Client {
+        if self.tls.ch.is_some() {
+            // pgpipe's own https client, trusting the test's CA.
+            return pgpipe::sink::ChSink::connect_with_ca(
+                &self.ch_url(),
+                "default",
+                None,
+                database,
+                self.tls.ch_ca.as_deref(),
+            )
+            .unwrap_or_else(|e| panic!("https client for {}: {e}", self.ch_url()))
+            .client()
+            .clone()
+            .with_database(database);
+        }
         clickhouse::Client::default()
             .with_url(self.ch_url())
             .with_database(database)
@@ -202,6 +248,7 @@ impl PrivateEnv {
                 database: database.into(),
                 user: "default".into(),
                 password: String::new(),
+                ca_cert: String::new(),
             }),
             tables: tables.iter().map(|t| super::table(t)).collect(),
             settings: Some(PipeSettings {

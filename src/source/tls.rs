@@ -1,0 +1,421 @@
+//! TLS for every Postgres connection, over rustls, with libpq's meaning of
+//! `sslmode` and `sslrootcert`.
+//!
+//! tokio-postgres' own parser knows only `sslmode=disable|prefer|require`
+//! and no `sslrootcert`, so both are taken out of the connection string
+//! here ([`split_tls`]) and the rest goes to `tokio_postgres::Config`.
+//!
+//! | sslmode | encrypted | certificate checked |
+//! |---|---|---|
+//! | `disable` | no | - |
+//! | `prefer` (default) | if the server offers it | no |
+//! | `require` | yes | no (like libpq without a root certificate) |
+//! | `verify-ca` | yes | chain to `sslrootcert` |
+//! | `verify-full` | yes | chain and host name |
+//!
+//! Without `sslrootcert` (or with `sslrootcert=system`) the verifying modes
+//! trust the operating system's roots.
+
+use std::future::Future;
+use std::io;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, SignatureScheme};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_postgres::Socket;
+use tokio_postgres::config::SslMode as WireMode;
+use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream};
+
+use crate::domain::validate::take_params;
+
+/// libpq's `sslmode`, less `allow` (plaintext first, then TLS), which
+/// protects nothing and tokio-postgres cannot do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SslMode {
+    Disable,
+    #[default]
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl std::fmt::Display for SslMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        })
+    }
+}
+
+impl SslMode {
+    fn parse(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "disable" => SslMode::Disable,
+            "prefer" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            "allow" => {
+                return Err(
+                    "sslmode=allow is not supported; use disable, prefer, require, verify-ca or verify-full"
+                        .into(),
+                );
+            }
+            other => {
+                return Err(format!(
+                    "sslmode={:?} is not one of disable, prefer, require, verify-ca, verify-full",
+                    other.chars().take(40).collect::<String>()
+                ));
+            }
+        })
+    }
+
+    fn wire(self) -> WireMode {
+        match self {
+            SslMode::Disable => WireMode::Disable,
+            SslMode::Prefer => WireMode::Prefer,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => WireMode::Require,
+        }
+    }
+
+    fn verifies(self) -> bool {
+        matches!(self, SslMode::VerifyCa | SslMode::VerifyFull)
+    }
+}
+
+/// The TLS settings of a connection string.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsParams {
+    pub mode: SslMode,
+    /// `sslrootcert`: a PEM file of trusted CAs; None: the system's roots.
+    pub root_cert: Option<PathBuf>,
+}
+
+/// Takes `sslmode` and `sslrootcert` out of a connection string (URL or
+/// key=value form). The error names the bad parameter, never other values.
+pub fn split_tls(conn: &str) -> Result<(String, TlsParams), String> {
+    let (rest, taken) = take_params(conn, &["sslmode", "sslrootcert"]);
+    let mut params = TlsParams::default();
+    // The last occurrence wins, as in libpq.
+    for (key, value) in taken {
+        if key == "sslmode" {
+            params.mode = SslMode::parse(&value)?;
+        } else {
+            params.root_cert = match value.as_str() {
+                "" | "system" => None,
+                path => Some(PathBuf::from(path)),
+            };
+        }
+    }
+    Ok((rest, params))
+}
+
+/// Why TLS could not be set up before connecting (a file problem).
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct TlsSetupError(#[from] crate::tls::TlsFileError);
+
+/// Applies the TLS mode to `cfg` and builds the connector for it.
+pub(crate) fn connector(
+    params: &TlsParams,
+    cfg: &mut tokio_postgres::Config,
+) -> Result<MakeRustls, TlsSetupError> {
+    cfg.ssl_mode(params.mode.wire());
+    let provider = crate::tls::provider();
+    let verifier: Arc<dyn ServerCertVerifier> = if params.mode.verifies() {
+        let roots = crate::tls::roots("sslrootcert file", params.root_cert.as_deref())?;
+        let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .map_err(|e| crate::tls::TlsFileError::Invalid {
+                what: "sslrootcert file",
+                path: params.root_cert.clone().unwrap_or_default(),
+                reason: e.to_string(),
+            })?;
+        if params.mode == SslMode::VerifyFull {
+            webpki
+        } else {
+            Arc::new(ChainOnly(webpki))
+        }
+    } else {
+        Arc::new(AnyCert(provider.clone()))
+    };
+    // Only fails for a provider without safe protocol versions; ring has them.
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| crate::tls::TlsFileError::Invalid {
+            what: "TLS configuration",
+            path: PathBuf::new(),
+            reason: e.to_string(),
+        })?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    Ok(MakeRustls {
+        config: Arc::new(config),
+        verifies: params.mode.verifies(),
+    })
+}
+
+/// `require`/`prefer`: encryption without authentication of the server
+/// (libpq's behaviour), but handshake signatures are still checked.
+#[derive(Debug)]
+struct AnyCert(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// `verify-ca`: the chain must lead to a trusted root; the name is not
+/// checked. webpki checks the name after the chain, so a name error means
+/// the chain was good.
+#[derive(Debug)]
+struct ChainOnly(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// tokio-postgres' [`MakeTlsConnect`] over tokio-rustls.
+#[derive(Clone)]
+pub(crate) struct MakeRustls {
+    config: Arc<ClientConfig>,
+    verifies: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{host:?} is not a valid host name for TLS verification")]
+pub(crate) struct BadHostName {
+    host: String,
+}
+
+impl MakeTlsConnect<Socket> for MakeRustls {
+    type Stream = RustlsStream;
+    type TlsConnect = RustlsConnect;
+    type Error = BadHostName;
+
+    fn make_tls_connect(&mut self, domain: &str) -> Result<RustlsConnect, BadHostName> {
+        let name = match ServerName::try_from(domain.to_owned()) {
+            Ok(name) => name,
+            // Without verification the name only feeds SNI; a Unix socket
+            // path has none to give.
+            Err(_) if !self.verifies => {
+                ServerName::try_from("localhost").map_err(|_| BadHostName {
+                    host: domain.to_owned(),
+                })?
+            }
+            Err(_) => {
+                return Err(BadHostName {
+                    host: domain.to_owned(),
+                });
+            }
+        };
+        Ok(RustlsConnect {
+            config: self.config.clone(),
+            name,
+        })
+    }
+}
+
+pub(crate) struct RustlsConnect {
+    config: Arc<ClientConfig>,
+    name: ServerName<'static>,
+}
+
+impl TlsConnect<Socket> for RustlsConnect {
+    type Stream = RustlsStream;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<RustlsStream>> + Send>>;
+
+    fn connect(self, stream: Socket) -> Self::Future {
+        Box::pin(async move {
+            let stream = tokio_rustls::TlsConnector::from(self.config)
+                .connect(self.name, stream)
+                .await?;
+            Ok(RustlsStream(Box::new(stream)))
+        })
+    }
+}
+
+pub(crate) struct RustlsStream(Box<tokio_rustls::client::TlsStream<Socket>>);
+
+impl TlsStream for RustlsStream {
+    fn channel_binding(&self) -> ChannelBinding {
+        // SCRAM then runs without channel binding (SCRAM-SHA-256, not -PLUS).
+        ChannelBinding::none()
+    }
+}
+
+impl AsyncRead for RustlsStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for RustlsStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_params_are_taken_from_both_forms() {
+        let (rest, p) = split_tls(
+            "postgres://app@db:5432/app?sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem&connect_timeout=5",
+        )
+        .unwrap();
+        assert_eq!(p.mode, SslMode::VerifyFull);
+        assert_eq!(p.root_cert, Some(PathBuf::from("/etc/ca.pem")));
+        assert_eq!(rest, "postgres://app@db:5432/app?connect_timeout=5");
+
+        let (rest, p) =
+            split_tls("host=db sslmode=verify-ca sslrootcert='/a b/ca.pem' dbname=app").unwrap();
+        assert_eq!(p.mode, SslMode::VerifyCa);
+        assert_eq!(p.root_cert, Some(PathBuf::from("/a b/ca.pem")));
+        assert_eq!(rest, "host=db dbname=app");
+
+        let (rest, p) = split_tls("postgres://db/app").unwrap();
+        assert_eq!(p, TlsParams::default());
+        assert_eq!(rest, "postgres://db/app");
+        assert_eq!(
+            split_tls("host=db sslrootcert=system sslmode=require")
+                .unwrap()
+                .1,
+            TlsParams {
+                mode: SslMode::Require,
+                root_cert: None
+            }
+        );
+    }
+
+    #[test]
+    fn unknown_ssl_modes_are_named() {
+        let e = split_tls("host=db sslmode=verify password=x").unwrap_err();
+        assert!(e.contains("sslmode=\"verify\""), "{e}");
+        assert!(!e.contains("password"), "{e}");
+        assert!(split_tls("host=db sslmode=allow").is_err());
+    }
+}
