@@ -725,3 +725,38 @@ async fn clickhouse_killed_and_restarted_during_the_swap_of_a_resync_completes_i
         .unwrap();
     assert_eq!(leftovers, 0, "the old data is dropped after the swap");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clickhouse_killed_and_restarted_during_the_snapshot_is_retried_and_the_load_completes() {
+    let env = PrivateEnv::up().await;
+    // Slow partitions keep the load going when ClickHouse dies.
+    let (_dir, _p, mut c, schema, name) =
+        spawned_pipe(&env, "fcs", 20_000, "snapshot.partition_done=sleep(400)").await;
+    wait_pipe(&mut c, &name, "loading", Duration::from_secs(60), |p| {
+        p.status() == PipeStatus::Snapshot
+            && p.tables.iter().any(|t| t.snapshot_partitions_done > 0)
+    })
+    .await;
+    let before = get(&mut c, &name).await.cursor;
+
+    env.kill_ch().await;
+    let failing = wait_pipe(
+        &mut c,
+        &name,
+        "reporting an error",
+        Duration::from_secs(60),
+        |p| !p.error.is_empty(),
+    )
+    .await;
+    assert_eq!(failing.status(), PipeStatus::Snapshot, "{failing:?}");
+    assert_eq!(failing.failed_step, "snapshot", "{}", failing.error);
+    write_some(&env, &schema, 30_000).await;
+
+    let back_at = get(&mut c, &name).await.cursor;
+    env.start().await;
+    wait_running(&mut c, &name, Duration::from_secs(120)).await;
+    write_some(&env, &schema, 40_000).await;
+    assert_equal_and_no_duplicates(&env, &schema).await;
+    wait_recovered(&mut c, &name).await;
+    assert_retried_and_recovered(&events_since(&mut c, &name, before).await, back_at);
+}

@@ -1671,13 +1671,13 @@ async fn bench_get(p: &Params, base: &Path) -> Res<Vec<Row>> {
 
 #[derive(Args)]
 struct IlArgs {
-    /// Rows in the source table (default 2,000,000; 200,000 with --quick).
+    /// Rows in the source table (default 5,000,000; 200,000 with --quick).
     #[arg(long)]
     rows: Option<u64>,
     /// Snapshot parallelism values to measure, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
     parallelism: Vec<u32>,
-    /// 200,000 rows instead of 2,000,000.
+    /// 200,000 rows instead of 5,000,000.
     #[arg(long)]
     quick: bool,
     /// Also write the results as JSON to this file.
@@ -2196,7 +2196,7 @@ async fn initial_load(args: IlArgs) -> Res<()> {
     let (pg_url, ch_url) = dev_env()?;
     let rows = args
         .rows
-        .unwrap_or(if args.quick { 200_000 } else { 2_000_000 });
+        .unwrap_or(if args.quick { 200_000 } else { 5_000_000 });
     if rows == 0 || args.parallelism.is_empty() || args.parallelism.contains(&0) {
         return Err("--rows and every --parallelism must be > 0".into());
     }

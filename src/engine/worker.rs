@@ -120,6 +120,10 @@ pub async fn run(core: Arc<Core>, pipe_id: String) {
     .await
 }
 
+/// How far a CDC read may grow past `cdc_batch_size` while draining a
+/// backlog.
+const BACKLOG_GROWTH: usize = 8;
+
 struct Worker {
     core: Arc<Core>,
     id: String,
@@ -583,15 +587,21 @@ impl Worker {
         let mut counts: HashMap<String, TableChangeCounts> = HashMap::new();
         let mut last_report = Instant::now();
         let mut last_lsn = String::new();
+        // Every read decodes the WAL from the slot's restart point (which
+        // trails the confirmed position by up to a running-xacts interval),
+        // so a backlog is drained in bigger reads: a full batch lets the
+        // next one grow, up to BACKLOG_GROWTH times the setting.
+        let base = settings.cdc_batch_size as usize;
+        let mut want = base;
         loop {
             let wal_before = source::current_wal_lsn(&ends.pg).await?;
-            let txs = source::read_changes(
-                &ends.pg,
-                &slot,
-                &publication,
-                settings.cdc_batch_size as usize,
-            )
-            .await?;
+            let txs = source::read_changes(&ends.pg, &slot, &publication, want).await?;
+            let changes: usize = txs.iter().map(|t| t.items.len()).sum();
+            want = if base > 0 && changes >= want {
+                (want * 2).min(base * BACKLOG_GROWTH)
+            } else {
+                base
+            };
             if txs.is_empty() {
                 // Nothing published: let the slot move so it does not pin WAL.
                 source::advance_slot(&ends.pg, &slot, wal_before).await?;
