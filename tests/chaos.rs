@@ -148,7 +148,9 @@ async fn wait_for(c: &mut Client, name: &str, timeout: Duration, pred: impl Fn(&
 /// land in those steps and not only in CDC.
 fn failpoints(phase: Phase) -> Vec<(&'static str, &'static str)> {
     match phase {
-        Phase::Snapshot => vec![("PGPIPE_FAILPOINTS", "snapshot.partition_done=sleep(200)")],
+        // A load of 15 partitions per table takes 5 s or more: longer than
+        // the wait before a kill, however fast the copy itself is.
+        Phase::Snapshot => vec![("PGPIPE_FAILPOINTS", "snapshot.partition_done=sleep(1000)")],
         Phase::Cdc => vec![],
         Phase::Resync => vec![(
             "PGPIPE_FAILPOINTS",

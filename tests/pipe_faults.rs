@@ -609,12 +609,21 @@ async fn assert_equal_and_no_duplicates(env: &PrivateEnv, schema: &str) {
     assert_no_duplicates(env, schema).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn postgres_unreachable_for_30_s_during_the_snapshot_is_retried_and_the_load_completes() {
+/// Which peer an initial-load fault takes away.
+enum Outage {
+    /// Postgres stopped for [`OUTAGE`].
+    Postgres,
+    /// The ClickHouse front killed, restarted at once after the error.
+    ClickHouse,
+}
+
+/// A peer goes away while partitions are being copied: the pipe stays in
+/// SNAPSHOT naming the step, retries, completes the load and ends equal.
+async fn outage_during_the_snapshot(prefix: &str, outage: Outage) {
     let env = PrivateEnv::up().await;
-    // Slow partitions keep the load going when Postgres goes away.
+    // Slow partitions keep the load going when the peer goes away.
     let (_dir, _p, mut c, schema, name) =
-        spawned_pipe(&env, "fps", 20_000, "snapshot.partition_done=sleep(400)").await;
+        spawned_pipe(&env, prefix, 20_000, "snapshot.partition_done=sleep(400)").await;
     wait_pipe(&mut c, &name, "loading", Duration::from_secs(60), |p| {
         p.status() == PipeStatus::Snapshot
             && p.tables.iter().any(|t| t.snapshot_partitions_done > 0)
@@ -622,8 +631,11 @@ async fn postgres_unreachable_for_30_s_during_the_snapshot_is_retried_and_the_lo
     .await;
     let before = get(&mut c, &name).await.cursor;
 
-    env.stop_pg().await;
     let down_at = Instant::now();
+    match outage {
+        Outage::Postgres => env.stop_pg().await,
+        Outage::ClickHouse => env.kill_ch().await,
+    }
     let failing = wait_pipe(
         &mut c,
         &name,
@@ -634,17 +646,34 @@ async fn postgres_unreachable_for_30_s_during_the_snapshot_is_retried_and_the_lo
     .await;
     assert_eq!(failing.status(), PipeStatus::Snapshot, "{failing:?}");
     assert_eq!(failing.failed_step, "snapshot", "{}", failing.error);
-    tokio::time::sleep(OUTAGE.saturating_sub(down_at.elapsed())).await;
-    assert_eq!(get(&mut c, &name).await.status(), PipeStatus::Snapshot);
+    match outage {
+        Outage::Postgres => {
+            tokio::time::sleep(OUTAGE.saturating_sub(down_at.elapsed())).await;
+            assert_eq!(get(&mut c, &name).await.status(), PipeStatus::Snapshot);
+        }
+        Outage::ClickHouse => write_some(&env, &schema, 30_000).await,
+    }
 
     let back_at = get(&mut c, &name).await.cursor;
     env.start().await;
-    write_some(&env, &schema, 30_000).await;
+    if matches!(outage, Outage::Postgres) {
+        write_some(&env, &schema, 30_000).await;
+    }
     wait_running(&mut c, &name, Duration::from_secs(120)).await;
     write_some(&env, &schema, 40_000).await;
     assert_equal_and_no_duplicates(&env, &schema).await;
     wait_recovered(&mut c, &name).await;
     assert_retried_and_recovered(&events_since(&mut c, &name, before).await, back_at);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_unreachable_for_30_s_during_the_snapshot_is_retried_and_the_load_completes() {
+    outage_during_the_snapshot("fps", Outage::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clickhouse_killed_and_restarted_during_the_snapshot_is_retried_and_the_load_completes() {
+    outage_during_the_snapshot("fcs", Outage::ClickHouse).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -724,39 +753,4 @@ async fn clickhouse_killed_and_restarted_during_the_swap_of_a_resync_completes_i
         .await
         .unwrap();
     assert_eq!(leftovers, 0, "the old data is dropped after the swap");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn clickhouse_killed_and_restarted_during_the_snapshot_is_retried_and_the_load_completes() {
-    let env = PrivateEnv::up().await;
-    // Slow partitions keep the load going when ClickHouse dies.
-    let (_dir, _p, mut c, schema, name) =
-        spawned_pipe(&env, "fcs", 20_000, "snapshot.partition_done=sleep(400)").await;
-    wait_pipe(&mut c, &name, "loading", Duration::from_secs(60), |p| {
-        p.status() == PipeStatus::Snapshot
-            && p.tables.iter().any(|t| t.snapshot_partitions_done > 0)
-    })
-    .await;
-    let before = get(&mut c, &name).await.cursor;
-
-    env.kill_ch().await;
-    let failing = wait_pipe(
-        &mut c,
-        &name,
-        "reporting an error",
-        Duration::from_secs(60),
-        |p| !p.error.is_empty(),
-    )
-    .await;
-    assert_eq!(failing.status(), PipeStatus::Snapshot, "{failing:?}");
-    assert_eq!(failing.failed_step, "snapshot", "{}", failing.error);
-    write_some(&env, &schema, 30_000).await;
-
-    let back_at = get(&mut c, &name).await.cursor;
-    env.start().await;
-    wait_running(&mut c, &name, Duration::from_secs(120)).await;
-    write_some(&env, &schema, 40_000).await;
-    assert_equal_and_no_duplicates(&env, &schema).await;
-    wait_recovered(&mut c, &name).await;
-    assert_retried_and_recovered(&events_since(&mut c, &name, before).await, back_at);
 }

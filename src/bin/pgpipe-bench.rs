@@ -707,15 +707,7 @@ async fn control_plane(args: CpArgs) -> Res<()> {
 
 fn print_table(m: &Machine, p: &Params, quick: bool, rows: &[Row], total: Duration, peak: f64) {
     println!();
-    println!(
-        "pgpipe-bench control-plane{}  |  {}  |  {} cores ({})  |  mem {}  |  kernel {}",
-        if quick { " --quick" } else { "" },
-        m.date_utc,
-        m.cores,
-        m.cpu,
-        m.mem_total,
-        m.kernel
-    );
+    print_header("control-plane", quick, m);
     println!(
         "data dirs: {} on {}  |  load average at start {}",
         m.data_dir, m.data_fs, m.loadavg_at_start
@@ -728,6 +720,19 @@ fn print_table(m: &Machine, p: &Params, quick: bool, rows: &[Row], total: Durati
     println!(
         "total bench time {:.1} s, peak RSS {peak:.0} MB",
         total.as_secs_f64()
+    );
+}
+
+/// The first line of a scenario's output: what ran, where.
+fn print_header(scenario: &str, quick: bool, m: &Machine) {
+    println!(
+        "pgpipe-bench {scenario}{}  |  {}  |  {} cores ({})  |  mem {}  |  kernel {}",
+        if quick { " --quick" } else { "" },
+        m.date_utc,
+        m.cores,
+        m.cpu,
+        m.mem_total,
+        m.kernel
     );
 }
 
@@ -2451,15 +2456,7 @@ async fn initial_load(args: IlArgs) -> Res<()> {
     let total = started.elapsed();
     let peak = rss_mb().1;
     println!();
-    println!(
-        "pgpipe-bench initial-load{}  |  {}  |  {} cores ({})  |  mem {}  |  kernel {}",
-        if args.quick { " --quick" } else { "" },
-        m.date_utc,
-        m.cores,
-        m.cpu,
-        m.mem_total,
-        m.kernel
-    );
+    print_header("initial-load", args.quick, &m);
     println!(
         "source {schema}.t: {rows} rows (id bigint PK, numeric(12,2), text ~96 chars, timestamptz, jsonb, int); \
          load average at start {}",
@@ -3071,15 +3068,7 @@ async fn cdc(args: CdcArgs) -> Res<()> {
     let total = started.elapsed();
     let peak = rss_mb().1;
     println!();
-    println!(
-        "pgpipe-bench cdc{}  |  {}  |  {} cores ({})  |  mem {}  |  kernel {}",
-        if args.quick { " --quick" } else { "" },
-        m.date_utc,
-        m.cores,
-        m.cpu,
-        m.mem_total,
-        m.kernel
-    );
+    print_header("cdc", args.quick, &m);
     println!(
         "{} writers, transactions of 6 inserts + 3 updates + 1 delete, {secs} s per rate; \
          cdc_sync_interval_ms {}; latency = probe row commit in Postgres -> visible in ClickHouse (10 ms polls)",
