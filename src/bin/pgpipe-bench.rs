@@ -1691,6 +1691,9 @@ struct IlArgs {
     /// Where the temporary data directories go (default: the system temp dir).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Only pgpipe's loads, no baselines and no table (for profiling).
+    #[arg(long)]
+    pgpipe_only: bool,
 }
 
 /// Source columns, as selected on both sides.
@@ -2282,6 +2285,16 @@ async fn initial_load(args: IlArgs) -> Res<()> {
         runs.push((par, r.load));
         load_steps.push(r.steps);
         dbs.push(r.db);
+    }
+
+    if args.pgpipe_only {
+        for db in &dbs {
+            let _ = ch_exec(&ch, &format!("DROP DATABASE IF EXISTS {db}")).await;
+        }
+        let _ = pg
+            .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+            .await;
+        return Ok(());
     }
 
     // (b) RowBinary file exported (untimed) from the first pgpipe load.
