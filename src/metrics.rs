@@ -78,6 +78,9 @@ pub struct Metrics {
     rows: Mutex<BTreeMap<String, BTreeMap<String, [u64; RowKind::ALL.len()]>>>,
     /// pipe -> bytes of WAL the slot's confirmed position trails the server.
     lag_bytes: Mutex<BTreeMap<String, u64>>,
+    /// pipe -> seconds between the last applied transaction's commit and
+    /// its apply (0 once nothing waits).
+    lag_seconds: Mutex<BTreeMap<String, f64>>,
     /// pipe -> CDC batch apply latency.
     apply: Mutex<BTreeMap<String, Histogram>>,
     /// (pipe, step) -> seconds the last run of a resync step took.
@@ -116,6 +119,16 @@ impl Metrics {
             Some(v) => *v = bytes,
             None => {
                 lag.insert(pipe.to_owned(), bytes);
+            }
+        }
+    }
+
+    pub fn set_cdc_lag_seconds(&self, pipe: &str, seconds: f64) {
+        let mut lag = lock(&self.lag_seconds);
+        match lag.get_mut(pipe) {
+            Some(v) => *v = seconds,
+            None => {
+                lag.insert(pipe.to_owned(), seconds);
             }
         }
     }
@@ -166,7 +179,7 @@ impl Drop for WatcherGuard {
 
 /// Every metric family: (name, type, help). Each is always rendered with
 /// HELP and TYPE, even with no series yet, so dashboards see the names.
-pub const FAMILIES: [(&str, &str, &str); 8] = [
+pub const FAMILIES: [(&str, &str, &str); 9] = [
     (
         "pgpipe_rows_applied_total",
         "counter",
@@ -176,6 +189,11 @@ pub const FAMILIES: [(&str, &str, &str); 8] = [
         "pgpipe_cdc_lag_bytes",
         "gauge",
         "Bytes of WAL between the source's current position and the slot's confirmed position.",
+    ),
+    (
+        "pgpipe_cdc_lag_seconds",
+        "gauge",
+        "Seconds between the commit of the last applied transaction (source clock) and its apply; 0 when the slot is drained.",
     ),
     (
         "pgpipe_cdc_batch_apply_duration_seconds",
@@ -208,6 +226,17 @@ pub const FAMILIES: [(&str, &str, &str); 8] = [
         "Current pipe incarnations by status.",
     ),
 ];
+
+/// Seconds from a Postgres commit time (microseconds since 2000-01-01 UTC)
+/// to now; 0 if the source's clock is ahead of ours.
+pub fn seconds_since_pg_time(pg_us: i64) -> f64 {
+    // 2000-01-01 in Unix microseconds.
+    const PG_EPOCH_UNIX_US: i64 = 946_684_800_000_000;
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64);
+    (now_us - (pg_us + PG_EPOCH_UNIX_US)).max(0) as f64 / 1e6
+}
 
 /// Label value escaping of the text format: backslash, quote, newline.
 fn esc(v: &str) -> String {
@@ -262,6 +291,11 @@ pub fn render(core: &Core) -> String {
     header(&mut out, "pgpipe_cdc_lag_bytes");
     for (pipe, v) in lock(&m.lag_bytes).iter() {
         let _ = writeln!(out, "pgpipe_cdc_lag_bytes{{pipe=\"{}\"}} {v}", esc(pipe));
+    }
+
+    header(&mut out, "pgpipe_cdc_lag_seconds");
+    for (pipe, v) in lock(&m.lag_seconds).iter() {
+        let _ = writeln!(out, "pgpipe_cdc_lag_seconds{{pipe=\"{}\"}} {v}", esc(pipe));
     }
 
     let name = "pgpipe_cdc_batch_apply_duration_seconds";
@@ -347,6 +381,19 @@ mod tests {
         assert_eq!(h.buckets[0], 1);
         assert_eq!(h.buckets[5], 1);
         assert_eq!(h.buckets[APPLY_BUCKETS.len()], 1);
+    }
+
+    #[test]
+    fn seconds_since_a_postgres_commit_time() {
+        let unix_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros() as i64;
+        let pg_us = unix_us - 946_684_800_000_000 - 3_000_000;
+        let s = seconds_since_pg_time(pg_us);
+        assert!((3.0..4.0).contains(&s), "{s}");
+        // A source clock ahead of ours is no negative lag.
+        assert_eq!(seconds_since_pg_time(pg_us + 60_000_000), 0.0);
     }
 
     #[test]

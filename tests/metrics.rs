@@ -326,6 +326,11 @@ async fn row_counters_follow_a_snapshot_cdc_and_a_resync() {
         sample(&s, "pgpipe_pipes", &[("status", "running")]),
         Some(1.0)
     );
+    let lag_s = sample(&s, "pgpipe_cdc_lag_seconds", &[("pipe", &name)]);
+    assert!(
+        lag_s.is_some_and(|l| (0.0..600.0).contains(&l)),
+        "lag seconds {lag_s:?}"
+    );
     // The lag gauge is set at the first CDC progress report (within ~5 s).
     let deadline = tokio::time::Instant::now() + w;
     while sample(

@@ -636,6 +636,7 @@ impl Worker {
             if txs.is_empty() {
                 // Nothing published: let the slot move so it does not pin WAL.
                 source::advance_slot(&ends.pg, &slot, wal_before).await?;
+                self.core.metrics.set_cdc_lag_seconds(&self.name, 0.0);
                 if last_report.elapsed() >= PROGRESS_EVERY * 5 {
                     self.report_cdc(&ends, &mut counts, &slot, &last_lsn)
                         .await?;
@@ -720,6 +721,12 @@ impl Worker {
             source::advance_slot(&ends.pg, &slot, end).await?;
             let metrics = &self.core.metrics;
             metrics.observe_batch_apply(&self.name, applying.elapsed());
+            if let Some(tx) = txs.last() {
+                metrics.set_cdc_lag_seconds(
+                    &self.name,
+                    crate::metrics::seconds_since_pg_time(tx.commit_time_us),
+                );
+            }
             for (table, n) in &batch_rows {
                 for (kind, count) in [RowKind::Insert, RowKind::Update, RowKind::Delete]
                     .into_iter()
