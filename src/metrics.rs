@@ -271,6 +271,17 @@ fn status_label(s: PipeStatus) -> String {
 pub fn render(core: &Core) -> String {
     let m = &core.metrics;
     let mut out = String::with_capacity(4096);
+    // Gauges of a deleted pipe say nothing any more: only pipes that exist
+    // are shown (counters and the histogram stay, as counters do).
+    let (pipes, live): (Vec<PipeStatus>, std::collections::HashSet<String>) = core.read(|p| {
+        let current = p.list(true);
+        let live = current
+            .iter()
+            .filter(|x| x.status() != PipeStatus::Deleted)
+            .map(|x| x.name.clone())
+            .collect();
+        (current.iter().map(|x| x.status()).collect(), live)
+    });
 
     header(&mut out, "pgpipe_rows_applied_total");
     for (pipe, tables) in lock(&m.rows).iter() {
@@ -289,12 +300,15 @@ pub fn render(core: &Core) -> String {
     }
 
     header(&mut out, "pgpipe_cdc_lag_bytes");
-    for (pipe, v) in lock(&m.lag_bytes).iter() {
+    for (pipe, v) in lock(&m.lag_bytes).iter().filter(|(p, _)| live.contains(*p)) {
         let _ = writeln!(out, "pgpipe_cdc_lag_bytes{{pipe=\"{}\"}} {v}", esc(pipe));
     }
 
     header(&mut out, "pgpipe_cdc_lag_seconds");
-    for (pipe, v) in lock(&m.lag_seconds).iter() {
+    for (pipe, v) in lock(&m.lag_seconds)
+        .iter()
+        .filter(|(p, _)| live.contains(*p))
+    {
         let _ = writeln!(out, "pgpipe_cdc_lag_seconds{{pipe=\"{}\"}} {v}", esc(pipe));
     }
 
@@ -320,7 +334,10 @@ pub fn render(core: &Core) -> String {
     }
 
     header(&mut out, "pgpipe_resync_step_duration_seconds");
-    for ((pipe, step), v) in lock(&m.resync_steps).iter() {
+    for ((pipe, step), v) in lock(&m.resync_steps)
+        .iter()
+        .filter(|((p, _), _)| live.contains(p))
+    {
         let _ = writeln!(
             out,
             "pgpipe_resync_step_duration_seconds{{pipe=\"{}\",step=\"{step}\"}} {v}",
@@ -356,11 +373,9 @@ pub fn render(core: &Core) -> String {
     ] {
         by_status.insert(status_label(s), 0);
     }
-    core.read(|p| {
-        for pipe in p.list(true) {
-            *by_status.entry(status_label(pipe.status())).or_default() += 1;
-        }
-    });
+    for s in pipes {
+        *by_status.entry(status_label(s)).or_default() += 1;
+    }
     for (status, n) in by_status {
         let _ = writeln!(out, "pgpipe_pipes{{status=\"{status}\"}} {n}");
     }

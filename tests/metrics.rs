@@ -382,6 +382,21 @@ async fn row_counters_follow_a_snapshot_cdc_and_a_resync() {
     })
     .await
     .unwrap();
+    // A deleted pipe's gauges go; its counters stay.
+    let s = scrape(srv.metrics).await;
+    assert_eq!(sample(&s, "pgpipe_cdc_lag_bytes", &[("pipe", &name)]), None);
+    assert_eq!(
+        sample(
+            &s,
+            "pgpipe_resync_step_duration_seconds",
+            &[("pipe", &name)]
+        ),
+        None
+    );
+    assert_eq!(
+        sample(&s, "pgpipe_rows_applied_total", &labels("insert")),
+        Some(50.0)
+    );
     srv.stop().await;
 }
 
