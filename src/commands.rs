@@ -43,6 +43,9 @@ pub struct Core {
     /// Check both ends before recording CreatePipe/ResyncPipe (off only for
     /// a control-plane-only server).
     pub preflight: bool,
+    /// Prometheus registry: the engine and watch streams record, the
+    /// metrics endpoint reads.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// What a command decided: events to append at a stream version.

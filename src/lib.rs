@@ -11,6 +11,7 @@ pub mod commands;
 pub mod domain;
 pub mod engine;
 pub mod failpoint;
+pub mod metrics;
 pub mod model;
 pub mod server;
 pub mod sink;

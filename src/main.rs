@@ -76,6 +76,10 @@ struct ServeArgs {
         requires = "tls_cert"
     )]
     tls_key: Option<PathBuf>,
+    /// Serve Prometheus metrics (`GET /metrics`, plain HTTP) on this
+    /// address. Off unless given.
+    #[arg(long, env = "PGPIPE_METRICS_LISTEN", value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 fn init_tracing(level: &str, json: bool) {
@@ -106,6 +110,7 @@ async fn main() -> ExitCode {
                     (Some(cert), Some(key)) => Some(server::TlsFiles { cert, key }),
                     _ => None,
                 },
+                metrics_listen: a.metrics_listen,
             };
             match server::serve(cfg, server::shutdown_signal()).await {
                 Ok(()) => ExitCode::SUCCESS,

@@ -207,6 +207,8 @@ pub struct Transaction {
     /// End of the commit record: where the slot may be advanced to once the
     /// transaction is in ClickHouse.
     pub end_lsn: Lsn,
+    /// Commit time, microseconds since 2000-01-01 UTC (the source's clock).
+    pub commit_time_us: i64,
     pub items: Vec<TxItem>,
 }
 

@@ -35,6 +35,9 @@ pub struct ServeConfig {
     /// Serve gRPC (health and reflection too) over TLS with this identity
     /// (None: plaintext).
     pub tls: Option<TlsFiles>,
+    /// Serve Prometheus metrics on `GET /metrics` at this address (None:
+    /// no metrics endpoint).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// PEM files of the server's certificate chain and private key.
@@ -93,6 +96,7 @@ pub async fn open_core(
         projection,
         secrets,
         preflight: engine,
+        metrics: Arc::default(),
     });
     Ok((
         core,
@@ -117,13 +121,32 @@ pub async fn serve(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> Resu
             addr: cfg.listen,
             source,
         })?;
-    serve_on(listener, cfg, shutdown).await
+    let metrics = match cfg.metrics_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Listen { addr, source })?,
+        ),
+        None => None,
+    };
+    serve_on_listeners(listener, metrics, cfg, shutdown).await
 }
 
 /// Serves on an already bound listener. The listener answers at once (health
 /// says NOT_SERVING, RPCs say UNAVAILABLE) while the log is replayed.
 pub async fn serve_on(
     listener: TcpListener,
+    cfg: ServeConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    serve_on_listeners(listener, None, cfg, shutdown).await
+}
+
+/// As [`serve_on`], with the metrics endpoint on `metrics` when given
+/// (`cfg.metrics_listen` is not bound here: tests pass a listener on port 0).
+pub async fn serve_on_listeners(
+    listener: TcpListener,
+    metrics: Option<TcpListener>,
     cfg: ServeConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
@@ -163,6 +186,23 @@ pub async fn serve_on(
         .build_v1()?;
     let reflection = InterceptedService::new(reflection, move |req| auth.check(req));
 
+    let metrics_task = match metrics {
+        Some(l) => {
+            let maddr = l.local_addr().map_err(|source| ServeError::Listen {
+                addr: cfg.metrics_listen.unwrap_or(addr),
+                source,
+            })?;
+            // Logged, not printed: stdout's first line is the gRPC address
+            // and scripts may stop reading it after that.
+            tracing::info!(addr = %maddr, "metrics endpoint listening on /metrics");
+            Some(tokio::spawn(crate::metrics::endpoint::serve(
+                l,
+                Arc::clone(&cell),
+                closing_rx_engine.clone(),
+            )))
+        }
+        None => None,
+    };
     // Announced on stdout so scripts and tests can find a port chosen by the OS.
     println!("pgpipe listening on {addr}");
     tracing::info!(%addr, data_dir = %cfg.data_dir.display(), auth = cfg.token.is_some(), tls = cfg.tls.is_some(), "listening");
@@ -217,6 +257,9 @@ pub async fn serve_on(
     let _ = stop_tx.send(());
     if let Some(engine) = engine_task {
         let _ = engine.await;
+    }
+    if let Some(m) = metrics_task {
+        let _ = m.await;
     }
     // Clients get a GOAWAY; one that never lets go must not hold the log open.
     let abort = server.abort_handle();

@@ -82,10 +82,13 @@ fn cursor_arg(after: Option<u64>, head: u64) -> Result<u64, Status> {
     }
 }
 
-/// The next item from a follower, or None when it ends or the server closes.
-async fn next_item<T>(
+/// The next item from a follower, or None when it ends, the server closes
+/// or the client went away (noticed at once, not at the next send, so the
+/// watcher gauge drops when a stream is closed).
+async fn next_item<T, U>(
     rx: &mut mpsc::Receiver<T>,
     closing: &mut watch_channel::Receiver<bool>,
+    out: &mpsc::Sender<U>,
 ) -> Option<T> {
     if *closing.borrow() {
         return None;
@@ -93,6 +96,7 @@ async fn next_item<T>(
     tokio::select! {
         item = rx.recv() => item,
         _ = closing.wait_for(|c| *c) => None,
+        _ = out.closed() => None,
     }
 }
 
@@ -219,7 +223,9 @@ impl PipeService for PipeApi {
         let resumed = req.after_cursor.is_some();
         let name = req.name.clone();
         let mut closing = self.closing.clone();
+        let watcher = core.metrics.watcher();
         tokio::spawn(async move {
+            let _watcher = watcher;
             if !resumed {
                 let first = WatchPipeResponse {
                     cursor: start,
@@ -234,7 +240,7 @@ impl PipeService for PipeApi {
                 return;
             }
             let follower = tokio::spawn(watch::follow(log, start, Some(name), feed_tx));
-            while let Some(item) = next_item(&mut feed_rx, &mut closing).await {
+            while let Some(item) = next_item(&mut feed_rx, &mut closing, &tx).await {
                 let msg = match item {
                     Ok(FeedItem::CaughtUp(_)) => continue,
                     Ok(FeedItem::Event(e)) => {
@@ -279,9 +285,11 @@ impl PipeService for PipeApi {
         let (tx, rx) = mpsc::channel(WATCH_QUEUE);
         let (feed_tx, mut feed_rx) = mpsc::channel(WATCH_QUEUE);
         let mut closing = self.closing.clone();
+        let watcher = core.metrics.watcher();
         tokio::spawn(async move {
+            let _watcher = watcher;
             let follower = tokio::spawn(watch::follow(log, start, filter, feed_tx));
-            while let Some(item) = next_item(&mut feed_rx, &mut closing).await {
+            while let Some(item) = next_item(&mut feed_rx, &mut closing, &tx).await {
                 let msg = match item {
                     Ok(FeedItem::Event(e)) => Ok(WatchEventsResponse {
                         item: Some(watch_events_response::Item::Event((*e).clone())),

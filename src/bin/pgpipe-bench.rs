@@ -473,6 +473,7 @@ impl Server {
             token: None,
             engine,
             tls: None,
+            metrics_listen: None,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {

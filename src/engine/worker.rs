@@ -38,6 +38,7 @@ use tracing::Instrument;
 use crate::commands::Core;
 use crate::domain::validate;
 use crate::failpoint;
+use crate::metrics::RowKind;
 use crate::model::{Cell, ChangeKind, Lsn, Row, RowBatch, SourceTable, TxItem};
 use crate::proto::event::Payload;
 use crate::proto::*;
@@ -255,21 +256,30 @@ impl Worker {
         // Named if connecting fails.
         self.step = first_open_step(&pipe);
         let ends = self.connect(&pipe).await?;
+        let resync = !pipe.resync_of.is_empty();
         if pipe.slot_name.is_empty() {
             self.step = "setup";
+            let t = Instant::now();
             pipe = self.setup(&ends).await?;
+            self.step_done(resync, t);
         }
         if !pipe.tables_prepared {
             self.step = "prepare_tables";
+            let t = Instant::now();
             pipe = self.prepare_tables(&ends, &pipe).await?;
+            self.step_done(resync, t);
         }
         if !pipe.snapshot_done {
             self.step = "snapshot";
+            let t = Instant::now();
             pipe = self.snapshot(&ends, &pipe).await?;
+            self.step_done(resync, t);
         }
-        if !pipe.resync_of.is_empty() && !pipe.swapped {
+        if resync && !pipe.swapped {
             self.step = "swap";
+            let t = Instant::now();
             pipe = self.swap(&ends, &pipe).await?;
+            self.step_done(resync, t);
         } else if !pipe.resync_of.is_empty() && !pipe.cdc_started {
             // A crash came after the swap was recorded but maybe before the
             // old data was dropped.
@@ -286,6 +296,16 @@ impl Worker {
         }
         self.recovered().await?;
         self.cdc(ends, &pipe).await
+    }
+
+    /// Records how long the current step took, for a resync's steps only
+    /// (a resumed step counts from its resumption).
+    fn step_done(&self, resync: bool, started: Instant) {
+        if resync {
+            self.core
+                .metrics
+                .set_resync_step(&self.name, self.step, started.elapsed());
+        }
     }
 
     async fn setup(&mut self, ends: &Ends) -> Result<Pipe> {
@@ -430,6 +450,8 @@ impl Worker {
             let password = ends.secrets.source_password.clone();
             let name = snapshot_name.clone();
             let ch = ends.ch.clone();
+            let metrics = Arc::clone(&self.core.metrics);
+            let pipe_name = self.name.clone();
             set.spawn(
                 async move {
                     let mut worker =
@@ -442,12 +464,21 @@ impl Worker {
                         };
                         let mut writer = ch.writer(&prep.load_table, &table).await?;
                         let mut copy = worker.copy_partition(&table, &part).await?;
+                        let mut rows = 0u64;
                         while copy.next_rows(&mut batch).await? {
                             writer.write_rows(&batch, version).await?;
                             progress.add_rows(&prep.source_table, batch.len() as u64);
+                            rows += batch.len() as u64;
                         }
                         drop(copy);
                         writer.end().await?;
+                        // Counted once ClickHouse acknowledged the partition.
+                        metrics.rows_applied(
+                            &pipe_name,
+                            &prep.source_table,
+                            RowKind::Snapshot,
+                            rows,
+                        );
                         progress.partition_done(&prep.source_table);
                         failpoint::hit("snapshot.partition_done").await;
                     }
@@ -605,6 +636,7 @@ impl Worker {
             if txs.is_empty() {
                 // Nothing published: let the slot move so it does not pin WAL.
                 source::advance_slot(&ends.pg, &slot, wal_before).await?;
+                self.core.metrics.set_cdc_lag_seconds(&self.name, 0.0);
                 if last_report.elapsed() >= PROGRESS_EVERY * 5 {
                     self.report_cdc(&ends, &mut counts, &slot, &last_lsn)
                         .await?;
@@ -613,6 +645,10 @@ impl Worker {
                 tokio::time::sleep(interval).await;
                 continue;
             }
+            let applying = Instant::now();
+            // Rows of this batch per source table, by kind: counted in the
+            // metrics once the batch is acknowledged.
+            let mut batch_rows: HashMap<String, [u64; 3]> = HashMap::new();
             let mut pending: HashMap<u32, Vec<(Row, u64, bool)>> = HashMap::new();
             let mut end = Lsn::default();
             for tx in &txs {
@@ -637,6 +673,19 @@ impl Worker {
                                 ChangeKind::Insert => e.inserted += 1,
                                 ChangeKind::Update => e.updated += 1,
                                 ChangeKind::Delete => e.deleted += 1,
+                            }
+                            let kind = match c.kind {
+                                ChangeKind::Insert => 0,
+                                ChangeKind::Update => 1,
+                                ChangeKind::Delete => 2,
+                            };
+                            match batch_rows.get_mut(source_table.as_str()) {
+                                Some(n) => n[kind] += 1,
+                                None => {
+                                    let mut n = [0; 3];
+                                    n[kind] = 1;
+                                    batch_rows.insert(source_table.clone(), n);
+                                }
                             }
                             pending.entry(c.relation_oid).or_default().push((
                                 c.row.clone(),
@@ -670,6 +719,22 @@ impl Worker {
             failpoint::hit("cdc.before_advance").await;
             // ClickHouse has the batch: only now may the slot move on.
             source::advance_slot(&ends.pg, &slot, end).await?;
+            let metrics = &self.core.metrics;
+            metrics.observe_batch_apply(&self.name, applying.elapsed());
+            if let Some(tx) = txs.last() {
+                metrics.set_cdc_lag_seconds(
+                    &self.name,
+                    crate::metrics::seconds_since_pg_time(tx.commit_time_us),
+                );
+            }
+            for (table, n) in &batch_rows {
+                for (kind, count) in [RowKind::Insert, RowKind::Update, RowKind::Delete]
+                    .into_iter()
+                    .zip(n)
+                {
+                    metrics.rows_applied(&self.name, table, kind, *count);
+                }
+            }
             last_lsn = end.to_string();
             if last_report.elapsed() >= PROGRESS_EVERY {
                 self.report_cdc(&ends, &mut counts, &slot, &last_lsn)
@@ -690,6 +755,7 @@ impl Worker {
         let wal = source::current_wal_lsn(&ends.pg).await?;
         let confirmed = info.map(|i| i.confirmed_flush).unwrap_or_default();
         let lag = wal.0.saturating_sub(confirmed.0);
+        self.core.metrics.set_cdc_lag_bytes(&self.name, lag);
         let lsn = if confirmed.0 > 0 {
             confirmed.to_string()
         } else {

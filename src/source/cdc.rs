@@ -91,6 +91,7 @@ pub async fn read_changes(
             PgOutputMessage::Commit {
                 commit_lsn,
                 end_lsn,
+                commit_time,
                 ..
             } => match open.take() {
                 Some(mut tx) => {
@@ -103,7 +104,7 @@ pub async fn read_changes(
                             ),
                         });
                     }
-                    tx.commit = Some((commit_lsn, end_lsn));
+                    tx.commit = Some((commit_lsn, end_lsn, commit_time));
                     raw.push(tx);
                 }
                 None => tracing::warn!(slot, %commit_lsn, "COMMIT without BEGIN; ignored"),
@@ -157,7 +158,7 @@ pub async fn read_changes(
     let mut rels: HashMap<u32, RelKey> = HashMap::new();
     let mut out = Vec::with_capacity(raw.len());
     for tx in raw {
-        let Some((commit_lsn, end_lsn)) = tx.commit else {
+        let Some((commit_lsn, end_lsn, commit_time_us)) = tx.commit else {
             continue;
         };
         let mut items = Vec::with_capacity(tx.msgs.len());
@@ -173,6 +174,7 @@ pub async fn read_changes(
             xid: tx.xid,
             commit_lsn,
             end_lsn,
+            commit_time_us,
             items,
         });
     }
@@ -184,7 +186,8 @@ struct RawTx {
     xid: u32,
     final_lsn: Lsn,
     msgs: Vec<PgOutputMessage>,
-    commit: Option<(Lsn, Lsn)>,
+    /// Commit LSN, end LSN, commit time.
+    commit: Option<(Lsn, Lsn, i64)>,
 }
 
 struct RelKey {

@@ -77,6 +77,7 @@ impl InProcess {
             token: token.map(str::to_owned),
             engine,
             tls,
+            metrics_listen: None,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
