@@ -265,6 +265,26 @@ async fn missing_tables_keyless_tables_bad_types_and_order_by_are_problems() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_by_without_the_key_is_a_problem() {
+    let schema = schema_with("vob", "").await;
+    let srv = InProcess::start_engine().await;
+    let mut c = srv.client().await;
+    let mut req = pipe_req(&name_of(&schema), &schema, &[&format!("{schema}.items")]);
+    req.tables[0].order_by = vec!["qty".into()];
+    let resp = validate(&mut c, req.clone()).await;
+    let p = only(&resp, ProblemKind::OrderByColumn);
+    assert_eq!(p.column, "id");
+    assert_mentions(
+        &p.message,
+        &["lacks key column \"id\"", "add \"id\" to order_by"],
+    );
+    // CreatePipe refuses it before anything is recorded.
+    let e = c.create_pipe(req).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+    assert_mentions(e.message(), &["lacks key column \"id\""]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_incompatible_destination_table_is_a_problem() {
     let schema = schema_with("vdt", "").await;
     let ch_admin = ch("default");
@@ -361,6 +381,8 @@ async fn several_problems_are_reported_together() {
             ProblemKind::ReplicationPrivilege,
             ProblemKind::NoKey,
             ProblemKind::TableMissing,
+            // missing_col is not a column, and id (the key) is not in it.
+            ProblemKind::OrderByColumn,
             ProblemKind::OrderByColumn,
             ProblemKind::Unreachable,
         ],

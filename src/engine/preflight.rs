@@ -245,6 +245,29 @@ async fn check_source(
                 )?;
             }
         }
+        // ReplacingMergeTree deduplicates by the sorting key: without every
+        // key column in it, rows with different keys would collapse into one
+        // (otherwise only found when the tables are created, after setup).
+        if !cfg.order_by.is_empty() && r.problems.is_empty() {
+            for &k in &r.table.key {
+                let Some(key_col) = r.table.columns.get(k) else {
+                    continue;
+                };
+                if !cfg.order_by.contains(&key_col.name) {
+                    found.push(
+                        ProblemKind::OrderByColumn,
+                        &cfg.source_table,
+                        &key_col.name,
+                        format!(
+                            "order_by of {} lacks key column {:?}: it must include every primary key \
+                             (or replica identity) column, or rows with different keys would be \
+                             merged into one; add {:?} to order_by",
+                            cfg.source_table, key_col.name, key_col.name
+                        ),
+                    )?;
+                }
+            }
+        }
         for col in &r.table.columns {
             if let Err(e) = crate::sink::clickhouse_type(col) {
                 found.push(
