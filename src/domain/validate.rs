@@ -841,6 +841,40 @@ mod tests {
     }
 
     #[test]
+    fn check_request_reports_every_part_and_keeps_the_good_ones() {
+        let r = check_request("", None, None, &[], None);
+        let fields: Vec<&str> = r.problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, ["name", "source", "destination", "tables"]);
+        assert!(r.source.is_none() && r.destination.is_none() && r.tables.is_empty());
+
+        let t = |s: &str| TableConfig {
+            source_table: s.into(),
+            ..Default::default()
+        };
+        let src = SourceConfig {
+            connection_string: "postgres://u:pw@db/app".into(),
+            password: String::new(),
+        };
+        let r = check_request(
+            "ok",
+            Some(&src),
+            None,
+            &[t("a"), t("public.a"), t("x.y.z"), t("b")],
+            None,
+        );
+        let fields: Vec<&str> = r.problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, ["destination", "tables[1]", "tables[2]"]);
+        assert_eq!(r.problems[2].table, "x.y.z");
+        let (cfg, pw) = r.source.unwrap();
+        assert_eq!(
+            (cfg.connection_string.as_str(), pw.as_deref()),
+            ("postgres://u@db/app", Some("pw"))
+        );
+        let kept: Vec<&str> = r.tables.iter().map(|t| t.source_table.as_str()).collect();
+        assert_eq!(kept, ["public.a", "public.b"]);
+    }
+
+    #[test]
     fn duplicate_tables_are_rejected() {
         let t = |s: &str| TableConfig {
             source_table: s.into(),
