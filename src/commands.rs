@@ -10,12 +10,14 @@ use std::sync::{Arc, RwLock};
 
 use crate::domain::projection::Projection;
 use crate::domain::validate::{self, Invalid};
+use crate::engine::preflight::{self, Purpose};
 use crate::proto::{
-    CreatePipeRequest, DeleteReason, Event, Pipe, PipeCreated, PipeDeleted, PipePaused,
-    PipeResumed, PipeStatus, ResyncStarted, TableConfig, event::Payload,
+    CreatePipeRequest, DeleteReason, Event, Pipe, PipeConfig, PipeCreated, PipeDeleted, PipePaused,
+    PipeResumed, PipeStatus, Problem, ProblemKind, ResyncStarted, TableConfig, ValidatePipeRequest,
+    event::Payload,
 };
 use crate::store::event_log::new_event;
-use crate::store::{EventLog, LogError, SecretStore};
+use crate::store::{EventLog, LogError, PipeSecrets, SecretStore};
 
 const MAX_ATTEMPTS: usize = 5;
 
@@ -121,7 +123,7 @@ impl Core {
             )));
         }
         if self.preflight {
-            crate::engine::preflight::check(&config, &secrets)
+            crate::engine::preflight::check(&config, &secrets, Purpose::Create)
                 .await
                 .map_err(CommandError::FailedPrecondition)?;
         }
@@ -157,6 +159,59 @@ impl Core {
             let _ = self.secrets.remove(&id);
         }
         result
+    }
+
+    /// A dry run of [`Core::create`]: every problem it would meet, found
+    /// without recording, storing or creating anything.
+    pub async fn validate(&self, req: &ValidatePipeRequest) -> Vec<Problem> {
+        let checked = validate::check_request(
+            &req.name,
+            req.source.as_ref(),
+            req.destination.as_ref(),
+            &req.tables,
+            req.settings.as_ref(),
+        );
+        let mut problems: Vec<Problem> = checked
+            .problems
+            .into_iter()
+            .map(|p| Problem {
+                kind: ProblemKind::InvalidRequest as i32,
+                table: p.table,
+                column: String::new(),
+                message: p.invalid.0,
+                field: p.field,
+            })
+            .collect();
+        if let Some(p) = self.read(|p| p.by_name(&req.name).cloned())
+            && p.status != PipeStatus::Deleted as i32
+        {
+            problems.push(Problem {
+                kind: ProblemKind::NameTaken as i32,
+                message: format!(
+                    "a pipe named {:?} already exists (id {}); pick another name or delete it first",
+                    p.name, p.id
+                ),
+                field: "name".into(),
+                ..Default::default()
+            });
+        }
+        if !self.preflight {
+            return problems;
+        }
+        let (source, source_password) = checked.source.unzip();
+        let (destination, destination_password) = checked.destination.unzip();
+        let config = PipeConfig {
+            source,
+            destination,
+            tables: checked.tables,
+            settings: None,
+        };
+        let secrets = PipeSecrets {
+            source_password: source_password.flatten(),
+            destination_password: destination_password.flatten(),
+        };
+        problems.extend(preflight::problems(&config, &secrets).await);
+        problems
     }
 
     pub async fn delete(&self, name: &str, drop_tables: bool) -> Result<Pipe, CommandError> {
@@ -236,7 +291,7 @@ impl Core {
             // Validation happens before the old incarnation is dropped.
             let mut config = old.config.clone().unwrap_or_default();
             config.tables = validate::apply_overrides(&config.tables, overrides)?;
-            crate::engine::preflight::check(&config, &self.secrets.get(&old_id)?)
+            crate::engine::preflight::check(&config, &self.secrets.get(&old_id)?, Purpose::Resync)
                 .await
                 .map_err(CommandError::FailedPrecondition)?;
         }

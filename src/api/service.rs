@@ -200,6 +200,22 @@ impl PipeService for PipeApi {
         Ok(Response::new(ResyncPipeResponse { pipe: Some(pipe) }))
     }
 
+    #[tracing::instrument(skip_all, fields(pipe = %request.get_ref().name))]
+    async fn validate_pipe(
+        &self,
+        request: Request<ValidatePipeRequest>,
+    ) -> Result<Response<ValidatePipeResponse>, Status> {
+        let core = self.core()?;
+        // Problems are the answer, not an error: a malformed request is
+        // reported field by field like any other problem.
+        let problems = core.validate(request.get_ref()).await;
+        tracing::info!(problems = problems.len(), "pipe validated");
+        Ok(Response::new(ValidatePipeResponse {
+            ok: problems.is_empty(),
+            problems,
+        }))
+    }
+
     type WatchPipeStream = ReceiverStream<Result<WatchPipeResponse, Status>>;
 
     async fn watch_pipe(

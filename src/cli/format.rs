@@ -613,6 +613,41 @@ pub(crate) fn status_line(p: &Pipe) -> String {
     s
 }
 
+/// `PROBLEM_KIND_WAL_LEVEL` → `wal_level`.
+pub(crate) fn problem_kind_label(raw: i32) -> String {
+    match crate::proto::ProblemKind::try_from(raw) {
+        Ok(k) => k
+            .as_str_name()
+            .strip_prefix("PROBLEM_KIND_")
+            .unwrap_or(k.as_str_name())
+            .to_ascii_lowercase(),
+        Err(_) => format!("unknown({raw})"),
+    }
+}
+
+/// The problems of a ValidatePipe answer, one row each.
+pub(crate) fn problems_table(problems: &[crate::proto::Problem]) -> String {
+    let dash = |s: &str| {
+        if s.is_empty() {
+            "-".to_owned()
+        } else {
+            s.to_owned()
+        }
+    };
+    let rows: Vec<Vec<String>> = problems
+        .iter()
+        .map(|p| {
+            vec![
+                problem_kind_label(p.kind),
+                dash(&p.table),
+                dash(&p.column),
+                p.message.clone(),
+            ]
+        })
+        .collect();
+    render_table(&["KIND", "TABLE", "COLUMN", "WHAT TO DO"], &rows)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,6 +8,7 @@
 //!   was deleted, or `--until-running` saw the pipe reach RUNNING);
 //! * 1: the watched pipe failed for good (a PipeFailed event with
 //!   `retrying == false`) under `--until-running` / `--wait`;
+//! * 1 for `validate`: the request has problems (they are listed);
 //! * 2: any other error (gRPC errors print as `error: <CODE>: <message>`).
 
 mod format;
@@ -32,15 +33,20 @@ use crate::proto::pipe_service_client::PipeServiceClient;
 use crate::proto::{
     CreatePipeRequest, DeletePipeRequest, DestinationConfig, GetPipeRequest, ListPipesRequest,
     PausePipeRequest, Pipe, PipeSettings, ResumePipeRequest, ResyncPipeRequest, SourceConfig,
-    TableConfig, WatchPipeResponse,
+    TableConfig, ValidatePipeRequest, WatchPipeResponse,
 };
-use format::{code_name, conn_string_has_password, pipe_summary, pipes_table, status_label};
+use format::{
+    code_name, conn_string_has_password, pipe_summary, pipes_table, problem_kind_label,
+    problems_table, status_label,
+};
 use json::{create_request_from_json, pipe_json, watch_message_json};
 use spec::{merge_overrides, parse_dest_override, parse_order_by_override, parse_table_spec};
 use watch::{WatchOptions, follow_events, follow_pipe};
 
 /// Exit code when the watched pipe failed (and is not retrying).
 pub const EXIT_PIPE_FAILED: u8 = 1;
+/// Exit code of `validate` when it found problems.
+pub const EXIT_PROBLEMS: u8 = 1;
 /// Exit code for every other error.
 pub const EXIT_ERROR: u8 = 2;
 
@@ -102,6 +108,9 @@ impl fmt::Debug for ClientOpts {
 pub enum ClientCommand {
     /// Create a pipe replicating PostgreSQL tables into ClickHouse.
     Create(Box<CreateArgs>),
+    /// Check a pipe as `create` would, creating nothing: lists every
+    /// problem (exit 1) or says ok (exit 0). Takes the same options.
+    Validate(Box<CreateArgs>),
     /// List pipes.
     List(ListArgs),
     /// Show one pipe: status, configuration, per-table statistics, steps.
@@ -608,6 +617,50 @@ pub(crate) async fn execute(
                 out.line(&format!("pipe {} created", pipe.name))?;
                 out.block(&pipe_summary(&pipe))?;
                 out.line(&format!("\nfollow it with: pgpipe watch {}", pipe.name))?;
+            }
+        }
+        ClientCommand::Validate(args) => {
+            if args.wait {
+                return Err(CliError::Usage(
+                    "--wait is for create; validate creates nothing to wait for".to_owned(),
+                ));
+            }
+            let stdin = io::stdin();
+            let r = build_create_request(&args, &|var| std::env::var_os(var), &mut stdin.lock())?;
+            let mut client = connect(opts).await?;
+            let answer = client
+                .validate_pipe(ValidatePipeRequest {
+                    name: r.name,
+                    source: r.source,
+                    destination: r.destination,
+                    tables: r.tables,
+                    settings: r.settings,
+                })
+                .await?
+                .into_inner();
+            if args.json {
+                let problems: Vec<Value> = answer
+                    .problems
+                    .iter()
+                    .map(|p| {
+                        serde_json::json!({
+                            "kind": problem_kind_label(p.kind),
+                            "table": p.table,
+                            "column": p.column,
+                            "field": p.field,
+                            "message": p.message,
+                        })
+                    })
+                    .collect();
+                out.json_pretty(&serde_json::json!({"ok": answer.ok, "problems": problems}))?;
+            } else if answer.ok {
+                out.line("ok")?;
+            } else {
+                out.line(&format!("{} problem(s):", answer.problems.len()))?;
+                out.block(&problems_table(&answer.problems))?;
+            }
+            if !answer.ok {
+                return Ok(ExitCode::from(EXIT_PROBLEMS));
             }
         }
         ClientCommand::List(args) => {

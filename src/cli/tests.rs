@@ -19,8 +19,8 @@ use crate::proto::{
     CaughtUp, CdcStarted, CreatePipeResponse, DeletePipeResponse, DeleteReason, Event,
     GetPipeResponse, ListPipesResponse, PausePipeResponse, PipeCreated, PipeDeleted, PipeFailed,
     PipeStatus, ResumePipeResponse, ResyncPipeResponse, ResyncStarted, SnapshotProgress,
-    StepStarted, TableStats, WatchEventsRequest, WatchEventsResponse, WatchPipeRequest,
-    event::Payload, watch_events_response::Item,
+    StepStarted, TableStats, ValidatePipeRequest, ValidatePipeResponse, WatchEventsRequest,
+    WatchEventsResponse, WatchPipeRequest, event::Payload, watch_events_response::Item,
 };
 
 /// The client commands as a standalone parser (the binary embeds them).
@@ -208,6 +208,17 @@ impl PipeService for Mock {
         p.resync_of = "p1".into();
         p.resyncing = true;
         Ok(Response::new(ResyncPipeResponse { pipe: Some(p) }))
+    }
+
+    async fn validate_pipe(
+        &self,
+        req: Request<ValidatePipeRequest>,
+    ) -> Result<Response<ValidatePipeResponse>, Status> {
+        self.record_auth(&req);
+        Ok(Response::new(ValidatePipeResponse {
+            ok: true,
+            problems: Vec::new(),
+        }))
     }
 
     type WatchPipeStream = BoxStream<WatchPipeResponse>;

@@ -594,6 +594,109 @@ pub fn pipe_config(
     ))
 }
 
+/// One problem of a request, with the field at fault and, for a table
+/// entry, the source table as given.
+#[derive(Debug, PartialEq, Eq)]
+pub struct FieldProblem {
+    pub field: String,
+    pub table: String,
+    pub invalid: Invalid,
+}
+
+/// What of a CreatePipe request is usable, and every problem found in it
+/// (ValidatePipe reports them all; CreatePipe stops at the first).
+#[derive(Debug, Default)]
+pub struct RequestCheck {
+    pub source: Option<(SourceConfig, Option<String>)>,
+    pub destination: Option<(DestinationConfig, Option<String>)>,
+    /// The valid table entries, normalized.
+    pub tables: Vec<TableConfig>,
+    pub problems: Vec<FieldProblem>,
+}
+
+/// Checks every part of a CreatePipe request on its own, so one bad part
+/// does not hide the problems of the others.
+pub fn check_request(
+    name: &str,
+    src: Option<&SourceConfig>,
+    dst: Option<&DestinationConfig>,
+    list: &[TableConfig],
+    s: Option<&PipeSettings>,
+) -> RequestCheck {
+    let mut out = RequestCheck::default();
+    let mut problem = |field: &str, table: &str, invalid: Invalid| {
+        out.problems.push(FieldProblem {
+            field: field.to_owned(),
+            table: table.to_owned(),
+            invalid,
+        })
+    };
+    if let Err(e) = pipe_name(name) {
+        problem("name", "", e);
+    }
+    let source = source(src).map_err(|e| problem("source", "", e)).ok();
+    let destination = destination(dst)
+        .map_err(|e| problem("destination", "", e))
+        .ok();
+    let mut valid = Vec::new();
+    if list.is_empty() {
+        problem(
+            "tables",
+            "",
+            Invalid("tables is empty: list at least one source table (`schema.table`)".into()),
+        );
+    } else if list.len() > MAX_TABLES {
+        // Entries are not looked at: the request is far out of bounds.
+        problem(
+            "tables",
+            "",
+            Invalid(format!(
+                "tables has {} entries; at most {MAX_TABLES}",
+                list.len()
+            )),
+        );
+    } else {
+        let mut sources = HashSet::new();
+        let mut dests = HashSet::new();
+        for (i, t) in list.iter().enumerate() {
+            let field = format!("tables[{i}]");
+            match table(i, t) {
+                Err(e) => problem(&field, &shorten(&t.source_table), e),
+                Ok((q, t)) => {
+                    if !sources.insert(q) {
+                        problem(
+                            &field,
+                            &t.source_table,
+                            Invalid(format!(
+                                "tables[{i}]: source table {} is listed twice",
+                                t.source_table
+                            )),
+                        );
+                    } else if !dests.insert(t.destination_table.clone()) {
+                        problem(
+                            &field,
+                            &t.source_table,
+                            Invalid(format!(
+                                "tables[{i}]: destination table {:?} is used by two entries; give one a destination_table",
+                                t.destination_table
+                            )),
+                        );
+                    } else {
+                        valid.push(t);
+                    }
+                }
+            }
+        }
+    }
+    if let Err(e) = settings(s) {
+        problem("settings", "", e);
+    }
+    out.source = source;
+    out.destination = destination;
+    out.tables = valid;
+    out
+}
+
 /// Applies resync overrides (matched by source table) to a pipe's tables.
 pub fn apply_overrides(
     tables: &[TableConfig],
@@ -735,6 +838,40 @@ mod tests {
         assert!(destination(Some(&dst("https://ch:8443"))).is_ok());
         let e = destination(Some(&dst("http://ch:8123"))).unwrap_err();
         assert!(e.0.contains("only used with an https"), "{}", e.0);
+    }
+
+    #[test]
+    fn check_request_reports_every_part_and_keeps_the_good_ones() {
+        let r = check_request("", None, None, &[], None);
+        let fields: Vec<&str> = r.problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, ["name", "source", "destination", "tables"]);
+        assert!(r.source.is_none() && r.destination.is_none() && r.tables.is_empty());
+
+        let t = |s: &str| TableConfig {
+            source_table: s.into(),
+            ..Default::default()
+        };
+        let src = SourceConfig {
+            connection_string: "postgres://u:pw@db/app".into(),
+            password: String::new(),
+        };
+        let r = check_request(
+            "ok",
+            Some(&src),
+            None,
+            &[t("a"), t("public.a"), t("x.y.z"), t("b")],
+            None,
+        );
+        let fields: Vec<&str> = r.problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, ["destination", "tables[1]", "tables[2]"]);
+        assert_eq!(r.problems[2].table, "x.y.z");
+        let (cfg, pw) = r.source.unwrap();
+        assert_eq!(
+            (cfg.connection_string.as_str(), pw.as_deref()),
+            ("postgres://u@db/app", Some("pw"))
+        );
+        let kept: Vec<&str> = r.tables.iter().map(|t| t.source_table.as_str()).collect();
+        assert_eq!(kept, ["public.a", "public.b"]);
     }
 
     #[test]

@@ -1,49 +1,289 @@
 //! Checks both ends of a pipe before anything is recorded: after a
 //! CreatePipe or ResyncPipe is accepted there is no going back, so a wrong
 //! password, a missing table or a bad ORDER BY must be refused up front.
+//!
+//! The same checks serve ValidatePipe, which wants every problem at once;
+//! CreatePipe and ResyncPipe stop at the first. Nothing here writes to
+//! either end.
 
-use crate::proto::PipeConfig;
-use crate::source;
+use crate::proto::{PipeConfig, Problem, ProblemKind};
+use crate::sink::SinkError;
+use crate::source::{self, SourceError, TableReport};
 use crate::store::PipeSecrets;
 
-/// Connects to both ends and checks the tables; the error says what to fix.
-pub async fn check(config: &PipeConfig, secrets: &PipeSecrets) -> Result<(), String> {
-    let src = config.source.clone().unwrap_or_default();
-    let pg = source::connect(&src.connection_string, secrets.source_password.as_deref())
-        .await
-        .map_err(|e| format!("source: {e}"))?;
-    source::check_server(&pg)
-        .await
-        .map_err(|e| format!("source: {e}"))?;
-    let names = super::source_tables(config).map_err(|e| e.0)?;
-    let tables = source::describe_tables(&pg, &names)
-        .await
-        .map_err(|e| format!("source: {e}"))?;
-    for (cfg, table) in config.tables.iter().zip(&tables) {
-        for col in &cfg.order_by {
-            if !table.columns.iter().any(|c| &c.name == col) {
-                return Err(format!(
-                    "order_by of {} names column {col:?}, which the table does not have; its columns are: {}",
-                    cfg.source_table,
-                    table
-                        .columns
-                        .iter()
-                        .map(|c| c.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ));
-            }
+/// What the checked config is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// A new pipe: existing destination tables must be compatible, as the
+    /// pipe writes into them.
+    Create,
+    /// A resync rebuilds its tables next to the old ones, so those may
+    /// differ from the source (that is often why one resyncs).
+    Resync,
+}
+
+/// Connects to both ends and checks the tables; the error (the first
+/// problem) says what to fix.
+pub async fn check(
+    config: &PipeConfig,
+    secrets: &PipeSecrets,
+    purpose: Purpose,
+) -> Result<(), String> {
+    let mut found = Found {
+        problems: Vec::new(),
+        fail_fast: true,
+    };
+    let _ = checks(config, secrets, purpose, &mut found).await;
+    match found.problems.into_iter().next() {
+        Some(p) => Err(p.message),
+        None => Ok(()),
+    }
+}
+
+/// Every problem of a new pipe's config. `config.source` or
+/// `config.destination` absent (invalid in the request) skips that end;
+/// `config.tables` holds the valid table entries only.
+pub async fn problems(config: &PipeConfig, secrets: &PipeSecrets) -> Vec<Problem> {
+    let mut found = Found {
+        problems: Vec::new(),
+        fail_fast: false,
+    };
+    let _ = checks(config, secrets, Purpose::Create, &mut found).await;
+    found.problems
+}
+
+/// The checks ended early (fail-fast mode, after the first problem).
+struct Stop;
+
+struct Found {
+    problems: Vec<Problem>,
+    fail_fast: bool,
+}
+
+impl Found {
+    fn push(
+        &mut self,
+        kind: ProblemKind,
+        table: &str,
+        column: &str,
+        message: String,
+    ) -> Result<(), Stop> {
+        self.problems.push(Problem {
+            kind: kind as i32,
+            table: table.to_owned(),
+            column: column.to_owned(),
+            message,
+            field: String::new(),
+        });
+        if self.fail_fast { Err(Stop) } else { Ok(()) }
+    }
+
+    fn source(&mut self, table: &str, e: &SourceError) -> Result<(), Stop> {
+        let (kind, column) = source_kind(e);
+        self.push(kind, table, column, format!("source: {e}"))
+    }
+}
+
+fn source_kind(e: &SourceError) -> (ProblemKind, &str) {
+    let kind = match e {
+        SourceError::InvalidConnectionString(_) => ProblemKind::InvalidRequest,
+        SourceError::Unreachable { .. } | SourceError::Tls { .. } => ProblemKind::Unreachable,
+        SourceError::AuthFailed { .. } | SourceError::DatabaseMissing { .. } => {
+            ProblemKind::Credentials
         }
-        for col in &table.columns {
-            crate::sink::clickhouse_type(col).map_err(|e| {
+        SourceError::WalLevel { .. } => ProblemKind::WalLevel,
+        SourceError::NoReplicationPrivilege { .. } => ProblemKind::ReplicationPrivilege,
+        SourceError::TableMissing { .. } => ProblemKind::TableMissing,
+        SourceError::NotATable { .. }
+        | SourceError::UnloggedTable { .. }
+        | SourceError::NoSelectPrivilege { .. } => ProblemKind::TableNotReplicable,
+        SourceError::NoPrimaryKey { .. }
+        | SourceError::ReplicaIdentityFullWithoutKey { .. }
+        | SourceError::ReplicaIdentityNothing { .. } => ProblemKind::NoKey,
+        SourceError::UnsupportedType { column, .. } => {
+            return (ProblemKind::UnsupportedType, column);
+        }
+        _ => ProblemKind::SourceServer,
+    };
+    (kind, "")
+}
+
+fn sink_kind(e: &SinkError) -> ProblemKind {
+    match e {
+        SinkError::InvalidUrl { .. } => ProblemKind::InvalidRequest,
+        SinkError::Unreachable { .. } | SinkError::Tls { .. } => ProblemKind::Unreachable,
+        SinkError::Auth { .. } => ProblemKind::Credentials,
+        _ => ProblemKind::Destination,
+    }
+}
+
+async fn checks(
+    config: &PipeConfig,
+    secrets: &PipeSecrets,
+    purpose: Purpose,
+    found: &mut Found,
+) -> Result<(), Stop> {
+    // Tables described without a problem, for the destination checks.
+    let mut described: Vec<(usize, TableReport)> = Vec::new();
+    if let Some(src) = &config.source {
+        described = check_source(config, &src.connection_string, secrets, found).await?;
+    }
+    if config.destination.is_none() {
+        return Ok(());
+    }
+    let ch = match super::sink_for(config, secrets) {
+        Ok(ch) => ch,
+        Err(e) => return found.push(sink_kind(&e), "", "", format!("destination: {e}")),
+    };
+    if let Err(e) = ch.ping().await {
+        return found.push(sink_kind(&e), "", "", format!("destination: {e}"));
+    }
+    if purpose == Purpose::Resync {
+        return Ok(());
+    }
+    for (i, report) in described {
+        let Some(cfg) = config.tables.get(i) else {
+            continue;
+        };
+        match ch
+            .check_existing(&cfg.destination_table, &report.table)
+            .await
+        {
+            Ok(_) => {}
+            Err(SinkError::Schema(m)) => found.push(
+                ProblemKind::DestinationTable,
+                &cfg.source_table,
+                "",
                 format!(
-                    "column {:?} of {} cannot be replicated: {e}",
-                    col.name, cfg.source_table
-                )
-            })?;
+                    "destination table {:?} exists and does not fit {}: {m}; \
+                     drop it or pick another destination_table",
+                    cfg.destination_table, cfg.source_table
+                ),
+            )?,
+            Err(e) => found.push(
+                sink_kind(&e),
+                &cfg.source_table,
+                "",
+                format!("destination: {e}"),
+            )?,
         }
     }
-    let ch = super::sink_for(config, secrets).map_err(|e| format!("destination: {e}"))?;
-    ch.ping().await.map_err(|e| format!("destination: {e}"))?;
     Ok(())
+}
+
+/// Source checks; returns the tables (by index in `config.tables`) that
+/// were described without a problem.
+async fn check_source(
+    config: &PipeConfig,
+    conn: &str,
+    secrets: &PipeSecrets,
+    found: &mut Found,
+) -> Result<Vec<(usize, TableReport)>, Stop> {
+    let pg = match source::connect(conn, secrets.source_password.as_deref()).await {
+        Ok(pg) => pg,
+        Err(e) => {
+            found.source("", &e)?;
+            return Ok(Vec::new());
+        }
+    };
+    match source::server_problems(&pg).await {
+        Ok((_, problems)) => {
+            for p in &problems {
+                found.source("", p)?;
+            }
+        }
+        Err(e) => {
+            found.source("", &e)?;
+            return Ok(Vec::new());
+        }
+    }
+    let names = match super::source_tables(config) {
+        Ok(n) => n,
+        Err(e) => {
+            found.push(ProblemKind::InvalidRequest, "", "", e.0)?;
+            return Ok(Vec::new());
+        }
+    };
+    let reports = match source::describe_table_problems(&pg, &names).await {
+        Ok(r) => r,
+        Err(e) => {
+            found.source("", &e)?;
+            return Ok(Vec::new());
+        }
+    };
+    // Every table's description problems first, then ORDER BY and types,
+    // as CreatePipe always reported them.
+    let mut usable = Vec::new();
+    for (i, (cfg, report)) in config.tables.iter().zip(reports).enumerate() {
+        match report {
+            Err(e) => found.source(&cfg.source_table, &e)?,
+            Ok(r) => {
+                for p in &r.problems {
+                    found.source(&cfg.source_table, p)?;
+                }
+                usable.push((i, r));
+            }
+        }
+    }
+    let mut clean = Vec::new();
+    for (i, r) in usable {
+        let Some(cfg) = config.tables.get(i) else {
+            continue;
+        };
+        let before = found.problems.len();
+        for col in &cfg.order_by {
+            if !r.all_columns.iter().any(|c| c == col) {
+                found.push(
+                    ProblemKind::OrderByColumn,
+                    &cfg.source_table,
+                    col,
+                    format!(
+                        "order_by of {} names column {col:?}, which the table does not have; its columns are: {}",
+                        cfg.source_table,
+                        r.all_columns.join(", ")
+                    ),
+                )?;
+            }
+        }
+        // ReplacingMergeTree deduplicates by the sorting key: without every
+        // key column in it, rows with different keys would collapse into one
+        // (otherwise only found when the tables are created, after setup).
+        if !cfg.order_by.is_empty() && r.problems.is_empty() {
+            for &k in &r.table.key {
+                let Some(key_col) = r.table.columns.get(k) else {
+                    continue;
+                };
+                if !cfg.order_by.contains(&key_col.name) {
+                    found.push(
+                        ProblemKind::OrderByColumn,
+                        &cfg.source_table,
+                        &key_col.name,
+                        format!(
+                            "order_by of {} lacks key column {:?}: it must include every primary key \
+                             (or replica identity) column, or rows with different keys would be \
+                             merged into one; add {:?} to order_by",
+                            cfg.source_table, key_col.name, key_col.name
+                        ),
+                    )?;
+                }
+            }
+        }
+        for col in &r.table.columns {
+            if let Err(e) = crate::sink::clickhouse_type(col) {
+                found.push(
+                    ProblemKind::UnsupportedType,
+                    &cfg.source_table,
+                    &col.name,
+                    format!(
+                        "column {:?} of {} cannot be replicated: {e}",
+                        col.name, cfg.source_table
+                    ),
+                )?;
+            }
+        }
+        if r.problems.is_empty() && found.problems.len() == before {
+            clean.push((i, r));
+        }
+    }
+    Ok(clean)
 }

@@ -294,6 +294,21 @@ impl ChSink {
         Ok((!cols.is_empty()).then_some(cols))
     }
 
+    /// Checks an existing destination table against `source` without
+    /// changing anything: Ok(false) if it does not exist, Ok(true) if pgpipe
+    /// can write to it, Err([`SinkError::Schema`]) saying what differs.
+    pub async fn check_existing(
+        &self,
+        table: &str,
+        source: &SourceTable,
+    ) -> Result<bool, SinkError> {
+        let Some(dest) = self.columns(table).await? else {
+            return Ok(false);
+        };
+        plan_columns(&self.qualified(table), source, &dest)?;
+        Ok(true)
+    }
+
     /// Cached [`ChSink::columns`]; errors if the table does not exist.
     pub(crate) async fn dest_columns(
         &self,

@@ -194,8 +194,22 @@ pub struct ServerInfo {
 
 /// Checks that the server can serve a pipe: PostgreSQL 11+, `wal_level =
 /// logical`, a UTF8 database, and a user with REPLICATION (or superuser,
-/// or `rds_replication` on Amazon RDS).
+/// or `rds_replication` on Amazon RDS). Fails with the first problem.
 pub async fn check_server(client: &Client) -> Result<ServerInfo, SourceError> {
+    let (info, mut problems) = server_problems(client).await?;
+    if problems.is_empty() {
+        Ok(info)
+    } else {
+        Err(problems.remove(0))
+    }
+}
+
+/// Like [`check_server`], but returns every problem (in the order
+/// [`check_server`] would report them); Err only if the server cannot be
+/// asked at all.
+pub async fn server_problems(
+    client: &Client,
+) -> Result<(ServerInfo, Vec<SourceError>), SourceError> {
     let row = client
         .query_one(
             "SELECT current_setting('server_version_num')::int4, current_setting('server_version'), \
@@ -218,13 +232,13 @@ pub async fn check_server(client: &Client) -> Result<ServerInfo, SourceError> {
     let wal_level: String = row.get(2);
     let encoding: String = row.get(5);
     let (superuser, replication, rds): (bool, bool, bool) = (row.get(6), row.get(7), row.get(8));
-    check_facts(
+    let problems = check_facts(
         &info,
         &wal_level,
         &encoding,
         superuser || replication || rds,
-    )?;
-    Ok(info)
+    );
+    Ok((info, problems))
 }
 
 fn check_facts(
@@ -232,28 +246,29 @@ fn check_facts(
     wal_level: &str,
     encoding: &str,
     may_replicate: bool,
-) -> Result<(), SourceError> {
+) -> Vec<SourceError> {
+    let mut problems = Vec::new();
     if info.version_num < MIN_SERVER_VERSION_NUM {
-        return Err(SourceError::ServerTooOld {
+        problems.push(SourceError::ServerTooOld {
             version: info.version.clone(),
         });
     }
     if wal_level != "logical" {
-        return Err(SourceError::WalLevel {
+        problems.push(SourceError::WalLevel {
             actual: wal_level.into(),
         });
     }
     if encoding != "UTF8" {
-        return Err(SourceError::UnsupportedEncoding {
+        problems.push(SourceError::UnsupportedEncoding {
             encoding: encoding.into(),
         });
     }
     if !may_replicate {
-        return Err(SourceError::NoReplicationPrivilege {
+        problems.push(SourceError::NoReplicationPrivilege {
             user: info.user.clone(),
         });
     }
-    Ok(())
+    problems
 }
 
 #[cfg(test)]
@@ -271,12 +286,13 @@ mod tests {
 
     #[test]
     fn server_facts_are_checked_in_order() {
-        assert!(check_facts(&info(150004), "logical", "UTF8", true).is_ok());
+        let first = |v, w, e, r| check_facts(&info(v), w, e, r).into_iter().next();
+        assert!(first(150004, "logical", "UTF8", true).is_none());
         assert!(matches!(
-            check_facts(&info(100020), "logical", "UTF8", true),
-            Err(SourceError::ServerTooOld { .. })
+            first(100020, "logical", "UTF8", true),
+            Some(SourceError::ServerTooOld { .. })
         ));
-        let e = check_facts(&info(150004), "replica", "UTF8", true).unwrap_err();
+        let e = first(150004, "replica", "UTF8", true).unwrap();
         assert!(matches!(e, SourceError::WalLevel { .. }));
         let m = e.to_string();
         assert!(m.contains("wal_level = \"replica\""), "{m}");
@@ -285,13 +301,18 @@ mod tests {
             "{m}"
         );
         assert!(matches!(
-            check_facts(&info(150004), "logical", "LATIN1", true),
-            Err(SourceError::UnsupportedEncoding { .. })
+            first(150004, "logical", "LATIN1", true),
+            Some(SourceError::UnsupportedEncoding { .. })
         ));
         assert!(matches!(
-            check_facts(&info(150004), "logical", "UTF8", false),
-            Err(SourceError::NoReplicationPrivilege { .. })
+            first(150004, "logical", "UTF8", false),
+            Some(SourceError::NoReplicationPrivilege { .. })
         ));
+        // Every problem, not only the first.
+        assert_eq!(
+            check_facts(&info(150004), "replica", "UTF8", false).len(),
+            2
+        );
     }
 
     #[test]

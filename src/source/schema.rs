@@ -28,7 +28,44 @@ pub async fn describe_tables(
     let mut types = TypeCache::default();
     let mut out = Vec::with_capacity(tables.len());
     for q in tables {
-        out.push(describe_one(client, q, version, &mut types).await?);
+        let report = describe_one(client, q, version, &mut types).await?;
+        if let Some(first) = report.problems.into_iter().next() {
+            return Err(first);
+        }
+        out.push(report.table);
+    }
+    Ok(out)
+}
+
+/// A table as [`describe_table_problems`] found it.
+#[derive(Debug)]
+pub struct TableReport {
+    /// The replicable part: unsupported columns are left out, and `key` may
+    /// be empty when `problems` says so.
+    pub table: SourceTable,
+    /// Every column name (generated ones excluded), supported or not.
+    pub all_columns: Vec<String>,
+    /// Every problem that does not prevent describing the table: each
+    /// unsupported column, a missing key or unusable replica identity.
+    pub problems: Vec<SourceError>,
+}
+
+/// Like [`describe_tables`], but describes every table and reports every
+/// problem of each instead of stopping at the first: an inner Err is a
+/// table that cannot be described (missing, not a table, unreadable...).
+pub async fn describe_table_problems(
+    client: &Client,
+    tables: &[QualifiedName],
+) -> Result<Vec<Result<TableReport, SourceError>>, SourceError> {
+    let version: i32 = client
+        .query_one("SELECT current_setting('server_version_num')::int4", &[])
+        .await
+        .map_err(|e| SourceError::query("reading the server version", &e))?
+        .get(0);
+    let mut types = TypeCache::default();
+    let mut out = Vec::with_capacity(tables.len());
+    for q in tables {
+        out.push(describe_one(client, q, version, &mut types).await);
     }
     Ok(out)
 }
@@ -38,7 +75,7 @@ async fn describe_one(
     q: &QualifiedName,
     version: i32,
     types: &mut TypeCache,
-) -> Result<SourceTable, SourceError> {
+) -> Result<TableReport, SourceError> {
     let name = q.canonical();
     let ctx = || format!("describing table {name}");
     let rows = client
@@ -120,6 +157,9 @@ async fn describe_one(
         .map_err(|e| SourceError::query(ctx(), &e))?;
     let mut columns = Vec::with_capacity(cols.len());
     let mut attnums = Vec::with_capacity(cols.len());
+    let mut all_columns = Vec::with_capacity(cols.len());
+    let mut unsupported_attnums = Vec::new();
+    let mut problems = Vec::new();
     for c in &cols {
         let attnum: i16 = c.get(0);
         let col_name: String = c.get(1);
@@ -137,14 +177,21 @@ async fn describe_one(
             column: col_name.clone(),
             type_name: type_name.clone(),
         };
-        if ndims > 1 {
-            return Err(unsupported());
-        }
-        let pg_type = types
-            .classify(client, type_oid, typmod)
-            .await
-            .map_err(|e| e.into_source_error(&name))?
-            .ok_or_else(unsupported)?;
+        all_columns.push(col_name.clone());
+        let pg_type = if ndims > 1 {
+            None
+        } else {
+            types
+                .classify(client, type_oid, typmod)
+                .await
+                .map_err(|e| e.into_source_error(&name))?
+        };
+        // Kept going: every unsupported column is worth knowing at once.
+        let Some(pg_type) = pg_type else {
+            problems.push(unsupported());
+            unsupported_attnums.push(attnum);
+            continue;
+        };
         attnums.push(attnum);
         columns.push(SourceColumn {
             name: col_name,
@@ -174,26 +221,53 @@ async fn describe_one(
             ri = Some(keys);
         }
     }
+    // A replica identity problem is the table's key problem: not reported
+    // twice as "no primary key".
+    let mut identity_reported = false;
     let key_attnums = match replident.as_str() {
         "i" => ri.or(pk),
-        "n" => return Err(SourceError::ReplicaIdentityNothing { table: name }),
-        "f" => match pk {
-            Some(k) => Some(k),
-            None => return Err(SourceError::ReplicaIdentityFullWithoutKey { table: name }),
-        },
+        "n" => {
+            problems.push(SourceError::ReplicaIdentityNothing {
+                table: name.clone(),
+            });
+            identity_reported = true;
+            None
+        }
+        "f" => {
+            if pk.is_none() {
+                problems.push(SourceError::ReplicaIdentityFullWithoutKey {
+                    table: name.clone(),
+                });
+                identity_reported = true;
+            }
+            pk
+        }
         _ => pk,
     };
-    let Some(key_attnums) = key_attnums.filter(|k| !k.is_empty()) else {
-        return Err(SourceError::NoPrimaryKey { table: name });
-    };
-    let mut key = Vec::with_capacity(key_attnums.len());
-    for a in key_attnums {
-        // A key on an expression (attnum 0) or a generated column cannot
-        // identify rows in the change stream.
-        let Some(i) = attnums.iter().position(|&x| x == a) else {
-            return Err(SourceError::NoPrimaryKey { table: name });
-        };
-        key.push(i);
+    let mut key = Vec::new();
+    match key_attnums.filter(|k| !k.is_empty()) {
+        None if !identity_reported => problems.push(SourceError::NoPrimaryKey {
+            table: name.clone(),
+        }),
+        None => {}
+        Some(k) => {
+            for a in k {
+                // A key on an unsupported column was reported as such.
+                if unsupported_attnums.contains(&a) {
+                    continue;
+                }
+                // A key on an expression (attnum 0) or a generated column
+                // cannot identify rows in the change stream.
+                let Some(i) = attnums.iter().position(|&x| x == a) else {
+                    problems.push(SourceError::NoPrimaryKey {
+                        table: name.clone(),
+                    });
+                    key.clear();
+                    break;
+                };
+                key.push(i);
+            }
+        }
     }
 
     let reltuples = if reltuples.is_finite() && reltuples > 0.0 {
@@ -209,7 +283,7 @@ async fn describe_one(
     } else {
         reltuples
     };
-    Ok(SourceTable {
+    let table = SourceTable {
         schema: q.schema.clone(),
         name: q.table.clone(),
         oid,
@@ -217,6 +291,11 @@ async fn describe_one(
         key,
         estimated_rows: estimated_rows.round() as u64,
         pages,
+    };
+    Ok(TableReport {
+        table,
+        all_columns,
+        problems,
     })
 }
 
