@@ -12,7 +12,7 @@ use crate::domain::validate;
 use crate::proto::pipe_service_server::PipeService;
 use crate::proto::*;
 use crate::store::LogError;
-use crate::watch::{self, FeedItem, PipeView};
+use crate::watch::{self, FeedItem, LabelFilter, PipeView};
 
 /// Depth of each watcher's outgoing queue; the follower task waits when the
 /// client reads slowly (the log, not memory, absorbs the difference).
@@ -141,8 +141,10 @@ impl PipeService for PipeApi {
         request: Request<ListPipesRequest>,
     ) -> Result<Response<ListPipesResponse>, Status> {
         let core = self.core()?;
-        let include_deleted = request.get_ref().include_deleted;
-        let pipes = core.read(|p| p.list(include_deleted));
+        let req = request.into_inner();
+        validate::label_pairs("label_selector", &req.label_selector)
+            .map_err(|e| Status::invalid_argument(e.0))?;
+        let pipes = core.read(|p| p.list(req.include_deleted, &req.label_selector));
         Ok(Response::new(ListPipesResponse { pipes }))
     }
 
@@ -194,6 +196,20 @@ impl PipeService for PipeApi {
         let pipe = core.resync(&req.name, &req.overrides).await?;
         tracing::info!(pipe_id = %pipe.id, resync_of = %pipe.resync_of, "resync started");
         Ok(Response::new(ResyncPipeResponse { pipe: Some(pipe) }))
+    }
+
+    #[tracing::instrument(skip_all, fields(pipe = %request.get_ref().name))]
+    async fn set_pipe_labels(
+        &self,
+        request: Request<SetPipeLabelsRequest>,
+    ) -> Result<Response<SetPipeLabelsResponse>, Status> {
+        let core = self.core()?;
+        let req = request.into_inner();
+        name_arg(&req.name)?;
+        let pipe = core
+            .set_labels(&req.name, &req.labels, &req.remove_keys)
+            .await?;
+        Ok(Response::new(SetPipeLabelsResponse { pipe: Some(pipe) }))
     }
 
     type WatchPipeStream = ReceiverStream<Result<WatchPipeResponse, Status>>;
@@ -274,8 +290,20 @@ impl PipeService for PipeApi {
             name_arg(&req.pipe_name)?;
             Some(req.pipe_name)
         };
+        validate::label_pairs("label_selector", &req.label_selector)
+            .map_err(|e| Status::invalid_argument(e.0))?;
         let log = Arc::clone(&core.log);
         let start = cursor_arg(req.after_cursor, log.head())?;
+        let mut labels = if req.label_selector.is_empty() {
+            None
+        } else {
+            Some(LabelFilter::load(
+                &log,
+                filter.as_deref(),
+                start,
+                req.label_selector,
+            )?)
+        };
         let (tx, rx) = mpsc::channel(WATCH_QUEUE);
         let (feed_tx, mut feed_rx) = mpsc::channel(WATCH_QUEUE);
         let mut closing = self.closing.clone();
@@ -283,6 +311,9 @@ impl PipeService for PipeApi {
             let follower = tokio::spawn(watch::follow(log, start, filter, feed_tx));
             while let Some(item) = next_item(&mut feed_rx, &mut closing).await {
                 let msg = match item {
+                    Ok(FeedItem::Event(e)) if labels.as_mut().is_some_and(|l| !l.admit(&e)) => {
+                        continue;
+                    }
                     Ok(FeedItem::Event(e)) => Ok(WatchEventsResponse {
                         item: Some(watch_events_response::Item::Event((*e).clone())),
                     }),
