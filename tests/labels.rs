@@ -563,6 +563,10 @@ async fn cli_round_trip_create_labels_list_selector() {
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(out, "env=prod\ntier=silver\n");
 
+    // Without changes it only prints the labels.
+    let (code, out, err) = cli(&addr, &["labels", "b"]);
+    assert_eq!((code, out.as_str()), (0, "env=dev\ntier=gold\n"), "{err}");
+
     let (code, out, _) = cli(&addr, &["list", "--selector", "env=prod", "--json"]);
     assert_eq!(code, 0);
     let listed: Vec<Value> = json(&out).as_array().unwrap().clone();
