@@ -297,12 +297,14 @@ impl PipeService for PipeApi {
         let mut labels = if req.label_selector.is_empty() {
             None
         } else {
-            Some(LabelFilter::load(
-                &log,
-                filter.as_deref(),
-                start,
-                req.label_selector,
-            )?)
+            // Reads history up to the cursor: off the async workers.
+            let (log, stream, selector) = (Arc::clone(&log), filter.clone(), req.label_selector);
+            let loaded = tokio::task::spawn_blocking(move || {
+                LabelFilter::load(&log, stream.as_deref(), start, selector)
+            })
+            .await
+            .map_err(|e| Status::internal(format!("reading labels from the log failed: {e}")))?;
+            Some(loaded?)
         };
         let (tx, rx) = mpsc::channel(WATCH_QUEUE);
         let (feed_tx, mut feed_rx) = mpsc::channel(WATCH_QUEUE);
