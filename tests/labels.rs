@@ -266,6 +266,26 @@ async fn watch_events_from_a_cursor_passes_what_a_live_watcher_passed() {
     assert_eq!(drain(&mut all).await, with_early);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_events_applies_a_selector_and_a_pipe_name_together() {
+    let srv = InProcess::start(None).await;
+    let mut c = srv.client().await;
+    label_story(&mut c).await;
+    let mut s = c
+        .watch_events(WatchEventsRequest {
+            pipe_name: "b".into(),
+            ..prod_watch(Some(0))
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let b_while_prod = [("b", "pipe_labels_changed"), ("b", "pipe_resumed")]
+        .iter()
+        .map(|(n, k)| (n.to_string(), *k))
+        .collect::<Vec<_>>();
+    assert_eq!(drain(&mut s).await, b_while_prod);
+}
+
 #[tokio::test]
 async fn resync_carries_the_current_labels_to_the_new_incarnation() {
     let srv = InProcess::start(None).await;
