@@ -6,15 +6,16 @@
 //! against the new state (so of two racing ResyncPipe calls, the second one
 //! sees the first and is refused).
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use crate::domain::projection::Projection;
 use crate::domain::validate::{self, Invalid};
 use crate::engine::preflight::{self, Purpose};
 use crate::proto::{
-    CreatePipeRequest, DeleteReason, Event, Pipe, PipeConfig, PipeCreated, PipeDeleted, PipePaused,
-    PipeResumed, PipeStatus, Problem, ProblemKind, ResyncStarted, TableConfig, ValidatePipeRequest,
-    event::Payload,
+    CreatePipeRequest, DeleteReason, Event, Pipe, PipeConfig, PipeCreated, PipeDeleted,
+    PipeLabelsChanged, PipePaused, PipeResumed, PipeStatus, Problem, ProblemKind, ResyncStarted,
+    TableConfig, ValidatePipeRequest, event::Payload,
 };
 use crate::store::event_log::new_event;
 use crate::store::{EventLog, LogError, PipeSecrets, SecretStore};
@@ -86,6 +87,10 @@ impl Core {
         let mut last_conflict = None;
         for _ in 0..MAX_ATTEMPTS {
             let decision = self.read(|p| decide(p.by_name(name), p.stream_version(name)))?;
+            // Nothing to record (e.g. labels already as asked): no event.
+            if decision.events.is_empty() {
+                return self.get_by_name(name);
+            }
             match self
                 .log
                 .append(name, decision.expected_version, decision.events)
@@ -107,12 +112,14 @@ impl Core {
 
     pub async fn create(&self, req: CreatePipeRequest) -> Result<Pipe, CommandError> {
         validate::pipe_name(&req.name)?;
-        let (config, secrets) = validate::pipe_config(
+        let (mut config, secrets) = validate::pipe_config(
             req.source.as_ref(),
             req.destination.as_ref(),
             &req.tables,
             req.settings.as_ref(),
         )?;
+        validate::labels("labels", &req.labels)?;
+        config.labels = req.labels.clone();
         if self.read(|p| {
             p.by_name(&req.name)
                 .is_some_and(|p| p.status != PipeStatus::Deleted as i32)
@@ -182,6 +189,14 @@ impl Core {
                 field: p.field,
             })
             .collect();
+        if let Err(e) = validate::labels("labels", &req.labels) {
+            problems.push(Problem {
+                kind: ProblemKind::InvalidRequest as i32,
+                message: e.0,
+                field: "labels".into(),
+                ..Default::default()
+            });
+        }
         if let Some(p) = self.read(|p| p.by_name(&req.name).cloned())
             && p.status != PipeStatus::Deleted as i32
         {
@@ -205,6 +220,7 @@ impl Core {
             destination,
             tables: checked.tables,
             settings: None,
+            labels: req.labels.clone(),
         };
         let secrets = PipeSecrets {
             source_password: source_password.flatten(),
@@ -313,6 +329,8 @@ impl Core {
                 }
                 let mut config = p.config.clone().unwrap_or_default();
                 config.tables = validate::apply_overrides(&config.tables, overrides)?;
+                // The new incarnation starts with the labels as they are now.
+                config.labels = p.labels.clone();
                 Ok(Decision {
                     expected_version: version,
                     events: vec![
@@ -345,6 +363,62 @@ impl Core {
             let _ = self.secrets.remove(&new_id);
         }
         result
+    }
+}
+
+impl Core {
+    /// Sets and removes labels of the pipe's current incarnation. Records
+    /// one PipeLabelsChanged, or nothing when the labels would not change.
+    pub async fn set_labels(
+        &self,
+        name: &str,
+        set: &BTreeMap<String, String>,
+        remove: &[String],
+    ) -> Result<Pipe, CommandError> {
+        validate::label_pairs("labels", set)?;
+        for key in remove {
+            validate::label_key("remove_keys", key)?;
+            if set.contains_key(key) {
+                return Err(Invalid(format!(
+                    "remove_keys: key {key:?} is also in labels; set it or remove it, not both"
+                ))
+                .into());
+            }
+        }
+        self.execute(name, |current, version| {
+            let p = live(name, current)?;
+            let mut labels = p.labels.clone();
+            let mut changed = BTreeMap::new();
+            for (k, v) in set {
+                if labels.get(k) != Some(v) {
+                    changed.insert(k.clone(), v.clone());
+                    labels.insert(k.clone(), v.clone());
+                }
+            }
+            let removed: Vec<String> = remove
+                .iter()
+                .filter(|k| labels.remove(k.as_str()).is_some())
+                .cloned()
+                .collect();
+            validate::label_count("labels", labels.len())?;
+            let events = if changed.is_empty() && removed.is_empty() {
+                Vec::new()
+            } else {
+                vec![new_event(
+                    &p.id,
+                    Payload::PipeLabelsChanged(PipeLabelsChanged {
+                        set: changed,
+                        removed,
+                        labels,
+                    }),
+                )]
+            };
+            Ok(Decision {
+                expected_version: version,
+                events,
+            })
+        })
+        .await
     }
 }
 

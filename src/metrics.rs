@@ -274,7 +274,7 @@ pub fn render(core: &Core) -> String {
     // Gauges of a deleted pipe say nothing any more: only pipes that exist
     // are shown (counters and the histogram stay, as counters do).
     let (pipes, live): (Vec<PipeStatus>, std::collections::HashSet<String>) = core.read(|p| {
-        let current = p.list(true);
+        let current = p.list(true, &Default::default());
         let live = current
             .iter()
             .filter(|x| x.status() != PipeStatus::Deleted)

@@ -7,13 +7,15 @@
 //! that falls behind the feed (lagged) goes back to reading the log: slow
 //! watchers never block appends and never lose events.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 
 use crate::domain::projection::{self, Projection, ends_stream};
-use crate::proto::{Event, Pipe};
+use crate::domain::validate::selector_matches;
+use crate::proto::{Event, Pipe, event::Payload};
 use crate::store::{EventLog, LogError};
 
 const HISTORY_CHUNK: usize = 512;
@@ -100,6 +102,62 @@ fn history_chunk(
     };
     out.extend(chunk);
     Ok(next)
+}
+
+/// WatchEvents' label selector. An event passes when its pipe name's
+/// labels, right after the event, have every pair of the selector. Labels
+/// are folded from the log itself (not read from the live projection), so a
+/// replay from a cursor passes exactly the events a live watcher passed.
+pub struct LabelFilter {
+    selector: BTreeMap<String, String>,
+    labels: HashMap<String, BTreeMap<String, String>>,
+}
+
+impl LabelFilter {
+    /// Folds the labels of every pipe name (or of `stream` only) from the
+    /// log's start up to `upto`, the cursor the watcher starts after. This
+    /// reads that much history once per watcher.
+    pub fn load(
+        log: &EventLog,
+        stream: Option<&str>,
+        upto: u64,
+        selector: BTreeMap<String, String>,
+    ) -> Result<Self, LogError> {
+        let mut filter = Self {
+            selector,
+            labels: HashMap::new(),
+        };
+        let mut last = 0;
+        while last < upto {
+            let mut events = Vec::new();
+            last = history_chunk(log, stream, last, upto, &mut events)?;
+            for e in &events {
+                filter.track(e);
+            }
+        }
+        Ok(filter)
+    }
+
+    fn track(&mut self, e: &Event) {
+        let labels = match &e.payload {
+            Some(Payload::PipeCreated(c)) => c
+                .config
+                .as_ref()
+                .map(|c| c.labels.clone())
+                .unwrap_or_default(),
+            Some(Payload::PipeLabelsChanged(l)) => l.labels.clone(),
+            _ => return,
+        };
+        self.labels.insert(e.pipe_name.clone(), labels);
+    }
+
+    /// Records the event's label change (if any) and says whether it passes.
+    pub fn admit(&mut self, e: &Event) -> bool {
+        self.track(e);
+        let empty = BTreeMap::new();
+        let labels = self.labels.get(&e.pipe_name).unwrap_or(&empty);
+        selector_matches(&self.selector, labels)
+    }
 }
 
 /// State of one pipe name's stream, folded from its events.

@@ -180,6 +180,7 @@ async fn all_events(c: &mut Client) -> (Vec<Event>, u64) {
         .watch_events(WatchEventsRequest {
             after_cursor: Some(0),
             pipe_name: String::new(),
+            label_selector: Default::default(),
         })
         .await
         .unwrap()
@@ -316,12 +317,17 @@ async fn assert_log_replays(dir: &std::path::Path, fx: &Fixture) {
     let listed = c
         .list_pipes(ListPipesRequest {
             include_deleted: true,
+            label_selector: Default::default(),
         })
         .await
         .unwrap()
         .into_inner()
         .pipes;
-    assert_eq!(listed, folded.list(true), "ListPipes differs from the fold");
+    assert_eq!(
+        listed,
+        folded.list(true, &Default::default()),
+        "ListPipes differs from the fold"
+    );
     for old in folded.all() {
         let by_id = c
             .get_pipe(GetPipeRequest {

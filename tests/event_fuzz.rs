@@ -188,7 +188,7 @@ proptest! {
             // Through the log's own decoder, as replay does it.
             if let Ok(e) = decode_record(&frame(bytes)) {
                 p.apply(&e);
-                let _ = p.list(true);
+                let _ = p.list(true, &Default::default());
                 let _ = p.by_name(&e.pipe_name);
                 let _ = pgpipe::domain::projection::event_kind(&e);
             }

@@ -280,7 +280,7 @@ proptest! {
             let log = EventLog::open(dir.path()).unwrap();
             let mut replayed = Projection::default();
             log.replay(|e| replayed.apply(e)).unwrap();
-            prop_assert_eq!(live.list(true), replayed.list(true));
+            prop_assert_eq!(live.list(true, &Default::default()), replayed.list(true, &Default::default()));
             prop_assert_eq!(live.head(), replayed.head());
             Ok(())
         })?;

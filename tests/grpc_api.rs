@@ -109,6 +109,7 @@ async fn create_get_list_pause_resume_delete() {
     let all = c
         .list_pipes(ListPipesRequest {
             include_deleted: true,
+            label_selector: Default::default(),
         })
         .await
         .unwrap()
@@ -161,6 +162,7 @@ async fn state_survives_a_restart() {
     let before = c
         .list_pipes(ListPipesRequest {
             include_deleted: true,
+            label_selector: Default::default(),
         })
         .await
         .unwrap()
@@ -171,6 +173,7 @@ async fn state_survives_a_restart() {
     let after = c
         .list_pipes(ListPipesRequest {
             include_deleted: true,
+            label_selector: Default::default(),
         })
         .await
         .unwrap()
@@ -296,6 +299,7 @@ async fn create_rejects_bad_input_with_a_useful_message() {
     let all = c
         .list_pipes(ListPipesRequest {
             include_deleted: true,
+            label_selector: Default::default(),
         })
         .await
         .unwrap()

@@ -60,6 +60,7 @@ async fn snapshot(c: &mut Client) -> (Vec<Pipe>, u64) {
     let l = c
         .list_pipes(ListPipesRequest {
             include_deleted: true,
+            label_selector: Default::default(),
         })
         .await
         .unwrap()

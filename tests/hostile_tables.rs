@@ -30,6 +30,7 @@ async fn head(c: &mut Client) -> u64 {
 async fn list(c: &mut Client) -> Vec<Pipe> {
     c.list_pipes(ListPipesRequest {
         include_deleted: true,
+        label_selector: Default::default(),
     })
     .await
     .unwrap()

@@ -150,6 +150,7 @@ async fn create_refuses_a_missing_table_before_recording_anything() {
     let all = c
         .list_pipes(ListPipesRequest {
             include_deleted: true,
+            label_selector: Default::default(),
         })
         .await
         .unwrap()

@@ -303,6 +303,7 @@ async fn assert_nothing_recorded(c: &mut Client, name: &str) {
     let all = c
         .list_pipes(ListPipesRequest {
             include_deleted: true,
+            label_selector: Default::default(),
         })
         .await
         .unwrap()

@@ -493,6 +493,7 @@ async fn a_second_resync_while_one_runs_is_failed_precondition() {
     let all = c
         .list_pipes(ListPipesRequest {
             include_deleted: true,
+            label_selector: Default::default(),
         })
         .await
         .unwrap()

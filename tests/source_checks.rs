@@ -18,6 +18,7 @@ async fn refused(c: &mut Client, req: CreatePipeRequest) -> String {
     let all = c
         .list_pipes(ListPipesRequest {
             include_deleted: true,
+            label_selector: Default::default(),
         })
         .await
         .unwrap()

@@ -99,6 +99,7 @@ fn plain_req(name: &str) -> CreatePipeRequest {
 async fn list(c: &mut Client) -> Vec<Pipe> {
     c.list_pipes(ListPipesRequest {
         include_deleted: true,
+        label_selector: Default::default(),
     })
     .await
     .unwrap()
@@ -143,7 +144,7 @@ async fn assert_consistent(c: &mut Client) -> Vec<Event> {
         p.apply(e);
     }
     assert_eq!(
-        p.list(true),
+        p.list(true, &Default::default()),
         list(c).await,
         "projection differs from a fold of the log"
     );

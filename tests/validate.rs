@@ -19,6 +19,7 @@ fn vreq(r: CreatePipeRequest) -> ValidatePipeRequest {
         destination: r.destination,
         tables: r.tables,
         settings: r.settings,
+        labels: r.labels,
     }
 }
 
@@ -106,6 +107,7 @@ async fn a_malformed_request_is_reported_field_by_field_not_refused() {
                 snapshot_parallelism: 1000,
                 ..Default::default()
             }),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -401,6 +403,7 @@ async fn log_head(c: &mut Client) -> u64 {
         .watch_events(WatchEventsRequest {
             after_cursor: Some(0),
             pipe_name: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -430,6 +433,7 @@ async fn validating_creates_nothing() {
     let listed = c
         .list_pipes(ListPipesRequest {
             include_deleted: true,
+            ..Default::default()
         })
         .await
         .unwrap()

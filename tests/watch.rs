@@ -88,6 +88,7 @@ async fn watch_events_says_when_it_has_caught_up() {
         .watch_events(WatchEventsRequest {
             after_cursor: Some(0),
             pipe_name: "b".into(),
+            label_selector: Default::default(),
         })
         .await
         .unwrap()

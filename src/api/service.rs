@@ -12,7 +12,7 @@ use crate::domain::validate;
 use crate::proto::pipe_service_server::PipeService;
 use crate::proto::*;
 use crate::store::LogError;
-use crate::watch::{self, FeedItem, PipeView};
+use crate::watch::{self, FeedItem, LabelFilter, PipeView};
 
 /// Depth of each watcher's outgoing queue; the follower task waits when the
 /// client reads slowly (the log, not memory, absorbs the difference).
@@ -145,8 +145,10 @@ impl PipeService for PipeApi {
         request: Request<ListPipesRequest>,
     ) -> Result<Response<ListPipesResponse>, Status> {
         let core = self.core()?;
-        let include_deleted = request.get_ref().include_deleted;
-        let pipes = core.read(|p| p.list(include_deleted));
+        let req = request.into_inner();
+        validate::label_pairs("label_selector", &req.label_selector)
+            .map_err(|e| Status::invalid_argument(e.0))?;
+        let pipes = core.read(|p| p.list(req.include_deleted, &req.label_selector));
         Ok(Response::new(ListPipesResponse { pipes }))
     }
 
@@ -214,6 +216,20 @@ impl PipeService for PipeApi {
             ok: problems.is_empty(),
             problems,
         }))
+    }
+
+    #[tracing::instrument(skip_all, fields(pipe = %request.get_ref().name))]
+    async fn set_pipe_labels(
+        &self,
+        request: Request<SetPipeLabelsRequest>,
+    ) -> Result<Response<SetPipeLabelsResponse>, Status> {
+        let core = self.core()?;
+        let req = request.into_inner();
+        name_arg(&req.name)?;
+        let pipe = core
+            .set_labels(&req.name, &req.labels, &req.remove_keys)
+            .await?;
+        Ok(Response::new(SetPipeLabelsResponse { pipe: Some(pipe) }))
     }
 
     type WatchPipeStream = ReceiverStream<Result<WatchPipeResponse, Status>>;
@@ -296,8 +312,22 @@ impl PipeService for PipeApi {
             name_arg(&req.pipe_name)?;
             Some(req.pipe_name)
         };
+        validate::label_pairs("label_selector", &req.label_selector)
+            .map_err(|e| Status::invalid_argument(e.0))?;
         let log = Arc::clone(&core.log);
         let start = cursor_arg(req.after_cursor, log.head())?;
+        let mut labels = if req.label_selector.is_empty() {
+            None
+        } else {
+            // Reads history up to the cursor: off the async workers.
+            let (log, stream, selector) = (Arc::clone(&log), filter.clone(), req.label_selector);
+            let loaded = tokio::task::spawn_blocking(move || {
+                LabelFilter::load(&log, stream.as_deref(), start, selector)
+            })
+            .await
+            .map_err(|e| Status::internal(format!("reading labels from the log failed: {e}")))?;
+            Some(loaded?)
+        };
         let (tx, rx) = mpsc::channel(WATCH_QUEUE);
         let (feed_tx, mut feed_rx) = mpsc::channel(WATCH_QUEUE);
         let mut closing = self.closing.clone();
@@ -307,6 +337,9 @@ impl PipeService for PipeApi {
             let follower = tokio::spawn(watch::follow(log, start, filter, feed_tx));
             while let Some(item) = next_item(&mut feed_rx, &mut closing, &tx).await {
                 let msg = match item {
+                    Ok(FeedItem::Event(e)) if labels.as_mut().is_some_and(|l| !l.admit(&e)) => {
+                        continue;
+                    }
                     Ok(FeedItem::Event(e)) => Ok(WatchEventsResponse {
                         item: Some(watch_events_response::Item::Event((*e).clone())),
                     }),

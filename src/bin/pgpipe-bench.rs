@@ -555,6 +555,7 @@ fn create_req(name: &str, tables: usize) -> CreatePipeRequest {
             })
             .collect(),
         settings: None,
+        labels: Default::default(),
     }
 }
 
@@ -1062,6 +1063,7 @@ fn pipe_config(tables: usize) -> PipeConfig {
             cdc_batch_size: 10_000,
             cdc_sync_interval_ms: 1_000,
         }),
+        labels: Default::default(),
     }
 }
 
@@ -1885,6 +1887,7 @@ async fn pgpipe_load(
             cdc_batch_size: 10_000,
             cdc_sync_interval_ms: 100,
         }),
+        labels: Default::default(),
     };
     let fp = Footprint::start(peers);
     let start = Instant::now();
@@ -2005,6 +2008,7 @@ async fn step_times(c: &mut Client, name: &str, id: &str) -> Res<Vec<(&'static s
         .watch_events(pgpipe::proto::WatchEventsRequest {
             after_cursor: Some(0),
             pipe_name: name.into(),
+            label_selector: Default::default(),
         })
         .await?
         .into_inner();
@@ -2917,6 +2921,7 @@ async fn cdc(args: CdcArgs) -> Res<()> {
             cdc_batch_size: 10_000,
             cdc_sync_interval_ms: args.sync_ms,
         }),
+        labels: Default::default(),
     })
     .await?;
     wait_cdc(&mut c, &name, None).await?;

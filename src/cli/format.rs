@@ -334,6 +334,11 @@ pub(crate) fn event_text(ev: &Event) -> String {
             }
         ),
         Payload::PipeRecovered(_) => "recovered".to_owned(),
+        Payload::PipeLabelsChanged(p) => {
+            let mut parts: Vec<String> = p.set.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            parts.extend(p.removed.iter().map(|k| format!("{k}-")));
+            format!("labels changed ({})", parts.join(" "))
+        }
     }
 }
 
@@ -387,12 +392,13 @@ pub(crate) fn pipes_table(pipes: &[Pipe]) -> String {
                 format_bytes(p.lag_bytes),
                 opt_timestamp(p.updated_at.as_ref()),
                 p.id.clone(),
+                labels_text(&p.labels),
             ]
         })
         .collect();
     render_table(
         &[
-            "NAME", "STATUS", "TABLES", "LAST LSN", "LAG", "UPDATED", "ID",
+            "NAME", "STATUS", "TABLES", "LAST LSN", "LAG", "UPDATED", "ID", "LABELS",
         ],
         &rows,
     )
@@ -445,6 +451,9 @@ pub(crate) fn pipe_summary(p: &Pipe) -> String {
     }
     if !p.resync_of.is_empty() {
         field("Resync of", p.resync_of.clone());
+    }
+    if !p.labels.is_empty() {
+        field("Labels", labels_text(&p.labels));
     }
     field(
         "Last LSN",
@@ -648,6 +657,15 @@ pub(crate) fn problems_table(problems: &[crate::proto::Problem]) -> String {
     render_table(&["KIND", "TABLE", "COLUMN", "WHAT TO DO"], &rows)
 }
 
+/// Labels as `k=v,k2=v2` (sorted by key).
+pub(crate) fn labels_text(labels: &std::collections::BTreeMap<String, String>) -> String {
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -811,6 +829,17 @@ mod tests {
             ..Default::default()
         };
         let s = pipe_summary(&pipe);
+        assert!(!s.contains("Labels"), "{s}");
+        let mut labeled = pipe.clone();
+        labeled.labels = [("env", "prod"), ("team", "core")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        assert!(
+            pipe_summary(&labeled).contains("Labels      env=prod,team=core\n"),
+            "{}",
+            pipe_summary(&labeled)
+        );
         assert!(
             s.contains("Status      paused (resumes to running)\n"),
             "{s}"
@@ -826,7 +855,7 @@ mod tests {
         );
         let l = pipes_table(std::slice::from_ref(&pipe));
         assert!(
-            l.starts_with("NAME    STATUS  TABLES  LAST LSN   LAG      UPDATED  ID\n"),
+            l.starts_with("NAME    STATUS  TABLES  LAST LSN   LAG      UPDATED  ID    LABELS\n"),
             "{l}"
         );
     }

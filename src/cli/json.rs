@@ -64,6 +64,7 @@ fn config_json(c: &PipeConfig) -> Value {
             "cdc_batch_size": s.cdc_batch_size,
             "cdc_sync_interval_ms": s.cdc_sync_interval_ms,
         })),
+        "labels": c.labels,
     })
 }
 
@@ -104,6 +105,7 @@ pub(crate) fn pipe_json(p: &Pipe) -> Value {
         })).collect::<Vec<_>>(),
         "resyncing": p.resyncing,
         "delete_reason": p.delete_reason,
+        "labels": p.labels,
     })
 }
 
@@ -133,6 +135,7 @@ pub(crate) fn event_kind(ev: &Event) -> &'static str {
             Payload::StepStarted(_) => "step_started",
             Payload::SetupCompleted(_) => "setup_completed",
             Payload::SourceReleased(_) => "source_released",
+            Payload::PipeLabelsChanged(_) => "pipe_labels_changed",
         },
     }
 }
@@ -202,6 +205,11 @@ fn payload_json(p: &Payload) -> Value {
                 "updated": t.updated,
                 "deleted": t.deleted,
             })).collect::<Vec<_>>(),
+        }),
+        Payload::PipeLabelsChanged(p) => json!({
+            "set": p.set,
+            "removed": p.removed,
+            "labels": p.labels,
         }),
         Payload::PipeFailed(p) => json!({
             "step": p.step,
@@ -338,7 +346,14 @@ pub(crate) fn create_request_from_json(v: &Value) -> Result<CreatePipeRequest, S
     let top = fields(
         v,
         "request",
-        &["name", "source", "destination", "tables", "settings"],
+        &[
+            "name",
+            "source",
+            "destination",
+            "tables",
+            "settings",
+            "labels",
+        ],
     )?;
     for (k, v) in top {
         match k {
@@ -379,6 +394,15 @@ pub(crate) fn create_request_from_json(v: &Value) -> Result<CreatePipeRequest, S
                     .enumerate()
                     .map(|(i, t)| table_from_json(t, &format!("tables[{i}]")))
                     .collect::<Result<_, _>>()?;
+            }
+            "labels" => {
+                let Value::Object(map) = v else {
+                    return Err("labels: expected an object of strings".to_owned());
+                };
+                for (k, val) in map {
+                    req.labels
+                        .insert(k.clone(), string(val, &format!("labels.{k}"))?);
+                }
             }
             _ => {
                 let mut s = PipeSettings::default();

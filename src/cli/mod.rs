@@ -32,8 +32,8 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use crate::proto::pipe_service_client::PipeServiceClient;
 use crate::proto::{
     CreatePipeRequest, DeletePipeRequest, DestinationConfig, GetPipeRequest, ListPipesRequest,
-    PausePipeRequest, Pipe, PipeSettings, ResumePipeRequest, ResyncPipeRequest, SourceConfig,
-    TableConfig, ValidatePipeRequest, WatchPipeResponse,
+    PausePipeRequest, Pipe, PipeSettings, ResumePipeRequest, ResyncPipeRequest,
+    SetPipeLabelsRequest, SourceConfig, TableConfig, ValidatePipeRequest, WatchPipeResponse,
 };
 use format::{
     code_name, conn_string_has_password, pipe_summary, pipes_table, problem_kind_label,
@@ -130,6 +130,8 @@ pub enum ClientCommand {
     Watch(WatchArgs),
     /// Follow the global event log (all pipes, or one).
     Events(EventsArgs),
+    /// Set (`key=value`) and remove (`key-`) labels of a pipe.
+    Labels(LabelsArgs),
 }
 
 const CREATE_HELP: &str = "\
@@ -241,6 +243,10 @@ pub struct CreateArgs {
     #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u32).range(1..))]
     pub sync_interval_ms: Option<u32>,
 
+    /// Label `key=value` to start with; repeatable.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+
     /// After creating, watch the pipe until it is RUNNING (exit 0) or
     /// FAILED (exit 1).
     #[arg(long)]
@@ -256,6 +262,10 @@ pub struct ListArgs {
     /// Include deleted pipes.
     #[arg(long)]
     pub all: bool,
+
+    /// Only pipes with label `key=value`; repeatable (all must match).
+    #[arg(long = "selector", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub selector: Vec<(String, String)>,
 
     /// Print a JSON array instead of a table.
     #[arg(long)]
@@ -357,10 +367,57 @@ pub struct EventsArgs {
     #[arg(long, value_name = "NAME")]
     pub pipe: Option<String>,
 
+    /// Only events of pipes with label `key=value` (as of each event);
+    /// repeatable (all must match).
+    #[arg(long = "selector", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub selector: Vec<(String, String)>,
+
     /// One JSON object per event per line, and {"caught_up": CURSOR} once
     /// the replay reached the head of the log.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct LabelsArgs {
+    /// Pipe name.
+    pub name: String,
+
+    /// `key=value` sets a label, `key-` removes one. Without any, prints
+    /// the pipe's labels.
+    #[arg(value_name = "CHANGE", value_parser = parse_label_change)]
+    pub changes: Vec<LabelChange>,
+
+    /// Print the pipe as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LabelChange {
+    Set(String, String),
+    Remove(String),
+}
+
+/// `key=value` (the value may contain `=`; the server checks the key).
+pub(crate) fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("{s:?}: expected KEY=VALUE")),
+    }
+}
+
+/// `key=value` or `key-`.
+pub(crate) fn parse_label_change(s: &str) -> Result<LabelChange, String> {
+    if !s.contains('=')
+        && let Some(key) = s.strip_suffix('-')
+        && !key.is_empty()
+    {
+        return Ok(LabelChange::Remove(key.to_owned()));
+    }
+    parse_label(s)
+        .map(|(k, v)| LabelChange::Set(k, v))
+        .map_err(|_| format!("{s:?}: expected KEY=VALUE to set or KEY- to remove"))
 }
 
 /// Errors of the client; all exit with [`EXIT_ERROR`].
@@ -635,6 +692,7 @@ pub(crate) async fn execute(
                     destination: r.destination,
                     tables: r.tables,
                     settings: r.settings,
+                    labels: r.labels,
                 })
                 .await?
                 .into_inner();
@@ -668,6 +726,7 @@ pub(crate) async fn execute(
             let pipes = client
                 .list_pipes(ListPipesRequest {
                     include_deleted: args.all,
+                    label_selector: args.selector.iter().cloned().collect(),
                 })
                 .await?
                 .into_inner()
@@ -813,10 +872,41 @@ pub(crate) async fn execute(
                 &mut client,
                 args.after,
                 args.pipe.as_deref(),
+                &args.selector.iter().cloned().collect(),
                 args.json,
                 out,
             )
             .await;
+        }
+        ClientCommand::Labels(args) => {
+            let mut client = connect(opts).await?;
+            let mut request = SetPipeLabelsRequest {
+                name: args.name,
+                ..Default::default()
+            };
+            for change in args.changes {
+                match change {
+                    LabelChange::Set(k, v) => {
+                        request.labels.insert(k, v);
+                    }
+                    LabelChange::Remove(k) => request.remove_keys.push(k),
+                }
+            }
+            // No change asked: SetPipeLabels records nothing and returns the
+            // pipe, so this doubles as "show labels".
+            let pipe = pipe_of(
+                client.set_pipe_labels(request).await?.into_inner().pipe,
+                "SetPipeLabels",
+            )?;
+            if args.json {
+                out.json_pretty(&pipe_json(&pipe))?;
+            } else if pipe.labels.is_empty() {
+                out.line(&format!("pipe {} has no labels", pipe.name))?;
+            } else {
+                for (k, v) in &pipe.labels {
+                    out.line(&format!("{k}={v}"))?;
+                }
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -975,6 +1065,10 @@ fn build_create_request(
 
     if !args.tables.is_empty() {
         req.tables = args.tables.clone();
+    }
+    // --label adds to (or overrides) the file's labels.
+    for (k, v) in &args.labels {
+        req.labels.insert(k.clone(), v.clone());
     }
 
     let settings = req.settings.get_or_insert_with(PipeSettings::default);

@@ -198,6 +198,19 @@ impl PipeService for Mock {
         }))
     }
 
+    async fn set_pipe_labels(
+        &self,
+        req: Request<SetPipeLabelsRequest>,
+    ) -> Result<Response<crate::proto::SetPipeLabelsResponse>, Status> {
+        self.record_auth(&req);
+        let r = req.into_inner();
+        let mut p = pipe(&r.name, PipeStatus::Running, 9);
+        p.labels = r.labels;
+        Ok(Response::new(crate::proto::SetPipeLabelsResponse {
+            pipe: Some(p),
+        }))
+    }
+
     async fn resync_pipe(
         &self,
         req: Request<ResyncPipeRequest>,
@@ -959,4 +972,29 @@ async fn watch_survives_a_server_restart() {
         mock.state().watch_calls,
         vec![("orders".into(), None), ("orders".into(), Some(11))]
     );
+}
+
+#[test]
+fn label_arguments() {
+    assert_eq!(
+        parse_label_change("env=prod").unwrap(),
+        LabelChange::Set("env".into(), "prod".into())
+    );
+    assert_eq!(
+        parse_label_change("env-").unwrap(),
+        LabelChange::Remove("env".into())
+    );
+    // A `-` before `=` is part of the key; the value may hold `=`.
+    assert_eq!(
+        parse_label_change("a-=x=y").unwrap(),
+        LabelChange::Set("a-".into(), "x=y".into())
+    );
+    assert_eq!(
+        parse_label_change("empty=").unwrap(),
+        LabelChange::Set("empty".into(), String::new())
+    );
+    for bad in ["novalue", "=x", "-", ""] {
+        assert!(parse_label_change(bad).is_err(), "{bad}");
+    }
+    assert!(parse_label("k").is_err());
 }

@@ -504,6 +504,7 @@ pub(crate) async fn follow_events(
     client: &mut Client,
     after: Option<u64>,
     pipe: Option<&str>,
+    selector: &std::collections::BTreeMap<String, String>,
     json: bool,
     out: &mut Out,
 ) -> Result<ExitCode, CliError> {
@@ -513,6 +514,7 @@ pub(crate) async fn follow_events(
         let request = WatchEventsRequest {
             after_cursor: last_seq,
             pipe_name: pipe.unwrap_or_default().to_owned(),
+            label_selector: selector.clone(),
         };
         let failure = match client.watch_events(request).await {
             Err(status) => status,

@@ -4,7 +4,9 @@
 //! WatchPipe stream (one pipe name), so a watcher's view and GetPipe can never
 //! disagree.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+
+use crate::domain::validate::selector_matches;
 
 use crate::proto::{DeleteReason, Event, Pipe, PipeStatus, StepTiming, TableStats, event::Payload};
 
@@ -33,6 +35,7 @@ pub fn event_kind(e: &Event) -> &'static str {
             Payload::StepStarted(_) => "step_started",
             Payload::SetupCompleted(_) => "setup_completed",
             Payload::SourceReleased(_) => "source_released",
+            Payload::PipeLabelsChanged(_) => "pipe_labels_changed",
         },
     }
 }
@@ -86,6 +89,7 @@ pub fn apply(pipe: Option<&mut Pipe>, e: &Event) -> Option<Pipe> {
             Some(Pipe {
                 id: e.pipe_id.clone(),
                 name: c.name.clone(),
+                labels: config.labels.clone(),
                 status: PipeStatus::Setup as i32,
                 config: Some(config),
                 tables,
@@ -232,6 +236,13 @@ pub fn apply(pipe: Option<&mut Pipe>, e: &Event) -> Option<Pipe> {
                         p.status_detail = "failed: resync the pipe to recover".into();
                     }
                 }
+                Payload::PipeLabelsChanged(l) => {
+                    // Kept in the config too, so a resync copies them.
+                    p.labels = l.labels.clone();
+                    if let Some(c) = p.config.as_mut() {
+                        c.labels = l.labels.clone();
+                    }
+                }
                 Payload::PipeRecovered(_) => {
                     p.error.clear();
                     p.failed_step.clear();
@@ -295,13 +306,14 @@ impl Projection {
         self.by_id.values()
     }
 
-    /// Current incarnations, by name.
-    pub fn list(&self, include_deleted: bool) -> Vec<Pipe> {
+    /// Current incarnations, by name, with labels matching `selector`.
+    pub fn list(&self, include_deleted: bool, selector: &BTreeMap<String, String>) -> Vec<Pipe> {
         let mut out: Vec<Pipe> = self
             .current
             .values()
             .filter_map(|id| self.by_id.get(id))
             .filter(|p| include_deleted || p.status != PipeStatus::Deleted as i32)
+            .filter(|p| selector_matches(selector, &p.labels))
             .cloned()
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));

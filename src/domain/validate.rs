@@ -1,7 +1,7 @@
 //! Validation and normalization of what clients ask for, before anything is
 //! recorded. Every error message names the field and says what to fix.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::str::FromStr;
 
 use crate::proto::{DestinationConfig, PipeConfig, PipeSettings, SourceConfig, TableConfig};
@@ -17,6 +17,11 @@ pub const MAX_URL_LEN: usize = 2048;
 pub const MAX_PASSWORD_LEN: usize = 1024;
 pub const MAX_TABLES: usize = 1000;
 pub const MAX_PARALLELISM: u32 = 64;
+/// Label limits, as Kubernetes: small enough to copy into every Pipe message.
+pub const MAX_LABELS: usize = 64;
+pub const MAX_LABEL_KEY_LEN: usize = 63;
+pub const MAX_LABEL_VALUE_LEN: usize = 253;
+const LABEL_KEY_RULE: &str = "keys match [a-z0-9][a-z0-9._/-]{0,62}: 1 to 63 characters, lowercase letters, digits, `.`, `_`, `/`, `-`, starting with a letter or digit";
 
 pub const DEFAULT_PARALLELISM: u32 = 4;
 pub const DEFAULT_ROWS_PER_PARTITION: u64 = 500_000;
@@ -584,6 +589,7 @@ pub fn pipe_config(
         destination: Some(destination),
         tables: tables(list)?,
         settings: Some(settings(s)?),
+        labels: BTreeMap::new(),
     };
     Ok((
         config,
@@ -697,6 +703,67 @@ pub fn check_request(
     out
 }
 
+/// A label key: `[a-z0-9][a-z0-9._/-]{0,62}`.
+pub fn label_key(field: &str, key: &str) -> Result<(), Invalid> {
+    let mut chars = key.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let rest_ok = chars.all(|c| {
+        c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '/' | '-')
+    });
+    if !first_ok || !rest_ok || key.len() > MAX_LABEL_KEY_LEN {
+        return invalid(format!(
+            "{field} key {:?} is not allowed: {LABEL_KEY_RULE}",
+            shorten(key)
+        ));
+    }
+    Ok(())
+}
+
+/// A label value: at most 253 characters (empty is allowed).
+pub fn label_value(field: &str, key: &str, value: &str) -> Result<(), Invalid> {
+    let n = value.chars().count();
+    if n > MAX_LABEL_VALUE_LEN {
+        return invalid(format!(
+            "{field} value of key {key:?} has {n} characters; values may have at most {MAX_LABEL_VALUE_LEN}"
+        ));
+    }
+    Ok(())
+}
+
+/// Label pairs (of a request or a selector): each key and value.
+pub fn label_pairs(field: &str, labels: &BTreeMap<String, String>) -> Result<(), Invalid> {
+    for (k, v) in labels {
+        label_key(field, k)?;
+        label_value(field, k, v)?;
+    }
+    Ok(())
+}
+
+/// A pipe's full label set: valid pairs, and not too many of them.
+pub fn labels(field: &str, labels: &BTreeMap<String, String>) -> Result<(), Invalid> {
+    label_pairs(field, labels)?;
+    label_count(field, labels.len())
+}
+
+pub fn label_count(field: &str, n: usize) -> Result<(), Invalid> {
+    if n > MAX_LABELS {
+        return invalid(format!(
+            "{field}: a pipe would have {n} labels; at most {MAX_LABELS} are allowed"
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `labels` has every pair of `selector` (an empty selector matches).
+pub fn selector_matches(
+    selector: &BTreeMap<String, String>,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
 /// Applies resync overrides (matched by source table) to a pipe's tables.
 pub fn apply_overrides(
     tables: &[TableConfig],
@@ -763,6 +830,24 @@ fn tables_unique_destinations(list: &[TableConfig]) -> Result<(), Invalid> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn label_keys_follow_the_rule() {
+        for ok in [
+            "a",
+            "0",
+            "team",
+            "app.kubernetes.io/name",
+            "a-b_c",
+            &"k".repeat(63),
+        ] {
+            assert!(label_key("labels", ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "A", "-a", ".a", "a b", "ä", "a:b", &"k".repeat(64)] {
+            let e = label_key("labels", bad).unwrap_err();
+            assert!(e.0.contains("[a-z0-9]"), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn pipe_names_follow_slot_rules() {

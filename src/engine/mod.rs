@@ -91,7 +91,7 @@ fn reconcile(
 ) {
     let (wanted, to_release): (HashSet<String>, Vec<Pipe>) = core.read(|p| {
         let wanted = p
-            .list(false)
+            .list(false, &Default::default())
             .into_iter()
             .filter(wants_worker)
             .map(|p| p.id)

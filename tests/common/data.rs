@@ -74,6 +74,7 @@ pub fn pipe_req(name: &str, database: &str, tables: &[&str]) -> CreatePipeReques
             cdc_batch_size: 5_000,
             cdc_sync_interval_ms: 100,
         }),
+        labels: Default::default(),
     }
 }
 

@@ -295,6 +295,7 @@ pub fn create_req(name: &str) -> CreatePipeRequest {
         }),
         tables: vec![table("public.orders"), table("public.customers")],
         settings: None,
+        labels: Default::default(),
     }
 }
 

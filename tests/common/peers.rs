@@ -257,6 +257,7 @@ impl PrivateEnv {
                 cdc_batch_size: 5_000,
                 cdc_sync_interval_ms: 100,
             }),
+            labels: Default::default(),
         }
     }
 
