@@ -2,6 +2,7 @@
 //! statuses.
 
 pub mod auth;
+pub mod history;
 pub mod service;
 
 pub use auth::BearerAuth;

@@ -7,6 +7,7 @@ use tokio::sync::watch as watch_channel;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use super::history;
 use crate::commands::{CommandError, Core};
 use crate::domain::validate;
 use crate::proto::pipe_service_server::PipeService;
@@ -215,6 +216,59 @@ impl PipeService for PipeApi {
         Ok(Response::new(ValidatePipeResponse {
             ok: problems.is_empty(),
             problems,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(pipe = %request.get_ref().name))]
+    async fn get_pipe_history(
+        &self,
+        request: Request<GetPipeHistoryRequest>,
+    ) -> Result<Response<GetPipeHistoryResponse>, Status> {
+        let core = self.core()?;
+        let req = request.into_inner();
+        name_arg(&req.name)?;
+        let kind = HistoryKind::try_from(req.kind).map_err(|_| {
+            Status::invalid_argument(format!(
+                "kind {} is not a history kind (0 all, 1 errors, 2 cdc, 3 snapshot)",
+                req.kind
+            ))
+        })?;
+        let size = match req.page_size as usize {
+            0 => history::DEFAULT_PAGE,
+            n if n > history::MAX_PAGE => {
+                return Err(Status::invalid_argument(format!(
+                    "page_size {n} is too large: at most {}",
+                    history::MAX_PAGE
+                )));
+            }
+            n => n,
+        };
+        let after = if req.page_token.is_empty() {
+            0
+        } else {
+            req.page_token.parse::<u64>().map_err(|_| {
+                Status::invalid_argument(
+                    "page_token is not one from an earlier GetPipeHistory answer: \
+                     pass next_page_token as it came, or leave it empty to start over",
+                )
+            })?
+        };
+        if core.log.stream_version(&req.name) == 0 {
+            return Err(Status::not_found(format!(
+                "no pipe named {:?} has ever existed",
+                req.name
+            )));
+        }
+        // Reading the log blocks: off the async threads.
+        let log = Arc::clone(&core.log);
+        let name = req.name.clone();
+        let (events, next) =
+            tokio::task::spawn_blocking(move || history::page(&log, &name, kind, after, size))
+                .await
+                .map_err(|e| Status::internal(format!("reading the history failed: {e}")))??;
+        Ok(Response::new(GetPipeHistoryResponse {
+            events,
+            next_page_token: next.map(|s| s.to_string()).unwrap_or_default(),
         }))
     }
 

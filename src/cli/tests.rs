@@ -17,10 +17,11 @@ use super::*;
 use crate::proto::pipe_service_server::{PipeService, PipeServiceServer};
 use crate::proto::{
     CaughtUp, CdcStarted, CreatePipeResponse, DeletePipeResponse, DeleteReason, Event,
-    GetPipeResponse, ListPipesResponse, PausePipeResponse, PipeCreated, PipeDeleted, PipeFailed,
-    PipeStatus, ResumePipeResponse, ResyncPipeResponse, ResyncStarted, SnapshotProgress,
-    StepStarted, TableStats, ValidatePipeRequest, ValidatePipeResponse, WatchEventsRequest,
-    WatchEventsResponse, WatchPipeRequest, event::Payload, watch_events_response::Item,
+    GetPipeHistoryRequest, GetPipeHistoryResponse, GetPipeResponse, ListPipesResponse,
+    PausePipeResponse, PipeCreated, PipeDeleted, PipeFailed, PipeStatus, ResumePipeResponse,
+    ResyncPipeResponse, ResyncStarted, SnapshotProgress, StepStarted, TableStats,
+    ValidatePipeRequest, ValidatePipeResponse, WatchEventsRequest, WatchEventsResponse,
+    WatchPipeRequest, event::Payload, watch_events_response::Item,
 };
 
 /// The client commands as a standalone parser (the binary embeds them).
@@ -232,6 +233,14 @@ impl PipeService for Mock {
             ok: true,
             problems: Vec::new(),
         }))
+    }
+
+    async fn get_pipe_history(
+        &self,
+        req: Request<GetPipeHistoryRequest>,
+    ) -> Result<Response<GetPipeHistoryResponse>, Status> {
+        self.record_auth(&req);
+        Ok(Response::new(GetPipeHistoryResponse::default()))
     }
 
     type WatchPipeStream = BoxStream<WatchPipeResponse>;
