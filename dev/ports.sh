@@ -9,8 +9,13 @@ if [ -f "$STATE_DIR/env.sh" ]; then
   # Keep the ports an earlier run of this checkout chose.
   saved_pg=$(sed -n 's|.*PGPIPE_TEST_PG_URL=postgres://[^@]*@127.0.0.1:\([0-9]*\)/.*|\1|p' "$STATE_DIR/env.sh")
   saved_ch=$(sed -n 's|.*PGPIPE_TEST_CH_URL=http://127.0.0.1:\([0-9]*\).*|\1|p' "$STATE_DIR/env.sh")
-  [ -z "${PGPIPE_DEV_PG_PORT:-}" ] && [ -n "$saved_pg" ] && export PGPIPE_DEV_PG_PORT=$saved_pg
-  [ -z "${PGPIPE_DEV_CH_PORT:-}" ] && [ -n "$saved_ch" ] && export PGPIPE_DEV_CH_PORT=$saved_ch
+  # (if, not &&: a false test must not be this file's status under set -e)
+  if [ -z "${PGPIPE_DEV_PG_PORT:-}" ] && [ -n "$saved_pg" ]; then
+    export PGPIPE_DEV_PG_PORT=$saved_pg
+  fi
+  if [ -z "${PGPIPE_DEV_CH_PORT:-}" ] && [ -n "$saved_ch" ]; then
+    export PGPIPE_DEV_CH_PORT=$saved_ch
+  fi
 elif [ ! -d "$STATE_DIR" ]; then
   if [ -z "${PGPIPE_DEV_PG_PORT:-}" ] && port_busy 54329; then
     export PGPIPE_DEV_PG_PORT=$(free_port)
@@ -21,3 +26,4 @@ elif [ ! -d "$STATE_DIR" ]; then
     say "port 18123 is taken; using $PGPIPE_DEV_CH_PORT for ClickHouse"
   fi
 fi
+true
