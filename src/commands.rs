@@ -15,7 +15,8 @@ use crate::engine::preflight::{self, Purpose};
 use crate::proto::{
     CreatePipeRequest, DeleteReason, Event, Pipe, PipeConfig, PipeCreated, PipeDeleted,
     PipeLabelsChanged, PipePaused, PipeResumed, PipeStatus, Problem, ProblemKind, ResyncStarted,
-    TableConfig, ValidatePipeRequest, event::Payload,
+    TableConfig, TableResyncRequested, TableState, TablesAdded, TablesRemoved, ValidatePipeRequest,
+    event::Payload,
 };
 use crate::store::event_log::new_event;
 use crate::store::{EventLog, LogError, PipeSecrets, SecretStore};
@@ -420,6 +421,142 @@ impl Core {
         })
         .await
     }
+}
+
+impl Core {
+    /// Adds and removes tables of a running (or paused) pipe. Added tables
+    /// are checked against both ends like CreatePipe's; the worker loads
+    /// them while CDC goes on.
+    pub async fn update_tables(
+        &self,
+        name: &str,
+        add: &[TableConfig],
+        remove: &[String],
+    ) -> Result<Pipe, CommandError> {
+        let p = live(name, self.read(|p| p.by_name(name).cloned()).as_ref())?.clone();
+        let current = p.config.clone().unwrap_or_default();
+        let (added, _) = validate::table_changes(&current.tables, add, remove)?;
+        can_change_tables(&p)?;
+        if self.preflight && !added.is_empty() {
+            let mut config = current.clone();
+            config.tables = added.clone();
+            crate::engine::preflight::check(&config, &self.secrets.get(&p.id)?, Purpose::Create)
+                .await
+                .map_err(CommandError::FailedPrecondition)?;
+        }
+        self.execute(name, |current, version| {
+            let now = live(name, current)?;
+            if now.id != p.id {
+                return Err(CommandError::Conflict(format!(
+                    "pipe {name:?} was replaced while the change was requested; retry"
+                )));
+            }
+            can_change_tables(now)?;
+            let tables = now
+                .config
+                .as_ref()
+                .map(|c| c.tables.as_slice())
+                .unwrap_or(&[]);
+            let (added, removed) = validate::table_changes(tables, add, remove)?;
+            let mut events = Vec::new();
+            if !removed.is_empty() {
+                events.push(new_event(
+                    &now.id,
+                    Payload::TablesRemoved(TablesRemoved {
+                        source_tables: removed,
+                    }),
+                ));
+            }
+            if !added.is_empty() {
+                events.push(new_event(
+                    &now.id,
+                    Payload::TablesAdded(TablesAdded { tables: added }),
+                ));
+            }
+            Ok(Decision {
+                expected_version: version,
+                events,
+            })
+        })
+        .await
+    }
+
+    /// Rebuilds some tables of a running pipe while CDC of the others goes
+    /// on (the worker loads `<destination>_resync` and swaps it in).
+    pub async fn resync_tables(&self, name: &str, tables: &[String]) -> Result<Pipe, CommandError> {
+        let p = live(name, self.read(|p| p.by_name(name).cloned()).as_ref())?.clone();
+        let current = p.config.clone().unwrap_or_default();
+        let wanted = validate::resync_tables(&current.tables, tables)?;
+        can_resync_tables(&p, &wanted)?;
+        if self.preflight {
+            let mut config = current.clone();
+            config.tables.retain(|t| wanted.contains(&t.source_table));
+            crate::engine::preflight::check(&config, &self.secrets.get(&p.id)?, Purpose::Resync)
+                .await
+                .map_err(CommandError::FailedPrecondition)?;
+        }
+        self.execute(name, |current, version| {
+            let now = live(name, current)?;
+            if now.id != p.id {
+                return Err(CommandError::Conflict(format!(
+                    "pipe {name:?} was replaced while the resync was requested; retry"
+                )));
+            }
+            can_resync_tables(now, &wanted)?;
+            Ok(Decision {
+                expected_version: version,
+                events: vec![new_event(
+                    &now.id,
+                    Payload::TableResyncRequested(TableResyncRequested {
+                        source_tables: wanted.clone(),
+                    }),
+                )],
+            })
+        })
+        .await
+    }
+}
+
+/// Tables change only once the pipe replicates (CDC started): before, the
+/// pipe's own initial load owns the table list.
+fn can_change_tables(p: &Pipe) -> Result<(), CommandError> {
+    let status = p.status();
+    let ok =
+        p.cdc_started && !p.resyncing && matches!(status, PipeStatus::Running | PipeStatus::Paused);
+    if ok {
+        return Ok(());
+    }
+    Err(CommandError::FailedPrecondition(format!(
+        "pipe {:?} is {}{}; tables can be added or removed once it is RUNNING (or PAUSED): wait for it with WatchPipe{}",
+        p.name,
+        status_name(status),
+        if p.resyncing { " (resyncing)" } else { "" },
+        if status == PipeStatus::Failed {
+            ", or resync it first"
+        } else {
+            ""
+        }
+    )))
+}
+
+fn can_resync_tables(p: &Pipe, tables: &[String]) -> Result<(), CommandError> {
+    can_change_tables(p)?;
+    for name in tables {
+        if let Some(t) = p.tables.iter().find(|t| &t.source_table == name)
+            && t.state != TableState::Replicating as i32
+        {
+            return Err(CommandError::FailedPrecondition(format!(
+                "table {name} of pipe {:?} is {}; wait until it replicates again (WatchPipe) before resyncing it",
+                p.name,
+                t.state()
+                    .as_str_name()
+                    .trim_start_matches("TABLE_STATE_")
+                    .to_lowercase()
+                    .replace('_', " ")
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn not_found(name: &str) -> CommandError {

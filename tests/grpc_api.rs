@@ -478,6 +478,7 @@ async fn resync_overrides_are_checked_against_the_pipe() {
             order_by: vec!["id".into()],
             ..Default::default()
         }],
+        tables: vec![],
     };
     expect_code(
         c.resync_pipe(o).await,
@@ -505,6 +506,7 @@ async fn resync_carries_settings_over_and_applies_overrides() {
             order_by: vec!["created_at".into(), "id".into()],
             ..Default::default()
         }],
+        tables: vec![],
     };
     let new = c.resync_pipe(o).await.unwrap().into_inner().pipe.unwrap();
     assert_ne!(new.id, old.id);

@@ -480,6 +480,7 @@ fn cases() -> Vec<Case> {
             let r = ResyncPipeRequest {
                 name: "base".into(),
                 overrides: vec![o.clone()],
+                tables: vec![],
             };
             async move { c.resync_pipe(r).await.map(|_| ()) }
         }
@@ -550,6 +551,7 @@ fn cases() -> Vec<Case> {
             let r = ResyncPipeRequest {
                 name: "base".into(),
                 overrides: vec![o.clone(), o],
+                tables: vec![],
             };
             async move { c.resync_pipe(r).await.map(|_| ()) }
         },

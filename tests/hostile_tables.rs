@@ -174,6 +174,7 @@ async fn tables_that_cannot_be_replicated_are_refused_naming_the_fix() {
                     order_by: vec![order_by.clone(), "id".into()],
                     ..Default::default()
                 }],
+                tables: vec![],
             })
             .await
             .unwrap_err();

@@ -302,6 +302,7 @@ async fn resync_carries_the_current_labels_to_the_new_incarnation() {
         .resync_pipe(ResyncPipeRequest {
             name: "a".into(),
             overrides: vec![],
+            tables: vec![],
         })
         .await
         .unwrap()

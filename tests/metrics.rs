@@ -351,6 +351,7 @@ async fn row_counters_follow_a_snapshot_cdc_and_a_resync() {
     c.resync_pipe(ResyncPipeRequest {
         name: name.clone(),
         overrides: vec![],
+        tables: vec![],
     })
     .await
     .unwrap();

@@ -217,6 +217,7 @@ async fn resync_with_a_new_order_by_rebuilds_and_swaps() {
                 order_by: vec!["qty".into(), "id".into()],
                 ..Default::default()
             }],
+            tables: vec![],
         })
         .await
         .unwrap()

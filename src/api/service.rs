@@ -198,6 +198,16 @@ impl PipeService for PipeApi {
         let core = self.core()?;
         let req = request.into_inner();
         name_arg(&req.name)?;
+        if !req.tables.is_empty() {
+            if !req.overrides.is_empty() {
+                return Err(Status::invalid_argument(
+                    "overrides apply to a whole-pipe resync; a table resync (tables) keeps each table's settings: send one or the other",
+                ));
+            }
+            let pipe = core.resync_tables(&req.name, &req.tables).await?;
+            tracing::info!(pipe_id = %pipe.id, tables = ?req.tables, "table resync requested");
+            return Ok(Response::new(ResyncPipeResponse { pipe: Some(pipe) }));
+        }
         let pipe = core.resync(&req.name, &req.overrides).await?;
         tracing::info!(pipe_id = %pipe.id, resync_of = %pipe.resync_of, "resync started");
         Ok(Response::new(ResyncPipeResponse { pipe: Some(pipe) }))
@@ -284,6 +294,26 @@ impl PipeService for PipeApi {
             .set_labels(&req.name, &req.labels, &req.remove_keys)
             .await?;
         Ok(Response::new(SetPipeLabelsResponse { pipe: Some(pipe) }))
+    }
+
+    #[tracing::instrument(skip_all, fields(pipe = %request.get_ref().name))]
+    async fn update_pipe(
+        &self,
+        request: Request<UpdatePipeRequest>,
+    ) -> Result<Response<UpdatePipeResponse>, Status> {
+        let core = self.core()?;
+        let req = request.into_inner();
+        name_arg(&req.name)?;
+        let pipe = core
+            .update_tables(&req.name, &req.add_tables, &req.remove_tables)
+            .await?;
+        tracing::info!(
+            pipe_id = %pipe.id,
+            added = req.add_tables.len(),
+            removed = req.remove_tables.len(),
+            "pipe tables changed"
+        );
+        Ok(Response::new(UpdatePipeResponse { pipe: Some(pipe) }))
     }
 
     type WatchPipeStream = ReceiverStream<Result<WatchPipeResponse, Status>>;

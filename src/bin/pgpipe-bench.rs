@@ -2060,6 +2060,7 @@ async fn resync_run(
     c.resync_pipe(pgpipe::proto::ResyncPipeRequest {
         name: name.into(),
         overrides: vec![],
+        tables: vec![],
     })
     .await?;
     let new = wait_cdc(c, name, Some(&old)).await?;

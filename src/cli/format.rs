@@ -339,6 +339,40 @@ pub(crate) fn event_text(ev: &Event) -> String {
             parts.extend(p.removed.iter().map(|k| format!("{k}-")));
             format!("labels changed ({})", parts.join(" "))
         }
+        Payload::TablesAdded(p) => {
+            let tables: Vec<String> = p
+                .tables
+                .iter()
+                .map(|t| format!("{} → {}", t.source_table, t.destination_table))
+                .collect();
+            format!("tables added: {}", tables.join("; "))
+        }
+        Payload::TablesRemoved(p) => format!("tables removed: {}", p.source_tables.join(", ")),
+        Payload::TableResyncRequested(p) => {
+            format!("table resync requested: {}", p.source_tables.join(", "))
+        }
+        Payload::TableLoadStarted(p) => {
+            let t = p.table.clone().unwrap_or_default();
+            format!(
+                "table load started: {} into {}, {} partition(s), ~{} rows, consistent LSN {}",
+                t.source_table,
+                t.load_table,
+                p.partitions_total,
+                format_count(p.estimated_rows),
+                format_lsn(&p.consistent_lsn)
+            )
+        }
+        Payload::TableLoadCompleted(p) => format!(
+            "table load of {} completed: {} rows",
+            p.source_table,
+            format_count(p.rows)
+        ),
+        Payload::TableSwapped(p) => format!(
+            "table resync of {} swapped into {} ({} soft deletes transferred)",
+            p.source_table,
+            p.destination_table,
+            format_count(p.soft_deletes_transferred)
+        ),
     }
 }
 

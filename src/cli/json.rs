@@ -112,32 +112,7 @@ pub(crate) fn pipe_json(p: &Pipe) -> Value {
 /// The event kind: the name of the `Event.payload` oneof field that is set
 /// ("pipe_created", "snapshot_progress", ...), or "unknown".
 pub(crate) fn event_kind(ev: &Event) -> &'static str {
-    match &ev.payload {
-        None => "unknown",
-        Some(p) => match p {
-            Payload::PipeCreated(_) => "pipe_created",
-            Payload::PipeDeleted(_) => "pipe_deleted",
-            Payload::ResyncStarted(_) => "resync_started",
-            Payload::TablesPrepared(_) => "tables_prepared",
-            Payload::SnapshotStarted(_) => "snapshot_started",
-            Payload::SnapshotProgress(_) => "snapshot_progress",
-            Payload::SnapshotTableCompleted(_) => "snapshot_table_completed",
-            Payload::SnapshotCompleted(_) => "snapshot_completed",
-            Payload::SoftDeletesTransferred(_) => "soft_deletes_transferred",
-            Payload::SwapStarted(_) => "swap_started",
-            Payload::TablesSwapped(_) => "tables_swapped",
-            Payload::CdcStarted(_) => "cdc_started",
-            Payload::CdcProgress(_) => "cdc_progress",
-            Payload::PipePaused(_) => "pipe_paused",
-            Payload::PipeResumed(_) => "pipe_resumed",
-            Payload::PipeFailed(_) => "pipe_failed",
-            Payload::PipeRecovered(_) => "pipe_recovered",
-            Payload::StepStarted(_) => "step_started",
-            Payload::SetupCompleted(_) => "setup_completed",
-            Payload::SourceReleased(_) => "source_released",
-            Payload::PipeLabelsChanged(_) => "pipe_labels_changed",
-        },
-    }
+    crate::domain::projection::event_kind(ev)
 }
 
 fn payload_json(p: &Payload) -> Value {
@@ -215,6 +190,34 @@ fn payload_json(p: &Payload) -> Value {
             "step": p.step,
             "reason": p.reason,
             "retrying": p.retrying,
+        }),
+        Payload::TablesAdded(p) => json!({
+            "tables": p.tables.iter().map(table_config_json).collect::<Vec<_>>(),
+        }),
+        Payload::TablesRemoved(p) => json!({ "source_tables": p.source_tables }),
+        Payload::TableResyncRequested(p) => json!({ "source_tables": p.source_tables }),
+        Payload::TableLoadStarted(p) => {
+            let t = p.table.clone().unwrap_or_default();
+            json!({
+                "table": {
+                    "source_table": t.source_table,
+                    "destination_table": t.destination_table,
+                    "load_table": t.load_table,
+                    "order_by": t.order_by,
+                },
+                "partitions_total": p.partitions_total,
+                "estimated_rows": p.estimated_rows,
+                "consistent_lsn": p.consistent_lsn,
+            })
+        }
+        Payload::TableLoadCompleted(p) => json!({
+            "source_table": p.source_table,
+            "rows": p.rows,
+        }),
+        Payload::TableSwapped(p) => json!({
+            "source_table": p.source_table,
+            "destination_table": p.destination_table,
+            "soft_deletes_transferred": p.soft_deletes_transferred,
         }),
         Payload::SnapshotCompleted(_)
         | Payload::SwapStarted(_)

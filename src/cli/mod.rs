@@ -32,8 +32,9 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use crate::proto::pipe_service_client::PipeServiceClient;
 use crate::proto::{
     CreatePipeRequest, DeletePipeRequest, DestinationConfig, GetPipeRequest, ListPipesRequest,
-    PausePipeRequest, Pipe, PipeSettings, ResumePipeRequest, ResyncPipeRequest,
-    SetPipeLabelsRequest, SourceConfig, TableConfig, ValidatePipeRequest, WatchPipeResponse,
+    PausePipeRequest, Pipe, PipeSettings, PipeStatus, ResumePipeRequest, ResyncPipeRequest,
+    SetPipeLabelsRequest, SourceConfig, TableConfig, TableState, UpdatePipeRequest,
+    ValidatePipeRequest, WatchPipeResponse,
 };
 use format::{
     code_name, conn_string_has_password, pipe_summary, pipes_table, problem_kind_label,
@@ -132,6 +133,45 @@ pub enum ClientCommand {
     Events(EventsArgs),
     /// Set (`key=value`) and remove (`key-`) labels of a pipe.
     Labels(LabelsArgs),
+    /// Add tables to or remove tables from a running pipe (UpdatePipe).
+    #[command(subcommand)]
+    Tables(TablesCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TablesCommand {
+    /// Add tables: each gets its own initial load while CDC of the others
+    /// goes on, then replicates. Same TABLE SPEC as `create --table`.
+    Add(TablesAddArgs),
+    /// Remove tables: they stop replicating (ClickHouse tables are kept).
+    Remove(TablesRemoveArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct TablesAddArgs {
+    /// Pipe name.
+    pub name: String,
+    /// Table spec: schema.table[:dest_table][:order_by_col1,col2].
+    #[arg(required = true, value_name = "TABLE", value_parser = parse_table_spec)]
+    pub tables: Vec<TableConfig>,
+    /// Wait until every added table is loaded and replicating.
+    #[arg(long)]
+    pub wait: bool,
+    /// Print the pipe as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct TablesRemoveArgs {
+    /// Pipe name.
+    pub name: String,
+    /// Source tables (schema.table).
+    #[arg(required = true, value_name = "TABLE")]
+    pub tables: Vec<String>,
+    /// Print the pipe as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 const CREATE_HELP: &str = "\
@@ -325,6 +365,11 @@ pub struct ResyncArgs {
     /// Repeatable.
     #[arg(long, value_name = "TABLE=NAME", value_parser = parse_dest_override)]
     pub dest: Vec<(String, String)>,
+
+    /// Rebuild only this source table while CDC of the others goes on (the
+    /// pipe stays RUNNING). Repeatable; not with --order-by/--dest.
+    #[arg(long = "table", value_name = "TABLE", conflicts_with_all = ["order_by", "dest"])]
+    pub tables: Vec<String>,
 
     /// Watch the new incarnation until it is RUNNING (exit 0) or FAILED
     /// (exit 1).
@@ -822,6 +867,7 @@ pub(crate) async fn execute(
                     .resync_pipe(ResyncPipeRequest {
                         name: args.name.clone(),
                         overrides,
+                        tables: args.tables.clone(),
                     })
                     .await?
                     .into_inner()
@@ -878,6 +924,44 @@ pub(crate) async fn execute(
             )
             .await;
         }
+        ClientCommand::Tables(TablesCommand::Add(args)) => {
+            let mut client = connect(opts).await?;
+            let names: Vec<String> = args.tables.iter().map(|t| t.source_table.clone()).collect();
+            let pipe = pipe_of(
+                client
+                    .update_pipe(UpdatePipeRequest {
+                        name: args.name.clone(),
+                        add_tables: args.tables,
+                        remove_tables: Vec::new(),
+                    })
+                    .await?
+                    .into_inner()
+                    .pipe,
+                "UpdatePipe",
+            )?;
+            let pipe = if args.wait {
+                wait_tables(&mut client, &args.name, &names).await?
+            } else {
+                pipe
+            };
+            print_tables_change(out, &pipe, args.json)?;
+        }
+        ClientCommand::Tables(TablesCommand::Remove(args)) => {
+            let mut client = connect(opts).await?;
+            let pipe = pipe_of(
+                client
+                    .update_pipe(UpdatePipeRequest {
+                        name: args.name,
+                        add_tables: Vec::new(),
+                        remove_tables: args.tables,
+                    })
+                    .await?
+                    .into_inner()
+                    .pipe,
+                "UpdatePipe",
+            )?;
+            print_tables_change(out, &pipe, args.json)?;
+        }
         ClientCommand::Labels(args) => {
             let mut client = connect(opts).await?;
             let mut request = SetPipeLabelsRequest {
@@ -910,6 +994,62 @@ pub(crate) async fn execute(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Polls the pipe until the named tables (or, when empty, all) replicate.
+async fn wait_tables(client: &mut Client, name: &str, tables: &[String]) -> Result<Pipe, CliError> {
+    loop {
+        let pipe = pipe_of(
+            client
+                .get_pipe(GetPipeRequest {
+                    name: name.to_owned(),
+                    id: String::new(),
+                })
+                .await?
+                .into_inner()
+                .pipe,
+            "GetPipe",
+        )?;
+        if pipe.status() == PipeStatus::Failed || pipe.status() == PipeStatus::Deleted {
+            return Err(CliError::Watch(format!(
+                "pipe {name} is {}: {}",
+                status_label(pipe.status),
+                pipe.error
+            )));
+        }
+        let busy = pipe.tables.iter().any(|t| {
+            (tables.is_empty() || tables.iter().any(|n| table_matches(n, &t.source_table)))
+                && t.state() != TableState::Replicating
+        });
+        if !busy {
+            return Ok(pipe);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
+/// A user's table name against a canonical one (`public.` may be left out).
+fn table_matches(given: &str, canonical: &str) -> bool {
+    given == canonical || format!("public.{given}") == canonical
+}
+
+fn print_tables_change(out: &mut Out, pipe: &Pipe, json: bool) -> Result<(), CliError> {
+    if json {
+        return out.json_pretty(&pipe_json(pipe));
+    }
+    for t in &pipe.tables {
+        let state = t
+            .state()
+            .as_str_name()
+            .trim_start_matches("TABLE_STATE_")
+            .to_lowercase()
+            .replace('_', " ");
+        out.line(&format!(
+            "{} → {}  {}",
+            t.source_table, t.destination_table, state
+        ))?;
+    }
+    Ok(())
 }
 
 /// The `watch --json` shape for a state without an event.

@@ -243,6 +243,25 @@ impl PipeService for Mock {
         Ok(Response::new(GetPipeHistoryResponse::default()))
     }
 
+    async fn update_pipe(
+        &self,
+        req: Request<crate::proto::UpdatePipeRequest>,
+    ) -> Result<Response<crate::proto::UpdatePipeResponse>, Status> {
+        self.record_auth(&req);
+        let r = req.into_inner();
+        let mut p = pipe(&r.name, PipeStatus::Running, 9);
+        for t in r.add_tables {
+            p.tables.push(crate::proto::TableStats {
+                source_table: t.source_table,
+                state: crate::proto::TableState::LoadPending as i32,
+                ..Default::default()
+            });
+        }
+        Ok(Response::new(crate::proto::UpdatePipeResponse {
+            pipe: Some(p),
+        }))
+    }
+
     type WatchPipeStream = BoxStream<WatchPipeResponse>;
 
     async fn watch_pipe(

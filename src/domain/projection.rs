@@ -8,7 +8,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use crate::domain::validate::selector_matches;
 
-use crate::proto::{DeleteReason, Event, Pipe, PipeStatus, StepTiming, TableStats, event::Payload};
+use crate::proto::{
+    DeleteReason, Event, Pipe, PipeStatus, StepTiming, TableState, TableStats, event::Payload,
+};
 
 /// Name of an event's payload, as shown to humans and in logs.
 pub fn event_kind(e: &Event) -> &'static str {
@@ -36,6 +38,12 @@ pub fn event_kind(e: &Event) -> &'static str {
             Payload::SetupCompleted(_) => "setup_completed",
             Payload::SourceReleased(_) => "source_released",
             Payload::PipeLabelsChanged(_) => "pipe_labels_changed",
+            Payload::TablesAdded(_) => "tables_added",
+            Payload::TablesRemoved(_) => "tables_removed",
+            Payload::TableResyncRequested(_) => "table_resync_requested",
+            Payload::TableLoadStarted(_) => "table_load_started",
+            Payload::TableLoadCompleted(_) => "table_load_completed",
+            Payload::TableSwapped(_) => "table_swapped",
         },
     }
 }
@@ -241,6 +249,81 @@ pub fn apply(pipe: Option<&mut Pipe>, e: &Event) -> Option<Pipe> {
                     p.labels = l.labels.clone();
                     if let Some(c) = p.config.as_mut() {
                         c.labels = l.labels.clone();
+                    }
+                }
+                Payload::TablesAdded(a) => {
+                    for t in &a.tables {
+                        if let Some(c) = p.config.as_mut() {
+                            c.tables.push(t.clone());
+                        }
+                        p.tables.push(TableStats {
+                            source_table: t.source_table.clone(),
+                            destination_table: t.destination_table.clone(),
+                            state: TableState::LoadPending as i32,
+                            ..Default::default()
+                        });
+                    }
+                }
+                Payload::TablesRemoved(r) => {
+                    let gone = |name: &String| r.source_tables.contains(name);
+                    if let Some(c) = p.config.as_mut() {
+                        c.tables.retain(|t| !gone(&t.source_table));
+                    }
+                    p.tables.retain(|t| !gone(&t.source_table));
+                    p.prepared.retain(|t| !gone(&t.source_table));
+                    p.table_loads.retain(|t| !gone(&t.source_table));
+                }
+                Payload::TableResyncRequested(r) => {
+                    for name in &r.source_tables {
+                        if let Some(t) = table_stats_mut(p, name) {
+                            t.state = TableState::ResyncPending as i32;
+                        }
+                    }
+                }
+                Payload::TableLoadStarted(l) => {
+                    if let Some(job) = &l.table {
+                        let resync = job.load_table != job.destination_table;
+                        p.table_loads.retain(|t| t.source_table != job.source_table);
+                        p.table_loads.push(job.clone());
+                        if let Some(t) = table_stats_mut(p, &job.source_table) {
+                            t.state = if resync {
+                                TableState::Resyncing
+                            } else {
+                                TableState::Loading
+                            } as i32;
+                            t.destination_table = job.destination_table.clone();
+                            t.snapshot_partitions_total = l.partitions_total;
+                            t.snapshot_partitions_done = 0;
+                            t.snapshot_rows = 0;
+                            t.snapshot_done = false;
+                        }
+                    }
+                }
+                Payload::TableLoadCompleted(l) => {
+                    if let Some(t) = table_stats_mut(p, &l.source_table) {
+                        t.snapshot_rows = l.rows;
+                        t.snapshot_done = true;
+                        t.snapshot_partitions_done = t.snapshot_partitions_total;
+                    }
+                    // An added table is now like any other; a resynced one
+                    // waits for its swap.
+                    let added = p.table_loads.iter().position(|t| {
+                        t.source_table == l.source_table && t.load_table == t.destination_table
+                    });
+                    if let Some(i) = added {
+                        let job = p.table_loads.remove(i);
+                        p.prepared.retain(|t| t.source_table != job.source_table);
+                        p.prepared.push(job);
+                        if let Some(t) = table_stats_mut(p, &l.source_table) {
+                            t.state = TableState::Replicating as i32;
+                        }
+                    }
+                }
+                Payload::TableSwapped(s) => {
+                    p.table_loads.retain(|t| t.source_table != s.source_table);
+                    if let Some(t) = table_stats_mut(p, &s.source_table) {
+                        t.state = TableState::Replicating as i32;
+                        t.soft_deletes_transferred = s.soft_deletes_transferred;
                     }
                 }
                 Payload::PipeRecovered(_) => {

@@ -814,6 +814,109 @@ pub fn apply_overrides(
     Ok(out)
 }
 
+/// An UpdatePipe's table changes, checked against the pipe's tables:
+/// returns the added tables (normalized as at create) and the canonical
+/// names of the removed ones.
+pub fn table_changes(
+    current: &[TableConfig],
+    add: &[TableConfig],
+    remove: &[String],
+) -> Result<(Vec<TableConfig>, Vec<String>), Invalid> {
+    if add.is_empty() && remove.is_empty() {
+        return invalid("nothing to change: give add_tables and/or remove_tables");
+    }
+    let listed = || {
+        current
+            .iter()
+            .map(|t| t.source_table.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut removed = Vec::new();
+    for (i, r) in remove.iter().enumerate() {
+        let field = format!("remove_tables[{i}]");
+        let canonical = qualified_name(&field, r)?.canonical();
+        if !current.iter().any(|t| t.source_table == canonical) {
+            return invalid(format!(
+                "{field}: table {canonical} is not part of this pipe; its tables are: {}",
+                listed()
+            ));
+        }
+        if removed.contains(&canonical) {
+            return invalid(format!("{field}: table {canonical} is listed twice"));
+        }
+        removed.push(canonical);
+    }
+    let mut added: Vec<TableConfig> = Vec::new();
+    for (i, t) in add.iter().enumerate() {
+        let (_, t) = table(i, t).map_err(|e| Invalid(e.0.replacen("tables[", "add_tables[", 1)))?;
+        if current.iter().any(|c| c.source_table == t.source_table)
+            && !removed.contains(&t.source_table)
+        {
+            return invalid(format!(
+                "add_tables[{i}]: table {} is already part of this pipe; to rebuild it use ResyncPipe with tables",
+                t.source_table
+            ));
+        }
+        if removed.contains(&t.source_table) {
+            return invalid(format!(
+                "add_tables[{i}]: table {} is also in remove_tables; add it or remove it, not both",
+                t.source_table
+            ));
+        }
+        if added.iter().any(|a| a.source_table == t.source_table) {
+            return invalid(format!(
+                "add_tables[{i}]: table {} is listed twice",
+                t.source_table
+            ));
+        }
+        added.push(t);
+    }
+    let after: Vec<TableConfig> = current
+        .iter()
+        .filter(|t| !removed.contains(&t.source_table))
+        .chain(&added)
+        .cloned()
+        .collect();
+    if after.is_empty() {
+        return invalid(
+            "remove_tables would leave the pipe without tables; delete the pipe instead",
+        );
+    }
+    if after.len() > MAX_TABLES {
+        return invalid(format!(
+            "the pipe would have {} tables; at most {MAX_TABLES}",
+            after.len()
+        ));
+    }
+    tables_unique_destinations(&after)?;
+    Ok((added, removed))
+}
+
+/// The tables of a table resync, as canonical names of the pipe's tables.
+pub fn resync_tables(current: &[TableConfig], tables: &[String]) -> Result<Vec<String>, Invalid> {
+    let mut out = Vec::new();
+    for (i, t) in tables.iter().enumerate() {
+        let field = format!("tables[{i}]");
+        let canonical = qualified_name(&field, t)?.canonical();
+        if !current.iter().any(|c| c.source_table == canonical) {
+            return invalid(format!(
+                "{field}: table {canonical} is not part of this pipe; its tables are: {}",
+                current
+                    .iter()
+                    .map(|t| t.source_table.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        if out.contains(&canonical) {
+            return invalid(format!("{field}: table {canonical} is listed twice"));
+        }
+        out.push(canonical);
+    }
+    Ok(out)
+}
+
 fn tables_unique_destinations(list: &[TableConfig]) -> Result<(), Invalid> {
     let mut dests = HashSet::new();
     for t in list {

@@ -7,6 +7,7 @@
 //! not recorded as done.
 
 pub mod preflight;
+mod table_load;
 pub mod worker;
 
 use std::collections::{HashMap, HashSet};

@@ -44,6 +44,8 @@ use crate::proto::event::Payload;
 use crate::proto::*;
 use crate::sink::{ChSink, CreateMode, SinkError};
 use crate::source::{self, SnapshotExport, SnapshotWorker, SourceError};
+
+use super::table_load;
 use crate::store::event_log::new_event;
 use crate::store::{LogError, PipeSecrets};
 
@@ -137,6 +139,60 @@ struct Worker {
     backoff: Duration,
 }
 
+/// Records facts about one incarnation; cloned into tasks that run beside
+/// the worker (table loads).
+#[derive(Clone)]
+pub(super) struct Facts {
+    pub core: Arc<Core>,
+    pub id: String,
+    pub name: String,
+}
+
+impl Facts {
+    /// Appends facts about this incarnation, unless it stopped being active
+    /// (then `Stopped`). Re-reads the stream version on a conflict: facts do
+    /// not depend on what other commands did meanwhile.
+    pub async fn record(&self, payloads: Vec<Payload>) -> Result<Pipe> {
+        loop {
+            let (p, version) = self
+                .core
+                .read(|pr| {
+                    pr.by_id(&self.id)
+                        .cloned()
+                        .map(|p| (p, pr.stream_version(&self.name)))
+                })
+                .ok_or(EngineError::Stopped)?;
+            let current = self
+                .core
+                .read(|pr| pr.by_name(&self.name).map(|c| c.id.clone()));
+            let status = p.status();
+            if current.as_deref() != Some(self.id.as_str())
+                || matches!(
+                    status,
+                    PipeStatus::Deleted | PipeStatus::Paused | PipeStatus::Failed
+                )
+            {
+                return Err(EngineError::Stopped);
+            }
+            let events = payloads
+                .iter()
+                .cloned()
+                .map(|pl| new_event(&self.id, pl))
+                .collect();
+            match self.core.log.append(&self.name, version, events).await {
+                Ok(_) => {
+                    return self
+                        .core
+                        .read(|p| p.by_id(&self.id).cloned())
+                        .ok_or(EngineError::Stopped);
+                }
+                Err(LogError::VersionConflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
 /// Connections of one run of the steps.
 struct Ends {
     pg: tokio_postgres::Client,
@@ -168,34 +224,16 @@ impl Worker {
             .ok_or(EngineError::Stopped)
     }
 
-    /// Appends facts about this incarnation, unless it stopped being active
-    /// (then `Stopped`). Re-reads the stream version on a conflict: facts do
-    /// not depend on what other commands did meanwhile.
+    /// Appends facts about this incarnation (see [`Facts::record`]).
     async fn record(&self, payloads: Vec<Payload>) -> Result<Pipe> {
-        loop {
-            let (p, version) = self.pipe_at_version()?;
-            let current = self
-                .core
-                .read(|pr| pr.by_name(&self.name).map(|c| c.id.clone()));
-            let status = p.status();
-            if current.as_deref() != Some(self.id.as_str())
-                || matches!(
-                    status,
-                    PipeStatus::Deleted | PipeStatus::Paused | PipeStatus::Failed
-                )
-            {
-                return Err(EngineError::Stopped);
-            }
-            let events = payloads
-                .iter()
-                .cloned()
-                .map(|pl| new_event(&self.id, pl))
-                .collect();
-            match self.core.log.append(&self.name, version, events).await {
-                Ok(_) => return self.pipe(),
-                Err(LogError::VersionConflict { .. }) => continue,
-                Err(e) => return Err(e.into()),
-            }
+        self.facts().record(payloads).await
+    }
+
+    fn facts(&self) -> Facts {
+        Facts {
+            core: Arc::clone(&self.core),
+            id: self.id.clone(),
+            name: self.name.clone(),
         }
     }
 
@@ -593,28 +631,22 @@ impl Worker {
         let slot = pipe.slot_name.clone();
         let publication = pipe.publication_name.clone();
         let interval = Duration::from_millis(u64::from(settings.cdc_sync_interval_ms));
-        let mut tables: HashMap<u32, (SourceTable, String, String)> = ends
-            .tables
-            .iter()
-            .zip(&pipe.prepared)
-            .map(|(t, p)| {
-                (
-                    t.oid,
-                    (
-                        t.clone(),
-                        p.destination_table.clone(),
-                        p.source_table.clone(),
-                    ),
-                )
-            })
-            .collect();
+        // Routes by relation OID: the pipe's tables, then tables being loaded
+        // beside CDC (matched by name: adds and removals reorder the lists).
+        let mut tables: HashMap<u32, (SourceTable, String, String)> = HashMap::new();
         // Each table's ORDER BY (empty: the source key), for tombstones.
-        let sort_keys: HashMap<u32, Vec<String>> = ends
-            .tables
-            .iter()
-            .zip(&pipe.prepared)
-            .map(|(t, p)| (t.oid, p.order_by.clone()))
-            .collect();
+        let mut sort_keys: HashMap<u32, Vec<String>> = HashMap::new();
+        let mut loads = Loads::default();
+        for t in &ends.tables {
+            let name = canonical(t);
+            if let Some(p) = pipe.prepared.iter().find(|p| p.source_table == name) {
+                tables.insert(
+                    t.oid,
+                    (t.clone(), p.destination_table.clone(), name.clone()),
+                );
+                sort_keys.insert(t.oid, p.order_by.clone());
+            }
+        }
         let mut counts: HashMap<String, TableChangeCounts> = HashMap::new();
         let mut last_report = Instant::now();
         let mut last_lsn = String::new();
@@ -625,6 +657,8 @@ impl Worker {
         let base = settings.cdc_batch_size as usize;
         let mut want = base;
         loop {
+            self.sync_tables(&ends, &mut tables, &mut sort_keys, &mut loads)
+                .await?;
             let wal_before = source::current_wal_lsn(&ends.pg).await?;
             let txs = source::read_changes(&ends.pg, &slot, &publication, want).await?;
             let changes: usize = txs.iter().map(|t| t.items.len()).sum();
@@ -656,8 +690,15 @@ impl Worker {
                 for item in &tx.items {
                     match item {
                         TxItem::Relation(rel) => {
-                            self.check_relation(&ends, &mut tables, &sort_keys, rel, &mut pending)
-                                .await?;
+                            self.check_relation(
+                                &ends,
+                                &mut tables,
+                                &sort_keys,
+                                rel,
+                                &mut pending,
+                                &loads,
+                            )
+                            .await?;
                         }
                         TxItem::Change(c) => {
                             let Some((_, _, source_table)) = tables.get(&c.relation_oid) else {
@@ -701,9 +742,16 @@ impl Worker {
                                 if let Some((t, dest, _)) = tables.get(oid) {
                                     if let Some(rows) = pending.remove(oid) {
                                         let order_by = sort_keys.get(oid).map_or(&[][..], |v| v);
-                                        write_rows(&ends.ch, dest, t, order_by, rows).await?;
+                                        let side = loads.side(*oid, &ends.pg);
+                                        write_rows(&ends.ch, dest, t, order_by, rows, side).await?;
                                     }
                                     ends.ch.truncate(dest).await?;
+                                    if let Some(also) = loads.also.get(oid) {
+                                        ends.ch.truncate(also).await?;
+                                    }
+                                    // A load under way copies rows from before
+                                    // the truncate: start it again after it.
+                                    loads.restart(*oid);
                                 }
                             }
                         }
@@ -713,7 +761,8 @@ impl Worker {
             for (oid, rows) in pending {
                 if let Some((t, dest, _)) = tables.get(&oid) {
                     let order_by = sort_keys.get(&oid).map_or(&[][..], |v| v);
-                    write_rows(&ends.ch, dest, t, order_by, rows).await?;
+                    let side = loads.side(oid, &ends.pg);
+                    write_rows(&ends.ch, dest, t, order_by, rows, side).await?;
                 }
             }
             failpoint::hit("cdc.before_advance").await;
@@ -775,6 +824,335 @@ impl Worker {
         Ok(())
     }
 
+    /// Brings the CDC loop in line with the pipe's table list (between
+    /// batches, so no batch is half-routed): removed tables stop, added
+    /// tables and table resyncs start their loads, finished table resyncs
+    /// are swapped in.
+    async fn sync_tables(
+        &mut self,
+        ends: &Ends,
+        tables: &mut HashMap<u32, (SourceTable, String, String)>,
+        sort_keys: &mut HashMap<u32, Vec<String>>,
+        loads: &mut Loads,
+    ) -> Result<()> {
+        let pipe = self.pipe()?;
+        let configs = Self::table_configs(&pipe);
+        let wanted: std::collections::HashSet<&str> =
+            configs.iter().map(|c| c.source_table.as_str()).collect();
+
+        // Removed tables: unpublished, unrouted, their loads stopped.
+        let gone: Vec<u32> = tables
+            .iter()
+            .filter(|(_, (_, _, src))| !wanted.contains(src.as_str()))
+            .map(|(oid, _)| *oid)
+            .collect();
+        if !gone.is_empty() {
+            self.publish(ends, &pipe).await?;
+            for oid in gone {
+                if let Some((_, _, src)) = tables.remove(&oid) {
+                    tracing::info!(table = %src, "table removed from the pipe");
+                    if let Some((handle, _)) = loads.running.remove(&src) {
+                        handle.abort();
+                    }
+                }
+                sort_keys.remove(&oid);
+                loads.loading.remove(&oid);
+                if let Some(scratch) = loads.also.remove(&oid) {
+                    ends.ch.drop_table_if_exists(&scratch).await?;
+                }
+            }
+        }
+
+        // Finished loads: an error ends the CDC run (the worker retries and
+        // the load is redone).
+        let finished: Vec<String> = loads
+            .running
+            .iter()
+            .filter(|(_, (h, _))| h.is_finished())
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in finished {
+            let Some((handle, oid)) = loads.running.remove(&name) else {
+                continue;
+            };
+            loads.loading.remove(&oid);
+            match handle.await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(join) if join.is_cancelled() => {}
+                Err(join) => {
+                    return Err(EngineError::Fatal(format!(
+                        "the load of table {name} crashed: {join}"
+                    )));
+                }
+            }
+        }
+        let pipe = self.pipe()?;
+
+        for cfg in &configs {
+            let name = cfg.source_table.as_str();
+            if loads.running.contains_key(name) {
+                continue;
+            }
+            let Some(stats) = pipe.tables.iter().find(|t| t.source_table == name) else {
+                continue;
+            };
+            let job = pipe.table_loads.iter().find(|t| t.source_table == name);
+            match stats.state() {
+                TableState::Replicating => {}
+                TableState::LoadPending | TableState::Loading => {
+                    self.start_add(ends, &pipe, cfg, job, tables, sort_keys, loads)
+                        .await?;
+                }
+                TableState::ResyncPending => {
+                    self.start_table_resync(ends, &pipe, name, None, tables, loads)
+                        .await?;
+                }
+                TableState::Resyncing => match job {
+                    Some(job) if stats.snapshot_done => {
+                        self.swap_table(ends, job, tables, loads).await?;
+                    }
+                    Some(job) => {
+                        let job = job.clone();
+                        self.start_table_resync(ends, &pipe, name, Some(job), tables, loads)
+                            .await?;
+                    }
+                    None => {}
+                },
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets the publication to exactly the pipe's tables.
+    async fn publish(&self, ends: &Ends, pipe: &Pipe) -> Result<()> {
+        let names = super::source_tables(pipe.config.as_ref().unwrap_or(&PipeConfig::default()))
+            .map_err(|e| EngineError::Fatal(e.0))?;
+        source::ensure_publication(&ends.pg, &pipe.publication_name, &names).await?;
+        Ok(())
+    }
+
+    /// Describes one table of the config (it may be newer than `ends`).
+    async fn describe(&self, ends: &Ends, source_table: &str) -> Result<SourceTable> {
+        if let Some(t) = ends.tables.iter().find(|t| canonical(t) == source_table) {
+            return Ok(t.clone());
+        }
+        let q = validate::qualified_name("source_table", source_table)
+            .map_err(|e| EngineError::Fatal(e.0))?;
+        source::describe_tables(&ends.pg, &[q])
+            .await?
+            .pop()
+            .ok_or_else(|| EngineError::Fatal(format!("source table {source_table} is gone")))
+    }
+
+    fn load_job(
+        &self,
+        ends: &Ends,
+        pipe: &Pipe,
+        prepared: PreparedTable,
+        table: SourceTable,
+    ) -> table_load::LoadJob {
+        table_load::LoadJob {
+            facts: self.facts(),
+            conn: ends.conn.clone(),
+            password: ends.secrets.source_password.clone(),
+            ch: ends.ch.clone(),
+            settings: pipe
+                .config
+                .as_ref()
+                .and_then(|c| c.settings)
+                .unwrap_or_default(),
+            prepared,
+            table,
+        }
+    }
+
+    /// An added table: created (if missing), published and routed, then
+    /// loaded beside CDC.
+    #[allow(clippy::too_many_arguments)]
+    async fn start_add(
+        &mut self,
+        ends: &Ends,
+        pipe: &Pipe,
+        cfg: &TableConfig,
+        job: Option<&PreparedTable>,
+        tables: &mut HashMap<u32, (SourceTable, String, String)>,
+        sort_keys: &mut HashMap<u32, Vec<String>>,
+        loads: &mut Loads,
+    ) -> Result<()> {
+        let table = self.describe(ends, &cfg.source_table).await?;
+        let prepared = match job {
+            Some(job) => job.clone(),
+            None => {
+                let order_by: Vec<String> = if cfg.order_by.is_empty() {
+                    table
+                        .key
+                        .iter()
+                        .map(|&i| table.columns[i].name.clone())
+                        .collect()
+                } else {
+                    cfg.order_by.clone()
+                };
+                ends.ch
+                    .create_table(
+                        &cfg.destination_table,
+                        &table,
+                        &order_by,
+                        CreateMode::IfNotExists,
+                    )
+                    .await
+                    .map_err(|e| match e {
+                        SinkError::Schema(m) => EngineError::Fatal(m),
+                        other => other.into(),
+                    })?;
+                PreparedTable {
+                    source_table: cfg.source_table.clone(),
+                    destination_table: cfg.destination_table.clone(),
+                    load_table: cfg.destination_table.clone(),
+                    load_table_uuid: table_uuid(&ends.ch, &cfg.destination_table).await?,
+                    order_by,
+                }
+            }
+        };
+        // Published and routed before the load's temporary slot exists (see
+        // table_load): every later commit reaches the table through CDC.
+        self.publish(ends, pipe).await?;
+        tables.insert(
+            table.oid,
+            (
+                table.clone(),
+                prepared.destination_table.clone(),
+                prepared.source_table.clone(),
+            ),
+        );
+        sort_keys.insert(table.oid, prepared.order_by.clone());
+        loads.loading.insert(table.oid);
+        failpoint::hit("table_add.routed").await;
+        tracing::info!(table = %prepared.source_table, "loading added table beside CDC");
+        let oid = table.oid;
+        let name = prepared.source_table.clone();
+        let run = table_load::run(self.load_job(ends, pipe, prepared, table));
+        loads
+            .running
+            .insert(name, (tokio::spawn(run.in_current_span()), oid));
+        Ok(())
+    }
+
+    /// A table resync: `<destination>_resync` created (first time only: a
+    /// redo keeps the CDC changes it already holds), written by CDC like the
+    /// original, loaded beside CDC.
+    async fn start_table_resync(
+        &mut self,
+        ends: &Ends,
+        pipe: &Pipe,
+        name: &str,
+        job: Option<PreparedTable>,
+        tables: &HashMap<u32, (SourceTable, String, String)>,
+        loads: &mut Loads,
+    ) -> Result<()> {
+        let Some((oid, (table, _, _))) = tables.iter().find(|(_, (_, _, src))| src == name) else {
+            return Ok(());
+        };
+        let prepared = match job {
+            Some(job) => {
+                if !ends.ch.table_exists(&job.load_table).await? {
+                    // Swapped and cleaned up before the swap was recorded.
+                    return self.finish_swap(ends, &job, 0, loads, *oid).await;
+                }
+                job
+            }
+            None => {
+                let Some(orig) = pipe.prepared.iter().find(|p| p.source_table == name) else {
+                    return Ok(());
+                };
+                let load = format!("{}_resync", orig.destination_table);
+                ends.ch
+                    .create_table(&load, table, &orig.order_by, CreateMode::OrReplace)
+                    .await
+                    .map_err(|e| match e {
+                        SinkError::Schema(m) => EngineError::Fatal(m),
+                        other => other.into(),
+                    })?;
+                PreparedTable {
+                    source_table: orig.source_table.clone(),
+                    destination_table: orig.destination_table.clone(),
+                    load_table_uuid: table_uuid(&ends.ch, &load).await?,
+                    load_table: load,
+                    order_by: orig.order_by.clone(),
+                }
+            }
+        };
+        loads.also.insert(*oid, prepared.load_table.clone());
+        failpoint::hit("table_resync.routed").await;
+        tracing::info!(table = %name, load_table = %prepared.load_table, "resyncing table beside CDC");
+        let run = table_load::run(self.load_job(ends, pipe, prepared, table.clone()));
+        loads
+            .running
+            .insert(name.to_owned(), (tokio::spawn(run.in_current_span()), *oid));
+        Ok(())
+    }
+
+    /// The end of a table resync, between CDC batches: soft-deleted rows of
+    /// the original carried over, tables exchanged, old data dropped.
+    async fn swap_table(
+        &mut self,
+        ends: &Ends,
+        job: &PreparedTable,
+        tables: &HashMap<u32, (SourceTable, String, String)>,
+        loads: &mut Loads,
+    ) -> Result<()> {
+        let Some((oid, (table, _, _))) = tables
+            .iter()
+            .find(|(_, (_, _, src))| *src == job.source_table)
+        else {
+            return Ok(());
+        };
+        let oid = *oid;
+        let mut moved = 0;
+        if table_uuid(&ends.ch, &job.destination_table).await? != job.load_table_uuid {
+            let keys: Vec<String> = table
+                .key
+                .iter()
+                .map(|&i| table.columns[i].name.clone())
+                .collect();
+            moved = ends
+                .ch
+                .transfer_soft_deletes(&job.destination_table, &job.load_table, &keys)
+                .await?;
+            failpoint::hit("table_swap.before_exchange").await;
+            ends.ch
+                .exchange_tables(&job.destination_table, &job.load_table)
+                .await?;
+        }
+        failpoint::hit("table_swap.after_exchange").await;
+        self.finish_swap(ends, job, moved, loads, oid).await
+    }
+
+    async fn finish_swap(
+        &mut self,
+        ends: &Ends,
+        job: &PreparedTable,
+        moved: u64,
+        loads: &mut Loads,
+        oid: u32,
+    ) -> Result<()> {
+        // Only once the destination carries the load's UUID is the
+        // `_resync` name the old data.
+        if table_uuid(&ends.ch, &job.destination_table).await? == job.load_table_uuid {
+            ends.ch.drop_table_if_exists(&job.load_table).await?;
+        }
+        loads.also.remove(&oid);
+        ends.ch.forget_schema(&job.destination_table);
+        self.record(vec![Payload::TableSwapped(TableSwapped {
+            source_table: job.source_table.clone(),
+            destination_table: job.destination_table.clone(),
+            soft_deletes_transferred: moved,
+        })])
+        .await?;
+        tracing::info!(table = %job.source_table, soft_deletes = moved, "table resync swapped in");
+        Ok(())
+    }
+
     /// A Relation message: the same columns are fine, columns added at the
     /// end are added in ClickHouse, anything else needs a resync.
     async fn check_relation(
@@ -784,6 +1162,7 @@ impl Worker {
         sort_keys: &HashMap<u32, Vec<String>>,
         rel: &crate::model::Relation,
         pending: &mut HashMap<u32, Vec<(Row, u64, bool)>>,
+        loads: &Loads,
     ) -> Result<()> {
         let Some((known, dest, _)) = tables.get(&rel.oid) else {
             return Ok(());
@@ -807,7 +1186,8 @@ impl Worker {
         // Rows of the old shape go out before the table changes.
         if let Some(rows) = pending.remove(&rel.oid) {
             let order_by = sort_keys.get(&rel.oid).map_or(&[][..], |v| v);
-            write_rows(&ends.ch, dest, known, order_by, rows).await?;
+            let side = loads.side(rel.oid, &ends.pg);
+            write_rows(&ends.ch, dest, known, order_by, rows, side).await?;
         }
         let q = validate::QualifiedName {
             schema: known.schema.clone(),
@@ -825,6 +1205,10 @@ impl Worker {
             }
             ends.ch.add_column(dest, col).await?;
             tracing::info!(table = %dest, column = %col.name, "column added");
+            if let Some(also) = loads.also.get(&rel.oid) {
+                ends.ch.add_column(also, col).await?;
+                ends.ch.forget_schema(also);
+            }
         }
         ends.ch.forget_schema(dest);
         let dest = dest.clone();
@@ -854,6 +1238,7 @@ async fn write_rows(
     table: &SourceTable,
     order_by: &[String],
     rows: Vec<(Row, u64, bool)>,
+    side: Side<'_>,
 ) -> Result<()> {
     let extra: Vec<usize> = order_by
         .iter()
@@ -891,7 +1276,16 @@ async fn write_rows(
         .unzip();
     let mut keep_row = vec![true; cells.len()];
     if cells.iter().any(|r| r.contains(&Cell::UnchangedToast)) {
-        if extra.is_empty() {
+        if let (true, Some(pg)) = (extra.is_empty(), side.source) {
+            // A table being loaded: rows the load has not written yet are
+            // read from the source.
+            let (_, missing) = ch.fill_from_previous(dest, table, &mut cells).await?;
+            for (i, m) in missing.into_iter().enumerate() {
+                if m.is_some() {
+                    source::fill_from_source(pg, table, &mut cells[i]).await?;
+                }
+            }
+        } else if extra.is_empty() {
             ch.fill_unchanged(dest, table, &mut cells).await?;
         } else {
             let (_, missing) = ch.fill_from_previous(dest, table, &mut cells).await?;
@@ -909,7 +1303,12 @@ async fn write_rows(
                             }
                         }
                     }
-                    (_, false, false) => return Err(e.into()),
+                    (_, false, false) => match side.source {
+                        Some(pg) => {
+                            source::fill_from_source(pg, table, &mut cells[i]).await?;
+                        }
+                        None => return Err(e.into()),
+                    },
                 }
             }
         }
@@ -929,13 +1328,77 @@ async fn write_rows(
     }
     let mut keep: Vec<usize> = last.into_values().collect();
     keep.sort_unstable();
-    let mut writer = ch.writer(dest, table).await?;
-    for i in keep {
-        let (version, deleted, _) = meta[i];
-        writer.write(&cells[i], version, deleted).await?;
+    // A table being resynced gets the same rows in its `_resync` table.
+    for target in std::iter::once(dest).chain(side.also) {
+        let mut writer = ch.writer(target, table).await?;
+        for &i in &keep {
+            let (version, deleted, _) = meta[i];
+            writer.write(&cells[i], version, deleted).await?;
+        }
+        writer.end().await?;
     }
-    writer.end().await?;
     Ok(())
+}
+
+/// Where else a table's changes go while it is loaded beside CDC.
+#[derive(Clone, Copy, Default)]
+struct Side<'a> {
+    /// The `_resync` table of a table resync (written like the original).
+    also: Option<&'a str>,
+    /// The source, for unchanged TOAST values of rows an added table's load
+    /// has not written yet.
+    source: Option<&'a tokio_postgres::Client>,
+}
+
+/// Loads of single tables running beside the CDC loop (aborted with it).
+#[derive(Default)]
+struct Loads {
+    /// By source table: the task and the table's OID.
+    running: HashMap<String, (tokio::task::JoinHandle<Result<u64>>, u32)>,
+    /// `_resync` tables of tables being resynced, by OID.
+    also: HashMap<u32, String>,
+    /// OIDs of added tables whose load has not finished.
+    loading: std::collections::HashSet<u32>,
+}
+
+impl Loads {
+    fn restart(&mut self, oid: u32) {
+        let stale: Vec<String> = self
+            .running
+            .iter()
+            .filter(|(_, (_, o))| *o == oid)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in stale {
+            if let Some((handle, _)) = self.running.remove(&name) {
+                handle.abort();
+            }
+        }
+    }
+
+    fn side<'a>(&'a self, oid: u32, pg: &'a tokio_postgres::Client) -> Side<'a> {
+        Side {
+            also: self.also.get(&oid).map(String::as_str),
+            source: self.loading.contains(&oid).then_some(pg),
+        }
+    }
+}
+
+impl Drop for Loads {
+    fn drop(&mut self) {
+        for (handle, _) in self.running.values() {
+            handle.abort();
+        }
+    }
+}
+
+/// A described table's canonical `schema.table`, as in the pipe's config.
+fn canonical(t: &SourceTable) -> String {
+    validate::QualifiedName {
+        schema: t.schema.clone(),
+        table: t.name.clone(),
+    }
+    .canonical()
 }
 
 /// The first step the projection does not show as done: where a run of the
@@ -970,12 +1433,12 @@ async fn table_uuid(ch: &ChSink, table: &str) -> Result<String> {
 }
 
 /// Snapshot counters shared by the copy workers.
-struct Progress {
+pub(super) struct Progress {
     tables: HashMap<String, (AtomicU64, AtomicU64, u32)>,
 }
 
 impl Progress {
-    fn new(plans: &[SnapshotTablePlan]) -> Self {
+    pub(super) fn new(plans: &[SnapshotTablePlan]) -> Self {
         Self {
             tables: plans
                 .iter()
@@ -989,25 +1452,25 @@ impl Progress {
         }
     }
 
-    fn add_rows(&self, table: &str, n: u64) {
+    pub(super) fn add_rows(&self, table: &str, n: u64) {
         if let Some((rows, _, _)) = self.tables.get(table) {
             rows.fetch_add(n, Ordering::Relaxed);
         }
     }
 
-    fn partition_done(&self, table: &str) {
+    pub(super) fn partition_done(&self, table: &str) {
         if let Some((_, done, _)) = self.tables.get(table) {
             done.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    fn rows(&self, table: &str) -> u64 {
+    pub(super) fn rows(&self, table: &str) -> u64 {
         self.tables
             .get(table)
             .map_or(0, |(r, _, _)| r.load(Ordering::Relaxed))
     }
 
-    fn events(&self) -> Vec<Payload> {
+    pub(super) fn events(&self) -> Vec<Payload> {
         let mut out: Vec<Payload> = self
             .tables
             .iter()

@@ -50,6 +50,7 @@
 mod cdc;
 mod connect;
 mod copy_text;
+mod lookup;
 pub mod pgoutput;
 mod schema;
 mod slot;
@@ -59,10 +60,11 @@ pub mod tls;
 pub use cdc::{advance_slot, read_changes};
 pub use connect::{ServerInfo, check_server, connect, server_problems};
 pub use copy_text::{CopyFormatError, decode_copy_line, decode_copy_lines, decode_copy_lines_into};
+pub use lookup::fill_from_source;
 pub use schema::{TableReport, describe_table_problems, describe_tables};
 pub use slot::{
-    SlotInfo, create_slot, current_wal_lsn, drop_publication, drop_slot, ensure_publication,
-    slot_info,
+    SlotInfo, create_slot, create_temporary_slot, current_wal_lsn, drop_publication, drop_slot,
+    ensure_publication, slot_info,
 };
 pub use snapshot::{
     Partition, PartitionCopy, SnapshotExport, SnapshotWorker, copy_select_sql, plan_partitions,

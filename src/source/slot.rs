@@ -82,6 +82,23 @@ pub async fn create_slot(client: &Client, name: &str) -> Result<Lsn, SourceError
     Ok(lsn)
 }
 
+/// Creates a temporary logical slot (dropped when this session ends) and
+/// returns its consistent point. A table loaded while CDC runs exports its
+/// snapshot after this point and versions its rows just below it, exactly as
+/// the pipe's own snapshot does with the pipe's slot.
+pub async fn create_temporary_slot(client: &Client, name: &str) -> Result<Lsn, SourceError> {
+    let row = client
+        .query_one(
+            "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput', true)",
+            &[&name],
+        )
+        .await
+        .map_err(|e| SourceError::query(format!("creating temporary slot {name:?}"), &e))?;
+    let lsn = parse_lsn(row.get(0), "creating a temporary slot")?;
+    tracing::info!(slot = %name, consistent_point = %lsn, "created temporary slot");
+    Ok(lsn)
+}
+
 /// Drops the slot; a no-op if it does not exist. If a backend holds it
 /// (e.g. a reader of a previous run), that backend is terminated first.
 pub async fn drop_slot(client: &Client, name: &str) -> Result<(), SourceError> {

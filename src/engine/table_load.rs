@@ -1,0 +1,174 @@
+//! Loading one table while the pipe's CDC goes on: a table added by
+//! UpdatePipe, or a table rebuilt by a table resync (ResyncPipe with tables).
+//!
+//! Why no change is lost or doubled (the same version argument as the
+//! pipe's own snapshot, see `worker`):
+//! 1. Before the load starts, the CDC loop routes the table: it is in the
+//!    publication (an added table) and its changes are applied to the load
+//!    table (for a table resync, to the original too). From then on every
+//!    transaction that commits is decoded with the table published, because
+//!    decoding reads the publication through the catalog as of each commit.
+//! 2. The load creates a temporary slot, at consistent point C, and exports
+//!    its snapshot after that: it holds every transaction committed before C.
+//!    C is after step 1, so every transaction committed at or after C reaches
+//!    the load table through CDC with its commit LSN (>= C) as version.
+//! 3. Snapshot rows carry version C - 1. ReplacingMergeTree keeps, per key,
+//!    the highest version: a change seen both in the snapshot and in CDC
+//!    collapses, and a change after the snapshot wins over its older row.
+//!
+//! A redo after a crash loads again with a new temporary slot into the same
+//! table, without truncating it (it holds CDC changes that the pipe's slot
+//! has already moved past): older partial rows lose to newer versions.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Mutex;
+use tracing::Instrument;
+
+use super::worker::{EngineError, Facts, Progress};
+use crate::failpoint;
+use crate::metrics::RowKind;
+use crate::model::{RowBatch, SourceTable};
+use crate::proto::event::Payload;
+use crate::proto::*;
+use crate::sink::ChSink;
+use crate::source::{self, SnapshotExport, SnapshotWorker};
+
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// What a load needs, owned (it runs as its own task).
+pub(super) struct LoadJob {
+    pub facts: Facts,
+    pub conn: String,
+    pub password: Option<String>,
+    pub ch: ChSink,
+    pub settings: PipeSettings,
+    pub prepared: PreparedTable,
+    pub table: SourceTable,
+}
+
+/// Loads the table; records TableLoadStarted, progress and
+/// TableLoadCompleted. Returns the rows copied.
+pub(super) async fn run(job: LoadJob) -> Result<u64, EngineError> {
+    let LoadJob {
+        facts,
+        conn,
+        password,
+        ch,
+        settings,
+        prepared,
+        table,
+    } = job;
+    let pg = source::connect(&conn, password.as_deref()).await?;
+    let slot = format!(
+        "pgpipe_load_{}",
+        uuid::Uuid::new_v4()
+            .simple()
+            .to_string()
+            .get(..16)
+            .unwrap_or("0")
+    );
+    let consistent = source::create_temporary_slot(&pg, &slot).await?;
+    let (export, snapshot_name) = SnapshotExport::begin(&conn, password.as_deref()).await?;
+    // The exported snapshot is fixed; the slot has done its job.
+    source::drop_slot(&pg, &slot).await?;
+    drop(pg);
+    let version = consistent.0.saturating_sub(1);
+    let parts = source::plan_partitions(&table, settings.snapshot_rows_per_partition);
+    let plan = SnapshotTablePlan {
+        source_table: prepared.source_table.clone(),
+        partitions_total: parts.len() as u32,
+        estimated_rows: table.estimated_rows,
+    };
+    facts
+        .record(vec![Payload::TableLoadStarted(TableLoadStarted {
+            table: Some(prepared.clone()),
+            partitions_total: plan.partitions_total,
+            estimated_rows: plan.estimated_rows,
+            consistent_lsn: consistent.to_string(),
+        })])
+        .await?;
+    failpoint::hit("table_load.started").await;
+    let progress = Arc::new(Progress::new(std::slice::from_ref(&plan)));
+    let queue = Arc::new(Mutex::new(parts));
+    let workers =
+        (settings.snapshot_parallelism.max(1) as usize).min(queue.lock().await.len().max(1));
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..workers {
+        let queue = Arc::clone(&queue);
+        let progress = Arc::clone(&progress);
+        let conn = conn.clone();
+        let password = password.clone();
+        let snapshot_name = snapshot_name.clone();
+        let ch = ch.clone();
+        let prepared = prepared.clone();
+        let table = table.clone();
+        let metrics = Arc::clone(&facts.core.metrics);
+        let pipe_name = facts.name.clone();
+        set.spawn(
+            async move {
+                let mut worker =
+                    SnapshotWorker::begin(&conn, password.as_deref(), &snapshot_name).await?;
+                let mut batch = RowBatch::default();
+                loop {
+                    let Some(part) = queue.lock().await.pop() else {
+                        break;
+                    };
+                    let mut writer = ch.writer(&prepared.load_table, &table).await?;
+                    let mut copy = worker.copy_partition(&table, &part).await?;
+                    let mut rows = 0u64;
+                    while copy.next_rows(&mut batch).await? {
+                        writer.write_rows(&batch, version).await?;
+                        progress.add_rows(&prepared.source_table, batch.len() as u64);
+                        rows += batch.len() as u64;
+                    }
+                    drop(copy);
+                    writer.end().await?;
+                    metrics.rows_applied(
+                        &pipe_name,
+                        &prepared.source_table,
+                        RowKind::Snapshot,
+                        rows,
+                    );
+                    progress.partition_done(&prepared.source_table);
+                    failpoint::hit("table_load.partition_done").await;
+                }
+                worker.finish().await?;
+                Ok::<_, EngineError>(())
+            }
+            .in_current_span(),
+        );
+    }
+    let mut tick = tokio::time::interval(PROGRESS_EVERY);
+    tick.tick().await;
+    let mut all_ok = Ok(());
+    loop {
+        tokio::select! {
+            joined = set.join_next() => match joined {
+                None => break,
+                Some(Ok(Ok(()))) => {}
+                Some(Ok(Err(e))) => { all_ok = Err(e); break; }
+                Some(Err(join)) => {
+                    all_ok = Err(EngineError::Fatal(format!("table load worker crashed: {join}")));
+                    break;
+                }
+            },
+            _ = tick.tick() => {
+                facts.record(progress.events()).await?;
+            }
+        }
+    }
+    drop(set);
+    let _ = export.finish().await;
+    all_ok?;
+    let rows = progress.rows(&prepared.source_table);
+    let mut done = progress.events();
+    done.push(Payload::TableLoadCompleted(TableLoadCompleted {
+        source_table: prepared.source_table.clone(),
+        rows,
+    }));
+    facts.record(done).await?;
+    tracing::info!(table = %prepared.source_table, rows, "table loaded");
+    Ok(rows)
+}
