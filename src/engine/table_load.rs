@@ -71,8 +71,9 @@ pub(super) async fn run(job: LoadJob) -> Result<u64, EngineError> {
     );
     let consistent = source::create_temporary_slot(&pg, &slot).await?;
     let (export, snapshot_name) = SnapshotExport::begin(&conn, password.as_deref()).await?;
-    // The exported snapshot is fixed; the slot has done its job.
-    source::drop_slot(&pg, &slot).await?;
+    // The exported snapshot is fixed; the slot has done its job. It is
+    // temporary: closing its session drops it (its own session cannot drop
+    // it while holding it).
     drop(pg);
     let version = consistent.0.saturating_sub(1);
     let parts = source::plan_partitions(&table, settings.snapshot_rows_per_partition);
