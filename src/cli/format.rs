@@ -483,6 +483,11 @@ pub(crate) fn pipe_summary(p: &Pipe) -> String {
             }
             field("ClickHouse", s);
         }
+        for t in &cfg.tables {
+            if let Some(cols) = column_options_text(t) {
+                field("Columns", format!("{}: {cols}", t.source_table));
+            }
+        }
         if let Some(st) = &cfg.settings {
             field(
                 "Settings",
@@ -620,6 +625,24 @@ pub(crate) fn status_line(p: &Pipe) -> String {
         let _ = write!(s, "  ({})", short(&p.status_detail, 120));
     }
     s
+}
+
+/// A table's excluded and renamed columns, e.g. `without password_hash;
+/// desc → description` (None when it has neither).
+fn column_options_text(t: &crate::proto::TableConfig) -> Option<String> {
+    let mut parts = Vec::new();
+    if !t.exclude_columns.is_empty() {
+        parts.push(format!("without {}", t.exclude_columns.join(", ")));
+    }
+    if !t.rename_columns.is_empty() {
+        let renames: Vec<String> = t
+            .rename_columns
+            .iter()
+            .map(|(from, to)| format!("{from} → {to}"))
+            .collect();
+        parts.push(renames.join(", "));
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
 }
 
 /// `PROBLEM_KIND_WAL_LEVEL` → `wal_level`.

@@ -36,6 +36,7 @@ use tokio::sync::Mutex;
 use tracing::Instrument;
 
 use crate::commands::Core;
+use crate::domain::columns::{self, Replicated};
 use crate::domain::validate;
 use crate::failpoint;
 use crate::metrics::RowKind;
@@ -144,6 +145,9 @@ struct Ends {
     conn: String,
     secrets: PipeSecrets,
     tables: Vec<SourceTable>,
+    /// Per table (same order): the columns replicated, under their source
+    /// and destination names (exclude_columns, rename_columns applied).
+    views: Vec<Replicated>,
 }
 
 impl Worker {
@@ -240,6 +244,7 @@ impl Worker {
             source::connect(&src.connection_string, secrets.source_password.as_deref()).await?;
         let names = super::source_tables(&config).map_err(|e| EngineError::Fatal(e.0))?;
         let tables = source::describe_tables(&pg, &names).await?;
+        let views = replicated_views(&config.tables, &tables)?;
         let ch = super::sink_for(&config, &secrets)?;
         ch.ping().await?;
         Ok(Ends {
@@ -248,6 +253,7 @@ impl Worker {
             conn: src.connection_string,
             secrets,
             tables,
+            views,
         })
     }
 
@@ -355,7 +361,10 @@ impl Worker {
         .await?;
         let resync = !pipe.resync_of.is_empty();
         let mut prepared = Vec::new();
-        for (cfg, table) in Self::table_configs(pipe).iter().zip(&ends.tables) {
+        for (cfg, view) in Self::table_configs(pipe).iter().zip(&ends.views) {
+            // ClickHouse sees the replicated columns under their
+            // destination names; order_by is given in source names.
+            let table = &view.dest;
             let order_by: Vec<String> = if cfg.order_by.is_empty() {
                 table
                     .key
@@ -363,7 +372,7 @@ impl Worker {
                     .map(|&i| table.columns[i].name.clone())
                     .collect()
             } else {
-                cfg.order_by.clone()
+                columns::dest_order_by(cfg)
             };
             let load_table = if resync {
                 format!("{}_resync", cfg.destination_table)
@@ -412,7 +421,8 @@ impl Worker {
         // Partition plan for every table.
         let mut work = Vec::new();
         let mut plans = Vec::new();
-        for (prep, table) in pipe.prepared.iter().zip(&ends.tables) {
+        for (prep, view) in pipe.prepared.iter().zip(&ends.views) {
+            let table = &view.source;
             // A redo must not keep rows of an earlier, partial copy.
             ends.ch.truncate(&prep.load_table).await?;
             let parts = source::plan_partitions(table, settings.snapshot_rows_per_partition);
@@ -422,7 +432,7 @@ impl Worker {
                 estimated_rows: table.estimated_rows,
             });
             for part in parts {
-                work.push((prep.clone(), table.clone(), part));
+                work.push((prep.clone(), view.clone(), part));
             }
         }
         self.record(vec![
@@ -459,11 +469,12 @@ impl Worker {
                     // One batch buffer per worker, reused for every batch.
                     let mut batch = RowBatch::default();
                     loop {
-                        let Some((prep, table, part)) = queue.lock().await.pop() else {
+                        let Some((prep, view, part)) = queue.lock().await.pop() else {
                             break;
                         };
-                        let mut writer = ch.writer(&prep.load_table, &table).await?;
-                        let mut copy = worker.copy_partition(&table, &part).await?;
+                        // Selected by source names, written by destination names.
+                        let mut writer = ch.writer(&prep.load_table, &view.dest).await?;
+                        let mut copy = worker.copy_partition(&view.source, &part).await?;
                         let mut rows = 0u64;
                         while copy.next_rows(&mut batch).await? {
                             writer.write_rows(&batch, version).await?;
@@ -531,7 +542,8 @@ impl Worker {
             Payload::SwapStarted(SwapStarted {}),
         ])
         .await?;
-        for (prep, table) in pipe.prepared.iter().zip(&ends.tables) {
+        for (prep, view) in pipe.prepared.iter().zip(&ends.views) {
+            let table = &view.dest;
             let swapped =
                 table_uuid(&ends.ch, &prep.destination_table).await? == prep.load_table_uuid;
             if swapped || !ends.ch.table_exists(&prep.destination_table).await? {
@@ -593,21 +605,24 @@ impl Worker {
         let slot = pipe.slot_name.clone();
         let publication = pipe.publication_name.clone();
         let interval = Duration::from_millis(u64::from(settings.cdc_sync_interval_ms));
+        // The replicated view of each table (what ClickHouse has); rows are
+        // projected onto it as they are decoded.
         let mut tables: HashMap<u32, (SourceTable, String, String)> = ends
-            .tables
+            .views
             .iter()
             .zip(&pipe.prepared)
-            .map(|(t, p)| {
+            .map(|(v, p)| {
                 (
-                    t.oid,
+                    v.dest.oid,
                     (
-                        t.clone(),
+                        v.dest.clone(),
                         p.destination_table.clone(),
                         p.source_table.clone(),
                     ),
                 )
             })
             .collect();
+        let mut described = table_columns(&ends, pipe);
         // Each table's ORDER BY (empty: the source key), for tombstones.
         let sort_keys: HashMap<u32, Vec<String>> = ends
             .tables
@@ -656,8 +671,15 @@ impl Worker {
                 for item in &tx.items {
                     match item {
                         TxItem::Relation(rel) => {
-                            self.check_relation(&ends, &mut tables, &sort_keys, rel, &mut pending)
-                                .await?;
+                            self.check_relation(
+                                &ends,
+                                &mut tables,
+                                &mut described,
+                                &sort_keys,
+                                rel,
+                                &mut pending,
+                            )
+                            .await?;
                         }
                         TxItem::Change(c) => {
                             let Some((_, _, source_table)) = tables.get(&c.relation_oid) else {
@@ -688,7 +710,7 @@ impl Worker {
                                 }
                             }
                             pending.entry(c.relation_oid).or_default().push((
-                                c.row.clone(),
+                                project_row(&described, c.relation_oid, &c.row),
                                 tx.commit_lsn.0,
                                 c.kind == ChangeKind::Delete,
                             ));
@@ -777,17 +799,24 @@ impl Worker {
 
     /// A Relation message: the same columns are fine, columns added at the
     /// end are added in ClickHouse, anything else needs a resync.
+    #[allow(clippy::too_many_arguments)]
     async fn check_relation(
         &mut self,
         ends: &Ends,
         tables: &mut HashMap<u32, (SourceTable, String, String)>,
+        described: &mut HashMap<u32, TableColumns>,
         sort_keys: &HashMap<u32, Vec<String>>,
         rel: &crate::model::Relation,
         pending: &mut HashMap<u32, Vec<(Row, u64, bool)>>,
     ) -> Result<()> {
-        let Some((known, dest, _)) = tables.get(&rel.oid) else {
+        let Some((replicated, dest, _)) = tables.get(&rel.oid) else {
             return Ok(());
         };
+        let Some(cols) = described.get(&rel.oid) else {
+            return Ok(());
+        };
+        // pgoutput describes every column, excluded ones too.
+        let known = &cols.described;
         let same_prefix = known.columns.len() <= rel.columns.len()
             && known
                 .columns
@@ -807,7 +836,7 @@ impl Worker {
         // Rows of the old shape go out before the table changes.
         if let Some(rows) = pending.remove(&rel.oid) {
             let order_by = sort_keys.get(&rel.oid).map_or(&[][..], |v| v);
-            write_rows(&ends.ch, dest, known, order_by, rows).await?;
+            write_rows(&ends.ch, dest, replicated, order_by, rows).await?;
         }
         let q = validate::QualifiedName {
             schema: known.schema.clone(),
@@ -819,23 +848,100 @@ impl Worker {
             .ok_or_else(|| {
                 EngineError::Fatal(format!("table {}.{} disappeared", known.schema, known.name))
             })?;
-        for col in fresh.columns.iter().skip(known.columns.len()) {
-            if !rel.columns.iter().any(|r| r.name == col.name) {
+        let mut fresh = fresh;
+        fresh.columns.truncate(rel.columns.len());
+        // New columns are excluded or renamed as configured; a new column
+        // taking a renamed column's destination name cannot be applied.
+        let view = columns::replicated(cols.index, &fresh, &cols.config, false)
+            .map_err(|p| column_error(&fresh, &p))?;
+        for (pos, &k) in view.kept.iter().enumerate() {
+            let Some(col) = fresh.columns.get(k) else {
+                continue;
+            };
+            if k < known.columns.len() || !rel.columns.iter().any(|r| r.name == col.name) {
                 continue;
             }
-            ends.ch.add_column(dest, col).await?;
-            tracing::info!(table = %dest, column = %col.name, "column added");
+            let added = &view.dest.columns[pos];
+            ends.ch.add_column(dest, added).await?;
+            tracing::info!(table = %dest, column = %added.name, "column added");
         }
         ends.ch.forget_schema(dest);
         let dest = dest.clone();
         if let Some(entry) = tables.get_mut(&rel.oid) {
-            let mut fresh = fresh;
-            fresh.columns.truncate(rel.columns.len());
-            entry.0 = fresh;
+            entry.0 = view.dest.clone();
             entry.1 = dest;
+        }
+        if let Some(entry) = described.get_mut(&rel.oid) {
+            entry.described = fresh;
+            entry.view = view;
         }
         Ok(())
     }
+}
+
+/// A table as the source describes it (every column) and how it is
+/// replicated: what CDC rows are projected with and Relation messages are
+/// compared to.
+struct TableColumns {
+    described: SourceTable,
+    view: Replicated,
+    config: TableConfig,
+    /// Position of the table in the pipe's config (for error fields).
+    index: usize,
+}
+
+/// Each table's [`TableColumns`] by relation oid.
+fn table_columns(ends: &Ends, pipe: &Pipe) -> HashMap<u32, TableColumns> {
+    let configs = Worker::table_configs(pipe);
+    ends.tables
+        .iter()
+        .zip(&ends.views)
+        .zip(configs)
+        .enumerate()
+        .map(|(index, ((t, v), config))| {
+            (
+                t.oid,
+                TableColumns {
+                    described: t.clone(),
+                    view: v.clone(),
+                    config,
+                    index,
+                },
+            )
+        })
+        .collect()
+}
+
+/// A decoded row (every source column) cut down to the replicated ones.
+fn project_row(described: &HashMap<u32, TableColumns>, oid: u32, row: &Row) -> Row {
+    match described.get(&oid) {
+        Some(t) => t.view.project(row),
+        None => row.clone(),
+    }
+}
+
+/// The replicated view of every table of a config, in order.
+fn replicated_views(configs: &[TableConfig], tables: &[SourceTable]) -> Result<Vec<Replicated>> {
+    configs
+        .iter()
+        .zip(tables)
+        .enumerate()
+        .map(|(i, (cfg, t))| columns::replicated(i, t, cfg, false).map_err(|p| column_error(t, &p)))
+        .collect()
+}
+
+fn column_error(table: &SourceTable, problems: &[columns::ColumnProblem]) -> EngineError {
+    let list: Vec<String> = problems
+        .iter()
+        .map(|p| format!("{}: {}", p.field, p.message))
+        .collect();
+    EngineError::Fatal(format!(
+        "the columns of source table {}.{} no longer fit the pipe's column options ({}); \
+         change the source table, or create the pipe again with other options",
+        table.schema,
+        table.name,
+        list.join("; ")
+    ))
 }
 
 /// Writes one table's changes of a batch, in commit order: unchanged TOAST
