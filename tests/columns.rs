@@ -270,6 +270,39 @@ async fn a_column_added_during_cdc_is_added_while_the_exclusion_holds() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_column_taking_a_renamed_columns_name_fails_the_pipe_saying_why() {
+    let schema = unique("colx");
+    let (_srv, mut c, name) = start(&schema, 100).await;
+    pg().await
+        .batch_execute(&format!(
+            "ALTER TABLE {schema}.users ADD COLUMN description text;
+             INSERT INTO {schema}.users (id, description) VALUES (1000, 'clash');"
+        ))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let p = loop {
+        let p = get(&mut c, &name).await;
+        if p.status() == PipeStatus::Failed {
+            break p;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not failed: {p:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        p.error.contains("rename_columns[\"desc\"]") && p.error.contains("\"description\""),
+        "{}",
+        p.error
+    );
+    // Nothing of the clashing change was written.
+    assert_eq!(
+        dest_columns(&schema, "users").await,
+        ["id", "description", "note", "big_note", "qty"]
+    );
+    delete(&mut c, &name).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn column_options_that_do_not_fit_the_table_are_refused_naming_the_field() {
     let schema = unique("colv");
     make_table(&schema, 10).await;
