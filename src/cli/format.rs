@@ -868,6 +868,22 @@ mod tests {
             "{s}"
         );
         assert!(s.contains("Last LSN    0/16B3748 (lag 2.0 KiB)\n"), "{s}");
+        assert!(!s.contains("Columns"), "{s}");
+        let mut columns = pipe.clone();
+        if let Some(c) = columns.config.as_mut() {
+            c.tables = vec![crate::proto::TableConfig {
+                source_table: "public.users".into(),
+                exclude_columns: vec!["password_hash".into()],
+                rename_columns: [("desc".to_owned(), "description".to_owned())].into(),
+                ..Default::default()
+            }];
+        }
+        let with_columns = pipe_summary(&columns);
+        assert!(
+            with_columns
+                .contains("Columns     public.users: without password_hash; desc → description\n"),
+            "{with_columns}"
+        );
         assert!(
             s.contains("parallelism 4, 500,000 rows/partition, batch 10,000, sync interval 1.0s"),
             "{s}"
