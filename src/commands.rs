@@ -131,9 +131,9 @@ impl Core {
             )));
         }
         if self.preflight {
-            crate::engine::preflight::check(&config, &secrets, Purpose::Create)
+            crate::engine::preflight::check_problem(&config, &secrets, Purpose::Create)
                 .await
-                .map_err(CommandError::FailedPrecondition)?;
+                .map_err(preflight_error)?;
         }
         let id = uuid::Uuid::new_v4().to_string();
         // Secrets first: the append's flush makes them durable together, and
@@ -183,7 +183,11 @@ impl Core {
             .problems
             .into_iter()
             .map(|p| Problem {
-                kind: ProblemKind::InvalidRequest as i32,
+                kind: if crate::domain::columns::is_column_field(&p.field) {
+                    ProblemKind::Column as i32
+                } else {
+                    ProblemKind::InvalidRequest as i32
+                },
                 table: p.table,
                 column: String::new(),
                 message: p.invalid.0,
@@ -308,9 +312,13 @@ impl Core {
             // Validation happens before the old incarnation is dropped.
             let mut config = old.config.clone().unwrap_or_default();
             config.tables = validate::apply_overrides(&config.tables, overrides)?;
-            crate::engine::preflight::check(&config, &self.secrets.get(&old_id)?, Purpose::Resync)
-                .await
-                .map_err(CommandError::FailedPrecondition)?;
+            crate::engine::preflight::check_problem(
+                &config,
+                &self.secrets.get(&old_id)?,
+                Purpose::Resync,
+            )
+            .await
+            .map_err(preflight_error)?;
         }
         self.secrets.put(&new_id, &self.secrets.get(&old_id)?)?;
         let result = self
@@ -440,9 +448,13 @@ impl Core {
         if self.preflight && !added.is_empty() {
             let mut config = current.clone();
             config.tables = added.clone();
-            crate::engine::preflight::check(&config, &self.secrets.get(&p.id)?, Purpose::Create)
-                .await
-                .map_err(CommandError::FailedPrecondition)?;
+            crate::engine::preflight::check_problem(
+                &config,
+                &self.secrets.get(&p.id)?,
+                Purpose::Create,
+            )
+            .await
+            .map_err(preflight_error)?;
         }
         self.execute(name, |current, version| {
             let now = live(name, current)?;
@@ -557,6 +569,20 @@ fn can_resync_tables(p: &Pipe, tables: &[String]) -> Result<(), CommandError> {
         }
     }
     Ok(())
+}
+
+/// A preflight problem as a command error: column options that do not fit
+/// the source table are a bad request; the rest is the state of either end.
+fn preflight_error(p: Problem) -> CommandError {
+    if p.kind == ProblemKind::Column as i32 {
+        CommandError::Invalid(Invalid(if p.field.is_empty() {
+            p.message
+        } else {
+            format!("{}: {}", p.field, p.message)
+        }))
+    } else {
+        CommandError::FailedPrecondition(p.message)
+    }
 }
 
 fn not_found(name: &str) -> CommandError {

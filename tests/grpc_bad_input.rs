@@ -613,6 +613,7 @@ async fn identifiers_with_sql_metacharacters_are_accepted_verbatim_and_round_tri
             source_table: "\"we\"\"ird; --\".\"t`1 /* x */\"".into(),
             destination_table: "d'; DROP TABLE x; --".into(),
             order_by: vec!["é\"`;--".into(), "id".into()],
+            ..Default::default()
         },
         table("public.\"名前\""),
     ];

@@ -1055,6 +1055,7 @@ fn pipe_config(tables: usize) -> PipeConfig {
                 source_table: table_name(i),
                 destination_table: table_name(i).replace('.', "_"),
                 order_by: vec!["id".into()],
+                ..Default::default()
             })
             .collect(),
         settings: Some(PipeSettings {

@@ -517,6 +517,11 @@ pub(crate) fn pipe_summary(p: &Pipe) -> String {
             }
             field("ClickHouse", s);
         }
+        for t in &cfg.tables {
+            if let Some(cols) = column_options_text(t) {
+                field("Columns", format!("{}: {cols}", t.source_table));
+            }
+        }
         if let Some(st) = &cfg.settings {
             field(
                 "Settings",
@@ -654,6 +659,24 @@ pub(crate) fn status_line(p: &Pipe) -> String {
         let _ = write!(s, "  ({})", short(&p.status_detail, 120));
     }
     s
+}
+
+/// A table's excluded and renamed columns, e.g. `without password_hash;
+/// desc → description` (None when it has neither).
+fn column_options_text(t: &crate::proto::TableConfig) -> Option<String> {
+    let mut parts = Vec::new();
+    if !t.exclude_columns.is_empty() {
+        parts.push(format!("without {}", t.exclude_columns.join(", ")));
+    }
+    if !t.rename_columns.is_empty() {
+        let renames: Vec<String> = t
+            .rename_columns
+            .iter()
+            .map(|(from, to)| format!("{from} → {to}"))
+            .collect();
+        parts.push(renames.join(", "));
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
 }
 
 /// `PROBLEM_KIND_WAL_LEVEL` → `wal_level`.
@@ -879,6 +902,22 @@ mod tests {
             "{s}"
         );
         assert!(s.contains("Last LSN    0/16B3748 (lag 2.0 KiB)\n"), "{s}");
+        assert!(!s.contains("Columns"), "{s}");
+        let mut columns = pipe.clone();
+        if let Some(c) = columns.config.as_mut() {
+            c.tables = vec![crate::proto::TableConfig {
+                source_table: "public.users".into(),
+                exclude_columns: vec!["password_hash".into()],
+                rename_columns: [("desc".to_owned(), "description".to_owned())].into(),
+                ..Default::default()
+            }];
+        }
+        let with_columns = pipe_summary(&columns);
+        assert!(
+            with_columns
+                .contains("Columns     public.users: without password_hash; desc → description\n"),
+            "{with_columns}"
+        );
         assert!(
             s.contains("parallelism 4, 500,000 rows/partition, batch 10,000, sync interval 1.0s"),
             "{s}"

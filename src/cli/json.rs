@@ -35,6 +35,8 @@ fn table_config_json(t: &TableConfig) -> Value {
         "source_table": t.source_table,
         "destination_table": t.destination_table,
         "order_by": t.order_by,
+        "exclude_columns": t.exclude_columns,
+        "rename_columns": t.rename_columns,
     })
 }
 
@@ -325,17 +327,37 @@ fn table_from_json(v: &Value, path: &str) -> Result<TableConfig, String> {
         return super::spec::parse_table_spec(spec).map_err(|e| format!("{path}: {e}"));
     }
     let mut t = TableConfig::default();
-    for (k, v) in fields(v, path, &["source_table", "destination_table", "order_by"])? {
+    let allowed = [
+        "source_table",
+        "destination_table",
+        "order_by",
+        "exclude_columns",
+        "rename_columns",
+    ];
+    for (k, v) in fields(v, path, &allowed)? {
         let p = format!("{path}.{k}");
+        let strings = |v: &Value| -> Result<Vec<String>, String> {
+            array(v, &p)?
+                .iter()
+                .enumerate()
+                .map(|(i, c)| string(c, &format!("{p}[{i}]")))
+                .collect()
+        };
         match k {
             "source_table" => t.source_table = string(v, &p)?,
             "destination_table" => t.destination_table = string(v, &p)?,
+            "order_by" => t.order_by = strings(v)?,
+            "exclude_columns" => t.exclude_columns = strings(v)?,
             _ => {
-                t.order_by = array(v, &p)?
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| string(c, &format!("{p}[{i}]")))
-                    .collect::<Result<_, _>>()?
+                let Value::Object(map) = v else {
+                    return Err(format!(
+                        "{p}: expected an object of source column -> destination column"
+                    ));
+                };
+                for (from, to) in map {
+                    t.rename_columns
+                        .insert(from.clone(), string(to, &format!("{p}.{from}"))?);
+                }
             }
         }
     }

@@ -41,7 +41,10 @@ use format::{
     problems_table, status_label,
 };
 use json::{create_request_from_json, pipe_json, watch_message_json};
-use spec::{merge_overrides, parse_dest_override, parse_order_by_override, parse_table_spec};
+use spec::{
+    apply_column_options, merge_overrides, parse_dest_override, parse_exclude,
+    parse_order_by_override, parse_rename, parse_table_spec,
+};
 use watch::{WatchOptions, follow_events, follow_pipe};
 
 /// Exit code when the watched pipe failed (and is not retrying).
@@ -184,6 +187,12 @@ TABLE SPEC:
   Names may be double-quoted (\"My Schema\".\"Order:Items\"); `:`, `.` and `,`
   inside quotes are part of the name. Repeat --table for several tables.
 
+COLUMNS:
+  --exclude public.users=password_hash,token   -> these columns are not replicated
+  --rename public.users=desc:description       -> column `desc` is `description` in ClickHouse
+  Both apply to the initial load, CDC and resyncs; ORDER BY columns are
+  named as in the source. Key columns cannot be excluded.
+
 PASSWORDS:
   Passwords are never taken from the command line (visible in `ps`): name an
   environment variable (--source-password-env PGPASS_VAR, --ch-password-env
@@ -266,6 +275,16 @@ pub struct CreateArgs {
         value_parser = parse_table_spec
     )]
     pub tables: Vec<TableConfig>,
+
+    /// Source columns not to replicate: SOURCE_TABLE=col1,col2 (a table
+    /// given with --table or in --file). Repeatable.
+    #[arg(long, value_name = "TABLE=COLS", value_parser = parse_exclude)]
+    pub exclude: Vec<(String, Vec<String>)>,
+
+    /// ClickHouse names for source columns: SOURCE_TABLE=old:new[,old2:new2]
+    /// (a table given with --table or in --file). Repeatable.
+    #[arg(long, value_name = "TABLE=OLD:NEW", value_parser = parse_rename)]
+    pub rename: Vec<(String, Vec<(String, String)>)>,
 
     /// Parallel snapshot workers [server default: 4, at most 64].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
@@ -1206,6 +1225,7 @@ fn build_create_request(
     if !args.tables.is_empty() {
         req.tables = args.tables.clone();
     }
+    apply_column_options(&mut req.tables, &args.exclude, &args.rename).map_err(CliError::Usage)?;
     // --label adds to (or overrides) the file's labels.
     for (k, v) in &args.labels {
         req.labels.insert(k.clone(), v.clone());

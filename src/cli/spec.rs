@@ -85,6 +85,7 @@ pub(crate) fn parse_table_spec(spec: &str) -> Result<TableConfig, String> {
         source_table,
         destination_table,
         order_by,
+        ..Default::default()
     })
 }
 
@@ -117,6 +118,81 @@ pub(crate) fn parse_dest_override(s: &str) -> Result<(String, String), String> {
         return Err(format!("{s:?}: empty destination table"));
     }
     Ok((table, dest))
+}
+
+/// `create --exclude SOURCE_TABLE=col1,col2`.
+pub(crate) fn parse_exclude(s: &str) -> Result<(String, Vec<String>), String> {
+    let (table, cols) = split_assignment(s)?;
+    if cols.is_empty() {
+        return Err(format!("{s:?}: empty column list"));
+    }
+    Ok((table, parse_columns(&cols, "column list")?))
+}
+
+/// `create --rename SOURCE_TABLE=old:new[,old2:new2]`.
+pub(crate) fn parse_rename(s: &str) -> Result<(String, Vec<(String, String)>), String> {
+    let (table, pairs) = split_assignment(s)?;
+    if pairs.is_empty() {
+        return Err(format!("{s:?}: empty rename list (write TABLE=old:new)"));
+    }
+    parse_columns(&pairs, "rename list")?
+        .iter()
+        .map(|pair| match split_unquoted(pair, ':')?.as_slice() {
+            [from, to] if !from.trim().is_empty() && !to.trim().is_empty() => {
+                Ok((from.trim().to_owned(), to.trim().to_owned()))
+            }
+            _ => Err(format!("{s:?}: {pair:?} is not old:new")),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(|list| (table, list))
+}
+
+/// Whether two source table spellings name the same table as far as the
+/// client can tell (`orders` is `public.orders`).
+fn same_table(a: &str, b: &str) -> bool {
+    let full = |t: &str| {
+        if split_unquoted(t, '.').is_ok_and(|p| p.len() == 1) {
+            format!("public.{t}")
+        } else {
+            t.to_owned()
+        }
+    };
+    full(a) == full(b)
+}
+
+/// Adds `--exclude` and `--rename` options to the `--table` entries they
+/// name; an option naming no listed table is an error.
+pub(crate) fn apply_column_options(
+    tables: &mut [TableConfig],
+    exclude: &[(String, Vec<String>)],
+    rename: &[(String, Vec<(String, String)>)],
+) -> Result<(), String> {
+    fn entry<'a>(
+        tables: &'a mut [TableConfig],
+        table: &str,
+        flag: &str,
+    ) -> Result<&'a mut TableConfig, String> {
+        tables
+            .iter_mut()
+            .find(|t| same_table(&t.source_table, table))
+            .ok_or_else(|| format!("{flag} names table {table:?}, which no --table lists"))
+    }
+    for (table, cols) in exclude {
+        entry(tables, table, "--exclude")?
+            .exclude_columns
+            .extend(cols.iter().cloned());
+    }
+    for (table, pairs) in rename {
+        let t = entry(tables, table, "--rename")?;
+        for (from, to) in pairs {
+            if t.rename_columns.insert(from.clone(), to.clone()).is_some() {
+                return Err(format!(
+                    "--rename: column {from:?} of {table} is renamed twice"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Merges per-table overrides into one TableConfig per source table, in
@@ -210,6 +286,51 @@ mod tests {
         ] {
             assert!(parse_table_spec(bad).is_err(), "{bad:?} should be rejected");
         }
+    }
+
+    #[test]
+    fn column_options() {
+        assert_eq!(
+            parse_exclude("public.users=password_hash, token").unwrap(),
+            (
+                "public.users".into(),
+                vec!["password_hash".into(), "token".into()]
+            )
+        );
+        assert!(parse_exclude("public.users=").is_err());
+        assert_eq!(
+            parse_rename(r#"users=desc:description,"a:b":c"#).unwrap(),
+            (
+                "users".into(),
+                vec![
+                    ("desc".into(), "description".into()),
+                    (r#""a:b""#.into(), "c".into())
+                ]
+            )
+        );
+        for bad in [
+            "users=desc",
+            "users=desc:",
+            "users=:x",
+            "users=a:b:c",
+            "users=",
+        ] {
+            assert!(parse_rename(bad).is_err(), "{bad:?} should be rejected");
+        }
+        let mut tables = vec![parse_table_spec("public.users").unwrap()];
+        apply_column_options(
+            &mut tables,
+            &[("users".into(), vec!["password_hash".into()])],
+            &[(
+                "public.users".into(),
+                vec![("desc".into(), "description".into())],
+            )],
+        )
+        .unwrap();
+        assert_eq!(tables[0].exclude_columns, vec!["password_hash"]);
+        assert_eq!(tables[0].rename_columns["desc"], "description");
+        let err = apply_column_options(&mut tables, &[("other".into(), vec!["x".into()])], &[]);
+        assert!(err.unwrap_err().contains("no --table"));
     }
 
     #[test]

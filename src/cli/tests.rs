@@ -584,6 +584,50 @@ fn create_request_from_options_env_stdin_and_file() {
     assert_eq!((s.snapshot_parallelism, s.cdc_batch_size), (2, 7));
 }
 
+#[test]
+fn create_takes_column_options_for_listed_tables() {
+    let env = |_: &str| None;
+    let ClientCommand::Create(a) = cmd(&[
+        "create",
+        "users",
+        "--source",
+        "host=db",
+        "--ch-url",
+        "http://ch:8123",
+        "--ch-database",
+        "an",
+        "--table",
+        "public.users",
+        "--exclude",
+        "public.users=password_hash",
+        "--rename",
+        "users=desc:description,note:remark",
+    ]) else {
+        panic!()
+    };
+    let req = build_create_request(&a, &env, &mut Cursor::new("")).unwrap();
+    let t = &req.tables[0];
+    assert_eq!(t.exclude_columns, ["password_hash"]);
+    assert_eq!(t.rename_columns["desc"], "description");
+    assert_eq!(t.rename_columns["note"], "remark");
+
+    // From a file too; an option for a table not listed is a usage error.
+    let ClientCommand::Create(a) = cmd(&["create", "--file", "-", "--exclude", "public.other=x"])
+    else {
+        panic!()
+    };
+    let file = r#"{"name": "f", "source": {"connection_string": "host=a"},
+                   "destination": {"url": "http://ch", "database": "d"},
+                   "tables": [{"sourceTable": "public.users", "excludeColumns": ["password_hash"],
+                               "renameColumns": {"desc": "description"}}]}"#;
+    let err = build_create_request(&a, &env, &mut Cursor::new(file)).unwrap_err();
+    assert!(err.to_string().contains("no --table"), "{err}");
+    let req =
+        crate::cli::json::create_request_from_json(&serde_json::from_str(file).unwrap()).unwrap();
+    assert_eq!(req.tables[0].exclude_columns, ["password_hash"]);
+    assert_eq!(req.tables[0].rename_columns["desc"], "description");
+}
+
 #[tokio::test]
 async fn unary_commands_and_errors() {
     let mock = Mock::default();

@@ -1,5 +1,6 @@
 //! The domain: validation of requests and the projection of events into
 //! pipe state. No I/O here.
 
+pub mod columns;
 pub mod projection;
 pub mod validate;

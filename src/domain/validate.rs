@@ -484,12 +484,15 @@ pub fn table(i: usize, t: &TableConfig) -> Result<(QualifiedName, TableConfig), 
         ));
     }
     let order_by = order_by(&format!("tables[{i}].order_by"), &t.order_by)?;
+    super::columns::check_static(i, t).map_err(|(_, e)| e)?;
     Ok((
         q.clone(),
         TableConfig {
             source_table: q.canonical(),
             destination_table: dest,
             order_by,
+            exclude_columns: t.exclude_columns.clone(),
+            rename_columns: t.rename_columns.clone(),
         },
     ))
 }
@@ -666,6 +669,11 @@ pub fn check_request(
         let mut dests = HashSet::new();
         for (i, t) in list.iter().enumerate() {
             let field = format!("tables[{i}]");
+            // Column options are reported under their own field.
+            if let Err((field, e)) = super::columns::check_static(i, t) {
+                problem(&field, &shorten(&t.source_table), e);
+                continue;
+            }
             match table(i, t) {
                 Err(e) => problem(&field, &shorten(&t.source_table), e),
                 Ok((q, t)) => {

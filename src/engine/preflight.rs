@@ -6,6 +6,7 @@
 //! CreatePipe and ResyncPipe stop at the first. Nothing here writes to
 //! either end.
 
+use crate::domain::columns;
 use crate::proto::{PipeConfig, Problem, ProblemKind};
 use crate::sink::SinkError;
 use crate::source::{self, SourceError, TableReport};
@@ -29,13 +30,25 @@ pub async fn check(
     secrets: &PipeSecrets,
     purpose: Purpose,
 ) -> Result<(), String> {
+    check_problem(config, secrets, purpose)
+        .await
+        .map_err(|p| p.message)
+}
+
+/// Like [`check`], with the whole first problem (its kind tells a bad
+/// request from a state of either end).
+pub async fn check_problem(
+    config: &PipeConfig,
+    secrets: &PipeSecrets,
+    purpose: Purpose,
+) -> Result<(), Problem> {
     let mut found = Found {
         problems: Vec::new(),
         fail_fast: true,
     };
     let _ = checks(config, secrets, purpose, &mut found).await;
     match found.problems.into_iter().next() {
-        Some(p) => Err(p.message),
+        Some(p) => Err(p),
         None => Ok(()),
     }
 }
@@ -68,12 +81,23 @@ impl Found {
         column: &str,
         message: String,
     ) -> Result<(), Stop> {
+        self.push_field(kind, table, column, message, String::new())
+    }
+
+    fn push_field(
+        &mut self,
+        kind: ProblemKind,
+        table: &str,
+        column: &str,
+        message: String,
+        field: String,
+    ) -> Result<(), Stop> {
         self.problems.push(Problem {
             kind: kind as i32,
             table: table.to_owned(),
             column: column.to_owned(),
             message,
-            field: String::new(),
+            field,
         });
         if self.fail_fast { Err(Stop) } else { Ok(()) }
     }
@@ -126,7 +150,7 @@ async fn checks(
     // Tables described without a problem, for the destination checks.
     let mut described: Vec<(usize, TableReport)> = Vec::new();
     if let Some(src) = &config.source {
-        described = check_source(config, &src.connection_string, secrets, found).await?;
+        described = check_source(config, &src.connection_string, secrets, purpose, found).await?;
     }
     if config.destination.is_none() {
         return Ok(());
@@ -177,6 +201,7 @@ async fn check_source(
     config: &PipeConfig,
     conn: &str,
     secrets: &PipeSecrets,
+    purpose: Purpose,
     found: &mut Found,
 ) -> Result<Vec<(usize, TableReport)>, Stop> {
     let pg = match source::connect(conn, secrets.source_password.as_deref()).await {
@@ -226,7 +251,7 @@ async fn check_source(
         }
     }
     let mut clean = Vec::new();
-    for (i, r) in usable {
+    for (i, mut r) in usable {
         let Some(cfg) = config.tables.get(i) else {
             continue;
         };
@@ -264,6 +289,25 @@ async fn check_source(
                              merged into one; add {:?} to order_by",
                             cfg.source_table, key_col.name, key_col.name
                         ),
+                    )?;
+                }
+            }
+        }
+        // A new pipe's excluded and renamed columns must exist (a typo would
+        // replicate the column); a resync's source may have dropped them.
+        let strict = purpose == Purpose::Create && r.problems.is_empty();
+        match columns::replicated(i, &r.table, cfg, strict) {
+            // The destination checks compare ClickHouse with what is
+            // replicated, under the destination names.
+            Ok(view) => r.table = view.dest,
+            Err(problems) => {
+                for p in problems {
+                    found.push_field(
+                        ProblemKind::Column,
+                        &cfg.source_table,
+                        &p.column,
+                        p.message,
+                        p.field,
                     )?;
                 }
             }

@@ -27,9 +27,10 @@ use tokio::sync::Mutex;
 use tracing::Instrument;
 
 use super::worker::{EngineError, Facts, Progress};
+use crate::domain::columns::Replicated;
 use crate::failpoint;
 use crate::metrics::RowKind;
-use crate::model::{RowBatch, SourceTable};
+use crate::model::RowBatch;
 use crate::proto::event::Payload;
 use crate::proto::*;
 use crate::sink::ChSink;
@@ -45,7 +46,9 @@ pub(super) struct LoadJob {
     pub ch: ChSink,
     pub settings: PipeSettings,
     pub prepared: PreparedTable,
-    pub table: SourceTable,
+    /// The table's replicated columns: copied by source names, written by
+    /// destination names.
+    pub view: Replicated,
 }
 
 /// Loads the table; records TableLoadStarted, progress and
@@ -58,7 +61,7 @@ pub(super) async fn run(job: LoadJob) -> Result<u64, EngineError> {
         ch,
         settings,
         prepared,
-        table,
+        view,
     } = job;
     let pg = source::connect(&conn, password.as_deref()).await?;
     let slot = format!(
@@ -76,11 +79,11 @@ pub(super) async fn run(job: LoadJob) -> Result<u64, EngineError> {
     // it while holding it).
     drop(pg);
     let version = consistent.0.saturating_sub(1);
-    let parts = source::plan_partitions(&table, settings.snapshot_rows_per_partition);
+    let parts = source::plan_partitions(&view.source, settings.snapshot_rows_per_partition);
     let plan = SnapshotTablePlan {
         source_table: prepared.source_table.clone(),
         partitions_total: parts.len() as u32,
-        estimated_rows: table.estimated_rows,
+        estimated_rows: view.source.estimated_rows,
     };
     facts
         .record(vec![Payload::TableLoadStarted(TableLoadStarted {
@@ -104,7 +107,7 @@ pub(super) async fn run(job: LoadJob) -> Result<u64, EngineError> {
         let snapshot_name = snapshot_name.clone();
         let ch = ch.clone();
         let prepared = prepared.clone();
-        let table = table.clone();
+        let view = view.clone();
         let metrics = Arc::clone(&facts.core.metrics);
         let pipe_name = facts.name.clone();
         set.spawn(
@@ -116,8 +119,8 @@ pub(super) async fn run(job: LoadJob) -> Result<u64, EngineError> {
                     let Some(part) = queue.lock().await.pop() else {
                         break;
                     };
-                    let mut writer = ch.writer(&prepared.load_table, &table).await?;
-                    let mut copy = worker.copy_partition(&table, &part).await?;
+                    let mut writer = ch.writer(&prepared.load_table, &view.dest).await?;
+                    let mut copy = worker.copy_partition(&view.source, &part).await?;
                     let mut rows = 0u64;
                     while copy.next_rows(&mut batch).await? {
                         writer.write_rows(&batch, version).await?;

@@ -36,6 +36,7 @@ use tokio::sync::Mutex;
 use tracing::Instrument;
 
 use crate::commands::Core;
+use crate::domain::columns::{self, Replicated};
 use crate::domain::validate;
 use crate::failpoint;
 use crate::metrics::RowKind;
@@ -200,6 +201,9 @@ struct Ends {
     conn: String,
     secrets: PipeSecrets,
     tables: Vec<SourceTable>,
+    /// Per table (same order): the columns replicated, under their source
+    /// and destination names (exclude_columns, rename_columns applied).
+    views: Vec<Replicated>,
 }
 
 impl Worker {
@@ -278,6 +282,7 @@ impl Worker {
             source::connect(&src.connection_string, secrets.source_password.as_deref()).await?;
         let names = super::source_tables(&config).map_err(|e| EngineError::Fatal(e.0))?;
         let tables = source::describe_tables(&pg, &names).await?;
+        let views = replicated_views(&config.tables, &tables)?;
         let ch = super::sink_for(&config, &secrets)?;
         ch.ping().await?;
         Ok(Ends {
@@ -286,6 +291,7 @@ impl Worker {
             conn: src.connection_string,
             secrets,
             tables,
+            views,
         })
     }
 
@@ -393,7 +399,10 @@ impl Worker {
         .await?;
         let resync = !pipe.resync_of.is_empty();
         let mut prepared = Vec::new();
-        for (cfg, table) in Self::table_configs(pipe).iter().zip(&ends.tables) {
+        for (cfg, view) in Self::table_configs(pipe).iter().zip(&ends.views) {
+            // ClickHouse sees the replicated columns under their
+            // destination names; order_by is given in source names.
+            let table = &view.dest;
             let order_by: Vec<String> = if cfg.order_by.is_empty() {
                 table
                     .key
@@ -401,7 +410,7 @@ impl Worker {
                     .map(|&i| table.columns[i].name.clone())
                     .collect()
             } else {
-                cfg.order_by.clone()
+                columns::dest_order_by(cfg)
             };
             let load_table = if resync {
                 format!("{}_resync", cfg.destination_table)
@@ -450,7 +459,8 @@ impl Worker {
         // Partition plan for every table.
         let mut work = Vec::new();
         let mut plans = Vec::new();
-        for (prep, table) in pipe.prepared.iter().zip(&ends.tables) {
+        for (prep, view) in pipe.prepared.iter().zip(&ends.views) {
+            let table = &view.source;
             // A redo must not keep rows of an earlier, partial copy.
             ends.ch.truncate(&prep.load_table).await?;
             let parts = source::plan_partitions(table, settings.snapshot_rows_per_partition);
@@ -460,7 +470,7 @@ impl Worker {
                 estimated_rows: table.estimated_rows,
             });
             for part in parts {
-                work.push((prep.clone(), table.clone(), part));
+                work.push((prep.clone(), view.clone(), part));
             }
         }
         self.record(vec![
@@ -497,11 +507,12 @@ impl Worker {
                     // One batch buffer per worker, reused for every batch.
                     let mut batch = RowBatch::default();
                     loop {
-                        let Some((prep, table, part)) = queue.lock().await.pop() else {
+                        let Some((prep, view, part)) = queue.lock().await.pop() else {
                             break;
                         };
-                        let mut writer = ch.writer(&prep.load_table, &table).await?;
-                        let mut copy = worker.copy_partition(&table, &part).await?;
+                        // Selected by source names, written by destination names.
+                        let mut writer = ch.writer(&prep.load_table, &view.dest).await?;
+                        let mut copy = worker.copy_partition(&view.source, &part).await?;
                         let mut rows = 0u64;
                         while copy.next_rows(&mut batch).await? {
                             writer.write_rows(&batch, version).await?;
@@ -569,7 +580,8 @@ impl Worker {
             Payload::SwapStarted(SwapStarted {}),
         ])
         .await?;
-        for (prep, table) in pipe.prepared.iter().zip(&ends.tables) {
+        for (prep, view) in pipe.prepared.iter().zip(&ends.views) {
+            let table = &view.dest;
             let swapped =
                 table_uuid(&ends.ch, &prep.destination_table).await? == prep.load_table_uuid;
             if swapped || !ends.ch.table_exists(&prep.destination_table).await? {
@@ -633,16 +645,19 @@ impl Worker {
         let interval = Duration::from_millis(u64::from(settings.cdc_sync_interval_ms));
         // Routes by relation OID: the pipe's tables, then tables being loaded
         // beside CDC (matched by name: adds and removals reorder the lists).
+        // Each route holds the replicated view of its table (what ClickHouse
+        // has); rows are projected onto it as they are decoded.
         let mut tables: HashMap<u32, (SourceTable, String, String)> = HashMap::new();
+        let mut described = table_columns(&ends, pipe);
         // Each table's ORDER BY (empty: the source key), for tombstones.
         let mut sort_keys: HashMap<u32, Vec<String>> = HashMap::new();
         let mut loads = Loads::default();
-        for t in &ends.tables {
+        for (t, v) in ends.tables.iter().zip(&ends.views) {
             let name = canonical(t);
             if let Some(p) = pipe.prepared.iter().find(|p| p.source_table == name) {
                 tables.insert(
                     t.oid,
-                    (t.clone(), p.destination_table.clone(), name.clone()),
+                    (v.dest.clone(), p.destination_table.clone(), name.clone()),
                 );
                 sort_keys.insert(t.oid, p.order_by.clone());
             }
@@ -657,8 +672,14 @@ impl Worker {
         let base = settings.cdc_batch_size as usize;
         let mut want = base;
         loop {
-            self.sync_tables(&ends, &mut tables, &mut sort_keys, &mut loads)
-                .await?;
+            self.sync_tables(
+                &ends,
+                &mut tables,
+                &mut described,
+                &mut sort_keys,
+                &mut loads,
+            )
+            .await?;
             let wal_before = source::current_wal_lsn(&ends.pg).await?;
             let txs = source::read_changes(&ends.pg, &slot, &publication, want).await?;
             let changes: usize = txs.iter().map(|t| t.items.len()).sum();
@@ -693,6 +714,7 @@ impl Worker {
                             self.check_relation(
                                 &ends,
                                 &mut tables,
+                                &mut described,
                                 &sort_keys,
                                 rel,
                                 &mut pending,
@@ -729,7 +751,7 @@ impl Worker {
                                 }
                             }
                             pending.entry(c.relation_oid).or_default().push((
-                                c.row.clone(),
+                                project_row(&described, c.relation_oid, &c.row),
                                 tx.commit_lsn.0,
                                 c.kind == ChangeKind::Delete,
                             ));
@@ -742,7 +764,7 @@ impl Worker {
                                 if let Some((t, dest, _)) = tables.get(oid) {
                                     if let Some(rows) = pending.remove(oid) {
                                         let order_by = sort_keys.get(oid).map_or(&[][..], |v| v);
-                                        let side = loads.side(*oid, &ends.pg);
+                                        let side = loads.side(*oid, &ends.pg, &described);
                                         write_rows(&ends.ch, dest, t, order_by, rows, side).await?;
                                     }
                                     ends.ch.truncate(dest).await?;
@@ -761,7 +783,7 @@ impl Worker {
             for (oid, rows) in pending {
                 if let Some((t, dest, _)) = tables.get(&oid) {
                     let order_by = sort_keys.get(&oid).map_or(&[][..], |v| v);
-                    let side = loads.side(oid, &ends.pg);
+                    let side = loads.side(oid, &ends.pg, &described);
                     write_rows(&ends.ch, dest, t, order_by, rows, side).await?;
                 }
             }
@@ -832,6 +854,7 @@ impl Worker {
         &mut self,
         ends: &Ends,
         tables: &mut HashMap<u32, (SourceTable, String, String)>,
+        described: &mut HashMap<u32, TableColumns>,
         sort_keys: &mut HashMap<u32, Vec<String>>,
         loads: &mut Loads,
     ) -> Result<()> {
@@ -856,6 +879,7 @@ impl Worker {
                     }
                 }
                 sort_keys.remove(&oid);
+                described.remove(&oid);
                 loads.loading.remove(&oid);
                 if let Some(scratch) = loads.also.remove(&oid) {
                     ends.ch.drop_table_if_exists(&scratch).await?;
@@ -901,11 +925,11 @@ impl Worker {
             match stats.state() {
                 TableState::Replicating => {}
                 TableState::LoadPending | TableState::Loading => {
-                    self.start_add(ends, &pipe, cfg, job, tables, sort_keys, loads)
+                    self.start_add(ends, &pipe, cfg, job, tables, described, sort_keys, loads)
                         .await?;
                 }
                 TableState::ResyncPending => {
-                    self.start_table_resync(ends, &pipe, name, None, tables, loads)
+                    self.start_table_resync(ends, &pipe, name, None, tables, described, loads)
                         .await?;
                 }
                 TableState::Resyncing => match job {
@@ -914,8 +938,16 @@ impl Worker {
                     }
                     Some(job) => {
                         let job = job.clone();
-                        self.start_table_resync(ends, &pipe, name, Some(job), tables, loads)
-                            .await?;
+                        self.start_table_resync(
+                            ends,
+                            &pipe,
+                            name,
+                            Some(job),
+                            tables,
+                            described,
+                            loads,
+                        )
+                        .await?;
                     }
                     None => {}
                 },
@@ -932,17 +964,40 @@ impl Worker {
         Ok(())
     }
 
-    /// Describes one table of the config (it may be newer than `ends`).
-    async fn describe(&self, ends: &Ends, source_table: &str) -> Result<SourceTable> {
-        if let Some(t) = ends.tables.iter().find(|t| canonical(t) == source_table) {
-            return Ok(t.clone());
-        }
-        let q = validate::qualified_name("source_table", source_table)
-            .map_err(|e| EngineError::Fatal(e.0))?;
-        source::describe_tables(&ends.pg, &[q])
-            .await?
-            .pop()
-            .ok_or_else(|| EngineError::Fatal(format!("source table {source_table} is gone")))
+    /// Describes one table of the config (it may be newer than `ends`)
+    /// with its replicated view.
+    async fn describe(&self, ends: &Ends, pipe: &Pipe, source_table: &str) -> Result<TableColumns> {
+        let configs = Self::table_configs(pipe);
+        let Some((index, config)) = configs
+            .into_iter()
+            .enumerate()
+            .find(|(_, c)| c.source_table == source_table)
+        else {
+            return Err(EngineError::Fatal(format!(
+                "table {source_table} is not part of the pipe"
+            )));
+        };
+        let table = match ends.tables.iter().find(|t| canonical(t) == source_table) {
+            Some(t) => t.clone(),
+            None => {
+                let q = validate::qualified_name("source_table", source_table)
+                    .map_err(|e| EngineError::Fatal(e.0))?;
+                source::describe_tables(&ends.pg, &[q])
+                    .await?
+                    .pop()
+                    .ok_or_else(|| {
+                        EngineError::Fatal(format!("source table {source_table} is gone"))
+                    })?
+            }
+        };
+        let view = columns::replicated(index, &table, &config, false)
+            .map_err(|p| column_error(&table, &p))?;
+        Ok(TableColumns {
+            described: table,
+            view,
+            config,
+            index,
+        })
     }
 
     fn load_job(
@@ -950,7 +1005,7 @@ impl Worker {
         ends: &Ends,
         pipe: &Pipe,
         prepared: PreparedTable,
-        table: SourceTable,
+        view: Replicated,
     ) -> table_load::LoadJob {
         table_load::LoadJob {
             facts: self.facts(),
@@ -963,7 +1018,7 @@ impl Worker {
                 .and_then(|c| c.settings)
                 .unwrap_or_default(),
             prepared,
-            table,
+            view,
         }
     }
 
@@ -977,26 +1032,30 @@ impl Worker {
         cfg: &TableConfig,
         job: Option<&PreparedTable>,
         tables: &mut HashMap<u32, (SourceTable, String, String)>,
+        described: &mut HashMap<u32, TableColumns>,
         sort_keys: &mut HashMap<u32, Vec<String>>,
         loads: &mut Loads,
     ) -> Result<()> {
-        let table = self.describe(ends, &cfg.source_table).await?;
+        let cols = self.describe(ends, pipe, &cfg.source_table).await?;
+        let dest_view = cols.view.dest.clone();
         let prepared = match job {
             Some(job) => job.clone(),
             None => {
+                // ClickHouse sees destination names; order_by is given in
+                // source names.
                 let order_by: Vec<String> = if cfg.order_by.is_empty() {
-                    table
+                    dest_view
                         .key
                         .iter()
-                        .map(|&i| table.columns[i].name.clone())
+                        .map(|&i| dest_view.columns[i].name.clone())
                         .collect()
                 } else {
-                    cfg.order_by.clone()
+                    columns::dest_order_by(cfg)
                 };
                 ends.ch
                     .create_table(
                         &cfg.destination_table,
-                        &table,
+                        &dest_view,
                         &order_by,
                         CreateMode::IfNotExists,
                     )
@@ -1017,21 +1076,23 @@ impl Worker {
         // Published and routed before the load's temporary slot exists (see
         // table_load): every later commit reaches the table through CDC.
         self.publish(ends, pipe).await?;
+        let oid = cols.described.oid;
         tables.insert(
-            table.oid,
+            oid,
             (
-                table.clone(),
+                dest_view,
                 prepared.destination_table.clone(),
                 prepared.source_table.clone(),
             ),
         );
-        sort_keys.insert(table.oid, prepared.order_by.clone());
-        loads.loading.insert(table.oid);
+        sort_keys.insert(oid, prepared.order_by.clone());
+        let view = cols.view.clone();
+        described.insert(oid, cols);
+        loads.loading.insert(oid);
         failpoint::hit("table_add.routed").await;
         tracing::info!(table = %prepared.source_table, "loading added table beside CDC");
-        let oid = table.oid;
         let name = prepared.source_table.clone();
-        let run = table_load::run(self.load_job(ends, pipe, prepared, table));
+        let run = table_load::run(self.load_job(ends, pipe, prepared, view));
         loads
             .running
             .insert(name, (tokio::spawn(run.in_current_span()), oid));
@@ -1041,6 +1102,7 @@ impl Worker {
     /// A table resync: `<destination>_resync` created (first time only: a
     /// redo keeps the CDC changes it already holds), written by CDC like the
     /// original, loaded beside CDC.
+    #[allow(clippy::too_many_arguments)]
     async fn start_table_resync(
         &mut self,
         ends: &Ends,
@@ -1048,9 +1110,14 @@ impl Worker {
         name: &str,
         job: Option<PreparedTable>,
         tables: &HashMap<u32, (SourceTable, String, String)>,
+        described: &HashMap<u32, TableColumns>,
         loads: &mut Loads,
     ) -> Result<()> {
-        let Some((oid, (table, _, _))) = tables.iter().find(|(_, (_, _, src))| src == name) else {
+        let Some((oid, (dest_view, _, _))) = tables.iter().find(|(_, (_, _, src))| src == name)
+        else {
+            return Ok(());
+        };
+        let Some(cols) = described.get(oid) else {
             return Ok(());
         };
         let prepared = match job {
@@ -1067,7 +1134,7 @@ impl Worker {
                 };
                 let load = format!("{}_resync", orig.destination_table);
                 ends.ch
-                    .create_table(&load, table, &orig.order_by, CreateMode::OrReplace)
+                    .create_table(&load, dest_view, &orig.order_by, CreateMode::OrReplace)
                     .await
                     .map_err(|e| match e {
                         SinkError::Schema(m) => EngineError::Fatal(m),
@@ -1085,7 +1152,7 @@ impl Worker {
         loads.also.insert(*oid, prepared.load_table.clone());
         failpoint::hit("table_resync.routed").await;
         tracing::info!(table = %name, load_table = %prepared.load_table, "resyncing table beside CDC");
-        let run = table_load::run(self.load_job(ends, pipe, prepared, table.clone()));
+        let run = table_load::run(self.load_job(ends, pipe, prepared, cols.view.clone()));
         loads
             .running
             .insert(name.to_owned(), (tokio::spawn(run.in_current_span()), *oid));
@@ -1155,18 +1222,25 @@ impl Worker {
 
     /// A Relation message: the same columns are fine, columns added at the
     /// end are added in ClickHouse, anything else needs a resync.
+    #[allow(clippy::too_many_arguments)]
     async fn check_relation(
         &mut self,
         ends: &Ends,
         tables: &mut HashMap<u32, (SourceTable, String, String)>,
+        described: &mut HashMap<u32, TableColumns>,
         sort_keys: &HashMap<u32, Vec<String>>,
         rel: &crate::model::Relation,
         pending: &mut HashMap<u32, Vec<(Row, u64, bool)>>,
         loads: &Loads,
     ) -> Result<()> {
-        let Some((known, dest, _)) = tables.get(&rel.oid) else {
+        let Some((replicated, dest, _)) = tables.get(&rel.oid) else {
             return Ok(());
         };
+        let Some(cols) = described.get(&rel.oid) else {
+            return Ok(());
+        };
+        // pgoutput describes every column, excluded ones too.
+        let known = &cols.described;
         let same_prefix = known.columns.len() <= rel.columns.len()
             && known
                 .columns
@@ -1186,8 +1260,8 @@ impl Worker {
         // Rows of the old shape go out before the table changes.
         if let Some(rows) = pending.remove(&rel.oid) {
             let order_by = sort_keys.get(&rel.oid).map_or(&[][..], |v| v);
-            let side = loads.side(rel.oid, &ends.pg);
-            write_rows(&ends.ch, dest, known, order_by, rows, side).await?;
+            let side = loads.side(rel.oid, &ends.pg, described);
+            write_rows(&ends.ch, dest, replicated, order_by, rows, side).await?;
         }
         let q = validate::QualifiedName {
             schema: known.schema.clone(),
@@ -1199,27 +1273,104 @@ impl Worker {
             .ok_or_else(|| {
                 EngineError::Fatal(format!("table {}.{} disappeared", known.schema, known.name))
             })?;
-        for col in fresh.columns.iter().skip(known.columns.len()) {
-            if !rel.columns.iter().any(|r| r.name == col.name) {
+        let mut fresh = fresh;
+        fresh.columns.truncate(rel.columns.len());
+        // New columns are excluded or renamed as configured; a new column
+        // taking a renamed column's destination name cannot be applied.
+        let view = columns::replicated(cols.index, &fresh, &cols.config, false)
+            .map_err(|p| column_error(&fresh, &p))?;
+        for (pos, &k) in view.kept.iter().enumerate() {
+            let Some(col) = fresh.columns.get(k) else {
+                continue;
+            };
+            if k < known.columns.len() || !rel.columns.iter().any(|r| r.name == col.name) {
                 continue;
             }
-            ends.ch.add_column(dest, col).await?;
-            tracing::info!(table = %dest, column = %col.name, "column added");
+            let added = &view.dest.columns[pos];
+            ends.ch.add_column(dest, added).await?;
+            tracing::info!(table = %dest, column = %added.name, "column added");
             if let Some(also) = loads.also.get(&rel.oid) {
-                ends.ch.add_column(also, col).await?;
+                ends.ch.add_column(also, added).await?;
                 ends.ch.forget_schema(also);
             }
         }
         ends.ch.forget_schema(dest);
         let dest = dest.clone();
         if let Some(entry) = tables.get_mut(&rel.oid) {
-            let mut fresh = fresh;
-            fresh.columns.truncate(rel.columns.len());
-            entry.0 = fresh;
+            entry.0 = view.dest.clone();
             entry.1 = dest;
+        }
+        if let Some(entry) = described.get_mut(&rel.oid) {
+            entry.described = fresh;
+            entry.view = view;
         }
         Ok(())
     }
+}
+
+/// A table as the source describes it (every column) and how it is
+/// replicated: what CDC rows are projected with and Relation messages are
+/// compared to.
+struct TableColumns {
+    described: SourceTable,
+    view: Replicated,
+    config: TableConfig,
+    /// Position of the table in the pipe's config (for error fields).
+    index: usize,
+}
+
+/// Each table's [`TableColumns`] by relation oid.
+fn table_columns(ends: &Ends, pipe: &Pipe) -> HashMap<u32, TableColumns> {
+    let configs = Worker::table_configs(pipe);
+    ends.tables
+        .iter()
+        .zip(&ends.views)
+        .zip(configs)
+        .enumerate()
+        .map(|(index, ((t, v), config))| {
+            (
+                t.oid,
+                TableColumns {
+                    described: t.clone(),
+                    view: v.clone(),
+                    config,
+                    index,
+                },
+            )
+        })
+        .collect()
+}
+
+/// A decoded row (every source column) cut down to the replicated ones.
+fn project_row(described: &HashMap<u32, TableColumns>, oid: u32, row: &Row) -> Row {
+    match described.get(&oid) {
+        Some(t) => t.view.project(row),
+        None => row.clone(),
+    }
+}
+
+/// The replicated view of every table of a config, in order.
+fn replicated_views(configs: &[TableConfig], tables: &[SourceTable]) -> Result<Vec<Replicated>> {
+    configs
+        .iter()
+        .zip(tables)
+        .enumerate()
+        .map(|(i, (cfg, t))| columns::replicated(i, t, cfg, false).map_err(|p| column_error(t, &p)))
+        .collect()
+}
+
+fn column_error(table: &SourceTable, problems: &[columns::ColumnProblem]) -> EngineError {
+    let list: Vec<String> = problems
+        .iter()
+        .map(|p| format!("{}: {}", p.field, p.message))
+        .collect();
+    EngineError::Fatal(format!(
+        "the columns of source table {}.{} no longer fit the pipe's column options ({}); \
+         change the source table, or create the pipe again with other options",
+        table.schema,
+        table.name,
+        list.join("; ")
+    ))
 }
 
 /// Writes one table's changes of a batch, in commit order: unchanged TOAST
@@ -1276,13 +1427,13 @@ async fn write_rows(
         .unzip();
     let mut keep_row = vec![true; cells.len()];
     if cells.iter().any(|r| r.contains(&Cell::UnchangedToast)) {
-        if let (true, Some(pg)) = (extra.is_empty(), side.source) {
+        if let (true, Some((pg, names))) = (extra.is_empty(), side.source) {
             // A table being loaded: rows the load has not written yet are
             // read from the source.
             let (_, missing) = ch.fill_from_previous(dest, table, &mut cells).await?;
             for (i, m) in missing.into_iter().enumerate() {
                 if m.is_some() {
-                    source::fill_from_source(pg, table, &mut cells[i]).await?;
+                    source::fill_from_source(pg, names, &mut cells[i]).await?;
                 }
             }
         } else if extra.is_empty() {
@@ -1304,8 +1455,8 @@ async fn write_rows(
                         }
                     }
                     (_, false, false) => match side.source {
-                        Some(pg) => {
-                            source::fill_from_source(pg, table, &mut cells[i]).await?;
+                        Some((pg, names)) => {
+                            source::fill_from_source(pg, names, &mut cells[i]).await?;
                         }
                         None => return Err(e.into()),
                     },
@@ -1345,9 +1496,10 @@ async fn write_rows(
 struct Side<'a> {
     /// The `_resync` table of a table resync (written like the original).
     also: Option<&'a str>,
-    /// The source, for unchanged TOAST values of rows an added table's load
-    /// has not written yet.
-    source: Option<&'a tokio_postgres::Client>,
+    /// The source and the table's columns under their source names, for
+    /// unchanged TOAST values of rows an added table's load has not written
+    /// yet.
+    source: Option<(&'a tokio_postgres::Client, &'a SourceTable)>,
 }
 
 /// Loads of single tables running beside the CDC loop (aborted with it).
@@ -1376,10 +1528,19 @@ impl Loads {
         }
     }
 
-    fn side<'a>(&'a self, oid: u32, pg: &'a tokio_postgres::Client) -> Side<'a> {
+    fn side<'a>(
+        &'a self,
+        oid: u32,
+        pg: &'a tokio_postgres::Client,
+        described: &'a HashMap<u32, TableColumns>,
+    ) -> Side<'a> {
         Side {
             also: self.also.get(&oid).map(String::as_str),
-            source: self.loading.contains(&oid).then_some(pg),
+            source: if self.loading.contains(&oid) {
+                described.get(&oid).map(|t| (pg, &t.view.source))
+            } else {
+                None
+            },
         }
     }
 }

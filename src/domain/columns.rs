@@ -1,0 +1,381 @@
+//! Per-table column exclusion and rename (`TableConfig.exclude_columns`,
+//! `rename_columns`).
+//!
+//! One mapping step turns a described source table and its config into the
+//! replicated view used everywhere downstream: the COPY selects the kept
+//! columns by their source names, CDC rows (pgoutput always sends every
+//! column) are projected by index, and the sink only ever sees the kept
+//! columns under their destination names.
+
+use std::collections::{HashMap, HashSet};
+
+use super::validate::{Invalid, ident};
+use crate::model::{Row, SourceTable};
+use crate::proto::TableConfig;
+
+/// Prefix of pgpipe's own ClickHouse columns (`_pgpipe_version`, ...).
+pub const RESERVED_PREFIX: &str = "_pgpipe_";
+/// Postgres allows at most 1600 columns per table: longer lists are not
+/// about a real table (and would bloat every event carrying the config).
+pub const MAX_COLUMN_ENTRIES: usize = 1600;
+
+/// True for a request field this module checks (ValidatePipe reports its
+/// problems with kind COLUMN).
+pub fn is_column_field(field: &str) -> bool {
+    field.contains(".exclude_columns") || field.contains(".rename_columns")
+}
+
+fn rename_field(i: usize, from: &str) -> String {
+    format!("tables[{i}].rename_columns[{from:?}]")
+}
+
+/// Checks of table entry `i`'s column options that need no source: names,
+/// duplicates, reserved destination names, a column both excluded and
+/// renamed, two columns renamed to one name. Errors carry the field.
+pub fn check_static(i: usize, t: &TableConfig) -> Result<(), (String, Invalid)> {
+    let fail = |field: String, msg: String| Err((field, Invalid(msg)));
+    if t.exclude_columns.len() > MAX_COLUMN_ENTRIES {
+        return fail(
+            format!("tables[{i}].exclude_columns"),
+            format!(
+                "tables[{i}].exclude_columns has {} entries; at most {MAX_COLUMN_ENTRIES}",
+                t.exclude_columns.len()
+            ),
+        );
+    }
+    if t.rename_columns.len() > MAX_COLUMN_ENTRIES {
+        return fail(
+            format!("tables[{i}].rename_columns"),
+            format!(
+                "tables[{i}].rename_columns has {} entries; at most {MAX_COLUMN_ENTRIES}",
+                t.rename_columns.len()
+            ),
+        );
+    }
+    let mut excluded = HashSet::new();
+    for (j, c) in t.exclude_columns.iter().enumerate() {
+        let field = format!("tables[{i}].exclude_columns[{j}]");
+        if let Err(e) = ident(&field, c) {
+            return Err((field, e));
+        }
+        if !excluded.insert(c.as_str()) {
+            return fail(
+                field.clone(),
+                format!("{field}: column {c:?} is excluded twice"),
+            );
+        }
+    }
+    // Sorted, so the first problem reported is the same on every run.
+    let mut renames: Vec<(&String, &String)> = t.rename_columns.iter().collect();
+    renames.sort();
+    let mut targets: HashMap<&str, &str> = HashMap::new();
+    for (from, to) in renames {
+        let field = rename_field(i, from);
+        if let Err(e) = ident(&format!("tables[{i}].rename_columns key"), from) {
+            return Err((field, e));
+        }
+        if let Err(e) = ident(&field, to) {
+            return Err((field, e));
+        }
+        if to.starts_with(RESERVED_PREFIX) {
+            return fail(
+                field.clone(),
+                format!(
+                    "{field}: {to:?} starts with `{RESERVED_PREFIX}`, which pgpipe reserves for its \
+                     own columns; pick another name"
+                ),
+            );
+        }
+        if excluded.contains(from.as_str()) {
+            return fail(
+                field.clone(),
+                format!(
+                    "{field}: column {from:?} is both excluded and renamed; drop it from one of \
+                     exclude_columns and rename_columns"
+                ),
+            );
+        }
+        if let Some(other) = targets.insert(to, from) {
+            return fail(
+                field.clone(),
+                format!(
+                    "{field}: columns {other:?} and {from:?} are both renamed to {to:?}; \
+                     a destination column name can be used once"
+                ),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A problem of a table entry's column options against the described
+/// source table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnProblem {
+    /// Request field at fault, e.g. `tables[0].exclude_columns[1]`.
+    pub field: String,
+    /// The source column concerned.
+    pub column: String,
+    pub message: String,
+}
+
+/// A source table as replicated: the kept columns, by source and by
+/// destination name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replicated {
+    /// Indexes into the described table's columns of the kept ones, in
+    /// order: how a full row (pgoutput's) is projected.
+    pub kept: Vec<usize>,
+    /// The kept columns under their source names (what the COPY selects);
+    /// `key` indexes into them.
+    pub source: SourceTable,
+    /// The same columns under their destination names: what ClickHouse has
+    /// and everything on the sink side works with.
+    pub dest: SourceTable,
+}
+
+impl Replicated {
+    /// The replicated part of a full source row (cells in the described
+    /// table's column order).
+    pub fn project(&self, row: &Row) -> Row {
+        if self.kept.len() == row.len() && self.kept.iter().enumerate().all(|(i, &k)| i == k) {
+            return row.clone();
+        }
+        self.kept
+            .iter()
+            .map(|&i| row.get(i).cloned().unwrap_or(crate::model::Cell::Null))
+            .collect()
+    }
+
+    /// The destination name of a source column (itself unless renamed).
+    pub fn dest_name<'a>(cfg: &'a TableConfig, source: &'a str) -> &'a str {
+        cfg.rename_columns
+            .get(source)
+            .map_or(source, String::as_str)
+    }
+}
+
+/// The replicated view of `table` (described from the source) under table
+/// entry `i`'s config. `strict` (a new pipe) also refuses excluded or
+/// renamed columns the table does not have; otherwise (a running pipe, a
+/// resync) those are ignored, as the source may have dropped them since.
+pub fn replicated(
+    i: usize,
+    table: &SourceTable,
+    cfg: &TableConfig,
+    strict: bool,
+) -> Result<Replicated, Vec<ColumnProblem>> {
+    let what = format!("{}.{}", table.schema, table.name);
+    let names: Vec<&str> = table.columns.iter().map(|c| c.name.as_str()).collect();
+    let mut problems = Vec::new();
+    let excluded: HashSet<&str> = cfg.exclude_columns.iter().map(String::as_str).collect();
+    for (j, c) in cfg.exclude_columns.iter().enumerate() {
+        let field = format!("tables[{i}].exclude_columns[{j}]");
+        let Some(idx) = names.iter().position(|n| n == c) else {
+            if strict {
+                problems.push(ColumnProblem {
+                    field,
+                    column: c.clone(),
+                    message: format!(
+                        "exclude_columns of {what} names column {c:?}, which the table does not \
+                         have; its columns are: {}",
+                        names.join(", ")
+                    ),
+                });
+            }
+            continue;
+        };
+        if table.key.contains(&idx) {
+            problems.push(ColumnProblem {
+                field,
+                column: c.clone(),
+                message: format!(
+                    "exclude_columns of {what} names key column {c:?}: primary key (or replica \
+                     identity) columns identify rows in ClickHouse and must be replicated"
+                ),
+            });
+        } else if cfg.order_by.iter().any(|o| o == c) {
+            problems.push(ColumnProblem {
+                field,
+                column: c.clone(),
+                message: format!(
+                    "exclude_columns of {what} names column {c:?}, which order_by uses; \
+                     drop it from one of them"
+                ),
+            });
+        }
+    }
+    let mut renames: Vec<(&String, &String)> = cfg.rename_columns.iter().collect();
+    renames.sort();
+    for (from, _) in &renames {
+        if strict && !names.contains(&from.as_str()) {
+            problems.push(ColumnProblem {
+                field: rename_field(i, from),
+                column: (*from).clone(),
+                message: format!(
+                    "rename_columns of {what} names column {from:?}, which the table does not \
+                     have; its columns are: {}",
+                    names.join(", ")
+                ),
+            });
+        }
+    }
+    let kept: Vec<usize> = (0..table.columns.len())
+        .filter(|&k| !excluded.contains(names[k]))
+        .collect();
+    // Destination names must stay unique: a rename onto a kept column's
+    // own name (not renamed away itself) would give ClickHouse two columns
+    // with one name.
+    let mut taken: HashMap<&str, &str> = HashMap::new();
+    for &k in &kept {
+        let src = names[k];
+        let dst = Replicated::dest_name(cfg, src);
+        if let Some(other) = taken.insert(dst, src) {
+            let renamed = if cfg.rename_columns.contains_key(src) {
+                src
+            } else {
+                other
+            };
+            problems.push(ColumnProblem {
+                field: rename_field(i, renamed),
+                column: renamed.to_owned(),
+                message: format!(
+                    "rename_columns of {what} renames {renamed:?} to {dst:?}, which is already \
+                     the name of another replicated column; pick another name (or rename or \
+                     exclude that column too)"
+                ),
+            });
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let key: Vec<usize> = table
+        .key
+        .iter()
+        .filter_map(|k| kept.iter().position(|x| x == k))
+        .collect();
+    let source = SourceTable {
+        columns: kept.iter().map(|&k| table.columns[k].clone()).collect(),
+        key,
+        ..table.clone()
+    };
+    let mut dest = source.clone();
+    for c in &mut dest.columns {
+        c.name = Replicated::dest_name(cfg, &c.name).to_owned();
+    }
+    Ok(Replicated { kept, source, dest })
+}
+
+/// order_by (source column names) in destination names.
+pub fn dest_order_by(cfg: &TableConfig) -> Vec<String> {
+    cfg.order_by
+        .iter()
+        .map(|c| Replicated::dest_name(cfg, c).to_owned())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Cell, PgType, SourceColumn};
+
+    fn table() -> SourceTable {
+        let col = |n: &str| SourceColumn {
+            name: n.into(),
+            type_name: "text".into(),
+            type_oid: 25,
+            pg_type: PgType::Text,
+            not_null: false,
+        };
+        SourceTable {
+            schema: "public".into(),
+            name: "users".into(),
+            oid: 1,
+            columns: vec![col("id"), col("desc"), col("password_hash"), col("note")],
+            key: vec![0],
+            estimated_rows: 0,
+            pages: 0,
+        }
+    }
+
+    fn cfg(exclude: &[&str], rename: &[(&str, &str)]) -> TableConfig {
+        TableConfig {
+            source_table: "public.users".into(),
+            exclude_columns: exclude.iter().map(|s| (*s).into()).collect(),
+            rename_columns: rename
+                .iter()
+                .map(|(a, b)| ((*a).into(), (*b).into()))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_view_keeps_other_columns_under_their_destination_names() {
+        let c = cfg(&["password_hash"], &[("desc", "description")]);
+        let r = replicated(0, &table(), &c, true).unwrap();
+        assert_eq!(r.kept, vec![0, 1, 3]);
+        let src: Vec<_> = r.source.columns.iter().map(|c| c.name.as_str()).collect();
+        let dst: Vec<_> = r.dest.columns.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(src, ["id", "desc", "note"]);
+        assert_eq!(dst, ["id", "description", "note"]);
+        assert_eq!(r.dest.key, vec![0]);
+        let t = |s: &str| Cell::Text(s.into());
+        let row = vec![t("1"), t("d"), t("secret"), Cell::UnchangedToast];
+        assert_eq!(r.project(&row), vec![t("1"), t("d"), Cell::UnchangedToast]);
+    }
+
+    #[test]
+    fn keys_and_unknown_columns_cannot_be_excluded() {
+        let c = cfg(&["note", "id", "nope"], &[("gone", "x")]);
+        let fields: Vec<String> = replicated(2, &table(), &c, true)
+            .unwrap_err()
+            .into_iter()
+            .map(|p| p.field)
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "tables[2].exclude_columns[1]",
+                "tables[2].exclude_columns[2]",
+                "tables[2].rename_columns[\"gone\"]"
+            ]
+        );
+        // A running pipe ignores what the source dropped since, not keys.
+        let lenient = replicated(2, &table(), &c, false).unwrap_err();
+        assert_eq!(lenient.len(), 1);
+        assert_eq!(lenient[0].column, "id");
+    }
+
+    #[test]
+    fn a_rename_onto_a_kept_column_name_collides() {
+        let c = cfg(&[], &[("desc", "note")]);
+        let p = replicated(0, &table(), &c, true).unwrap_err();
+        assert_eq!(p[0].field, "tables[0].rename_columns[\"desc\"]");
+        // Swapping two names is fine, as is taking an excluded column's name.
+        let swap = cfg(&[], &[("desc", "note"), ("note", "desc")]);
+        assert!(replicated(0, &table(), &swap, true).is_ok());
+        let onto_excluded = cfg(&["password_hash"], &[("desc", "password_hash")]);
+        assert!(replicated(0, &table(), &onto_excluded, true).is_ok());
+    }
+
+    #[test]
+    fn static_checks_name_the_field() {
+        let reserved = cfg(&[], &[("desc", "_pgpipe_version")]);
+        assert_eq!(
+            check_static(1, &reserved).unwrap_err().0,
+            "tables[1].rename_columns[\"desc\"]"
+        );
+        let twice = cfg(&["a", "a"], &[]);
+        assert_eq!(
+            check_static(0, &twice).unwrap_err().0,
+            "tables[0].exclude_columns[1]"
+        );
+        let both = cfg(&["desc"], &[("desc", "d")]);
+        assert!(check_static(0, &both).is_err());
+        let same_target = cfg(&[], &[("a", "x"), ("b", "x")]);
+        assert!(check_static(0, &same_target).is_err());
+        assert!(check_static(0, &cfg(&["password_hash"], &[("desc", "description")])).is_ok());
+    }
+}

@@ -1,0 +1,384 @@
+//! Column exclusion and rename per table (`exclude_columns`,
+//! `rename_columns`), against the real Postgres and ClickHouse: the
+//! destination table's columns, the initial load, CDC (including unchanged
+//! TOAST values in a renamed column), a resync, a column added during CDC,
+//! and the validation of the options.
+
+mod common;
+
+use std::time::Duration;
+
+use common::data::*;
+use common::*;
+use pgpipe::proto::*;
+
+/// The same rows compared on both ends: source columns (backquoted for
+/// ClickHouse's postgresql() reader) and their destination names.
+const SOURCE_COLS: &str = "id, `desc`, note, big_note, qty";
+const DEST_COLS: &str = "id, description, note, big_note, qty";
+
+/// `users`: id, desc (renamed), password_hash (excluded), note, big_note,
+/// qty. Every 10th row has a `desc` and a `password_hash` far over 2 kB (stored
+/// out of line: TOAST).
+async fn make_table(schema: &str, rows: i64) {
+    pg().await
+        .batch_execute(&format!(
+            "CREATE SCHEMA {schema};
+             CREATE TABLE {schema}.users (id bigint PRIMARY KEY, \"desc\" text, password_hash text,
+                                          note text, big_note text, qty int);
+             INSERT INTO {schema}.users
+             SELECT g, 'desc ' || g, 'hash ' || g, 'note ' || g, NULL, g % 11
+             FROM generate_series(1, {rows}) g;
+             UPDATE {schema}.users SET
+                 \"desc\" = (SELECT string_agg(md5(id::text || '-' || k), '') FROM generate_series(1, 300) k),
+                 password_hash = (SELECT string_agg(md5('p' || id || '-' || k), '') FROM generate_series(1, 300) k)
+             WHERE id % 10 = 0;
+             ANALYZE {schema}.users;"
+        ))
+        .await
+        .unwrap();
+}
+
+/// The pipe of these tests: `password_hash` excluded, `desc` renamed to
+/// `description`.
+fn users_req(name: &str, schema: &str) -> CreatePipeRequest {
+    let mut req = pipe_req(name, schema, &[&format!("{schema}.users")]);
+    req.tables[0].exclude_columns = vec!["password_hash".into()];
+    req.tables[0]
+        .rename_columns
+        .insert("desc".into(), "description".into());
+    req
+}
+
+/// Source rows (SOURCE_COLS) missing from the live destination rows
+/// (DEST_COLS) and the other way round, plus the difference in counts.
+async fn try_diff_renamed(schema: &str) -> Result<u64, clickhouse::error::Error> {
+    let (hostport, db) = pg_parts();
+    let src = format!("postgresql('{hostport}', '{db}', 'users', 'postgres', '', '{schema}')");
+    let dst = format!("`{schema}`.`users` FINAL WHERE _pgpipe_is_deleted = 0");
+    let q = format!(
+        "SELECT toInt64(assumeNotNull(\
+            (SELECT count() FROM (SELECT {SOURCE_COLS} FROM {src} EXCEPT SELECT {DEST_COLS} FROM {dst})) + \
+            (SELECT count() FROM (SELECT {DEST_COLS} FROM {dst} EXCEPT SELECT {SOURCE_COLS} FROM {src})) + \
+            abs(toInt64((SELECT count() FROM {src})) - toInt64((SELECT count() FROM {dst})))))"
+    );
+    Ok(ch(schema).query(&q).fetch_one::<i64>().await? as u64)
+}
+
+async fn wait_equal_renamed(schema: &str, timeout: Duration) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let d = match try_diff_renamed(schema).await {
+            Ok(0) => return,
+            Ok(d) => d.to_string(),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{schema}.users and its destination still differ: {d}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// The destination table's columns, in order, without pgpipe's own.
+async fn dest_columns(schema: &str, table: &str) -> Vec<String> {
+    ch(schema)
+        .query(
+            "SELECT name FROM system.columns WHERE database = ? AND table = ? \
+             AND name NOT LIKE '\\_pgpipe\\_%' ORDER BY position",
+        )
+        .bind(schema)
+        .bind(table)
+        .fetch_all::<String>()
+        .await
+        .unwrap()
+}
+
+async fn start(schema: &str, rows: i64) -> (InProcess, Client, String) {
+    make_table(schema, rows).await;
+    let srv = InProcess::start_engine().await;
+    let mut c = srv.client().await;
+    let name = schema.replace('_', "-");
+    c.create_pipe(users_req(&name, schema)).await.unwrap();
+    wait_running(&mut c, &name, Duration::from_secs(120)).await;
+    (srv, c, name)
+}
+
+async fn delete(c: &mut Client, name: &str) {
+    c.delete_pipe(DeletePipeRequest {
+        name: name.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_destination_has_the_kept_columns_under_their_new_names_and_the_load_matches() {
+    let schema = unique("cols");
+    let (_srv, mut c, name) = start(&schema, 3_000).await;
+    assert_eq!(
+        dest_columns(&schema, "users").await,
+        ["id", "description", "note", "big_note", "qty"]
+    );
+    let p = get(&mut c, &name).await;
+    assert_eq!(p.tables[0].snapshot_rows, 3_000);
+    let t = &p.config.unwrap().tables[0];
+    assert_eq!(t.exclude_columns, ["password_hash"]);
+    assert_eq!(
+        t.rename_columns.get("desc").map(String::as_str),
+        Some("description")
+    );
+    wait_equal_renamed(&schema, Duration::from_secs(30)).await;
+    delete(&mut c, &name).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cdc_applies_changes_to_the_kept_columns_only() {
+    let schema = unique("colc");
+    let (_srv, mut c, name) = start(&schema, 2_000).await;
+    let pg = pg().await;
+    pg.batch_execute(&format!(
+        "INSERT INTO {schema}.users SELECT g, 'new ' || g, 'secret', 'n', NULL, 1
+             FROM generate_series(2001, 2100) g;
+         UPDATE {schema}.users SET \"desc\" = 'changed', qty = qty + 1 WHERE id % 7 = 0;
+         -- Only the excluded column: nothing visible changes.
+         UPDATE {schema}.users SET password_hash = 'rotated' WHERE id % 3 = 0;
+         -- desc (renamed) and password_hash (excluded) stay out-of-line
+         -- TOAST values that pgoutput sends as unchanged.
+         UPDATE {schema}.users SET note = 'toast kept' WHERE id % 10 = 0 AND id % 7 <> 0;
+         DELETE FROM {schema}.users WHERE id % 13 = 0;"
+    ))
+    .await
+    .unwrap();
+    wait_equal_renamed(&schema, Duration::from_secs(60)).await;
+    // The unchanged TOAST values were filled in, not left empty.
+    let long: u64 = ch(&schema)
+        .query(
+            "SELECT count() FROM users FINAL WHERE _pgpipe_is_deleted = 0 \
+             AND note = 'toast kept' AND length(description) > 2000",
+        )
+        .fetch_one()
+        .await
+        .unwrap();
+    assert!(long > 100, "{long} rows kept their long description");
+    assert_eq!(
+        dest_columns(&schema, "users").await,
+        ["id", "description", "note", "big_note", "qty"]
+    );
+    delete(&mut c, &name).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_resync_keeps_the_exclusion_and_the_rename() {
+    let schema = unique("colr");
+    let (_srv, mut c, name) = start(&schema, 2_000).await;
+    let old = get(&mut c, &name).await;
+    pg().await
+        .batch_execute(&format!(
+            "UPDATE {schema}.users SET \"desc\" = 'before resync' WHERE id <= 100;"
+        ))
+        .await
+        .unwrap();
+    let new = c
+        .resync_pipe(ResyncPipeRequest {
+            name: name.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pipe
+        .unwrap();
+    assert_eq!(new.resync_of, old.id);
+    assert_eq!(
+        new.config.as_ref().unwrap().tables[0].exclude_columns,
+        ["password_hash"]
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let p = get(&mut c, &name).await;
+        assert_ne!(p.status(), PipeStatus::Failed, "{}", p.error);
+        if p.id == new.id && p.status() == PipeStatus::Running && p.swapped {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "resync not done: {p:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        dest_columns(&schema, "users").await,
+        ["id", "description", "note", "big_note", "qty"]
+    );
+    pg().await
+        .batch_execute(&format!(
+            "UPDATE {schema}.users SET \"desc\" = 'after resync' WHERE id > 1900;
+             DELETE FROM {schema}.users WHERE id <= 10;"
+        ))
+        .await
+        .unwrap();
+    wait_equal_renamed(&schema, Duration::from_secs(60)).await;
+    delete(&mut c, &name).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_column_added_during_cdc_is_added_while_the_exclusion_holds() {
+    let schema = unique("cola");
+    let (_srv, mut c, name) = start(&schema, 1_000).await;
+    pg().await
+        .batch_execute(&format!(
+            "ALTER TABLE {schema}.users ADD COLUMN extra int;
+             INSERT INTO {schema}.users SELECT g, 'added ' || g, 'secret', 'n', NULL, 2, g * 3
+                 FROM generate_series(1001, 1050) g;
+             UPDATE {schema}.users SET extra = 7, password_hash = 'x' WHERE id <= 20;"
+        ))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if dest_columns(&schema, "users")
+            .await
+            .contains(&"extra".to_owned())
+        {
+            break;
+        }
+        let p = get(&mut c, &name).await;
+        assert_ne!(p.status(), PipeStatus::Failed, "{}", p.error);
+        assert!(tokio::time::Instant::now() < deadline, "extra never added");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        dest_columns(&schema, "users").await,
+        ["id", "description", "note", "big_note", "qty", "extra"]
+    );
+    wait_equal_renamed(&schema, Duration::from_secs(60)).await;
+    // The new column's values arrived too.
+    let extra: u64 = ch(&schema)
+        .query("SELECT sum(extra) FROM users FINAL WHERE _pgpipe_is_deleted = 0")
+        .fetch_one::<Option<i64>>()
+        .await
+        .unwrap()
+        .unwrap_or_default() as u64;
+    assert_eq!(
+        extra,
+        (1001..=1050).map(|g: u64| g * 3).sum::<u64>() + 20 * 7
+    );
+    delete(&mut c, &name).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_column_taking_a_renamed_columns_name_fails_the_pipe_saying_why() {
+    let schema = unique("colx");
+    let (_srv, mut c, name) = start(&schema, 100).await;
+    pg().await
+        .batch_execute(&format!(
+            "ALTER TABLE {schema}.users ADD COLUMN description text;
+             INSERT INTO {schema}.users (id, description) VALUES (1000, 'clash');"
+        ))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let p = loop {
+        let p = get(&mut c, &name).await;
+        if p.status() == PipeStatus::Failed {
+            break p;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not failed: {p:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        p.error.contains("rename_columns[\"desc\"]") && p.error.contains("\"description\""),
+        "{}",
+        p.error
+    );
+    // Nothing of the clashing change was written.
+    assert_eq!(
+        dest_columns(&schema, "users").await,
+        ["id", "description", "note", "big_note", "qty"]
+    );
+    delete(&mut c, &name).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn column_options_that_do_not_fit_the_table_are_refused_naming_the_field() {
+    let schema = unique("colv");
+    make_table(&schema, 10).await;
+    let srv = InProcess::start_engine().await;
+    let mut c = srv.client().await;
+    let name = schema.replace('_', "-");
+    let with = |exclude: &[&str], rename: &[(&str, &str)]| {
+        let mut req = pipe_req(&name, &schema, &[&format!("{schema}.users")]);
+        req.tables[0].exclude_columns = exclude.iter().map(|s| (*s).into()).collect();
+        req.tables[0].rename_columns = rename
+            .iter()
+            .map(|(a, b)| ((*a).into(), (*b).into()))
+            .collect();
+        req
+    };
+    // (request, field at fault)
+    let cases = [
+        (with(&["note", "id"], &[]), "tables[0].exclude_columns[1]"),
+        (
+            with(&["password_hash", "nope"], &[]),
+            "tables[0].exclude_columns[1]",
+        ),
+        (
+            with(&[], &[("nope", "x")]),
+            "tables[0].rename_columns[\"nope\"]",
+        ),
+        (
+            with(&[], &[("desc", "note")]),
+            "tables[0].rename_columns[\"desc\"]",
+        ),
+        (
+            with(&[], &[("desc", "_pgpipe_version")]),
+            "tables[0].rename_columns[\"desc\"]",
+        ),
+        (
+            with(&["desc"], &[("desc", "description")]),
+            "tables[0].rename_columns[\"desc\"]",
+        ),
+    ];
+    for (req, field) in cases {
+        let v = c
+            .validate_pipe(req.clone().into_validate())
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!v.ok, "{field}: {v:?}");
+        assert_eq!(v.problems.len(), 1, "{field}: {v:?}");
+        assert_eq!(v.problems[0].field, field);
+        assert_eq!(v.problems[0].kind(), ProblemKind::Column, "{field}");
+        let err = c.create_pipe(req).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{field}: {err:?}");
+        assert!(err.message().contains(field), "{field}: {}", err.message());
+    }
+    // Excluding every column but the key is fine.
+    let all_but_the_key = with(&["desc", "password_hash", "note", "big_note", "qty"], &[]);
+    let v = c
+        .validate_pipe(all_but_the_key.into_validate())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(v.ok, "{v:?}");
+}
+
+trait IntoValidate {
+    fn into_validate(self) -> ValidatePipeRequest;
+}
+
+impl IntoValidate for CreatePipeRequest {
+    fn into_validate(self) -> ValidatePipeRequest {
+        ValidatePipeRequest {
+            name: self.name,
+            source: self.source,
+            destination: self.destination,
+            tables: self.tables,
+            settings: self.settings,
+            labels: self.labels,
+        }
+    }
+}
