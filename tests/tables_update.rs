@@ -435,7 +435,9 @@ async fn bad_table_changes_are_refused_with_what_to_fix() {
     wait_running(&mut c, &name, Duration::from_secs(120)).await;
     let head = get(&mut c, &name).await.stream_version;
 
-    let cases: Vec<(&str, Vec<String>, Vec<String>, tonic::Code, &str)> = vec![
+    // (what, add, remove, code, message part)
+    type Case<'a> = (&'a str, Vec<String>, Vec<String>, tonic::Code, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "nothing",
             vec![],
