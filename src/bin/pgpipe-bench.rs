@@ -1062,6 +1062,7 @@ fn pipe_config(tables: usize) -> PipeConfig {
             snapshot_rows_per_partition: 500_000,
             cdc_batch_size: 10_000,
             cdc_sync_interval_ms: 1_000,
+            ..Default::default()
         }),
         labels: Default::default(),
     }
@@ -1886,6 +1887,7 @@ async fn pgpipe_load(
             snapshot_rows_per_partition: (rows / (2 * u64::from(par))).max(1),
             cdc_batch_size: 10_000,
             cdc_sync_interval_ms: 100,
+            ..Default::default()
         }),
         labels: Default::default(),
     };
@@ -2920,6 +2922,7 @@ async fn cdc(args: CdcArgs) -> Res<()> {
             snapshot_rows_per_partition: 0,
             cdc_batch_size: 10_000,
             cdc_sync_interval_ms: args.sync_ms,
+            ..Default::default()
         }),
         labels: Default::default(),
     })

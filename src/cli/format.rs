@@ -339,7 +339,30 @@ pub(crate) fn event_text(ev: &Event) -> String {
             parts.extend(p.removed.iter().map(|k| format!("{k}-")));
             format!("labels changed ({})", parts.join(" "))
         }
+        Payload::SlotHealthWarning(p) => format!(
+            "slot warning ({}, wal_status {}): {}",
+            slot_kind(p.kind),
+            p.wal_status,
+            p.message
+        ),
+        Payload::SlotHealthRecovered(p) => format!(
+            "slot {} recovered (lag {}, wal_status {})",
+            slot_kind(p.kind),
+            format_bytes(p.lag_bytes),
+            p.wal_status
+        ),
     }
+}
+
+/// `SLOT_WARNING_KIND_LAG` → `lag`.
+fn slot_kind(kind: i32) -> String {
+    crate::proto::SlotWarningKind::try_from(kind)
+        .map(|k| {
+            k.as_str_name()
+                .trim_start_matches("SLOT_WARNING_KIND_")
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_else(|_| format!("kind {kind}"))
 }
 
 /// Renders rows under headers, columns padded to their widest cell.
@@ -445,6 +468,12 @@ pub(crate) fn pipe_summary(p: &Pipe) -> String {
             format!("in step {}: ", p.failed_step)
         };
         field("Error", format!("{step}{}", p.error));
+    }
+    for w in &p.slot_warnings {
+        field(
+            "Slot",
+            format!("warning ({}): {}", slot_kind(w.kind), w.message),
+        );
     }
     if !p.delete_reason.is_empty() {
         field("Deleted", p.delete_reason.clone());
@@ -618,6 +647,10 @@ pub(crate) fn status_line(p: &Pipe) -> String {
     }
     if !p.status_detail.is_empty() {
         let _ = write!(s, "  ({})", short(&p.status_detail, 120));
+    }
+    if !p.slot_warnings.is_empty() {
+        let kinds: Vec<String> = p.slot_warnings.iter().map(|w| slot_kind(w.kind)).collect();
+        let _ = write!(s, "  slot warning: {}", kinds.join(", "));
     }
     s
 }
@@ -823,6 +856,7 @@ mod tests {
                     snapshot_rows_per_partition: 500_000,
                     cdc_batch_size: 10_000,
                     cdc_sync_interval_ms: 1000,
+                    ..Default::default()
                 }),
                 ..Default::default()
             }),

@@ -36,6 +36,8 @@ pub fn event_kind(e: &Event) -> &'static str {
             Payload::SetupCompleted(_) => "setup_completed",
             Payload::SourceReleased(_) => "source_released",
             Payload::PipeLabelsChanged(_) => "pipe_labels_changed",
+            Payload::SlotHealthWarning(_) => "slot_health_warning",
+            Payload::SlotHealthRecovered(_) => "slot_health_recovered",
         },
     }
 }
@@ -242,6 +244,18 @@ pub fn apply(pipe: Option<&mut Pipe>, e: &Event) -> Option<Pipe> {
                     if let Some(c) = p.config.as_mut() {
                         c.labels = l.labels.clone();
                     }
+                }
+                // Not a status change: a warning is not a failure.
+                Payload::SlotHealthWarning(w) => {
+                    p.slot_wal_status = w.wal_status.clone();
+                    match p.slot_warnings.iter_mut().find(|x| x.kind == w.kind) {
+                        Some(x) => *x = w.clone(),
+                        None => p.slot_warnings.push(w.clone()),
+                    }
+                }
+                Payload::SlotHealthRecovered(r) => {
+                    p.slot_wal_status = r.wal_status.clone();
+                    p.slot_warnings.retain(|x| x.kind != r.kind);
                 }
                 Payload::PipeRecovered(_) => {
                     p.error.clear();
