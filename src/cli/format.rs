@@ -707,6 +707,34 @@ mod tests {
     };
 
     #[test]
+    fn slot_warnings_show_in_the_status_line_and_events() {
+        let w = crate::proto::SlotHealthWarning {
+            kind: crate::proto::SlotWarningKind::Lag as i32,
+            wal_status: "reserved".into(),
+            message: "slot s holds 2 GiB".into(),
+            ..Default::default()
+        };
+        let p = Pipe {
+            name: "orders".into(),
+            slot_warnings: vec![w.clone()],
+            ..Default::default()
+        };
+        assert!(
+            status_line(&p).ends_with("  slot warning: lag"),
+            "{}",
+            status_line(&p)
+        );
+        let e = Event {
+            payload: Some(Payload::SlotHealthWarning(w)),
+            ..Default::default()
+        };
+        assert_eq!(
+            event_text(&e),
+            "slot warning (lag, wal_status reserved): slot s holds 2 GiB"
+        );
+    }
+
+    #[test]
     fn counts_bytes_durations() {
         assert_eq!(format_count(0), "0");
         assert_eq!(format_count(999), "999");
