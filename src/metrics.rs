@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use crate::commands::Core;
-use crate::proto::PipeStatus;
+use crate::proto::{PipeStatus, SlotWarningKind};
 
 /// Upper bounds (seconds) of the CDC batch apply latency histogram.
 const APPLY_BUCKETS: [f64; 12] = [
@@ -179,7 +179,7 @@ impl Drop for WatcherGuard {
 
 /// Every metric family: (name, type, help). Each is always rendered with
 /// HELP and TYPE, even with no series yet, so dashboards see the names.
-pub const FAMILIES: [(&str, &str, &str); 9] = [
+pub const FAMILIES: [(&str, &str, &str); 10] = [
     (
         "pgpipe_rows_applied_total",
         "counter",
@@ -204,6 +204,11 @@ pub const FAMILIES: [(&str, &str, &str); 9] = [
         "pgpipe_resync_step_duration_seconds",
         "gauge",
         "Duration of the last run of each resync step (setup, prepare_tables, snapshot, swap).",
+    ),
+    (
+        "pgpipe_slot_warning",
+        "gauge",
+        "1 while a slot health warning of the kind (lag, stalled, wal_status) holds for the pipe's replication slot, else 0.",
     ),
     (
         "pgpipe_watchers",
@@ -343,6 +348,33 @@ pub fn render(core: &Core) -> String {
             "pgpipe_resync_step_duration_seconds{{pipe=\"{}\",step=\"{step}\"}} {v}",
             esc(pipe)
         );
+    }
+
+    header(&mut out, "pgpipe_slot_warning");
+    let warnings: Vec<(String, Vec<i32>)> = core.read(|p| {
+        p.list(false, &Default::default())
+            .into_iter()
+            .filter(|x| x.cdc_started)
+            .map(|x| (x.name, x.slot_warnings.iter().map(|w| w.kind).collect()))
+            .collect()
+    });
+    for (pipe, holding) in warnings {
+        for kind in [
+            SlotWarningKind::Lag,
+            SlotWarningKind::Stalled,
+            SlotWarningKind::WalStatus,
+        ] {
+            let label = kind
+                .as_str_name()
+                .trim_start_matches("SLOT_WARNING_KIND_")
+                .to_ascii_lowercase();
+            let v = u8::from(holding.contains(&(kind as i32)));
+            let _ = writeln!(
+                out,
+                "pgpipe_slot_warning{{pipe=\"{}\",kind=\"{label}\"}} {v}",
+                esc(&pipe)
+            );
+        }
     }
 
     header(&mut out, "pgpipe_watchers");

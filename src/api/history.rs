@@ -30,6 +30,10 @@ pub fn matches(kind: HistoryKind, e: &Event) -> bool {
                 | Payload::SnapshotTableCompleted(_)
                 | Payload::SnapshotCompleted(_)
         ),
+        HistoryKind::SlotHealth => matches!(
+            p,
+            Payload::SlotHealthWarning(_) | Payload::SlotHealthRecovered(_)
+        ),
     }
 }
 

@@ -239,7 +239,7 @@ impl PipeService for PipeApi {
         name_arg(&req.name)?;
         let kind = HistoryKind::try_from(req.kind).map_err(|_| {
             Status::invalid_argument(format!(
-                "kind {} is not a history kind (0 all, 1 errors, 2 cdc, 3 snapshot)",
+                "kind {} is not a history kind (0 all, 1 errors, 2 cdc, 3 snapshot, 5 slot health)",
                 req.kind
             ))
         })?;

@@ -1063,6 +1063,7 @@ fn pipe_config(tables: usize) -> PipeConfig {
             snapshot_rows_per_partition: 500_000,
             cdc_batch_size: 10_000,
             cdc_sync_interval_ms: 1_000,
+            ..Default::default()
         }),
         labels: Default::default(),
     }
@@ -1887,6 +1888,7 @@ async fn pgpipe_load(
             snapshot_rows_per_partition: (rows / (2 * u64::from(par))).max(1),
             cdc_batch_size: 10_000,
             cdc_sync_interval_ms: 100,
+            ..Default::default()
         }),
         labels: Default::default(),
     };
@@ -2922,6 +2924,7 @@ async fn cdc(args: CdcArgs) -> Res<()> {
             snapshot_rows_per_partition: 0,
             cdc_batch_size: 10_000,
             cdc_sync_interval_ms: args.sync_ms,
+            ..Default::default()
         }),
         labels: Default::default(),
     })

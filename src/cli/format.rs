@@ -373,7 +373,30 @@ pub(crate) fn event_text(ev: &Event) -> String {
             p.destination_table,
             format_count(p.soft_deletes_transferred)
         ),
+        Payload::SlotHealthWarning(p) => format!(
+            "slot warning ({}, wal_status {}): {}",
+            slot_kind(p.kind),
+            p.wal_status,
+            p.message
+        ),
+        Payload::SlotHealthRecovered(p) => format!(
+            "slot {} recovered (lag {}, wal_status {})",
+            slot_kind(p.kind),
+            format_bytes(p.lag_bytes),
+            p.wal_status
+        ),
     }
+}
+
+/// `SLOT_WARNING_KIND_LAG` → `lag`.
+fn slot_kind(kind: i32) -> String {
+    crate::proto::SlotWarningKind::try_from(kind)
+        .map(|k| {
+            k.as_str_name()
+                .trim_start_matches("SLOT_WARNING_KIND_")
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_else(|_| format!("kind {kind}"))
 }
 
 /// Renders rows under headers, columns padded to their widest cell.
@@ -479,6 +502,12 @@ pub(crate) fn pipe_summary(p: &Pipe) -> String {
             format!("in step {}: ", p.failed_step)
         };
         field("Error", format!("{step}{}", p.error));
+    }
+    for w in &p.slot_warnings {
+        field(
+            "Slot",
+            format!("warning ({}): {}", slot_kind(w.kind), w.message),
+        );
     }
     if !p.delete_reason.is_empty() {
         field("Deleted", p.delete_reason.clone());
@@ -658,6 +687,10 @@ pub(crate) fn status_line(p: &Pipe) -> String {
     if !p.status_detail.is_empty() {
         let _ = write!(s, "  ({})", short(&p.status_detail, 120));
     }
+    if !p.slot_warnings.is_empty() {
+        let kinds: Vec<String> = p.slot_warnings.iter().map(|w| slot_kind(w.kind)).collect();
+        let _ = write!(s, "  slot warning: {}", kinds.join(", "));
+    }
     s
 }
 
@@ -729,6 +762,34 @@ mod tests {
     use crate::proto::{
         PipeFailed, PipeSettings, SoftDeletesTransferred, TableStats, event::Payload,
     };
+
+    #[test]
+    fn slot_warnings_show_in_the_status_line_and_events() {
+        let w = crate::proto::SlotHealthWarning {
+            kind: crate::proto::SlotWarningKind::Lag as i32,
+            wal_status: "reserved".into(),
+            message: "slot s holds 2 GiB".into(),
+            ..Default::default()
+        };
+        let p = Pipe {
+            name: "orders".into(),
+            slot_warnings: vec![w.clone()],
+            ..Default::default()
+        };
+        assert!(
+            status_line(&p).ends_with("  slot warning: lag"),
+            "{}",
+            status_line(&p)
+        );
+        let e = Event {
+            payload: Some(Payload::SlotHealthWarning(w)),
+            ..Default::default()
+        };
+        assert_eq!(
+            event_text(&e),
+            "slot warning (lag, wal_status reserved): slot s holds 2 GiB"
+        );
+    }
 
     #[test]
     fn counts_bytes_durations() {
@@ -880,6 +941,7 @@ mod tests {
                     snapshot_rows_per_partition: 500_000,
                     cdc_batch_size: 10_000,
                     cdc_sync_interval_ms: 1000,
+                    ..Default::default()
                 }),
                 ..Default::default()
             }),

@@ -65,6 +65,9 @@ fn config_json(c: &PipeConfig) -> Value {
             "snapshot_rows_per_partition": s.snapshot_rows_per_partition,
             "cdc_batch_size": s.cdc_batch_size,
             "cdc_sync_interval_ms": s.cdc_sync_interval_ms,
+            "slot_lag_warning_bytes": s.slot_lag_warning_bytes,
+            "slot_stall_warning_seconds": s.slot_stall_warning_seconds,
+            "slot_check_interval_seconds": s.slot_check_interval_seconds,
         })),
         "labels": c.labels,
     })
@@ -108,6 +111,27 @@ pub(crate) fn pipe_json(p: &Pipe) -> Value {
         "resyncing": p.resyncing,
         "delete_reason": p.delete_reason,
         "labels": p.labels,
+        "slot_warnings": p.slot_warnings.iter().map(slot_warning_json).collect::<Vec<_>>(),
+        "slot_wal_status": p.slot_wal_status,
+    })
+}
+
+fn slot_kind_json(kind: i32) -> String {
+    crate::proto::SlotWarningKind::try_from(kind)
+        .map(|k| k.as_str_name().to_owned())
+        .unwrap_or_else(|_| kind.to_string())
+}
+
+fn slot_warning_json(w: &crate::proto::SlotHealthWarning) -> Value {
+    json!({
+        "kind": slot_kind_json(w.kind),
+        "slot_name": w.slot_name,
+        "wal_status": w.wal_status,
+        "active": w.active,
+        "lag_bytes": w.lag_bytes,
+        "confirmed_flush_lsn": w.confirmed_flush_lsn,
+        "threshold": w.threshold,
+        "message": w.message,
     })
 }
 
@@ -220,6 +244,13 @@ fn payload_json(p: &Payload) -> Value {
             "source_table": p.source_table,
             "destination_table": p.destination_table,
             "soft_deletes_transferred": p.soft_deletes_transferred,
+
+        }),
+        Payload::SlotHealthWarning(w) => slot_warning_json(w),
+        Payload::SlotHealthRecovered(r) => json!({
+            "kind": slot_kind_json(r.kind),
+            "lag_bytes": r.lag_bytes,
+            "wal_status": r.wal_status,
         }),
         Payload::SnapshotCompleted(_)
         | Payload::SwapStarted(_)
@@ -439,6 +470,9 @@ pub(crate) fn create_request_from_json(v: &Value) -> Result<CreatePipeRequest, S
                         "snapshot_rows_per_partition",
                         "cdc_batch_size",
                         "cdc_sync_interval_ms",
+                        "slot_lag_warning_bytes",
+                        "slot_stall_warning_seconds",
+                        "slot_check_interval_seconds",
                     ],
                 )? {
                     let p = format!("settings.{k}");
@@ -448,6 +482,13 @@ pub(crate) fn create_request_from_json(v: &Value) -> Result<CreatePipeRequest, S
                             s.snapshot_rows_per_partition = unsigned(v, &p)?
                         }
                         "cdc_batch_size" => s.cdc_batch_size = unsigned32(v, &p)?,
+                        "slot_lag_warning_bytes" => s.slot_lag_warning_bytes = unsigned(v, &p)?,
+                        "slot_stall_warning_seconds" => {
+                            s.slot_stall_warning_seconds = unsigned32(v, &p)?
+                        }
+                        "slot_check_interval_seconds" => {
+                            s.slot_check_interval_seconds = unsigned32(v, &p)?
+                        }
                         _ => s.cdc_sync_interval_ms = unsigned32(v, &p)?,
                     }
                 }

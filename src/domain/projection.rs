@@ -44,6 +44,8 @@ pub fn event_kind(e: &Event) -> &'static str {
             Payload::TableLoadStarted(_) => "table_load_started",
             Payload::TableLoadCompleted(_) => "table_load_completed",
             Payload::TableSwapped(_) => "table_swapped",
+            Payload::SlotHealthWarning(_) => "slot_health_warning",
+            Payload::SlotHealthRecovered(_) => "slot_health_recovered",
         },
     }
 }
@@ -325,6 +327,18 @@ pub fn apply(pipe: Option<&mut Pipe>, e: &Event) -> Option<Pipe> {
                         t.state = TableState::Replicating as i32;
                         t.soft_deletes_transferred = s.soft_deletes_transferred;
                     }
+                }
+                // Not a status change: a warning is not a failure.
+                Payload::SlotHealthWarning(w) => {
+                    p.slot_wal_status = w.wal_status.clone();
+                    match p.slot_warnings.iter_mut().find(|x| x.kind == w.kind) {
+                        Some(x) => *x = w.clone(),
+                        None => p.slot_warnings.push(w.clone()),
+                    }
+                }
+                Payload::SlotHealthRecovered(r) => {
+                    p.slot_wal_status = r.wal_status.clone();
+                    p.slot_warnings.retain(|x| x.kind != r.kind);
                 }
                 Payload::PipeRecovered(_) => {
                     p.error.clear();

@@ -552,6 +552,7 @@ pub fn settings(s: Option<&PipeSettings>) -> Result<PipeSettings, Invalid> {
         } else {
             s.cdc_sync_interval_ms
         },
+        ..crate::engine::slot_health::with_defaults(&s)
     };
     if out.snapshot_parallelism > MAX_PARALLELISM {
         return invalid(format!(
@@ -574,6 +575,7 @@ pub fn settings(s: Option<&PipeSettings>) -> Result<PipeSettings, Invalid> {
             "settings.cdc_sync_interval_ms must be within 10..=3600000 (0 means the default, 1000)",
         );
     }
+    crate::engine::slot_health::check_settings(&out).map_err(Invalid)?;
     Ok(out)
 }
 

@@ -7,6 +7,7 @@
 //! not recorded as done.
 
 pub mod preflight;
+pub mod slot_health;
 mod table_load;
 pub mod worker;
 
@@ -58,9 +59,11 @@ pub fn spawn(core: Arc<Core>, mut closing: tokio::sync::watch::Receiver<bool>) -
     tokio::spawn(async move {
         let mut workers: HashMap<String, JoinHandle<()>> = HashMap::new();
         let mut releasing: HashMap<String, JoinHandle<()>> = HashMap::new();
+        let mut monitors: HashMap<String, JoinHandle<()>> = HashMap::new();
         let mut feed = core.log.subscribe();
         loop {
             reconcile(&core, &mut workers, &mut releasing);
+            slot_health::reconcile(&core, &mut monitors);
             tokio::select! {
                 r = feed.recv() => {
                     if let Err(RecvError::Closed) = r {
@@ -72,7 +75,11 @@ pub fn spawn(core: Arc<Core>, mut closing: tokio::sync::watch::Receiver<bool>) -
                 _ = tokio::time::sleep(Duration::from_secs(5)) => {}
             }
         }
-        for (_, h) in workers.drain().chain(releasing.drain()) {
+        for (_, h) in workers
+            .drain()
+            .chain(releasing.drain())
+            .chain(monitors.drain())
+        {
             h.abort();
         }
     })

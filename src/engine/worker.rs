@@ -246,23 +246,26 @@ impl Worker {
             return Ok(());
         }
         self.failing = retrying.then(|| step.to_owned());
-        let (p, version) = self.pipe_at_version()?;
-        if p.status() == PipeStatus::Deleted {
-            return Err(EngineError::Stopped);
+        // Re-read on a conflict: the slot health monitor appends too.
+        loop {
+            let (p, version) = self.pipe_at_version()?;
+            if p.status() == PipeStatus::Deleted {
+                return Err(EngineError::Stopped);
+            }
+            let event = new_event(
+                &self.id,
+                Payload::PipeFailed(PipeFailed {
+                    step: step.into(),
+                    reason: reason.into(),
+                    retrying,
+                }),
+            );
+            match self.core.log.append(&self.name, version, vec![event]).await {
+                Ok(_) => return Ok(()),
+                Err(LogError::VersionConflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
         }
-        let event = new_event(
-            &self.id,
-            Payload::PipeFailed(PipeFailed {
-                step: step.into(),
-                reason: reason.into(),
-                retrying,
-            }),
-        );
-        self.core
-            .log
-            .append(&self.name, version, vec![event])
-            .await?;
-        Ok(())
     }
 
     async fn recovered(&mut self) -> Result<()> {

@@ -73,6 +73,7 @@ pub fn pipe_req(name: &str, database: &str, tables: &[&str]) -> CreatePipeReques
             snapshot_rows_per_partition: 2_000,
             cdc_batch_size: 5_000,
             cdc_sync_interval_ms: 100,
+            ..Default::default()
         }),
         labels: Default::default(),
     }

@@ -256,6 +256,7 @@ impl PrivateEnv {
                 snapshot_rows_per_partition: 1_000,
                 cdc_batch_size: 5_000,
                 cdc_sync_interval_ms: 100,
+                ..Default::default()
             }),
             labels: Default::default(),
         }
