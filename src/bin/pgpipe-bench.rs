@@ -1083,6 +1083,7 @@ fn replay_event(pipe: &str, id: &str, i: u64, per_pipe: u64) -> Event {
             rows_copied: i * 500_000,
             partitions_done: (i / 3) as u32,
             partitions_total: (per_pipe / 5) as u32,
+            ..Default::default()
         })
     } else {
         Payload::CdcProgress(CdcProgress {
@@ -1096,6 +1097,7 @@ fn replay_event(pipe: &str, id: &str, i: u64, per_pipe: u64) -> Event {
                     deleted: i % 13,
                 })
                 .collect(),
+            ..Default::default()
         })
     };
     new_event(id, payload)
