@@ -755,7 +755,7 @@ impl Worker {
                 self.report_batch(&ends, &slot, &mut counts, &mut lag, batch)
                     .await?;
                 last_report = Instant::now();
-            } else if last_report.elapsed() >= PROGRESS_EVERY {
+            } else if last_report.elapsed() >= PROGRESS_EVERY * 5 {
                 self.report_cdc(&ends, &mut counts, &slot, &last_lsn)
                     .await?;
                 last_report = Instant::now();
