@@ -76,6 +76,10 @@ pub const MAX_BUCKET_SECONDS: u32 = 86_400;
 
 /// Folds CdcProgress events, oldest first, into throughput points of
 /// `width` seconds; a page holds at most `page` points and never splits one.
+/// Points follow the log's order: an event whose time falls in another
+/// bucket than the previous one's starts a new point (so a clock stepping
+/// back between events yields a second point for a bucket, never a merge
+/// across the page boundary).
 pub struct ThroughputFold {
     width: i64,
     page: usize,
