@@ -634,3 +634,138 @@ async fn the_token_is_required_and_never_printed() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// history (cdc batches, errors, snapshot), throughput and load-summary,
+/// as tables and as JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn history_throughput_and_load_summary() {
+    let schema = unique("clihist");
+    make_table(&schema, 3_000).await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = engine(&dir, &[]).await;
+    let addr = p.addr.as_str();
+    let name = schema.replace('_', "-");
+    let table = format!("{schema}.items");
+    let r = pgpipe(addr, &strs(&create_args(&name, &schema, &table)), &[]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+
+    let pg = pg().await;
+    for i in 0..3 {
+        pg.batch_execute(&format!(
+            "INSERT INTO {schema}.items SELECT g, 'new', 1 FROM generate_series({a}, {b}) g;
+             UPDATE {schema}.items SET qty = 0 WHERE id = {u};",
+            a = 10_000 + i * 10,
+            b = 10_000 + i * 10 + 9,
+            u = i + 1,
+        ))
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // --json: every batch of the cdc history, 33 changes in all.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let events = loop {
+        let r = pgpipe(addr, &["history", &name, "--kind", "cdc", "--json"], &[]).await;
+        assert_eq!(r.code, 0, "{r:?}");
+        let v = json(&r.stdout);
+        let events = v.as_array().unwrap().clone();
+        let rows: u64 = events
+            .iter()
+            .map(|e| e["payload"]["rows"].as_u64().unwrap_or(0))
+            .sum();
+        if rows >= 33 {
+            assert_eq!(rows, 33, "{v}");
+            break events;
+        }
+        assert!(Instant::now() < deadline, "{rows} of 33 changes: {v}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(events[0]["kind"], "cdc_started");
+    let batch = events
+        .iter()
+        .find(|e| e["payload"]["rows"].as_u64().unwrap_or(0) > 0)
+        .unwrap();
+    assert_eq!(
+        batch["payload"]["tables"][0]["source_table"],
+        table.as_str()
+    );
+    assert!(
+        batch["payload"]["start_lsn"]
+            .as_str()
+            .unwrap()
+            .contains('/')
+    );
+
+    // The table view: one row per event, the batch's LSN range and counts.
+    let r = pgpipe(addr, &["history", &name, "--kind", "cdc"], &[]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let header = r.stdout.lines().next().unwrap();
+    assert!(
+        header.starts_with("TIME") && header.contains("LSN") && header.contains("TABLES"),
+        "{r:?}"
+    );
+    let row = r
+        .stdout
+        .lines()
+        .find(|l| l.contains(&format!("{table} +")))
+        .unwrap_or_else(|| panic!("no batch row: {r:?}"));
+    assert!(row.contains(".."), "{row}");
+    let r = pgpipe(
+        addr,
+        &["history", &name, "--kind", "cdc", "--limit", "1"],
+        &[],
+    )
+    .await;
+    assert_eq!(r.stdout.lines().count(), 2, "header and one row: {r:?}");
+
+    let r = pgpipe(addr, &["history", &name, "--kind", "errors"], &[]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.stdout.trim(), format!("no error history for {name}"));
+    let r = pgpipe(addr, &["history", &name], &[]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("pipe_created"), "{r:?}");
+
+    // throughput: one bucket a day holds all the changes.
+    let r = pgpipe(
+        addr,
+        &["throughput", &name, "--bucket", "1d", "--json"],
+        &[],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let points = json(&r.stdout);
+    let sum = |k: &str| -> u64 {
+        points
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p[k].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(
+        (sum("rows_inserted"), sum("rows_updated")),
+        (30, 3),
+        "{points}"
+    );
+    let r = pgpipe(addr, &["throughput", &name], &[]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.starts_with("START"), "{r:?}");
+
+    // load-summary: the initial load of the table.
+    let r = pgpipe(addr, &["load-summary", &name, "--json"], &[]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let loads = json(&r.stdout);
+    assert_eq!(loads[0]["source_table"], table.as_str());
+    assert_eq!(loads[0]["rows"], 3_000);
+    assert_eq!(loads[0]["done"], true);
+    assert_eq!(loads[0]["partitions_done"], loads[0]["partitions_total"]);
+    let r = pgpipe(addr, &["load-summary", &name], &[]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let row = r.stdout.lines().nth(1).unwrap_or_default();
+    assert!(row.contains(&table) && row.contains("done"), "{r:?}");
+
+    let r = pgpipe(addr, &["history", "nobody"], &[]).await;
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("NOT_FOUND"), "{r:?}");
+}

@@ -35,6 +35,7 @@ fn progress(name: &str, rows: u64) -> Event {
             rows_copied: rows,
             partitions_done: 0,
             partitions_total: 4,
+            ..Default::default()
         }),
     )
 }

@@ -243,16 +243,7 @@ impl PipeService for PipeApi {
                 req.kind
             ))
         })?;
-        let size = match req.page_size as usize {
-            0 => history::DEFAULT_PAGE,
-            n if n > history::MAX_PAGE => {
-                return Err(Status::invalid_argument(format!(
-                    "page_size {n} is too large: at most {}",
-                    history::MAX_PAGE
-                )));
-            }
-            n => n,
-        };
+        let size = history_page_size(req.page_size)?;
         let after = if req.page_token.is_empty() {
             0
         } else {
@@ -263,12 +254,7 @@ impl PipeService for PipeApi {
                 )
             })?
         };
-        if core.log.stream_version(&req.name) == 0 {
-            return Err(Status::not_found(format!(
-                "no pipe named {:?} has ever existed",
-                req.name
-            )));
-        }
+        history_exists(&core, &req.name)?;
         // Reading the log blocks: off the async threads.
         let log = Arc::clone(&core.log);
         let name = req.name.clone();
@@ -278,6 +264,87 @@ impl PipeService for PipeApi {
                 .map_err(|e| Status::internal(format!("reading the history failed: {e}")))??;
         Ok(Response::new(GetPipeHistoryResponse {
             events,
+            next_page_token: next.map(|s| s.to_string()).unwrap_or_default(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(pipe = %request.get_ref().name))]
+    async fn get_pipe_throughput(
+        &self,
+        request: Request<GetPipeThroughputRequest>,
+    ) -> Result<Response<GetPipeThroughputResponse>, Status> {
+        let core = self.core()?;
+        let req = request.into_inner();
+        name_arg(&req.name)?;
+        let width = match req.bucket_seconds {
+            0 => history::DEFAULT_BUCKET_SECONDS,
+            n if n > history::MAX_BUCKET_SECONDS => {
+                return Err(Status::invalid_argument(format!(
+                    "bucket_seconds {n} is too large: at most {} (a day)",
+                    history::MAX_BUCKET_SECONDS
+                )));
+            }
+            n => n,
+        };
+        let size = history_page_size(req.page_size)?;
+        // The token names the bucket width too: resuming with another width
+        // would split a bucket.
+        let after = match req.page_token.as_str() {
+            "" => 0,
+            t => t
+                .split_once('/')
+                .filter(|(_, w)| w.parse::<u32>().ok() == Some(width))
+                .and_then(|(seq, _)| seq.parse::<u64>().ok())
+                .ok_or_else(|| {
+                    Status::invalid_argument(
+                        "page_token is not one from an earlier GetPipeThroughput answer with \
+                         this bucket_seconds: pass next_page_token as it came with the same \
+                         bucket_seconds, or leave it empty to start over",
+                    )
+                })?,
+        };
+        history_exists(&core, &req.name)?;
+        let log = Arc::clone(&core.log);
+        let name = req.name.clone();
+        let (points, next) = tokio::task::spawn_blocking(move || {
+            history::throughput_page(&log, &name, width, after, size)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("reading the history failed: {e}")))??;
+        Ok(Response::new(GetPipeThroughputResponse {
+            points,
+            next_page_token: next.map(|s| format!("{s}/{width}")).unwrap_or_default(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(pipe = %request.get_ref().name))]
+    async fn get_load_summary(
+        &self,
+        request: Request<GetLoadSummaryRequest>,
+    ) -> Result<Response<GetLoadSummaryResponse>, Status> {
+        let core = self.core()?;
+        let req = request.into_inner();
+        name_arg(&req.name)?;
+        let size = history_page_size(req.page_size)?;
+        let offset = match req.page_token.as_str() {
+            "" => 0,
+            t => t.parse::<usize>().map_err(|_| {
+                Status::invalid_argument(
+                    "page_token is not one from an earlier GetLoadSummary answer: \
+                     pass next_page_token as it came, or leave it empty to start over",
+                )
+            })?,
+        };
+        history_exists(&core, &req.name)?;
+        let log = Arc::clone(&core.log);
+        let name = req.name.clone();
+        let (tables, next) = tokio::task::spawn_blocking(move || {
+            history::load_summary_page(&log, &name, offset, size)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("reading the history failed: {e}")))??;
+        Ok(Response::new(GetLoadSummaryResponse {
+            tables,
             next_page_token: next.map(|s| s.to_string()).unwrap_or_default(),
         }))
     }
@@ -441,4 +508,26 @@ impl PipeService for PipeApi {
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
+}
+
+/// A history page size: 0 is the default; more than the maximum is refused.
+fn history_page_size(n: u32) -> Result<usize, Status> {
+    match n as usize {
+        0 => Ok(history::DEFAULT_PAGE),
+        n if n > history::MAX_PAGE => Err(Status::invalid_argument(format!(
+            "page_size {n} is too large: at most {}",
+            history::MAX_PAGE
+        ))),
+        n => Ok(n),
+    }
+}
+
+/// NOT_FOUND unless the name has a stream (a pipe so named ever existed).
+fn history_exists(core: &Core, name: &str) -> Result<(), Status> {
+    if core.log.stream_version(name) == 0 {
+        return Err(Status::not_found(format!(
+            "no pipe named {name:?} has ever existed"
+        )));
+    }
+    Ok(())
 }

@@ -1085,6 +1085,7 @@ fn replay_event(pipe: &str, id: &str, i: u64, per_pipe: u64) -> Event {
             rows_copied: i * 500_000,
             partitions_done: (i / 3) as u32,
             partitions_total: (per_pipe / 5) as u32,
+            ..Default::default()
         })
     } else {
         Payload::CdcProgress(CdcProgress {
@@ -1098,6 +1099,7 @@ fn replay_event(pipe: &str, id: &str, i: u64, per_pipe: u64) -> Event {
                     deleted: i % 13,
                 })
                 .collect(),
+            ..Default::default()
         })
     };
     new_event(id, payload)

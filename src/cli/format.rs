@@ -316,6 +316,15 @@ pub(crate) fn event_text(ev: &Event) -> String {
         Payload::TablesSwapped(p) if p.destination_tables.is_empty() => "swapped".to_owned(),
         Payload::TablesSwapped(p) => format!("swapped: {}", p.destination_tables.join(", ")),
         Payload::CdcStarted(p) => format!("cdc started at LSN {}", format_lsn(&p.start_lsn)),
+        Payload::CdcProgress(p) if p.rows > 0 => format!(
+            "cdc batch {}..{}: {} rows in {} tx, {}, lag {}",
+            format_lsn(&p.start_lsn),
+            format_lsn(&p.lsn),
+            format_count(p.rows),
+            p.transactions,
+            format_duration_ms(p.duration_ms),
+            format_bytes(p.lag_bytes)
+        ),
         Payload::CdcProgress(p) => format!(
             "cdc progress: LSN {}, lag {}",
             format_lsn(&p.lsn),

@@ -186,6 +186,7 @@ fn payload_json(p: &Payload) -> Value {
             "rows_copied": p.rows_copied,
             "partitions_done": p.partitions_done,
             "partitions_total": p.partitions_total,
+            "partition_ms_total": p.partition_ms_total,
         }),
         Payload::SnapshotTableCompleted(p) => json!({
             "source_table": p.source_table,
@@ -198,8 +199,13 @@ fn payload_json(p: &Payload) -> Value {
         Payload::TablesSwapped(p) => json!({ "destination_tables": p.destination_tables }),
         Payload::CdcStarted(p) => json!({ "start_lsn": p.start_lsn }),
         Payload::CdcProgress(p) => json!({
+            "start_lsn": p.start_lsn,
             "lsn": p.lsn,
             "lag_bytes": p.lag_bytes,
+            "rows": p.rows,
+            "duration_ms": p.duration_ms,
+            "transactions": p.transactions,
+            "first_commit_at": ts_json(p.first_commit_at.as_ref()),
             "tables": p.tables.iter().map(|t| json!({
                 "source_table": t.source_table,
                 "inserted": t.inserted,
@@ -499,6 +505,36 @@ pub(crate) fn create_request_from_json(v: &Value) -> Result<CreatePipeRequest, S
     Ok(req)
 }
 
+/// `pgpipe throughput --json`: one object per point.
+pub(crate) fn throughput_point_json(p: &crate::proto::ThroughputPoint) -> Value {
+    json!({
+        "start": ts_json(p.start.as_ref()),
+        "rows_inserted": p.rows_inserted,
+        "rows_updated": p.rows_updated,
+        "rows_deleted": p.rows_deleted,
+        "batches": p.batches,
+        "lag_bytes": p.lag_bytes,
+        "max_lag_bytes": p.max_lag_bytes,
+        "lsn": p.lsn,
+    })
+}
+
+/// `pgpipe load-summary --json`: one object per incarnation and table.
+pub(crate) fn load_summary_json(t: &crate::proto::TableLoadSummary) -> Value {
+    json!({
+        "pipe_id": t.pipe_id,
+        "source_table": t.source_table,
+        "partitions_done": t.partitions_done,
+        "partitions_total": t.partitions_total,
+        "rows": t.rows,
+        "avg_partition_ms": t.avg_partition_ms,
+        "started_at": ts_json(t.started_at.as_ref()),
+        "finished_at": ts_json(t.finished_at.as_ref()),
+        "duration_ms": t.duration_ms,
+        "done": t.done,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -542,6 +578,7 @@ mod tests {
                     rows_copied: 5000,
                     partitions_done: 1,
                     partitions_total: 4,
+                    ..Default::default()
                 })),
             }),
         };
@@ -554,7 +591,8 @@ mod tests {
         assert_eq!(
             v["event"]["payload"],
             json!({"source_table": "public.orders", "rows_copied": 5000,
-                   "partitions_done": 1, "partitions_total": 4})
+                   "partitions_done": 1, "partitions_total": 4,
+                   "partition_ms_total": 0})
         );
         assert_eq!(v["pipe"]["status"], "PIPE_STATUS_SNAPSHOT");
         assert_eq!(v["pipe"]["paused_from"], "PIPE_STATUS_UNSPECIFIED");

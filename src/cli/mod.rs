@@ -12,6 +12,7 @@
 //! * 2: any other error (gRPC errors print as `error: <CODE>: <message>`).
 
 mod format;
+mod history;
 mod json;
 mod spec;
 mod watch;
@@ -136,6 +137,15 @@ pub enum ClientCommand {
     Events(EventsArgs),
     /// Set (`key=value`) and remove (`key-`) labels of a pipe.
     Labels(LabelsArgs),
+    /// A pipe name's past from the event log: errors, CDC batches (LSN
+    /// range, rows, duration, per-table counts), initial-load progress.
+    History(history::HistoryArgs),
+    /// A pipe name's CDC rows and slot lag per time bucket (default a
+    /// minute).
+    Throughput(history::ThroughputArgs),
+    /// A pipe name's initial loads per table: partitions, rows, average
+    /// partition time, duration.
+    LoadSummary(history::LoadSummaryArgs),
     /// Add tables to or remove tables from a running pipe (UpdatePipe).
     #[command(subcommand)]
     Tables(TablesCommand),
@@ -1010,6 +1020,15 @@ pub(crate) async fn execute(
                     out.line(&format!("{k}={v}"))?;
                 }
             }
+        }
+        ClientCommand::History(args) => {
+            history::history(&mut connect(opts).await?, args, out).await?;
+        }
+        ClientCommand::Throughput(args) => {
+            history::throughput(&mut connect(opts).await?, args, out).await?;
+        }
+        ClientCommand::LoadSummary(args) => {
+            history::load_summary(&mut connect(opts).await?, args, out).await?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -262,6 +262,22 @@ impl PipeService for Mock {
         }))
     }
 
+    async fn get_pipe_throughput(
+        &self,
+        req: Request<crate::proto::GetPipeThroughputRequest>,
+    ) -> Result<Response<crate::proto::GetPipeThroughputResponse>, Status> {
+        self.record_auth(&req);
+        Ok(Response::new(Default::default()))
+    }
+
+    async fn get_load_summary(
+        &self,
+        req: Request<crate::proto::GetLoadSummaryRequest>,
+    ) -> Result<Response<crate::proto::GetLoadSummaryResponse>, Status> {
+        self.record_auth(&req);
+        Ok(Response::new(Default::default()))
+    }
+
     type WatchPipeStream = BoxStream<WatchPipeResponse>;
 
     async fn watch_pipe(
@@ -716,6 +732,7 @@ async fn resync_wait_resumes_after_the_cursor_and_reconnects() {
                     rows_copied: 10,
                     partitions_done: 1,
                     partitions_total: 4,
+                    ..Default::default()
                 }),
             )),
             Err(Status::unavailable("server going away")),

@@ -119,6 +119,7 @@ pub(super) async fn run(job: LoadJob) -> Result<u64, EngineError> {
                     let Some(part) = queue.lock().await.pop() else {
                         break;
                     };
+                    let copying = std::time::Instant::now();
                     let mut writer = ch.writer(&prepared.load_table, &view.dest).await?;
                     let mut copy = worker.copy_partition(&view.source, &part).await?;
                     let mut rows = 0u64;
@@ -135,7 +136,7 @@ pub(super) async fn run(job: LoadJob) -> Result<u64, EngineError> {
                         RowKind::Snapshot,
                         rows,
                     );
-                    progress.partition_done(&prepared.source_table);
+                    progress.partition_done(&prepared.source_table, copying.elapsed());
                     failpoint::hit("table_load.partition_done").await;
                 }
                 worker.finish().await?;

@@ -513,6 +513,7 @@ impl Worker {
                         let Some((prep, view, part)) = queue.lock().await.pop() else {
                             break;
                         };
+                        let copying = Instant::now();
                         // Selected by source names, written by destination names.
                         let mut writer = ch.writer(&prep.load_table, &view.dest).await?;
                         let mut copy = worker.copy_partition(&view.source, &part).await?;
@@ -531,7 +532,7 @@ impl Worker {
                             RowKind::Snapshot,
                             rows,
                         );
-                        progress.partition_done(&prep.source_table);
+                        progress.partition_done(&prep.source_table, copying.elapsed());
                         failpoint::hit("snapshot.partition_done").await;
                     }
                     worker.finish().await?;
@@ -674,6 +675,7 @@ impl Worker {
         // next one grow, up to BACKLOG_GROWTH times the setting.
         let base = settings.cdc_batch_size as usize;
         let mut want = base;
+        let mut lag = LagSample::default();
         loop {
             self.sync_tables(
                 &ends,
@@ -683,6 +685,7 @@ impl Worker {
                 &mut loads,
             )
             .await?;
+            let reading = Instant::now();
             let wal_before = source::current_wal_lsn(&ends.pg).await?;
             let txs = source::read_changes(&ends.pg, &slot, &publication, want).await?;
             let changes: usize = txs.iter().map(|t| t.items.len()).sum();
@@ -810,12 +813,59 @@ impl Worker {
                 }
             }
             last_lsn = end.to_string();
-            if last_report.elapsed() >= PROGRESS_EVERY {
+            if !counts.is_empty() {
+                // One event per batch with changes: the CDC history.
+                let batch = CdcProgress {
+                    start_lsn: txs
+                        .first()
+                        .map(|t| t.commit_lsn.to_string())
+                        .unwrap_or_default(),
+                    lsn: last_lsn.clone(),
+                    duration_ms: reading.elapsed().as_millis() as u64,
+                    transactions: txs.len() as u32,
+                    first_commit_at: txs.first().map(|t| pg_time(t.commit_time_us)),
+                    ..Default::default()
+                };
+                self.report_batch(&ends, &slot, &mut counts, &mut lag, batch)
+                    .await?;
+                last_report = Instant::now();
+            } else if last_report.elapsed() >= PROGRESS_EVERY * 5 {
                 self.report_cdc(&ends, &mut counts, &slot, &last_lsn)
                     .await?;
                 last_report = Instant::now();
             }
         }
+    }
+
+    /// Records `batch` with the drained `counts`, its rows and the slot
+    /// lag, measured again only when `lag` is older than PROGRESS_EVERY (two
+    /// queries a batch would slow small batches down).
+    async fn report_batch(
+        &mut self,
+        ends: &Ends,
+        slot: &str,
+        counts: &mut HashMap<String, TableChangeCounts>,
+        lag: &mut LagSample,
+        mut batch: CdcProgress,
+    ) -> Result<()> {
+        if lag.at.is_none_or(|at| at.elapsed() >= PROGRESS_EVERY) {
+            let info = source::slot_info(&ends.pg, slot).await?;
+            let wal = source::current_wal_lsn(&ends.pg).await?;
+            let confirmed = info.map(|i| i.confirmed_flush).unwrap_or_default();
+            lag.bytes = wal.0.saturating_sub(confirmed.0);
+            lag.at = Some(Instant::now());
+            self.core.metrics.set_cdc_lag_bytes(&self.name, lag.bytes);
+        }
+        batch.lag_bytes = lag.bytes;
+        let mut tables: Vec<TableChangeCounts> = counts.drain().map(|(_, c)| c).collect();
+        tables.sort_by(|a, b| a.source_table.cmp(&b.source_table));
+        batch.rows = tables
+            .iter()
+            .map(|c| c.inserted + c.updated + c.deleted)
+            .sum();
+        batch.tables = tables;
+        self.record(vec![Payload::CdcProgress(batch)]).await?;
+        Ok(())
     }
 
     async fn report_cdc(
@@ -844,6 +894,7 @@ impl Worker {
             lsn,
             lag_bytes: lag,
             tables,
+            ..Default::default()
         })])
         .await?;
         Ok(())
@@ -1596,9 +1647,27 @@ async fn table_uuid(ch: &ChSink, table: &str) -> Result<String> {
     Ok(ch.table_uuid(table).await?.unwrap_or_default())
 }
 
+/// The last slot lag measured by the CDC loop.
+#[derive(Default)]
+struct LagSample {
+    bytes: u64,
+    at: Option<Instant>,
+}
+
+/// A Postgres timestamp (microseconds since 2000-01-01) as a protobuf one.
+fn pg_time(pg_us: i64) -> prost_types::Timestamp {
+    const PG_EPOCH_UNIX_S: i64 = 946_684_800;
+    prost_types::Timestamp {
+        seconds: PG_EPOCH_UNIX_S + pg_us.div_euclid(1_000_000),
+        nanos: (pg_us.rem_euclid(1_000_000) * 1000) as i32,
+    }
+}
+
 /// Snapshot counters shared by the copy workers.
 pub(super) struct Progress {
     tables: HashMap<String, (AtomicU64, AtomicU64, u32)>,
+    /// Per table: milliseconds spent on its finished partitions.
+    partition_ms: HashMap<String, AtomicU64>,
 }
 
 impl Progress {
@@ -1613,6 +1682,10 @@ impl Progress {
                     )
                 })
                 .collect(),
+            partition_ms: plans
+                .iter()
+                .map(|p| (p.source_table.clone(), AtomicU64::new(0)))
+                .collect(),
         }
     }
 
@@ -1622,7 +1695,10 @@ impl Progress {
         }
     }
 
-    pub(super) fn partition_done(&self, table: &str) {
+    pub(super) fn partition_done(&self, table: &str, took: Duration) {
+        if let Some(ms) = self.partition_ms.get(table) {
+            ms.fetch_add(took.as_millis() as u64, Ordering::Relaxed);
+        }
         if let Some((_, done, _)) = self.tables.get(table) {
             done.fetch_add(1, Ordering::Relaxed);
         }
@@ -1644,6 +1720,10 @@ impl Progress {
                     rows_copied: rows.load(Ordering::Relaxed),
                     partitions_done: done.load(Ordering::Relaxed) as u32,
                     partitions_total: *total,
+                    partition_ms_total: self
+                        .partition_ms
+                        .get(name)
+                        .map_or(0, |ms| ms.load(Ordering::Relaxed)),
                 })
             })
             .collect();
