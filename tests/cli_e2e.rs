@@ -769,3 +769,110 @@ async fn history_throughput_and_load_summary() {
     assert_eq!(r.code, 2, "{r:?}");
     assert!(r.stderr.contains("NOT_FOUND"), "{r:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tables_add_remove_and_a_table_resync() {
+    let schema = unique("clitab");
+    make_table(&schema, 3_000).await;
+    pg().await
+        .batch_execute(&format!(
+            "CREATE TABLE {schema}.more (id bigint PRIMARY KEY, name text, qty int);
+             INSERT INTO {schema}.more SELECT g, 'more ' || g, g % 7 FROM generate_series(1, 5000) g;"
+        ))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = engine(&dir, &[]).await;
+    let addr = p.addr.as_str();
+    let name = schema.replace('_', "-");
+    let items = format!("{schema}.items");
+    let more = format!("{schema}.more");
+    let r = pgpipe(addr, &strs(&create_args(&name, &schema, &items)), &[]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+
+    // Added with its own destination name; --wait returns once it replicates.
+    let spec = format!("{more}:more_v2");
+    let r = pgpipe(addr, &["tables", "add", &name, &spec, "--wait"], &[]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains(&format!("{more} → more_v2  replicating")),
+        "{r:?}"
+    );
+    wait_equal(
+        &schema,
+        "more_v2",
+        &schema,
+        "more",
+        COLS,
+        Duration::from_secs(60),
+    )
+    .await;
+
+    let r = pgpipe(
+        addr,
+        &["resync", &name, "--table", &more, "--wait", "--json"],
+        &[],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let v = json(&r.stdout);
+    assert!(
+        v["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["state"] == "replicating"),
+        "{v}"
+    );
+    wait_equal(
+        &schema,
+        "more_v2",
+        &schema,
+        "more",
+        COLS,
+        Duration::from_secs(60),
+    )
+    .await;
+
+    let r = pgpipe(addr, &["tables", "remove", &name, &more], &[]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(!r.stdout.contains(&more), "{r:?}");
+    let r = pgpipe(addr, &["tables", "remove", &name, &more], &[]).await;
+    assert_eq!(r.code, 2, "removing it again: {r:?}");
+    assert!(r.all().contains("not part of this pipe"), "{r:?}");
+
+    // The same through grpcurl, as users meet the service.
+    if let Some(bin) = grpcurl() {
+        let body = format!(
+            r#"{{"name":"{name}","addTables":[{{"sourceTable":"{more}","destinationTable":"more_v3"}}]}}"#
+        );
+        let out = std::process::Command::new(&bin)
+            .args([
+                "-plaintext",
+                "-d",
+                &body,
+                addr,
+                "pgpipe.v1.PipeService/UpdatePipe",
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("TABLE_STATE_LOAD_PENDING"), "{text}");
+        let r = pgpipe(addr, &["tables", "add", &name, "--wait", "--json"], &[]).await;
+        assert_ne!(r.code, 0, "no table given: {r:?}");
+        wait_equal(
+            &schema,
+            "more_v3",
+            &schema,
+            "more",
+            COLS,
+            Duration::from_secs(60),
+        )
+        .await;
+    }
+}

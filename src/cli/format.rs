@@ -472,6 +472,19 @@ pub(crate) fn pipes_table(pipes: &[Pipe]) -> String {
 
 fn snapshot_cell(t: &crate::proto::TableStats) -> String {
     let rows = format_count(t.snapshot_rows);
+    // A table loaded beside CDC says so.
+    let state = super::json::table_state_json(t.state);
+    if t.state != crate::proto::TableState::Replicating as i32 {
+        let progress = if t.snapshot_partitions_total > 0 {
+            format!(
+                ", {}/{} partitions, {rows} rows",
+                t.snapshot_partitions_done, t.snapshot_partitions_total
+            )
+        } else {
+            String::new()
+        };
+        return format!("{}{progress}", state.replace('_', " "));
+    }
     if t.snapshot_done {
         format!("done, {rows} rows")
     } else if t.snapshot_partitions_total > 0 {

@@ -73,6 +73,17 @@ fn config_json(c: &PipeConfig) -> Value {
     })
 }
 
+/// `TABLE_STATE_LOAD_PENDING` → `load_pending`.
+pub(crate) fn table_state_json(raw: i32) -> String {
+    crate::proto::TableState::try_from(raw)
+        .map(|s| {
+            s.as_str_name()
+                .trim_start_matches("TABLE_STATE_")
+                .to_lowercase()
+        })
+        .unwrap_or_else(|_| format!("state {raw}"))
+}
+
 pub(crate) fn pipe_json(p: &Pipe) -> Value {
     json!({
         "id": p.id,
@@ -90,6 +101,7 @@ pub(crate) fn pipe_json(p: &Pipe) -> Value {
             "rows_updated": t.rows_updated,
             "rows_deleted": t.rows_deleted,
             "soft_deletes_transferred": t.soft_deletes_transferred,
+            "state": table_state_json(t.state),
         })).collect::<Vec<_>>(),
         "last_lsn": p.last_lsn,
         "lag_bytes": p.lag_bytes,

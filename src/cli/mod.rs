@@ -903,6 +903,23 @@ pub(crate) async fn execute(
                     .pipe,
                 "ResyncPipe",
             )?;
+            if !args.tables.is_empty() {
+                // A table resync: same incarnation, the pipe keeps running.
+                let pipe = if args.wait {
+                    wait_tables(&mut client, &args.name, &args.tables).await?
+                } else {
+                    pipe
+                };
+                if !args.json && !args.wait {
+                    out.line(&format!(
+                        "table resync of {} requested on pipe {}",
+                        args.tables.join(", "),
+                        pipe.name
+                    ))?;
+                }
+                print_tables_change(out, &pipe, args.json)?;
+                return Ok(ExitCode::SUCCESS);
+            }
             if args.json {
                 if args.wait {
                     out.json_line(&state_message(&pipe))?;
