@@ -493,6 +493,46 @@ impl Core {
         .await
     }
 
+    /// A dry run of [`Core::update_tables`]: every problem it would meet,
+    /// nothing recorded. A missing pipe is still `NotFound`.
+    pub async fn validate_update(
+        &self,
+        name: &str,
+        add: &[TableConfig],
+        remove: &[String],
+    ) -> Result<(Pipe, Vec<Problem>), CommandError> {
+        let p = live(name, self.read(|p| p.by_name(name).cloned()).as_ref())?.clone();
+        let current = p.config.clone().unwrap_or_default();
+        let invalid = |message: String, field: &str| Problem {
+            kind: ProblemKind::InvalidRequest as i32,
+            message,
+            field: field.to_owned(),
+            ..Default::default()
+        };
+        let mut problems = Vec::new();
+        if let Err(CommandError::FailedPrecondition(m)) = can_change_tables(&p) {
+            problems.push(invalid(m, "name"));
+        }
+        let added = match validate::table_changes(&current.tables, add, remove) {
+            Ok((added, _)) => added,
+            Err(e) => {
+                problems.push(invalid(e.0, ""));
+                Vec::new()
+            }
+        };
+        if self.preflight && !added.is_empty() {
+            let mut config = current.clone();
+            config.tables = added;
+            for mut problem in preflight::problems(&config, &self.secrets.get(&p.id)?).await {
+                if let Some(rest) = problem.field.strip_prefix("tables[") {
+                    problem.field = format!("add_tables[{rest}");
+                }
+                problems.push(problem);
+            }
+        }
+        Ok((p, problems))
+    }
+
     /// Rebuilds some tables of a running pipe while CDC of the others goes
     /// on (the worker loads `<destination>_resync` and swaps it in).
     pub async fn resync_tables(&self, name: &str, tables: &[String]) -> Result<Pipe, CommandError> {

@@ -54,6 +54,7 @@ async fn update(
         name: name.into(),
         add_tables: add.iter().map(|t| table(t)).collect(),
         remove_tables: remove.iter().map(|t| (*t).to_owned()).collect(),
+        validate_only: false,
     })
     .await
     .map(|r| r.into_inner().pipe.unwrap())
@@ -526,4 +527,84 @@ async fn bad_table_changes_are_refused_with_what_to_fix() {
 fn seed_for(what: &str) -> u64 {
     what.bytes()
         .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_reports_every_problem_and_changes_nothing() {
+    let schema = unique("tdry");
+    make_tables(&schema, &["a", "b"], 100).await;
+    pg().await
+        .batch_execute(&format!(
+            "CREATE TABLE {schema}.nokey (v text); INSERT INTO {schema}.nokey VALUES ('x');"
+        ))
+        .await
+        .unwrap();
+    let server = InProcess::start_engine().await;
+    let mut c = server.client().await;
+    let name = schema.replace('_', "-");
+    let (a, b) = (format!("{schema}.a"), format!("{schema}.b"));
+    c.create_pipe(pipe_req(&name, &schema, &[&a]))
+        .await
+        .unwrap();
+    wait_running(&mut c, &name, Duration::from_secs(120)).await;
+    let head = get(&mut c, &name).await.stream_version;
+    let dry = |add: Vec<String>, remove: Vec<String>| UpdatePipeRequest {
+        name: name.clone(),
+        add_tables: add.iter().map(|t| table(t)).collect(),
+        remove_tables: remove,
+        validate_only: true,
+    };
+
+    let ok = c
+        .update_pipe(dry(vec![b.clone()], vec![]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(ok.ok && ok.problems.is_empty(), "{:?}", ok.problems);
+    assert_eq!(ok.pipe.unwrap().tables.len(), 1, "nothing was added");
+
+    let bad = c
+        .update_pipe(dry(
+            vec![format!("{schema}.missing"), format!("{schema}.nokey")],
+            vec![],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!bad.ok);
+    let kinds: Vec<(ProblemKind, String)> = bad
+        .problems
+        .iter()
+        .map(|p| (p.kind(), p.field.clone()))
+        .collect();
+    assert!(
+        kinds.contains(&(
+            ProblemKind::TableMissing,
+            "add_tables[0].source_table".into()
+        )),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.iter().any(|(k, _)| *k == ProblemKind::NoKey),
+        "{kinds:?}"
+    );
+
+    let refused = c
+        .update_pipe(dry(vec![], vec![a.clone()]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!refused.ok);
+    assert!(
+        refused.problems[0]
+            .message
+            .contains("delete the pipe instead"),
+        "{:?}",
+        refused.problems
+    );
+    assert_eq!(
+        get(&mut c, &name).await.stream_version,
+        head,
+        "a dry run records nothing"
+    );
 }

@@ -371,6 +371,17 @@ impl PipeService for PipeApi {
         let core = self.core()?;
         let req = request.into_inner();
         name_arg(&req.name)?;
+        if req.validate_only {
+            let (pipe, problems) = core
+                .validate_update(&req.name, &req.add_tables, &req.remove_tables)
+                .await?;
+            tracing::info!(problems = problems.len(), "pipe update validated");
+            return Ok(Response::new(UpdatePipeResponse {
+                pipe: Some(pipe),
+                ok: problems.is_empty(),
+                problems,
+            }));
+        }
         let pipe = core
             .update_tables(&req.name, &req.add_tables, &req.remove_tables)
             .await?;
@@ -380,7 +391,10 @@ impl PipeService for PipeApi {
             removed = req.remove_tables.len(),
             "pipe tables changed"
         );
-        Ok(Response::new(UpdatePipeResponse { pipe: Some(pipe) }))
+        Ok(Response::new(UpdatePipeResponse {
+            pipe: Some(pipe),
+            ..Default::default()
+        }))
     }
 
     type WatchPipeStream = ReceiverStream<Result<WatchPipeResponse, Status>>;

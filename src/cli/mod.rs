@@ -168,8 +168,12 @@ pub struct TablesAddArgs {
     #[arg(required = true, value_name = "TABLE", value_parser = parse_table_spec)]
     pub tables: Vec<TableConfig>,
     /// Wait until every added table is loaded and replicating.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "dry_run")]
     pub wait: bool,
+    /// Check only (UpdatePipe validate_only): every problem, nothing
+    /// changed; exit 1 when there is any.
+    #[arg(long)]
+    pub dry_run: bool,
     /// Print the pipe as JSON.
     #[arg(long)]
     pub json: bool,
@@ -182,6 +186,9 @@ pub struct TablesRemoveArgs {
     /// Source tables (schema.table).
     #[arg(required = true, value_name = "TABLE")]
     pub tables: Vec<String>,
+    /// Check only: every problem, nothing changed; exit 1 when there is any.
+    #[arg(long)]
+    pub dry_run: bool,
     /// Print the pipe as JSON.
     #[arg(long)]
     pub json: bool,
@@ -770,30 +777,7 @@ pub(crate) async fn execute(
                 })
                 .await?
                 .into_inner();
-            if args.json {
-                let problems: Vec<Value> = answer
-                    .problems
-                    .iter()
-                    .map(|p| {
-                        serde_json::json!({
-                            "kind": problem_kind_label(p.kind),
-                            "table": p.table,
-                            "column": p.column,
-                            "field": p.field,
-                            "message": p.message,
-                        })
-                    })
-                    .collect();
-                out.json_pretty(&serde_json::json!({"ok": answer.ok, "problems": problems}))?;
-            } else if answer.ok {
-                out.line("ok")?;
-            } else {
-                out.line(&format!("{} problem(s):", answer.problems.len()))?;
-                out.block(&problems_table(&answer.problems))?;
-            }
-            if !answer.ok {
-                return Ok(ExitCode::from(EXIT_PROBLEMS));
-            }
+            return print_problems(out, answer.ok, &answer.problems, args.json);
         }
         ClientCommand::List(args) => {
             let mut client = connect(opts).await?;
@@ -973,18 +957,19 @@ pub(crate) async fn execute(
         ClientCommand::Tables(TablesCommand::Add(args)) => {
             let mut client = connect(opts).await?;
             let names: Vec<String> = args.tables.iter().map(|t| t.source_table.clone()).collect();
-            let pipe = pipe_of(
-                client
-                    .update_pipe(UpdatePipeRequest {
-                        name: args.name.clone(),
-                        add_tables: args.tables,
-                        remove_tables: Vec::new(),
-                    })
-                    .await?
-                    .into_inner()
-                    .pipe,
-                "UpdatePipe",
-            )?;
+            let answer = client
+                .update_pipe(UpdatePipeRequest {
+                    name: args.name.clone(),
+                    add_tables: args.tables,
+                    remove_tables: Vec::new(),
+                    validate_only: args.dry_run,
+                })
+                .await?
+                .into_inner();
+            if args.dry_run {
+                return print_problems(out, answer.ok, &answer.problems, args.json);
+            }
+            let pipe = pipe_of(answer.pipe, "UpdatePipe")?;
             let pipe = if args.wait {
                 wait_tables(&mut client, &args.name, &names).await?
             } else {
@@ -994,18 +979,19 @@ pub(crate) async fn execute(
         }
         ClientCommand::Tables(TablesCommand::Remove(args)) => {
             let mut client = connect(opts).await?;
-            let pipe = pipe_of(
-                client
-                    .update_pipe(UpdatePipeRequest {
-                        name: args.name,
-                        add_tables: Vec::new(),
-                        remove_tables: args.tables,
-                    })
-                    .await?
-                    .into_inner()
-                    .pipe,
-                "UpdatePipe",
-            )?;
+            let answer = client
+                .update_pipe(UpdatePipeRequest {
+                    name: args.name,
+                    add_tables: Vec::new(),
+                    remove_tables: args.tables,
+                    validate_only: args.dry_run,
+                })
+                .await?
+                .into_inner();
+            if args.dry_run {
+                return print_problems(out, answer.ok, &answer.problems, args.json);
+            }
+            let pipe = pipe_of(answer.pipe, "UpdatePipe")?;
             print_tables_change(out, &pipe, args.json)?;
         }
         ClientCommand::Labels(args) => {
@@ -1049,6 +1035,40 @@ pub(crate) async fn execute(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A dry run's answer: `ok`, or every problem (exit 1).
+fn print_problems(
+    out: &mut Out,
+    ok: bool,
+    problems: &[crate::proto::Problem],
+    json: bool,
+) -> Result<ExitCode, CliError> {
+    if json {
+        let list: Vec<Value> = problems
+            .iter()
+            .map(|p| {
+                serde_json::json!({
+                    "kind": problem_kind_label(p.kind),
+                    "table": p.table,
+                    "column": p.column,
+                    "field": p.field,
+                    "message": p.message,
+                })
+            })
+            .collect();
+        out.json_pretty(&serde_json::json!({"ok": ok, "problems": list}))?;
+    } else if ok {
+        out.line("ok")?;
+    } else {
+        out.line(&format!("{} problem(s):", problems.len()))?;
+        out.block(&problems_table(problems))?;
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_PROBLEMS)
+    })
 }
 
 /// Polls the pipe until the named tables (or, when empty, all) replicate.

@@ -259,6 +259,7 @@ impl PipeService for Mock {
         }
         Ok(Response::new(crate::proto::UpdatePipeResponse {
             pipe: Some(p),
+            ..Default::default()
         }))
     }
 
