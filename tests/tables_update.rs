@@ -239,6 +239,15 @@ async fn a_removed_table_stops_replicating_and_keeps_its_destination() {
             .get(0);
     }
     assert_eq!(published, 0, "the removed table left the publication");
+
+    // Added again after rows were deleted at the source meanwhile: the
+    // reload leaves none of them behind.
+    pg.batch_execute(&format!("DELETE FROM {b} WHERE id % 4 = 0"))
+        .await
+        .unwrap();
+    update(&mut c, &name, &[&b], &[]).await.unwrap();
+    wait_replicating(&mut c, &name, &p.id, &b).await;
+    assert_equal(&schema, "b").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -1118,6 +1118,13 @@ impl Worker {
                         SinkError::Schema(m) => EngineError::Fatal(m),
                         other => other.into(),
                     })?;
+                // Like a pipe's own snapshot, the load starts from an empty
+                // table: rows of an earlier replication of it (removed, then
+                // added again) may have been deleted at the source since.
+                // Not routed yet, so no CDC change is lost; a redo before
+                // TableLoadStarted empties it again, and the new snapshot
+                // holds whatever CDC had written.
+                ends.ch.truncate(&cfg.destination_table).await?;
                 PreparedTable {
                     source_table: cfg.source_table.clone(),
                     destination_table: cfg.destination_table.clone(),
