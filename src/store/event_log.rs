@@ -241,13 +241,20 @@ fn key_seq(key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(b))
 }
 
+/// sled's page cache limit.
+const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
 impl EventLog {
     /// Opens (or creates) the log in `dir`. Nothing is readable until
     /// [`EventLog::replay`] has verified it.
     pub fn open(dir: &Path) -> Result<Arc<Self>, LogError> {
         prepare_data_dir(dir)?;
+        // sled caches up to 1 GiB by default, so a long-running service's
+        // memory followed the log's growth; reads of old events (replay,
+        // history) are sequential and do fine with less.
         let db = sled::Config::new()
             .path(dir)
+            .cache_capacity(CACHE_BYTES)
             .open()
             .map_err(|e| LogError::Open {
                 dir: dir.display().to_string(),
