@@ -186,15 +186,28 @@ async fn release_once(core: &Core, pipe: &Pipe) -> Result<(), worker::EngineErro
             destination_tables_dropped: dropped,
         }),
     );
+    // Decided on the projection at a stream version: a release that raced
+    // this one (e.g. spawned again before the first one's event was folded)
+    // finds it recorded and appends nothing.
     loop {
-        let version = core.log.stream_version(&pipe.name);
+        let (released, version) = core.read(|p| {
+            (
+                p.by_id(&pipe.id).is_some_and(|x| x.source_released),
+                p.stream_version(&pipe.name),
+            )
+        });
+        if released {
+            break;
+        }
         match core
             .log
             .append(&pipe.name, version, vec![event.clone()])
             .await
         {
             Ok(_) => break,
-            Err(crate::store::LogError::VersionConflict { .. }) => continue,
+            Err(crate::store::LogError::VersionConflict { .. }) => {
+                tokio::task::yield_now().await;
+            }
             Err(e) => return Err(e.into()),
         }
     }
