@@ -3,7 +3,22 @@
 # A fresh checkout on a machine where another checkout's dev env (or anything
 # else) holds the default ports gets free ports of its own.
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# Below the kernel's ephemeral range, which outgoing connections draw from.
+free_port() {
+  python3 -c '
+import random, socket
+for p in random.sample(range(20000, 32000), 12000):
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p))
+    except OSError:
+        continue
+    finally:
+        s.close()
+    print(p)
+    break
+'
+}
 STATE_DIR=${PGPIPE_DEV_DIR:-$REPO/.dev}
 if [ -f "$STATE_DIR/env.sh" ]; then
   # Keep the ports an earlier run of this checkout chose.

@@ -20,13 +20,42 @@ fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A port nothing listens on right now.
+/// A port nothing listens on right now, for a server a test starts later.
+///
+/// Taken below the kernel's ephemeral range (32768-60999 by default): a port
+/// from there (what binding port 0 returns) can be handed to any outgoing
+/// connection's local end, or to another test's `:0` listener, between this
+/// check and the server's bind; CI saw chfront fail with EADDRINUSE that way.
+/// Ports handed out once are not handed out again in this process.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0)
+        ^ std::process::id().wrapping_mul(2_654_435_761);
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let given = given.get_or_insert_with(HashSet::new);
+    for i in 0..SPAN {
+        let port = (LOW + (seed.wrapping_add(i.wrapping_mul(7_919))) % SPAN) as u16;
+        if given.contains(&port) {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
+            return port;
+        }
+    }
+    panic!("no free port in {LOW}..{}", LOW + SPAN)
+}
+
+/// Whether a failed `dev/env up` failed because a port was taken.
+fn port_taken(message: &str) -> bool {
+    message.contains("Address already in use") || message.contains("could not bind")
 }
 
 fn is_root() -> bool {
@@ -80,19 +109,38 @@ impl PrivateEnv {
             .prefix("pgpipe-peers-")
             .tempdir()
             .unwrap();
-        let pg_port = free_port();
-        let mut ch_port = free_port();
-        while ch_port == pg_port {
-            ch_port = free_port();
-        }
-        let env = Self {
+        let mut env = Self {
             dir,
-            pg_port,
-            ch_port,
+            pg_port: free_port(),
+            ch_port: free_port(),
             tls,
         };
-        env.dev_env(&["up"]).await;
-        env
+        // Another process may still take a port between the check and the
+        // bind; then start again on other ports.
+        for attempt in 1.. {
+            let mut cmd = tokio::process::Command::from(env.command(&["up"]));
+            let out = cmd.output().await;
+            let failed = match &out {
+                Ok(o) if o.status.success() => return env,
+                Ok(o) => format!(
+                    "{}\n{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                ),
+                Err(e) => e.to_string(),
+            };
+            if attempt >= 3 || !port_taken(&failed) {
+                check("dev/env [\"up\"]", out);
+            }
+            eprintln!(
+                "dev/env up on ports {}/{} found a port taken; retrying on others",
+                env.pg_port, env.ch_port
+            );
+            let _ = env.command(&["reset"]).output();
+            env.pg_port = free_port();
+            env.ch_port = free_port();
+        }
+        unreachable!()
     }
 
     pub fn state(&self) -> &Path {
