@@ -6,6 +6,7 @@
 //! projection says what must run and each worker resumes at its first step
 //! not recorded as done.
 
+mod copy;
 pub mod preflight;
 pub mod slot_health;
 mod table_load;

@@ -21,22 +21,15 @@
 //! has already moved past): older partial rows lose to newer versions.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use tokio::sync::Mutex;
-use tracing::Instrument;
-
-use super::worker::{EngineError, Facts, Progress};
+use super::copy::{CopyPlan, CopyWork, Progress, copy_partitions};
+use super::worker::{EngineError, Facts};
 use crate::domain::columns::Replicated;
 use crate::failpoint;
-use crate::metrics::RowKind;
-use crate::model::RowBatch;
 use crate::proto::event::Payload;
 use crate::proto::*;
 use crate::sink::ChSink;
-use crate::source::{self, SnapshotExport, SnapshotWorker};
-
-const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+use crate::source::{self, SnapshotExport};
 
 /// What a load needs, owned (it runs as its own task).
 pub(super) struct LoadJob {
@@ -95,78 +88,26 @@ pub(super) async fn run(job: LoadJob) -> Result<u64, EngineError> {
         .await?;
     failpoint::hit("table_load.started").await;
     let progress = Arc::new(Progress::new(std::slice::from_ref(&plan)));
-    let queue = Arc::new(Mutex::new(parts));
-    let workers =
-        (settings.snapshot_parallelism.max(1) as usize).min(queue.lock().await.len().max(1));
-    let mut set = tokio::task::JoinSet::new();
-    for _ in 0..workers {
-        let queue = Arc::clone(&queue);
-        let progress = Arc::clone(&progress);
-        let conn = conn.clone();
-        let password = password.clone();
-        let snapshot_name = snapshot_name.clone();
-        let ch = ch.clone();
-        let prepared = prepared.clone();
-        let view = view.clone();
-        let metrics = Arc::clone(&facts.core.metrics);
-        let pipe_name = facts.name.clone();
-        set.spawn(
-            async move {
-                let mut worker =
-                    SnapshotWorker::begin(&conn, password.as_deref(), &snapshot_name).await?;
-                let mut batch = RowBatch::default();
-                loop {
-                    let Some(part) = queue.lock().await.pop() else {
-                        break;
-                    };
-                    let copying = std::time::Instant::now();
-                    let mut writer = ch.writer(&prepared.load_table, &view.dest).await?;
-                    let mut copy = worker.copy_partition(&view.source, &part).await?;
-                    let mut rows = 0u64;
-                    while copy.next_rows(&mut batch).await? {
-                        writer.write_rows(&batch, version).await?;
-                        progress.add_rows(&prepared.source_table, batch.len() as u64);
-                        rows += batch.len() as u64;
-                    }
-                    drop(copy);
-                    writer.end().await?;
-                    metrics.rows_applied(
-                        &pipe_name,
-                        &prepared.source_table,
-                        RowKind::Snapshot,
-                        rows,
-                    );
-                    progress.partition_done(&prepared.source_table, copying.elapsed());
-                    failpoint::hit("table_load.partition_done").await;
-                }
-                worker.finish().await?;
-                Ok::<_, EngineError>(())
-            }
-            .in_current_span(),
-        );
-    }
-    let mut tick = tokio::time::interval(PROGRESS_EVERY);
-    tick.tick().await;
-    let mut all_ok = Ok(());
-    loop {
-        tokio::select! {
-            joined = set.join_next() => match joined {
-                None => break,
-                Some(Ok(Ok(()))) => {}
-                Some(Ok(Err(e))) => { all_ok = Err(e); break; }
-                Some(Err(join)) => {
-                    all_ok = Err(EngineError::Fatal(format!("table load worker crashed: {join}")));
-                    break;
-                }
-            },
-            _ = tick.tick() => {
-                facts.record(progress.events()).await?;
-            }
-        }
-    }
-    drop(set);
+    let work = parts
+        .into_iter()
+        .map(|part| CopyWork {
+            prepared: prepared.clone(),
+            view: view.clone(),
+            part,
+        })
+        .collect();
+    let copy = CopyPlan {
+        conn,
+        password,
+        snapshot_name,
+        ch,
+        version,
+        parallelism: settings.snapshot_parallelism,
+        failpoint: "table_load.partition_done",
+    };
+    let copied = copy_partitions(&facts, copy, work, Arc::clone(&progress)).await;
     let _ = export.finish().await;
-    all_ok?;
+    copied?;
     let rows = progress.rows(&prepared.source_table);
     let mut done = progress.events();
     done.push(Payload::TableLoadCompleted(TableLoadCompleted {

@@ -29,10 +29,8 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Mutex;
 use tracing::Instrument;
 
 use crate::commands::Core;
@@ -40,18 +38,17 @@ use crate::domain::columns::{self, Replicated};
 use crate::domain::validate;
 use crate::failpoint;
 use crate::metrics::RowKind;
-use crate::model::{Cell, ChangeKind, Lsn, Row, RowBatch, SourceTable, TxItem};
+use crate::model::{Cell, ChangeKind, Lsn, Row, SourceTable, TxItem};
 use crate::proto::event::Payload;
 use crate::proto::*;
 use crate::sink::{ChSink, CreateMode, SinkError};
-use crate::source::{self, SnapshotExport, SnapshotWorker, SourceError};
+use crate::source::{self, SnapshotExport, SourceError};
 
+use super::copy::{CopyPlan, CopyWork, PROGRESS_EVERY, Progress, copy_partitions};
 use super::table_load;
 use crate::store::event_log::new_event;
 use crate::store::{LogError, PipeSecrets};
 
-/// Progress events per table are coalesced to at most one per this period.
-const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
@@ -473,7 +470,11 @@ impl Worker {
                 estimated_rows: table.estimated_rows,
             });
             for part in parts {
-                work.push((prep.clone(), view.clone(), part));
+                work.push(CopyWork {
+                    prepared: prep.clone(),
+                    view: view.clone(),
+                    part,
+                });
             }
         }
         self.record(vec![
@@ -490,81 +491,18 @@ impl Worker {
         let (export, snapshot_name) =
             SnapshotExport::begin(&ends.conn, ends.secrets.source_password.as_deref()).await?;
         let progress = Arc::new(Progress::new(&plans));
-        let queue = Arc::new(Mutex::new(work));
-        let workers =
-            (settings.snapshot_parallelism.max(1) as usize).min(queue.lock().await.len().max(1));
-        let mut set = tokio::task::JoinSet::new();
-        for _ in 0..workers {
-            let queue = Arc::clone(&queue);
-            let progress = Arc::clone(&progress);
-            let conn = ends.conn.clone();
-            let password = ends.secrets.source_password.clone();
-            let name = snapshot_name.clone();
-            let ch = ends.ch.clone();
-            let metrics = Arc::clone(&self.core.metrics);
-            let pipe_name = self.name.clone();
-            set.spawn(
-                async move {
-                    let mut worker =
-                        SnapshotWorker::begin(&conn, password.as_deref(), &name).await?;
-                    // One batch buffer per worker, reused for every batch.
-                    let mut batch = RowBatch::default();
-                    loop {
-                        let Some((prep, view, part)) = queue.lock().await.pop() else {
-                            break;
-                        };
-                        let copying = Instant::now();
-                        // Selected by source names, written by destination names.
-                        let mut writer = ch.writer(&prep.load_table, &view.dest).await?;
-                        let mut copy = worker.copy_partition(&view.source, &part).await?;
-                        let mut rows = 0u64;
-                        while copy.next_rows(&mut batch).await? {
-                            writer.write_rows(&batch, version).await?;
-                            progress.add_rows(&prep.source_table, batch.len() as u64);
-                            rows += batch.len() as u64;
-                        }
-                        drop(copy);
-                        writer.end().await?;
-                        // Counted once ClickHouse acknowledged the partition.
-                        metrics.rows_applied(
-                            &pipe_name,
-                            &prep.source_table,
-                            RowKind::Snapshot,
-                            rows,
-                        );
-                        progress.partition_done(&prep.source_table, copying.elapsed());
-                        failpoint::hit("snapshot.partition_done").await;
-                    }
-                    worker.finish().await?;
-                    Ok::<_, EngineError>(())
-                }
-                .in_current_span(),
-            );
-        }
-        // Coalesced progress while the copy runs; the first error stops all
-        // workers (dropping the set aborts them).
-        let mut tick = tokio::time::interval(PROGRESS_EVERY);
-        tick.tick().await;
-        let mut all_ok = Ok(());
-        loop {
-            tokio::select! {
-                joined = set.join_next() => match joined {
-                    None => break,
-                    Some(Ok(Ok(()))) => {}
-                    Some(Ok(Err(e))) => { all_ok = Err(e); break; }
-                    Some(Err(join)) => {
-                        all_ok = Err(EngineError::Fatal(format!("snapshot worker crashed: {join}")));
-                        break;
-                    }
-                },
-                _ = tick.tick() => {
-                    self.record(progress.events()).await?;
-                }
-            }
-        }
-        drop(set);
+        let plan = CopyPlan {
+            conn: ends.conn.clone(),
+            password: ends.secrets.source_password.clone(),
+            snapshot_name,
+            ch: ends.ch.clone(),
+            version,
+            parallelism: settings.snapshot_parallelism,
+            failpoint: "snapshot.partition_done",
+        };
+        let copied = copy_partitions(&self.facts(), plan, work, Arc::clone(&progress)).await;
         let _ = export.finish().await;
-        all_ok?;
+        copied?;
         let mut done: Vec<Payload> = progress.events();
         for plan in &plans {
             done.push(Payload::SnapshotTableCompleted(SnapshotTableCompleted {
@@ -1667,78 +1605,6 @@ fn pg_time(pg_us: i64) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: PG_EPOCH_UNIX_S + pg_us.div_euclid(1_000_000),
         nanos: (pg_us.rem_euclid(1_000_000) * 1000) as i32,
-    }
-}
-
-/// Snapshot counters shared by the copy workers.
-pub(super) struct Progress {
-    tables: HashMap<String, (AtomicU64, AtomicU64, u32)>,
-    /// Per table: milliseconds spent on its finished partitions.
-    partition_ms: HashMap<String, AtomicU64>,
-}
-
-impl Progress {
-    pub(super) fn new(plans: &[SnapshotTablePlan]) -> Self {
-        Self {
-            tables: plans
-                .iter()
-                .map(|p| {
-                    (
-                        p.source_table.clone(),
-                        (AtomicU64::new(0), AtomicU64::new(0), p.partitions_total),
-                    )
-                })
-                .collect(),
-            partition_ms: plans
-                .iter()
-                .map(|p| (p.source_table.clone(), AtomicU64::new(0)))
-                .collect(),
-        }
-    }
-
-    pub(super) fn add_rows(&self, table: &str, n: u64) {
-        if let Some((rows, _, _)) = self.tables.get(table) {
-            rows.fetch_add(n, Ordering::Relaxed);
-        }
-    }
-
-    pub(super) fn partition_done(&self, table: &str, took: Duration) {
-        if let Some(ms) = self.partition_ms.get(table) {
-            ms.fetch_add(took.as_millis() as u64, Ordering::Relaxed);
-        }
-        if let Some((_, done, _)) = self.tables.get(table) {
-            done.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    pub(super) fn rows(&self, table: &str) -> u64 {
-        self.tables
-            .get(table)
-            .map_or(0, |(r, _, _)| r.load(Ordering::Relaxed))
-    }
-
-    pub(super) fn events(&self) -> Vec<Payload> {
-        let mut out: Vec<Payload> = self
-            .tables
-            .iter()
-            .map(|(name, (rows, done, total))| {
-                Payload::SnapshotProgress(SnapshotProgress {
-                    source_table: name.clone(),
-                    rows_copied: rows.load(Ordering::Relaxed),
-                    partitions_done: done.load(Ordering::Relaxed) as u32,
-                    partitions_total: *total,
-                    partition_ms_total: self
-                        .partition_ms
-                        .get(name)
-                        .map_or(0, |ms| ms.load(Ordering::Relaxed)),
-                })
-            })
-            .collect();
-        out.sort_by_key(|p| match p {
-            Payload::SnapshotProgress(s) => s.source_table.clone(),
-            _ => String::new(),
-        });
-        out
     }
 }
 
