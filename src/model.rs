@@ -37,8 +37,10 @@ impl FromStr for Lsn {
     }
 }
 
-/// A source column type, classified. Anything else is rejected at setup
-/// with the column named, never replicated as garbage.
+/// A source column type, classified. Anything else is `Unsupported`: such a
+/// column is described (pgoutput sends it, so CDC rows are projected past
+/// it) but can only be excluded; kept, it is rejected at setup with the
+/// column named, never replicated as garbage.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PgType {
     Bool,
@@ -70,6 +72,8 @@ pub enum PgType {
     },
     /// One-dimensional array of an element type.
     Array(Box<PgType>),
+    /// Any other type (`point`, multi-dimensional arrays, ...).
+    Unsupported,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

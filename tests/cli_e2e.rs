@@ -145,27 +145,6 @@ fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
-async fn wait_released(c: &mut Client, id: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let p = c
-            .get_pipe(GetPipeRequest {
-                id: id.into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .pipe
-            .unwrap();
-        if p.source_released {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{id} not released: {p:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// create --wait, list, get (text and JSON), resync --wait, watch
 /// --until-running across a resync (live and replayed), delete.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -181,34 +181,12 @@ async fn a_resync_keeps_the_exclusion_and_the_rename() {
         ))
         .await
         .unwrap();
-    let new = c
-        .resync_pipe(ResyncPipeRequest {
-            name: name.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pipe
-        .unwrap();
+    let new = resync_and_wait(&mut c, &name, Duration::from_secs(120)).await;
     assert_eq!(new.resync_of, old.id);
     assert_eq!(
         new.config.as_ref().unwrap().tables[0].exclude_columns,
         ["password_hash"]
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let p = get(&mut c, &name).await;
-        assert_ne!(p.status(), PipeStatus::Failed, "{}", p.error);
-        if p.id == new.id && p.status() == PipeStatus::Running && p.swapped {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "resync not done: {p:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
     assert_eq!(
         dest_columns(&schema, "users").await,
         ["id", "description", "note", "big_note", "qty"]
@@ -381,4 +359,113 @@ impl IntoValidate for CreatePipeRequest {
             labels: self.labels,
         }
     }
+}
+
+/// `shapes`: id, a `point` (no ClickHouse mapping), v, a 2-D array (none
+/// either).
+async fn make_shapes(schema: &str, rows: i64) {
+    pg().await
+        .batch_execute(&format!(
+            "CREATE SCHEMA {schema};
+             CREATE TABLE {schema}.shapes (id bigint PRIMARY KEY, p point, v text, m int[][]);
+             INSERT INTO {schema}.shapes
+             SELECT g, point(g, -g), 'v ' || g, ARRAY[[g, 1], [2, 3]] FROM generate_series(1, {rows}) g;"
+        ))
+        .await
+        .unwrap();
+}
+
+/// Waits until `shapes` matches its destination on the kept columns.
+async fn shapes_equal(schema: &str, secs: u64) {
+    let timeout = Duration::from_secs(secs);
+    wait_equal(schema, "shapes", schema, "shapes", "id, v", timeout).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_column_of_an_unsupported_type_is_refused_until_excluded() {
+    let schema = unique("colu");
+    make_shapes(&schema, 10).await;
+    let srv = InProcess::start_engine().await;
+    let mut c = srv.client().await;
+    let name = schema.replace('_', "-");
+    let req = pipe_req(&name, &schema, &[&format!("{schema}.shapes")]);
+    let v = c
+        .validate_pipe(req.clone().into_validate())
+        .await
+        .unwrap()
+        .into_inner();
+    let kinds: Vec<_> = v.problems.iter().map(|p| p.kind()).collect();
+    assert_eq!(
+        kinds,
+        [ProblemKind::UnsupportedType, ProblemKind::UnsupportedType],
+        "{v:?}"
+    );
+    assert!(
+        v.problems[0].message.contains("type point")
+            && v.problems[0].message.contains("exclude_columns"),
+        "{v:?}"
+    );
+    // (As every problem of the source's tables.)
+    let err = c.create_pipe(req.clone()).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message().contains("exclude_columns"),
+        "{}",
+        err.message()
+    );
+    // Excluding one leaves the other reported.
+    let mut one = req.clone();
+    one.tables[0].exclude_columns = vec!["p".into()];
+    let v = c
+        .validate_pipe(one.into_validate())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(v.problems.len(), 1, "{v:?}");
+    assert_eq!(v.problems[0].column, "m", "{v:?}");
+    let mut both = req;
+    both.tables[0].exclude_columns = vec!["p".into(), "m".into()];
+    let v = c
+        .validate_pipe(both.into_validate())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(v.ok, "{v:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_excluded_column_of_an_unsupported_type_is_left_out_of_load_cdc_and_resync() {
+    let schema = unique("colp");
+    make_shapes(&schema, 2_000).await;
+    let srv = InProcess::start_engine().await;
+    let mut c = srv.client().await;
+    let name = schema.replace('_', "-");
+    let mut req = pipe_req(&name, &schema, &[&format!("{schema}.shapes")]);
+    req.tables[0].exclude_columns = vec!["p".into(), "m".into()];
+    c.create_pipe(req).await.unwrap();
+    wait_running(&mut c, &name, Duration::from_secs(120)).await;
+    assert_eq!(dest_columns(&schema, "shapes").await, ["id", "v"]);
+    shapes_equal(&schema, 30).await;
+    // CDC rows carry the excluded columns; they are projected away.
+    pg().await
+        .batch_execute(&format!(
+            "INSERT INTO {schema}.shapes SELECT g, point(g, g), 'new ' || g, ARRAY[[1]]
+                 FROM generate_series(2001, 2100) g;
+             UPDATE {schema}.shapes SET p = point(0, 0) WHERE id <= 50;
+             UPDATE {schema}.shapes SET v = 'changed', m = ARRAY[[9]] WHERE id BETWEEN 51 AND 80;
+             DELETE FROM {schema}.shapes WHERE id BETWEEN 81 AND 90;"
+        ))
+        .await
+        .unwrap();
+    shapes_equal(&schema, 60).await;
+    resync_and_wait(&mut c, &name, Duration::from_secs(120)).await;
+    pg().await
+        .batch_execute(&format!(
+            "UPDATE {schema}.shapes SET v = 'after resync', p = point(1, 1) WHERE id > 2050;"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(dest_columns(&schema, "shapes").await, ["id", "v"]);
+    shapes_equal(&schema, 60).await;
+    delete(&mut c, &name).await;
 }

@@ -60,18 +60,6 @@ async fn resync(c: &mut Client, name: &str) -> Result<Pipe, tonic::Status> {
     .map(|r| r.into_inner().pipe.unwrap())
 }
 
-async fn get_id(c: &mut Client, id: &str) -> Pipe {
-    c.get_pipe(GetPipeRequest {
-        id: id.into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .pipe
-    .unwrap()
-}
-
 /// Polls the current incarnation of `name` until `pred` holds.
 async fn wait_for(
     c: &mut Client,
@@ -97,23 +85,6 @@ async fn wait_for(
             "{what} not reached in time: {p:?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Waits until the deleted incarnation `id` released its slot and
-/// publication (so no test leaves a slot pinning WAL behind).
-async fn wait_released(c: &mut Client, id: &str) -> Pipe {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let p = get_id(c, id).await;
-        if p.source_released {
-            return p;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "source objects of {id} not released: {p:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

@@ -10,7 +10,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::validate::{Invalid, ident};
-use crate::model::{Row, SourceTable};
+use crate::model::{PgType, Row, SourceTable};
 use crate::proto::TableConfig;
 
 /// Prefix of pgpipe's own ClickHouse columns (`_pgpipe_version`, ...).
@@ -117,6 +117,9 @@ pub struct ColumnProblem {
     /// The source column concerned.
     pub column: String,
     pub message: String,
+    /// A kept column of a type pgpipe cannot replicate (the source's
+    /// description reports it too, as an unsupported type).
+    pub unsupported_type: bool,
 }
 
 /// A source table as replicated: the kept columns, by source and by
@@ -176,6 +179,7 @@ pub fn replicated(
                 problems.push(ColumnProblem {
                     field,
                     column: c.clone(),
+                    unsupported_type: false,
                     message: format!(
                         "exclude_columns of {what} names column {c:?}, which the table does not \
                          have; its columns are: {}",
@@ -189,6 +193,7 @@ pub fn replicated(
             problems.push(ColumnProblem {
                 field,
                 column: c.clone(),
+                unsupported_type: false,
                 message: format!(
                     "exclude_columns of {what} names key column {c:?}: primary key (or replica \
                      identity) columns identify rows in ClickHouse and must be replicated"
@@ -198,6 +203,7 @@ pub fn replicated(
             problems.push(ColumnProblem {
                 field,
                 column: c.clone(),
+                unsupported_type: false,
                 message: format!(
                     "exclude_columns of {what} names column {c:?}, which order_by uses; \
                      drop it from one of them"
@@ -212,6 +218,7 @@ pub fn replicated(
             problems.push(ColumnProblem {
                 field: rename_field(i, from),
                 column: (*from).clone(),
+                unsupported_type: false,
                 message: format!(
                     "rename_columns of {what} names column {from:?}, which the table does not \
                      have; its columns are: {}",
@@ -223,6 +230,21 @@ pub fn replicated(
     let kept: Vec<usize> = (0..table.columns.len())
         .filter(|&k| !excluded.contains(names[k]))
         .collect();
+    for &k in &kept {
+        let c = &table.columns[k];
+        if c.pg_type == PgType::Unsupported {
+            problems.push(ColumnProblem {
+                field: format!("tables[{i}].exclude_columns"),
+                column: c.name.clone(),
+                unsupported_type: true,
+                message: format!(
+                    "column {:?} of {what} has type {}, which pgpipe cannot replicate; add it \
+                     to exclude_columns to leave it out",
+                    c.name, c.type_name
+                ),
+            });
+        }
+    }
     // Destination names must stay unique: a rename onto a kept column's
     // own name (not renamed away itself) would give ClickHouse two columns
     // with one name.
@@ -239,6 +261,7 @@ pub fn replicated(
             problems.push(ColumnProblem {
                 field: rename_field(i, renamed),
                 column: renamed.to_owned(),
+                unsupported_type: false,
                 message: format!(
                     "rename_columns of {what} renames {renamed:?} to {dst:?}, which is already \
                      the name of another replicated column; pick another name (or rename or \
@@ -324,6 +347,20 @@ mod tests {
         let t = |s: &str| Cell::Text(s.into());
         let row = vec![t("1"), t("d"), t("secret"), Cell::UnchangedToast];
         assert_eq!(r.project(&row), vec![t("1"), t("d"), Cell::UnchangedToast]);
+    }
+
+    #[test]
+    fn a_column_of_an_unsupported_type_must_be_excluded() {
+        let mut t = table();
+        t.columns[2].pg_type = PgType::Unsupported;
+        t.columns[2].type_name = "point".into();
+        let problems = replicated(0, &t, &cfg(&[], &[]), true).unwrap_err();
+        assert_eq!(problems.len(), 1);
+        assert!(problems[0].unsupported_type);
+        assert_eq!(problems[0].column, "password_hash");
+        assert!(problems[0].message.contains("type point"), "{problems:?}");
+        let r = replicated(0, &t, &cfg(&["password_hash"], &[]), true).unwrap();
+        assert_eq!(r.kept, vec![0, 1, 3]);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! either end.
 
 use crate::domain::columns;
+use crate::model::PgType;
 use crate::proto::{PipeConfig, Problem, ProblemKind};
 use crate::sink::SinkError;
 use crate::source::{self, SourceError, TableReport};
@@ -242,7 +243,12 @@ async fn check_source(
     for (i, (cfg, report)) in config.tables.iter().zip(reports).enumerate() {
         match report {
             Err(e) => found.source(&cfg.source_table, &e)?,
-            Ok(r) => {
+            Ok(mut r) => {
+                // An excluded column's type does not matter.
+                r.problems.retain(|p| {
+                    !matches!(p, source::SourceError::UnsupportedType { column, .. }
+                        if cfg.exclude_columns.contains(column))
+                });
                 for p in &r.problems {
                     found.source(&cfg.source_table, p)?;
                 }
@@ -301,7 +307,8 @@ async fn check_source(
             // replicated, under the destination names.
             Ok(view) => r.table = view.dest,
             Err(problems) => {
-                for p in problems {
+                // A kept unsupported column was reported above, by type.
+                for p in problems.into_iter().filter(|p| !p.unsupported_type) {
                     found.push_field(
                         ProblemKind::Column,
                         &cfg.source_table,
@@ -312,7 +319,13 @@ async fn check_source(
                 }
             }
         }
-        for col in &r.table.columns {
+        // (Unsupported types were reported with the table's description.)
+        for col in r
+            .table
+            .columns
+            .iter()
+            .filter(|c| c.pg_type != PgType::Unsupported)
+        {
             if let Err(e) = crate::sink::clickhouse_type(col) {
                 found.push(
                     ProblemKind::UnsupportedType,

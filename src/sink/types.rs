@@ -122,6 +122,7 @@ impl Kind {
             PgType::Time => Kind::Time,
             PgType::Uuid => Kind::Uuid,
             PgType::Enum { .. } => Kind::Enum,
+            PgType::Unsupported => return Err("the type is not supported".into()),
             PgType::Array(inner) => match inner.as_ref() {
                 PgType::Array(_) => return Err("arrays of arrays are not supported".into()),
                 other => Kind::Array(Box::new(Kind::from_pg(other)?)),

@@ -165,7 +165,7 @@ pub enum SourceError {
     NoSelectPrivilege { table: String, user: String },
 
     #[error(
-        "table {table} column {column:?} has type {type_name}, which pgpipe cannot replicate; supported: bool, int2/4/8, float4/8, numeric, text/varchar/char, bytea, date, time, timestamp(tz), interval, uuid, json(b), inet/cidr, enums, domains and 1-D arrays of these"
+        "table {table} column {column:?} has type {type_name}, which pgpipe cannot replicate; supported: bool, int2/4/8, float4/8, numeric, text/varchar/char, bytea, date, time, timestamp(tz), interval, uuid, json(b), inet/cidr, enums, domains and 1-D arrays of these; or leave the column out with the table's exclude_columns"
     )]
     UnsupportedType {
         table: String,

@@ -10,8 +10,9 @@ use crate::model::{PgType, SourceColumn, SourceTable};
 
 /// Describes each table: columns in attribute order (dropped and generated
 /// columns excluded: pgoutput never sends generated columns, so the
-/// snapshot must not either), classified types, and the key pgoutput
-/// identifies rows by.
+/// snapshot must not either), classified types (`PgType::Unsupported` for
+/// a column pgpipe cannot replicate: not an error here, as the pipe may
+/// exclude it), and the key pgoutput identifies rows by.
 ///
 /// The key is the primary key, except with `REPLICA IDENTITY USING INDEX`,
 /// where it is that index's columns (pgoutput sends those, not the primary
@@ -29,7 +30,13 @@ pub async fn describe_tables(
     let mut out = Vec::with_capacity(tables.len());
     for q in tables {
         let report = describe_one(client, q, version, &mut types).await?;
-        if let Some(first) = report.problems.into_iter().next() {
+        // Unsupported columns are described as such: the column mapping
+        // refuses them unless excluded.
+        if let Some(first) = report
+            .problems
+            .into_iter()
+            .find(|p| !matches!(p, SourceError::UnsupportedType { .. }))
+        {
             return Err(first);
         }
         out.push(report.table);
@@ -40,8 +47,8 @@ pub async fn describe_tables(
 /// A table as [`describe_table_problems`] found it.
 #[derive(Debug)]
 pub struct TableReport {
-    /// The replicable part: unsupported columns are left out, and `key` may
-    /// be empty when `problems` says so.
+    /// Every column (unsupported ones typed `PgType::Unsupported`); `key`
+    /// may be empty when `problems` says so.
     pub table: SourceTable,
     /// Every column name (generated ones excluded), supported or not.
     pub all_columns: Vec<String>,
@@ -158,7 +165,6 @@ async fn describe_one(
     let mut columns = Vec::with_capacity(cols.len());
     let mut attnums = Vec::with_capacity(cols.len());
     let mut all_columns = Vec::with_capacity(cols.len());
-    let mut unsupported_attnums = Vec::new();
     let mut problems = Vec::new();
     for c in &cols {
         let attnum: i16 = c.get(0);
@@ -186,12 +192,12 @@ async fn describe_one(
                 .await
                 .map_err(|e| e.into_source_error(&name))?
         };
-        // Kept going: every unsupported column is worth knowing at once.
-        let Some(pg_type) = pg_type else {
+        // Kept going: every unsupported column is worth knowing at once. It
+        // stays in the description (CDC rows carry it) for exclude_columns.
+        let pg_type = pg_type.unwrap_or_else(|| {
             problems.push(unsupported());
-            unsupported_attnums.push(attnum);
-            continue;
-        };
+            PgType::Unsupported
+        });
         attnums.push(attnum);
         columns.push(SourceColumn {
             name: col_name,
@@ -252,10 +258,6 @@ async fn describe_one(
         None => {}
         Some(k) => {
             for a in k {
-                // A key on an unsupported column was reported as such.
-                if unsupported_attnums.contains(&a) {
-                    continue;
-                }
                 // A key on an expression (attnum 0) or a generated column
                 // cannot identify rows in the change stream.
                 let Some(i) = attnums.iter().position(|&x| x == a) else {

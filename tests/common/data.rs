@@ -91,6 +91,36 @@ pub async fn get(c: &mut Client, name: &str) -> Pipe {
     .unwrap()
 }
 
+/// One incarnation, by id.
+pub async fn get_id(c: &mut Client, id: &str) -> Pipe {
+    c.get_pipe(GetPipeRequest {
+        id: id.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .pipe
+    .unwrap()
+}
+
+/// Waits until the deleted incarnation `id` released its slot and
+/// publication (so no test leaves a slot pinning WAL behind).
+pub async fn wait_released(c: &mut Client, id: &str) -> Pipe {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let p = get_id(c, id).await;
+        if p.source_released {
+            return p;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "source objects of {id} not released: {p:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Waits until the pipe's current incarnation is RUNNING (panics on FAILED).
 pub async fn wait_running(c: &mut Client, name: &str, timeout: Duration) -> Pipe {
     let deadline = tokio::time::Instant::now() + timeout;
@@ -107,6 +137,25 @@ pub async fn wait_running(c: &mut Client, name: &str, timeout: Duration) -> Pipe
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Starts a whole-pipe resync and waits until its incarnation is RUNNING
+/// with its tables swapped in; returns it.
+pub async fn resync_and_wait(c: &mut Client, name: &str, timeout: Duration) -> Pipe {
+    let new = c
+        .resync_pipe(ResyncPipeRequest {
+            name: name.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pipe
+        .unwrap();
+    let running = wait_running(c, name, timeout).await;
+    assert_eq!(running.id, new.id, "another incarnation is running");
+    assert!(running.swapped, "running before the swap: {running:?}");
+    running
 }
 
 /// Rows of the source table that differ from the destination (FINAL, live
