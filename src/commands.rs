@@ -295,6 +295,7 @@ impl Core {
         &self,
         name: &str,
         overrides: &[TableConfig],
+        replace_columns: bool,
     ) -> Result<Pipe, CommandError> {
         let new_id = uuid::Uuid::new_v4().to_string();
         // The new incarnation connects with the old one's credentials; copy
@@ -311,11 +312,15 @@ impl Core {
         if self.preflight {
             // Validation happens before the old incarnation is dropped.
             let mut config = old.config.clone().unwrap_or_default();
-            config.tables = validate::apply_overrides(&config.tables, overrides)?;
+            config.tables = validate::apply_overrides(&config.tables, overrides, replace_columns)?;
             crate::engine::preflight::check_problem(
                 &config,
                 &self.secrets.get(&old_id)?,
-                Purpose::Resync,
+                if replace_columns {
+                    Purpose::ResyncNewColumns
+                } else {
+                    Purpose::Resync
+                },
             )
             .await
             .map_err(preflight_error)?;
@@ -337,7 +342,8 @@ impl Core {
                     )));
                 }
                 let mut config = p.config.clone().unwrap_or_default();
-                config.tables = validate::apply_overrides(&config.tables, overrides)?;
+                config.tables =
+                    validate::apply_overrides(&config.tables, overrides, replace_columns)?;
                 // The new incarnation starts with the labels as they are now.
                 config.labels = p.labels.clone();
                 Ok(Decision {
@@ -347,6 +353,7 @@ impl Core {
                             &p.id,
                             Payload::ResyncStarted(ResyncStarted {
                                 overrides: overrides.to_vec(),
+                                replace_column_options: replace_columns,
                             }),
                         ),
                         new_event(

@@ -855,3 +855,77 @@ async fn tables_add_remove_and_a_table_resync() {
         .await;
     }
 }
+
+/// `resync --exclude/--rename` changes a table's column options (the rest
+/// kept), `--reset-columns` drops them; a table the pipe lacks exits 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_resync_changes_and_resets_column_options() {
+    let schema = unique("clicol");
+    make_table(&schema, 2_000).await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = engine(&dir, &[]).await;
+    let addr = p.addr.as_str();
+    let name = schema.replace('_', "-");
+    let items = format!("{schema}.items");
+    let mut args = create_args(&name, &schema, &items);
+    args.extend(["--rename".into(), format!("{items}=name:title")]);
+    let r = pgpipe(addr, &strs(&args), &[]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let dest_cols = || async {
+        ch(&schema)
+            .query(
+                "SELECT name FROM system.columns WHERE database = currentDatabase() \
+                 AND table = 'items' AND name NOT LIKE '\\_pgpipe\\_%' ORDER BY position",
+            )
+            .fetch_all::<String>()
+            .await
+            .unwrap()
+    };
+    assert_eq!(dest_cols().await, ["id", "title", "qty"]);
+
+    let exclude = format!("{items}=qty");
+    let r = pgpipe(
+        addr,
+        &["resync", &name, "--exclude", &exclude, "--wait"],
+        &[],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(dest_cols().await, ["id", "title"], "the rename is kept");
+    wait_equal(
+        &schema,
+        "items",
+        &schema,
+        "items",
+        "id",
+        Duration::from_secs(60),
+    )
+    .await;
+
+    let r = pgpipe(
+        addr,
+        &["resync", &name, "--reset-columns", &items, "--wait"],
+        &[],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(dest_cols().await, ["id", "name", "qty"]);
+    wait_equal(
+        &schema,
+        "items",
+        &schema,
+        "items",
+        COLS,
+        Duration::from_secs(60),
+    )
+    .await;
+
+    let r = pgpipe(
+        addr,
+        &["resync", &name, "--exclude", "public.nope=qty"],
+        &[],
+    )
+    .await;
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.all().contains("which the pipe does not have"), "{r:?}");
+}

@@ -479,6 +479,7 @@ async fn resync_overrides_are_checked_against_the_pipe() {
             ..Default::default()
         }],
         tables: vec![],
+        ..Default::default()
     };
     expect_code(
         c.resync_pipe(o).await,
@@ -507,6 +508,7 @@ async fn resync_carries_settings_over_and_applies_overrides() {
             ..Default::default()
         }],
         tables: vec![],
+        ..Default::default()
     };
     let new = c.resync_pipe(o).await.unwrap().into_inner().pipe.unwrap();
     assert_ne!(new.id, old.id);

@@ -481,6 +481,7 @@ fn cases() -> Vec<Case> {
                 name: "base".into(),
                 overrides: vec![o.clone()],
                 tables: vec![],
+                ..Default::default()
             };
             async move { c.resync_pipe(r).await.map(|_| ()) }
         }
@@ -552,6 +553,7 @@ fn cases() -> Vec<Case> {
                 name: "base".into(),
                 overrides: vec![o.clone(), o],
                 tables: vec![],
+                ..Default::default()
             };
             async move { c.resync_pipe(r).await.map(|_| ()) }
         },

@@ -175,6 +175,7 @@ async fn tables_that_cannot_be_replicated_are_refused_naming_the_fix() {
                     ..Default::default()
                 }],
                 tables: vec![],
+                ..Default::default()
             })
             .await
             .unwrap_err();

@@ -303,6 +303,7 @@ async fn resync_carries_the_current_labels_to_the_new_incarnation() {
             name: "a".into(),
             overrides: vec![],
             tables: vec![],
+            ..Default::default()
         })
         .await
         .unwrap()

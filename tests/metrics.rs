@@ -352,6 +352,7 @@ async fn row_counters_follow_a_snapshot_cdc_and_a_resync() {
         name: name.clone(),
         overrides: vec![],
         tables: vec![],
+        ..Default::default()
     })
     .await
     .unwrap();

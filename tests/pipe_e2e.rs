@@ -218,6 +218,7 @@ async fn resync_with_a_new_order_by_rebuilds_and_swaps() {
                 ..Default::default()
             }],
             tables: vec![],
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -3,6 +3,7 @@
 //! The throughput measurement is `#[ignore]`d:
 //! `cargo test --release --test sink_ch -- --ignored --nocapture throughput`.
 
+use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -29,7 +30,7 @@ fn futures_are_send(
     is_send(sink.ping());
     is_send(sink.writer("t", src));
     is_send(sink.fill_unchanged("t", src, rows));
-    is_send(sink.transfer_soft_deletes("a", "b", &[]));
+    is_send(sink.transfer_soft_deletes("a", "b", &[], &Default::default()));
     is_send(sink.create_table("t", src, &[], CreateMode::IfNotExists));
     is_send(w.write_batch(&[]));
 }
@@ -1165,7 +1166,7 @@ async fn transfer_soft_deletes_never_hides_live_rows() {
     .await;
 
     let moved = sink
-        .transfer_soft_deletes("o", "o_resync", &["id".to_string()])
+        .transfer_soft_deletes("o", "o_resync", &["id".to_string()], &Default::default())
         .await
         .unwrap();
     assert_eq!(moved, 2, "keys 2 and 5");
@@ -1211,16 +1212,85 @@ async fn transfer_soft_deletes_never_hides_live_rows() {
     assert_eq!(live, vec![1, 3, 4], "the re-inserted key 3 stays live");
     // Idempotent: a second run copies nothing (the keys now exist).
     assert_eq!(
-        sink.transfer_soft_deletes("o", "o_resync", &["id".to_string()])
+        sink.transfer_soft_deletes("o", "o_resync", &["id".to_string()], &Default::default())
             .await
             .unwrap(),
         0
     );
     let err = sink
-        .transfer_soft_deletes("o", "o_resync", &["nope".to_string()])
+        .transfer_soft_deletes("o", "o_resync", &["nope".to_string()], &Default::default())
         .await
         .unwrap_err();
     assert!(err.to_string().contains("no column \"nope\""), "{err}");
+    cleanup(&sink).await;
+}
+
+/// A resync that renamed columns (the key among them): soft-deleted rows
+/// are matched and copied under the new names.
+#[tokio::test]
+async fn transfer_soft_deletes_follows_renamed_columns() {
+    let sink = fresh_sink("transfer_renamed").await;
+    let db = sink.database().to_string();
+    let orig_src = table(
+        "o",
+        vec![
+            col("id", PgType::Int8, true),
+            col("desc", PgType::Text, false),
+        ],
+        vec![0],
+    );
+    let new_src = table(
+        "o",
+        vec![
+            col("order_id", PgType::Int8, true),
+            col("description", PgType::Text, false),
+        ],
+        vec![0],
+    );
+    sink.create_table("o", &orig_src, &[], CreateMode::IfNotExists)
+        .await
+        .unwrap();
+    sink.create_table("o_resync", &new_src, &[], CreateMode::OrReplace)
+        .await
+        .unwrap();
+    let r = |id: &str, v: &str| vec![t(id), t(v)];
+    write_rows(
+        &sink,
+        "o",
+        &orig_src,
+        &[(r("1", "one"), 10, false), (r("2", "two"), 10, false)],
+    )
+    .await;
+    write_rows(&sink, "o", &orig_src, &[(r("2", "two"), 20, true)]).await;
+    write_rows(&sink, "o_resync", &new_src, &[(r("1", "one"), 100, false)]).await;
+    let renamed: HashMap<String, String> = [
+        ("order_id".to_string(), "id".to_string()),
+        ("description".to_string(), "desc".to_string()),
+    ]
+    .into();
+    let moved = sink
+        .transfer_soft_deletes("o", "o_resync", &["order_id".to_string()], &renamed)
+        .await
+        .unwrap();
+    assert_eq!(moved, 1, "key 2");
+    let all = query_json(
+        &sink,
+        &format!(
+            "SELECT order_id, description, _pgpipe_version, _pgpipe_is_deleted \
+             FROM `{db}`.o_resync ORDER BY order_id"
+        ),
+    )
+    .await;
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert_eq!(all[1]["order_id"], 2);
+    assert_eq!(all[1]["description"], "two");
+    assert_eq!(all[1]["_pgpipe_is_deleted"], 1);
+    // Idempotent under the mapping too.
+    let again = sink
+        .transfer_soft_deletes("o", "o_resync", &["order_id".to_string()], &renamed)
+        .await
+        .unwrap();
+    assert_eq!(again, 0);
     cleanup(&sink).await;
 }
 

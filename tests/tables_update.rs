@@ -522,6 +522,7 @@ async fn bad_table_changes_are_refused_with_what_to_fix() {
             name: name.clone(),
             tables: vec![a.clone()],
             overrides: vec![table(&a)],
+            ..Default::default()
         })
         .await
         .unwrap_err();

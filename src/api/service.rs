@@ -199,7 +199,7 @@ impl PipeService for PipeApi {
         let req = request.into_inner();
         name_arg(&req.name)?;
         if !req.tables.is_empty() {
-            if !req.overrides.is_empty() {
+            if !req.overrides.is_empty() || req.replace_column_options {
                 return Err(Status::invalid_argument(
                     "overrides apply to a whole-pipe resync; a table resync (tables) keeps each table's settings: send one or the other",
                 ));
@@ -208,7 +208,9 @@ impl PipeService for PipeApi {
             tracing::info!(pipe_id = %pipe.id, tables = ?req.tables, "table resync requested");
             return Ok(Response::new(ResyncPipeResponse { pipe: Some(pipe) }));
         }
-        let pipe = core.resync(&req.name, &req.overrides).await?;
+        let pipe = core
+            .resync(&req.name, &req.overrides, req.replace_column_options)
+            .await?;
         tracing::info!(pipe_id = %pipe.id, resync_of = %pipe.resync_of, "resync started");
         Ok(Response::new(ResyncPipeResponse { pipe: Some(pipe) }))
     }

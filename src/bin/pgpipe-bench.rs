@@ -2064,8 +2064,7 @@ async fn resync_run(
     let start = Instant::now();
     c.resync_pipe(pgpipe::proto::ResyncPipeRequest {
         name: name.into(),
-        overrides: vec![],
-        tables: vec![],
+        ..Default::default()
     })
     .await?;
     let new = wait_cdc(c, name, Some(&old)).await?;

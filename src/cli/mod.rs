@@ -44,7 +44,7 @@ use format::{
 use json::{create_request_from_json, pipe_json, watch_message_json};
 use spec::{
     apply_column_options, merge_overrides, parse_dest_override, parse_exclude,
-    parse_order_by_override, parse_rename, parse_table_spec,
+    parse_order_by_override, parse_rename, parse_table_spec, resync_column_options,
 };
 use watch::{WatchOptions, follow_events, follow_pipe};
 
@@ -402,9 +402,27 @@ pub struct ResyncArgs {
     #[arg(long, value_name = "TABLE=NAME", value_parser = parse_dest_override)]
     pub dest: Vec<(String, String)>,
 
+    /// Source columns not to replicate from now on: SOURCE_TABLE=col1,col2
+    /// (replaces the table's exclusions). Repeatable.
+    #[arg(long, value_name = "TABLE=COLS", value_parser = parse_exclude)]
+    pub exclude: Vec<(String, Vec<String>)>,
+
+    /// ClickHouse names for source columns from now on:
+    /// SOURCE_TABLE=old:new[,old2:new2] (replaces the table's renames).
+    /// Repeatable.
+    #[arg(long, value_name = "TABLE=OLD:NEW", value_parser = parse_rename)]
+    pub rename: Vec<(String, Vec<(String, String)>)>,
+
+    /// Drop a table's exclusions and renames (then --exclude/--rename, if
+    /// given, set new ones). Repeatable.
+    #[arg(long, value_name = "TABLE")]
+    pub reset_columns: Vec<String>,
+
     /// Rebuild only this source table while CDC of the others goes on (the
-    /// pipe stays RUNNING). Repeatable; not with --order-by/--dest.
-    #[arg(long = "table", value_name = "TABLE", conflicts_with_all = ["order_by", "dest"])]
+    /// pipe stays RUNNING). Repeatable; not with --order-by/--dest or column
+    /// options.
+    #[arg(long = "table", value_name = "TABLE",
+          conflicts_with_all = ["order_by", "dest", "exclude", "rename", "reset_columns"])]
     pub tables: Vec<String>,
 
     /// Watch the new incarnation until it is RUNNING (exit 0) or FAILED
@@ -873,14 +891,39 @@ pub(crate) async fn execute(
             print_transition(out, &pipe, "resumed", args.json)?;
         }
         ClientCommand::Resync(args) => {
-            let overrides = merge_overrides(&args.order_by, &args.dest);
+            let mut overrides = merge_overrides(&args.order_by, &args.dest);
             let mut client = connect(opts).await?;
+            let mut replace_column_options = false;
+            if !(args.exclude.is_empty() && args.rename.is_empty() && args.reset_columns.is_empty())
+            {
+                let current = pipe_of(
+                    client
+                        .get_pipe(GetPipeRequest {
+                            name: args.name.clone(),
+                            ..Default::default()
+                        })
+                        .await?
+                        .into_inner()
+                        .pipe,
+                    "GetPipe",
+                )?;
+                let tables = current.config.map(|c| c.tables).unwrap_or_default();
+                replace_column_options = resync_column_options(
+                    &tables,
+                    &mut overrides,
+                    &args.exclude,
+                    &args.rename,
+                    &args.reset_columns,
+                )
+                .map_err(CliError::Usage)?;
+            }
             let pipe = pipe_of(
                 client
                     .resync_pipe(ResyncPipeRequest {
                         name: args.name.clone(),
                         overrides,
                         tables: args.tables.clone(),
+                        replace_column_options,
                     })
                     .await?
                     .into_inner()

@@ -195,6 +195,79 @@ pub(crate) fn apply_column_options(
     Ok(())
 }
 
+/// `resync --exclude/--rename/--reset-columns`: adds to `overrides` the
+/// column options of each table named, starting from the pipe's `current`
+/// ones (none with --reset-columns); --exclude replaces the table's
+/// exclusions, --rename its renames. Returns whether any table was named
+/// (the request then sets replace_column_options).
+pub(crate) fn resync_column_options(
+    current: &[TableConfig],
+    overrides: &mut Vec<TableConfig>,
+    exclude: &[(String, Vec<String>)],
+    rename: &[(String, Vec<(String, String)>)],
+    reset: &[String],
+) -> Result<bool, String> {
+    let named = reset
+        .iter()
+        .map(|t| (t, "--reset-columns"))
+        .chain(exclude.iter().map(|(t, _)| (t, "--exclude")))
+        .chain(rename.iter().map(|(t, _)| (t, "--rename")));
+    let mut any = false;
+    let mut seeded = std::collections::HashSet::new();
+    for (table, flag) in named {
+        any = true;
+        let Some(base) = current.iter().find(|t| same_table(&t.source_table, table)) else {
+            let tables: Vec<&str> = current.iter().map(|t| t.source_table.as_str()).collect();
+            return Err(format!(
+                "{flag} names table {table:?}, which the pipe does not have; its tables are: {}",
+                tables.join(", ")
+            ));
+        };
+        let idx = match overrides
+            .iter()
+            .position(|o| same_table(&o.source_table, &base.source_table))
+        {
+            Some(i) => i,
+            None => {
+                overrides.push(TableConfig {
+                    source_table: base.source_table.clone(),
+                    ..Default::default()
+                });
+                overrides.len() - 1
+            }
+        };
+        let o = &mut overrides[idx];
+        // Replacing starts from what the table has (an --order-by entry
+        // carries no column options of its own).
+        if seeded.insert(idx) {
+            o.exclude_columns = base.exclude_columns.clone();
+            o.rename_columns = base.rename_columns.clone();
+        }
+        if flag == "--reset-columns" {
+            o.exclude_columns.clear();
+            o.rename_columns.clear();
+        }
+    }
+    // A second pass, so that --reset-columns never undoes them.
+    for (table, cols) in exclude {
+        if let Some(o) = overrides
+            .iter_mut()
+            .find(|o| same_table(&o.source_table, table))
+        {
+            o.exclude_columns = cols.clone();
+        }
+    }
+    for (table, pairs) in rename {
+        if let Some(o) = overrides
+            .iter_mut()
+            .find(|o| same_table(&o.source_table, table))
+        {
+            o.rename_columns = pairs.iter().cloned().collect();
+        }
+    }
+    Ok(any)
+}
+
 /// Merges per-table overrides into one TableConfig per source table, in
 /// the order tables were first mentioned.
 pub(crate) fn merge_overrides(
@@ -231,6 +304,51 @@ mod tests {
     fn spec(s: &str) -> (String, String, Vec<String>) {
         let t = parse_table_spec(s).unwrap();
         (t.source_table, t.destination_table, t.order_by)
+    }
+
+    #[test]
+    fn resync_column_flags_start_from_the_tables_options_and_replace_what_they_name() {
+        let current = vec![TableConfig {
+            source_table: "public.users".into(),
+            exclude_columns: vec!["password_hash".into()],
+            rename_columns: [("desc".to_string(), "description".to_string())].into(),
+            ..Default::default()
+        }];
+        // --order-by made an entry already: it gets the table's options.
+        let mut overrides = merge_overrides(&[("users".into(), vec!["id".into()])], &[]);
+        let exclude = [("users".to_string(), vec!["note".to_string()])];
+        let any = resync_column_options(&current, &mut overrides, &exclude, &[], &[]).unwrap();
+        assert!(any);
+        assert_eq!(overrides.len(), 1);
+        assert_eq!(overrides[0].order_by, ["id"]);
+        assert_eq!(overrides[0].exclude_columns, ["note"]);
+        assert_eq!(
+            overrides[0].rename_columns.get("desc").map(String::as_str),
+            Some("description"),
+            "renames kept"
+        );
+        // --reset-columns clears both, then --rename sets new ones.
+        let mut overrides = Vec::new();
+        let rename = [(
+            "public.users".to_string(),
+            vec![("id".to_string(), "user_id".to_string())],
+        )];
+        resync_column_options(
+            &current,
+            &mut overrides,
+            &[],
+            &rename,
+            &["public.users".into()],
+        )
+        .unwrap();
+        assert!(overrides[0].exclude_columns.is_empty());
+        assert_eq!(overrides[0].rename_columns.len(), 1);
+        assert_eq!(overrides[0].rename_columns["id"], "user_id");
+        // Nothing named: nothing to replace.
+        assert!(!resync_column_options(&current, &mut Vec::new(), &[], &[], &[]).unwrap());
+        let err = resync_column_options(&current, &mut Vec::new(), &[], &[], &["nope".into()])
+            .unwrap_err();
+        assert!(err.contains("public.users"), "{err}");
     }
 
     #[test]

@@ -290,6 +290,21 @@ pub fn replicated(
     Ok(Replicated { kept, source, dest })
 }
 
+/// Destination names that changed since the table was replicated under
+/// `old` (an earlier incarnation's config): each of `view`'s destination
+/// names mapped to the name the same source column had then.
+pub fn renamed_since(view: &Replicated, old: &TableConfig) -> HashMap<String, String> {
+    view.source
+        .columns
+        .iter()
+        .zip(&view.dest.columns)
+        .filter_map(|(s, d)| {
+            let then = Replicated::dest_name(old, &s.name);
+            (then != d.name).then(|| (d.name.clone(), then.to_owned()))
+        })
+        .collect()
+}
+
 /// order_by (source column names) in destination names.
 pub fn dest_order_by(cfg: &TableConfig) -> Vec<String> {
     cfg.order_by

@@ -774,10 +774,12 @@ pub fn selector_matches(
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
-/// Applies resync overrides (matched by source table) to a pipe's tables.
+/// Applies resync overrides (matched by source table) to a pipe's tables;
+/// with `replace_columns` their column options replace the tables'.
 pub fn apply_overrides(
     tables: &[TableConfig],
     overrides: &[TableConfig],
+    replace_columns: bool,
 ) -> Result<Vec<TableConfig>, Invalid> {
     let mut out = tables.to_vec();
     let mut seen = HashSet::new();
@@ -817,6 +819,20 @@ pub fn apply_overrides(
                 ));
             }
             t.destination_table = o.destination_table.clone();
+        }
+        if replace_columns {
+            t.exclude_columns = o.exclude_columns.clone();
+            t.rename_columns = o.rename_columns.clone();
+            // Fields named as the request has them.
+            super::columns::check_static(i, t).map_err(|(_, e)| {
+                Invalid(e.0.replace(&format!("tables[{i}]"), &format!("overrides[{i}]")))
+            })?;
+        } else if !o.exclude_columns.is_empty() || !o.rename_columns.is_empty() {
+            return invalid(format!(
+                "overrides[{i}] sets exclude_columns or rename_columns, which a resync takes only \
+                 with replace_column_options: true (they then replace the table's; empty lists \
+                 clear them)"
+            ));
         }
     }
     // Re-check uniqueness of destinations after renames.

@@ -22,6 +22,10 @@ pub enum Purpose {
     /// A resync rebuilds its tables next to the old ones, so those may
     /// differ from the source (that is often why one resyncs).
     Resync,
+    /// A resync that replaces column options: as `Resync`, and the excluded
+    /// and renamed columns must exist, as at create (a typo would replicate
+    /// the column).
+    ResyncNewColumns,
 }
 
 /// Connects to both ends and checks the tables; the error (the first
@@ -163,7 +167,7 @@ async fn checks(
     if let Err(e) = ch.ping().await {
         return found.push(sink_kind(&e), "", "", format!("destination: {e}"));
     }
-    if purpose == Purpose::Resync {
+    if purpose != Purpose::Create {
         return Ok(());
     }
     for (i, report) in described {
@@ -301,7 +305,7 @@ async fn check_source(
         }
         // A new pipe's excluded and renamed columns must exist (a typo would
         // replicate the column); a resync's source may have dropped them.
-        let strict = purpose == Purpose::Create && r.problems.is_empty();
+        let strict = purpose != Purpose::Resync && r.problems.is_empty();
         match columns::replicated(i, &r.table, cfg, strict) {
             // The destination checks compare ClickHouse with what is
             // replicated, under the destination names.

@@ -522,6 +522,12 @@ impl Worker {
             Payload::SwapStarted(SwapStarted {}),
         ])
         .await?;
+        // The old incarnation's column options name the originals' columns.
+        let old_tables = self
+            .core
+            .read(|pr| pr.by_id(&pipe.resync_of).and_then(|p| p.config.clone()))
+            .map(|c| c.tables)
+            .unwrap_or_default();
         for (prep, view) in pipe.prepared.iter().zip(&ends.views) {
             let table = &view.dest;
             let swapped =
@@ -534,9 +540,16 @@ impl Worker {
                 .iter()
                 .map(|&i| table.columns[i].name.clone())
                 .collect();
+            let renamed = match old_tables
+                .iter()
+                .find(|t| t.source_table == prep.source_table)
+            {
+                Some(old) => columns::renamed_since(view, old),
+                None => HashMap::new(),
+            };
             let rows = ends
                 .ch
-                .transfer_soft_deletes(&prep.destination_table, &prep.load_table, &keys)
+                .transfer_soft_deletes(&prep.destination_table, &prep.load_table, &keys, &renamed)
                 .await?;
             self.record(vec![Payload::SoftDeletesTransferred(
                 SoftDeletesTransferred {
@@ -1183,7 +1196,12 @@ impl Worker {
                 .collect();
             moved = ends
                 .ch
-                .transfer_soft_deletes(&job.destination_table, &job.load_table, &keys)
+                .transfer_soft_deletes(
+                    &job.destination_table,
+                    &job.load_table,
+                    &keys,
+                    &HashMap::new(),
+                )
                 .await?;
             failpoint::hit("table_swap.before_exchange").await;
             ends.ch

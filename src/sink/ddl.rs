@@ -1,6 +1,6 @@
 //! Destination DDL and the resync's soft-delete transfer.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use super::ident::{quote_ident, split_key_expr};
 use super::types::Kind;
@@ -291,13 +291,17 @@ impl ChSink {
     /// which the resync loaded live, stays live: PeerDB's trap). A key counts
     /// as soft-deleted when its latest version in `original` has
     /// `_pgpipe_is_deleted = 1`; that latest row is copied with its version.
-    /// Only columns present in both tables (by name) are copied; the others
-    /// get their defaults. Returns the number of rows copied.
+    /// Only columns present in both tables are copied; the others get their
+    /// defaults. `renamed` maps a `resync_table` column to its name in
+    /// `original` where they differ (a resync that changed rename_columns);
+    /// `key_columns` are `resync_table`'s names. Returns the number of rows
+    /// copied.
     pub async fn transfer_soft_deletes(
         &self,
         original: &str,
         resync_table: &str,
         key_columns: &[String],
+        renamed: &HashMap<String, String>,
     ) -> Result<u64, SinkError> {
         if key_columns.is_empty() {
             return Err(SinkError::Schema(
@@ -318,12 +322,18 @@ impl ChSink {
             .columns(resync_table)
             .await?
             .ok_or_else(|| missing(resync_table))?;
+        fn in_original<'a>(renamed: &'a HashMap<String, String>, name: &'a str) -> &'a str {
+            renamed.get(name).map_or(name, String::as_str)
+        }
         for k in key_columns
             .iter()
             .map(String::as_str)
             .chain([VERSION_COLUMN, IS_DELETED_COLUMN])
         {
-            for (t, cols) in [(original, &orig), (resync_table, &resync)] {
+            for (t, cols, k) in [
+                (original, &orig, in_original(renamed, k)),
+                (resync_table, &resync, k),
+            ] {
                 if !cols.iter().any(|c| c.name == k) {
                     return Err(SinkError::Schema(format!(
                         "table {} has no column {k:?}",
@@ -332,14 +342,34 @@ impl ChSink {
                 }
             }
         }
-        let common: Vec<String> = resync
+        // (name in original, name in resync_table) of the columns both have.
+        let common: Vec<(String, String)> = resync
             .iter()
-            .filter(|c| orig.iter().any(|o| o.name == c.name))
-            .map(|c| quote_ident(&c.name))
+            .filter(|c| orig.iter().any(|o| o.name == in_original(renamed, &c.name)))
+            .map(|c| {
+                (
+                    quote_ident(in_original(renamed, &c.name)),
+                    quote_ident(&c.name),
+                )
+            })
             .collect();
-        let common = common.join(", ");
-        let keys: Vec<String> = key_columns.iter().map(|k| quote_ident(k)).collect();
+        let targets = common
+            .iter()
+            .map(|(_, r)| r.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let common = common
+            .iter()
+            .map(|(o, _)| o.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let keys: Vec<String> = key_columns
+            .iter()
+            .map(|k| quote_ident(in_original(renamed, k)))
+            .collect();
         let keys = keys.join(", ");
+        let resync_keys: Vec<String> = key_columns.iter().map(|k| quote_ident(k)).collect();
+        let resync_keys = resync_keys.join(", ");
         let (o, r) = (self.qualified(original), self.qualified(resync_table));
         let (ver, del) = (quote_ident(VERSION_COLUMN), quote_ident(IS_DELETED_COLUMN));
         // Candidates: keys with any tombstone in the original (usually few);
@@ -352,8 +382,8 @@ impl ChSink {
                ORDER BY {ver} DESC, {del} DESC LIMIT 1 BY {keys}\
              ) \
              WHERE {del} = 1 AND ({keys}) NOT IN (\
-               SELECT {keys} FROM {r} \
-               WHERE ({keys}) IN (SELECT {keys} FROM {o} WHERE {del} = 1))"
+               SELECT {resync_keys} FROM {r} \
+               WHERE ({resync_keys}) IN (SELECT {keys} FROM {o} WHERE {del} = 1))"
         );
         let count_sql = format!("SELECT count() FROM ({select})");
         tracing::debug!(sql = %count_sql, "counting soft deletes to transfer");
@@ -367,7 +397,7 @@ impl ChSink {
             tracing::info!(original = %original, resync = %resync_table, "no soft deletes to transfer");
             return Ok(0);
         }
-        let insert = format!("INSERT INTO {r} ({common}) {select}");
+        let insert = format!("INSERT INTO {r} ({targets}) {select}");
         tracing::debug!(sql = %insert, "transferring soft deletes");
         let mut cursor = self
             .client
