@@ -273,6 +273,114 @@ async fn a_slot_losing_its_wal_is_reported_before_the_pipe_fails() {
     assert!(warned < failed);
 }
 
+/// ClickHouse down while the source keeps writing: the running pipe's slot
+/// stands still as the WAL moves on, which is reported as STALLED after
+/// `slot_stall_warning_seconds`; once ClickHouse is back and CDC catches up,
+/// it recovers. The pipe never fails meanwhile (it retries).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_running_pipe_whose_slot_stands_still_is_reported_stalled_and_recovers() {
+    let env = PrivateEnv::up().await;
+    let schema = unique("shstall");
+    env.pg()
+        .await
+        .batch_execute(&format!(
+            "CREATE SCHEMA {schema};
+             CREATE TABLE {schema}.items (id bigint PRIMARY KEY, name text);
+             INSERT INTO {schema}.items SELECT g, 'item ' || g FROM generate_series(1, 100) g;"
+        ))
+        .await
+        .unwrap();
+    let srv = InProcess::start_engine().await;
+    let mut c = srv.client().await;
+    let name = schema.replace('_', "-");
+    let mut req = env.pipe_req(&name, &schema, &[&format!("{schema}.items")]);
+    let mut settings = slot_settings(1 << 40);
+    settings.slot_stall_warning_seconds = 10;
+    req.settings = Some(settings);
+    c.create_pipe(req).await.unwrap();
+    wait_running(&mut c, &name, Duration::from_secs(120)).await;
+
+    env.kill_ch().await;
+    let writer = {
+        let url = env.pg_url();
+        let schema = schema.clone();
+        tokio::spawn(async move {
+            let (pg, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            for i in 0..120i64 {
+                let from = 1_000 + i * 10;
+                // (Errors once the test is over and the env is gone.)
+                if pg
+                    .batch_execute(&format!(
+                        "INSERT INTO {schema}.items SELECT g, 'late' FROM generate_series({from}, {from} + 9) g"
+                    ))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+    };
+    let p = wait_pipe(
+        &mut c,
+        &name,
+        "warning of a stall",
+        Duration::from_secs(60),
+        |p| holds(p, SlotWarningKind::Stalled),
+    )
+    .await;
+    assert_eq!(
+        p.status(),
+        PipeStatus::Running,
+        "retrying, not failed: {}",
+        p.error
+    );
+    let w = p
+        .slot_warnings
+        .iter()
+        .find(|w| w.kind() == SlotWarningKind::Stalled)
+        .unwrap();
+    assert!(w.lag_bytes > 0, "{w:?}");
+    assert!(
+        w.message.contains("for 10s"),
+        "names the time: {}",
+        w.message
+    );
+
+    env.start().await;
+    writer.await.unwrap();
+    let p = wait_pipe(&mut c, &name, "recovered", Duration::from_secs(90), |p| {
+        p.slot_warnings.is_empty()
+    })
+    .await;
+    assert_eq!(p.status(), PipeStatus::Running);
+    env.wait_equal(
+        &schema,
+        "items",
+        &schema,
+        "items",
+        "id, name",
+        Duration::from_secs(60),
+    )
+    .await;
+    let events = slot_history(&mut c, &name).await;
+    assert_eq!(
+        warnings(&events, SlotWarningKind::Stalled).len(),
+        1,
+        "{events:?}"
+    );
+    assert_eq!(
+        recoveries(&events, SlotWarningKind::Stalled),
+        1,
+        "{events:?}"
+    );
+    env_cleanup(&name, &mut c).await;
+}
+
 #[tokio::test]
 async fn the_sampler_reads_a_slot_and_reports_a_missing_one() {
     let client = pg().await;
