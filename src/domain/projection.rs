@@ -9,7 +9,8 @@ use std::collections::{BTreeMap, HashMap};
 use crate::domain::validate::selector_matches;
 
 use crate::proto::{
-    DeleteReason, Event, Pipe, PipeStatus, StepTiming, TableState, TableStats, event::Payload,
+    DeleteReason, Event, Pipe, PipeConfig, PipeStatus, StepTiming, TableState, TableStats,
+    event::Payload,
 };
 
 /// Name of an event's payload, as shown to humans and in logs.
@@ -403,6 +404,23 @@ impl Projection {
         self.by_id.values()
     }
 
+    /// The config of the incarnation whose tables are live in ClickHouse,
+    /// seen from `id` back along the resync chain: the first that swapped
+    /// its tables in, or the chain's first incarnation, which created them
+    /// (a resync that failed before its swap wrote nothing there).
+    pub fn config_of_live_tables(&self, id: &str) -> Option<&PipeConfig> {
+        let mut id = id;
+        // Bounded: a chain is at most every incarnation long.
+        for _ in 0..self.by_id.len() {
+            let p = self.by_id.get(id)?;
+            if p.resync_of.is_empty() || p.swapped {
+                return p.config.as_ref();
+            }
+            id = &p.resync_of;
+        }
+        None
+    }
+
     /// Current incarnations, by name, with labels matching `selector`.
     pub fn list(&self, include_deleted: bool, selector: &BTreeMap<String, String>) -> Vec<Pipe> {
         let mut out: Vec<Pipe> = self
@@ -415,5 +433,59 @@ impl Projection {
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{PipeCreated, TableConfig, TablesSwapped};
+    use crate::store::event_log::new_event;
+
+    fn created(p: &mut Projection, id: &str, resync_of: &str, exclude: &str) {
+        let config = PipeConfig {
+            tables: vec![TableConfig {
+                source_table: "public.t".into(),
+                exclude_columns: vec![exclude.into()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let mut e = new_event(
+            id,
+            Payload::PipeCreated(PipeCreated {
+                name: "p".into(),
+                config: Some(config),
+                resync_of: resync_of.into(),
+            }),
+        );
+        e.pipe_name = "p".into();
+        p.apply(&e);
+    }
+
+    fn excluded(p: &Projection, id: &str) -> Option<String> {
+        p.config_of_live_tables(id)
+            .map(|c| c.tables[0].exclude_columns[0].clone())
+    }
+
+    #[test]
+    fn the_live_tables_were_written_by_the_last_resync_that_swapped() {
+        let mut p = Projection::default();
+        created(&mut p, "a", "", "x");
+        created(&mut p, "b", "a", "y");
+        // b has not swapped (it failed before): a's tables are live.
+        created(&mut p, "c", "b", "z");
+        assert_eq!(excluded(&p, "b").as_deref(), Some("x"));
+        let mut e = new_event(
+            "b",
+            Payload::TablesSwapped(TablesSwapped {
+                destination_tables: vec!["t".into()],
+            }),
+        );
+        e.pipe_name = "p".into();
+        p.apply(&e);
+        assert_eq!(excluded(&p, "b").as_deref(), Some("y"));
+        assert_eq!(excluded(&p, "a").as_deref(), Some("x"));
+        assert_eq!(excluded(&p, "nope"), None);
     }
 }

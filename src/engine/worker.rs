@@ -522,10 +522,11 @@ impl Worker {
             Payload::SwapStarted(SwapStarted {}),
         ])
         .await?;
-        // The old incarnation's column options name the originals' columns.
+        // The column options of the incarnation that wrote the originals
+        // name their columns.
         let old_tables = self
             .core
-            .read(|pr| pr.by_id(&pipe.resync_of).and_then(|p| p.config.clone()))
+            .read(|pr| pr.config_of_live_tables(&pipe.resync_of).cloned())
             .map(|c| c.tables)
             .unwrap_or_default();
         for (prep, view) in pipe.prepared.iter().zip(&ends.views) {
@@ -1383,7 +1384,8 @@ fn column_error(table: &SourceTable, problems: &[columns::ColumnProblem]) -> Eng
         .collect();
     EngineError::Fatal(format!(
         "the columns of source table {}.{} no longer fit the pipe's column options ({}); \
-         change the source table, or create the pipe again with other options",
+         change the source table, or resync the pipe with new column options \
+         (ResyncPipe replace_column_options, pgpipe resync --exclude/--rename)",
         table.schema,
         table.name,
         list.join("; ")
