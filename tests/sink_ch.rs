@@ -64,6 +64,7 @@ fn col(name: &str, pg_type: PgType, not_null: bool) -> SourceColumn {
         type_oid: 0,
         pg_type,
         not_null,
+        repr: None,
     }
 }
 

@@ -716,8 +716,9 @@ pub(crate) fn status_line(p: &Pipe) -> String {
     s
 }
 
-/// A table's excluded and renamed columns, e.g. `without password_hash;
-/// desc → description` (None when it has neither).
+/// A table's excluded, renamed and typed columns, e.g. `without
+/// password_hash; desc → description; born as String` (None when it has
+/// none).
 fn column_options_text(t: &crate::proto::TableConfig) -> Option<String> {
     let mut parts = Vec::new();
     if !t.exclude_columns.is_empty() {
@@ -730,6 +731,15 @@ fn column_options_text(t: &crate::proto::TableConfig) -> Option<String> {
             .map(|(from, to)| format!("{from} → {to}"))
             .collect();
         parts.push(renames.join(", "));
+    }
+    if !t.column_types.is_empty() {
+        let mut types: Vec<String> = t
+            .column_types
+            .iter()
+            .map(|(c, ty)| format!("{c} as {ty}"))
+            .collect();
+        types.sort();
+        parts.push(types.join(", "));
     }
     (!parts.is_empty()).then(|| parts.join("; "))
 }

@@ -124,8 +124,7 @@ impl ChSink {
         let mut nullable_key = false;
         let mut cols = Vec::with_capacity(source.columns.len() + 3);
         for (i, c) in source.columns.iter().enumerate() {
-            let kind = Kind::from_pg(&c.pg_type)
-                .map_err(|e| schema_err(format!("column {:?} ({}): {e}", c.name, c.type_name)))?;
+            let kind = Kind::for_column(c).map_err(schema_err)?;
             let nullable = !c.not_null && !source.key.contains(&i) && kind.can_be_nullable();
             if nullable && order.contains(&c.name.as_str()) {
                 nullable_key = true;
@@ -260,12 +259,7 @@ impl ChSink {
                 self.qualified(table)
             )));
         }
-        let kind = Kind::from_pg(&column.pg_type).map_err(|e| {
-            SinkError::Schema(format!(
-                "column {:?} ({}): {e}",
-                column.name, column.type_name
-            ))
-        })?;
+        let kind = Kind::for_column(column).map_err(SinkError::Schema)?;
         let cols = self.dest_columns(table).await?;
         let position = match cols.iter().position(|c| c.name == VERSION_COLUMN) {
             Some(0) => " FIRST".to_string(),
@@ -431,6 +425,7 @@ mod tests {
             type_oid: 0,
             pg_type,
             not_null,
+            repr: None,
         }
     }
 

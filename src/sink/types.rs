@@ -42,7 +42,7 @@
 //! `_pgpipe_version UInt64`, `_pgpipe_is_deleted UInt8` and
 //! `_pgpipe_synced_at DateTime64(6, 'UTC')`.
 
-use crate::model::{PgType, SourceColumn};
+use crate::model::{ColumnRepr, PgType, SourceColumn};
 
 /// Largest `Decimal` precision ClickHouse supports.
 pub const MAX_DECIMAL_PRECISION: u32 = 76;
@@ -76,6 +76,15 @@ pub(crate) enum Kind {
     Enum,
     /// One-dimensional array; elements are always nullable.
     Array(Box<Kind>),
+    /// A `date` as Int32 days since 1970-01-01 (`column_types` `Int32`):
+    /// every Postgres date, `±infinity` as the Int32 range's ends.
+    DateDays,
+    /// A date or timestamp kind whose out-of-range values are stored as
+    /// ClickHouse's range ends (`column_types` `Clamp`) instead of refused.
+    Clamp(Box<Kind>),
+    /// json/jsonb as ClickHouse's `JSON` (`column_types` `JSON`), sent as
+    /// text (`input_format_binary_read_json_as_string`); objects only.
+    Json,
 }
 
 impl Kind {
@@ -130,6 +139,65 @@ impl Kind {
         })
     }
 
+    /// The kind of a column: its type's default mapping, or the
+    /// representation the user chose for it (`TableConfig.column_types`)
+    /// if that can hold every value of the type. Errors say what to choose.
+    pub(crate) fn for_type(t: &PgType, repr: Option<ColumnRepr>) -> Result<Kind, String> {
+        let Some(repr) = repr else {
+            return Kind::from_pg(t);
+        };
+        let kind = match (repr, t) {
+            (_, PgType::Unsupported) => return Kind::from_pg(t),
+            (_, PgType::Array(_)) => {
+                return Err(format!(
+                    "column_types does not apply to arrays ({repr} asked); leave the column to \
+                     the default mapping or exclude it"
+                ));
+            }
+            (ColumnRepr::String, _) => Kind::Text,
+            (ColumnRepr::Float64, PgType::Numeric { .. }) => Kind::Float64,
+            (
+                ColumnRepr::Decimal { precision, scale },
+                PgType::Numeric {
+                    precision: src_p,
+                    scale: src_s,
+                },
+            ) => {
+                if let Some(p) = src_p {
+                    let s = src_s.unwrap_or(0);
+                    let p = (*p).max(s);
+                    if precision - scale < p - s || scale < s {
+                        return Err(format!(
+                            "{repr} cannot hold every numeric({p}, {s}) value: it needs at least \
+                             {} integer and {s} fractional digits",
+                            p - s
+                        ));
+                    }
+                }
+                Kind::Decimal { precision, scale }
+            }
+            (ColumnRepr::Int32, PgType::Date) => Kind::DateDays,
+            (ColumnRepr::Clamp, PgType::Date | PgType::Timestamp | PgType::TimestampTz) => {
+                Kind::Clamp(Box::new(Kind::from_pg(t)?))
+            }
+            (ColumnRepr::Json, PgType::Json | PgType::Jsonb) => Kind::Json,
+            _ => {
+                return Err(format!(
+                    "{repr} is not a representation of this type; choose one of: {}",
+                    choices(t)
+                ));
+            }
+        };
+        Ok(kind)
+    }
+
+    /// Whether distinct source values always stay distinct (a key or
+    /// order_by column may only use such a representation).
+    pub(crate) fn keeps_values_apart(&self) -> bool {
+        !matches!(self, Kind::Clamp(_) | Kind::Json)
+            && !matches!(self, Kind::Float64 | Kind::Float32)
+    }
+
     /// The ClickHouse type of a value of this kind, without nullability.
     fn base_type(&self) -> String {
         match self {
@@ -146,6 +214,9 @@ impl Kind {
             Kind::Uuid => "UUID".into(),
             Kind::Enum => "LowCardinality(String)".into(),
             Kind::Array(elem) => format!("Array({})", elem.ch_type(true)),
+            Kind::DateDays => "Int32".into(),
+            Kind::Clamp(inner) => inner.base_type(),
+            Kind::Json => "JSON".into(),
         }
     }
 
@@ -164,12 +235,31 @@ impl Kind {
     }
 }
 
+/// The `column_types` choices for a source type, for messages.
+pub fn choices(t: &PgType) -> &'static str {
+    match t {
+        PgType::Numeric { .. } => "String, Float64, Decimal(P, S)",
+        PgType::Date => "String, Int32, Clamp",
+        PgType::Timestamp | PgType::TimestampTz => "String, Clamp",
+        PgType::Json | PgType::Jsonb => "String, JSON",
+        PgType::Array(_) | PgType::Unsupported => "none",
+        _ => "String",
+    }
+}
+
 /// The ClickHouse type pgpipe creates for a source column (see the table in
-/// the module docs).
+/// the module docs), with its `column_types` choice applied.
 pub fn clickhouse_type(column: &SourceColumn) -> Result<String, String> {
-    let kind = Kind::from_pg(&column.pg_type)
-        .map_err(|e| format!("column {:?} ({}): {e}", column.name, column.type_name))?;
-    Ok(kind.ch_type(!column.not_null))
+    let kind = Kind::for_column(column)?;
+    Ok(kind.ch_type(!column.not_null && kind.can_be_nullable()))
+}
+
+impl Kind {
+    /// [`Kind::for_type`] of a column; errors name the column.
+    pub(crate) fn for_column(c: &SourceColumn) -> Result<Kind, String> {
+        Kind::for_type(&c.pg_type, c.repr)
+            .map_err(|e| format!("column {:?} ({}): {e}", c.name, c.type_name))
+    }
 }
 
 #[cfg(test)]
