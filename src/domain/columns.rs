@@ -527,6 +527,80 @@ mod tests {
         assert!(replicated(0, &table(), &onto_excluded, true).is_ok());
     }
 
+    fn typed(types: &[(&str, &str)]) -> TableConfig {
+        let mut c = cfg(&[], &[]);
+        c.column_types = types
+            .iter()
+            .map(|(a, b)| ((*a).into(), (*b).into()))
+            .collect();
+        c
+    }
+
+    fn dated() -> SourceTable {
+        let mut t = table();
+        t.columns[3].pg_type = PgType::Date;
+        t.columns[3].type_name = "date".into();
+        t
+    }
+
+    #[test]
+    fn a_chosen_column_type_is_carried_by_the_view_under_both_names() {
+        let mut c = typed(&[("note", "int32")]);
+        c.rename_columns.insert("note".into(), "born".into());
+        let r = replicated(0, &dated(), &c, true).unwrap();
+        assert_eq!(r.dest.columns[3].name, "born");
+        assert_eq!(r.dest.columns[3].repr, Some(ColumnRepr::Int32));
+        assert_eq!(r.source.columns[3].repr, Some(ColumnRepr::Int32));
+        assert_eq!(r.dest.columns[1].repr, None);
+    }
+
+    #[test]
+    fn column_types_that_cannot_hold_the_column_are_refused_naming_the_field() {
+        let field = |c: &TableConfig| {
+            replicated(1, &dated(), c, true)
+                .unwrap_err()
+                .into_iter()
+                .map(|p| p.field)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            field(&typed(&[("note", "Float64")])),
+            ["tables[1].column_types[\"note\"]"]
+        );
+        assert_eq!(
+            field(&typed(&[("nope", "String")])),
+            ["tables[1].column_types[\"nope\"]"]
+        );
+        // A running pipe ignores a column the source dropped since.
+        assert!(replicated(1, &dated(), &typed(&[("nope", "String")]), false).is_ok());
+        // Clamp would merge distinct key (or order_by) values; String keeps them.
+        let mut t = dated();
+        t.key = vec![3];
+        assert_eq!(
+            replicated(1, &t, &typed(&[("note", "Clamp")]), true).unwrap_err()[0].field,
+            "tables[1].column_types[\"note\"]"
+        );
+        assert!(replicated(1, &t, &typed(&[("note", "String")]), true).is_ok());
+        let mut ordered = typed(&[("note", "Clamp")]);
+        ordered.order_by = vec!["id".into(), "note".into()];
+        assert!(replicated(1, &dated(), &ordered, true).is_err());
+    }
+
+    #[test]
+    fn column_types_are_checked_statically_too() {
+        let unknown = typed(&[("note", "Date64")]);
+        let (field, e) = check_static(0, &unknown).unwrap_err();
+        assert_eq!(field, "tables[0].column_types[\"note\"]");
+        assert!(e.0.contains("String, Float64"), "{e:?}");
+        let mut excluded = typed(&[("note", "String")]);
+        excluded.exclude_columns = vec!["note".into()];
+        assert_eq!(
+            check_static(0, &excluded).unwrap_err().0,
+            "tables[0].column_types[\"note\"]"
+        );
+        assert!(is_column_field("tables[0].column_types[\"note\"]"));
+    }
+
     #[test]
     fn static_checks_name_the_field() {
         let reserved = cfg(&[], &[("desc", "_pgpipe_version")]);

@@ -209,8 +209,29 @@ pub async fn wait_equal(
 }
 
 /// A ClickHouse query's rows, each cell as ClickHouse prints it in
-/// TabSeparated (`\N` for NULL).
+/// TabSeparated, unescaped (`\N` for NULL).
 pub async fn ch_rows(database: &str, q: &str) -> Vec<Vec<String>> {
+    fn unescape(cell: &str) -> String {
+        if cell == "\\N" {
+            return cell.to_owned();
+        }
+        let mut out = String::with_capacity(cell.len());
+        let mut chars = cell.chars();
+        while let Some(c) = chars.next() {
+            if c != '\\' {
+                out.push(c);
+                continue;
+            }
+            match chars.next() {
+                Some('t') => out.push('\t'),
+                Some('n') => out.push('\n'),
+                Some('0') => out.push('\0'),
+                Some(other) => out.push(other),
+                None => out.push('\\'),
+            }
+        }
+        out
+    }
     let bytes = ch(database)
         .query(q)
         .fetch_bytes("TabSeparated")
@@ -221,7 +242,7 @@ pub async fn ch_rows(database: &str, q: &str) -> Vec<Vec<String>> {
     String::from_utf8(bytes.to_vec())
         .unwrap()
         .lines()
-        .map(|l| l.split('\t').map(str::to_owned).collect())
+        .map(|l| l.split('\t').map(unescape).collect())
         .collect()
 }
 
