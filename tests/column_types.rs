@@ -118,6 +118,7 @@ async fn a_date_outside_clickhouse_range_in_the_initial_load_fails_the_pipe_nami
     let name = schema.replace('_', "-");
     c.create_pipe(req(&name, &schema, "ev", &[])).await.unwrap();
     let p = wait_failed(&mut c, &name, T).await;
+    println!("reason: {}", p.error);
     for says in ["ev", "column \"d\"", "\"1850-06-01\"", "column_types"] {
         assert!(p.error.contains(says), "{says}: {}", p.error);
     }

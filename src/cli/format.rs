@@ -1003,13 +1003,20 @@ mod tests {
                 source_table: "public.users".into(),
                 exclude_columns: vec!["password_hash".into()],
                 rename_columns: [("desc".to_owned(), "description".to_owned())].into(),
+                column_types: [
+                    ("born".to_owned(), "Int32".to_owned()),
+                    ("big".to_owned(), "String".to_owned()),
+                ]
+                .into(),
                 ..Default::default()
             }];
         }
         let with_columns = pipe_summary(&columns);
         assert!(
-            with_columns
-                .contains("Columns     public.users: without password_hash; desc → description\n"),
+            with_columns.contains(
+                "Columns     public.users: without password_hash; desc → description; \
+                 big as String, born as Int32\n"
+            ),
             "{with_columns}"
         );
         assert!(
