@@ -604,3 +604,50 @@ async fn a_resync_can_change_a_column_type_and_the_rows_stay_equal() {
     .await;
     delete(&mut c, &name).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_existing_destination_table_must_have_the_chosen_type() {
+    let schema = unique("cte");
+    exec(&format!(
+        "CREATE SCHEMA {schema};
+         CREATE TABLE {schema}.ev (id int PRIMARY KEY, d date);
+         INSERT INTO {schema}.ev VALUES (1, '2024-02-29');"
+    ))
+    .await;
+    // A pipe with the default mapping leaves `ev` (d Date32) behind.
+    let name = schema.replace('_', "-");
+    let (_srv, mut c) = start(req(&name, &schema, "ev", &[])).await;
+    delete(&mut c, &name).await;
+    let with = |types: &[(&str, &str)]| {
+        let r = req(&name, &schema, "ev", types);
+        ValidatePipeRequest {
+            name: r.name,
+            source: r.source,
+            destination: r.destination,
+            tables: r.tables,
+            settings: r.settings,
+            labels: r.labels,
+        }
+    };
+    let v = c
+        .validate_pipe(with(&[("d", "String")]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(v.problems.len(), 1, "{v:?}");
+    assert_eq!(v.problems[0].kind(), ProblemKind::DestinationTable);
+    for says in [
+        "Nullable(Date32)",
+        "column_types String",
+        "Nullable(String)",
+    ] {
+        assert!(v.problems[0].message.contains(says), "{says}: {v:?}");
+    }
+    // Clamp keeps the default type: the table fits.
+    let v = c
+        .validate_pipe(with(&[("d", "Clamp")]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(v.ok, "{v:?}");
+}
