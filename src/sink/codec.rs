@@ -194,7 +194,14 @@ pub(crate) fn encode_value(kind: &Kind, t: &[u8], out: &mut Vec<u8>) -> R<()> {
                     None => out.push(1),
                     Some(v) => {
                         out.push(0);
-                        encode_value(elem, &v, out)?;
+                        encode_value(elem, &v, out).map_err(|e| {
+                            // The element's advice may name choices that
+                            // do not apply to an array.
+                            format!(
+                                "array element: {e} (an array column can only be stored as \
+                                 String, or excluded)"
+                            )
+                        })?;
                     }
                 }
             }
@@ -320,7 +327,8 @@ fn encode_decimal(t: &[u8], precision: u32, scale: u32, out: &mut Vec<u8>) -> R<
     let s = as_str(t)?;
     if matches!(s, "NaN" | "Infinity" | "-Infinity") {
         return Err(format!(
-            "numeric {s} cannot be stored in {} (ClickHouse Decimal has no NaN/Infinity)",
+            "numeric {s} cannot be stored in {} (ClickHouse Decimal has no NaN/Infinity): \
+             choose the column's type with column_types (String or Float64)",
             ty()
         ));
     }
@@ -343,7 +351,8 @@ fn encode_decimal(t: &[u8], precision: u32, scale: u32, out: &mut Vec<u8>) -> R<
         if rest.bytes().any(|c| c != b'0') {
             return Err(format!(
                 "numeric {} has more than {scale} fractional digits: does not fit {} \
-                 (it would be rounded)",
+                 (it would be rounded); choose the column's type with column_types (String \
+                 keeps every digit)",
                 preview(t),
                 ty()
             ));
@@ -353,7 +362,12 @@ fn encode_decimal(t: &[u8], precision: u32, scale: u32, out: &mut Vec<u8>) -> R<
         frac
     };
     if int.len() > (precision - scale) as usize {
-        return Err(format!("numeric {} out of range for {}", preview(t), ty()));
+        return Err(format!(
+            "numeric {} out of range for {}: choose the column's type with column_types \
+             (String keeps every digit)",
+            preview(t),
+            ty()
+        ));
     }
     let mut v: I256 = [0; 4];
     for c in int.bytes().chain(frac.bytes()) {
@@ -1244,6 +1258,16 @@ mod tests {
         }
         // The instant counts, not the wall clock: 1900-01-01 00:00 at +01 is 1899 in UTC.
         assert!(enc(&Kind::TimestampTz, "1900-01-01 00:00:00+01").is_err());
+    }
+
+    #[test]
+    fn an_out_of_range_array_element_is_refused_saying_what_applies() {
+        let dates = Kind::Array(Box::new(Kind::Date));
+        let e = enc(&dates, "{2024-01-01,infinity}").unwrap_err();
+        assert!(
+            e.contains("\"infinity\"") && e.contains("only be stored as String"),
+            "{e}"
+        );
     }
 
     #[test]
