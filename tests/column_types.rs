@@ -559,6 +559,25 @@ async fn a_resync_can_change_a_column_type_and_the_rows_stay_equal() {
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
     assert!(refused.message().contains("replace_column_options"));
+    // A choice that cannot hold the column is refused before anything
+    // changes, naming the field.
+    let mut wrong = table(&format!("{schema}.ev"));
+    wrong.column_types = [("d".to_string(), "Float64".to_string())].into();
+    let refused = c
+        .resync_pipe(ResyncPipeRequest {
+            name: name.clone(),
+            overrides: vec![wrong],
+            replace_column_options: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused.message().contains("column_types[\"d\"]"),
+        "{}",
+        refused.message()
+    );
     let new = c
         .resync_pipe(ResyncPipeRequest {
             name: name.clone(),
