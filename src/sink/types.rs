@@ -38,7 +38,7 @@
 //!
 //! | Choice          | For                          | ClickHouse      | Stored |
 //! |-----------------|------------------------------|-----------------|--------|
-//! | `String`        | any type (arrays included)   | `String`        | the Postgres text as sent (UTC for `timestamptz`, e.g. `2024-01-02 03:04:05+00`; `0044-03-15 BC`; `infinity`; numeric `NaN`, `Infinity`, any precision) |
+//! | `String`        | any supported type (arrays included) | `String`        | the Postgres text as sent (UTC for `timestamptz`, e.g. `2024-01-02 03:04:05+00`; `0044-03-15 BC`; `infinity`; numeric `NaN`, `Infinity`, any precision) |
 //! | `Float64`       | `numeric`                    | `Float64`       | the nearest double: `NaN`/`±Infinity` kept, digits beyond ~17 significant rounded (lossy by choice) |
 //! | `Decimal(P, S)` | `numeric` (unconstrained, or `numeric(p, s)` with P − S ≥ p − s and S ≥ s) | `Decimal(P, S)` | exact; values that do not fit are refused |
 //! | `Int32`         | `date`                       | `Int32`         | days since 1970-01-01 (every Postgres date); `infinity` = 2147483647, `-infinity` = −2147483648 |
