@@ -84,6 +84,93 @@ pub struct SourceColumn {
     pub type_oid: u32,
     pub pg_type: PgType,
     pub not_null: bool,
+    /// The representation the user chose for the column
+    /// (`TableConfig.column_types`); None: the default mapping. Set only on
+    /// replicated views, never by the source's description.
+    pub repr: Option<ColumnRepr>,
+}
+
+/// A per-column ClickHouse representation chosen instead of the default
+/// mapping (`TableConfig.column_types`, see the table in `sink::types`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ColumnRepr {
+    /// `String`: the Postgres text, verbatim.
+    String,
+    /// `Float64` for a numeric: NaN and ±Infinity kept, digits beyond a
+    /// double's precision rounded (the user's choice).
+    Float64,
+    /// `Decimal(P, S)` for a numeric: values that do not fit are refused.
+    Decimal { precision: u32, scale: u32 },
+    /// `Int32` for a date: days since 1970-01-01; `infinity` / `-infinity`
+    /// are 2147483647 / -2147483648.
+    Int32,
+    /// `Clamp` for a date or timestamp: the default type, with values
+    /// outside ClickHouse's range stored as the range's ends.
+    Clamp,
+    /// `JSON` for json / jsonb: ClickHouse's JSON type (objects only).
+    Json,
+}
+
+impl fmt::Display for ColumnRepr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ColumnRepr::String => f.write_str("String"),
+            ColumnRepr::Float64 => f.write_str("Float64"),
+            ColumnRepr::Decimal { precision, scale } => write!(f, "Decimal({precision}, {scale})"),
+            ColumnRepr::Int32 => f.write_str("Int32"),
+            ColumnRepr::Clamp => f.write_str("Clamp"),
+            ColumnRepr::Json => f.write_str("JSON"),
+        }
+    }
+}
+
+/// The `column_types` vocabulary, for messages.
+pub const COLUMN_REPR_CHOICES: &str = "String, Float64, Decimal(P, S), Int32, Clamp, JSON";
+
+impl FromStr for ColumnRepr {
+    type Err = String;
+    /// Parses a `column_types` value; names are case-insensitive, blanks
+    /// around Decimal's numbers are ignored.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        let bad = || {
+            format!(
+                "unknown column type {:?}; choose one of {COLUMN_REPR_CHOICES}",
+                s.chars().take(60).collect::<String>()
+            )
+        };
+        let lower = t.to_ascii_lowercase();
+        Ok(match lower.as_str() {
+            "string" => ColumnRepr::String,
+            "float64" => ColumnRepr::Float64,
+            "int32" => ColumnRepr::Int32,
+            "clamp" => ColumnRepr::Clamp,
+            "json" => ColumnRepr::Json,
+            _ => {
+                let args = lower
+                    .strip_prefix("decimal")
+                    .map(str::trim_start)
+                    .and_then(|r| r.strip_prefix('('))
+                    .and_then(|r| r.strip_suffix(')'))
+                    .ok_or_else(bad)?;
+                let (p, sc) = args.split_once(',').ok_or_else(|| {
+                    format!("column type {t:?}: write Decimal(P, S), e.g. Decimal(20, 4)")
+                })?;
+                let num = |v: &str| v.trim().parse::<u32>().ok();
+                let (Some(precision), Some(scale)) = (num(p), num(sc)) else {
+                    return Err(format!(
+                        "column type {t:?}: P and S must be numbers, e.g. Decimal(20, 4)"
+                    ));
+                };
+                if !(1..=76).contains(&precision) || scale > precision {
+                    return Err(format!(
+                        "column type {t:?}: ClickHouse Decimal needs 1 <= P <= 76 and 0 <= S <= P"
+                    ));
+                }
+                ColumnRepr::Decimal { precision, scale }
+            }
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -227,5 +314,32 @@ mod tests {
         assert_eq!(l.to_string(), "16/B374D848");
         assert!("16".parse::<Lsn>().is_err());
         assert!("x/1".parse::<Lsn>().is_err());
+    }
+
+    #[test]
+    fn column_types_parse_to_their_canonical_spelling() {
+        for (text, canon) in [
+            ("String", "String"),
+            ("string", "String"),
+            (" Float64 ", "Float64"),
+            ("Decimal(20,4)", "Decimal(20, 4)"),
+            ("decimal( 76 , 0 )", "Decimal(76, 0)"),
+            ("Int32", "Int32"),
+            ("CLAMP", "Clamp"),
+            ("json", "JSON"),
+        ] {
+            assert_eq!(text.parse::<ColumnRepr>().unwrap().to_string(), canon);
+        }
+        for bad in [
+            "",
+            "Date32",
+            "Decimal",
+            "Decimal(0, 0)",
+            "Decimal(5, 6)",
+            "Decimal(77, 2)",
+            "Decimal(a, b)",
+        ] {
+            assert!(bad.parse::<ColumnRepr>().is_err(), "{bad}");
+        }
     }
 }

@@ -20,6 +20,7 @@ fn col(name: &str, type_name: &str, pg_type: PgType) -> SourceColumn {
         type_oid: 0,
         pg_type,
         not_null: name == "id",
+        repr: None,
     }
 }
 

@@ -716,8 +716,9 @@ pub(crate) fn status_line(p: &Pipe) -> String {
     s
 }
 
-/// A table's excluded and renamed columns, e.g. `without password_hash;
-/// desc → description` (None when it has neither).
+/// A table's excluded, renamed and typed columns, e.g. `without
+/// password_hash; desc → description; born as String` (None when it has
+/// none).
 fn column_options_text(t: &crate::proto::TableConfig) -> Option<String> {
     let mut parts = Vec::new();
     if !t.exclude_columns.is_empty() {
@@ -730,6 +731,15 @@ fn column_options_text(t: &crate::proto::TableConfig) -> Option<String> {
             .map(|(from, to)| format!("{from} → {to}"))
             .collect();
         parts.push(renames.join(", "));
+    }
+    if !t.column_types.is_empty() {
+        let mut types: Vec<String> = t
+            .column_types
+            .iter()
+            .map(|(c, ty)| format!("{c} as {ty}"))
+            .collect();
+        types.sort();
+        parts.push(types.join(", "));
     }
     (!parts.is_empty()).then(|| parts.join("; "))
 }
@@ -993,13 +1003,20 @@ mod tests {
                 source_table: "public.users".into(),
                 exclude_columns: vec!["password_hash".into()],
                 rename_columns: [("desc".to_owned(), "description".to_owned())].into(),
+                column_types: [
+                    ("born".to_owned(), "Int32".to_owned()),
+                    ("big".to_owned(), "String".to_owned()),
+                ]
+                .into(),
                 ..Default::default()
             }];
         }
         let with_columns = pipe_summary(&columns);
         assert!(
-            with_columns
-                .contains("Columns     public.users: without password_hash; desc → description\n"),
+            with_columns.contains(
+                "Columns     public.users: without password_hash; desc → description; \
+                 big as String, born as Int32\n"
+            ),
             "{with_columns}"
         );
         assert!(

@@ -37,6 +37,7 @@ fn table_config_json(t: &TableConfig) -> Value {
         "order_by": t.order_by,
         "exclude_columns": t.exclude_columns,
         "rename_columns": t.rename_columns,
+        "column_types": t.column_types,
     })
 }
 
@@ -382,6 +383,7 @@ fn table_from_json(v: &Value, path: &str) -> Result<TableConfig, String> {
         "order_by",
         "exclude_columns",
         "rename_columns",
+        "column_types",
     ];
     for (k, v) in fields(v, path, &allowed)? {
         let p = format!("{path}.{k}");
@@ -397,6 +399,17 @@ fn table_from_json(v: &Value, path: &str) -> Result<TableConfig, String> {
             "destination_table" => t.destination_table = string(v, &p)?,
             "order_by" => t.order_by = strings(v)?,
             "exclude_columns" => t.exclude_columns = strings(v)?,
+            "column_types" => {
+                let Value::Object(map) = v else {
+                    return Err(format!(
+                        "{p}: expected an object of source column -> type (e.g. \"String\")"
+                    ));
+                };
+                for (col, ty) in map {
+                    t.column_types
+                        .insert(col.clone(), string(ty, &format!("{p}.{col}"))?);
+                }
+            }
             _ => {
                 let Value::Object(map) = v else {
                     return Err(format!(

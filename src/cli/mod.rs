@@ -44,7 +44,7 @@ use format::{
 use json::{create_request_from_json, pipe_json, watch_message_json};
 use spec::{
     apply_column_options, merge_overrides, parse_dest_override, parse_exclude,
-    parse_order_by_override, parse_rename, parse_table_spec, resync_column_options,
+    parse_order_by_override, parse_rename, parse_table_spec, parse_type, resync_column_options,
 };
 use watch::{WatchOptions, follow_events, follow_pipe};
 
@@ -207,8 +207,12 @@ TABLE SPEC:
 COLUMNS:
   --exclude public.users=password_hash,token   -> these columns are not replicated
   --rename public.users=desc:description       -> column `desc` is `description` in ClickHouse
-  Both apply to the initial load, CDC and resyncs; ORDER BY columns are
-  named as in the source. Key columns cannot be excluded.
+  --type public.users=born:String              -> column `born` stored as the chosen type
+  --type 'public.t=price:Decimal(20, 4),d:Int32'
+  All apply to the initial load, CDC and resyncs; ORDER BY columns are
+  named as in the source. Key columns cannot be excluded. Types (README
+  \"Column types\"): String (any column), numeric Float64 or Decimal(P, S),
+  date Int32 (days since 1970-01-01), date/timestamp Clamp, json JSON.
 
 PASSWORDS:
   Passwords are never taken from the command line (visible in `ps`): name an
@@ -302,6 +306,12 @@ pub struct CreateArgs {
     /// (a table given with --table or in --file). Repeatable.
     #[arg(long, value_name = "TABLE=OLD:NEW", value_parser = parse_rename)]
     pub rename: Vec<(String, Vec<(String, String)>)>,
+
+    /// ClickHouse types chosen for source columns:
+    /// SOURCE_TABLE=col:Type[,col2:Type] (String, Float64, Decimal(P, S),
+    /// Int32, Clamp, JSON). Repeatable.
+    #[arg(long = "type", value_name = "TABLE=COL:TYPE", value_parser = parse_type)]
+    pub types: Vec<(String, Vec<(String, String)>)>,
 
     /// Parallel snapshot workers [server default: 4, at most 64].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
@@ -413,8 +423,14 @@ pub struct ResyncArgs {
     #[arg(long, value_name = "TABLE=OLD:NEW", value_parser = parse_rename)]
     pub rename: Vec<(String, Vec<(String, String)>)>,
 
-    /// Drop a table's exclusions and renames (then --exclude/--rename, if
-    /// given, set new ones). Repeatable.
+    /// ClickHouse types for source columns from now on:
+    /// SOURCE_TABLE=col:Type[,col2:Type] (replaces the table's column types).
+    /// Repeatable.
+    #[arg(long = "type", value_name = "TABLE=COL:TYPE", value_parser = parse_type)]
+    pub types: Vec<(String, Vec<(String, String)>)>,
+
+    /// Drop a table's exclusions, renames and column types (then
+    /// --exclude/--rename/--type, if given, set new ones). Repeatable.
     #[arg(long, value_name = "TABLE")]
     pub reset_columns: Vec<String>,
 
@@ -422,7 +438,7 @@ pub struct ResyncArgs {
     /// pipe stays RUNNING). Repeatable; not with --order-by/--dest or column
     /// options.
     #[arg(long = "table", value_name = "TABLE",
-          conflicts_with_all = ["order_by", "dest", "exclude", "rename", "reset_columns"])]
+          conflicts_with_all = ["order_by", "dest", "exclude", "rename", "types", "reset_columns"])]
     pub tables: Vec<String>,
 
     /// Watch the new incarnation until it is RUNNING (exit 0) or FAILED
@@ -894,7 +910,10 @@ pub(crate) async fn execute(
             let mut overrides = merge_overrides(&args.order_by, &args.dest);
             let mut client = connect(opts).await?;
             let mut replace_column_options = false;
-            if !(args.exclude.is_empty() && args.rename.is_empty() && args.reset_columns.is_empty())
+            if !(args.exclude.is_empty()
+                && args.rename.is_empty()
+                && args.types.is_empty()
+                && args.reset_columns.is_empty())
             {
                 let current = pipe_of(
                     client
@@ -913,6 +932,7 @@ pub(crate) async fn execute(
                     &mut overrides,
                     &args.exclude,
                     &args.rename,
+                    &args.types,
                     &args.reset_columns,
                 )
                 .map_err(CliError::Usage)?;
@@ -1324,7 +1344,8 @@ fn build_create_request(
     if !args.tables.is_empty() {
         req.tables = args.tables.clone();
     }
-    apply_column_options(&mut req.tables, &args.exclude, &args.rename).map_err(CliError::Usage)?;
+    apply_column_options(&mut req.tables, &args.exclude, &args.rename, &args.types)
+        .map_err(CliError::Usage)?;
     // --label adds to (or overrides) the file's labels.
     for (k, v) in &args.labels {
         req.labels.insert(k.clone(), v.clone());

@@ -147,6 +147,47 @@ pub(crate) fn parse_rename(s: &str) -> Result<(String, Vec<(String, String)>), S
         .map(|list| (table, list))
 }
 
+/// `create --type SOURCE_TABLE=col:Type[,col2:Type]`: a column's ClickHouse
+/// type choice (`column_types`). Commas inside parentheses belong to the
+/// type (`price:Decimal(20, 4)`).
+pub(crate) fn parse_type(s: &str) -> Result<(String, Vec<(String, String)>), String> {
+    let (table, pairs) = split_assignment(s)?;
+    if pairs.is_empty() {
+        return Err(format!("{s:?}: empty type list (write TABLE=col:Type)"));
+    }
+    let mut out = Vec::new();
+    let mut depth = 0i32;
+    let mut in_quotes = false;
+    let mut start = 0;
+    let mut items = Vec::new();
+    for (i, c) in pairs.char_indices() {
+        match c {
+            '"' => in_quotes = !in_quotes,
+            '(' if !in_quotes => depth += 1,
+            ')' if !in_quotes => depth -= 1,
+            ',' if !in_quotes && depth == 0 => {
+                items.push(&pairs[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    items.push(&pairs[start..]);
+    for item in items {
+        // The column is before the first `:` outside quotes.
+        let parts = split_unquoted(item, ':')?;
+        let (col, ty) = match parts.split_first() {
+            Some((col, rest)) if !rest.is_empty() => (col.trim(), rest.join(":")),
+            _ => return Err(format!("{s:?}: {:?} is not col:Type", item.trim())),
+        };
+        if col.is_empty() || ty.trim().is_empty() {
+            return Err(format!("{s:?}: {:?} is not col:Type", item.trim()));
+        }
+        out.push((col.to_owned(), ty.trim().to_owned()));
+    }
+    Ok((table, out))
+}
+
 /// Whether two source table spellings name the same table as far as the
 /// client can tell (`orders` is `public.orders`).
 fn same_table(a: &str, b: &str) -> bool {
@@ -160,12 +201,13 @@ fn same_table(a: &str, b: &str) -> bool {
     full(a) == full(b)
 }
 
-/// Adds `--exclude` and `--rename` options to the `--table` entries they
-/// name; an option naming no listed table is an error.
+/// Adds `--exclude`, `--rename` and `--type` options to the `--table`
+/// entries they name; an option naming no listed table is an error.
 pub(crate) fn apply_column_options(
     tables: &mut [TableConfig],
     exclude: &[(String, Vec<String>)],
     rename: &[(String, Vec<(String, String)>)],
+    types: &[(String, Vec<(String, String)>)],
 ) -> Result<(), String> {
     fn entry<'a>(
         tables: &'a mut [TableConfig],
@@ -192,26 +234,37 @@ pub(crate) fn apply_column_options(
             }
         }
     }
+    for (table, pairs) in types {
+        let t = entry(tables, table, "--type")?;
+        for (col, ty) in pairs {
+            if t.column_types.insert(col.clone(), ty.clone()).is_some() {
+                return Err(format!("--type: column {col:?} of {table} is typed twice"));
+            }
+        }
+    }
     Ok(())
 }
 
-/// `resync --exclude/--rename/--reset-columns`: adds to `overrides` the
-/// column options of each table named, starting from the pipe's `current`
-/// ones (none with --reset-columns); --exclude replaces the table's
-/// exclusions, --rename its renames. Returns whether any table was named
-/// (the request then sets replace_column_options).
+/// `resync --exclude/--rename/--type/--reset-columns`: adds to `overrides`
+/// the column options of each table named, starting from the pipe's
+/// `current` ones (none with --reset-columns); --exclude replaces the
+/// table's exclusions, --rename its renames, --type its column types.
+/// Returns whether any table was named (the request then sets
+/// replace_column_options).
 pub(crate) fn resync_column_options(
     current: &[TableConfig],
     overrides: &mut Vec<TableConfig>,
     exclude: &[(String, Vec<String>)],
     rename: &[(String, Vec<(String, String)>)],
+    types: &[(String, Vec<(String, String)>)],
     reset: &[String],
 ) -> Result<bool, String> {
     let named = reset
         .iter()
         .map(|t| (t, "--reset-columns"))
         .chain(exclude.iter().map(|(t, _)| (t, "--exclude")))
-        .chain(rename.iter().map(|(t, _)| (t, "--rename")));
+        .chain(rename.iter().map(|(t, _)| (t, "--rename")))
+        .chain(types.iter().map(|(t, _)| (t, "--type")));
     let mut any = false;
     let mut seeded = std::collections::HashSet::new();
     for (table, flag) in named {
@@ -242,10 +295,12 @@ pub(crate) fn resync_column_options(
         if seeded.insert(idx) {
             o.exclude_columns = base.exclude_columns.clone();
             o.rename_columns = base.rename_columns.clone();
+            o.column_types = base.column_types.clone();
         }
         if flag == "--reset-columns" {
             o.exclude_columns.clear();
             o.rename_columns.clear();
+            o.column_types.clear();
         }
     }
     // A second pass, so that --reset-columns never undoes them.
@@ -263,6 +318,14 @@ pub(crate) fn resync_column_options(
             .find(|o| same_table(&o.source_table, table))
         {
             o.rename_columns = pairs.iter().cloned().collect();
+        }
+    }
+    for (table, pairs) in types {
+        if let Some(o) = overrides
+            .iter_mut()
+            .find(|o| same_table(&o.source_table, table))
+        {
+            o.column_types = pairs.iter().cloned().collect();
         }
     }
     Ok(any)
@@ -317,7 +380,7 @@ mod tests {
         // --order-by made an entry already: it gets the table's options.
         let mut overrides = merge_overrides(&[("users".into(), vec!["id".into()])], &[]);
         let exclude = [("users".to_string(), vec!["note".to_string()])];
-        let any = resync_column_options(&current, &mut overrides, &exclude, &[], &[]).unwrap();
+        let any = resync_column_options(&current, &mut overrides, &exclude, &[], &[], &[]).unwrap();
         assert!(any);
         assert_eq!(overrides.len(), 1);
         assert_eq!(overrides[0].order_by, ["id"]);
@@ -338,6 +401,7 @@ mod tests {
             &mut overrides,
             &[],
             &rename,
+            &[],
             &["public.users".into()],
         )
         .unwrap();
@@ -345,8 +409,8 @@ mod tests {
         assert_eq!(overrides[0].rename_columns.len(), 1);
         assert_eq!(overrides[0].rename_columns["id"], "user_id");
         // Nothing named: nothing to replace.
-        assert!(!resync_column_options(&current, &mut Vec::new(), &[], &[], &[]).unwrap());
-        let err = resync_column_options(&current, &mut Vec::new(), &[], &[], &["nope".into()])
+        assert!(!resync_column_options(&current, &mut Vec::new(), &[], &[], &[], &[]).unwrap());
+        let err = resync_column_options(&current, &mut Vec::new(), &[], &[], &[], &["nope".into()])
             .unwrap_err();
         assert!(err.contains("public.users"), "{err}");
     }
@@ -443,12 +507,71 @@ mod tests {
                 "public.users".into(),
                 vec![("desc".into(), "description".into())],
             )],
+            &[],
         )
         .unwrap();
         assert_eq!(tables[0].exclude_columns, vec!["password_hash"]);
         assert_eq!(tables[0].rename_columns["desc"], "description");
-        let err = apply_column_options(&mut tables, &[("other".into(), vec!["x".into()])], &[]);
+        let err =
+            apply_column_options(&mut tables, &[("other".into(), vec!["x".into()])], &[], &[]);
         assert!(err.unwrap_err().contains("no --table"));
+    }
+
+    #[test]
+    fn type_flags_keep_commas_inside_parentheses() {
+        let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+            v.iter().map(|(a, b)| ((*a).into(), (*b).into())).collect()
+        };
+        assert_eq!(
+            parse_type("public.t=price:Decimal(20, 4),born:String, d:Int32").unwrap(),
+            (
+                "public.t".into(),
+                pairs(&[
+                    ("price", "Decimal(20, 4)"),
+                    ("born", "String"),
+                    ("d", "Int32")
+                ])
+            )
+        );
+        assert_eq!(
+            parse_type(r#"t="a:b":Float64"#).unwrap(),
+            ("t".into(), pairs(&[(r#""a:b""#, "Float64")]))
+        );
+        for bad in ["t=", "t=col", "t=col:", "t=:String", "t=a:String,,b:JSON"] {
+            assert!(parse_type(bad).is_err(), "{bad:?} should be rejected");
+        }
+        let mut tables = vec![parse_table_spec("public.t").unwrap()];
+        let types = [
+            ("t".to_string(), pairs(&[("price", "Decimal(20, 4)")])),
+            ("public.t".to_string(), pairs(&[("born", "String")])),
+        ];
+        apply_column_options(&mut tables, &[], &[], &types).unwrap();
+        assert_eq!(tables[0].column_types["price"], "Decimal(20, 4)");
+        assert_eq!(tables[0].column_types["born"], "String");
+        let twice = [("t".to_string(), pairs(&[("born", "Int32")]))];
+        assert!(apply_column_options(&mut tables, &[], &[], &twice).is_err());
+    }
+
+    #[test]
+    fn resync_type_flag_replaces_the_tables_column_types() {
+        let current = vec![TableConfig {
+            source_table: "public.t".into(),
+            exclude_columns: vec!["secret".into()],
+            column_types: [("born".to_string(), "String".to_string())].into(),
+            ..Default::default()
+        }];
+        let mut overrides = Vec::new();
+        let types = [(
+            "t".to_string(),
+            vec![("born".to_string(), "Int32".to_string())],
+        )];
+        assert!(resync_column_options(&current, &mut overrides, &[], &[], &types, &[]).unwrap());
+        assert_eq!(overrides[0].column_types["born"], "Int32");
+        assert_eq!(overrides[0].exclude_columns, ["secret"], "exclusions kept");
+        // --reset-columns clears the types too.
+        let mut overrides = Vec::new();
+        resync_column_options(&current, &mut overrides, &[], &[], &[], &["t".into()]).unwrap();
+        assert!(overrides[0].column_types.is_empty());
     }
 
     #[test]

@@ -645,6 +645,56 @@ fn create_takes_column_options_for_listed_tables() {
     assert_eq!(req.tables[0].rename_columns["desc"], "description");
 }
 
+#[test]
+fn create_and_resync_take_column_types() {
+    let env = |_: &str| None;
+    let ClientCommand::Create(a) = cmd(&[
+        "create",
+        "people",
+        "--source",
+        "host=db",
+        "--ch-url",
+        "http://ch:8123",
+        "--ch-database",
+        "an",
+        "--table",
+        "public.people",
+        "--type",
+        "public.people=score:Decimal(20, 4),born:Int32",
+        "--type",
+        "people=doc:JSON",
+    ]) else {
+        panic!()
+    };
+    let req = build_create_request(&a, &env, &mut Cursor::new("")).unwrap();
+    let types = &req.tables[0].column_types;
+    assert_eq!(types["score"], "Decimal(20, 4)");
+    assert_eq!(types["born"], "Int32");
+    assert_eq!(types["doc"], "JSON");
+    // A malformed flag is a usage error before anything is sent.
+    assert!(parse(&["create", "x", "--type", "public.people=born"]).is_err());
+
+    let file = r#"{"name": "f", "source": {"connection_string": "host=a"},
+                   "destination": {"url": "http://ch", "database": "d"},
+                   "tables": [{"sourceTable": "public.people",
+                               "columnTypes": {"born": "String"}}]}"#;
+    let req =
+        crate::cli::json::create_request_from_json(&serde_json::from_str(file).unwrap()).unwrap();
+    assert_eq!(req.tables[0].column_types["born"], "String");
+
+    let ClientCommand::Resync(r) = cmd(&["resync", "people", "--type", "people=born:String"])
+    else {
+        panic!()
+    };
+    assert_eq!(
+        r.types,
+        [(
+            "people".to_string(),
+            vec![("born".to_string(), "String".to_string())]
+        )]
+    );
+}
+
 #[tokio::test]
 async fn unary_commands_and_errors() {
     let mock = Mock::default();

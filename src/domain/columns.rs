@@ -1,5 +1,5 @@
-//! Per-table column exclusion and rename (`TableConfig.exclude_columns`,
-//! `rename_columns`).
+//! Per-table column exclusion, rename and type choice
+//! (`TableConfig.exclude_columns`, `rename_columns`, `column_types`).
 //!
 //! One mapping step turns a described source table and its config into the
 //! replicated view used everywhere downstream: the COPY selects the kept
@@ -10,8 +10,9 @@
 use std::collections::{HashMap, HashSet};
 
 use super::validate::{Invalid, ident};
-use crate::model::{PgType, Row, SourceTable};
+use crate::model::{ColumnRepr, PgType, Row, SourceTable};
 use crate::proto::TableConfig;
+use crate::sink::types::Kind;
 
 /// Prefix of pgpipe's own ClickHouse columns (`_pgpipe_version`, ...).
 pub const RESERVED_PREFIX: &str = "_pgpipe_";
@@ -22,11 +23,39 @@ pub const MAX_COLUMN_ENTRIES: usize = 1600;
 /// True for a request field this module checks (ValidatePipe reports its
 /// problems with kind COLUMN).
 pub fn is_column_field(field: &str) -> bool {
-    field.contains(".exclude_columns") || field.contains(".rename_columns")
+    field.contains(".exclude_columns")
+        || field.contains(".rename_columns")
+        || field.contains(".column_types")
 }
 
 fn rename_field(i: usize, from: &str) -> String {
     format!("tables[{i}].rename_columns[{from:?}]")
+}
+
+fn type_field(i: usize, column: &str) -> String {
+    format!("tables[{i}].column_types[{column:?}]")
+}
+
+/// Table entry `i`'s `column_types`, parsed (sorted by column, so the first
+/// problem reported is the same on every run).
+pub fn column_types(
+    i: usize,
+    t: &TableConfig,
+) -> Result<Vec<(String, ColumnRepr)>, (String, Invalid)> {
+    let mut out = Vec::with_capacity(t.column_types.len());
+    let mut entries: Vec<(&String, &String)> = t.column_types.iter().collect();
+    entries.sort();
+    for (column, ty) in entries {
+        let field = type_field(i, column);
+        if let Err(e) = ident(&format!("tables[{i}].column_types key"), column) {
+            return Err((field, e));
+        }
+        let repr = ty
+            .parse::<ColumnRepr>()
+            .map_err(|e| (field.clone(), Invalid(format!("{field}: {e}"))))?;
+        out.push((column.clone(), repr));
+    }
+    Ok(out)
 }
 
 /// Checks of table entry `i`'s column options that need no source: names,
@@ -52,6 +81,15 @@ pub fn check_static(i: usize, t: &TableConfig) -> Result<(), (String, Invalid)> 
             ),
         );
     }
+    if t.column_types.len() > MAX_COLUMN_ENTRIES {
+        return fail(
+            format!("tables[{i}].column_types"),
+            format!(
+                "tables[{i}].column_types has {} entries; at most {MAX_COLUMN_ENTRIES}",
+                t.column_types.len()
+            ),
+        );
+    }
     let mut excluded = HashSet::new();
     for (j, c) in t.exclude_columns.iter().enumerate() {
         let field = format!("tables[{i}].exclude_columns[{j}]");
@@ -62,6 +100,18 @@ pub fn check_static(i: usize, t: &TableConfig) -> Result<(), (String, Invalid)> 
             return fail(
                 field.clone(),
                 format!("{field}: column {c:?} is excluded twice"),
+            );
+        }
+    }
+    for (column, _) in column_types(i, t)? {
+        if excluded.contains(column.as_str()) {
+            let field = type_field(i, &column);
+            return fail(
+                field.clone(),
+                format!(
+                    "{field}: column {column:?} is excluded, so it has no ClickHouse type; drop \
+                     it from one of exclude_columns and column_types"
+                ),
             );
         }
     }
@@ -245,6 +295,62 @@ pub fn replicated(
             });
         }
     }
+    // Chosen column types: the column must be replicated and the choice
+    // hold every value of its type (a key or order_by column's values must
+    // also stay distinct).
+    let types = column_types(i, cfg).unwrap_or_default();
+    for (c, repr) in &types {
+        let field = type_field(i, c);
+        let Some(idx) = names.iter().position(|n| n == c) else {
+            if strict {
+                problems.push(ColumnProblem {
+                    field,
+                    column: c.clone(),
+                    unsupported_type: false,
+                    message: format!(
+                        "column_types of {what} names column {c:?}, which the table does not \
+                         have; its columns are: {}",
+                        names.join(", ")
+                    ),
+                });
+            }
+            continue;
+        };
+        let col = &table.columns[idx];
+        if excluded.contains(c.as_str()) || col.pg_type == PgType::Unsupported {
+            // Reported by the static checks / as an unsupported type.
+            continue;
+        }
+        let problem = match Kind::for_type(&col.pg_type, Some(*repr)) {
+            Err(e) => Some(e),
+            Ok(kind)
+                if !kind.keeps_values_apart()
+                    && (table.key.contains(&idx) || cfg.order_by.iter().any(|o| o == c)) =>
+            {
+                Some(format!(
+                    "{repr} can store different values as one, which a key or order_by column \
+                     must not (rows would merge); choose String{}",
+                    if col.pg_type == PgType::Date {
+                        " or Int32"
+                    } else {
+                        ""
+                    }
+                ))
+            }
+            Ok(_) => None,
+        };
+        if let Some(e) = problem {
+            problems.push(ColumnProblem {
+                field,
+                column: c.clone(),
+                unsupported_type: false,
+                message: format!(
+                    "column_types of {what} gives column {c:?} ({}) type {repr}: {e}",
+                    col.type_name
+                ),
+            });
+        }
+    }
     // Destination names must stay unique: a rename onto a kept column's
     // own name (not renamed away itself) would give ClickHouse two columns
     // with one name.
@@ -278,8 +384,16 @@ pub fn replicated(
         .iter()
         .filter_map(|k| kept.iter().position(|x| x == k))
         .collect();
+    let chosen: HashMap<&str, ColumnRepr> = types.iter().map(|(c, r)| (c.as_str(), *r)).collect();
     let source = SourceTable {
-        columns: kept.iter().map(|&k| table.columns[k].clone()).collect(),
+        columns: kept
+            .iter()
+            .map(|&k| {
+                let mut c = table.columns[k].clone();
+                c.repr = chosen.get(c.name.as_str()).copied();
+                c
+            })
+            .collect(),
         key,
         ..table.clone()
     };
@@ -325,6 +439,7 @@ mod tests {
             type_oid: 25,
             pg_type: PgType::Text,
             not_null: false,
+            repr: None,
         };
         SourceTable {
             schema: "public".into(),
@@ -410,6 +525,80 @@ mod tests {
         assert!(replicated(0, &table(), &swap, true).is_ok());
         let onto_excluded = cfg(&["password_hash"], &[("desc", "password_hash")]);
         assert!(replicated(0, &table(), &onto_excluded, true).is_ok());
+    }
+
+    fn typed(types: &[(&str, &str)]) -> TableConfig {
+        let mut c = cfg(&[], &[]);
+        c.column_types = types
+            .iter()
+            .map(|(a, b)| ((*a).into(), (*b).into()))
+            .collect();
+        c
+    }
+
+    fn dated() -> SourceTable {
+        let mut t = table();
+        t.columns[3].pg_type = PgType::Date;
+        t.columns[3].type_name = "date".into();
+        t
+    }
+
+    #[test]
+    fn a_chosen_column_type_is_carried_by_the_view_under_both_names() {
+        let mut c = typed(&[("note", "int32")]);
+        c.rename_columns.insert("note".into(), "born".into());
+        let r = replicated(0, &dated(), &c, true).unwrap();
+        assert_eq!(r.dest.columns[3].name, "born");
+        assert_eq!(r.dest.columns[3].repr, Some(ColumnRepr::Int32));
+        assert_eq!(r.source.columns[3].repr, Some(ColumnRepr::Int32));
+        assert_eq!(r.dest.columns[1].repr, None);
+    }
+
+    #[test]
+    fn column_types_that_cannot_hold_the_column_are_refused_naming_the_field() {
+        let field = |c: &TableConfig| {
+            replicated(1, &dated(), c, true)
+                .unwrap_err()
+                .into_iter()
+                .map(|p| p.field)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            field(&typed(&[("note", "Float64")])),
+            ["tables[1].column_types[\"note\"]"]
+        );
+        assert_eq!(
+            field(&typed(&[("nope", "String")])),
+            ["tables[1].column_types[\"nope\"]"]
+        );
+        // A running pipe ignores a column the source dropped since.
+        assert!(replicated(1, &dated(), &typed(&[("nope", "String")]), false).is_ok());
+        // Clamp would merge distinct key (or order_by) values; String keeps them.
+        let mut t = dated();
+        t.key = vec![3];
+        assert_eq!(
+            replicated(1, &t, &typed(&[("note", "Clamp")]), true).unwrap_err()[0].field,
+            "tables[1].column_types[\"note\"]"
+        );
+        assert!(replicated(1, &t, &typed(&[("note", "String")]), true).is_ok());
+        let mut ordered = typed(&[("note", "Clamp")]);
+        ordered.order_by = vec!["id".into(), "note".into()];
+        assert!(replicated(1, &dated(), &ordered, true).is_err());
+    }
+
+    #[test]
+    fn column_types_are_checked_statically_too() {
+        let unknown = typed(&[("note", "Date64")]);
+        let (field, e) = check_static(0, &unknown).unwrap_err();
+        assert_eq!(field, "tables[0].column_types[\"note\"]");
+        assert!(e.0.contains("String, Float64"), "{e:?}");
+        let mut excluded = typed(&[("note", "String")]);
+        excluded.exclude_columns = vec!["note".into()];
+        assert_eq!(
+            check_static(0, &excluded).unwrap_err().0,
+            "tables[0].column_types[\"note\"]"
+        );
+        assert!(is_column_field("tables[0].column_types[\"note\"]"));
     }
 
     #[test]

@@ -493,6 +493,12 @@ pub fn table(i: usize, t: &TableConfig) -> Result<(QualifiedName, TableConfig), 
             order_by,
             exclude_columns: t.exclude_columns.clone(),
             rename_columns: t.rename_columns.clone(),
+            // Canonical spellings, so GetPipe shows what will be created.
+            column_types: super::columns::column_types(i, t)
+                .map_err(|(_, e)| e)?
+                .into_iter()
+                .map(|(c, r)| (c, r.to_string()))
+                .collect(),
         },
     ))
 }
@@ -823,15 +829,25 @@ pub fn apply_overrides(
         if replace_columns {
             t.exclude_columns = o.exclude_columns.clone();
             t.rename_columns = o.rename_columns.clone();
+            t.column_types = o.column_types.clone();
             // Fields named as the request has them.
-            super::columns::check_static(i, t).map_err(|(_, e)| {
+            let named = |e: Invalid| {
                 Invalid(e.0.replace(&format!("tables[{i}]"), &format!("overrides[{i}]")))
-            })?;
-        } else if !o.exclude_columns.is_empty() || !o.rename_columns.is_empty() {
+            };
+            super::columns::check_static(i, t).map_err(|(_, e)| named(e))?;
+            t.column_types = super::columns::column_types(i, t)
+                .map_err(|(_, e)| named(e))?
+                .into_iter()
+                .map(|(c, r)| (c, r.to_string()))
+                .collect();
+        } else if !o.exclude_columns.is_empty()
+            || !o.rename_columns.is_empty()
+            || !o.column_types.is_empty()
+        {
             return invalid(format!(
-                "overrides[{i}] sets exclude_columns or rename_columns, which a resync takes only \
-                 with replace_column_options: true (they then replace the table's; empty lists \
-                 clear them)"
+                "overrides[{i}] sets exclude_columns, rename_columns or column_types, which a \
+                 resync takes only with replace_column_options: true (they then replace the \
+                 table's; empty lists clear them)"
             ));
         }
     }

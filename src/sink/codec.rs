@@ -125,12 +125,15 @@ pub(crate) fn encode_default(kind: &Kind, out: &mut Vec<u8>) {
     let width = match kind {
         Kind::Bool => 1,
         Kind::Int16 => 2,
-        Kind::Int32 | Kind::Float32 | Kind::Date => 4,
+        Kind::Int32 | Kind::Float32 | Kind::Date | Kind::DateDays => 4,
         Kind::Int64 | Kind::Float64 | Kind::Timestamp | Kind::TimestampTz | Kind::Time => 8,
         Kind::Decimal { precision, .. } => decimal_width(*precision),
         Kind::Uuid => 16,
         // Empty string, empty array: a zero length.
         Kind::Text | Kind::Enum | Kind::Bytea | Kind::Array(_) => 1,
+        Kind::Clamp(inner) => return encode_default(inner, out),
+        // The empty object: an empty string is not JSON.
+        Kind::Json => return write_string(out, b"{}"),
     };
     out.extend(std::iter::repeat_n(0u8, width));
 }
@@ -153,12 +156,28 @@ pub(crate) fn encode_value(kind: &Kind, t: &[u8], out: &mut Vec<u8>) -> R<()> {
         Kind::Decimal { precision, scale } => encode_decimal(t, *precision, *scale, out)?,
         Kind::Text | Kind::Enum => write_string(out, t),
         Kind::Bytea => encode_bytea(t, out)?,
-        Kind::Date => {
-            let d = parse_date(t)? as i32;
-            out.extend_from_slice(&d.to_le_bytes());
+        Kind::Date => out.extend_from_slice(&date32(t, false)?.to_le_bytes()),
+        Kind::Timestamp => out.extend_from_slice(&datetime64(t, false, false)?.to_le_bytes()),
+        Kind::TimestampTz => out.extend_from_slice(&datetime64(t, true, false)?.to_le_bytes()),
+        Kind::Clamp(inner) => match inner.as_ref() {
+            Kind::Date => out.extend_from_slice(&date32(t, true)?.to_le_bytes()),
+            Kind::Timestamp => out.extend_from_slice(&datetime64(t, false, true)?.to_le_bytes()),
+            Kind::TimestampTz => out.extend_from_slice(&datetime64(t, true, true)?.to_le_bytes()),
+            other => encode_value(other, t, out)?,
+        },
+        Kind::DateDays => out.extend_from_slice(&date_days(t)?.to_le_bytes()),
+        Kind::Json => {
+            // ClickHouse's JSON holds objects only: anything else would be
+            // refused by the server without naming the column.
+            if t.iter().find(|c| !c.is_ascii_whitespace()) != Some(&b'{') {
+                return Err(format!(
+                    "json value {} is not an object, and ClickHouse's JSON type holds objects \
+                     only: store the column as String (column_types)",
+                    preview(t)
+                ));
+            }
+            write_string(out, t);
         }
-        Kind::Timestamp => out.extend_from_slice(&parse_timestamp(t, false)?.to_le_bytes()),
-        Kind::TimestampTz => out.extend_from_slice(&parse_timestamp(t, true)?.to_le_bytes()),
         Kind::Time => out.extend_from_slice(&parse_time(t)?.to_le_bytes()),
         Kind::Uuid => {
             let u = uuid::Uuid::try_parse_ascii(t)
@@ -175,7 +194,14 @@ pub(crate) fn encode_value(kind: &Kind, t: &[u8], out: &mut Vec<u8>) -> R<()> {
                     None => out.push(1),
                     Some(v) => {
                         out.push(0);
-                        encode_value(elem, &v, out)?;
+                        encode_value(elem, &v, out).map_err(|e| {
+                            // The element's advice may name choices that
+                            // do not apply to an array.
+                            format!(
+                                "array element: {e} (an array column can only be stored as \
+                                 String, or excluded)"
+                            )
+                        })?;
                     }
                 }
             }
@@ -301,7 +327,8 @@ fn encode_decimal(t: &[u8], precision: u32, scale: u32, out: &mut Vec<u8>) -> R<
     let s = as_str(t)?;
     if matches!(s, "NaN" | "Infinity" | "-Infinity") {
         return Err(format!(
-            "numeric {s} cannot be stored in {} (ClickHouse Decimal has no NaN/Infinity)",
+            "numeric {s} cannot be stored in {} (ClickHouse Decimal has no NaN/Infinity): \
+             choose the column's type with column_types (String or Float64)",
             ty()
         ));
     }
@@ -324,7 +351,8 @@ fn encode_decimal(t: &[u8], precision: u32, scale: u32, out: &mut Vec<u8>) -> R<
         if rest.bytes().any(|c| c != b'0') {
             return Err(format!(
                 "numeric {} has more than {scale} fractional digits: does not fit {} \
-                 (it would be rounded)",
+                 (it would be rounded); choose the column's type with column_types (String \
+                 keeps every digit)",
                 preview(t),
                 ty()
             ));
@@ -334,7 +362,12 @@ fn encode_decimal(t: &[u8], precision: u32, scale: u32, out: &mut Vec<u8>) -> R<
         frac
     };
     if int.len() > (precision - scale) as usize {
-        return Err(format!("numeric {} out of range for {}", preview(t), ty()));
+        return Err(format!(
+            "numeric {} out of range for {}: choose the column's type with column_types \
+             (String keeps every digit)",
+            preview(t),
+            ty()
+        ));
     }
     let mut v: I256 = [0; 4];
     for c in int.bytes().chain(frac.bytes()) {
@@ -518,11 +551,20 @@ fn strip_bc(t: &[u8]) -> (&[u8], bool) {
     }
 }
 
-/// Postgres `date` → Date32 days (clamped, see module docs of `types`).
-fn parse_date(t: &[u8]) -> R<i64> {
+/// A Postgres date or timestamp: finite (days, or microseconds since the
+/// epoch) or one of the infinities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Moment {
+    NegInfinity,
+    At(i128),
+    Infinity,
+}
+
+/// Postgres `date` text (any year, BC included) → days since 1970-01-01.
+fn parse_date(t: &[u8]) -> R<Moment> {
     match t {
-        b"infinity" => return Ok(DATE32_MAX),
-        b"-infinity" => return Ok(DATE32_MIN),
+        b"infinity" => return Ok(Moment::Infinity),
+        b"-infinity" => return Ok(Moment::NegInfinity),
         _ => {}
     }
     let (body, bc) = strip_bc(t);
@@ -530,23 +572,92 @@ fn parse_date(t: &[u8]) -> R<i64> {
     let (y, m, d) = scan_date(&mut sc)
         .filter(|_| sc.done())
         .ok_or_else(|| format!("invalid date {} (expected DateStyle ISO)", preview(t)))?;
-    if bc {
-        return Ok(DATE32_MIN);
-    }
-    Ok(days_from_civil(y, m, d).clamp(DATE32_MIN, DATE32_MAX))
+    // 1 BC is year 0 of the proleptic Gregorian calendar.
+    let y = if bc { 1 - y } else { y };
+    Ok(Moment::At(i128::from(days_from_civil(y, m, d))))
 }
 
-/// Postgres `timestamp`/`timestamptz` → DateTime64(6) ticks (clamped).
-fn parse_timestamp(t: &[u8], with_tz: bool) -> R<i64> {
+/// Why a value outside ClickHouse's range is refused, and the choices.
+fn outside(what: &str, t: &[u8], range: &str, choices: &str) -> String {
+    format!(
+        "{what} {} is outside ClickHouse's range ({range}); it is not stored clamped \
+         unless asked: choose the column's type with column_types ({choices})",
+        preview(t)
+    )
+}
+
+/// Postgres `date` → Date32 days: out of range is an error, or with
+/// `clamp` the range's end.
+fn date32(t: &[u8], clamp: bool) -> R<i32> {
+    let days = match parse_date(t)? {
+        Moment::At(d) if (i128::from(DATE32_MIN)..=i128::from(DATE32_MAX)).contains(&d) => d,
+        _ if !clamp => {
+            return Err(outside(
+                "date",
+                t,
+                "Date32: 1900-01-01 to 2299-12-31",
+                "String, Int32 or Clamp",
+            ));
+        }
+        Moment::NegInfinity => i128::from(DATE32_MIN),
+        Moment::Infinity => i128::from(DATE32_MAX),
+        Moment::At(d) => d.clamp(i128::from(DATE32_MIN), i128::from(DATE32_MAX)),
+    };
+    Ok(days as i32)
+}
+
+/// Postgres `date` → Int32 days since 1970-01-01 (`column_types` Int32),
+/// `infinity` / `-infinity` as i32::MAX / i32::MIN, which no finite date
+/// takes.
+fn date_days(t: &[u8]) -> R<i32> {
+    match parse_date(t)? {
+        Moment::Infinity => Ok(i32::MAX),
+        Moment::NegInfinity => Ok(i32::MIN),
+        Moment::At(d) => i32::try_from(d)
+            .ok()
+            .filter(|d| *d != i32::MAX && *d != i32::MIN)
+            .ok_or_else(|| {
+                format!(
+                    "date {} is beyond Int32 days since 1970-01-01: store the column as String",
+                    preview(t)
+                )
+            }),
+    }
+}
+
+/// Postgres `timestamp`/`timestamptz` → DateTime64(6) ticks: out of range is
+/// an error, or with `clamp` the range's end.
+fn datetime64(t: &[u8], with_tz: bool, clamp: bool) -> R<i64> {
+    let ticks = match parse_timestamp(t, with_tz)? {
+        Moment::At(v) if (i128::from(DT64_MIN)..=i128::from(DT64_MAX)).contains(&v) => v,
+        _ if !clamp => {
+            return Err(outside(
+                if with_tz { "timestamptz" } else { "timestamp" },
+                t,
+                "DateTime64: 1900-01-01 00:00:00 to 2299-12-31 23:59:59.999999 UTC",
+                "String or Clamp",
+            ));
+        }
+        Moment::NegInfinity => i128::from(DT64_MIN),
+        Moment::Infinity => i128::from(DT64_MAX),
+        Moment::At(v) => v.clamp(i128::from(DT64_MIN), i128::from(DT64_MAX)),
+    };
+    Ok(ticks as i64)
+}
+
+/// Postgres `timestamp`/`timestamptz` text → microseconds since the epoch
+/// (UTC for timestamptz; any year, BC included).
+fn parse_timestamp(t: &[u8], with_tz: bool) -> R<Moment> {
     match t {
-        b"infinity" => return Ok(DT64_MAX),
-        b"-infinity" => return Ok(DT64_MIN),
+        b"infinity" => return Ok(Moment::Infinity),
+        b"-infinity" => return Ok(Moment::NegInfinity),
         _ => {}
     }
     let err = || format!("invalid timestamp {} (expected DateStyle ISO)", preview(t));
     let (body, bc) = strip_bc(t);
     let mut sc = Scan { s: body, i: 0 };
     let (y, m, d) = scan_date(&mut sc).ok_or_else(err)?;
+    let y = if bc { 1 - y } else { y };
     if !(sc.eat(b' ') || sc.eat(b'T')) {
         return Err(err());
     }
@@ -578,13 +689,10 @@ fn parse_timestamp(t: &[u8], with_tz: bool) -> R<i64> {
     if !sc.done() {
         return Err(err());
     }
-    if bc {
-        return Ok(DT64_MIN);
-    }
     let days = i128::from(days_from_civil(y, m, d));
-    let micros =
-        days * i128::from(MICROS_PER_DAY) + i128::from(tod) - i128::from(offset_secs) * 1_000_000;
-    Ok(micros.clamp(i128::from(DT64_MIN), i128::from(DT64_MAX)) as i64)
+    Ok(Moment::At(
+        days * i128::from(MICROS_PER_DAY) + i128::from(tod) - i128::from(offset_secs) * 1_000_000,
+    ))
 }
 
 /// Postgres `time` → microseconds since midnight.
@@ -791,7 +899,12 @@ fn push_hms(out: &mut Vec<u8>, micros_of_day: i64) {
 
 fn push_date(out: &mut Vec<u8>, days: i64) {
     let (y, m, d) = civil_from_days(days);
-    out.extend_from_slice(format!("{y:04}-{m:02}-{d:02}").as_bytes());
+    if y <= 0 {
+        // As Postgres prints it: year 0 is 1 BC.
+        out.extend_from_slice(format!("{:04}-{m:02}-{d:02} BC", 1 - y).as_bytes());
+    } else {
+        out.extend_from_slice(format!("{y:04}-{m:02}-{d:02}").as_bytes());
+    }
 }
 
 /// Reads one non-NULL value and appends its Postgres text.
@@ -849,10 +962,16 @@ pub(crate) fn decode_value(kind: &Kind, input: &mut &[u8], out: &mut Vec<u8>) ->
                 out.extend_from_slice(frac);
             }
         }
-        Kind::Text | Kind::Enum => {
+        Kind::Text | Kind::Enum | Kind::Json => {
             let n = read_uleb(input)? as usize;
             out.extend_from_slice(take(input, n)?);
         }
+        Kind::Clamp(inner) => decode_value(inner, input, out)?,
+        Kind::DateDays => match i32::from_le_bytes(take_arr(input)?) {
+            i32::MAX => out.extend_from_slice(b"infinity"),
+            i32::MIN => out.extend_from_slice(b"-infinity"),
+            d => push_date(out, i64::from(d)),
+        },
         Kind::Bytea => {
             let n = read_uleb(input)? as usize;
             out.extend_from_slice(b"\\x");
@@ -1053,10 +1172,8 @@ mod tests {
             assert_eq!(days_from_civil(y, m, d), z);
         }
         round(&Kind::Date, "2024-02-29", "2024-02-29");
-        round(&Kind::Date, "infinity", "2299-12-31");
-        round(&Kind::Date, "-infinity", "1900-01-01");
-        round(&Kind::Date, "0044-03-15 BC", "1900-01-01");
-        round(&Kind::Date, "10000-01-01", "2299-12-31");
+        round(&Kind::Date, "1900-01-01", "1900-01-01");
+        round(&Kind::Date, "2299-12-31", "2299-12-31");
         assert!(enc(&Kind::Date, "01/02/2024").is_err());
 
         round(
@@ -1095,22 +1212,6 @@ mod tests {
             "1901-01-01 00:53:28+00:53:28",
             "1901-01-01 00:00:00+00",
         );
-        round(
-            &Kind::TimestampTz,
-            "infinity",
-            "2299-12-31 23:59:59.999999+00",
-        );
-        round(&Kind::TimestampTz, "-infinity", "1900-01-01 00:00:00+00");
-        round(
-            &Kind::TimestampTz,
-            "294276-12-31 23:59:59.999999+00",
-            "2299-12-31 23:59:59.999999+00",
-        );
-        round(
-            &Kind::TimestampTz,
-            "4713-01-01 00:00:00+00 BC",
-            "1900-01-01 00:00:00+00",
-        );
         assert!(enc(&Kind::TimestampTz, "2024-01-02 03:04:05.1234567+00").is_err());
 
         round(&Kind::Time, "00:00:00", "00:00:00");
@@ -1121,6 +1222,125 @@ mod tests {
             1_500_000i64.to_le_bytes()
         );
         assert!(enc(&Kind::Time, "25:00:00").is_err());
+    }
+
+    #[test]
+    fn dates_outside_clickhouse_range_are_refused_naming_the_value() {
+        for t in [
+            "0001-01-01",
+            "1850-06-01",
+            "9999-12-31",
+            "infinity",
+            "-infinity",
+            "0044-03-15 BC",
+        ] {
+            let e = enc(&Kind::Date, t).unwrap_err();
+            assert!(
+                e.contains(&format!("{t:?}")) && e.contains("column_types"),
+                "{e}"
+            );
+        }
+        for kind in [Kind::Timestamp, Kind::TimestampTz] {
+            for t in [
+                "0001-01-01 00:00:00",
+                "1899-12-31 23:59:59.999999",
+                "2300-01-01 00:00:00",
+                "infinity",
+                "-infinity",
+            ] {
+                let t = if kind == Kind::TimestampTz {
+                    format!("{t}+00").replace("infinity+00", "infinity")
+                } else {
+                    t.to_string()
+                };
+                assert!(enc(&kind, &t).is_err(), "{t}");
+            }
+        }
+        // The instant counts, not the wall clock: 1900-01-01 00:00 at +01 is 1899 in UTC.
+        assert!(enc(&Kind::TimestampTz, "1900-01-01 00:00:00+01").is_err());
+    }
+
+    #[test]
+    fn an_out_of_range_array_element_is_refused_saying_what_applies() {
+        let dates = Kind::Array(Box::new(Kind::Date));
+        let e = enc(&dates, "{2024-01-01,infinity}").unwrap_err();
+        assert!(
+            e.contains("\"infinity\"") && e.contains("only be stored as String"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn clamp_is_an_explicit_choice() {
+        let clamp = |k: Kind| Kind::Clamp(Box::new(k));
+        round(&clamp(Kind::Date), "2024-02-29", "2024-02-29");
+        round(&clamp(Kind::Date), "infinity", "2299-12-31");
+        round(&clamp(Kind::Date), "-infinity", "1900-01-01");
+        round(&clamp(Kind::Date), "0044-03-15 BC", "1900-01-01");
+        round(&clamp(Kind::Date), "10000-01-01", "2299-12-31");
+        round(&clamp(Kind::Date), "1850-06-01", "1900-01-01");
+        let tz = clamp(Kind::TimestampTz);
+        round(&tz, "infinity", "2299-12-31 23:59:59.999999+00");
+        round(&tz, "-infinity", "1900-01-01 00:00:00+00");
+        round(
+            &tz,
+            "294276-12-31 23:59:59.999999+00",
+            "2299-12-31 23:59:59.999999+00",
+        );
+        round(&tz, "4713-01-01 00:00:00+00 BC", "1900-01-01 00:00:00+00");
+        round(
+            &clamp(Kind::Timestamp),
+            "0001-01-01 00:00:00",
+            "1900-01-01 00:00:00",
+        );
+        round(
+            &clamp(Kind::Timestamp),
+            "2024-01-02 03:04:05",
+            "2024-01-02 03:04:05",
+        );
+        let mut out = Vec::new();
+        encode_default(&clamp(Kind::Date), &mut out);
+        assert_eq!(out, [0; 4]);
+    }
+
+    #[test]
+    fn dates_as_int32_days_keep_every_postgres_date() {
+        let days =
+            |t: &str| i32::from_le_bytes(enc(&Kind::DateDays, t).unwrap().try_into().unwrap());
+        assert_eq!(days("1970-01-01"), 0);
+        assert_eq!(days("0001-01-01"), -719_162);
+        assert_eq!(days("1850-06-01"), -43_678);
+        assert_eq!(days("9999-12-31"), 2_932_896);
+        assert_eq!(days("infinity"), i32::MAX);
+        assert_eq!(days("-infinity"), i32::MIN);
+        // 1 BC is year 0; Postgres' first date is 4714-11-24 BC.
+        assert_eq!(days("0001-12-31 BC"), -719_163);
+        for t in [
+            "0001-01-01",
+            "1850-06-01",
+            "9999-12-31",
+            "infinity",
+            "-infinity",
+            "0044-03-15 BC",
+            "4714-11-24 BC",
+            "5874897-12-31",
+        ] {
+            round(&Kind::DateDays, t, t);
+        }
+    }
+
+    #[test]
+    fn json_values_must_be_objects() {
+        assert_eq!(enc(&Kind::Json, r#"{"a": 1}"#).unwrap(), b"\x08{\"a\": 1}");
+        assert!(enc(&Kind::Json, " {}").is_ok());
+        for t in ["[1, 2]", "\"text\"", "3", "null"] {
+            let e = enc(&Kind::Json, t).unwrap_err();
+            assert!(e.contains("not an object"), "{e}");
+        }
+        round(&Kind::Json, r#"{"k": [1, "x"]}"#, r#"{"k": [1, "x"]}"#);
+        let mut out = Vec::new();
+        encode_default(&Kind::Json, &mut out);
+        assert_eq!(out, b"\x02{}");
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 
 use super::ident::{quote_ident, split_key_expr};
 use super::types::Kind;
-use super::{ChSink, IS_DELETED_COLUMN, METADATA_COLUMNS, SinkError, VERSION_COLUMN};
+use super::{ChSink, DestColumn, IS_DELETED_COLUMN, METADATA_COLUMNS, SinkError, VERSION_COLUMN};
 use crate::model::{SourceColumn, SourceTable};
 
 /// What `create_table` does when the table exists.
@@ -124,8 +124,7 @@ impl ChSink {
         let mut nullable_key = false;
         let mut cols = Vec::with_capacity(source.columns.len() + 3);
         for (i, c) in source.columns.iter().enumerate() {
-            let kind = Kind::from_pg(&c.pg_type)
-                .map_err(|e| schema_err(format!("column {:?} ({}): {e}", c.name, c.type_name)))?;
+            let kind = Kind::for_column(c).map_err(schema_err)?;
             let nullable = !c.not_null && !source.key.contains(&i) && kind.can_be_nullable();
             if nullable && order.contains(&c.name.as_str()) {
                 nullable_key = true;
@@ -260,12 +259,7 @@ impl ChSink {
                 self.qualified(table)
             )));
         }
-        let kind = Kind::from_pg(&column.pg_type).map_err(|e| {
-            SinkError::Schema(format!(
-                "column {:?} ({}): {e}",
-                column.name, column.type_name
-            ))
-        })?;
+        let kind = Kind::for_column(column).map_err(SinkError::Schema)?;
         let cols = self.dest_columns(table).await?;
         let position = match cols.iter().position(|c| c.name == VERSION_COLUMN) {
             Some(0) => " FIRST".to_string(),
@@ -291,8 +285,8 @@ impl ChSink {
     /// which the resync loaded live, stays live: PeerDB's trap). A key counts
     /// as soft-deleted when its latest version in `original` has
     /// `_pgpipe_is_deleted = 1`; that latest row is copied with its version.
-    /// Only columns present in both tables are copied; the others get their
-    /// defaults. `renamed` maps a `resync_table` column to its name in
+    /// Only columns present in both tables are copied (outside the key: with
+    /// the same type); the others get their defaults. `renamed` maps a `resync_table` column to its name in
     /// `original` where they differ (a resync that changed rename_columns);
     /// `key_columns` are `resync_table`'s names. Returns the number of rows
     /// copied.
@@ -342,10 +336,26 @@ impl ChSink {
                 }
             }
         }
+        // A tombstone's columns outside the key are fillers: one whose type
+        // changed (a resync with new column_types) is left to its default
+        // rather than cast (a String filler `''` is no Int32).
+        let base = |t: &str| {
+            t.strip_prefix("Nullable(")
+                .and_then(|t| t.strip_suffix(')'))
+                .unwrap_or(t)
+                .to_owned()
+        };
+        let same_type = |c: &DestColumn| {
+            key_columns.contains(&c.name)
+                || orig.iter().any(|o| {
+                    o.name == in_original(renamed, &c.name) && base(&o.ch_type) == base(&c.ch_type)
+                })
+        };
         // (name in original, name in resync_table) of the columns both have.
         let common: Vec<(String, String)> = resync
             .iter()
             .filter(|c| orig.iter().any(|o| o.name == in_original(renamed, &c.name)))
+            .filter(|c| same_type(c))
             .map(|c| {
                 (
                     quote_ident(in_original(renamed, &c.name)),
@@ -431,6 +441,7 @@ mod tests {
             type_oid: 0,
             pg_type,
             not_null,
+            repr: None,
         }
     }
 

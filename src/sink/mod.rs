@@ -416,11 +416,8 @@ fn plan_columns(
         .columns
         .iter()
         .map(|col| {
-            let kind = Kind::from_pg(&col.pg_type).map_err(|e| {
-                SinkError::Schema(format!(
-                    "column {:?} of {}.{} ({}): {e}",
-                    col.name, source.schema, source.name, col.type_name
-                ))
+            let kind = Kind::for_column(col).map_err(|e| {
+                SinkError::Schema(format!("{e} (table {}.{})", source.schema, source.name))
             })?;
             let Some(actual) = find(&col.name) else {
                 return Err(SinkError::Schema(format!(
@@ -434,12 +431,16 @@ fn plan_columns(
             } else if actual == kind.ch_type(true) {
                 true
             } else {
+                let chosen = col
+                    .repr
+                    .map(|r| format!(" (column_types {r})"))
+                    .unwrap_or_default();
                 return Err(SinkError::Schema(format!(
-                    "ClickHouse column {:?} of {qualified} is {actual}, but source type {} maps to \
-                     {}: change the column or resync the table",
+                    "ClickHouse column {:?} of {qualified} is {actual}, but source type {}{chosen} \
+                     maps to {}: change the column or resync the table",
                     col.name,
                     col.type_name,
-                    kind.ch_type(!col.not_null)
+                    kind.ch_type(!col.not_null && kind.can_be_nullable())
                 )));
             };
             Ok(ColumnPlan {

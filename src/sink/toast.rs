@@ -4,6 +4,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use super::codec::{decode_cell, encode_cell, preview};
 use super::ident::{quote_ident, quote_literal};
+use super::types::Kind;
 use super::{ChSink, ColumnPlan, SinkError, VERSION_COLUMN};
 use crate::model::{Cell, Row, SourceTable};
 
@@ -220,6 +221,9 @@ impl ChSink {
             quote_ident(VERSION_COLUMN),
         );
         let mut query = self.client.query_raw(&sql);
+        if cols.iter().any(|&c| plan[c].kind == Kind::Json) {
+            query = query.with_setting("output_format_binary_write_json_as_string", "1");
+        }
         if sql.len() > DEFAULT_MAX_QUERY_SIZE {
             // Only with very long keys: one key per query, raise the limit.
             query = query.with_setting("max_query_size", (sql.len() + 4096).to_string());

@@ -7,6 +7,7 @@ use clickhouse::insert_formatted::BufInsertFormatted;
 
 use super::codec::{CellRef, encode_default, encode_ref};
 use super::ident::quote_ident;
+use super::types::Kind;
 use super::{ChSink, ColumnPlan, METADATA_COLUMNS, SinkError};
 use crate::model::{Cell, Row, RowBatch, SourceTable};
 
@@ -115,11 +116,16 @@ impl ChSink {
             names.join(", ")
         );
         let chunk_bytes = options.chunk_bytes.max(4096);
-        let insert = self
+        let mut insert = self
             .client
             .insert_formatted_with(sql)
-            .with_timeouts(options.send_timeout, options.end_timeout)
-            .buffered_with_capacity(chunk_bytes);
+            .with_timeouts(options.send_timeout, options.end_timeout);
+        // JSON columns are sent as their text (only then: older servers do
+        // not know the setting).
+        if columns.iter().any(|c| c.kind == Kind::Json) {
+            insert = insert.with_setting("input_format_binary_read_json_as_string", "1");
+        }
+        let insert = insert.buffered_with_capacity(chunk_bytes);
         Ok(TableWriter {
             table: table.to_string(),
             sink: self.clone(),

@@ -205,6 +205,7 @@ async fn describe_one(
             type_oid,
             pg_type,
             not_null,
+            repr: None,
         });
     }
 

@@ -392,6 +392,7 @@ mod tests {
             type_oid: 25,
             pg_type: crate::model::PgType::Text,
             not_null: false,
+            repr: None,
         }];
         assert_eq!(
             copy_select_sql(&t, &Partition::WHOLE),

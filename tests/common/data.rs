@@ -207,3 +207,82 @@ pub async fn wait_equal(
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
+
+/// A ClickHouse query's rows, each cell as ClickHouse prints it in
+/// TabSeparated, unescaped (`\N` for NULL).
+pub async fn ch_rows(database: &str, q: &str) -> Vec<Vec<String>> {
+    fn unescape(cell: &str) -> String {
+        if cell == "\\N" {
+            return cell.to_owned();
+        }
+        let mut out = String::with_capacity(cell.len());
+        let mut chars = cell.chars();
+        while let Some(c) = chars.next() {
+            if c != '\\' {
+                out.push(c);
+                continue;
+            }
+            match chars.next() {
+                Some('t') => out.push('\t'),
+                Some('n') => out.push('\n'),
+                Some('0') => out.push('\0'),
+                Some(other) => out.push(other),
+                None => out.push('\\'),
+            }
+        }
+        out
+    }
+    let bytes = ch(database)
+        .query(q)
+        .fetch_bytes("TabSeparated")
+        .unwrap_or_else(|e| panic!("{q}: {e}"))
+        .collect()
+        .await
+        .unwrap_or_else(|e| panic!("{q}: {e}"));
+    String::from_utf8(bytes.to_vec())
+        .unwrap()
+        .lines()
+        .map(|l| l.split('\t').map(unescape).collect())
+        .collect()
+}
+
+/// A Postgres query's rows, each cell as text (`\N` for NULL), read in
+/// the session settings pgpipe uses (UTC, ISO dates).
+pub async fn pg_rows(q: &str) -> Vec<Vec<String>> {
+    let c = pg().await;
+    c.batch_execute("SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'")
+        .await
+        .unwrap();
+    c.simple_query(q)
+        .await
+        .unwrap_or_else(|e| panic!("{q}: {e}"))
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(
+                (0..r.len())
+                    .map(|i| r.get(i).unwrap_or("\\N").to_owned())
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Waits until the pipe is FAILED and returns it (panics if it does not
+/// fail in time).
+pub async fn wait_failed(c: &mut Client, name: &str, timeout: Duration) -> Pipe {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let p = get(c, name).await;
+        if p.status() == PipeStatus::Failed {
+            return p;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "pipe {name} not FAILED after {timeout:?}: {:?} {}",
+            p.status(),
+            p.status_detail
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
