@@ -192,6 +192,7 @@ impl Core {
                 column: String::new(),
                 message: p.invalid.0,
                 field: p.field,
+                warning: false,
             })
             .collect();
         if let Err(e) = validate::labels("labels", &req.labels) {

@@ -270,6 +270,14 @@ fn payload_json(p: &Payload) -> Value {
             "lag_bytes": r.lag_bytes,
             "wal_status": r.wal_status,
         }),
+        Payload::PartitionsChanged(p) => json!({
+            "source_table": p.source_table,
+            "replicated": p.replicated,
+            "attached": p.attached,
+            "detached": p.detached,
+            "reset": p.reset,
+            "rows": p.rows,
+        }),
         Payload::SnapshotCompleted(_)
         | Payload::SwapStarted(_)
         | Payload::PipePaused(_)

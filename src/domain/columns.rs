@@ -334,6 +334,8 @@ mod tests {
             key: vec![0],
             estimated_rows: 0,
             pages: 0,
+            partitioned: false,
+            generated_columns: Vec::new(),
         }
     }
 

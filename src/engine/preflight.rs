@@ -50,6 +50,7 @@ pub async fn check_problem(
     let mut found = Found {
         problems: Vec::new(),
         fail_fast: true,
+        warnings: Vec::new(),
     };
     let _ = checks(config, secrets, purpose, &mut found).await;
     match found.problems.into_iter().next() {
@@ -65,8 +66,10 @@ pub async fn problems(config: &PipeConfig, secrets: &PipeSecrets) -> Vec<Problem
     let mut found = Found {
         problems: Vec::new(),
         fail_fast: false,
+        warnings: Vec::new(),
     };
     let _ = checks(config, secrets, Purpose::Create, &mut found).await;
+    found.problems.append(&mut found.warnings);
     found.problems
 }
 
@@ -76,6 +79,9 @@ struct Stop;
 struct Found {
     problems: Vec<Problem>,
     fail_fast: bool,
+    /// Informational problems ([`Problem::warning`]): reported after the
+    /// others, never a reason to refuse.
+    warnings: Vec<Problem>,
 }
 
 impl Found {
@@ -103,8 +109,20 @@ impl Found {
             column: column.to_owned(),
             message,
             field,
+            warning: false,
         });
         if self.fail_fast { Err(Stop) } else { Ok(()) }
+    }
+
+    fn warn(&mut self, kind: ProblemKind, table: &str, column: &str, message: String) {
+        self.warnings.push(Problem {
+            kind: kind as i32,
+            table: table.to_owned(),
+            column: column.to_owned(),
+            message,
+            field: String::new(),
+            warning: true,
+        });
     }
 
     fn source(&mut self, table: &str, e: &SourceError) -> Result<(), Stop> {
@@ -127,6 +145,7 @@ fn source_kind(e: &SourceError) -> (ProblemKind, &str) {
         | SourceError::UnloggedTable { .. }
         | SourceError::NoSelectPrivilege { .. } => ProblemKind::TableNotReplicable,
         SourceError::NoPrimaryKey { .. }
+        | SourceError::PartitionedWithoutKey { .. }
         | SourceError::ReplicaIdentityFullWithoutKey { .. }
         | SourceError::ReplicaIdentityNothing { .. } => ProblemKind::NoKey,
         SourceError::UnsupportedType { column, .. } => {
@@ -266,6 +285,20 @@ async fn check_source(
             continue;
         };
         let before = found.problems.len();
+        for col in &r.table.generated_columns {
+            found.warn(
+                ProblemKind::GeneratedColumn,
+                &cfg.source_table,
+                col,
+                format!(
+                    "column {col:?} of {} is a stored generated column: it is left out of the \
+                     ClickHouse table, because logical replication sends generated columns \
+                     only from PostgreSQL 18 on (publish_generated_columns); compute it in \
+                     ClickHouse if you need it (e.g. a view over the table)",
+                    cfg.source_table
+                ),
+            );
+        }
         for col in &cfg.order_by {
             if !r.all_columns.iter().any(|c| c == col) {
                 found.push(
