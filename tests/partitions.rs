@@ -371,3 +371,65 @@ async fn a_partitioned_table_without_a_primary_key_is_refused() {
         );
     }
 }
+
+/// Waits for the process to end by itself (the fail-point fired).
+async fn wait_exit(p: &mut Proc) {
+    for _ in 0..600 {
+        if p.child.try_wait().unwrap().is_some() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the fail-point never fired");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_crash_while_an_attached_partition_loads_resumes_the_load() {
+    let schema = unique("pcra");
+    let t = make_events(&schema, 2_000).await;
+    let dir = tempfile::tempdir().unwrap();
+    let name = schema.replace('_', "-");
+    let mut p = Proc::spawn_engine(
+        dir.path(),
+        &[("PGPIPE_FAILPOINTS", "partition_load.partition_done=abort")],
+    );
+    wait_serving(&p.url()).await;
+    let mut c = connect(&p.url()).await;
+    c.create_pipe(pipe_req(&name, &schema, &[&t]))
+        .await
+        .unwrap();
+    wait_running(&mut c, &name, Duration::from_secs(120)).await;
+    let old = format!("{schema}.events_2026_08");
+    pg().await
+        .batch_execute(&format!(
+            "CREATE TABLE {old} (id bigint, at date NOT NULL, kind text, n int, PRIMARY KEY (id, at));
+             {}
+             ANALYZE {old};
+             ALTER TABLE {t} ATTACH PARTITION {old} FOR VALUES FROM ('2026-08-01') TO ('2026-09-01');",
+            insert_events(&old, 20_001, 30_000, "2026-08-01", 31)
+        ))
+        .await
+        .unwrap();
+    // Killed after the first page range of the leaf reached ClickHouse.
+    wait_exit(&mut p).await;
+    drop(c);
+    pg().await
+        .batch_execute(&format!(
+            "UPDATE {t} SET kind = 'while down' WHERE id % 6 = 0"
+        ))
+        .await
+        .unwrap();
+
+    let p = Proc::spawn_engine(dir.path(), &[]);
+    wait_serving(&p.url()).await;
+    let mut c = connect(&p.url()).await;
+    wait_running(&mut c, &name, Duration::from_secs(120)).await;
+    wait_partitions(&mut c, &name, &t, std::slice::from_ref(&old)).await;
+    assert_equal(&schema, "events", "events").await;
+    let dups: u64 = ch(&schema)
+        .query("SELECT toUInt64(count() - uniqExact(id, at)) FROM events FINAL WHERE _pgpipe_is_deleted = 0")
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(dups, 0, "duplicates under FINAL");
+}
