@@ -1075,4 +1075,30 @@ mod tests {
             "{l}"
         );
     }
+
+    #[test]
+    fn get_lists_generated_columns_and_partitions() {
+        let pipe = Pipe {
+            name: "events".into(),
+            tables: vec![TableStats {
+                source_table: "public.events".into(),
+                source_details: Some(crate::proto::SourceTableDetails {
+                    generated_columns: vec!["total".into()],
+                    partitions: vec!["public.events_09".into(), "public.events_10".into()],
+                    partitions_loading: vec!["public.events_08".into()],
+                    partitions_detached: vec!["public.events_07".into()],
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let s = pipe_summary(&pipe);
+        for line in [
+            "Generated   public.events: total (stored generated, not replicated",
+            "Partitions  public.events: 2 partition(s) (public.events_09, public.events_10); loading public.events_08",
+            "Detached    public.events: public.events_07 (rows kept in ClickHouse",
+        ] {
+            assert!(s.contains(line), "{line:?} not in\n{s}");
+        }
+    }
 }

@@ -541,3 +541,51 @@ mod tests {
         assert_eq!(excluded(&p, "nope"), None);
     }
 }
+
+#[cfg(test)]
+mod partition_tests {
+    use super::*;
+
+    fn changed(c: PartitionsChanged) -> SourceTableDetails {
+        let mut d = SourceTableDetails::default();
+        apply_partitions_changed(&mut d, &c);
+        d
+    }
+
+    #[test]
+    fn leaves_are_listed_attached_loaded_and_detached() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let mut d = changed(PartitionsChanged {
+            replicated: names(&["s.p2", "s.p1"]),
+            reset: true,
+            ..Default::default()
+        });
+        assert_eq!(d.partitions, names(&["s.p1", "s.p2"]));
+        let attached = PartitionsChanged {
+            attached: names(&["s.p3"]),
+            detached: names(&["s.p1"]),
+            ..Default::default()
+        };
+        apply_partitions_changed(&mut d, &attached);
+        assert_eq!(d.partitions, names(&["s.p2"]));
+        assert_eq!(d.partitions_loading, names(&["s.p3"]));
+        assert_eq!(d.partitions_detached, names(&["s.p1"]));
+        let loaded = PartitionsChanged {
+            replicated: names(&["s.p3"]),
+            rows: 10,
+            ..Default::default()
+        };
+        apply_partitions_changed(&mut d, &loaded);
+        assert_eq!(d.partitions, names(&["s.p2", "s.p3"]));
+        assert!(d.partitions_loading.is_empty());
+        // A reload of the whole table (resync) starts the set afresh.
+        let reset = PartitionsChanged {
+            replicated: names(&["s.p2"]),
+            reset: true,
+            ..Default::default()
+        };
+        apply_partitions_changed(&mut d, &reset);
+        assert_eq!(d.partitions, names(&["s.p2"]));
+        assert!(d.partitions_detached.is_empty());
+    }
+}
