@@ -433,3 +433,86 @@ async fn a_crash_while_an_attached_partition_loads_resumes_the_load() {
         .unwrap();
     assert_eq!(dups, 0, "duplicates under FINAL");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_table_resync_rebuilds_a_partitioned_table_while_the_pipe_runs() {
+    let schema = unique("ptrs");
+    let t = make_events(&schema, 4_000).await;
+    let srv = InProcess::start_engine().await;
+    let mut c = srv.client().await;
+    let name = schema.replace('_', "-");
+    c.create_pipe(pipe_req(&name, &schema, &[&t]))
+        .await
+        .unwrap();
+    let pipe = wait_running(&mut c, &name, Duration::from_secs(120)).await;
+
+    c.resync_pipe(ResyncPipeRequest {
+        name: name.clone(),
+        tables: vec![t.clone()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    cdc_changes(&t).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let p = get(&mut c, &name).await;
+        assert_eq!(p.id, pipe.id, "a table resync keeps the incarnation");
+        assert_eq!(p.status(), PipeStatus::Running, "{}", p.error);
+        let swapped = history(&mut c, &name)
+            .await
+            .iter()
+            .any(|e| matches!(e.payload, Some(event::Payload::TableSwapped(_))));
+        if swapped && p.table_loads.is_empty() {
+            assert_eq!(details(&p, &t).partitions.len(), 3);
+            break;
+        }
+        assert!(Instant::now() < deadline, "not swapped in time: {p:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_equal(&schema, "events", "events").await;
+    assert_eq!(ch_tables(&schema).await, vec!["events".to_owned()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn column_options_apply_to_a_partitioned_table() {
+    let schema = unique("pcol");
+    let t = make_events(&schema, 3_000).await;
+    let srv = InProcess::start_engine().await;
+    let mut c = srv.client().await;
+    let name = schema.replace('_', "-");
+    let mut req = pipe_req(&name, &schema, &[&t]);
+    req.tables[0].exclude_columns = vec!["n".into()];
+    req.tables[0]
+        .rename_columns
+        .insert("kind".into(), "category".into());
+    c.create_pipe(req).await.unwrap();
+    wait_running(&mut c, &name, Duration::from_secs(120)).await;
+    cdc_changes(&t).await;
+
+    let cols: Vec<String> = ch(&schema)
+        .query("SELECT name FROM system.columns WHERE database = ? AND table = 'events' AND name NOT LIKE '\\_pgpipe\\_%' ORDER BY position")
+        .bind(&schema)
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(cols, ["id", "at", "category"]);
+    // The renamed column holds the source's values, row by row.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let d = try_diff_as(
+            &schema,
+            "events",
+            &schema,
+            "events",
+            "id, toString(at) AS at, ifNull(kind, '~') AS kind",
+            "id, toString(at) AS at, ifNull(category, '~') AS kind",
+        )
+        .await;
+        if matches!(d, Ok(0)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still differ: {d:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
