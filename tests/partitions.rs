@@ -516,3 +516,35 @@ async fn column_options_apply_to_a_partitioned_table() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unchanged_toast_values_of_an_attached_partition_are_read_from_the_source() {
+    let schema = unique("ptst");
+    let t = make_events(&schema, 300).await;
+    let srv = InProcess::start_engine().await;
+    let mut c = srv.client().await;
+    let name = schema.replace('_', "-");
+    c.create_pipe(pipe_req(&name, &schema, &[&t]))
+        .await
+        .unwrap();
+    wait_running(&mut c, &name, Duration::from_secs(120)).await;
+
+    // Attached with TOASTed values, then updated at once (before the pipe
+    // found the partition): pgoutput sends the big value as "unchanged",
+    // and ClickHouse has no row to take it from yet.
+    let old = format!("{schema}.events_2026_08");
+    pg().await
+        .batch_execute(&format!(
+            "CREATE TABLE {old} (id bigint, at date NOT NULL, kind text, n int, PRIMARY KEY (id, at));
+             INSERT INTO {old} SELECT g, DATE '2026-08-01' + (g % 31), \
+               (SELECT string_agg(md5(g::text || '-' || i), '') FROM generate_series(1, 200) i), g \
+             FROM generate_series(50001, 50020) g;
+             ALTER TABLE {t} ATTACH PARTITION {old} FOR VALUES FROM ('2026-08-01') TO ('2026-09-01');
+             UPDATE {t} SET n = -n WHERE id > 50000;"
+        ))
+        .await
+        .unwrap();
+    wait_partitions(&mut c, &name, &t, std::slice::from_ref(&old)).await;
+    assert_equal(&schema, "events", "events").await;
+    assert_eq!(get(&mut c, &name).await.status(), PipeStatus::Running);
+}

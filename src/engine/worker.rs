@@ -1575,8 +1575,8 @@ struct Side<'a> {
     /// The `_resync` table of a table resync (written like the original).
     also: Option<&'a str>,
     /// The source and the table's columns under their source names, for
-    /// unchanged TOAST values of rows an added table's load has not written
-    /// yet.
+    /// unchanged TOAST values of rows an added table's load (or the load
+    /// of a partition attached to a partitioned table) has not written yet.
     source: Option<(&'a tokio_postgres::Client, &'a SourceTable)>,
 }
 
@@ -1614,11 +1614,12 @@ impl Loads {
     ) -> Side<'a> {
         Side {
             also: self.also.get(&oid).map(String::as_str),
-            source: if self.loading.contains(&oid) {
-                described.get(&oid).map(|t| (pg, &t.view.source))
-            } else {
-                None
-            },
+            // A partitioned table too: rows of a partition attached since
+            // the last leaf check are not in ClickHouse yet.
+            source: described
+                .get(&oid)
+                .filter(|t| self.loading.contains(&oid) || t.described.partitioned)
+                .map(|t| (pg, &t.view.source)),
         }
     }
 }
