@@ -548,3 +548,62 @@ async fn unchanged_toast_values_of_an_attached_partition_are_read_from_the_sourc
     assert_equal(&schema, "events", "events").await;
     assert_eq!(get(&mut c, &name).await.status(), PipeStatus::Running);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partition_and_its_parent_are_not_both_in_a_pipe() {
+    let schema = unique("povl");
+    let t = make_events(&schema, 100).await;
+    let leaf = format!("{schema}.events_2026_10");
+    let srv = InProcess::start_engine().await;
+    let mut c = srv.client().await;
+    let name = schema.replace('_', "-");
+    let refused = |e: tonic::Status| {
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+        for part in [
+            format!("{leaf} is a partition of {t}"),
+            "list only one of them".into(),
+        ] {
+            assert!(
+                e.message().contains(&part),
+                "{part:?} not in {}",
+                e.message()
+            );
+        }
+    };
+    refused(
+        c.create_pipe(pipe_req(&name, &schema, &[&t, &leaf]))
+            .await
+            .unwrap_err(),
+    );
+    // Nor added later.
+    c.create_pipe(pipe_req(&name, &schema, &[&t]))
+        .await
+        .unwrap();
+    wait_running(&mut c, &name, Duration::from_secs(120)).await;
+    refused(
+        c.update_pipe(UpdatePipeRequest {
+            name: name.clone(),
+            add_tables: vec![table(&leaf)],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err(),
+    );
+    let dry = c
+        .update_pipe(UpdatePipeRequest {
+            name: name.clone(),
+            add_tables: vec![table(&leaf)],
+            validate_only: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!dry.ok, "{dry:?}");
+    assert!(
+        dry.problems
+            .iter()
+            .any(|p| p.kind() == ProblemKind::TableNotReplicable && p.table == leaf),
+        "{dry:?}"
+    );
+}

@@ -156,6 +156,59 @@ fn source_kind(e: &SourceError) -> (ProblemKind, &str) {
     (kind, "")
 }
 
+/// A table of the pipe that is a partition of another of its tables.
+fn overlap_problem(
+    names: &[crate::domain::validate::QualifiedName],
+    child: usize,
+    root: usize,
+) -> Option<Problem> {
+    let (c, r) = (names.get(child)?.canonical(), names.get(root)?.canonical());
+    Some(Problem {
+        kind: ProblemKind::TableNotReplicable as i32,
+        table: c.clone(),
+        message: format!(
+            "{c} is a partition of {r}, which the pipe also replicates: its changes arrive \
+             through {r} (publish_via_partition_root), so {c} on its own would never change; \
+             list only one of them"
+        ),
+        ..Default::default()
+    })
+}
+
+/// The partition-tree check over all of a pipe's tables (an UpdatePipe
+/// checks only the added ones otherwise): the first problem, if any.
+pub async fn check_partition_overlaps(
+    config: &PipeConfig,
+    secrets: &PipeSecrets,
+) -> Result<(), Problem> {
+    let Some(src) = &config.source else {
+        return Ok(());
+    };
+    let names = super::source_tables(config).map_err(|e| Problem {
+        kind: ProblemKind::InvalidRequest as i32,
+        message: e.0,
+        ..Default::default()
+    })?;
+    let source_problem = |e: SourceError| {
+        let (kind, _) = source_kind(&e);
+        Problem {
+            kind: kind as i32,
+            message: format!("source: {e}"),
+            ..Default::default()
+        }
+    };
+    let pg = source::connect(&src.connection_string, secrets.source_password.as_deref())
+        .await
+        .map_err(source_problem)?;
+    let pairs = source::partition_overlaps(&pg, &names)
+        .await
+        .map_err(source_problem)?;
+    match pairs.first() {
+        Some(&(c, r)) => overlap_problem(&names, c, r).map_or(Ok(()), Err),
+        None => Ok(()),
+    }
+}
+
 fn sink_kind(e: &SinkError) -> ProblemKind {
     match e {
         SinkError::InvalidUrl { .. } => ProblemKind::InvalidRequest,
@@ -253,6 +306,19 @@ async fn check_source(
             return Ok(Vec::new());
         }
     };
+    match source::partition_overlaps(&pg, &names).await {
+        Ok(pairs) => {
+            for (child, root) in pairs {
+                if let Some(p) = overlap_problem(&names, child, root) {
+                    found.problems.push(p);
+                    if found.fail_fast {
+                        return Err(Stop);
+                    }
+                }
+            }
+        }
+        Err(e) => found.source("", &e)?,
+    }
     let reports = match source::describe_table_problems(&pg, &names).await {
         Ok(r) => r,
         Err(e) => {

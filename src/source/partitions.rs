@@ -60,3 +60,46 @@ pub async fn leaf_partitions(client: &Client, root: u32) -> Result<Vec<Leaf>, So
         })
         .collect())
 }
+
+/// Pairs `(i, j)` of `tables` where table i is a partition (at any depth)
+/// of partitioned table j. Both cannot be in one pipe: with
+/// `publish_via_partition_root` the partition's changes are published
+/// under j only, so i's own destination would silently stop changing.
+pub async fn partition_overlaps(
+    client: &Client,
+    tables: &[QualifiedName],
+) -> Result<Vec<(usize, usize)>, SourceError> {
+    let version: i32 = client
+        .query_one("SELECT current_setting('server_version_num')::int4", &[])
+        .await
+        .map_err(|e| SourceError::query("reading the server version", &e))?
+        .get(0);
+    // pg_partition_ancestors is PostgreSQL 12's; partitioned tables are
+    // replicated from 13 on.
+    if version < 130_000 || tables.len() < 2 {
+        return Ok(Vec::new());
+    }
+    let schemas: Vec<&str> = tables.iter().map(|t| t.schema.as_str()).collect();
+    let names: Vec<&str> = tables.iter().map(|t| t.table.as_str()).collect();
+    let rows = client
+        .query(
+            "WITH t AS ( \
+               SELECT i, to_regclass(format('%I.%I', s, n)) AS rel \
+               FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(s, n, i)) \
+             SELECT c.i::int8, p.i::int8 \
+             FROM t c \
+             CROSS JOIN LATERAL pg_partition_ancestors(c.rel) a \
+             JOIN t p ON p.rel = a.relid AND p.i <> c.i \
+             ORDER BY 1, 2",
+            &[&schemas, &names],
+        )
+        .await
+        .map_err(|e| SourceError::query("checking the tables' partition trees", &e))?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let (c, p): (i64, i64) = (r.get(0), r.get(1));
+            ((c - 1) as usize, (p - 1) as usize)
+        })
+        .collect())
+}
