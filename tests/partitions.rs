@@ -607,3 +607,24 @@ async fn a_partition_and_its_parent_are_not_both_in_a_pipe() {
         "{dry:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn truncating_the_partitioned_table_empties_the_clickhouse_table() {
+    let schema = unique("ptru");
+    let t = make_events(&schema, 900).await;
+    let srv = InProcess::start_engine().await;
+    let mut c = srv.client().await;
+    let name = schema.replace('_', "-");
+    c.create_pipe(pipe_req(&name, &schema, &[&t]))
+        .await
+        .unwrap();
+    wait_running(&mut c, &name, Duration::from_secs(120)).await;
+    pg().await
+        .batch_execute(&format!(
+            "TRUNCATE {t}; {}",
+            insert_events(&t, 5_001, 5_050, "2026-10-01", 30)
+        ))
+        .await
+        .unwrap();
+    assert_equal(&schema, "events", "events").await;
+}
