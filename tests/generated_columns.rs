@@ -101,3 +101,37 @@ async fn a_generated_column_is_reported_and_the_other_columns_replicate() {
         .unwrap();
     assert_eq!(ch_cols, ["id", "qty", "price"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generated_column_in_order_by_is_refused_saying_why() {
+    let pg = pg().await;
+    let version: i32 = pg
+        .query_one("SELECT current_setting('server_version_num')::int4", &[])
+        .await
+        .unwrap()
+        .get(0);
+    if version >= 180_000 {
+        return;
+    }
+    let schema = unique("geno");
+    let t = format!("{schema}.orders");
+    pg.batch_execute(&format!(
+        "CREATE SCHEMA {schema};
+         CREATE TABLE {t} (id bigint PRIMARY KEY, qty int,
+           total int GENERATED ALWAYS AS (qty * 2) STORED);"
+    ))
+    .await
+    .unwrap();
+    let srv = InProcess::start_engine().await;
+    let mut c = srv.client().await;
+    let mut req = pipe_req(&schema.replace('_', "-"), &schema, &[&t]);
+    req.tables[0].order_by = vec!["total".into(), "id".into()];
+    let err = c.create_pipe(req).await.unwrap_err();
+    assert!(
+        err.message().contains(
+            "\"total\", which is a generated column, not replicated before PostgreSQL 18"
+        ),
+        "{}",
+        err.message()
+    );
+}

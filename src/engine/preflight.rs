@@ -372,8 +372,13 @@ async fn check_source(
                     &cfg.source_table,
                     col,
                     format!(
-                        "order_by of {} names column {col:?}, which the table does not have; its columns are: {}",
+                        "order_by of {} names column {col:?}, which {}; its columns are: {}",
                         cfg.source_table,
+                        if r.table.generated_columns.contains(col) {
+                            "is a generated column, not replicated before PostgreSQL 18"
+                        } else {
+                            "the table does not have"
+                        },
                         r.all_columns.join(", ")
                     ),
                 )?;
