@@ -192,6 +192,7 @@ impl Core {
                 column: String::new(),
                 message: p.invalid.0,
                 field: p.field,
+                warning: false,
             })
             .collect();
         if let Err(e) = validate::labels("labels", &req.labels) {
@@ -450,7 +451,7 @@ impl Core {
     ) -> Result<Pipe, CommandError> {
         let p = live(name, self.read(|p| p.by_name(name).cloned()).as_ref())?.clone();
         let current = p.config.clone().unwrap_or_default();
-        let (added, _) = validate::table_changes(&current.tables, add, remove)?;
+        let (added, removed) = validate::table_changes(&current.tables, add, remove)?;
         can_change_tables(&p)?;
         if self.preflight && !added.is_empty() {
             let mut config = current.clone();
@@ -462,6 +463,10 @@ impl Core {
             )
             .await
             .map_err(preflight_error)?;
+            config.tables = tables_after(&current.tables, &added, &removed);
+            crate::engine::preflight::check_partition_overlaps(&config, &self.secrets.get(&p.id)?)
+                .await
+                .map_err(preflight_error)?;
         }
         self.execute(name, |current, version| {
             let now = live(name, current)?;
@@ -520,20 +525,25 @@ impl Core {
         if let Err(CommandError::FailedPrecondition(m)) = can_change_tables(&p) {
             problems.push(invalid(m, "name"));
         }
-        let added = match validate::table_changes(&current.tables, add, remove) {
-            Ok((added, _)) => added,
+        let (added, removed) = match validate::table_changes(&current.tables, add, remove) {
+            Ok(changes) => changes,
             Err(e) => {
                 problems.push(invalid(e.0, ""));
-                Vec::new()
+                (Vec::new(), Vec::new())
             }
         };
         if self.preflight && !added.is_empty() {
             let mut config = current.clone();
+            let secrets = self.secrets.get(&p.id)?;
             config.tables = added;
-            for mut problem in preflight::problems(&config, &self.secrets.get(&p.id)?).await {
+            for mut problem in preflight::problems(&config, &secrets).await {
                 if let Some(rest) = problem.field.strip_prefix("tables[") {
                     problem.field = format!("add_tables[{rest}");
                 }
+                problems.push(problem);
+            }
+            config.tables = tables_after(&current.tables, &config.tables, &removed);
+            if let Err(problem) = preflight::check_partition_overlaps(&config, &secrets).await {
                 problems.push(problem);
             }
         }
@@ -620,6 +630,21 @@ fn can_resync_tables(p: &Pipe, tables: &[String]) -> Result<(), CommandError> {
 
 /// A preflight problem as a command error: column options that do not fit
 /// the source table are a bad request; the rest is the state of either end.
+/// A pipe's tables after an update: the current ones not removed, then
+/// the added ones.
+fn tables_after(
+    current: &[TableConfig],
+    added: &[TableConfig],
+    remove: &[String],
+) -> Vec<TableConfig> {
+    current
+        .iter()
+        .filter(|t| !remove.contains(&t.source_table))
+        .chain(added)
+        .cloned()
+        .collect()
+}
+
 fn preflight_error(p: Problem) -> CommandError {
     if p.kind == ProblemKind::Column as i32 {
         CommandError::Invalid(Invalid(if p.field.is_empty() {

@@ -183,9 +183,17 @@ pub struct SourceTable {
     /// Indexes into `columns` of the primary key (or replica identity
     /// index), in key order. Never empty for a table pgpipe accepts.
     pub key: Vec<usize>,
-    /// Planner estimates, for partitioning the snapshot.
+    /// Planner estimates, for partitioning the snapshot (for a partitioned
+    /// table, the sums over its leaf partitions).
     pub estimated_rows: u64,
     pub pages: u64,
+    /// A partitioned table (relkind 'p'): it has no rows of its own; its
+    /// leaf partitions are copied and their changes are published through
+    /// it (`publish_via_partition_root`).
+    pub partitioned: bool,
+    /// Stored generated columns not in `columns`: PostgreSQL before 18
+    /// cannot send them through logical replication.
+    pub generated_columns: Vec<String>,
 }
 
 /// One value in Postgres' text output format (unescaped).

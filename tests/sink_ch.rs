@@ -77,6 +77,8 @@ fn table(name: &str, columns: Vec<SourceColumn>, key: Vec<usize>) -> SourceTable
         key,
         estimated_rows: 0,
         pages: 0,
+        partitioned: false,
+        generated_columns: Vec::new(),
     }
 }
 

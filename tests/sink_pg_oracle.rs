@@ -129,6 +129,8 @@ async fn postgres_text_output_round_trips() {
         key: vec![0],
         estimated_rows: 300,
         pages: 1,
+        partitioned: false,
+        generated_columns: Vec::new(),
     };
 
     // Read as the source would, in a session with an odd time zone

@@ -40,6 +40,7 @@ pub fn matches(kind: HistoryKind, e: &Event) -> bool {
                 | Payload::SnapshotCompleted(_)
                 | Payload::TableLoadStarted(_)
                 | Payload::TableLoadCompleted(_)
+                | Payload::PartitionsChanged(_)
         ),
         HistoryKind::SlotHealth => matches!(
             p,

@@ -226,7 +226,7 @@ impl PipeService for PipeApi {
         let problems = core.validate(request.get_ref()).await;
         tracing::info!(problems = problems.len(), "pipe validated");
         Ok(Response::new(ValidatePipeResponse {
-            ok: problems.is_empty(),
+            ok: problems.iter().all(|p| p.warning),
             problems,
         }))
     }
@@ -380,7 +380,7 @@ impl PipeService for PipeApi {
             tracing::info!(problems = problems.len(), "pipe update validated");
             return Ok(Response::new(UpdatePipeResponse {
                 pipe: Some(pipe),
-                ok: problems.is_empty(),
+                ok: problems.iter().all(|p| p.warning),
                 problems,
             }));
         }

@@ -394,6 +394,28 @@ pub(crate) fn event_text(ev: &Event) -> String {
             format_bytes(p.lag_bytes),
             p.wal_status
         ),
+        Payload::PartitionsChanged(p) => {
+            let mut parts = Vec::new();
+            if p.reset {
+                parts.push(format!("{} partition(s) listed", p.replicated.len()));
+            } else if !p.replicated.is_empty() {
+                parts.push(format!(
+                    "loaded {} ({} rows)",
+                    p.replicated.join(", "),
+                    format_count(p.rows)
+                ));
+            }
+            if !p.attached.is_empty() {
+                parts.push(format!("new: {} (loading its rows)", p.attached.join(", ")));
+            }
+            if !p.detached.is_empty() {
+                parts.push(format!(
+                    "WARNING detached or dropped: {} (its rows stay in ClickHouse)",
+                    p.detached.join(", ")
+                ));
+            }
+            format!("partitions of {}: {}", p.source_table, parts.join("; "))
+        }
     }
 }
 
@@ -587,6 +609,44 @@ pub(crate) fn pipe_summary(p: &Pipe) -> String {
         }
     }
 
+    for t in &p.tables {
+        let Some(d) = &t.source_details else {
+            continue;
+        };
+        if !d.generated_columns.is_empty() {
+            field(
+                "Generated",
+                format!(
+                    "{}: {} (stored generated, not replicated: PostgreSQL before 18 does not send them)",
+                    t.source_table,
+                    d.generated_columns.join(", ")
+                ),
+            );
+        }
+        if !d.partitions.is_empty() || !d.partitions_loading.is_empty() {
+            let mut s = format!(
+                "{}: {} partition(s) ({})",
+                t.source_table,
+                d.partitions.len(),
+                d.partitions.join(", ")
+            );
+            if !d.partitions_loading.is_empty() {
+                let _ = write!(s, "; loading {}", d.partitions_loading.join(", "));
+            }
+            field("Partitions", s);
+        }
+        if !d.partitions_detached.is_empty() {
+            field(
+                "Detached",
+                format!(
+                    "{}: {} (rows kept in ClickHouse: Postgres sends no deletes for a detached partition)",
+                    t.source_table,
+                    d.partitions_detached.join(", ")
+                ),
+            );
+        }
+    }
+
     let configured = p
         .config
         .as_ref()
@@ -768,12 +828,11 @@ pub(crate) fn problems_table(problems: &[crate::proto::Problem]) -> String {
     let rows: Vec<Vec<String>> = problems
         .iter()
         .map(|p| {
-            vec![
-                problem_kind_label(p.kind),
-                dash(&p.table),
-                dash(&p.column),
-                p.message.clone(),
-            ]
+            let mut kind = problem_kind_label(p.kind);
+            if p.warning {
+                kind.push_str(" (warning)");
+            }
+            vec![kind, dash(&p.table), dash(&p.column), p.message.clone()]
         })
         .collect();
     render_table(&["KIND", "TABLE", "COLUMN", "WHAT TO DO"], &rows)
@@ -1032,5 +1091,31 @@ mod tests {
             l.starts_with("NAME    STATUS  TABLES  LAST LSN   LAG      UPDATED  ID    LABELS\n"),
             "{l}"
         );
+    }
+
+    #[test]
+    fn get_lists_generated_columns_and_partitions() {
+        let pipe = Pipe {
+            name: "events".into(),
+            tables: vec![TableStats {
+                source_table: "public.events".into(),
+                source_details: Some(crate::proto::SourceTableDetails {
+                    generated_columns: vec!["total".into()],
+                    partitions: vec!["public.events_09".into(), "public.events_10".into()],
+                    partitions_loading: vec!["public.events_08".into()],
+                    partitions_detached: vec!["public.events_07".into()],
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let s = pipe_summary(&pipe);
+        for line in [
+            "Generated   public.events: total (stored generated, not replicated",
+            "Partitions  public.events: 2 partition(s) (public.events_09, public.events_10); loading public.events_08",
+            "Detached    public.events: public.events_07 (rows kept in ClickHouse",
+        ] {
+            assert!(s.contains(line), "{line:?} not in\n{s}");
+        }
     }
 }

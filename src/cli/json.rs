@@ -85,25 +85,43 @@ pub(crate) fn table_state_json(raw: i32) -> String {
         .unwrap_or_else(|_| format!("state {raw}"))
 }
 
+/// A table's stats; `source_details` only when there is something to say
+/// (generated columns, partitions).
+fn table_stats_json(t: &crate::proto::TableStats) -> Value {
+    let mut v = json!({
+        "source_table": t.source_table,
+        "destination_table": t.destination_table,
+        "snapshot_rows": t.snapshot_rows,
+        "snapshot_partitions_done": t.snapshot_partitions_done,
+        "snapshot_partitions_total": t.snapshot_partitions_total,
+        "snapshot_done": t.snapshot_done,
+        "rows_inserted": t.rows_inserted,
+        "rows_updated": t.rows_updated,
+        "rows_deleted": t.rows_deleted,
+        "soft_deletes_transferred": t.soft_deletes_transferred,
+        "state": table_state_json(t.state),
+    });
+    if let (Some(d), Some(obj)) = (&t.source_details, v.as_object_mut()) {
+        obj.insert(
+            "source_details".into(),
+            json!({
+                "generated_columns": d.generated_columns,
+                "partitions": d.partitions,
+                "partitions_loading": d.partitions_loading,
+                "partitions_detached": d.partitions_detached,
+            }),
+        );
+    }
+    v
+}
+
 pub(crate) fn pipe_json(p: &Pipe) -> Value {
     json!({
         "id": p.id,
         "name": p.name,
         "status": status_json(p.status),
         "config": p.config.as_ref().map(config_json),
-        "tables": p.tables.iter().map(|t| json!({
-            "source_table": t.source_table,
-            "destination_table": t.destination_table,
-            "snapshot_rows": t.snapshot_rows,
-            "snapshot_partitions_done": t.snapshot_partitions_done,
-            "snapshot_partitions_total": t.snapshot_partitions_total,
-            "snapshot_done": t.snapshot_done,
-            "rows_inserted": t.rows_inserted,
-            "rows_updated": t.rows_updated,
-            "rows_deleted": t.rows_deleted,
-            "soft_deletes_transferred": t.soft_deletes_transferred,
-            "state": table_state_json(t.state),
-        })).collect::<Vec<_>>(),
+        "tables": p.tables.iter().map(table_stats_json).collect::<Vec<_>>(),
         "last_lsn": p.last_lsn,
         "lag_bytes": p.lag_bytes,
         "error": p.error,
@@ -270,6 +288,14 @@ fn payload_json(p: &Payload) -> Value {
             "kind": slot_kind_json(r.kind),
             "lag_bytes": r.lag_bytes,
             "wal_status": r.wal_status,
+        }),
+        Payload::PartitionsChanged(p) => json!({
+            "source_table": p.source_table,
+            "replicated": p.replicated,
+            "attached": p.attached,
+            "detached": p.detached,
+            "reset": p.reset,
+            "rows": p.rows,
         }),
         Payload::SnapshotCompleted(_)
         | Payload::SwapStarted(_)

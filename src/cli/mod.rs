@@ -1117,12 +1117,17 @@ fn print_problems(
                     "column": p.column,
                     "field": p.field,
                     "message": p.message,
+                    "warning": p.warning,
                 })
             })
             .collect();
         out.json_pretty(&serde_json::json!({"ok": ok, "problems": list}))?;
-    } else if ok {
+    } else if ok && problems.is_empty() {
         out.line("ok")?;
+    } else if ok {
+        // Warnings only: the pipe can be created, with what they say.
+        out.line(&format!("ok, {} warning(s):", problems.len()))?;
+        out.block(&problems_table(problems))?;
     } else {
         out.line(&format!("{} problem(s):", problems.len()))?;
         out.block(&problems_table(problems))?;

@@ -449,6 +449,8 @@ mod tests {
             key: vec![0],
             estimated_rows: 0,
             pages: 0,
+            partitioned: false,
+            generated_columns: Vec::new(),
         }
     }
 

@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, HashMap};
 use crate::domain::validate::selector_matches;
 
 use crate::proto::{
-    DeleteReason, Event, Pipe, PipeConfig, PipeStatus, StepTiming, TableState, TableStats,
-    event::Payload,
+    DeleteReason, Event, PartitionsChanged, Pipe, PipeConfig, PipeStatus, SourceTableDetails,
+    StepTiming, TableState, TableStats, event::Payload,
 };
 
 /// Name of an event's payload, as shown to humans and in logs.
@@ -47,6 +47,7 @@ pub fn event_kind(e: &Event) -> &'static str {
             Payload::TableSwapped(_) => "table_swapped",
             Payload::SlotHealthWarning(_) => "slot_health_warning",
             Payload::SlotHealthRecovered(_) => "slot_health_recovered",
+            Payload::PartitionsChanged(_) => "partitions_changed",
         },
     }
 }
@@ -64,6 +65,50 @@ fn table_stats_mut<'a>(pipe: &'a mut Pipe, source_table: &str) -> Option<&'a mut
     pipe.tables
         .iter_mut()
         .find(|t| t.source_table == source_table)
+}
+
+fn details_mut(t: &mut TableStats) -> &mut SourceTableDetails {
+    t.source_details
+        .get_or_insert_with(SourceTableDetails::default)
+}
+
+/// Left unset for a table without any (no empty details on every table).
+fn set_generated(t: &mut TableStats, columns: &[String]) {
+    if !columns.is_empty() || t.source_details.is_some() {
+        details_mut(t).generated_columns = columns.to_vec();
+    }
+}
+
+/// Folds a partitioned table's leaf changes: replicated leaves are known
+/// (a reset replaces the whole set), attached ones wait for their load,
+/// detached ones are no longer part of the table.
+fn apply_partitions_changed(d: &mut SourceTableDetails, c: &PartitionsChanged) {
+    if c.reset {
+        d.partitions.clear();
+        d.partitions_loading.clear();
+        d.partitions_detached.clear();
+    }
+    for leaf in &c.replicated {
+        d.partitions_loading.retain(|l| l != leaf);
+        d.partitions_detached.retain(|l| l != leaf);
+        if !d.partitions.contains(leaf) {
+            d.partitions.push(leaf.clone());
+        }
+    }
+    for leaf in &c.attached {
+        d.partitions_detached.retain(|l| l != leaf);
+        if !d.partitions_loading.contains(leaf) && !d.partitions.contains(leaf) {
+            d.partitions_loading.push(leaf.clone());
+        }
+    }
+    for leaf in &c.detached {
+        d.partitions.retain(|l| l != leaf);
+        d.partitions_loading.retain(|l| l != leaf);
+        if !d.partitions_detached.contains(leaf) {
+            d.partitions_detached.push(leaf.clone());
+        }
+    }
+    d.partitions.sort();
 }
 
 fn close_open_step(pipe: &mut Pipe, at: Option<prost_types::Timestamp>) {
@@ -164,6 +209,7 @@ pub fn apply(pipe: Option<&mut Pipe>, e: &Event) -> Option<Pipe> {
                     for prepared in &t.tables {
                         if let Some(s) = table_stats_mut(p, &prepared.source_table) {
                             s.destination_table = prepared.destination_table.clone();
+                            set_generated(s, &prepared.generated_columns);
                         }
                     }
                 }
@@ -295,6 +341,7 @@ pub fn apply(pipe: Option<&mut Pipe>, e: &Event) -> Option<Pipe> {
                                 TableState::Loading
                             } as i32;
                             t.destination_table = job.destination_table.clone();
+                            set_generated(t, &job.generated_columns);
                             t.snapshot_partitions_total = l.partitions_total;
                             t.snapshot_partitions_done = 0;
                             t.snapshot_rows = 0;
@@ -320,6 +367,11 @@ pub fn apply(pipe: Option<&mut Pipe>, e: &Event) -> Option<Pipe> {
                         if let Some(t) = table_stats_mut(p, &l.source_table) {
                             t.state = TableState::Replicating as i32;
                         }
+                    }
+                }
+                Payload::PartitionsChanged(c) => {
+                    if let Some(t) = table_stats_mut(p, &c.source_table) {
+                        apply_partitions_changed(details_mut(t), c);
                     }
                 }
                 Payload::TableSwapped(s) => {
@@ -487,5 +539,53 @@ mod tests {
         assert_eq!(excluded(&p, "b").as_deref(), Some("y"));
         assert_eq!(excluded(&p, "a").as_deref(), Some("x"));
         assert_eq!(excluded(&p, "nope"), None);
+    }
+}
+
+#[cfg(test)]
+mod partition_tests {
+    use super::*;
+
+    fn changed(c: PartitionsChanged) -> SourceTableDetails {
+        let mut d = SourceTableDetails::default();
+        apply_partitions_changed(&mut d, &c);
+        d
+    }
+
+    #[test]
+    fn leaves_are_listed_attached_loaded_and_detached() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let mut d = changed(PartitionsChanged {
+            replicated: names(&["s.p2", "s.p1"]),
+            reset: true,
+            ..Default::default()
+        });
+        assert_eq!(d.partitions, names(&["s.p1", "s.p2"]));
+        let attached = PartitionsChanged {
+            attached: names(&["s.p3"]),
+            detached: names(&["s.p1"]),
+            ..Default::default()
+        };
+        apply_partitions_changed(&mut d, &attached);
+        assert_eq!(d.partitions, names(&["s.p2"]));
+        assert_eq!(d.partitions_loading, names(&["s.p3"]));
+        assert_eq!(d.partitions_detached, names(&["s.p1"]));
+        let loaded = PartitionsChanged {
+            replicated: names(&["s.p3"]),
+            rows: 10,
+            ..Default::default()
+        };
+        apply_partitions_changed(&mut d, &loaded);
+        assert_eq!(d.partitions, names(&["s.p2", "s.p3"]));
+        assert!(d.partitions_loading.is_empty());
+        // A reload of the whole table (resync) starts the set afresh.
+        let reset = PartitionsChanged {
+            replicated: names(&["s.p2"]),
+            reset: true,
+            ..Default::default()
+        };
+        apply_partitions_changed(&mut d, &reset);
+        assert_eq!(d.partitions, names(&["s.p2"]));
+        assert!(d.partitions_detached.is_empty());
     }
 }

@@ -7,6 +7,7 @@
 //! not recorded as done.
 
 mod copy;
+mod partitions;
 pub mod preflight;
 pub mod slot_health;
 mod table_load;

@@ -50,6 +50,7 @@ pub async fn check_problem(
     let mut found = Found {
         problems: Vec::new(),
         fail_fast: true,
+        warnings: Vec::new(),
     };
     let _ = checks(config, secrets, purpose, &mut found).await;
     match found.problems.into_iter().next() {
@@ -65,8 +66,10 @@ pub async fn problems(config: &PipeConfig, secrets: &PipeSecrets) -> Vec<Problem
     let mut found = Found {
         problems: Vec::new(),
         fail_fast: false,
+        warnings: Vec::new(),
     };
     let _ = checks(config, secrets, Purpose::Create, &mut found).await;
+    found.problems.append(&mut found.warnings);
     found.problems
 }
 
@@ -76,6 +79,9 @@ struct Stop;
 struct Found {
     problems: Vec<Problem>,
     fail_fast: bool,
+    /// Informational problems ([`Problem::warning`]): reported after the
+    /// others, never a reason to refuse.
+    warnings: Vec<Problem>,
 }
 
 impl Found {
@@ -103,8 +109,20 @@ impl Found {
             column: column.to_owned(),
             message,
             field,
+            warning: false,
         });
         if self.fail_fast { Err(Stop) } else { Ok(()) }
+    }
+
+    fn warn(&mut self, kind: ProblemKind, table: &str, column: &str, message: String) {
+        self.warnings.push(Problem {
+            kind: kind as i32,
+            table: table.to_owned(),
+            column: column.to_owned(),
+            message,
+            field: String::new(),
+            warning: true,
+        });
     }
 
     fn source(&mut self, table: &str, e: &SourceError) -> Result<(), Stop> {
@@ -127,6 +145,7 @@ fn source_kind(e: &SourceError) -> (ProblemKind, &str) {
         | SourceError::UnloggedTable { .. }
         | SourceError::NoSelectPrivilege { .. } => ProblemKind::TableNotReplicable,
         SourceError::NoPrimaryKey { .. }
+        | SourceError::PartitionedWithoutKey { .. }
         | SourceError::ReplicaIdentityFullWithoutKey { .. }
         | SourceError::ReplicaIdentityNothing { .. } => ProblemKind::NoKey,
         SourceError::UnsupportedType { column, .. } => {
@@ -135,6 +154,59 @@ fn source_kind(e: &SourceError) -> (ProblemKind, &str) {
         _ => ProblemKind::SourceServer,
     };
     (kind, "")
+}
+
+/// A table of the pipe that is a partition of another of its tables.
+fn overlap_problem(
+    names: &[crate::domain::validate::QualifiedName],
+    child: usize,
+    root: usize,
+) -> Option<Problem> {
+    let (c, r) = (names.get(child)?.canonical(), names.get(root)?.canonical());
+    Some(Problem {
+        kind: ProblemKind::TableNotReplicable as i32,
+        table: c.clone(),
+        message: format!(
+            "{c} is a partition of {r}, which the pipe also replicates: its changes arrive \
+             through {r} (publish_via_partition_root), so {c} on its own would never change; \
+             list only one of them"
+        ),
+        ..Default::default()
+    })
+}
+
+/// The partition-tree check over all of a pipe's tables (an UpdatePipe
+/// checks only the added ones otherwise): the first problem, if any.
+pub async fn check_partition_overlaps(
+    config: &PipeConfig,
+    secrets: &PipeSecrets,
+) -> Result<(), Problem> {
+    let Some(src) = &config.source else {
+        return Ok(());
+    };
+    let names = super::source_tables(config).map_err(|e| Problem {
+        kind: ProblemKind::InvalidRequest as i32,
+        message: e.0,
+        ..Default::default()
+    })?;
+    let source_problem = |e: SourceError| {
+        let (kind, _) = source_kind(&e);
+        Problem {
+            kind: kind as i32,
+            message: format!("source: {e}"),
+            ..Default::default()
+        }
+    };
+    let pg = source::connect(&src.connection_string, secrets.source_password.as_deref())
+        .await
+        .map_err(source_problem)?;
+    let pairs = source::partition_overlaps(&pg, &names)
+        .await
+        .map_err(source_problem)?;
+    match pairs.first() {
+        Some(&(c, r)) => overlap_problem(&names, c, r).map_or(Ok(()), Err),
+        None => Ok(()),
+    }
 }
 
 fn sink_kind(e: &SinkError) -> ProblemKind {
@@ -234,6 +306,19 @@ async fn check_source(
             return Ok(Vec::new());
         }
     };
+    match source::partition_overlaps(&pg, &names).await {
+        Ok(pairs) => {
+            for (child, root) in pairs {
+                if let Some(p) = overlap_problem(&names, child, root) {
+                    found.problems.push(p);
+                    if found.fail_fast {
+                        return Err(Stop);
+                    }
+                }
+            }
+        }
+        Err(e) => found.source("", &e)?,
+    }
     let reports = match source::describe_table_problems(&pg, &names).await {
         Ok(r) => r,
         Err(e) => {
@@ -266,6 +351,20 @@ async fn check_source(
             continue;
         };
         let before = found.problems.len();
+        for col in &r.table.generated_columns {
+            found.warn(
+                ProblemKind::GeneratedColumn,
+                &cfg.source_table,
+                col,
+                format!(
+                    "column {col:?} of {} is a stored generated column: it is left out of the \
+                     ClickHouse table, because logical replication sends generated columns \
+                     only from PostgreSQL 18 on (publish_generated_columns); compute it in \
+                     ClickHouse if you need it (e.g. a view over the table)",
+                    cfg.source_table
+                ),
+            );
+        }
         for col in &cfg.order_by {
             if !r.all_columns.iter().any(|c| c == col) {
                 found.push(
@@ -273,8 +372,13 @@ async fn check_source(
                     &cfg.source_table,
                     col,
                     format!(
-                        "order_by of {} names column {col:?}, which the table does not have; its columns are: {}",
+                        "order_by of {} names column {col:?}, which {}; its columns are: {}",
                         cfg.source_table,
+                        if r.table.generated_columns.contains(col) {
+                            "is a generated column, not replicated before PostgreSQL 18"
+                        } else {
+                            "the table does not have"
+                        },
                         r.all_columns.join(", ")
                     ),
                 )?;

@@ -22,7 +22,8 @@
 
 use std::sync::Arc;
 
-use super::copy::{CopyPlan, CopyWork, Progress, copy_partitions};
+use super::copy::{CopyPlan, Progress, copy_partitions};
+use super::partitions;
 use super::worker::{EngineError, Facts};
 use crate::domain::columns::Replicated;
 use crate::failpoint;
@@ -57,6 +58,9 @@ pub(super) async fn run(job: LoadJob) -> Result<u64, EngineError> {
         view,
     } = job;
     let pg = source::connect(&conn, password.as_deref()).await?;
+    // Listed before the slot and the snapshot (see `partitions`).
+    let copy =
+        partitions::plan_copy(&pg, &prepared, &view, settings.snapshot_rows_per_partition).await?;
     let slot = format!(
         "pgpipe_load_{}",
         uuid::Uuid::new_v4()
@@ -72,31 +76,19 @@ pub(super) async fn run(job: LoadJob) -> Result<u64, EngineError> {
     // it while holding it).
     drop(pg);
     let version = consistent.0.saturating_sub(1);
-    let parts = source::plan_partitions(&view.source, settings.snapshot_rows_per_partition);
-    let plan = SnapshotTablePlan {
-        source_table: prepared.source_table.clone(),
-        partitions_total: parts.len() as u32,
-        estimated_rows: view.source.estimated_rows,
-    };
-    facts
-        .record(vec![Payload::TableLoadStarted(TableLoadStarted {
-            table: Some(prepared.clone()),
-            partitions_total: plan.partitions_total,
-            estimated_rows: plan.estimated_rows,
-            consistent_lsn: consistent.to_string(),
-        })])
-        .await?;
+    let plan = copy.plan;
+    let mut started = vec![Payload::TableLoadStarted(TableLoadStarted {
+        table: Some(prepared.clone()),
+        partitions_total: plan.partitions_total,
+        estimated_rows: plan.estimated_rows,
+        consistent_lsn: consistent.to_string(),
+    })];
+    started.extend(copy.listed);
+    facts.record(started).await?;
     failpoint::hit("table_load.started").await;
     let progress = Arc::new(Progress::new(std::slice::from_ref(&plan)));
-    let work = parts
-        .into_iter()
-        .map(|part| CopyWork {
-            prepared: prepared.clone(),
-            view: view.clone(),
-            part,
-        })
-        .collect();
-    let copy = CopyPlan {
+    let work = copy.work;
+    let copy_plan = CopyPlan {
         conn,
         password,
         snapshot_name,
@@ -105,7 +97,7 @@ pub(super) async fn run(job: LoadJob) -> Result<u64, EngineError> {
         parallelism: settings.snapshot_parallelism,
         failpoint: "table_load.partition_done",
     };
-    let copied = copy_partitions(&facts, copy, work, Arc::clone(&progress)).await;
+    let copied = copy_partitions(&facts, copy_plan, work, Arc::clone(&progress)).await;
     let _ = export.finish().await;
     copied?;
     let rows = progress.rows(&prepared.source_table);

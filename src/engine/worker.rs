@@ -44,8 +44,8 @@ use crate::proto::*;
 use crate::sink::{ChSink, CreateMode, SinkError};
 use crate::source::{self, SnapshotExport, SourceError};
 
-use super::copy::{CopyPlan, CopyWork, PROGRESS_EVERY, Progress, copy_partitions};
-use super::table_load;
+use super::copy::{CopyPlan, PROGRESS_EVERY, Progress, copy_partitions};
+use super::{partitions, table_load};
 use crate::store::event_log::new_event;
 use crate::store::{LogError, PipeSecrets};
 
@@ -436,6 +436,7 @@ impl Worker {
                 load_table,
                 order_by,
                 load_table_uuid: uuid,
+                generated_columns: view.source.generated_columns.clone(),
             });
         }
         failpoint::hit("prepare.after_create").await;
@@ -459,33 +460,28 @@ impl Worker {
         // Partition plan for every table.
         let mut work = Vec::new();
         let mut plans = Vec::new();
+        // Partitioned tables' leaves, listed before the snapshot is exported.
+        let mut listed = Vec::new();
         for (prep, view) in pipe.prepared.iter().zip(&ends.views) {
-            let table = &view.source;
             // A redo must not keep rows of an earlier, partial copy.
             ends.ch.truncate(&prep.load_table).await?;
-            let parts = source::plan_partitions(table, settings.snapshot_rows_per_partition);
-            plans.push(SnapshotTablePlan {
-                source_table: prep.source_table.clone(),
-                partitions_total: parts.len() as u32,
-                estimated_rows: table.estimated_rows,
-            });
-            for part in parts {
-                work.push(CopyWork {
-                    prepared: prep.clone(),
-                    view: view.clone(),
-                    part,
-                });
-            }
+            let copy =
+                partitions::plan_copy(&ends.pg, prep, view, settings.snapshot_rows_per_partition)
+                    .await?;
+            plans.push(copy.plan);
+            work.extend(copy.work);
+            listed.extend(copy.listed);
         }
-        self.record(vec![
+        let mut started = vec![
             Payload::StepStarted(StepStarted {
                 step: "snapshot".into(),
             }),
             Payload::SnapshotStarted(SnapshotStarted {
                 tables: plans.clone(),
             }),
-        ])
-        .await?;
+        ];
+        started.extend(listed);
+        self.record(started).await?;
         failpoint::hit("snapshot.started").await;
 
         let (export, snapshot_name) =
@@ -628,6 +624,7 @@ impl Worker {
         let base = settings.cdc_batch_size as usize;
         let mut want = base;
         let mut lag = LagSample::default();
+        let mut leaves_checked = Instant::now();
         loop {
             self.sync_tables(
                 &ends,
@@ -637,6 +634,11 @@ impl Worker {
                 &mut loads,
             )
             .await?;
+            if leaves_checked.elapsed() >= partitions::LEAF_CHECK_EVERY {
+                self.sync_partitions(&ends, &tables, &described, &mut loads)
+                    .await?;
+                leaves_checked = Instant::now();
+            }
             let reading = Instant::now();
             let wal_before = source::current_wal_lsn(&ends.pg).await?;
             let txs = source::read_changes(&ends.pg, &slot, &publication, want).await?;
@@ -880,9 +882,8 @@ impl Worker {
             for oid in gone {
                 if let Some((_, _, src)) = tables.remove(&oid) {
                     tracing::info!(table = %src, "table removed from the pipe");
-                    if let Some((handle, _)) = loads.running.remove(&src) {
-                        handle.abort();
-                    }
+                    // Its load and loads of its partitions.
+                    loads.restart(oid);
                 }
                 sort_keys.remove(&oid);
                 described.remove(&oid);
@@ -958,6 +959,62 @@ impl Worker {
                     None => {}
                 },
             }
+        }
+        Ok(())
+    }
+
+    /// Partitioned tables that replicate: leaves attached since they were
+    /// listed are loaded beside CDC, detached ones recorded (see
+    /// `partitions`).
+    async fn sync_partitions(
+        &mut self,
+        ends: &Ends,
+        tables: &HashMap<u32, (SourceTable, String, String)>,
+        described: &HashMap<u32, TableColumns>,
+        loads: &mut Loads,
+    ) -> Result<()> {
+        let pipe = self.pipe()?;
+        for (oid, (_, _, name)) in tables {
+            let Some(cols) = described.get(oid).filter(|c| c.described.partitioned) else {
+                continue;
+            };
+            let key = format!("{name} (partitions)");
+            let replicating =
+                |t: &&TableStats| t.source_table == *name && t.state() == TableState::Replicating;
+            let (Some(stats), Some(prepared)) = (
+                pipe.tables.iter().find(replicating),
+                pipe.prepared.iter().find(|p| p.source_table == *name),
+            ) else {
+                continue;
+            };
+            if loads.running.contains_key(&key) {
+                continue;
+            }
+            let leaves = partitions::check_leaves(&self.facts(), &ends.pg, *oid, stats).await?;
+            if leaves.is_empty() {
+                continue;
+            }
+            let job = partitions::LeafLoad {
+                facts: self.facts(),
+                conn: ends.conn.clone(),
+                password: ends.secrets.source_password.clone(),
+                ch: ends.ch.clone(),
+                settings: pipe
+                    .config
+                    .as_ref()
+                    .and_then(|c| c.settings)
+                    .unwrap_or_default(),
+                prepared: prepared.clone(),
+                view: cols.view.clone(),
+                leaves,
+            };
+            // Rows of the leaves not loaded yet fill unchanged TOAST values
+            // from the source, as for an added table.
+            loads.loading.insert(*oid);
+            let run = partitions::load_leaves(job);
+            loads
+                .running
+                .insert(key, (tokio::spawn(run.in_current_span()), *oid));
         }
         Ok(())
     }
@@ -1083,6 +1140,7 @@ impl Worker {
                     load_table: cfg.destination_table.clone(),
                     load_table_uuid: table_uuid(&ends.ch, &cfg.destination_table).await?,
                     order_by,
+                    generated_columns: cols.view.source.generated_columns.clone(),
                 }
             }
         };
@@ -1159,6 +1217,7 @@ impl Worker {
                     load_table_uuid: table_uuid(&ends.ch, &load).await?,
                     load_table: load,
                     order_by: orig.order_by.clone(),
+                    generated_columns: cols.view.source.generated_columns.clone(),
                 }
             }
         };
@@ -1516,8 +1575,8 @@ struct Side<'a> {
     /// The `_resync` table of a table resync (written like the original).
     also: Option<&'a str>,
     /// The source and the table's columns under their source names, for
-    /// unchanged TOAST values of rows an added table's load has not written
-    /// yet.
+    /// unchanged TOAST values of rows an added table's load (or the load
+    /// of a partition attached to a partitioned table) has not written yet.
     source: Option<(&'a tokio_postgres::Client, &'a SourceTable)>,
 }
 
@@ -1555,11 +1614,12 @@ impl Loads {
     ) -> Side<'a> {
         Side {
             also: self.also.get(&oid).map(String::as_str),
-            source: if self.loading.contains(&oid) {
-                described.get(&oid).map(|t| (pg, &t.view.source))
-            } else {
-                None
-            },
+            // A partitioned table too: rows of a partition attached since
+            // the last leaf check are not in ClickHouse yet.
+            source: described
+                .get(&oid)
+                .filter(|t| self.loading.contains(&oid) || t.described.partitioned)
+                .map(|t| (pg, &t.view.source)),
         }
     }
 }

@@ -454,6 +454,8 @@ mod tests {
             key,
             estimated_rows: 0,
             pages: 0,
+            partitioned: false,
+            generated_columns: Vec::new(),
         }
     }
 

@@ -51,8 +51,10 @@ pub async fn fill_from_source(
             _ => None,
         });
     }
+    // A partitioned table holds no rows itself: its partitions are read.
+    let only = if table.partitioned { "" } else { "ONLY " };
     let sql = format!(
-        "SELECT {select} FROM ONLY {} WHERE {}",
+        "SELECT {select} FROM {only}{} WHERE {}",
         super::quote_table(&q),
         filter.join(" AND ")
     );

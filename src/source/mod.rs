@@ -51,6 +51,7 @@ mod cdc;
 mod connect;
 mod copy_text;
 mod lookup;
+mod partitions;
 pub mod pgoutput;
 mod schema;
 mod slot;
@@ -61,6 +62,7 @@ pub use cdc::{advance_slot, read_changes};
 pub use connect::{ServerInfo, check_server, connect, server_problems};
 pub use copy_text::{CopyFormatError, decode_copy_line, decode_copy_lines, decode_copy_lines_into};
 pub use lookup::fill_from_source;
+pub use partitions::{Leaf, leaf_partitions, partition_overlaps};
 pub use schema::{TableReport, describe_table_problems, describe_tables};
 pub use slot::{
     SlotInfo, create_slot, create_temporary_slot, current_wal_lsn, drop_publication, drop_slot,
@@ -147,6 +149,11 @@ pub enum SourceError {
         "table {table} has no primary key; add one or set REPLICA IDENTITY USING INDEX (a unique index on NOT NULL columns)"
     )]
     NoPrimaryKey { table: String },
+
+    #[error(
+        "partitioned table {table} has no primary key; pgpipe replicates it into one ClickHouse table keyed by the parent's primary key (which must include the partition key, as Postgres requires): add one with ALTER TABLE {table} ADD PRIMARY KEY (...)"
+    )]
+    PartitionedWithoutKey { table: String },
 
     #[error(
         "table {table} has REPLICA IDENTITY FULL but no primary key, and ClickHouse needs a key: add a primary key or set REPLICA IDENTITY USING INDEX"

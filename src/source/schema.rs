@@ -8,9 +8,10 @@ use super::SourceError;
 use crate::domain::validate::QualifiedName;
 use crate::model::{PgType, SourceColumn, SourceTable};
 
-/// Describes each table: columns in attribute order (dropped and generated
-/// columns excluded: pgoutput never sends generated columns, so the
-/// snapshot must not either), classified types (`PgType::Unsupported` for
+/// Describes each table: columns in attribute order (dropped columns
+/// excluded, and generated columns unless the server can publish them:
+/// before PostgreSQL 18 pgoutput never sends them, so the snapshot must not
+/// either; they are listed in `generated_columns`), classified types (`PgType::Unsupported` for
 /// a column pgpipe cannot replicate: not an error here, as the pipe may
 /// exclude it), and the key pgoutput identifies rows by.
 ///
@@ -50,7 +51,8 @@ pub struct TableReport {
     /// Every column (unsupported ones typed `PgType::Unsupported`); `key`
     /// may be empty when `problems` says so.
     pub table: SourceTable,
-    /// Every column name (generated ones excluded), supported or not.
+    /// Every column name (unreplicated generated ones excluded), supported
+    /// or not.
     pub all_columns: Vec<String>,
     /// Every problem that does not prevent describing the table: each
     /// unsupported column, a missing key or unusable replica identity.
@@ -110,13 +112,19 @@ async fn describe_one(
     let can_select: bool = t.get(7);
     let user: String = t.get(8);
 
+    let partitioned = relkind == "p";
     match relkind.as_str() {
         "r" => {}
+        // Replicated through the root: publish_via_partition_root is
+        // PostgreSQL 13's.
+        "p" if version >= 130_000 => {}
         "p" => {
             return Err(SourceError::NotATable {
                 table: name,
                 kind: "partitioned table".into(),
-                hint: "; list its partitions instead".into(),
+                hint: " and partitioned tables from PostgreSQL 13 on \
+                       (publish_via_partition_root); list its partitions instead"
+                    .into(),
             });
         }
         k => {
@@ -166,6 +174,7 @@ async fn describe_one(
     let mut attnums = Vec::with_capacity(cols.len());
     let mut all_columns = Vec::with_capacity(cols.len());
     let mut problems = Vec::new();
+    let mut generated_columns = Vec::new();
     for c in &cols {
         let attnum: i16 = c.get(0);
         let col_name: String = c.get(1);
@@ -175,7 +184,8 @@ async fn describe_one(
         let not_null: bool = c.get(5);
         let ndims: i32 = c.get(6);
         let gen_kind: String = c.get(7);
-        if !gen_kind.is_empty() {
+        if !replicates_generated(version, &gen_kind) {
+            generated_columns.push(col_name);
             continue;
         }
         let unsupported = || SourceError::UnsupportedType {
@@ -253,6 +263,11 @@ async fn describe_one(
     };
     let mut key = Vec::new();
     match key_attnums.filter(|k| !k.is_empty()) {
+        None if partitioned && !identity_reported => {
+            problems.push(SourceError::PartitionedWithoutKey {
+                table: name.clone(),
+            })
+        }
         None if !identity_reported => problems.push(SourceError::NoPrimaryKey {
             table: name.clone(),
         }),
@@ -273,6 +288,48 @@ async fn describe_one(
         }
     }
 
+    let (estimated_rows, pages) = if partitioned {
+        // No storage of its own: the sums over the leaves.
+        super::leaf_partitions(client, oid)
+            .await?
+            .iter()
+            .fold((0, 0), |(r, p), l| (r + l.estimated_rows, p + l.pages))
+    } else {
+        estimate(reltuples, relpages, cur_pages)
+    };
+    let table = SourceTable {
+        schema: q.schema.clone(),
+        name: q.table.clone(),
+        oid,
+        columns,
+        key,
+        estimated_rows,
+        pages,
+        partitioned,
+        generated_columns,
+    };
+    Ok(TableReport {
+        table,
+        all_columns,
+        problems,
+    })
+}
+
+/// Whether a column with this `attgenerated` is described (and so
+/// replicated): ordinary columns always; stored generated columns from
+/// PostgreSQL 18 on, whose pgoutput sends them when the publication says
+/// `publish_generated_columns = stored` (see `ensure_publication`). Virtual
+/// generated columns (18) are never sent.
+fn replicates_generated(version: i32, attgenerated: &str) -> bool {
+    match attgenerated {
+        "" => true,
+        "s" => version >= 180_000,
+        _ => false,
+    }
+}
+
+/// A relation's row and page estimates from pg_class and its current size.
+pub(super) fn estimate(reltuples: f64, relpages: i64, cur_pages: i64) -> (u64, u64) {
     let reltuples = if reltuples.is_finite() && reltuples > 0.0 {
         reltuples
     } else {
@@ -286,20 +343,7 @@ async fn describe_one(
     } else {
         reltuples
     };
-    let table = SourceTable {
-        schema: q.schema.clone(),
-        name: q.table.clone(),
-        oid,
-        columns,
-        key,
-        estimated_rows: estimated_rows.round() as u64,
-        pages,
-    };
-    Ok(TableReport {
-        table,
-        all_columns,
-        problems,
-    })
+    (estimated_rows.round() as u64, pages)
 }
 
 #[derive(Debug, Clone)]
@@ -509,6 +553,15 @@ mod tests {
 
     fn typmod(p: i32, s: i32) -> i32 {
         ((p << 16) | (s & 0x7ff)) + 4
+    }
+
+    #[test]
+    fn stored_generated_columns_are_replicated_from_postgres_18() {
+        assert!(replicates_generated(150_004, ""));
+        assert!(!replicates_generated(150_004, "s"));
+        assert!(!replicates_generated(179_999, "s"));
+        assert!(replicates_generated(180_000, "s"));
+        assert!(!replicates_generated(180_000, "v"));
     }
 
     #[test]

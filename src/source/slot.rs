@@ -11,7 +11,12 @@ use crate::model::Lsn;
 
 /// Creates the publication for exactly `tables` (`FOR TABLE ONLY ...`: rows
 /// of inheritance children are neither snapshotted nor published), or, if
-/// it exists, sets its table list to `tables`.
+/// it exists, sets its table list to `tables` (and its options: a pipe
+/// created by an older pgpipe gets them when its tables change).
+///
+/// Options, by server version (see [`publication_options`]): changes of a
+/// partitioned table's partitions are published under the partitioned
+/// table, and stored generated columns are published where the server can.
 pub async fn ensure_publication(
     client: &Client,
     name: &str,
@@ -23,13 +28,27 @@ pub async fn ensure_publication(
         .collect::<Vec<_>>()
         .join(", ");
     let ctx = || format!("creating publication {name:?}");
+    let version: i32 = client
+        .query_one("SELECT current_setting('server_version_num')::int4", &[])
+        .await
+        .map_err(|e| SourceError::query(ctx(), &e))?
+        .get(0);
+    let options = publication_options(version);
     let exists = client
         .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&name])
         .await
         .map_err(|e| SourceError::query(ctx(), &e))?
         .is_some();
     if !exists {
-        let sql = format!("CREATE PUBLICATION {} FOR TABLE {list}", quote_ident(name));
+        let with = if options.is_empty() {
+            String::new()
+        } else {
+            format!(" WITH ({options})")
+        };
+        let sql = format!(
+            "CREATE PUBLICATION {} FOR TABLE {list}{with}",
+            quote_ident(name)
+        );
         match client.batch_execute(&sql).await {
             Ok(()) => {
                 tracing::info!(publication = %name, tables = tables.len(), "created publication");
@@ -40,13 +59,38 @@ pub async fn ensure_publication(
             Err(e) => return Err(SourceError::query(ctx(), &e)),
         }
     }
-    let sql = format!("ALTER PUBLICATION {} SET TABLE {list}", quote_ident(name));
+    let mut sql = format!("ALTER PUBLICATION {} SET TABLE {list}", quote_ident(name));
+    if !options.is_empty() {
+        sql.push_str(&format!(
+            "; ALTER PUBLICATION {} SET ({options})",
+            quote_ident(name)
+        ));
+    }
     client
         .batch_execute(&sql)
         .await
         .map_err(|e| SourceError::query(format!("updating publication {name:?}"), &e))?;
     tracing::info!(publication = %name, tables = tables.len(), "updated publication");
     Ok(())
+}
+
+/// The publication's options for a server version (`server_version_num`):
+/// - from 13, `publish_via_partition_root`: a partitioned table's changes
+///   arrive under its own relation whichever partition they touch, so it
+///   maps to one ClickHouse table (and partitions created or attached later
+///   are included);
+/// - from 18, `publish_generated_columns = stored`: stored generated columns
+///   are sent, so they are described and replicated like other columns
+///   (before 18 they are left out and reported).
+fn publication_options(version: i32) -> String {
+    let mut options = Vec::new();
+    if version >= 130_000 {
+        options.push("publish_via_partition_root = true");
+    }
+    if version >= 180_000 {
+        options.push("publish_generated_columns = stored");
+    }
+    options.join(", ")
 }
 
 /// Drops the publication if it exists.
@@ -269,4 +313,22 @@ pub(crate) fn slot_error(
         }
     }
     SourceError::query(context, e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::publication_options;
+
+    #[test]
+    fn publication_options_follow_the_server_version() {
+        assert_eq!(publication_options(120_000), "");
+        assert_eq!(
+            publication_options(150_004),
+            "publish_via_partition_root = true"
+        );
+        assert_eq!(
+            publication_options(180_000),
+            "publish_via_partition_root = true, publish_generated_columns = stored"
+        );
+    }
 }

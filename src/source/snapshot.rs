@@ -324,6 +324,8 @@ mod tests {
             key: vec![0],
             estimated_rows: rows,
             pages,
+            partitioned: false,
+            generated_columns: Vec::new(),
         }
     }
 

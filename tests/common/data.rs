@@ -172,12 +172,26 @@ pub async fn try_diff(
     table: &str,
     cols: &str,
 ) -> Result<u64, clickhouse::error::Error> {
+    try_diff_as(database, dest, schema, table, cols, cols).await
+}
+
+/// Like [`try_diff`], with the columns as expressions of each side (e.g. a
+/// renamed column: `kind` in Postgres, `category AS kind` in ClickHouse).
+pub async fn try_diff_as(
+    database: &str,
+    dest: &str,
+    schema: &str,
+    table: &str,
+    src_cols: &str,
+    dst_cols: &str,
+) -> Result<u64, clickhouse::error::Error> {
     let (hostport, db) = pg_parts();
+    let cols = src_cols;
     let src = format!("postgresql('{hostport}', '{db}', '{table}', 'postgres', '', '{schema}')");
     let dst = format!("`{database}`.`{dest}` FINAL WHERE _pgpipe_is_deleted = 0");
     let q = format!(
-        "SELECT toInt64(assumeNotNull((SELECT count() FROM (SELECT {cols} FROM {src} EXCEPT SELECT {cols} FROM {dst})) + \
-                (SELECT count() FROM (SELECT {cols} FROM {dst} EXCEPT SELECT {cols} FROM {src})) + \
+        "SELECT toInt64(assumeNotNull((SELECT count() FROM (SELECT {cols} FROM {src} EXCEPT SELECT {dst_cols} FROM {dst})) + \
+                (SELECT count() FROM (SELECT {dst_cols} FROM {dst} EXCEPT SELECT {cols} FROM {src})) + \
                 abs(toInt64((SELECT count() FROM {src})) - toInt64((SELECT count() FROM {dst})))))"
     );
     Ok(ch(database).query(&q).fetch_one::<i64>().await? as u64)
