@@ -20,6 +20,8 @@ fn col(name: &str, type_name: &str, pg_type: PgType) -> SourceColumn {
         type_oid: 0,
         pg_type,
         not_null: name == "id",
+        attnum: 0,
+        typmod: -1,
     }
 }
 

@@ -41,6 +41,7 @@ pub fn matches(kind: HistoryKind, e: &Event) -> bool {
                 | Payload::TableLoadStarted(_)
                 | Payload::TableLoadCompleted(_)
         ),
+        HistoryKind::Schema => matches!(p, Payload::SchemaChanged(_) | Payload::TableFailed(_)),
         HistoryKind::SlotHealth => matches!(
             p,
             Payload::SlotHealthWarning(_) | Payload::SlotHealthRecovered(_)

@@ -325,6 +325,8 @@ mod tests {
             type_oid: 25,
             pg_type: PgType::Text,
             not_null: false,
+            attnum: 0,
+            typmod: -1,
         };
         SourceTable {
             schema: "public".into(),

@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, HashMap};
 use crate::domain::validate::selector_matches;
 
 use crate::proto::{
-    DeleteReason, Event, Pipe, PipeConfig, PipeStatus, StepTiming, TableState, TableStats,
-    event::Payload,
+    DeleteReason, Event, Pipe, PipeConfig, PipeStatus, SchemaChangeKind, SchemaChanged,
+    StepTiming, TableConfig, TableState, TableStats, event::Payload,
 };
 
 /// Name of an event's payload, as shown to humans and in logs.
@@ -47,6 +47,8 @@ pub fn event_kind(e: &Event) -> &'static str {
             Payload::TableSwapped(_) => "table_swapped",
             Payload::SlotHealthWarning(_) => "slot_health_warning",
             Payload::SlotHealthRecovered(_) => "slot_health_recovered",
+            Payload::SchemaChanged(_) => "schema_changed",
+            Payload::TableFailed(_) => "table_failed",
         },
     }
 }
@@ -327,6 +329,25 @@ pub fn apply(pipe: Option<&mut Pipe>, e: &Event) -> Option<Pipe> {
                     if let Some(t) = table_stats_mut(p, &s.source_table) {
                         t.state = TableState::Replicating as i32;
                         t.soft_deletes_transferred = s.soft_deletes_transferred;
+                        // A table resync rebuilt a failed table.
+                        t.error.clear();
+                    }
+                }
+                Payload::SchemaChanged(c) => {
+                    if c.kind() == SchemaChangeKind::RenameColumn {
+                        if let Some(cfg) = p.config.as_mut().and_then(|cfg| {
+                            cfg.tables
+                                .iter_mut()
+                                .find(|t| t.source_table == c.source_table)
+                        }) {
+                            fold_rename(cfg, c);
+                        }
+                    }
+                }
+                Payload::TableFailed(f) => {
+                    if let Some(t) = table_stats_mut(p, &f.source_table) {
+                        t.state = TableState::Failed as i32;
+                        t.error = f.reason.clone();
                     }
                 }
                 // Not a status change: a warning is not a failure.
@@ -350,6 +371,25 @@ pub fn apply(pipe: Option<&mut Pipe>, e: &Event) -> Option<Pipe> {
             None
         }
         _ => None,
+    }
+}
+
+/// A source column rename in the table's column options (keyed by source
+/// name): exclusion, order_by and the destination name follow the column.
+/// The destination name is the event's `destination_column` (kept when
+/// ClickHouse could not rename it); a column not replicated stays so.
+fn fold_rename(cfg: &mut TableConfig, c: &SchemaChanged) {
+    let (old, new) = (&c.column, &c.new_column);
+    for x in cfg.exclude_columns.iter_mut().filter(|x| *x == old) {
+        x.clone_from(new);
+    }
+    for o in cfg.order_by.iter_mut().filter(|o| *o == old) {
+        o.clone_from(new);
+    }
+    cfg.rename_columns.remove(old);
+    if !c.destination_column.is_empty() && c.destination_column != *new {
+        cfg.rename_columns
+            .insert(new.clone(), c.destination_column.clone());
     }
 }
 

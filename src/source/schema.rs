@@ -205,6 +205,8 @@ async fn describe_one(
             type_oid,
             pg_type,
             not_null,
+            attnum,
+            typmod,
         });
     }
 
@@ -300,6 +302,83 @@ async fn describe_one(
         problems,
     })
 }
+
+/// What the rows that existed before a column was added read for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AddedValue {
+    /// NULL: no default (or `DEFAULT NULL`).
+    Null,
+    /// A constant default Postgres keeps in `attmissingval` (text output
+    /// format): the existing rows read it without being rewritten.
+    Missing(Vec<u8>),
+    /// A default without a missing value: volatile (`now()`, `random()`,
+    /// a sequence...), so Postgres rewrote the table with values pgpipe
+    /// cannot know, or the table was rewritten since. The expression, for
+    /// messages.
+    Unknown(String),
+}
+
+/// What old rows read for column `attnum` of table `oid`
+/// (`pg_attribute.atthasmissing/attmissingval`, `pg_attrdef`).
+pub async fn added_column_value(
+    client: &Client,
+    oid: u32,
+    attnum: i16,
+) -> Result<AddedValue, SourceError> {
+    let row = client
+        .query_opt(
+            "SELECT a.atthasmissing, a.attmissingval::text, \
+                    (SELECT pg_get_expr(d.adbin, d.adrelid) FROM pg_attrdef d \
+                     WHERE d.adrelid = a.attrelid AND d.adnum = a.attnum) \
+             FROM pg_attribute a WHERE a.attrelid = $1 AND a.attnum = $2",
+            &[&oid, &attnum],
+        )
+        .await
+        .map_err(|e| SourceError::query("reading a column default", &e))?;
+    let Some(row) = row else {
+        return Ok(AddedValue::Null);
+    };
+    let has_missing: bool = row.get(0);
+    let missing: Option<String> = row.get(1);
+    let default: Option<String> = row.get(2);
+    Ok(match (has_missing, missing, default) {
+        (true, Some(m), _) => match first_array_element(m.as_bytes()) {
+            Some(Some(v)) => AddedValue::Missing(v),
+            Some(None) => AddedValue::Null,
+            None => AddedValue::Unknown(format!("attmissingval {m}")),
+        },
+        (_, _, Some(expr)) if !expr.eq_ignore_ascii_case("NULL") && !expr.starts_with("NULL::") => {
+            AddedValue::Unknown(expr)
+        }
+        _ => AddedValue::Null,
+    })
+}
+
+/// The first element of a Postgres array literal (`{7}`, `{"a \"b\""}`):
+/// Some(None) for NULL, None when it is not an array literal.
+fn first_array_element(t: &[u8]) -> Option<Option<Vec<u8>>> {
+    let inner = t.strip_prefix(b"{")?;
+    if let Some(rest) = inner.strip_prefix(b"\"") {
+        let mut out = Vec::new();
+        let mut it = rest.iter();
+        while let Some(&c) = it.next() {
+            match c {
+                b'\\' => out.push(*it.next()?),
+                b'"' => return Some(Some(out)),
+                _ => out.push(c),
+            }
+        }
+        return None;
+    }
+    let end = inner.iter().position(|&c| c == b',' || c == b'}')?;
+    let v = inner[..end].trim_ascii();
+    if v.eq_ignore_ascii_case(b"NULL") {
+        Some(None)
+    } else {
+        Some(Some(v.to_vec()))
+    }
+}
+
 
 #[derive(Debug, Clone)]
 struct TypeRow {
@@ -504,6 +583,16 @@ fn numeric(typmod: i32) -> PgType {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_missing_value_is_the_arrays_only_element() {
+        use super::first_array_element as f;
+        assert_eq!(f(b"{7}"), Some(Some(b"7".to_vec())));
+        assert_eq!(f(br#"{"a\"b'c{}"}"#), Some(Some(br#"a"b'c{}"#.to_vec())));
+        assert_eq!(f(br#"{"{1,NULL}"}"#), Some(Some(b"{1,NULL}".to_vec())));
+        assert_eq!(f(b"{NULL}"), Some(None));
+        assert_eq!(f(b"7"), None);
+    }
+
     use super::*;
 
     fn typmod(p: i32, s: i32) -> i32 {

@@ -392,6 +392,8 @@ mod tests {
             type_oid: 25,
             pg_type: crate::model::PgType::Text,
             not_null: false,
+            attnum: 1,
+            typmod: -1,
         }];
         assert_eq!(
             copy_select_sql(&t, &Partition::WHOLE),
