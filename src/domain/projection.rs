@@ -378,7 +378,7 @@ pub fn apply(pipe: Option<&mut Pipe>, e: &Event) -> Option<Pipe> {
 /// name): exclusion, order_by and the destination name follow the column.
 /// The destination name is the event's `destination_column` (kept when
 /// ClickHouse could not rename it); a column not replicated stays so.
-fn fold_rename(cfg: &mut TableConfig, c: &SchemaChanged) {
+pub fn fold_rename(cfg: &mut TableConfig, c: &SchemaChanged) {
     let (old, new) = (&c.column, &c.new_column);
     for x in cfg.exclude_columns.iter_mut().filter(|x| *x == old) {
         x.clone_from(new);

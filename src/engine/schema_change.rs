@@ -181,6 +181,47 @@ pub(super) fn widens(old: &Kind, new: &Kind) -> bool {
     }
 }
 
+/// Checks the table's new shape against its column options (renames
+/// folded in, as the projection will) before anything is altered.
+fn fits_options(
+    cols: &super::TableColumns,
+    d: &RelationDiff,
+    source_table: &str,
+) -> Result<(), String> {
+    let mut cfg = cols.config.clone();
+    for c in &d.changes {
+        if let ColumnChange::Renamed { old, new } = c {
+            let to = cfg
+                .rename_columns
+                .get(&old.name)
+                .cloned()
+                .unwrap_or_else(|| new.name.clone());
+            crate::domain::projection::fold_rename(
+                &mut cfg,
+                &SchemaChanged {
+                    column: old.name.clone(),
+                    new_column: new.name.clone(),
+                    destination_column: to,
+                    ..Default::default()
+                },
+            );
+        }
+    }
+    columns::replicated(cols.index, &d.now, &cfg, false)
+        .map(|_| ())
+        .map_err(|problems| {
+            let list: Vec<String> = problems
+                .iter()
+                .map(|p| format!("{}: {}", p.field, p.message))
+                .collect();
+            format!(
+                "the columns of source table {source_table} no longer fit the pipe's column \
+                 options ({})",
+                list.join("; ")
+            )
+        })
+}
+
 /// Why a table stopped, with the way out.
 fn resync_hint(what: &str, pipe: &str) -> String {
     format!(
@@ -245,12 +286,15 @@ impl Worker {
             return Ok(());
         };
         let outcome = match diff(&known, &fresh, rel) {
-            Ok(d) => {
+            Ok(d) => match fits_options(cols, &d, &source_table) {
+                Err(reason) => Err(Failure::Table(reason)),
+                Ok(()) => {
                 let also = loads.also.get(&rel.oid).cloned();
                 self.apply_changes(ends, cols, &d, &dest, also.as_deref(), &source_table, lsn)
                     .await
                     .map(|a| (d, a))
-            }
+                }
+            },
             Err(reason) => Err(Failure::Table(reason)),
         };
         let (d, applied) = match outcome {

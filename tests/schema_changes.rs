@@ -1,0 +1,360 @@
+//! Schema changes at the source while a pipe runs (ADD COLUMN with
+//! defaults, DROP, RENAME, widening and unsupported type changes), against
+//! the real Postgres and ClickHouse: rows written before and after each
+//! change end equal on both ends (postgresql() table function oracle), an
+//! unsupported change fails only its table, and a table resync heals it.
+
+mod common;
+
+use std::time::Duration;
+
+use common::data::*;
+use common::*;
+use pgpipe::proto::event::Payload;
+use pgpipe::proto::*;
+
+const T: Duration = Duration::from_secs(120);
+
+/// Creates `schema` and runs `sql` in it.
+async fn setup(schema: &str, sql: &str) {
+    pg().await
+        .batch_execute(&format!("CREATE SCHEMA {schema}; SET search_path = {schema}; {sql}"))
+        .await
+        .unwrap();
+}
+
+async fn exec(schema: &str, sql: &str) {
+    pg().await
+        .batch_execute(&format!("SET search_path = {schema}; {sql}"))
+        .await
+        .unwrap();
+}
+
+async fn start(schema: &str, tables: &[&str]) -> (InProcess, Client, String) {
+    let srv = InProcess::start_engine().await;
+    let mut c = srv.client().await;
+    let name = schema.replace('_', "-");
+    let full: Vec<String> = tables.iter().map(|t| format!("{schema}.{t}")).collect();
+    let full: Vec<&str> = full.iter().map(String::as_str).collect();
+    c.create_pipe(pipe_req(&name, schema, &full)).await.unwrap();
+    wait_running(&mut c, &name, T).await;
+    (srv, c, name)
+}
+
+async fn equal(schema: &str, table: &str, cols: &str) {
+    wait_equal(schema, table, schema, table, cols, T).await;
+}
+
+/// The pipe's events of kind SCHEMA (SchemaChanged, TableFailed).
+async fn schema_events(c: &mut Client, name: &str) -> Vec<Payload> {
+    c.get_pipe_history(GetPipeHistoryRequest {
+        name: name.into(),
+        kind: HistoryKind::Schema as i32,
+        page_size: 1000,
+        page_token: String::new(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .events
+    .into_iter()
+    .filter_map(|e| e.payload)
+    .collect()
+}
+
+fn changes(events: &[Payload]) -> Vec<(SchemaChangeKind, String, String)> {
+    events
+        .iter()
+        .filter_map(|p| match p {
+            Payload::SchemaChanged(c) => Some((c.kind(), c.column.clone(), c.new_column.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+async fn wait_table_state(c: &mut Client, name: &str, table: &str, state: TableState) -> TableStats {
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let p = get(c, name).await;
+        assert_eq!(p.status(), PipeStatus::Running, "{p:?}");
+        if let Some(t) = p.tables.iter().find(|t| t.source_table == table)
+            && t.state() == state
+        {
+            return t.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "table {table} never {state:?}: {:?}",
+            p.tables
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn ch_type(schema: &str, table: &str, column: &str) -> String {
+    ch(schema)
+        .query("SELECT type FROM system.columns WHERE database = ? AND table = ? AND name = ?")
+        .bind(schema)
+        .bind(table)
+        .bind(column)
+        .fetch_one::<String>()
+        .await
+        .unwrap()
+}
+
+async fn delete(c: &mut Client, name: &str) {
+    c.delete_pipe(DeletePipeRequest {
+        name: name.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+}
+
+/// Old rows (some with TOASTed values) read the added column's default in
+/// ClickHouse as in Postgres; new rows their own values; a column without
+/// default reads NULL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_added_column_reads_its_default_in_old_rows() {
+    let schema = unique("ddl_add");
+    setup(
+        &schema,
+        "CREATE TABLE t (id bigint PRIMARY KEY, v text, big text);
+         INSERT INTO t SELECT g, 'v' || g, CASE WHEN g % 5 = 0 THEN
+             (SELECT string_agg(md5(g::text || k), '') FROM generate_series(1, 200) k) END
+         FROM generate_series(1, 100) g;",
+    )
+    .await;
+    let (_srv, mut c, name) = start(&schema, &["t"]).await;
+    equal(&schema, "t", "id, v, big").await;
+
+    exec(
+        &schema,
+        "ALTER TABLE t ADD COLUMN level int NOT NULL DEFAULT 7;
+         ALTER TABLE t ADD COLUMN note text DEFAULT 'it''s \"{x}\" \\ ok';
+         ALTER TABLE t ADD COLUMN price numeric(10,2) DEFAULT 12.5;
+         ALTER TABLE t ADD COLUMN tags text[] DEFAULT '{a,NULL,\"b c\"}';
+         ALTER TABLE t ADD COLUMN at timestamptz DEFAULT '2024-02-03 04:05:06.789+02';
+         ALTER TABLE t ADD COLUMN plain int;
+         INSERT INTO t (id, v, level, note, plain) VALUES (101, 'new', 3, NULL, 1), (102, 'new2', 4, 'n', NULL);
+         UPDATE t SET v = v || '!' WHERE id % 10 = 0;",
+    )
+    .await;
+    let cols = "id, v, big, level, note, price, tags, at, plain";
+    equal(&schema, "t", cols).await;
+    // Exactly: the old rows' values, not a type default.
+    let sevens: u64 = ch(&schema)
+        .query("SELECT count() FROM t FINAL WHERE level = 7 AND note = 'it''s \"{x}\" \\\\ ok' AND price = 12.5")
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(sevens, 100);
+    let kinds = changes(&schema_events(&mut c, &name).await);
+    assert_eq!(kinds.len(), 6, "{kinds:?}");
+    assert!(kinds.iter().all(|k| k.0 == SchemaChangeKind::AddColumn));
+    delete(&mut c, &name).await;
+}
+
+/// A volatile default gave each old row a value the WAL does not carry:
+/// that table fails (naming the column, saying to resync it), the other
+/// keeps replicating, and the table resync makes it equal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_volatile_default_fails_only_its_table_until_it_is_resynced() {
+    let schema = unique("ddl_vol");
+    setup(
+        &schema,
+        "CREATE TABLE a (id bigint PRIMARY KEY, v text);
+         CREATE TABLE b (id bigint PRIMARY KEY, v text);
+         INSERT INTO a SELECT g, 'a' || g FROM generate_series(1, 50) g;
+         INSERT INTO b SELECT g, 'b' || g FROM generate_series(1, 50) g;",
+    )
+    .await;
+    let (_srv, mut c, name) = start(&schema, &["a", "b"]).await;
+    exec(
+        &schema,
+        "ALTER TABLE a ADD COLUMN r float8 DEFAULT random();
+         INSERT INTO a (id, v) VALUES (51, 'x');",
+    )
+    .await;
+    let a = format!("{schema}.a");
+    let failed = wait_table_state(&mut c, &name, &a, TableState::Failed).await;
+    assert!(
+        failed.error.contains("\"r\"") && failed.error.contains("random()"),
+        "{}",
+        failed.error
+    );
+    assert!(failed.error.contains("resync this table"), "{}", failed.error);
+    assert!(failed.error.contains(&format!("--table {a}")), "{}", failed.error);
+    exec(&schema, "INSERT INTO b SELECT g, 'b' || g FROM generate_series(51, 80) g;").await;
+    equal(&schema, "b", "id, v").await;
+    let events = schema_events(&mut c, &name).await;
+    assert!(
+        events
+            .iter()
+            .any(|p| matches!(p, Payload::TableFailed(f) if f.source_table == a)),
+        "{events:?}"
+    );
+
+    c.resync_pipe(ResyncPipeRequest {
+        name: name.clone(),
+        tables: vec![a.clone()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let healed = wait_table_state(&mut c, &name, &a, TableState::Replicating).await;
+    assert!(healed.error.is_empty(), "{}", healed.error);
+    exec(&schema, "INSERT INTO a (id, v) VALUES (52, 'y'); UPDATE a SET v = 'z' WHERE id = 1;").await;
+    equal(&schema, "a", "id, v, r").await;
+    delete(&mut c, &name).await;
+}
+
+/// DROP and RENAME under writes to both tables: the dropped column stays
+/// in ClickHouse (NULL for new rows), the renamed one follows, the other
+/// table is untouched; a restart (projection replay) keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn drop_and_rename_under_writes_keep_every_table_replicating() {
+    let schema = unique("ddl_dr");
+    setup(
+        &schema,
+        "CREATE TABLE t (id bigint PRIMARY KEY, k int, r text, d text);
+         CREATE TABLE u (id bigint PRIMARY KEY, k int);
+         INSERT INTO t SELECT g, g, 'r' || g, 'd' || g FROM generate_series(1, 200) g;
+         INSERT INTO u SELECT g, g FROM generate_series(1, 200) g;",
+    )
+    .await;
+    let (srv, mut c, name) = start(&schema, &["t", "u"]).await;
+    let writes = {
+        let schema = schema.clone();
+        tokio::spawn(async move {
+            let pg = pg().await;
+            for i in 0..60u64 {
+                let id = 1000 + i;
+                pg.batch_execute(&format!(
+                    "INSERT INTO {schema}.t (id, k) VALUES ({id}, {i});
+                     UPDATE {schema}.t SET k = k + 1 WHERE id = {};
+                     DELETE FROM {schema}.t WHERE id = {};
+                     INSERT INTO {schema}.u VALUES ({id}, {i});
+                     UPDATE {schema}.u SET k = k + 1 WHERE id = {};",
+                    1 + i,
+                    100 + i,
+                    1 + i
+                ))
+                .await
+                .unwrap();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    exec(&schema, "ALTER TABLE t DROP COLUMN d;").await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    exec(&schema, "ALTER TABLE t RENAME COLUMN r TO r2;").await;
+    writes.await.unwrap();
+    exec(&schema, "INSERT INTO t (id, k, r2) VALUES (5000, 1, 'after');").await;
+    equal(&schema, "t", "id, k, r2").await;
+    equal(&schema, "u", "id, k").await;
+    // The dropped column is kept: old rows keep their value, new rows NULL.
+    let (old, new): (u64, u64) = ch(&schema)
+        .query(
+            "SELECT countIf(d IS NOT NULL AND id <= 200), countIf(d IS NULL AND id >= 1000) \
+             FROM t FINAL WHERE _pgpipe_is_deleted = 0",
+        )
+        .fetch_one()
+        .await
+        .unwrap();
+    assert!(old > 0 && new == 61, "{old} {new}");
+    let kinds = changes(&schema_events(&mut c, &name).await);
+    assert_eq!(
+        kinds,
+        [
+            (SchemaChangeKind::DropColumn, "d".into(), String::new()),
+            (SchemaChangeKind::RenameColumn, "r".into(), "r2".into()),
+        ]
+    );
+
+    // Restarted, the pipe replays its events and goes on.
+    let dir = srv.stop().await;
+    let srv = InProcess::start_with(dir, None, true).await;
+    let mut c = srv.client().await;
+    exec(&schema, "INSERT INTO t (id, k, r2) VALUES (5001, 2, 'restarted'); UPDATE t SET r2 = 'x' WHERE id = 5000;").await;
+    equal(&schema, "t", "id, k, r2").await;
+    let p = get(&mut c, &name).await;
+    assert_eq!(p.status(), PipeStatus::Running);
+    assert_eq!(changes(&schema_events(&mut c, &name).await).len(), 2);
+    delete(&mut c, &name).await;
+}
+
+/// int4 -> int8, varchar(10) -> text, numeric(10,2) -> numeric(14,2):
+/// ClickHouse's columns are widened in place; values beyond the old types
+/// arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn widening_a_type_modifies_the_clickhouse_column() {
+    let schema = unique("ddl_wide");
+    setup(
+        &schema,
+        "CREATE TABLE t (id bigint PRIMARY KEY, a int, s varchar(10), n numeric(10,2));
+         INSERT INTO t SELECT g, g, 's' || g, g + 0.25 FROM generate_series(1, 50) g;",
+    )
+    .await;
+    let (_srv, mut c, name) = start(&schema, &["t"]).await;
+    exec(
+        &schema,
+        "ALTER TABLE t ALTER COLUMN a TYPE bigint, ALTER COLUMN s TYPE text,
+             ALTER COLUMN n TYPE numeric(14,2);
+         INSERT INTO t VALUES (51, 9000000000, repeat('long', 10), 123456789012.34);",
+    )
+    .await;
+    equal(&schema, "t", "id, a, s, n").await;
+    assert_eq!(ch_type(&schema, "t", "a").await, "Nullable(Int64)");
+    assert_eq!(ch_type(&schema, "t", "n").await, "Nullable(Decimal(14, 2))");
+    let kinds = changes(&schema_events(&mut c, &name).await);
+    assert_eq!(kinds.len(), 3, "{kinds:?}");
+    assert!(kinds.iter().all(|k| k.0 == SchemaChangeKind::RetypeColumn));
+    delete(&mut c, &name).await;
+}
+
+/// A narrowing (int8 -> int4) fails only its table; the other keeps
+/// replicating; the table resync rebuilds it with the new type, equal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_narrowing_fails_only_its_table_and_a_table_resync_heals_it() {
+    let schema = unique("ddl_narrow");
+    setup(
+        &schema,
+        "CREATE TABLE a (id bigint PRIMARY KEY, big bigint, v text);
+         CREATE TABLE b (id bigint PRIMARY KEY, v text);
+         INSERT INTO a SELECT g, g, 'a' || g FROM generate_series(1, 50) g;
+         INSERT INTO b SELECT g, 'b' || g FROM generate_series(1, 50) g;",
+    )
+    .await;
+    let (_srv, mut c, name) = start(&schema, &["a", "b"]).await;
+    exec(
+        &schema,
+        "ALTER TABLE a ALTER COLUMN big TYPE int;
+         INSERT INTO a VALUES (51, 51, 'after');",
+    )
+    .await;
+    let a = format!("{schema}.a");
+    let failed = wait_table_state(&mut c, &name, &a, TableState::Failed).await;
+    assert!(
+        failed.error.contains("\"big\"") && failed.error.contains("resync this table"),
+        "{}",
+        failed.error
+    );
+    // The others go on, and the failed table's changes are skipped.
+    exec(&schema, "INSERT INTO b VALUES (51, 'b51'); INSERT INTO a VALUES (52, 52, 'skipped');").await;
+    equal(&schema, "b", "id, v").await;
+
+    c.resync_pipe(ResyncPipeRequest {
+        name: name.clone(),
+        tables: vec![a.clone()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    wait_table_state(&mut c, &name, &a, TableState::Replicating).await;
+    exec(&schema, "INSERT INTO a VALUES (53, 53, 'healed'); DELETE FROM a WHERE id = 1;").await;
+    equal(&schema, "a", "id, big, v").await;
+    assert_eq!(ch_type(&schema, "a", "big").await, "Nullable(Int32)");
+    delete(&mut c, &name).await;
+}
