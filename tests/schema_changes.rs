@@ -18,7 +18,9 @@ const T: Duration = Duration::from_secs(120);
 /// Creates `schema` and runs `sql` in it.
 async fn setup(schema: &str, sql: &str) {
     pg().await
-        .batch_execute(&format!("CREATE SCHEMA {schema}; SET search_path = {schema}; {sql}"))
+        .batch_execute(&format!(
+            "CREATE SCHEMA {schema}; SET search_path = {schema}; {sql}"
+        ))
         .await
         .unwrap();
 }
@@ -72,7 +74,12 @@ fn changes(events: &[Payload]) -> Vec<(SchemaChangeKind, String, String)> {
         .collect()
 }
 
-async fn wait_table_state(c: &mut Client, name: &str, table: &str, state: TableState) -> TableStats {
+async fn wait_table_state(
+    c: &mut Client,
+    name: &str,
+    table: &str,
+    state: TableState,
+) -> TableStats {
     let deadline = tokio::time::Instant::now() + T;
     loop {
         let p = get(c, name).await;
@@ -183,9 +190,21 @@ async fn a_volatile_default_fails_only_its_table_until_it_is_resynced() {
         "{}",
         failed.error
     );
-    assert!(failed.error.contains("resync this table"), "{}", failed.error);
-    assert!(failed.error.contains(&format!("--table {a}")), "{}", failed.error);
-    exec(&schema, "INSERT INTO b SELECT g, 'b' || g FROM generate_series(51, 80) g;").await;
+    assert!(
+        failed.error.contains("resync this table"),
+        "{}",
+        failed.error
+    );
+    assert!(
+        failed.error.contains(&format!("--table {a}")),
+        "{}",
+        failed.error
+    );
+    exec(
+        &schema,
+        "INSERT INTO b SELECT g, 'b' || g FROM generate_series(51, 80) g;",
+    )
+    .await;
     equal(&schema, "b", "id, v").await;
     let events = schema_events(&mut c, &name).await;
     assert!(
@@ -204,7 +223,11 @@ async fn a_volatile_default_fails_only_its_table_until_it_is_resynced() {
     .unwrap();
     let healed = wait_table_state(&mut c, &name, &a, TableState::Replicating).await;
     assert!(healed.error.is_empty(), "{}", healed.error);
-    exec(&schema, "INSERT INTO a (id, v) VALUES (52, 'y'); UPDATE a SET v = 'z' WHERE id = 1;").await;
+    exec(
+        &schema,
+        "INSERT INTO a (id, v) VALUES (52, 'y'); UPDATE a SET v = 'z' WHERE id = 1;",
+    )
+    .await;
     equal(&schema, "a", "id, v, r").await;
     delete(&mut c, &name).await;
 }
@@ -251,7 +274,11 @@ async fn drop_and_rename_under_writes_keep_every_table_replicating() {
     tokio::time::sleep(Duration::from_millis(800)).await;
     exec(&schema, "ALTER TABLE t RENAME COLUMN r TO r2;").await;
     writes.await.unwrap();
-    exec(&schema, "INSERT INTO t (id, k, r2) VALUES (5000, 1, 'after');").await;
+    exec(
+        &schema,
+        "INSERT INTO t (id, k, r2) VALUES (5000, 1, 'after');",
+    )
+    .await;
     equal(&schema, "t", "id, k, r2").await;
     equal(&schema, "u", "id, k").await;
     // The dropped column is kept: old rows keep their value, new rows NULL.
@@ -342,7 +369,11 @@ async fn a_narrowing_fails_only_its_table_and_a_table_resync_heals_it() {
         failed.error
     );
     // The others go on, and the failed table's changes are skipped.
-    exec(&schema, "INSERT INTO b VALUES (51, 'b51'); INSERT INTO a VALUES (52, 52, 'skipped');").await;
+    exec(
+        &schema,
+        "INSERT INTO b VALUES (51, 'b51'); INSERT INTO a VALUES (52, 52, 'skipped');",
+    )
+    .await;
     equal(&schema, "b", "id, v").await;
 
     c.resync_pipe(ResyncPipeRequest {
@@ -353,7 +384,11 @@ async fn a_narrowing_fails_only_its_table_and_a_table_resync_heals_it() {
     .await
     .unwrap();
     wait_table_state(&mut c, &name, &a, TableState::Replicating).await;
-    exec(&schema, "INSERT INTO a VALUES (53, 53, 'healed'); DELETE FROM a WHERE id = 1;").await;
+    exec(
+        &schema,
+        "INSERT INTO a VALUES (53, 53, 'healed'); DELETE FROM a WHERE id = 1;",
+    )
+    .await;
     equal(&schema, "a", "id, big, v").await;
     assert_eq!(ch_type(&schema, "a", "big").await, "Nullable(Int32)");
     delete(&mut c, &name).await;

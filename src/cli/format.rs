@@ -383,10 +383,9 @@ pub(crate) fn event_text(ev: &Event) -> String {
             format_count(p.soft_deletes_transferred)
         ),
         Payload::SchemaChanged(c) => schema_change_text(c),
-        Payload::TableFailed(f) => format!(
-            "table {} FAILED at {}: {}",
-            f.source_table, f.lsn, f.reason
-        ),
+        Payload::TableFailed(f) => {
+            format!("table {} FAILED at {}: {}", f.source_table, f.lsn, f.reason)
+        }
         Payload::SlotHealthWarning(p) => format!(
             "slot warning ({}, wal_status {}): {}",
             slot_kind(p.kind),

@@ -527,9 +527,9 @@ pub(crate) fn create_request_from_json(v: &Value) -> Result<CreatePipeRequest, S
                             s.slot_check_interval_seconds = unsigned32(v, &p)?
                         }
                         "drop_dropped_columns" => {
-                            s.drop_dropped_columns = v.as_bool().ok_or_else(|| {
-                                format!("{p}: expected true or false")
-                            })?
+                            s.drop_dropped_columns = v
+                                .as_bool()
+                                .ok_or_else(|| format!("{p}: expected true or false"))?
                         }
                         _ => s.cdc_sync_interval_ms = unsigned32(v, &p)?,
                     }

@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, HashMap};
 use crate::domain::validate::selector_matches;
 
 use crate::proto::{
-    DeleteReason, Event, Pipe, PipeConfig, PipeStatus, SchemaChangeKind, SchemaChanged,
-    StepTiming, TableConfig, TableState, TableStats, event::Payload,
+    DeleteReason, Event, Pipe, PipeConfig, PipeStatus, SchemaChangeKind, SchemaChanged, StepTiming,
+    TableConfig, TableState, TableStats, event::Payload,
 };
 
 /// Name of an event's payload, as shown to humans and in logs.
@@ -334,14 +334,14 @@ pub fn apply(pipe: Option<&mut Pipe>, e: &Event) -> Option<Pipe> {
                     }
                 }
                 Payload::SchemaChanged(c) => {
-                    if c.kind() == SchemaChangeKind::RenameColumn {
-                        if let Some(cfg) = p.config.as_mut().and_then(|cfg| {
+                    if c.kind() == SchemaChangeKind::RenameColumn
+                        && let Some(cfg) = p.config.as_mut().and_then(|cfg| {
                             cfg.tables
                                 .iter_mut()
                                 .find(|t| t.source_table == c.source_table)
-                        }) {
-                            fold_rename(cfg, c);
-                        }
+                        })
+                    {
+                        fold_rename(cfg, c);
                     }
                 }
                 Payload::TableFailed(f) => {

@@ -24,7 +24,7 @@ use crate::proto::{SchemaChangeKind, SchemaChanged, TableFailed};
 use crate::sink::types::Kind;
 use crate::source::{self, AddedValue};
 
-use super::{EngineError, Ends, Loads, Result, Worker, write_rows};
+use super::{Ends, EngineError, Loads, Result, Worker, write_rows};
 
 /// One column change between two shapes of a table (matched by attnum).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -289,10 +289,10 @@ impl Worker {
             Ok(d) => match fits_options(cols, &d, &source_table) {
                 Err(reason) => Err(Failure::Table(reason)),
                 Ok(()) => {
-                let also = loads.also.get(&rel.oid).cloned();
-                self.apply_changes(ends, cols, &d, &dest, also.as_deref(), &source_table, lsn)
-                    .await
-                    .map(|a| (d, a))
+                    let also = loads.also.get(&rel.oid).cloned();
+                    self.apply_changes(ends, cols, &d, &dest, also.as_deref(), &source_table, lsn)
+                        .await
+                        .map(|a| (d, a))
                 }
             },
             Err(reason) => Err(Failure::Table(reason)),
@@ -301,10 +301,7 @@ impl Worker {
             Ok(x) => x,
             Err(Failure::Engine(e)) => return Err(e),
             Err(Failure::Table(reason)) => {
-                let reason = format!(
-                    "{reason}{}",
-                    resync_hint(&source_table, &self.name)
-                );
+                let reason = format!("{reason}{}", resync_hint(&source_table, &self.name));
                 return self
                     .fail_table(tables, pending, loads, rel.oid, &source_table, reason, lsn)
                     .await;
@@ -401,7 +398,11 @@ impl Worker {
         let oid = fresh.oid;
         tables.insert(
             oid,
-            (view.dest.clone(), prep.destination_table.clone(), name.clone()),
+            (
+                view.dest.clone(),
+                prep.destination_table.clone(),
+                name.clone(),
+            ),
         );
         sort_keys.insert(oid, prep.order_by.clone());
         described.insert(
@@ -622,9 +623,9 @@ impl Worker {
                                 }
                                 // Renamed before a crash.
                                 (false, true) => done.push(format!("{t}: already renamed")),
-                                _ => done.push(
-                                    ends.ch.rename_column(t, &old.name, &new.name).await?,
-                                ),
+                                _ => {
+                                    done.push(ends.ch.rename_column(t, &old.name, &new.name).await?)
+                                }
                             }
                         }
                         ev.destination_column = new.name.clone();
@@ -653,10 +654,8 @@ impl Worker {
                         };
                         ev.destination_column = name.clone();
                         if from == to {
-                            ev.clickhouse = format!(
-                                "nothing: both map to {} in ClickHouse",
-                                to.ch_type(false)
-                            );
+                            ev.clickhouse =
+                                format!("nothing: both map to {} in ClickHouse", to.ch_type(false));
                         } else if !widens(&from, &to) {
                             return Err(refuse(&format!(
                                 "not every value of the new type fits ClickHouse's {} (only \
@@ -843,7 +842,11 @@ mod tests {
         let known = base();
         let mut fresh = base();
         fresh.key = vec![1];
-        assert!(diff(&known, &fresh, &rel(&fresh)).unwrap_err().contains("key"));
+        assert!(
+            diff(&known, &fresh, &rel(&fresh))
+                .unwrap_err()
+                .contains("key")
+        );
     }
 
     #[test]

@@ -952,13 +952,13 @@ impl Worker {
                     stats.state(),
                     TableState::ResyncPending | TableState::Resyncing
                 );
-            if failed && !tables.values().any(|(_, _, src)| src == name) {
-                if !self
+            if failed
+                && !tables.values().any(|(_, _, src)| src == name)
+                && !self
                     .route_rebuilt(ends, &pipe, cfg, tables, described, sort_keys)
                     .await?
-                {
-                    continue;
-                }
+            {
+                continue;
             }
             match stats.state() {
                 TableState::Replicating | TableState::Failed => {}
@@ -1342,29 +1342,35 @@ fn replicated_views(
         .iter()
         .zip(tables)
         .enumerate()
-        .map(|(i, (cfg, t))| match columns::replicated(i, t, cfg, false) {
-            Ok(v) => Ok(v),
-            Err(_) if failed.contains(&cfg.source_table.as_str()) => {
-                let empty = SourceTable {
-                    columns: Vec::new(),
-                    key: Vec::new(),
-                    ..t.clone()
-                };
-                Ok(Replicated {
-                    kept: Vec::new(),
-                    source: empty.clone(),
-                    dest: empty,
-                })
-            }
-            Err(p) => Err(column_error(t, &p)),
-        })
+        .map(
+            |(i, (cfg, t))| match columns::replicated(i, t, cfg, false) {
+                Ok(v) => Ok(v),
+                Err(_) if failed.contains(&cfg.source_table.as_str()) => {
+                    let empty = SourceTable {
+                        columns: Vec::new(),
+                        key: Vec::new(),
+                        ..t.clone()
+                    };
+                    Ok(Replicated {
+                        kept: Vec::new(),
+                        source: empty.clone(),
+                        dest: empty,
+                    })
+                }
+                Err(p) => Err(column_error(t, &p)),
+            },
+        )
         .collect()
 }
 
 /// A failed table being rebuilt by a table resync: its CDC changes go to
 /// the `_resync` table only (the old table may not fit the source's new
 /// types; it is swapped out at the end).
-fn rebuild_only(tables: &mut HashMap<u32, (SourceTable, String, String)>, loads: &mut Loads, name: &str) {
+fn rebuild_only(
+    tables: &mut HashMap<u32, (SourceTable, String, String)>,
+    loads: &mut Loads,
+    name: &str,
+) {
     let Some((oid, route)) = tables.iter_mut().find(|(_, (_, _, src))| src == name) else {
         return;
     };

@@ -62,7 +62,12 @@ fn value_literal(kind: &Kind, input: &mut &[u8]) -> R<String> {
     let base = kind.ch_type(false);
     let mut text = Vec::new();
     Ok(match kind {
-        Kind::Bool => (if take(input, 1)?[0] != 0 { "true" } else { "false" }).into(),
+        Kind::Bool => (if take(input, 1)?[0] != 0 {
+            "true"
+        } else {
+            "false"
+        })
+        .into(),
         Kind::Int16 => format!("CAST({} AS Int16)", i16::from_le_bytes(int(input)?)),
         Kind::Int32 => format!("CAST({} AS Int32)", i32::from_le_bytes(int(input)?)),
         Kind::Int64 | Kind::Time => format!("CAST({} AS Int64)", i64::from_le_bytes(int(input)?)),

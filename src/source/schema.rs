@@ -379,7 +379,6 @@ fn first_array_element(t: &[u8]) -> Option<Option<Vec<u8>>> {
     }
 }
 
-
 #[derive(Debug, Clone)]
 struct TypeRow {
     name: String,
