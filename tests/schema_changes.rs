@@ -393,3 +393,199 @@ async fn a_narrowing_fails_only_its_table_and_a_table_resync_heals_it() {
     assert_eq!(ch_type(&schema, "a", "big").await, "Nullable(Int32)");
     delete(&mut c, &name).await;
 }
+
+/// Changes made while the pipe is paused (rows before and after them still
+/// in the slot): on resume the ClickHouse table is brought in line and the
+/// rows of both shapes arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn changes_made_while_paused_are_applied_on_resume() {
+    let schema = unique("ddl_pause");
+    setup(
+        &schema,
+        "CREATE TABLE t (id bigint PRIMARY KEY, a int, v text);
+         INSERT INTO t SELECT g, g, 'v' || g FROM generate_series(1, 50) g;",
+    )
+    .await;
+    let (_srv, mut c, name) = start(&schema, &["t"]).await;
+    c.pause_pipe(PausePipeRequest { name: name.clone() })
+        .await
+        .unwrap();
+    exec(
+        &schema,
+        "INSERT INTO t VALUES (51, 51, 'before');
+         ALTER TABLE t ADD COLUMN level int NOT NULL DEFAULT 7;
+         ALTER TABLE t ALTER COLUMN a TYPE bigint;
+         INSERT INTO t VALUES (52, 9000000000, 'after', 3);",
+    )
+    .await;
+    c.resume_pipe(ResumePipeRequest { name: name.clone() })
+        .await
+        .unwrap();
+    equal(&schema, "t", "id, a, v, level").await;
+    assert_eq!(ch_type(&schema, "t", "a").await, "Nullable(Int64)");
+    let kinds: Vec<_> = changes(&schema_events(&mut c, &name).await)
+        .into_iter()
+        .map(|k| k.0)
+        .collect();
+    assert!(kinds.contains(&SchemaChangeKind::AddColumn), "{kinds:?}");
+    assert!(kinds.contains(&SchemaChangeKind::RetypeColumn), "{kinds:?}");
+    delete(&mut c, &name).await;
+}
+
+/// ClickHouse cannot rename a sorting-key column: it keeps its name, the
+/// table's config maps the new source name to it (folded from the event,
+/// so a restart uses it), and replication goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_renamed_key_column_keeps_its_clickhouse_name() {
+    let schema = unique("ddl_rnkey");
+    setup(
+        &schema,
+        "CREATE TABLE t (id bigint PRIMARY KEY, v text);
+         INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 50) g;",
+    )
+    .await;
+    let (srv, mut c, name) = start(&schema, &["t"]).await;
+    exec(
+        &schema,
+        "ALTER TABLE t RENAME COLUMN id TO ident;
+         INSERT INTO t VALUES (51, 'after'); UPDATE t SET v = 'u' WHERE ident = 1;",
+    )
+    .await;
+    let same = async |schema: &str| {
+        let deadline = tokio::time::Instant::now() + T;
+        loop {
+            match try_diff_as(schema, "t", schema, "t", "ident, v", "id, v").await {
+                Ok(0) => return,
+                r => assert!(tokio::time::Instant::now() < deadline, "differ: {r:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    };
+    same(&schema).await;
+    let p = get(&mut c, &name).await;
+    let cfg = &p.config.unwrap().tables[0];
+    assert_eq!(
+        cfg.rename_columns.get("ident").map(String::as_str),
+        Some("id")
+    );
+
+    let dir = srv.stop().await;
+    let srv = InProcess::start_with(dir, None, true).await;
+    let mut c = srv.client().await;
+    exec(
+        &schema,
+        "INSERT INTO t VALUES (52, 'restarted'); DELETE FROM t WHERE ident = 2;",
+    )
+    .await;
+    same(&schema).await;
+    delete(&mut c, &name).await;
+}
+
+/// With `drop_dropped_columns`, a column dropped at the source is dropped
+/// in ClickHouse too; the change is visible in WatchPipe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn drop_dropped_columns_drops_the_clickhouse_column() {
+    let schema = unique("ddl_dropd");
+    setup(
+        &schema,
+        "CREATE TABLE t (id bigint PRIMARY KEY, v text, gone text);
+         INSERT INTO t SELECT g, 'v' || g, 'g' FROM generate_series(1, 20) g;",
+    )
+    .await;
+    let srv = InProcess::start_engine().await;
+    let mut c = srv.client().await;
+    let name = schema.replace('_', "-");
+    let mut req = pipe_req(&name, &schema, &[&format!("{schema}.t")]);
+    if let Some(s) = req.settings.as_mut() {
+        s.drop_dropped_columns = true;
+    }
+    c.create_pipe(req).await.unwrap();
+    wait_running(&mut c, &name, T).await;
+    let mut watch = c
+        .watch_pipe(WatchPipeRequest {
+            name: name.clone(),
+            after_cursor: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    exec(
+        &schema,
+        "ALTER TABLE t DROP COLUMN gone; INSERT INTO t VALUES (21, 'after');",
+    )
+    .await;
+    let seen = tokio::time::timeout(T, async {
+        while let Some(m) = watch.message().await.unwrap() {
+            if let Some(Payload::SchemaChanged(s)) = m.event.and_then(|e| e.payload) {
+                return s;
+            }
+        }
+        panic!("watch ended");
+    })
+    .await
+    .unwrap();
+    assert_eq!(seen.kind(), SchemaChangeKind::DropColumn);
+    assert_eq!(seen.column, "gone");
+    assert!(
+        seen.clickhouse.contains("DROP COLUMN"),
+        "{}",
+        seen.clickhouse
+    );
+    equal(&schema, "t", "id, v").await;
+    let left: u64 = ch(&schema)
+        .query("SELECT count() FROM system.columns WHERE database = ? AND table = 't' AND name = 'gone'")
+        .bind(&schema)
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+    delete(&mut c, &name).await;
+}
+
+/// A crash after the ALTERs of a change, before its event is recorded: the
+/// restarted service applies the change again harmlessly and ends equal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_crash_between_the_alter_and_its_event_is_harmless() {
+    let schema = unique("ddl_crash");
+    setup(
+        &schema,
+        "CREATE TABLE t (id bigint PRIMARY KEY, v text);
+         INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 20) g;",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = Proc::spawn_engine(
+        dir.path(),
+        &[("PGPIPE_FAILPOINTS", "schema_change.before_record=abort")],
+    );
+    wait_serving(&p.url()).await;
+    let mut c = connect(&p.url()).await;
+    let name = schema.replace('_', "-");
+    c.create_pipe(pipe_req(&name, &schema, &[&format!("{schema}.t")]))
+        .await
+        .unwrap();
+    wait_running(&mut c, &name, T).await;
+    exec(
+        &schema,
+        "INSERT INTO t VALUES (21, 'before');
+         ALTER TABLE t ADD COLUMN level int NOT NULL DEFAULT 7;
+         INSERT INTO t VALUES (22, 'after', 3);",
+    )
+    .await;
+    let deadline = tokio::time::Instant::now() + T;
+    while p.child.try_wait().unwrap().is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the fail-point never fired"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let p2 = Proc::spawn_engine(dir.path(), &[]);
+    wait_serving(&p2.url()).await;
+    let mut c = connect(&p2.url()).await;
+    exec(&schema, "INSERT INTO t VALUES (23, 'restarted', 4);").await;
+    equal(&schema, "t", "id, v, level").await;
+    assert_eq!(get(&mut c, &name).await.status(), PipeStatus::Running);
+    delete(&mut c, &name).await;
+    drop(p);
+}

@@ -71,20 +71,18 @@ pub(super) fn diff(
     let mut cols = Vec::with_capacity(rel.columns.len());
     for r in &rel.columns {
         let same = |c: &&SourceColumn| c.type_oid == r.type_oid && c.typmod == r.type_modifier;
-        // By name; or, renamed again since, by the attnum the name had.
-        let found = fresh
-            .columns
-            .iter()
-            .filter(|c| c.name == r.name)
-            .find(same)
-            .or_else(|| {
-                let k = known.columns.iter().find(|k| k.name == r.name)?;
-                fresh
-                    .columns
-                    .iter()
-                    .filter(|c| c.attnum == k.attnum)
-                    .find(same)
-            });
+        // By name (its type as the catalog has it now: a message older than
+        // a later type change carries values that fit the new type, or the
+        // change fails the table); or, renamed again since, by the attnum
+        // the name had.
+        let found = fresh.columns.iter().find(|c| c.name == r.name).or_else(|| {
+            let k = known.columns.iter().find(|k| k.name == r.name)?;
+            fresh
+                .columns
+                .iter()
+                .filter(|c| c.attnum == k.attnum)
+                .find(same)
+        });
         let Some(c) = found else {
             return Err(format!(
                 "column {:?} of {what} changed again before pgpipe applied its earlier change",
@@ -120,15 +118,12 @@ pub(super) fn diff(
     let mut changes = Vec::new();
     for k in &known.columns {
         let Some(n) = now.columns.iter().find(|n| n.attnum == k.attnum) else {
-            if fresh.columns.iter().any(|c| c.attnum == k.attnum) {
-                // The catalog still has it: the message is older than
-                // the table's current shape.
-                return Err(format!(
-                    "a Relation message of {what} lacks column {:?}, which the catalog still has",
-                    k.name
-                ));
+            // Still in the catalog: the message is older than the column
+            // (e.g. rows from before an ADD COLUMN read after a restart);
+            // it comes back with a later message.
+            if !fresh.columns.iter().any(|c| c.attnum == k.attnum) {
+                changes.push(ColumnChange::Dropped(k.clone()));
             }
-            changes.push(ColumnChange::Dropped(k.clone()));
             continue;
         };
         if n.name != k.name {
@@ -179,6 +174,58 @@ pub(super) fn widens(old: &Kind, new: &Kind) -> bool {
         ) => s2 >= s1 && p2 - s2 >= p1 - s1,
         _ => false,
     }
+}
+
+/// The kind a ClickHouse type (without Nullable) was made from, for the
+/// types a widening starts from.
+fn kind_of_ch_type(t: &str) -> Option<Kind> {
+    Some(match t {
+        "Int16" => Kind::Int16,
+        "Int32" => Kind::Int32,
+        "Float32" => Kind::Float32,
+        _ => {
+            let (p, s) = t
+                .strip_prefix("Decimal(")?
+                .strip_suffix(')')?
+                .split_once(',')?;
+            Kind::Decimal {
+                precision: p.trim().parse().ok()?,
+                scale: s.trim().parse().ok()?,
+            }
+        }
+    })
+}
+
+/// Comment of a ClickHouse column kept after its source column was dropped.
+const DROPPED_MARK: &str = "pgpipe: dropped at the source; kept with its old values";
+
+/// Whether `t` already has the added column (an ALTER redone after a crash
+/// or a restart): Ok(true) when it has it with the same type; a different
+/// type, or a column kept from an earlier DROP COLUMN, fails the table
+/// (its old rows would keep the old values).
+async fn already_added(
+    ends: &Ends,
+    t: &str,
+    col: &SourceColumn,
+    source_table: &str,
+) -> Result<bool, Failure> {
+    let existing = ends.ch.columns(t).await?.unwrap_or_default();
+    let Some(have) = existing.iter().find(|c| c.name == col.name) else {
+        return Ok(false);
+    };
+    let comments = ends.ch.column_comments(t).await?;
+    let kind = Kind::from_pg(&col.pg_type).ok();
+    let fits =
+        kind.is_some_and(|k| have.ch_type == k.ch_type(!col.not_null && k.can_be_nullable()));
+    if comments.get(&col.name).map(String::as_str) == Some(DROPPED_MARK) || !fits {
+        return Err(Failure::Table(format!(
+            "column {:?} was added to {source_table}, but ClickHouse table {t} already has a \
+             column {:?} ({}, kept after an earlier DROP COLUMN?): its old rows would keep \
+             the old values",
+            col.name, col.name, have.ch_type
+        )));
+    }
+    Ok(true)
 }
 
 /// Checks the table's new shape against its column options (renames
@@ -307,6 +354,7 @@ impl Worker {
                     .await;
             }
         };
+        crate::failpoint::hit("schema_change.before_record").await;
         let pipe = if applied.events.is_empty() {
             self.pipe()?
         } else {
@@ -353,6 +401,170 @@ impl Worker {
             entry.config = config;
         }
         Ok(())
+    }
+
+    /// At the start of CDC, brings each routed ClickHouse table in line
+    /// with the source's current columns (the worker's baseline): changes
+    /// made while pgpipe was not reading (paused, stopped), or whose ALTER
+    /// a crash interrupted, are applied and recorded like those seen in a
+    /// Relation message (columns added, types widened; columns no longer at
+    /// the source are left as they are). A column missing in ClickHouse
+    /// while another is no longer at the source could be a rename or a drop
+    /// and an add: the table fails rather than guess.
+    pub(super) async fn reconcile_at_start(
+        &mut self,
+        ends: &Ends,
+        tables: &mut HashMap<u32, (SourceTable, String, String)>,
+        described: &HashMap<u32, super::TableColumns>,
+        loads: &mut Loads,
+    ) -> Result<()> {
+        let mut oids: Vec<u32> = tables.keys().copied().collect();
+        oids.sort_unstable();
+        for oid in oids {
+            let Some((_, dest, source_table)) = tables.get(&oid).cloned() else {
+                continue;
+            };
+            let Some(cols) = described.get(&oid) else {
+                continue;
+            };
+            match self.reconcile_table(ends, cols, &dest, &source_table).await {
+                Ok(events) if events.is_empty() => {}
+                Ok(events) => {
+                    self.record(events.into_iter().map(Payload::SchemaChanged).collect())
+                        .await?;
+                }
+                Err(Failure::Engine(e)) => return Err(e),
+                Err(Failure::Table(reason)) => {
+                    let reason = format!("{reason}{}", resync_hint(&source_table, &self.name));
+                    let mut pending = HashMap::new();
+                    self.fail_table(
+                        tables,
+                        &mut pending,
+                        loads,
+                        oid,
+                        &source_table,
+                        reason,
+                        Lsn::default(),
+                    )
+                    .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn reconcile_table(
+        &self,
+        ends: &Ends,
+        cols: &super::TableColumns,
+        dest: &str,
+        source_table: &str,
+    ) -> Result<Vec<SchemaChanged>, Failure> {
+        let Some(have) = ends.ch.columns(dest).await? else {
+            return Ok(Vec::new());
+        };
+        let have: Vec<_> = have
+            .into_iter()
+            .filter(|c| !c.name.starts_with(columns::RESERVED_PREFIX))
+            .collect();
+        let view = &cols.view;
+        let missing: Vec<(usize, &SourceColumn)> = view
+            .dest
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| !have.iter().any(|h| h.name == c.name))
+            .collect();
+        let comments = ends.ch.column_comments(dest).await?;
+        let gone: Vec<&str> = have
+            .iter()
+            .filter(|h| !view.dest.columns.iter().any(|c| c.name == h.name))
+            .filter(|h| comments.get(&h.name).map(String::as_str) != Some(DROPPED_MARK))
+            .map(|h| h.name.as_str())
+            .collect();
+        let mut events = Vec::new();
+        let event = |kind: SchemaChangeKind, column: &str| SchemaChanged {
+            source_table: source_table.to_owned(),
+            kind: kind as i32,
+            column: column.to_owned(),
+            ..Default::default()
+        };
+        if !missing.is_empty() && !gone.is_empty() {
+            let names: Vec<&str> = missing.iter().map(|(_, c)| c.name.as_str()).collect();
+            return Err(Failure::Table(format!(
+                "while pgpipe was not reading, ClickHouse columns {gone:?} of {dest} left the \
+                 source and {names:?} appeared: renamed, or dropped and added, pgpipe cannot \
+                 tell"
+            )));
+        }
+        // Columns no longer at the source are left as they are (they may be
+        // the user's own): a drop while pgpipe was not reading keeps them.
+        for (i, col) in missing {
+            let Some(src) = view.source.columns.get(i) else {
+                continue;
+            };
+            let default =
+                match source::added_column_value(&ends.pg, view.source.oid, src.attnum).await? {
+                    AddedValue::Missing(v) => Some(v),
+                    AddedValue::Null => None,
+                    AddedValue::Unknown(expr) => {
+                        return Err(Failure::Table(format!(
+                            "column {:?} was added to {source_table} with default {expr}, which \
+                         Postgres computed for each existing row: pgpipe cannot know the values",
+                            src.name
+                        )));
+                    }
+                };
+            let sql = ends
+                .ch
+                .add_column(dest, col, default.as_deref())
+                .await
+                .map_err(schema_failure)?;
+            let mut ev = event(SchemaChangeKind::AddColumn, &src.name);
+            ev.new_type = src.type_name.clone();
+            ev.destination_column = col.name.clone();
+            ev.clickhouse = format!("{sql} (found at start)");
+            events.push(ev);
+        }
+        for (src, col) in view.source.columns.iter().zip(&view.dest.columns) {
+            let Some(h) = have.iter().find(|h| h.name == col.name) else {
+                continue;
+            };
+            let Ok(to) = Kind::from_pg(&col.pg_type) else {
+                continue;
+            };
+            if h.ch_type == to.ch_type(false) || h.ch_type == to.ch_type(true) {
+                continue;
+            }
+            let nullable = h.ch_type.starts_with("Nullable(");
+            let bare = h
+                .ch_type
+                .strip_prefix("Nullable(")
+                .and_then(|t| t.strip_suffix(')'))
+                .unwrap_or(&h.ch_type);
+            let widened = kind_of_ch_type(bare).is_some_and(|from| widens(&from, &to));
+            if !widened {
+                return Err(Failure::Table(format!(
+                    "column {:?} of {source_table} is {} at the source now, which ClickHouse's \
+                     {} cannot become without loss",
+                    src.name, src.type_name, h.ch_type
+                )));
+            }
+            let ty = to.ch_type(nullable && to.can_be_nullable());
+            let sql = ends
+                .ch
+                .modify_column(dest, &col.name, &ty)
+                .await
+                .map_err(schema_failure)?;
+            let mut ev = event(SchemaChangeKind::RetypeColumn, &src.name);
+            ev.old_type = h.ch_type.clone();
+            ev.new_type = src.type_name.clone();
+            ev.destination_column = col.name.clone();
+            ev.clickhouse = format!("{sql} (found at start)");
+            events.push(ev);
+        }
+        ends.ch.forget_schema(dest);
+        Ok(events)
     }
 
     /// Routes a failed table again for its rebuild, described from the
@@ -516,24 +728,16 @@ impl Worker {
                                 )));
                             }
                         };
-                        for t in &targets {
-                            let existing = ends.ch.columns(t).await?.unwrap_or_default();
-                            if existing.iter().any(|c| c.name == name) {
-                                return Err(Failure::Table(format!(
-                                    "column {:?} was added to {source_table}, but ClickHouse \
-                                     table {t} already has a column {name:?} (kept after an \
-                                     earlier DROP COLUMN?): its old rows would keep the old \
-                                     values",
-                                    col.name
-                                )));
-                            }
-                        }
                         let added = SourceColumn {
                             name: name.clone(),
                             ..col.clone()
                         };
                         let mut done = Vec::new();
                         for t in &targets {
+                            if already_added(ends, t, &added, source_table).await? {
+                                done.push(format!("{t}: already added"));
+                                continue;
+                            }
                             done.push(
                                 ends.ch
                                     .add_column(t, &added, default)
@@ -576,6 +780,11 @@ impl Worker {
                                 .find(|c| c.name == name)
                                 .map(|c| c.ch_type)
                                 .unwrap_or_default();
+                            // Marked, so a column added later under
+                            // this name is not taken for it.
+                            for t in &targets {
+                                ends.ch.comment_column(t, &name, DROPPED_MARK).await?;
+                            }
                             ev.destination_column = name.clone();
                             ev.clickhouse = if ty.contains("Nullable(") {
                                 format!("column {name:?} kept; new rows read NULL")
@@ -832,9 +1041,10 @@ mod tests {
         let known = base();
         let mut fresh = base();
         fresh.columns.push(col("c", 4, 23, PgType::Int4));
-        let mut old = rel(&known);
-        old.columns.remove(2);
-        assert!(diff(&fresh, &fresh, &old).is_err());
+        // Rows written before `c` was added, read after a restart.
+        let d = diff(&fresh, &fresh, &rel(&known)).unwrap();
+        assert_eq!(d.changes, []);
+        assert_eq!(d.now.columns.len(), 3);
     }
 
     #[test]

@@ -634,6 +634,8 @@ impl Worker {
                 sort_keys.insert(t.oid, p.order_by.clone());
             }
         }
+        self.reconcile_at_start(&ends, &mut tables, &described, &mut loads)
+            .await?;
         let mut counts: HashMap<String, TableChangeCounts> = HashMap::new();
         let mut last_report = Instant::now();
         let mut last_lsn = String::new();

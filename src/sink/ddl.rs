@@ -336,6 +336,39 @@ impl ChSink {
         Ok(sql)
     }
 
+    /// Each column's comment (`system.columns.comment`), by name.
+    pub async fn column_comments(&self, table: &str) -> Result<HashMap<String, String>, SinkError> {
+        let rows = self
+            .client
+            .query_raw(
+                "SELECT name, comment FROM system.columns \
+                 WHERE database = {db:String} AND table = {t:String}",
+            )
+            .param("db", &self.database)
+            .param("t", table)
+            .fetch_all::<(String, String)>()
+            .await
+            .map_err(|e| self.map_err(e))?;
+        Ok(rows.into_iter().collect())
+    }
+
+    /// `ALTER TABLE COMMENT COLUMN IF EXISTS`; returns the statement run.
+    pub async fn comment_column(
+        &self,
+        table: &str,
+        column: &str,
+        comment: &str,
+    ) -> Result<String, SinkError> {
+        let sql = format!(
+            "ALTER TABLE {} COMMENT COLUMN IF EXISTS {} {}",
+            self.qualified(table),
+            quote_ident(column),
+            super::ident::quote_literal(comment.as_bytes())
+        );
+        self.exec(&sql).await?;
+        Ok(sql)
+    }
+
     /// `ALTER TABLE MODIFY COLUMN` to `ch_type`; returns the statement run.
     pub async fn modify_column(
         &self,

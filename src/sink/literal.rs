@@ -8,6 +8,7 @@
 //! unescaped.
 
 use super::codec::{decode_value, encode_value, read_uleb};
+use super::ident::quote_literal;
 use super::types::Kind;
 
 type R<T> = Result<T, String>;
@@ -38,24 +39,6 @@ fn int<const N: usize>(input: &mut &[u8]) -> R<[u8; N]> {
     let mut a = [0u8; N];
     a.copy_from_slice(take(input, N)?);
     Ok(a)
-}
-
-/// A single-quoted ClickHouse string of ASCII text made by the codec.
-fn quoted(t: &[u8]) -> String {
-    let mut s = String::with_capacity(t.len() + 2);
-    s.push('\'');
-    for &c in t {
-        match c {
-            b'\'' | b'\\' => {
-                s.push('\\');
-                s.push(c as char);
-            }
-            c if c.is_ascii_graphic() || c == b' ' => s.push(c as char),
-            c => s.push_str(&format!("\\x{c:02X}")),
-        }
-    }
-    s.push('\'');
-    s
 }
 
 fn value_literal(kind: &Kind, input: &mut &[u8]) -> R<String> {
@@ -89,7 +72,7 @@ fn value_literal(kind: &Kind, input: &mut &[u8]) -> R<String> {
         }
         Kind::Decimal { .. } | Kind::Date | Kind::Uuid => {
             decode_value(kind, input, &mut text)?;
-            format!("CAST({} AS {base})", quoted(&text))
+            format!("CAST({} AS {base})", quote_literal(&text))
         }
         Kind::Array(elem) => {
             let n = read_uleb(input)?;

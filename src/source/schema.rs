@@ -320,38 +320,79 @@ pub enum AddedValue {
 
 /// What old rows read for column `attnum` of table `oid`
 /// (`pg_attribute.atthasmissing/attmissingval`, `pg_attrdef`).
+///
+/// Without a missing value (a volatile default made Postgres rewrite the
+/// table, or a later rewrite such as `ALTER COLUMN ... TYPE` stored the
+/// values), a default whose expression calls only immutable functions is
+/// evaluated: every old row got that value.
 pub async fn added_column_value(
     client: &Client,
     oid: u32,
     attnum: i16,
 ) -> Result<AddedValue, SourceError> {
+    let ctx = "reading a column default";
     let row = client
         .query_opt(
-            "SELECT a.atthasmissing, a.attmissingval::text, \
-                    (SELECT pg_get_expr(d.adbin, d.adrelid) FROM pg_attrdef d \
-                     WHERE d.adrelid = a.attrelid AND d.adnum = a.attnum) \
-             FROM pg_attribute a WHERE a.attrelid = $1 AND a.attnum = $2",
+            "SELECT a.atthasmissing, a.attmissingval::text, d.adbin::text, \
+                    pg_get_expr(d.adbin, d.adrelid), format_type(a.atttypid, a.atttypmod) \
+             FROM pg_attribute a LEFT JOIN pg_attrdef d \
+                  ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
+             WHERE a.attrelid = $1 AND a.attnum = $2",
             &[&oid, &attnum],
         )
         .await
-        .map_err(|e| SourceError::query("reading a column default", &e))?;
+        .map_err(|e| SourceError::query(ctx, &e))?;
     let Some(row) = row else {
         return Ok(AddedValue::Null);
     };
     let has_missing: bool = row.get(0);
     let missing: Option<String> = row.get(1);
-    let default: Option<String> = row.get(2);
-    Ok(match (has_missing, missing, default) {
-        (true, Some(m), _) => match first_array_element(m.as_bytes()) {
+    let tree: Option<String> = row.get(2);
+    let expr: Option<String> = row.get(3);
+    let type_name: String = row.get(4);
+    if let (true, Some(m)) = (has_missing, &missing) {
+        return Ok(match first_array_element(m.as_bytes()) {
             Some(Some(v)) => AddedValue::Missing(v),
             Some(None) => AddedValue::Null,
             None => AddedValue::Unknown(format!("attmissingval {m}")),
-        },
-        (_, _, Some(expr)) if !expr.eq_ignore_ascii_case("NULL") && !expr.starts_with("NULL::") => {
-            AddedValue::Unknown(expr)
-        }
-        _ => AddedValue::Null,
-    })
+        });
+    }
+    let (Some(tree), Some(expr)) = (tree, expr) else {
+        return Ok(AddedValue::Null);
+    };
+    // Functions (and operators' functions) the expression calls, from its
+    // node tree; SQL value functions (CURRENT_TIMESTAMP...) and sequences
+    // are never constant.
+    if tree.contains("SQLVALUEFUNCTION") || tree.contains("NEXTVALUEEXPR") {
+        return Ok(AddedValue::Unknown(expr));
+    }
+    let funcs: Vec<u32> = tree
+        .split(":funcid ")
+        .skip(1)
+        .chain(tree.split(":opfuncid ").skip(1))
+        .filter_map(|t| t.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        .collect();
+    let immutable: bool = client
+        .query_one(
+            "SELECT coalesce(bool_and(provolatile = 'i'), true) FROM pg_proc WHERE oid = ANY($1)",
+            &[&funcs],
+        )
+        .await
+        .map_err(|e| SourceError::query(ctx, &e))?
+        .get(0);
+    if !immutable {
+        return Ok(AddedValue::Unknown(expr));
+    }
+    // The catalog's own deparsed expression and type name: valid SQL.
+    let value: Option<String> = client
+        .query_one(
+            &format!("SELECT (CAST(({expr}) AS {type_name}))::text"),
+            &[],
+        )
+        .await
+        .map_err(|e| SourceError::query(ctx, &e))?
+        .get(0);
+    Ok(value.map_or(AddedValue::Null, |v| AddedValue::Missing(v.into_bytes())))
 }
 
 /// The first element of a Postgres array literal (`{7}`, `{"a \"b\""}`):

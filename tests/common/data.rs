@@ -207,3 +207,25 @@ pub async fn wait_equal(
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
+
+/// Like [`try_diff`], with the source's columns (`source_cols`) compared to
+/// differently named destination columns (`dest_cols`), e.g. after a
+/// rename kept under the old ClickHouse name.
+pub async fn try_diff_as(
+    database: &str,
+    dest: &str,
+    schema: &str,
+    table: &str,
+    source_cols: &str,
+    dest_cols: &str,
+) -> Result<u64, clickhouse::error::Error> {
+    let (hostport, db) = pg_parts();
+    let src = format!("postgresql('{hostport}', '{db}', '{table}', 'postgres', '', '{schema}')");
+    let dst = format!("`{database}`.`{dest}` FINAL WHERE _pgpipe_is_deleted = 0");
+    let q = format!(
+        "SELECT toInt64(assumeNotNull((SELECT count() FROM (SELECT {source_cols} FROM {src} EXCEPT SELECT {dest_cols} FROM {dst})) + \
+                (SELECT count() FROM (SELECT {dest_cols} FROM {dst} EXCEPT SELECT {source_cols} FROM {src})) + \
+                abs(toInt64((SELECT count() FROM {src})) - toInt64((SELECT count() FROM {dst})))))"
+    );
+    Ok(ch(database).query(&q).fetch_one::<i64>().await? as u64)
+}
