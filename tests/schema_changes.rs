@@ -354,7 +354,7 @@ async fn a_narrowing_fails_only_its_table_and_a_table_resync_heals_it() {
          INSERT INTO b SELECT g, 'b' || g FROM generate_series(1, 50) g;",
     )
     .await;
-    let (_srv, mut c, name) = start(&schema, &["a", "b"]).await;
+    let (srv, mut c, name) = start(&schema, &["a", "b"]).await;
     exec(
         &schema,
         "ALTER TABLE a ALTER COLUMN big TYPE int;
@@ -375,6 +375,21 @@ async fn a_narrowing_fails_only_its_table_and_a_table_resync_heals_it() {
     )
     .await;
     equal(&schema, "b", "id, v").await;
+
+    // Restarted, the table is still failed (from the log) and skipped.
+    let dir = srv.stop().await;
+    let srv = InProcess::start_with(dir, None, true).await;
+    let mut c = srv.client().await;
+    exec(&schema, "INSERT INTO b VALUES (52, 'b52');").await;
+    equal(&schema, "b", "id, v").await;
+    let again = wait_table_state(&mut c, &name, &a, TableState::Failed).await;
+    assert_eq!(again.error, failed.error);
+    let fails = schema_events(&mut c, &name)
+        .await
+        .into_iter()
+        .filter(|p| matches!(p, Payload::TableFailed(_)))
+        .count();
+    assert_eq!(fails, 1);
 
     c.resync_pipe(ResyncPipeRequest {
         name: name.clone(),

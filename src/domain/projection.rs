@@ -528,4 +528,66 @@ mod tests {
         assert_eq!(excluded(&p, "a").as_deref(), Some("x"));
         assert_eq!(excluded(&p, "nope"), None);
     }
+
+    fn apply_to(p: &mut Projection, payload: Payload) -> Pipe {
+        let mut e = new_event("a", payload);
+        e.pipe_name = "p".into();
+        p.apply(&e);
+        p.by_id("a").cloned().unwrap()
+    }
+
+    #[test]
+    fn a_source_rename_carries_the_tables_column_options_over() {
+        let mut p = Projection::default();
+        created(&mut p, "a", "", "secret");
+        let rename = |from: &str, to: &str, dest: &str| {
+            Payload::SchemaChanged(SchemaChanged {
+                source_table: "public.t".into(),
+                kind: SchemaChangeKind::RenameColumn as i32,
+                column: from.into(),
+                new_column: to.into(),
+                destination_column: dest.into(),
+                ..Default::default()
+            })
+        };
+        // Excluded: stays excluded under the new name.
+        let pipe = apply_to(&mut p, rename("secret", "hidden", ""));
+        let cfg = &pipe.config.unwrap().tables[0];
+        assert_eq!(cfg.exclude_columns, ["hidden"]);
+        // Kept under its ClickHouse name (a sorting-key column): mapped.
+        let pipe = apply_to(&mut p, rename("id", "ident", "id"));
+        let cfg = &pipe.config.unwrap().tables[0];
+        assert_eq!(
+            cfg.rename_columns.get("ident").map(String::as_str),
+            Some("id")
+        );
+        // Renamed again, now in ClickHouse too: no mapping left.
+        let pipe = apply_to(&mut p, rename("ident", "key", "key"));
+        assert!(pipe.config.unwrap().tables[0].rename_columns.is_empty());
+    }
+
+    #[test]
+    fn a_failed_table_is_failed_until_its_resync_swaps_in() {
+        let mut p = Projection::default();
+        created(&mut p, "a", "", "x");
+        let pipe = apply_to(
+            &mut p,
+            Payload::TableFailed(crate::proto::TableFailed {
+                source_table: "public.t".into(),
+                reason: "why; resync this table".into(),
+                lsn: "0/1".into(),
+            }),
+        );
+        assert_eq!(pipe.tables[0].state(), TableState::Failed);
+        assert_eq!(pipe.tables[0].error, "why; resync this table");
+        let pipe = apply_to(
+            &mut p,
+            Payload::TableSwapped(crate::proto::TableSwapped {
+                source_table: "public.t".into(),
+                ..Default::default()
+            }),
+        );
+        assert_eq!(pipe.tables[0].state(), TableState::Replicating);
+        assert!(pipe.tables[0].error.is_empty());
+    }
 }
