@@ -109,13 +109,16 @@ async fn ch_type(schema: &str, table: &str, column: &str) -> String {
         .unwrap()
 }
 
+/// Deletes the pipe and waits until its slot and publication are gone.
 async fn delete(c: &mut Client, name: &str) {
+    let id = get(c, name).await.id;
     c.delete_pipe(DeletePipeRequest {
         name: name.into(),
         ..Default::default()
     })
     .await
     .unwrap();
+    wait_released(c, &id).await;
 }
 
 /// Old rows (some with TOASTed values) read the added column's default in

@@ -89,6 +89,19 @@ pub(super) fn diff(
                 r.name
             ));
         };
+        // The name now belongs to another attnum, and the old one is gone:
+        // dropped and added again, and this message may be from either
+        // side of it, so which rows hold which column cannot be told.
+        if let Some(k) = known.columns.iter().find(|k| k.name == r.name)
+            && k.attnum != c.attnum
+            && !fresh.columns.iter().any(|f| f.attnum == k.attnum)
+        {
+            return Err(format!(
+                "column {:?} of {what} was dropped and added again before pgpipe read the \
+                 change",
+                r.name
+            ));
+        }
         cols.push(SourceColumn {
             name: r.name.clone(),
             ..c.clone()
@@ -1016,14 +1029,24 @@ mod tests {
     }
 
     #[test]
-    fn a_new_attnum_under_an_old_name_is_a_drop_and_an_add() {
+    fn a_column_dropped_and_added_under_its_name_cannot_be_told_apart() {
         let known = base();
         let mut fresh = base();
         fresh.columns[1].attnum = 4;
         fresh.columns.swap(1, 2);
+        let err = diff(&known, &fresh, &rel(&fresh)).unwrap_err();
+        assert!(err.contains("dropped and added again"), "{err}");
+    }
+
+    #[test]
+    fn a_dropped_column_and_a_new_one_are_a_drop_and_an_add() {
+        let known = base();
+        let mut fresh = base();
+        fresh.columns[1] = col("c", 4, 23, PgType::Int4);
+        fresh.columns.swap(1, 2);
         let d = diff(&known, &fresh, &rel(&fresh)).unwrap();
         assert!(matches!(&d.changes[0], ColumnChange::Dropped(c) if c.name == "a"));
-        assert!(matches!(&d.changes[1], ColumnChange::Added(c) if c.name == "a" && c.attnum == 4));
+        assert!(matches!(&d.changes[1], ColumnChange::Added(c) if c.name == "c" && c.attnum == 4));
     }
 
     #[test]
