@@ -525,6 +525,7 @@ fn create_request_from_options_env_stdin_and_file() {
         "public.orders",
         "--batch-size",
         "500",
+        "--drop-dropped-columns",
     ]) else {
         panic!()
     };
@@ -538,6 +539,7 @@ fn create_request_from_options_env_stdin_and_file() {
     let settings = req.settings.unwrap();
     assert_eq!(settings.cdc_batch_size, 500);
     assert_eq!(settings.snapshot_parallelism, 0, "0 = server default");
+    assert!(settings.drop_dropped_columns);
 
     // A missing env var or an empty stdin is an error.
     let ClientCommand::Create(a) = cmd(&[
