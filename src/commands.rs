@@ -611,8 +611,9 @@ fn can_change_tables(p: &Pipe) -> Result<(), CommandError> {
 fn can_resync_tables(p: &Pipe, tables: &[String]) -> Result<(), CommandError> {
     can_change_tables(p)?;
     for name in tables {
+        // A FAILED table is what a table resync repairs.
         if let Some(t) = p.tables.iter().find(|t| &t.source_table == name)
-            && t.state != TableState::Replicating as i32
+            && !matches!(t.state(), TableState::Replicating | TableState::Failed)
         {
             return Err(CommandError::FailedPrecondition(format!(
                 "table {name} of pipe {:?} is {}; wait until it replicates again (WatchPipe) before resyncing it",

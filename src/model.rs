@@ -84,6 +84,13 @@ pub struct SourceColumn {
     pub type_oid: u32,
     pub pg_type: PgType,
     pub not_null: bool,
+    /// `pg_attribute.attnum`: stays with the column through a rename or a
+    /// type change (how a rename is told from a drop and an add); 0 when
+    /// unknown.
+    pub attnum: i16,
+    /// `atttypmod` (-1 for none): pgoutput's Relation message carries it,
+    /// so e.g. varchar(10) -> varchar(20) is seen.
+    pub typmod: i32,
     /// The representation the user chose for the column
     /// (`TableConfig.column_types`); None: the default mapping. Set only on
     /// replicated views, never by the source's description.

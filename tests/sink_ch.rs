@@ -65,6 +65,8 @@ fn col(name: &str, pg_type: PgType, not_null: bool) -> SourceColumn {
         pg_type,
         not_null,
         repr: None,
+        attnum: 0,
+        typmod: -1,
     }
 }
 
@@ -1004,8 +1006,8 @@ async fn writer_follows_destination_nullability_and_rejects_mismatches() {
     src.columns.push(added.clone());
     let err = sink.writer("s", &src).await.unwrap_err();
     assert!(err.to_string().contains("has no column \"added\""), "{err}");
-    sink.add_column("s", &added).await.unwrap();
-    sink.add_column("s", &added).await.unwrap(); // idempotent
+    sink.add_column("s", &added, None).await.unwrap();
+    sink.add_column("s", &added, None).await.unwrap(); // idempotent
     write_rows(
         &sink,
         "s",

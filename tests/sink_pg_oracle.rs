@@ -21,6 +21,8 @@ fn col(name: &str, type_name: &str, pg_type: PgType) -> SourceColumn {
         pg_type,
         not_null: name == "id",
         repr: None,
+        attnum: 0,
+        typmod: -1,
     }
 }
 

@@ -42,6 +42,7 @@ pub fn matches(kind: HistoryKind, e: &Event) -> bool {
                 | Payload::TableLoadCompleted(_)
                 | Payload::PartitionsChanged(_)
         ),
+        HistoryKind::Schema => matches!(p, Payload::SchemaChanged(_) | Payload::TableFailed(_)),
         HistoryKind::SlotHealth => matches!(
             p,
             Payload::SlotHealthWarning(_) | Payload::SlotHealthRecovered(_)

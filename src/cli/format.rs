@@ -382,6 +382,10 @@ pub(crate) fn event_text(ev: &Event) -> String {
             p.destination_table,
             format_count(p.soft_deletes_transferred)
         ),
+        Payload::SchemaChanged(c) => schema_change_text(c),
+        Payload::TableFailed(f) => {
+            format!("table {} FAILED at {}: {}", f.source_table, f.lsn, f.reason)
+        }
         Payload::SlotHealthWarning(p) => format!(
             "slot warning ({}, wal_status {}): {}",
             slot_kind(p.kind),
@@ -492,10 +496,33 @@ pub(crate) fn pipes_table(pipes: &[Pipe]) -> String {
     )
 }
 
+/// One line for a SchemaChanged event: the source change, then what
+/// ClickHouse got.
+fn schema_change_text(c: &crate::proto::SchemaChanged) -> String {
+    use crate::proto::SchemaChangeKind as K;
+    let what = match c.kind() {
+        K::AddColumn => format!("column {} {} added", c.column, c.new_type),
+        K::DropColumn => format!("column {} dropped", c.column),
+        K::RenameColumn => format!("column {} renamed to {}", c.column, c.new_column),
+        K::RetypeColumn => format!(
+            "column {} retyped {} -> {}",
+            c.column, c.old_type, c.new_type
+        ),
+        K::Unspecified => format!("column {} changed", c.column),
+    };
+    format!(
+        "{}: {what} at {}; clickhouse: {}",
+        c.source_table, c.lsn, c.clickhouse
+    )
+}
+
 fn snapshot_cell(t: &crate::proto::TableStats) -> String {
     let rows = format_count(t.snapshot_rows);
     // A table loaded beside CDC says so.
     let state = super::json::table_state_json(t.state);
+    if t.state == crate::proto::TableState::Failed as i32 {
+        return format!("failed: {}", t.error);
+    }
     if t.state != crate::proto::TableState::Replicating as i32 {
         let progress = if t.snapshot_partitions_total > 0 {
             format!(

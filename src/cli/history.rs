@@ -44,6 +44,8 @@ pub enum Kind {
     Errors,
     Cdc,
     Snapshot,
+    /// Column changes applied while replicating, and tables they failed.
+    Schema,
 }
 
 impl From<Kind> for HistoryKind {
@@ -53,6 +55,7 @@ impl From<Kind> for HistoryKind {
             Kind::Errors => HistoryKind::Errors,
             Kind::Cdc => HistoryKind::Cdc,
             Kind::Snapshot => HistoryKind::Snapshot,
+            Kind::Schema => HistoryKind::Schema,
         }
     }
 }
@@ -159,6 +162,7 @@ fn kind_word(k: Kind) -> &'static str {
         Kind::Errors => "error",
         Kind::Cdc => "cdc",
         Kind::Snapshot => "snapshot",
+        Kind::Schema => "schema",
     }
 }
 
@@ -187,7 +191,7 @@ fn counts_cell(c: &CdcProgress) -> String {
 /// The table view of `events` for `kind`.
 pub(crate) fn history_table(kind: Kind, events: &[Event]) -> String {
     match kind {
-        Kind::All => {
+        Kind::All | Kind::Schema => {
             let rows: Vec<Vec<String>> = events
                 .iter()
                 .map(|e| {

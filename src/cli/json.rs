@@ -69,6 +69,7 @@ fn config_json(c: &PipeConfig) -> Value {
             "slot_lag_warning_bytes": s.slot_lag_warning_bytes,
             "slot_stall_warning_seconds": s.slot_stall_warning_seconds,
             "slot_check_interval_seconds": s.slot_check_interval_seconds,
+            "drop_dropped_columns": s.drop_dropped_columns,
         })),
         "labels": c.labels,
     })
@@ -100,6 +101,7 @@ fn table_stats_json(t: &crate::proto::TableStats) -> Value {
         "rows_deleted": t.rows_deleted,
         "soft_deletes_transferred": t.soft_deletes_transferred,
         "state": table_state_json(t.state),
+        "error": t.error,
     });
     if let (Some(d), Some(obj)) = (&t.source_details, v.as_object_mut()) {
         obj.insert(
@@ -282,6 +284,22 @@ fn payload_json(p: &Payload) -> Value {
             "destination_table": p.destination_table,
             "soft_deletes_transferred": p.soft_deletes_transferred,
 
+        }),
+        Payload::SchemaChanged(c) => json!({
+            "source_table": c.source_table,
+            "kind": c.kind().as_str_name().trim_start_matches("SCHEMA_CHANGE_KIND_").to_lowercase(),
+            "column": c.column,
+            "new_column": c.new_column,
+            "old_type": c.old_type,
+            "new_type": c.new_type,
+            "lsn": c.lsn,
+            "destination_column": c.destination_column,
+            "clickhouse": c.clickhouse,
+        }),
+        Payload::TableFailed(f) => json!({
+            "source_table": f.source_table,
+            "reason": f.reason,
+            "lsn": f.lsn,
         }),
         Payload::SlotHealthWarning(w) => slot_warning_json(w),
         Payload::SlotHealthRecovered(r) => json!({
@@ -530,6 +548,7 @@ pub(crate) fn create_request_from_json(v: &Value) -> Result<CreatePipeRequest, S
                         "slot_lag_warning_bytes",
                         "slot_stall_warning_seconds",
                         "slot_check_interval_seconds",
+                        "drop_dropped_columns",
                     ],
                 )? {
                     let p = format!("settings.{k}");
@@ -545,6 +564,11 @@ pub(crate) fn create_request_from_json(v: &Value) -> Result<CreatePipeRequest, S
                         }
                         "slot_check_interval_seconds" => {
                             s.slot_check_interval_seconds = unsigned32(v, &p)?
+                        }
+                        "drop_dropped_columns" => {
+                            s.drop_dropped_columns = v
+                                .as_bool()
+                                .ok_or_else(|| format!("{p}: expected true or false"))?
                         }
                         _ => s.cdc_sync_interval_ms = unsigned32(v, &p)?,
                     }

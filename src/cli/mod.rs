@@ -329,6 +329,12 @@ pub struct CreateArgs {
     #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u32).range(1..))]
     pub sync_interval_ms: Option<u32>,
 
+    /// A column dropped at the source is dropped in ClickHouse too (with
+    /// its values); by default it is kept and new rows read NULL (or the
+    /// type's default).
+    #[arg(long)]
+    pub drop_dropped_columns: bool,
+
     /// Label `key=value` to start with; repeatable.
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
@@ -1162,7 +1168,7 @@ async fn wait_tables(client: &mut Client, name: &str, tables: &[String]) -> Resu
         }
         let busy = pipe.tables.iter().any(|t| {
             (tables.is_empty() || tables.iter().any(|n| table_matches(n, &t.source_table)))
-                && t.state() != TableState::Replicating
+                && !matches!(t.state(), TableState::Replicating | TableState::Failed)
         });
         if !busy {
             return Ok(pipe);
@@ -1368,6 +1374,9 @@ fn build_create_request(
     }
     if let Some(n) = args.sync_interval_ms {
         settings.cdc_sync_interval_ms = n;
+    }
+    if args.drop_dropped_columns {
+        settings.drop_dropped_columns = true;
     }
     Ok(req)
 }

@@ -525,6 +525,7 @@ fn create_request_from_options_env_stdin_and_file() {
         "public.orders",
         "--batch-size",
         "500",
+        "--drop-dropped-columns",
     ]) else {
         panic!()
     };
@@ -538,6 +539,7 @@ fn create_request_from_options_env_stdin_and_file() {
     let settings = req.settings.unwrap();
     assert_eq!(settings.cdc_batch_size, 500);
     assert_eq!(settings.snapshot_parallelism, 0, "0 = server default");
+    assert!(settings.drop_dropped_columns);
 
     // A missing env var or an empty stdin is an error.
     let ClientCommand::Create(a) = cmd(&[
@@ -1137,4 +1139,33 @@ fn label_arguments() {
         assert!(parse_label_change(bad).is_err(), "{bad}");
     }
     assert!(parse_label("k").is_err());
+}
+
+#[test]
+fn schema_events_read_as_one_line_each() {
+    use crate::proto::event::Payload;
+    use crate::proto::{Event, SchemaChangeKind, SchemaChanged, TableFailed};
+    let ev = |p| Event {
+        payload: Some(p),
+        ..Default::default()
+    };
+    let text = super::format::event_text(&ev(Payload::SchemaChanged(SchemaChanged {
+        source_table: "public.t".into(),
+        kind: SchemaChangeKind::RenameColumn as i32,
+        column: "a".into(),
+        new_column: "b".into(),
+        lsn: "0/10".into(),
+        clickhouse: "ALTER TABLE ...".into(),
+        ..Default::default()
+    })));
+    assert_eq!(
+        text,
+        "public.t: column a renamed to b at 0/10; clickhouse: ALTER TABLE ..."
+    );
+    let text = super::format::event_text(&ev(Payload::TableFailed(TableFailed {
+        source_table: "public.t".into(),
+        reason: "resync this table".into(),
+        lsn: "0/11".into(),
+    })));
+    assert_eq!(text, "table public.t FAILED at 0/11: resync this table");
 }

@@ -440,6 +440,8 @@ mod tests {
             pg_type: PgType::Text,
             not_null: false,
             repr: None,
+            attnum: 0,
+            typmod: -1,
         };
         SourceTable {
             schema: "public".into(),

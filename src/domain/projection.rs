@@ -9,8 +9,9 @@ use std::collections::{BTreeMap, HashMap};
 use crate::domain::validate::selector_matches;
 
 use crate::proto::{
-    DeleteReason, Event, PartitionsChanged, Pipe, PipeConfig, PipeStatus, SourceTableDetails,
-    StepTiming, TableState, TableStats, event::Payload,
+    DeleteReason, Event, PartitionsChanged, Pipe, PipeConfig, PipeStatus, SchemaChangeKind,
+    SchemaChanged, SourceTableDetails, StepTiming, TableConfig, TableState, TableStats,
+    event::Payload,
 };
 
 /// Name of an event's payload, as shown to humans and in logs.
@@ -48,6 +49,8 @@ pub fn event_kind(e: &Event) -> &'static str {
             Payload::SlotHealthWarning(_) => "slot_health_warning",
             Payload::SlotHealthRecovered(_) => "slot_health_recovered",
             Payload::PartitionsChanged(_) => "partitions_changed",
+            Payload::SchemaChanged(_) => "schema_changed",
+            Payload::TableFailed(_) => "table_failed",
         },
     }
 }
@@ -379,6 +382,25 @@ pub fn apply(pipe: Option<&mut Pipe>, e: &Event) -> Option<Pipe> {
                     if let Some(t) = table_stats_mut(p, &s.source_table) {
                         t.state = TableState::Replicating as i32;
                         t.soft_deletes_transferred = s.soft_deletes_transferred;
+                        // A table resync rebuilt a failed table.
+                        t.error.clear();
+                    }
+                }
+                Payload::SchemaChanged(c) => {
+                    if c.kind() == SchemaChangeKind::RenameColumn
+                        && let Some(cfg) = p.config.as_mut().and_then(|cfg| {
+                            cfg.tables
+                                .iter_mut()
+                                .find(|t| t.source_table == c.source_table)
+                        })
+                    {
+                        fold_rename(cfg, c);
+                    }
+                }
+                Payload::TableFailed(f) => {
+                    if let Some(t) = table_stats_mut(p, &f.source_table) {
+                        t.state = TableState::Failed as i32;
+                        t.error = f.reason.clone();
                     }
                 }
                 // Not a status change: a warning is not a failure.
@@ -402,6 +424,28 @@ pub fn apply(pipe: Option<&mut Pipe>, e: &Event) -> Option<Pipe> {
             None
         }
         _ => None,
+    }
+}
+
+/// A source column rename in the table's column options (keyed by source
+/// name): exclusion, order_by and the destination name follow the column.
+/// The destination name is the event's `destination_column` (kept when
+/// ClickHouse could not rename it); a column not replicated stays so.
+pub fn fold_rename(cfg: &mut TableConfig, c: &SchemaChanged) {
+    let (old, new) = (&c.column, &c.new_column);
+    for x in cfg.exclude_columns.iter_mut().filter(|x| *x == old) {
+        x.clone_from(new);
+    }
+    for o in cfg.order_by.iter_mut().filter(|o| *o == old) {
+        o.clone_from(new);
+    }
+    cfg.rename_columns.remove(old);
+    if let Some(ty) = cfg.column_types.remove(old) {
+        cfg.column_types.insert(new.clone(), ty);
+    }
+    if !c.destination_column.is_empty() && c.destination_column != *new {
+        cfg.rename_columns
+            .insert(new.clone(), c.destination_column.clone());
     }
 }
 
@@ -539,6 +583,68 @@ mod tests {
         assert_eq!(excluded(&p, "b").as_deref(), Some("y"));
         assert_eq!(excluded(&p, "a").as_deref(), Some("x"));
         assert_eq!(excluded(&p, "nope"), None);
+    }
+
+    fn apply_to(p: &mut Projection, payload: Payload) -> Pipe {
+        let mut e = new_event("a", payload);
+        e.pipe_name = "p".into();
+        p.apply(&e);
+        p.by_id("a").cloned().unwrap()
+    }
+
+    #[test]
+    fn a_source_rename_carries_the_tables_column_options_over() {
+        let mut p = Projection::default();
+        created(&mut p, "a", "", "secret");
+        let rename = |from: &str, to: &str, dest: &str| {
+            Payload::SchemaChanged(SchemaChanged {
+                source_table: "public.t".into(),
+                kind: SchemaChangeKind::RenameColumn as i32,
+                column: from.into(),
+                new_column: to.into(),
+                destination_column: dest.into(),
+                ..Default::default()
+            })
+        };
+        // Excluded: stays excluded under the new name.
+        let pipe = apply_to(&mut p, rename("secret", "hidden", ""));
+        let cfg = &pipe.config.unwrap().tables[0];
+        assert_eq!(cfg.exclude_columns, ["hidden"]);
+        // Kept under its ClickHouse name (a sorting-key column): mapped.
+        let pipe = apply_to(&mut p, rename("id", "ident", "id"));
+        let cfg = &pipe.config.unwrap().tables[0];
+        assert_eq!(
+            cfg.rename_columns.get("ident").map(String::as_str),
+            Some("id")
+        );
+        // Renamed again, now in ClickHouse too: no mapping left.
+        let pipe = apply_to(&mut p, rename("ident", "key", "key"));
+        assert!(pipe.config.unwrap().tables[0].rename_columns.is_empty());
+    }
+
+    #[test]
+    fn a_failed_table_is_failed_until_its_resync_swaps_in() {
+        let mut p = Projection::default();
+        created(&mut p, "a", "", "x");
+        let pipe = apply_to(
+            &mut p,
+            Payload::TableFailed(crate::proto::TableFailed {
+                source_table: "public.t".into(),
+                reason: "why; resync this table".into(),
+                lsn: "0/1".into(),
+            }),
+        );
+        assert_eq!(pipe.tables[0].state(), TableState::Failed);
+        assert_eq!(pipe.tables[0].error, "why; resync this table");
+        let pipe = apply_to(
+            &mut p,
+            Payload::TableSwapped(crate::proto::TableSwapped {
+                source_table: "public.t".into(),
+                ..Default::default()
+            }),
+        );
+        assert_eq!(pipe.tables[0].state(), TableState::Replicating);
+        assert!(pipe.tables[0].error.is_empty());
     }
 }
 

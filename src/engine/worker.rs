@@ -45,6 +45,8 @@ use crate::sink::{ChSink, CreateMode, SinkError};
 use crate::source::{self, SnapshotExport, SourceError};
 
 use super::copy::{CopyPlan, PROGRESS_EVERY, Progress, copy_partitions};
+#[path = "schema_change.rs"]
+mod schema_change;
 use super::{partitions, table_load};
 use crate::store::event_log::new_event;
 use crate::store::{LogError, PipeSecrets};
@@ -282,7 +284,13 @@ impl Worker {
             source::connect(&src.connection_string, secrets.source_password.as_deref()).await?;
         let names = super::source_tables(&config).map_err(|e| EngineError::Fatal(e.0))?;
         let tables = source::describe_tables(&pg, &names).await?;
-        let views = replicated_views(&config.tables, &tables)?;
+        let failed: Vec<&str> = pipe
+            .tables
+            .iter()
+            .filter(|t| !t.error.is_empty())
+            .map(|t| t.source_table.as_str())
+            .collect();
+        let views = replicated_views(&config.tables, &tables, &failed)?;
         let ch = super::sink_for(&config, &secrets)?;
         ch.ping().await?;
         Ok(Ends {
@@ -606,6 +614,14 @@ impl Worker {
         let mut loads = Loads::default();
         for (t, v) in ends.tables.iter().zip(&ends.views) {
             let name = canonical(t);
+            // A failed table is skipped until a table resync rebuilds it.
+            if pipe
+                .tables
+                .iter()
+                .any(|s| s.source_table == name && !s.error.is_empty())
+            {
+                continue;
+            }
             if let Some(p) = pipe.prepared.iter().find(|p| p.source_table == name) {
                 tables.insert(
                     t.oid,
@@ -614,6 +630,8 @@ impl Worker {
                 sort_keys.insert(t.oid, p.order_by.clone());
             }
         }
+        self.reconcile_at_start(&ends, &mut tables, &described, &mut loads)
+            .await?;
         let mut counts: HashMap<String, TableChangeCounts> = HashMap::new();
         let mut last_report = Instant::now();
         let mut last_lsn = String::new();
@@ -677,8 +695,9 @@ impl Worker {
                                 &mut described,
                                 &sort_keys,
                                 rel,
+                                tx.commit_lsn,
                                 &mut pending,
-                                &loads,
+                                &mut loads,
                             )
                             .await?;
                         }
@@ -929,8 +948,23 @@ impl Worker {
                 continue;
             };
             let job = pipe.table_loads.iter().find(|t| t.source_table == name);
+            // A failed table being rebuilt: routed again (from the source's
+            // current structure), to its `_resync` table only.
+            let failed = !stats.error.is_empty()
+                && matches!(
+                    stats.state(),
+                    TableState::ResyncPending | TableState::Resyncing
+                );
+            if failed
+                && !tables.values().any(|(_, _, src)| src == name)
+                && !self
+                    .route_rebuilt(ends, &pipe, cfg, tables, described, sort_keys)
+                    .await?
+            {
+                continue;
+            }
             match stats.state() {
-                TableState::Replicating => {}
+                TableState::Replicating | TableState::Failed => {}
                 TableState::LoadPending | TableState::Loading => {
                     self.start_add(ends, &pipe, cfg, job, tables, described, sort_keys, loads)
                         .await?;
@@ -958,6 +992,24 @@ impl Worker {
                     }
                     None => {}
                 },
+            }
+            if failed {
+                rebuild_only(tables, loads, name);
+            }
+        }
+        // Routes follow the projection: a rebuilt failed table writes to its
+        // destination again once swapped in.
+        let pipe = self.pipe()?;
+        for (_, dest, src) in tables.values_mut() {
+            let replicating = pipe
+                .tables
+                .iter()
+                .any(|t| &t.source_table == src && t.state() == TableState::Replicating);
+            if let Some(p) = pipe.prepared.iter().find(|p| &p.source_table == src)
+                && replicating
+                && *dest != p.destination_table
+            {
+                dest.clone_from(&p.destination_table);
             }
         }
         Ok(())
@@ -1296,93 +1348,6 @@ impl Worker {
         tracing::info!(table = %job.source_table, soft_deletes = moved, "table resync swapped in");
         Ok(())
     }
-
-    /// A Relation message: the same columns are fine, columns added at the
-    /// end are added in ClickHouse, anything else needs a resync.
-    #[allow(clippy::too_many_arguments)]
-    async fn check_relation(
-        &mut self,
-        ends: &Ends,
-        tables: &mut HashMap<u32, (SourceTable, String, String)>,
-        described: &mut HashMap<u32, TableColumns>,
-        sort_keys: &HashMap<u32, Vec<String>>,
-        rel: &crate::model::Relation,
-        pending: &mut HashMap<u32, Vec<(Row, u64, bool)>>,
-        loads: &Loads,
-    ) -> Result<()> {
-        let Some((replicated, dest, _)) = tables.get(&rel.oid) else {
-            return Ok(());
-        };
-        let Some(cols) = described.get(&rel.oid) else {
-            return Ok(());
-        };
-        // pgoutput describes every column, excluded ones too.
-        let known = &cols.described;
-        let same_prefix = known.columns.len() <= rel.columns.len()
-            && known
-                .columns
-                .iter()
-                .zip(&rel.columns)
-                .all(|(k, r)| k.name == r.name && k.type_oid == r.type_oid);
-        if same_prefix && known.columns.len() == rel.columns.len() {
-            return Ok(());
-        }
-        if !same_prefix {
-            return Err(EngineError::Fatal(format!(
-                "the structure of source table {}.{} changed in a way pgpipe cannot apply \
-                 (a column was dropped, renamed or retyped); resync the pipe to rebuild it",
-                known.schema, known.name
-            )));
-        }
-        // Rows of the old shape go out before the table changes.
-        if let Some(rows) = pending.remove(&rel.oid) {
-            let order_by = sort_keys.get(&rel.oid).map_or(&[][..], |v| v);
-            let side = loads.side(rel.oid, &ends.pg, described);
-            write_rows(&ends.ch, dest, replicated, order_by, rows, side).await?;
-        }
-        let q = validate::QualifiedName {
-            schema: known.schema.clone(),
-            table: known.name.clone(),
-        };
-        let fresh = source::describe_tables(&ends.pg, &[q])
-            .await?
-            .pop()
-            .ok_or_else(|| {
-                EngineError::Fatal(format!("table {}.{} disappeared", known.schema, known.name))
-            })?;
-        let mut fresh = fresh;
-        fresh.columns.truncate(rel.columns.len());
-        // New columns are excluded or renamed as configured; a new column
-        // taking a renamed column's destination name cannot be applied.
-        let view = columns::replicated(cols.index, &fresh, &cols.config, false)
-            .map_err(|p| column_error(&fresh, &p))?;
-        for (pos, &k) in view.kept.iter().enumerate() {
-            let Some(col) = fresh.columns.get(k) else {
-                continue;
-            };
-            if k < known.columns.len() || !rel.columns.iter().any(|r| r.name == col.name) {
-                continue;
-            }
-            let added = &view.dest.columns[pos];
-            ends.ch.add_column(dest, added).await?;
-            tracing::info!(table = %dest, column = %added.name, "column added");
-            if let Some(also) = loads.also.get(&rel.oid) {
-                ends.ch.add_column(also, added).await?;
-                ends.ch.forget_schema(also);
-            }
-        }
-        ends.ch.forget_schema(dest);
-        let dest = dest.clone();
-        if let Some(entry) = tables.get_mut(&rel.oid) {
-            entry.0 = view.dest.clone();
-            entry.1 = dest;
-        }
-        if let Some(entry) = described.get_mut(&rel.oid) {
-            entry.described = fresh;
-            entry.view = view;
-        }
-        Ok(())
-    }
 }
 
 /// A table as the source describes it (every column) and how it is
@@ -1426,14 +1391,53 @@ fn project_row(described: &HashMap<u32, TableColumns>, oid: u32, row: &Row) -> R
     }
 }
 
-/// The replicated view of every table of a config, in order.
-fn replicated_views(configs: &[TableConfig], tables: &[SourceTable]) -> Result<Vec<Replicated>> {
+/// The replicated view of every table of a config, in order. A failed
+/// table (`failed`, not routed by CDC) whose columns no longer fit its
+/// options gets an empty view instead of stopping the pipe.
+fn replicated_views(
+    configs: &[TableConfig],
+    tables: &[SourceTable],
+    failed: &[&str],
+) -> Result<Vec<Replicated>> {
     configs
         .iter()
         .zip(tables)
         .enumerate()
-        .map(|(i, (cfg, t))| columns::replicated(i, t, cfg, false).map_err(|p| column_error(t, &p)))
+        .map(
+            |(i, (cfg, t))| match columns::replicated(i, t, cfg, false) {
+                Ok(v) => Ok(v),
+                Err(_) if failed.contains(&cfg.source_table.as_str()) => {
+                    let empty = SourceTable {
+                        columns: Vec::new(),
+                        key: Vec::new(),
+                        ..t.clone()
+                    };
+                    Ok(Replicated {
+                        kept: Vec::new(),
+                        source: empty.clone(),
+                        dest: empty,
+                    })
+                }
+                Err(p) => Err(column_error(t, &p)),
+            },
+        )
         .collect()
+}
+
+/// A failed table being rebuilt by a table resync: its CDC changes go to
+/// the `_resync` table only (the old table may not fit the source's new
+/// types; it is swapped out at the end).
+fn rebuild_only(
+    tables: &mut HashMap<u32, (SourceTable, String, String)>,
+    loads: &mut Loads,
+    name: &str,
+) {
+    let Some((oid, route)) = tables.iter_mut().find(|(_, (_, _, src))| src == name) else {
+        return;
+    };
+    if let Some(load) = loads.also.remove(oid) {
+        route.1 = load;
+    }
 }
 
 fn column_error(table: &SourceTable, problems: &[columns::ColumnProblem]) -> EngineError {

@@ -3,6 +3,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::ident::{quote_ident, split_key_expr};
+use super::literal::literal;
 use super::types::Kind;
 use super::{ChSink, DestColumn, IS_DELETED_COLUMN, METADATA_COLUMNS, SinkError, VERSION_COLUMN};
 use crate::model::{SourceColumn, SourceTable};
@@ -248,10 +249,17 @@ impl ChSink {
 
     /// `ALTER TABLE ADD COLUMN IF NOT EXISTS` for a column added to the
     /// source, typed as `create_table` would (placed before the metadata
-    /// columns). Existing rows get ClickHouse's default for the type (NULL
-    /// for a Nullable column), not the source's column default: resync to
-    /// backfill.
-    pub async fn add_column(&self, table: &str, column: &SourceColumn) -> Result<(), SinkError> {
+    /// columns). `default` (Postgres text) is what the existing rows read
+    /// at the source (the column's `attmissingval`): it becomes the
+    /// ClickHouse column's `DEFAULT`, so rows written before read it too.
+    /// Without it they read NULL (Nullable) or the type's default. Returns
+    /// the statement run.
+    pub async fn add_column(
+        &self,
+        table: &str,
+        column: &SourceColumn,
+        default: Option<&[u8]>,
+    ) -> Result<String, SinkError> {
         if column.name.is_empty() || METADATA_COLUMNS.iter().any(|(m, _)| *m == column.name) {
             return Err(SinkError::Schema(format!(
                 "cannot add column {:?} to {}",
@@ -260,23 +268,116 @@ impl ChSink {
             )));
         }
         let kind = Kind::for_column(column).map_err(SinkError::Schema)?;
+        let nullable = !column.not_null && kind.can_be_nullable();
+        let default = match default {
+            Some(v) => {
+                let lit = literal(&kind, nullable, v).map_err(|e| {
+                    SinkError::Schema(format!(
+                        "the default of column {:?} ({}): {e}",
+                        column.name, column.type_name
+                    ))
+                })?;
+                format!(" DEFAULT {lit}")
+            }
+            None => String::new(),
+        };
+        self.forget_schema(table);
         let cols = self.dest_columns(table).await?;
         let position = match cols.iter().position(|c| c.name == VERSION_COLUMN) {
             Some(0) => " FIRST".to_string(),
             Some(i) => format!(" AFTER {}", quote_ident(&cols[i - 1].name)),
             None => String::new(),
         };
-        self.forget_schema(table);
-        self.exec(&format!(
-            "ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}{position}",
+        let sql = format!(
+            "ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}{default}{position}",
             self.qualified(table),
             quote_ident(&column.name),
-            kind.ch_type(!column.not_null && kind.can_be_nullable()),
-        ))
-        .await?;
+            kind.ch_type(nullable),
+        );
+        self.exec(&sql).await?;
         self.forget_schema(table);
         tracing::info!(database = %self.database, table = %table, column = %column.name, "added clickhouse column");
-        Ok(())
+        Ok(sql)
+    }
+
+    /// `ALTER TABLE DROP COLUMN IF EXISTS`; returns the statement run.
+    pub async fn drop_column(&self, table: &str, column: &str) -> Result<String, SinkError> {
+        let sql = format!(
+            "ALTER TABLE {} DROP COLUMN IF EXISTS {}",
+            self.qualified(table),
+            quote_ident(column)
+        );
+        self.exec(&sql).await?;
+        self.forget_schema(table);
+        Ok(sql)
+    }
+
+    /// `ALTER TABLE RENAME COLUMN IF EXISTS`; returns the statement run.
+    pub async fn rename_column(
+        &self,
+        table: &str,
+        from: &str,
+        to: &str,
+    ) -> Result<String, SinkError> {
+        let sql = format!(
+            "ALTER TABLE {} RENAME COLUMN IF EXISTS {} TO {}",
+            self.qualified(table),
+            quote_ident(from),
+            quote_ident(to)
+        );
+        self.exec(&sql).await?;
+        self.forget_schema(table);
+        Ok(sql)
+    }
+
+    /// Each column's comment (`system.columns.comment`), by name.
+    pub async fn column_comments(&self, table: &str) -> Result<HashMap<String, String>, SinkError> {
+        let rows = self
+            .client
+            .query_raw(
+                "SELECT name, comment FROM system.columns \
+                 WHERE database = {db:String} AND table = {t:String}",
+            )
+            .param("db", &self.database)
+            .param("t", table)
+            .fetch_all::<(String, String)>()
+            .await
+            .map_err(|e| self.map_err(e))?;
+        Ok(rows.into_iter().collect())
+    }
+
+    /// `ALTER TABLE COMMENT COLUMN IF EXISTS`; returns the statement run.
+    pub async fn comment_column(
+        &self,
+        table: &str,
+        column: &str,
+        comment: &str,
+    ) -> Result<String, SinkError> {
+        let sql = format!(
+            "ALTER TABLE {} COMMENT COLUMN IF EXISTS {} {}",
+            self.qualified(table),
+            quote_ident(column),
+            super::ident::quote_literal(comment.as_bytes())
+        );
+        self.exec(&sql).await?;
+        Ok(sql)
+    }
+
+    /// `ALTER TABLE MODIFY COLUMN` to `ch_type`; returns the statement run.
+    pub async fn modify_column(
+        &self,
+        table: &str,
+        column: &str,
+        ch_type: &str,
+    ) -> Result<String, SinkError> {
+        let sql = format!(
+            "ALTER TABLE {} MODIFY COLUMN {} {ch_type}",
+            self.qualified(table),
+            quote_ident(column)
+        );
+        self.exec(&sql).await?;
+        self.forget_schema(table);
+        Ok(sql)
     }
 
     /// Resync step 4: copies the soft-deleted keys of `original` into
@@ -442,6 +543,8 @@ mod tests {
             pg_type,
             not_null,
             repr: None,
+            attnum: 0,
+            typmod: -1,
         }
     }
 

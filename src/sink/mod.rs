@@ -17,6 +17,7 @@ mod codec;
 mod ddl;
 mod error;
 mod ident;
+mod literal;
 mod toast;
 pub mod types;
 mod writer;

@@ -63,7 +63,9 @@ pub use connect::{ServerInfo, check_server, connect, server_problems};
 pub use copy_text::{CopyFormatError, decode_copy_line, decode_copy_lines, decode_copy_lines_into};
 pub use lookup::fill_from_source;
 pub use partitions::{Leaf, leaf_partitions, partition_overlaps};
-pub use schema::{TableReport, describe_table_problems, describe_tables};
+pub use schema::{
+    AddedValue, TableReport, added_column_value, describe_table_problems, describe_tables,
+};
 pub use slot::{
     SlotInfo, create_slot, create_temporary_slot, current_wal_lsn, drop_publication, drop_slot,
     ensure_publication, slot_info,

@@ -216,6 +216,8 @@ async fn describe_one(
             pg_type,
             not_null,
             repr: None,
+            attnum,
+            typmod,
         });
     }
 
@@ -344,6 +346,123 @@ pub(super) fn estimate(reltuples: f64, relpages: i64, cur_pages: i64) -> (u64, u
         reltuples
     };
     (estimated_rows.round() as u64, pages)
+}
+
+/// What the rows that existed before a column was added read for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AddedValue {
+    /// NULL: no default (or `DEFAULT NULL`).
+    Null,
+    /// A constant default Postgres keeps in `attmissingval` (text output
+    /// format): the existing rows read it without being rewritten.
+    Missing(Vec<u8>),
+    /// A default without a missing value: volatile (`now()`, `random()`,
+    /// a sequence...), so Postgres rewrote the table with values pgpipe
+    /// cannot know, or the table was rewritten since. The expression, for
+    /// messages.
+    Unknown(String),
+}
+
+/// What old rows read for column `attnum` of table `oid`
+/// (`pg_attribute.atthasmissing/attmissingval`, `pg_attrdef`).
+///
+/// Without a missing value (a volatile default made Postgres rewrite the
+/// table, or a later rewrite such as `ALTER COLUMN ... TYPE` stored the
+/// values), a default whose expression calls only immutable functions is
+/// evaluated: every old row got that value.
+pub async fn added_column_value(
+    client: &Client,
+    oid: u32,
+    attnum: i16,
+) -> Result<AddedValue, SourceError> {
+    let ctx = "reading a column default";
+    let row = client
+        .query_opt(
+            "SELECT a.atthasmissing, a.attmissingval::text, d.adbin::text, \
+                    pg_get_expr(d.adbin, d.adrelid), format_type(a.atttypid, a.atttypmod) \
+             FROM pg_attribute a LEFT JOIN pg_attrdef d \
+                  ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
+             WHERE a.attrelid = $1 AND a.attnum = $2",
+            &[&oid, &attnum],
+        )
+        .await
+        .map_err(|e| SourceError::query(ctx, &e))?;
+    let Some(row) = row else {
+        return Ok(AddedValue::Null);
+    };
+    let has_missing: bool = row.get(0);
+    let missing: Option<String> = row.get(1);
+    let tree: Option<String> = row.get(2);
+    let expr: Option<String> = row.get(3);
+    let type_name: String = row.get(4);
+    if let (true, Some(m)) = (has_missing, &missing) {
+        return Ok(match first_array_element(m.as_bytes()) {
+            Some(Some(v)) => AddedValue::Missing(v),
+            Some(None) => AddedValue::Null,
+            None => AddedValue::Unknown(format!("attmissingval {m}")),
+        });
+    }
+    let (Some(tree), Some(expr)) = (tree, expr) else {
+        return Ok(AddedValue::Null);
+    };
+    // Functions (and operators' functions) the expression calls, from its
+    // node tree; SQL value functions (CURRENT_TIMESTAMP...) and sequences
+    // are never constant.
+    if tree.contains("SQLVALUEFUNCTION") || tree.contains("NEXTVALUEEXPR") {
+        return Ok(AddedValue::Unknown(expr));
+    }
+    let funcs: Vec<u32> = tree
+        .split(":funcid ")
+        .skip(1)
+        .chain(tree.split(":opfuncid ").skip(1))
+        .filter_map(|t| t.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        .collect();
+    let immutable: bool = client
+        .query_one(
+            "SELECT coalesce(bool_and(provolatile = 'i'), true) FROM pg_proc WHERE oid = ANY($1)",
+            &[&funcs],
+        )
+        .await
+        .map_err(|e| SourceError::query(ctx, &e))?
+        .get(0);
+    if !immutable {
+        return Ok(AddedValue::Unknown(expr));
+    }
+    // The catalog's own deparsed expression and type name: valid SQL.
+    let value: Option<String> = client
+        .query_one(
+            &format!("SELECT (CAST(({expr}) AS {type_name}))::text"),
+            &[],
+        )
+        .await
+        .map_err(|e| SourceError::query(ctx, &e))?
+        .get(0);
+    Ok(value.map_or(AddedValue::Null, |v| AddedValue::Missing(v.into_bytes())))
+}
+
+/// The first element of a Postgres array literal (`{7}`, `{"a \"b\""}`):
+/// Some(None) for NULL, None when it is not an array literal.
+fn first_array_element(t: &[u8]) -> Option<Option<Vec<u8>>> {
+    let inner = t.strip_prefix(b"{")?;
+    if let Some(rest) = inner.strip_prefix(b"\"") {
+        let mut out = Vec::new();
+        let mut it = rest.iter();
+        while let Some(&c) = it.next() {
+            match c {
+                b'\\' => out.push(*it.next()?),
+                b'"' => return Some(Some(out)),
+                _ => out.push(c),
+            }
+        }
+        return None;
+    }
+    let end = inner.iter().position(|&c| c == b',' || c == b'}')?;
+    let v = inner[..end].trim_ascii();
+    if v.eq_ignore_ascii_case(b"NULL") {
+        Some(None)
+    } else {
+        Some(Some(v.to_vec()))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -549,6 +668,16 @@ fn numeric(typmod: i32) -> PgType {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_missing_value_is_the_arrays_only_element() {
+        use super::first_array_element as f;
+        assert_eq!(f(b"{7}"), Some(Some(b"7".to_vec())));
+        assert_eq!(f(br#"{"a\"b'c{}"}"#), Some(Some(br#"a"b'c{}"#.to_vec())));
+        assert_eq!(f(br#"{"{1,NULL}"}"#), Some(Some(b"{1,NULL}".to_vec())));
+        assert_eq!(f(b"{NULL}"), Some(None));
+        assert_eq!(f(b"7"), None);
+    }
+
     use super::*;
 
     fn typmod(p: i32, s: i32) -> i32 {

@@ -395,6 +395,8 @@ mod tests {
             pg_type: crate::model::PgType::Text,
             not_null: false,
             repr: None,
+            attnum: 1,
+            typmod: -1,
         }];
         assert_eq!(
             copy_select_sql(&t, &Partition::WHOLE),
