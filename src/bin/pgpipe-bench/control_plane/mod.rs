@@ -1,0 +1,166 @@
+//! The control-plane scenario: event appends, replay, WatchPipe fan-out
+//! and GetPipe latency, each next to a baseline measured in the same run.
+
+pub(crate) mod appends;
+pub(crate) mod fanout;
+pub(crate) mod get;
+pub(crate) mod replay;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use pgpipe::proto::{CreatePipeRequest, DestinationConfig, SourceConfig, TableConfig};
+use serde::Serialize;
+
+use crate::Res;
+use crate::control_plane::appends::bench_appends;
+use crate::control_plane::fanout::bench_fanout;
+use crate::control_plane::get::bench_get;
+use crate::control_plane::replay::bench_replay;
+use crate::machine::{Machine, machine, rss_mb};
+use crate::report::{Row, print_grid, print_header, progress};
+
+#[derive(Args)]
+pub(crate) struct CpArgs {
+    /// Smaller sizes and shorter runs (100k replay, 200 watchers, 5 rounds).
+    #[arg(long)]
+    quick: bool,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Where the temporary data directories go (default: the system temp dir).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+/// Sizes of one run.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Params {
+    append_secs: f64,
+    concurrent_appenders: usize,
+    grpc_channels: usize,
+    replay_events: u64,
+    replay_pipes: u64,
+    replay_batch: u64,
+    replay_reps: usize,
+    watchers: usize,
+    watchers_per_channel: usize,
+    watch_rounds: usize,
+    get_callers: usize,
+    get_secs: f64,
+    background_appenders: usize,
+}
+
+impl Params {
+    fn new(quick: bool) -> Self {
+        Self {
+            append_secs: if quick { 1.0 } else { 3.0 },
+            concurrent_appenders: 64,
+            grpc_channels: 8,
+            replay_events: if quick { 100_000 } else { 1_000_000 },
+            replay_pipes: 100,
+            replay_batch: 5_000,
+            replay_reps: 3,
+            watchers: if quick { 200 } else { 1_000 },
+            watchers_per_channel: 100,
+            watch_rounds: if quick { 5 } else { 20 },
+            get_callers: 16,
+            get_secs: if quick { 2.0 } else { 5.0 },
+            background_appenders: 16,
+        }
+    }
+}
+
+pub(crate) fn create_req(name: &str, tables: usize) -> CreatePipeRequest {
+    CreatePipeRequest {
+        name: name.into(),
+        source: Some(SourceConfig {
+            connection_string: "postgres://app:pw@127.0.0.1:5432/app".into(),
+            password: String::new(),
+        }),
+        destination: Some(DestinationConfig {
+            url: "http://127.0.0.1:8123".into(),
+            database: "analytics".into(),
+            user: "default".into(),
+            password: "pw".into(),
+            ca_cert: String::new(),
+        }),
+        tables: (0..tables)
+            .map(|i| TableConfig {
+                source_table: table_name(i),
+                ..Default::default()
+            })
+            .collect(),
+        settings: None,
+        labels: Default::default(),
+    }
+}
+
+const TABLES: [&str; 4] = [
+    "public.orders",
+    "public.customers",
+    "public.order_items",
+    "billing.invoices",
+];
+
+pub(crate) fn table_name(i: usize) -> String {
+    TABLES[i % TABLES.len()].to_owned()
+}
+
+pub(crate) async fn control_plane(args: CpArgs) -> Res<()> {
+    let p = Params::new(args.quick);
+    let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
+    std::fs::create_dir_all(&base)?;
+    let m = machine(&base);
+    let started = Instant::now();
+    progress(format!(
+        "control-plane{} on {} cores, data under {} [{}]",
+        if args.quick { " --quick" } else { "" },
+        m.cores,
+        m.data_dir,
+        m.data_fs
+    ));
+
+    let mut rows = Vec::new();
+    rows.extend(bench_appends(&p, &base).await?);
+    rows.extend(bench_replay(&p, &base).await?);
+    rows.extend(bench_fanout(&p, &base).await?);
+    rows.extend(bench_get(&p, &base).await?);
+
+    let total = started.elapsed();
+    let peak_rss_mb = rss_mb().1;
+    print_table(&m, &p, args.quick, &rows, total, peak_rss_mb);
+    if let Some(path) = &args.json {
+        let doc = serde_json::json!({
+            "benchmark": "control-plane",
+            "quick": args.quick,
+            "machine": m,
+            "params": p,
+            "elapsed_s": total.as_secs_f64(),
+            "peak_rss_mb": peak_rss_mb,
+            "rows": rows,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")?;
+        progress(format!("JSON written to {}", path.display()));
+    }
+    Ok(())
+}
+
+fn print_table(m: &Machine, p: &Params, quick: bool, rows: &[Row], total: Duration, peak: f64) {
+    println!();
+    print_header("control-plane", quick, m);
+    println!(
+        "data dirs: {} on {}  |  load average at start {}",
+        m.data_dir, m.data_fs, m.loadavg_at_start
+    );
+    println!(
+        "sizes: {} events replayed, {} watchers x {} rounds, {} GetPipe callers x {} s, appends {} s each",
+        p.replay_events, p.watchers, p.watch_rounds, p.get_callers, p.get_secs, p.append_secs
+    );
+    print_grid(rows);
+    println!(
+        "total bench time {:.1} s, peak RSS {peak:.0} MB",
+        total.as_secs_f64()
+    );
+}
