@@ -30,13 +30,14 @@ use std::time::Duration;
 use tokio_postgres::Client;
 
 use super::copy::{CopyPlan, CopyWork, Progress, copy_partitions};
+use super::table_load;
 use super::worker::{EngineError, Facts};
 use crate::domain::columns::Replicated;
 use crate::failpoint;
 use crate::proto::event::Payload;
 use crate::proto::*;
 use crate::sink::ChSink;
-use crate::source::{self, Leaf, SnapshotExport};
+use crate::source::{self, Leaf};
 
 /// How often the CDC loop compares a partitioned table's leaves with the
 /// recorded ones.
@@ -218,19 +219,8 @@ pub(super) async fn load_leaves(job: LeafLoad) -> Result<u64, EngineError> {
         .into_iter()
         .filter(|l| leaves.contains(&l.canonical()))
         .collect();
-    let slot = format!(
-        "pgpipe_leaf_{}",
-        uuid::Uuid::new_v4()
-            .simple()
-            .to_string()
-            .get(..16)
-            .unwrap_or("0")
-    );
-    let consistent = source::create_temporary_slot(&pg, &slot).await?;
-    let (export, snapshot_name) = SnapshotExport::begin(&conn, password.as_deref()).await?;
-    // The temporary slot fixed the consistent point; closing its session
-    // drops it.
-    drop(pg);
+    let (consistent, export, snapshot_name) =
+        table_load::consistent_snapshot(pg, &conn, password.as_deref(), "leaf").await?;
     let version = consistent.0.saturating_sub(1);
     // Progress is counted per leaf (its own name), apart from the table's
     // snapshot counts.

@@ -61,20 +61,8 @@ pub(super) async fn run(job: LoadJob) -> Result<u64, EngineError> {
     // Listed before the slot and the snapshot (see `partitions`).
     let copy =
         partitions::plan_copy(&pg, &prepared, &view, settings.snapshot_rows_per_partition).await?;
-    let slot = format!(
-        "pgpipe_load_{}",
-        uuid::Uuid::new_v4()
-            .simple()
-            .to_string()
-            .get(..16)
-            .unwrap_or("0")
-    );
-    let consistent = source::create_temporary_slot(&pg, &slot).await?;
-    let (export, snapshot_name) = SnapshotExport::begin(&conn, password.as_deref()).await?;
-    // The exported snapshot is fixed; the slot has done its job. It is
-    // temporary: closing its session drops it (its own session cannot drop
-    // it while holding it).
-    drop(pg);
+    let (consistent, export, snapshot_name) =
+        consistent_snapshot(pg, &conn, password.as_deref(), "load").await?;
     let version = consistent.0.saturating_sub(1);
     let plan = copy.plan;
     let mut started = vec![Payload::TableLoadStarted(TableLoadStarted {
@@ -109,4 +97,23 @@ pub(super) async fn run(job: LoadJob) -> Result<u64, EngineError> {
     facts.record(done).await?;
     tracing::info!(table = %prepared.source_table, rows, "table loaded");
     Ok(rows)
+}
+
+/// A snapshot exported right after a temporary slot's consistent point, for
+/// a load beside CDC: rows copied from it are versioned just below that
+/// point, so every change CDC applies for them wins. `pg` is the session
+/// that creates the slot; it is closed here, which drops the slot (its own
+/// session cannot drop it while holding it), once the snapshot is fixed.
+pub(super) async fn consistent_snapshot(
+    pg: tokio_postgres::Client,
+    conn: &str,
+    password: Option<&str>,
+    purpose: &str,
+) -> Result<(crate::model::Lsn, SnapshotExport, String), EngineError> {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let slot = format!("pgpipe_{purpose}_{}", id.get(..16).unwrap_or("0"));
+    let consistent = source::create_temporary_slot(&pg, &slot).await?;
+    let (export, snapshot_name) = SnapshotExport::begin(conn, password).await?;
+    drop(pg);
+    Ok((consistent, export, snapshot_name))
 }
