@@ -9,13 +9,9 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::data::*;
 use common::*;
 use pgpipe::proto::*;
-
-const T: Duration = Duration::from_secs(120);
 
 /// Dates outside ClickHouse's range (and one inside) as Postgres prints
 /// them.
@@ -29,13 +25,6 @@ const DATES: &[&str] = &[
     "2024-02-29",
 ];
 
-async fn exec(sql: &str) {
-    pg().await
-        .batch_execute(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{e:?}\n{sql}"));
-}
-
 fn req(name: &str, schema: &str, table: &str, types: &[(&str, &str)]) -> CreatePipeRequest {
     let mut r = pipe_req(name, schema, &[&format!("{schema}.{table}")]);
     r.tables[0].column_types = types
@@ -45,60 +34,6 @@ fn req(name: &str, schema: &str, table: &str, types: &[(&str, &str)]) -> CreateP
     r
 }
 
-/// Starts a server and a pipe; waits until it runs.
-async fn start(req: CreatePipeRequest) -> (InProcess, Client) {
-    let srv = InProcess::start_engine().await;
-    let mut c = srv.client().await;
-    let name = req.name.clone();
-    c.create_pipe(req).await.unwrap();
-    wait_running(&mut c, &name, T).await;
-    (srv, c)
-}
-
-async fn delete(c: &mut Client, name: &str) {
-    c.delete_pipe(DeletePipeRequest {
-        name: name.into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-}
-
-/// The destination's column types (without pgpipe's own columns).
-async fn ch_types(db: &str, table: &str) -> Vec<(String, String)> {
-    ch_rows(
-        db,
-        &format!(
-            "SELECT name, type FROM system.columns WHERE database = '{db}' AND table = '{table}' \
-             AND name NOT LIKE '\\\\_pgpipe\\\\_%' ORDER BY position"
-        ),
-    )
-    .await
-    .into_iter()
-    .map(|r| (r[0].clone(), r[1].clone()))
-    .collect()
-}
-
-/// Polls until `got()` equals `want` (or panics showing both).
-async fn wait_rows<F, Fut>(want: &[Vec<String>], got: F)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Vec<Vec<String>>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let rows = got().await;
-        if rows == want {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "ClickHouse rows differ:\n got {rows:?}\nwant {want:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-}
-
 fn sq(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
@@ -106,61 +41,64 @@ fn sq(s: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_date_outside_clickhouse_range_in_the_initial_load_fails_the_pipe_naming_it() {
     let schema = unique("ctl");
-    exec(&format!(
-        "CREATE SCHEMA {schema};
-         CREATE TABLE {schema}.ev (id int PRIMARY KEY, d date, ts timestamp);
+    create_schema(
+        &schema,
+        &format!(
+            "CREATE TABLE {schema}.ev (id int PRIMARY KEY, d date, ts timestamp);
          INSERT INTO {schema}.ev VALUES (1, '2024-01-01', '2024-01-01 00:00'),
                                         (2, '1850-06-01', '2024-01-01 00:00');"
-    ))
+        ),
+    )
     .await;
-    let srv = InProcess::start_engine().await;
-    let mut c = srv.client().await;
-    let name = schema.replace('_', "-");
+    let (_srv, mut c) = engine().await;
+    let name = pipe_name(&schema);
     c.create_pipe(req(&name, &schema, "ev", &[])).await.unwrap();
-    let p = wait_failed(&mut c, &name, T).await;
+    let p = wait_failed(&mut c, &name, WAIT).await;
     println!("reason: {}", p.error);
     for says in ["ev", "column \"d\"", "\"1850-06-01\"", "column_types"] {
         assert!(p.error.contains(says), "{says}: {}", p.error);
     }
-    delete(&mut c, &name).await;
+    delete_pipe(&mut c, &name).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_timestamp_outside_clickhouse_range_arriving_by_cdc_fails_the_pipe_naming_it() {
     let schema = unique("ctc");
-    exec(&format!(
-        "CREATE SCHEMA {schema};
-         CREATE TABLE {schema}.ev (id int PRIMARY KEY, d date, tz timestamptz);
+    create_schema(
+        &schema,
+        &format!(
+            "CREATE TABLE {schema}.ev (id int PRIMARY KEY, d date, tz timestamptz);
          INSERT INTO {schema}.ev VALUES (1, '2024-01-01', '2024-01-01 00:00+00');"
-    ))
+        ),
+    )
     .await;
-    let name = schema.replace('_', "-");
-    let (_srv, mut c) = start(req(&name, &schema, "ev", &[])).await;
-    exec(&format!(
+    let name = pipe_name(&schema);
+    let (_srv, mut c, _) = start_pipe(req(&name, &schema, "ev", &[])).await;
+    pg_exec(&format!(
         "INSERT INTO {schema}.ev VALUES (2, '2024-01-02', 'infinity');"
     ))
     .await;
-    let p = wait_failed(&mut c, &name, T).await;
+    let p = wait_failed(&mut c, &name, WAIT).await;
     for says in ["ev", "column \"tz\"", "\"infinity\"", "column_types"] {
         assert!(p.error.contains(says), "{says}: {}", p.error);
     }
     // A date by CDC likewise (a new pipe over the fixed table).
-    delete(&mut c, &name).await;
-    exec(&format!("DELETE FROM {schema}.ev WHERE id = 2;")).await;
+    delete_pipe(&mut c, &name).await;
+    pg_exec(&format!("DELETE FROM {schema}.ev WHERE id = 2;")).await;
     let name2 = format!("{name}-2");
     let mut r = req(&name2, &format!("{schema}_2"), "ev", &[]);
     r.tables[0].source_table = format!("{schema}.ev");
     c.create_pipe(r).await.unwrap();
-    wait_running(&mut c, &name2, T).await;
-    exec(&format!(
+    wait_running(&mut c, &name2, WAIT).await;
+    pg_exec(&format!(
         "INSERT INTO {schema}.ev VALUES (3, '0001-01-01', now());"
     ))
     .await;
-    let p = wait_failed(&mut c, &name2, T).await;
+    let p = wait_failed(&mut c, &name2, WAIT).await;
     for says in ["column \"d\"", "\"0001-01-01\""] {
         assert!(p.error.contains(says), "{says}: {}", p.error);
     }
-    delete(&mut c, &name2).await;
+    delete_pipe(&mut c, &name2).await;
 }
 
 /// `ev`: every date of [`DATES`] in a date, a timestamp and a timestamptz
@@ -177,10 +115,13 @@ async fn dates_and_timestamps_are_stored_as_chosen_in_the_load_and_by_cdc() {
         "tz_str timestamptz",
         "tz_clamp timestamptz",
     ];
-    exec(&format!(
-        "CREATE SCHEMA {schema}; CREATE TABLE {schema}.ev (id int PRIMARY KEY, {});",
-        cols.join(", ")
-    ))
+    create_schema(
+        &schema,
+        &format!(
+            "CREATE TABLE {schema}.ev (id int PRIMARY KEY, {});",
+            cols.join(", ")
+        ),
+    )
     .await;
     let insert = |first: usize| {
         let rows: Vec<String> = DATES
@@ -208,8 +149,8 @@ async fn dates_and_timestamps_are_stored_as_chosen_in_the_load_and_by_cdc() {
             .collect();
         format!("INSERT INTO {schema}.ev VALUES {};", rows.join(", "))
     };
-    exec(&insert(1)).await;
-    let name = schema.replace('_', "-");
+    pg_exec(&insert(1)).await;
+    let name = pipe_name(&schema);
     let types = [
         ("d_str", "String"),
         ("d_days", "Int32"),
@@ -219,11 +160,11 @@ async fn dates_and_timestamps_are_stored_as_chosen_in_the_load_and_by_cdc() {
         ("tz_str", "String"),
         ("tz_clamp", "Clamp"),
     ];
-    let (_srv, mut c) = start(req(&name, &schema, "ev", &types)).await;
-    exec(&insert(101)).await;
+    let (_srv, mut c, _) = start_pipe(req(&name, &schema, "ev", &types)).await;
+    pg_exec(&insert(101)).await;
     let nullable = |t: &str| format!("Nullable({t})");
     assert_eq!(
-        ch_types(&schema, "ev").await,
+        ch_column_types(&schema, "ev").await,
         [
             ("id", "Int32".to_string()),
             ("d_str", nullable("String")),
@@ -263,36 +204,36 @@ async fn dates_and_timestamps_are_stored_as_chosen_in_the_load_and_by_cdc() {
     assert_eq!(want[3][1..4], ["infinity", "2147483647", "2299-12-31"]);
     assert_eq!(want[5][1..4], ["0044-03-15 BC", "-735160", "1900-01-01"]);
     assert_eq!(want[2][6], "9999-12-31 10:34:56.5+00");
-    let db = schema.clone();
-    wait_rows(&want, || {
-        ch_rows(
-            &db,
-            "SELECT id, d_str, d_days, toString(d_clamp), ts_str, toString(ts_clamp), tz_str, \
-             toString(tz_clamp) FROM ev FINAL ORDER BY id",
-        )
-    })
+    wait_ch_rows(
+        &schema,
+        "SELECT id, d_str, d_days, toString(d_clamp), ts_str, toString(ts_clamp), tz_str, \
+         toString(tz_clamp) FROM ev FINAL ORDER BY id",
+        &want,
+    )
     .await;
-    delete(&mut c, &name).await;
+    delete_pipe(&mut c, &name).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn numeric_nan_infinity_and_50_digits_through_float64_and_string() {
     let schema = unique("ctn");
     let big = "12345678901234567890123456789012345678901234567890";
-    exec(&format!(
-        "CREATE SCHEMA {schema};
-         CREATE TABLE {schema}.num (id int PRIMARY KEY, f numeric, s numeric, big numeric);
+    create_schema(
+        &schema,
+        &format!(
+            "CREATE TABLE {schema}.num (id int PRIMARY KEY, f numeric, s numeric, big numeric);
          INSERT INTO {schema}.num VALUES
              (1, 'NaN', 'NaN', '{big}'),
              (2, 'Infinity', 'Infinity', '-{big}.000001'),
              (3, '-Infinity', '-Infinity', '0.{big}'),
              (4, '1.50', '1.50', NULL);"
-    ))
+        ),
+    )
     .await;
-    let name = schema.replace('_', "-");
+    let name = pipe_name(&schema);
     let types = [("f", "Float64"), ("s", "String"), ("big", "string")];
-    let (_srv, mut c) = start(req(&name, &schema, "num", &types)).await;
-    exec(&format!(
+    let (_srv, mut c, _) = start_pipe(req(&name, &schema, "num", &types)).await;
+    pg_exec(&format!(
         "INSERT INTO {schema}.num SELECT id + 100, f, s, big FROM {schema}.num;"
     ))
     .await;
@@ -318,38 +259,37 @@ async fn numeric_nan_infinity_and_50_digits_through_float64_and_string() {
             ]);
         }
     }
-    let db = schema.clone();
-    wait_rows(&want, || {
-        ch_rows(
-            &db,
-            "SELECT id, toString(f), s, big FROM num FINAL ORDER BY id",
-        )
-    })
+    wait_ch_rows(
+        &schema,
+        "SELECT id, toString(f), s, big FROM num FINAL ORDER BY id",
+        &want,
+    )
     .await;
-    delete(&mut c, &name).await;
+    delete_pipe(&mut c, &name).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn jsonb_as_clickhouse_json_in_the_load_by_cdc_and_with_unchanged_toast() {
     let schema = unique("ctj");
-    exec(&format!(
-        "CREATE SCHEMA {schema};
-         CREATE TABLE {schema}.docs (id int PRIMARY KEY, j jsonb, v int);
+    create_schema(
+        &schema,
+        &format!(
+            "CREATE TABLE {schema}.docs (id int PRIMARY KEY, j jsonb, v int);
          INSERT INTO {schema}.docs VALUES
              (1, '{{\"a\": 1, \"b\": {{\"c\": [1, 2]}}, \"s\": \"x\"}}', 0),
              (2, NULL, 0),
              (3, jsonb_build_object('big', (SELECT string_agg(md5(k::text), '') FROM generate_series(1, 300) k)), 0);"
     ))
     .await;
-    let name = schema.replace('_', "-");
-    let (_srv, mut c) = start(req(&name, &schema, "docs", &[("j", "JSON")])).await;
+    let name = pipe_name(&schema);
+    let (_srv, mut c, _) = start_pipe(req(&name, &schema, "docs", &[("j", "JSON")])).await;
     assert_eq!(
-        ch_types(&schema, "docs").await[1],
+        ch_column_types(&schema, "docs").await[1],
         ("j".to_string(), "Nullable(JSON)".to_string())
     );
     // CDC: a new row, and an update of `v` only (the big jsonb is sent as
     // an unchanged TOAST value and read back from ClickHouse's JSON).
-    exec(&format!(
+    pg_exec(&format!(
         "INSERT INTO {schema}.docs VALUES (4, '{{\"k\": \"v\"}}', 0);
          UPDATE {schema}.docs SET v = 1 WHERE id = 3;"
     ))
@@ -365,77 +305,76 @@ async fn jsonb_as_clickhouse_json_in_the_load_by_cdc_and_with_unchanged_toast() 
     .into_iter()
     .map(|r| r.into_iter().map(String::from).collect())
     .collect::<Vec<Vec<String>>>();
-    let db = schema.clone();
-    wait_rows(&want, || {
-        ch_rows(&db, "SELECT id, toString(j), v FROM docs FINAL ORDER BY id")
-    })
+    wait_ch_rows(
+        &schema,
+        "SELECT id, toString(j), v FROM docs FINAL ORDER BY id",
+        &want,
+    )
     .await;
     // ClickHouse's JSON holds objects only: an array fails the pipe, named.
-    exec(&format!(
+    pg_exec(&format!(
         "INSERT INTO {schema}.docs VALUES (5, '[1, 2]', 0);"
     ))
     .await;
-    let p = wait_failed(&mut c, &name, T).await;
+    let p = wait_failed(&mut c, &name, WAIT).await;
     for says in ["column \"j\"", "[1, 2]", "not an object"] {
         assert!(p.error.contains(says), "{says}: {}", p.error);
     }
-    delete(&mut c, &name).await;
+    delete_pipe(&mut c, &name).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_date_key_stored_as_string_keeps_out_of_range_keys_apart() {
     let schema = unique("ctk");
-    exec(&format!(
-        "CREATE SCHEMA {schema};
-         CREATE TABLE {schema}.days (d date PRIMARY KEY, v int);
+    create_schema(
+        &schema,
+        &format!(
+            "CREATE TABLE {schema}.days (d date PRIMARY KEY, v int);
          INSERT INTO {schema}.days VALUES ('0001-01-01', 1), ('1850-06-01', 2), ('infinity', 3),
                                           ('2024-02-29', 4);"
-    ))
+        ),
+    )
     .await;
-    let name = schema.replace('_', "-");
-    let (_srv, mut c) = start(req(&name, &schema, "days", &[("d", "String")])).await;
-    exec(&format!(
+    let name = pipe_name(&schema);
+    let (_srv, mut c, _) = start_pipe(req(&name, &schema, "days", &[("d", "String")])).await;
+    pg_exec(&format!(
         "UPDATE {schema}.days SET v = 10 WHERE d = '0001-01-01';
          DELETE FROM {schema}.days WHERE d = 'infinity';
          INSERT INTO {schema}.days VALUES ('9999-12-31', 5);"
     ))
     .await;
-    let want: Vec<Vec<String>> = [
-        ("0001-01-01", "10"),
-        ("1850-06-01", "2"),
-        ("2024-02-29", "4"),
-        ("9999-12-31", "5"),
-    ]
-    .iter()
-    .map(|(d, v)| vec![d.to_string(), v.to_string()])
-    .collect();
-    let db = schema.clone();
-    wait_rows(&want, || {
-        ch_rows(
-            &db,
-            "SELECT d, v FROM days FINAL WHERE _pgpipe_is_deleted = 0 ORDER BY d",
-        )
-    })
+    let want = rows(&[
+        ["0001-01-01", "10"],
+        ["1850-06-01", "2"],
+        ["2024-02-29", "4"],
+        ["9999-12-31", "5"],
+    ]);
+    wait_ch_rows(
+        &schema,
+        "SELECT d, v FROM days FINAL WHERE _pgpipe_is_deleted = 0 ORDER BY d",
+        &want,
+    )
     .await;
     assert_eq!(
-        ch_types(&schema, "days").await[0],
+        ch_column_types(&schema, "days").await[0],
         ("d".to_string(), "String".to_string())
     );
-    delete(&mut c, &name).await;
+    delete_pipe(&mut c, &name).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn column_types_that_do_not_fit_are_refused_naming_the_field() {
     let schema = unique("ctv");
-    exec(&format!(
-        "CREATE SCHEMA {schema};
-         CREATE TABLE {schema}.t (id bigint PRIMARY KEY, d date, n numeric(10, 2), arr int[],
+    create_schema(
+        &schema,
+        &format!(
+            "CREATE TABLE {schema}.t (id bigint PRIMARY KEY, d date, n numeric(10, 2), arr int[],
                                   secret text);"
-    ))
+        ),
+    )
     .await;
-    let srv = InProcess::start_engine().await;
-    let mut c = srv.client().await;
-    let name = schema.replace('_', "-");
+    let (_srv, mut c) = engine().await;
+    let name = pipe_name(&schema);
     let with = |types: &[(&str, &str)]| {
         let mut r = req(&name, &schema, "t", types);
         r.tables[0].exclude_columns = vec!["secret".into()];
@@ -463,16 +402,8 @@ async fn column_types_that_do_not_fit_are_refused_naming_the_field() {
         (ordered, field("d"), "order_by"),
     ];
     for (req, field, says) in cases {
-        let r = req.clone();
         let v = c
-            .validate_pipe(ValidatePipeRequest {
-                name: r.name,
-                source: r.source,
-                destination: r.destination,
-                tables: r.tables,
-                settings: r.settings,
-                labels: r.labels,
-            })
+            .validate_pipe(validate_req(req.clone()))
             .await
             .unwrap()
             .into_inner();
@@ -486,75 +417,58 @@ async fn column_types_that_do_not_fit_are_refused_naming_the_field() {
         assert!(err.message().contains(&field), "{field}: {}", err.message());
     }
     // A table added to a running pipe is checked the same way.
-    exec(&format!(
+    pg_exec(&format!(
         "CREATE TABLE {schema}.ok (id int PRIMARY KEY); INSERT INTO {schema}.ok VALUES (1);"
     ))
     .await;
     c.create_pipe(req(&name, &schema, "ok", &[])).await.unwrap();
-    wait_running(&mut c, &name, T).await;
+    wait_running(&mut c, &name, WAIT).await;
     let mut added = table(&format!("{schema}.t"));
     added.column_types = [("d".to_string(), "Float64".to_string())].into();
     let err = c
-        .update_pipe(UpdatePipeRequest {
-            name: name.clone(),
-            add_tables: vec![added],
-            ..Default::default()
-        })
+        .update_pipe(add_tables_req(&name, vec![added]))
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
     assert!(err.message().contains("column_types"), "{}", err.message());
-    delete(&mut c, &name).await;
+    delete_pipe(&mut c, &name).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_resync_can_change_a_column_type_and_the_rows_stay_equal() {
     let schema = unique("ctr");
-    exec(&format!(
-        "CREATE SCHEMA {schema};
-         CREATE TABLE {schema}.ev (id int PRIMARY KEY, d date NOT NULL, n date);
+    create_schema(
+        &schema,
+        &format!(
+            "CREATE TABLE {schema}.ev (id int PRIMARY KEY, d date NOT NULL, n date);
          INSERT INTO {schema}.ev VALUES (1, '0001-01-01', NULL), (2, '2024-02-29', NULL),
                                         (3, 'infinity', NULL), (4, '1970-01-01', NULL),
                                         (9, '1850-06-01', NULL);"
-    ))
+        ),
+    )
     .await;
-    let name = schema.replace('_', "-");
-    let (_srv, mut c) = start(req(&name, &schema, "ev", &[("d", "String")])).await;
-    let db = schema.clone();
-    let as_text = || {
-        ch_rows(
-            &db,
-            "SELECT id, d FROM ev FINAL WHERE _pgpipe_is_deleted = 0 ORDER BY id",
-        )
-    };
+    let name = pipe_name(&schema);
+    let (_srv, mut c, _) = start_pipe(req(&name, &schema, "ev", &[("d", "String")])).await;
+    let live = "SELECT id, d FROM ev FINAL WHERE _pgpipe_is_deleted = 0 ORDER BY id";
     // A deleted row: its tombstone (d a String filler) is carried over into
     // the rebuilt table although d becomes Int32.
-    exec(&format!("DELETE FROM {schema}.ev WHERE id = 9;")).await;
-    let rows = |v: &[(&str, &str)]| -> Vec<Vec<String>> {
-        v.iter()
-            .map(|(a, b)| vec![a.to_string(), b.to_string()])
-            .collect()
-    };
-    wait_rows(
+    pg_exec(&format!("DELETE FROM {schema}.ev WHERE id = 9;")).await;
+    wait_ch_rows(
+        &schema,
+        live,
         &rows(&[
-            ("1", "0001-01-01"),
-            ("2", "2024-02-29"),
-            ("3", "infinity"),
-            ("4", "1970-01-01"),
+            ["1", "0001-01-01"],
+            ["2", "2024-02-29"],
+            ["3", "infinity"],
+            ["4", "1970-01-01"],
         ]),
-        as_text,
     )
     .await;
     // Without the flag a resync refuses the change; with it, the table is
     // rebuilt with the new type.
     let mut o = table(&format!("{schema}.ev"));
     o.column_types = [("d".to_string(), "Int32".to_string())].into();
-    let refused = c
-        .resync_pipe(ResyncPipeRequest {
-            name: name.clone(),
-            overrides: vec![o.clone()],
-            ..Default::default()
-        })
+    let refused = resync_overrides(&mut c, &name, vec![o.clone()], false)
         .await
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
@@ -563,13 +477,7 @@ async fn a_resync_can_change_a_column_type_and_the_rows_stay_equal() {
     // changes, naming the field.
     let mut wrong = table(&format!("{schema}.ev"));
     wrong.column_types = [("d".to_string(), "Float64".to_string())].into();
-    let refused = c
-        .resync_pipe(ResyncPipeRequest {
-            name: name.clone(),
-            overrides: vec![wrong],
-            replace_column_options: true,
-            ..Default::default()
-        })
+    let refused = resync_overrides(&mut c, &name, vec![wrong], true)
         .await
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
@@ -578,26 +486,17 @@ async fn a_resync_can_change_a_column_type_and_the_rows_stay_equal() {
         "{}",
         refused.message()
     );
-    let new = c
-        .resync_pipe(ResyncPipeRequest {
-            name: name.clone(),
-            overrides: vec![o],
-            replace_column_options: true,
-            ..Default::default()
-        })
+    let new = resync_overrides(&mut c, &name, vec![o], true)
         .await
-        .unwrap()
-        .into_inner()
-        .pipe
         .unwrap();
     assert_eq!(
         new.config.as_ref().unwrap().tables[0].column_types["d"],
         "Int32"
     );
-    let running = wait_running(&mut c, &name, T).await;
+    let running = wait_running(&mut c, &name, WAIT).await;
     assert_eq!(running.id, new.id);
     assert_eq!(
-        ch_types(&schema, "ev").await[1],
+        ch_column_types(&schema, "ev").await[1],
         ("d".to_string(), "Int32".to_string())
     );
     let deleted = ch_rows(
@@ -606,48 +505,41 @@ async fn a_resync_can_change_a_column_type_and_the_rows_stay_equal() {
     )
     .await;
     assert_eq!(deleted, [["9"]], "soft-deleted row carried over");
-    exec(&format!(
+    pg_exec(&format!(
         "INSERT INTO {schema}.ev VALUES (5, '-infinity', NULL);"
     ))
     .await;
-    wait_rows(
+    wait_ch_rows(
+        &schema,
+        live,
         &rows(&[
-            ("1", "-719162"),
-            ("2", "19782"),
-            ("3", "2147483647"),
-            ("4", "0"),
-            ("5", "-2147483648"),
+            ["1", "-719162"],
+            ["2", "19782"],
+            ["3", "2147483647"],
+            ["4", "0"],
+            ["5", "-2147483648"],
         ]),
-        as_text,
     )
     .await;
-    delete(&mut c, &name).await;
+    delete_pipe(&mut c, &name).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_existing_destination_table_must_have_the_chosen_type() {
     let schema = unique("cte");
-    exec(&format!(
-        "CREATE SCHEMA {schema};
-         CREATE TABLE {schema}.ev (id int PRIMARY KEY, d date);
+    create_schema(
+        &schema,
+        &format!(
+            "CREATE TABLE {schema}.ev (id int PRIMARY KEY, d date);
          INSERT INTO {schema}.ev VALUES (1, '2024-02-29');"
-    ))
+        ),
+    )
     .await;
     // A pipe with the default mapping leaves `ev` (d Date32) behind.
-    let name = schema.replace('_', "-");
-    let (_srv, mut c) = start(req(&name, &schema, "ev", &[])).await;
-    delete(&mut c, &name).await;
-    let with = |types: &[(&str, &str)]| {
-        let r = req(&name, &schema, "ev", types);
-        ValidatePipeRequest {
-            name: r.name,
-            source: r.source,
-            destination: r.destination,
-            tables: r.tables,
-            settings: r.settings,
-            labels: r.labels,
-        }
-    };
+    let name = pipe_name(&schema);
+    let (_srv, mut c, _) = start_pipe(req(&name, &schema, "ev", &[])).await;
+    delete_pipe(&mut c, &name).await;
+    let with = |types: &[(&str, &str)]| validate_req(req(&name, &schema, "ev", types));
     let v = c
         .validate_pipe(with(&[("d", "String")]))
         .await

@@ -10,6 +10,7 @@ mod common;
 use std::time::Duration;
 
 use common::data::*;
+use common::peers::wait_pipe;
 use common::*;
 use pgpipe::proto::*;
 use tokio::time::Instant;
@@ -23,8 +24,7 @@ const COLS: &str =
 async fn make_events(schema: &str, rows: u64) -> String {
     let t = format!("{schema}.events");
     let mut sql = format!(
-        "CREATE SCHEMA {schema};
-         CREATE TABLE {t} (id bigint, at date NOT NULL, kind text, n int, PRIMARY KEY (id, at))
+        "CREATE TABLE {t} (id bigint, at date NOT NULL, kind text, n int, PRIMARY KEY (id, at))
            PARTITION BY RANGE (at);"
     );
     for (m, from, to) in [
@@ -38,7 +38,7 @@ async fn make_events(schema: &str, rows: u64) -> String {
     }
     sql.push_str(&insert_events(&t, 1, rows, "2026-09-01", 90));
     sql.push_str(&format!("ANALYZE {t};"));
-    pg().await.batch_execute(&sql).await.unwrap();
+    create_schema(schema, &sql).await;
     t
 }
 
@@ -52,26 +52,9 @@ fn insert_events(table: &str, from: u64, to: u64, start: &str, days: u64) -> Str
     )
 }
 
-async fn assert_equal(schema: &str, source: &str, dest: &str) {
-    wait_equal(schema, dest, schema, source, COLS, Duration::from_secs(120)).await;
-}
-
-/// Tables in the ClickHouse database.
-async fn ch_tables(database: &str) -> Vec<String> {
-    ch(database)
-        .query("SELECT name FROM system.tables WHERE database = ? ORDER BY name")
-        .bind(database)
-        .fetch_all::<String>()
-        .await
-        .unwrap()
-}
-
-fn details(p: &Pipe, source_table: &str) -> SourceTableDetails {
-    p.tables
-        .iter()
-        .find(|t| t.source_table == source_table)
-        .and_then(|t| t.source_details.clone())
-        .unwrap_or_default()
+/// Waits until `{schema}.{table}` and its ClickHouse copy are equal.
+async fn assert_equal(schema: &str, table: &str) {
+    wait_same_table(schema, schema, table, COLS).await;
 }
 
 /// Waits until the pipe knows `leaves` among the table's partitions, none
@@ -82,9 +65,7 @@ async fn wait_partitions(
     source_table: &str,
     leaves: &[String],
 ) -> Pipe {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let p = get(c, name).await;
+    wait_pipe(c, name, "partitions loaded", Duration::from_secs(60), |p| {
         assert_eq!(
             p.status(),
             PipeStatus::Running,
@@ -92,73 +73,60 @@ async fn wait_partitions(
             p.error,
             p.failed_step
         );
-        let d = details(&p, source_table);
-        if leaves.iter().all(|l| d.partitions.contains(l)) && d.partitions_loading.is_empty() {
-            return p;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "partitions not loaded in time: {d:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-async fn history(c: &mut Client, name: &str) -> Vec<Event> {
-    c.get_pipe_history(GetPipeHistoryRequest {
-        name: name.into(),
-        page_size: 1000,
-        ..Default::default()
+        let d = source_details(p, source_table);
+        leaves.iter().all(|l| d.partitions.contains(l)) && d.partitions_loading.is_empty()
     })
     .await
-    .unwrap()
-    .into_inner()
-    .events
+}
+
+/// A plain table shaped like `events` (to attach as a partition).
+fn events_like(table: &str) -> String {
+    format!(
+        "CREATE TABLE {table} (id bigint, at date NOT NULL, kind text, n int, PRIMARY KEY (id, at));"
+    )
+}
+
+/// `events_{month}` of `schema`, attachable to `{schema}.events`.
+fn leaf(schema: &str, month: &str) -> String {
+    format!("{schema}.events_{month}")
 }
 
 /// Inserts, updates that move rows to another partition (the partition key
 /// is part of the key), updates in place and deletes.
 async fn cdc_changes(t: &str) {
-    pg().await
-        .batch_execute(&format!(
-            "{}
+    pg_exec(&format!(
+        "{}
              UPDATE {t} SET at = at + 31, kind = 'moved' WHERE id % 7 = 0 AND at < '2026-10-25';
              UPDATE {t} SET n = -n WHERE id % 3 = 0;
              DELETE FROM {t} WHERE id % 11 = 0;
              BEGIN; UPDATE {t} SET at = '2026-09-15' WHERE id = 100 AND at >= '2026-10-01'; \
                     INSERT INTO {t} VALUES (1000000, '2026-11-30', 'late', 1); COMMIT;",
-            insert_events(t, 7_001, 8_000, "2026-10-01", 60)
-        ))
-        .await
-        .unwrap();
+        insert_events(t, 7_001, 8_000, "2026-10-01", 60)
+    ))
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_partitioned_table_replicates_into_one_table_through_snapshot_and_cdc() {
     let schema = unique("part");
     let t = make_events(&schema, 7_000).await;
-    let srv = InProcess::start_engine().await;
-    let mut c = srv.client().await;
-    let name = schema.replace('_', "-");
-    c.create_pipe(pipe_req(&name, &schema, &[&t]))
-        .await
-        .unwrap();
-    let p = wait_running(&mut c, &name, Duration::from_secs(120)).await;
-    assert_equal(&schema, "events", "events").await;
+    let name = pipe_name(&schema);
+    let (_srv, mut c, p) = start_pipe(pipe_req(&name, &schema, &[&t])).await;
+    assert_equal(&schema, "events").await;
     // One destination table, the leaves copied in CTID ranges (2000 rows
     // each in pipe_req): more ranges than leaves.
     assert_eq!(ch_tables(&schema).await, vec!["events".to_owned()]);
-    let stats = p.tables.iter().find(|s| s.source_table == t).unwrap();
+    let stats = table_stats(&p, &t);
     assert_eq!(stats.snapshot_rows, 7_000, "{stats:?}");
     assert!(stats.snapshot_partitions_total > 3, "{stats:?}");
     let leaves: Vec<String> = ["09", "10", "11"]
         .iter()
-        .map(|m| format!("{schema}.events_2026_{m}"))
+        .map(|m| leaf(&schema, &format!("2026_{m}")))
         .collect();
-    assert_eq!(details(&p, &t).partitions, leaves);
+    assert_eq!(source_details(&p, &t).partitions, leaves);
 
     cdc_changes(&t).await;
-    assert_equal(&schema, "events", "events").await;
+    assert_equal(&schema, "events").await;
     assert_eq!(get(&mut c, &name).await.status(), PipeStatus::Running);
 }
 
@@ -166,58 +134,48 @@ async fn a_partitioned_table_replicates_into_one_table_through_snapshot_and_cdc(
 async fn partitions_created_or_attached_while_the_pipe_runs_are_replicated() {
     let schema = unique("patt");
     let t = make_events(&schema, 3_000).await;
-    let srv = InProcess::start_engine().await;
-    let mut c = srv.client().await;
-    let name = schema.replace('_', "-");
-    c.create_pipe(pipe_req(&name, &schema, &[&t]))
-        .await
-        .unwrap();
-    wait_running(&mut c, &name, Duration::from_secs(120)).await;
+    let name = pipe_name(&schema);
+    let (_srv, mut c, _) = start_pipe(pipe_req(&name, &schema, &[&t])).await;
 
     // A new partition: its rows arrive through the root.
-    let pg = pg().await;
-    pg.batch_execute(&format!(
-        "CREATE TABLE {schema}.events_2026_12 PARTITION OF {t} \
-           FOR VALUES FROM ('2026-12-01') TO ('2027-01-01');
+    let new = leaf(&schema, "2026_12");
+    pg_exec(&format!(
+        "CREATE TABLE {new} PARTITION OF {t} FOR VALUES FROM ('2026-12-01') TO ('2027-01-01');
          {}",
         insert_events(&t, 10_001, 11_000, "2026-12-01", 31)
     ))
-    .await
-    .unwrap();
+    .await;
     // A table with rows of its own, attached: those rows are in no WAL the
     // pipe decodes, and must be loaded.
-    let old = format!("{schema}.events_2026_08");
-    pg.batch_execute(&format!(
-        "CREATE TABLE {old} (id bigint, at date NOT NULL, kind text, n int, PRIMARY KEY (id, at));
+    let old = leaf(&schema, "2026_08");
+    pg_exec(&format!(
+        "{}
          {}
          ALTER TABLE {t} ATTACH PARTITION {old} FOR VALUES FROM ('2026-08-01') TO ('2026-09-01');",
+        events_like(&old),
         insert_events(&old, 20_001, 24_000, "2026-08-01", 31)
     ))
-    .await
-    .unwrap();
+    .await;
     // Changes go on meanwhile, in the attached partition too.
-    pg.batch_execute(&format!(
+    pg_exec(&format!(
         "UPDATE {t} SET kind = 'after attach' WHERE id % 10 = 1;
          DELETE FROM {t} WHERE id % 17 = 0;
          UPDATE {t} SET at = at + 31 WHERE id BETWEEN 20001 AND 20100;"
     ))
-    .await
-    .unwrap();
-    assert_equal(&schema, "events", "events").await;
-    let new = format!("{schema}.events_2026_12");
+    .await;
+    assert_equal(&schema, "events").await;
     let p = wait_partitions(&mut c, &name, &t, &[new, old.clone()]).await;
-    assert_eq!(details(&p, &t).partitions.len(), 5, "{:?}", details(&p, &t));
-    let attached = history(&mut c, &name).await.into_iter().any(|e| {
+    let d = source_details(&p, &t);
+    assert_eq!(d.partitions.len(), 5, "{d:?}");
+    let attached = history(&mut c, &name, None).await.into_iter().any(|e| {
         matches!(&e.payload, Some(event::Payload::PartitionsChanged(p)) if p.attached.contains(&old))
     });
     assert!(
         attached,
         "no PartitionsChanged recorded the attached partition"
     );
-    pg.batch_execute(&format!("UPDATE {old} SET n = 0 WHERE id % 2 = 0"))
-        .await
-        .unwrap();
-    assert_equal(&schema, "events", "events").await;
+    pg_exec(&format!("UPDATE {old} SET n = 0 WHERE id % 2 = 0")).await;
+    assert_equal(&schema, "events").await;
     assert_eq!(ch_tables(&schema).await, vec!["events".to_owned()]);
 }
 
@@ -225,31 +183,22 @@ async fn partitions_created_or_attached_while_the_pipe_runs_are_replicated() {
 async fn a_detached_partition_keeps_its_rows_and_is_reported() {
     let schema = unique("pdet");
     let t = make_events(&schema, 900).await;
-    let srv = InProcess::start_engine().await;
-    let mut c = srv.client().await;
-    let name = schema.replace('_', "-");
-    c.create_pipe(pipe_req(&name, &schema, &[&t]))
-        .await
-        .unwrap();
-    wait_running(&mut c, &name, Duration::from_secs(120)).await;
-    assert_equal(&schema, "events", "events").await;
+    let name = pipe_name(&schema);
+    let (_srv, mut c, _) = start_pipe(pipe_req(&name, &schema, &[&t])).await;
+    assert_equal(&schema, "events").await;
 
-    let gone = format!("{schema}.events_2026_09");
-    pg().await
-        .batch_execute(&format!("ALTER TABLE {t} DETACH PARTITION {gone}"))
-        .await
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let p = loop {
-        let p = get(&mut c, &name).await;
-        if details(&p, &t).partitions_detached.contains(&gone) {
-            break p;
-        }
-        assert!(Instant::now() < deadline, "detach not reported: {p:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let gone = leaf(&schema, "2026_09");
+    pg_exec(&format!("ALTER TABLE {t} DETACH PARTITION {gone}")).await;
+    let p = wait_pipe(
+        &mut c,
+        &name,
+        "detach reported",
+        Duration::from_secs(60),
+        |p| source_details(p, &t).partitions_detached.contains(&gone),
+    )
+    .await;
     assert_eq!(p.status(), PipeStatus::Running);
-    assert!(!details(&p, &t).partitions.contains(&gone));
+    assert!(!source_details(&p, &t).partitions.contains(&gone));
     // Its 300 rows stay in ClickHouse (Postgres sends no deletes).
     let live: u64 = ch(&schema)
         .query("SELECT count() FROM events FINAL WHERE _pgpipe_is_deleted = 0")
@@ -263,26 +212,19 @@ async fn a_detached_partition_keeps_its_rows_and_is_reported() {
 async fn a_pipe_with_a_partitioned_table_resyncs() {
     let schema = unique("pres");
     let t = make_events(&schema, 5_000).await;
-    let srv = InProcess::start_engine().await;
-    let mut c = srv.client().await;
-    let name = schema.replace('_', "-");
-    c.create_pipe(pipe_req(&name, &schema, &[&t]))
-        .await
-        .unwrap();
-    wait_running(&mut c, &name, Duration::from_secs(120)).await;
+    let name = pipe_name(&schema);
+    let (_srv, mut c, _) = start_pipe(pipe_req(&name, &schema, &[&t])).await;
     cdc_changes(&t).await;
-    assert_equal(&schema, "events", "events").await;
+    assert_equal(&schema, "events").await;
 
-    let p = resync_and_wait(&mut c, &name, Duration::from_secs(120)).await;
-    assert_eq!(details(&p, &t).partitions.len(), 3);
-    assert_equal(&schema, "events", "events").await;
-    pg().await
-        .batch_execute(&format!(
-            "UPDATE {t} SET kind = 'after resync' WHERE id % 4 = 0; DELETE FROM {t} WHERE id % 9 = 0;"
-        ))
-        .await
-        .unwrap();
-    assert_equal(&schema, "events", "events").await;
+    let p = resync_and_wait(&mut c, &name, WAIT).await;
+    assert_eq!(source_details(&p, &t).partitions.len(), 3);
+    assert_equal(&schema, "events").await;
+    pg_exec(&format!(
+        "UPDATE {t} SET kind = 'after resync' WHERE id % 4 = 0; DELETE FROM {t} WHERE id % 9 = 0;"
+    ))
+    .await;
+    assert_equal(&schema, "events").await;
     assert_eq!(ch_tables(&schema).await, vec!["events".to_owned()]);
 }
 
@@ -291,70 +233,43 @@ async fn a_partitioned_table_added_to_a_running_pipe_is_loaded_beside_cdc() {
     let schema = unique("padd");
     let t = make_events(&schema, 5_000).await;
     let other = format!("{schema}.other");
-    pg().await
-        .batch_execute(&format!(
-            "CREATE TABLE {other} (id bigint PRIMARY KEY, at date NOT NULL, kind text, n int);
-             {}",
-            insert_events(&other, 1, 100, "2026-01-01", 10)
-        ))
-        .await
-        .unwrap();
-    let srv = InProcess::start_engine().await;
-    let mut c = srv.client().await;
-    let name = schema.replace('_', "-");
-    let pipe = c
-        .create_pipe(pipe_req(&name, &schema, &[&other]))
-        .await
-        .unwrap()
-        .into_inner()
-        .pipe
-        .unwrap();
-    wait_running(&mut c, &name, Duration::from_secs(120)).await;
+    pg_exec(&format!(
+        "CREATE TABLE {other} (id bigint PRIMARY KEY, at date NOT NULL, kind text, n int);
+         {}",
+        insert_events(&other, 1, 100, "2026-01-01", 10)
+    ))
+    .await;
+    let name = pipe_name(&schema);
+    let (_srv, mut c, pipe) = start_pipe(pipe_req(&name, &schema, &[&other])).await;
 
-    c.update_pipe(UpdatePipeRequest {
-        name: name.clone(),
-        add_tables: vec![table(&t)],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    c.update_pipe(add_tables_req(&name, vec![table(&t)]))
+        .await
+        .unwrap();
     cdc_changes(&t).await;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let p = get(&mut c, &name).await;
+    let p = wait_pipe(&mut c, &name, "loaded", WAIT, |p| {
         assert_eq!(p.id, pipe.id);
         assert_eq!(p.status(), PipeStatus::Running, "{}", p.error);
         let loaded = p.tables.iter().any(|s| {
             s.source_table == t && s.state() == TableState::Replicating && s.snapshot_done
         });
-        if loaded && p.table_loads.is_empty() {
-            assert_eq!(details(&p, &t).partitions.len(), 3);
-            break;
-        }
-        assert!(Instant::now() < deadline, "not loaded in time: {p:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert_equal(&schema, "events", "events").await;
-    assert_equal(&schema, "other", "other").await;
+        loaded && p.table_loads.is_empty()
+    })
+    .await;
+    assert_eq!(source_details(&p, &t).partitions.len(), 3);
+    assert_equal(&schema, "events").await;
+    assert_equal(&schema, "other").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_table_without_a_primary_key_is_refused() {
     let schema = unique("pnok");
-    pg().await
-        .batch_execute(&format!(
-            "CREATE SCHEMA {schema};
-             CREATE TABLE {schema}.logs (at date NOT NULL, line text) PARTITION BY RANGE (at);"
-        ))
-        .await
-        .unwrap();
-    let srv = InProcess::start_engine().await;
-    let mut c = srv.client().await;
-    let req = pipe_req(
-        &schema.replace('_', "-"),
-        &schema,
-        &[&format!("{schema}.logs")],
-    );
+    pg_exec(&format!(
+        "CREATE SCHEMA {schema};
+         CREATE TABLE {schema}.logs (at date NOT NULL, line text) PARTITION BY RANGE (at);"
+    ))
+    .await;
+    let (_srv, mut c) = engine().await;
+    let req = pipe_req(&pipe_name(&schema), &schema, &[&format!("{schema}.logs")]);
     let err = c.create_pipe(req).await.unwrap_err();
     assert!(
         matches!(
@@ -372,60 +287,43 @@ async fn a_partitioned_table_without_a_primary_key_is_refused() {
     }
 }
 
-/// Waits for the process to end by itself (the fail-point fired).
-async fn wait_exit(p: &mut Proc) {
-    for _ in 0..600 {
-        if p.child.try_wait().unwrap().is_some() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the fail-point never fired");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_crash_while_an_attached_partition_loads_resumes_the_load() {
     let schema = unique("pcra");
     let t = make_events(&schema, 2_000).await;
     let dir = tempfile::tempdir().unwrap();
-    let name = schema.replace('_', "-");
-    let mut p = Proc::spawn_engine(
+    let name = pipe_name(&schema);
+    let (mut p, mut c) = Proc::start_engine(
         dir.path(),
         &[("PGPIPE_FAILPOINTS", "partition_load.partition_done=abort")],
-    );
-    wait_serving(&p.url()).await;
-    let mut c = connect(&p.url()).await;
+    )
+    .await;
     c.create_pipe(pipe_req(&name, &schema, &[&t]))
         .await
         .unwrap();
-    wait_running(&mut c, &name, Duration::from_secs(120)).await;
-    let old = format!("{schema}.events_2026_08");
-    pg().await
-        .batch_execute(&format!(
-            "CREATE TABLE {old} (id bigint, at date NOT NULL, kind text, n int, PRIMARY KEY (id, at));
-             {}
-             ANALYZE {old};
-             ALTER TABLE {t} ATTACH PARTITION {old} FOR VALUES FROM ('2026-08-01') TO ('2026-09-01');",
-            insert_events(&old, 20_001, 30_000, "2026-08-01", 31)
-        ))
-        .await
-        .unwrap();
+    wait_running(&mut c, &name, WAIT).await;
+    let old = leaf(&schema, "2026_08");
+    pg_exec(&format!(
+        "{}
+         {}
+         ANALYZE {old};
+         ALTER TABLE {t} ATTACH PARTITION {old} FOR VALUES FROM ('2026-08-01') TO ('2026-09-01');",
+        events_like(&old),
+        insert_events(&old, 20_001, 30_000, "2026-08-01", 31)
+    ))
+    .await;
     // Killed after the first page range of the leaf reached ClickHouse.
-    wait_exit(&mut p).await;
+    p.wait_exit(Duration::from_secs(60)).await;
     drop(c);
-    pg().await
-        .batch_execute(&format!(
-            "UPDATE {t} SET kind = 'while down' WHERE id % 6 = 0"
-        ))
-        .await
-        .unwrap();
+    pg_exec(&format!(
+        "UPDATE {t} SET kind = 'while down' WHERE id % 6 = 0"
+    ))
+    .await;
 
-    let p = Proc::spawn_engine(dir.path(), &[]);
-    wait_serving(&p.url()).await;
-    let mut c = connect(&p.url()).await;
-    wait_running(&mut c, &name, Duration::from_secs(120)).await;
+    let (_p, mut c) = Proc::start_engine(dir.path(), &[]).await;
+    wait_running(&mut c, &name, WAIT).await;
     wait_partitions(&mut c, &name, &t, std::slice::from_ref(&old)).await;
-    assert_equal(&schema, "events", "events").await;
+    assert_equal(&schema, "events").await;
     let dups: u64 = ch(&schema)
         .query("SELECT toUInt64(count() - uniqExact(id, at)) FROM events FINAL WHERE _pgpipe_is_deleted = 0")
         .fetch_one()
@@ -438,39 +336,28 @@ async fn a_crash_while_an_attached_partition_loads_resumes_the_load() {
 async fn a_table_resync_rebuilds_a_partitioned_table_while_the_pipe_runs() {
     let schema = unique("ptrs");
     let t = make_events(&schema, 4_000).await;
-    let srv = InProcess::start_engine().await;
-    let mut c = srv.client().await;
-    let name = schema.replace('_', "-");
-    c.create_pipe(pipe_req(&name, &schema, &[&t]))
-        .await
-        .unwrap();
-    let pipe = wait_running(&mut c, &name, Duration::from_secs(120)).await;
+    let name = pipe_name(&schema);
+    let (_srv, mut c, pipe) = start_pipe(pipe_req(&name, &schema, &[&t])).await;
 
-    c.resync_pipe(ResyncPipeRequest {
-        name: name.clone(),
-        tables: vec![t.clone()],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    resync_tables(&mut c, &name, &[&t]).await;
     cdc_changes(&t).await;
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + WAIT;
     loop {
         let p = get(&mut c, &name).await;
         assert_eq!(p.id, pipe.id, "a table resync keeps the incarnation");
         assert_eq!(p.status(), PipeStatus::Running, "{}", p.error);
-        let swapped = history(&mut c, &name)
+        let swapped = history(&mut c, &name, None)
             .await
             .iter()
             .any(|e| matches!(e.payload, Some(event::Payload::TableSwapped(_))));
         if swapped && p.table_loads.is_empty() {
-            assert_eq!(details(&p, &t).partitions.len(), 3);
+            assert_eq!(source_details(&p, &t).partitions.len(), 3);
             break;
         }
         assert!(Instant::now() < deadline, "not swapped in time: {p:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_equal(&schema, "events", "events").await;
+    assert_equal(&schema, "events").await;
     assert_eq!(ch_tables(&schema).await, vec!["events".to_owned()]);
 }
 
@@ -478,74 +365,54 @@ async fn a_table_resync_rebuilds_a_partitioned_table_while_the_pipe_runs() {
 async fn column_options_apply_to_a_partitioned_table() {
     let schema = unique("pcol");
     let t = make_events(&schema, 3_000).await;
-    let srv = InProcess::start_engine().await;
-    let mut c = srv.client().await;
-    let name = schema.replace('_', "-");
-    let mut req = pipe_req(&name, &schema, &[&t]);
+    let mut req = pipe_req(&pipe_name(&schema), &schema, &[&t]);
     req.tables[0].exclude_columns = vec!["n".into()];
     req.tables[0]
         .rename_columns
         .insert("kind".into(), "category".into());
-    c.create_pipe(req).await.unwrap();
-    wait_running(&mut c, &name, Duration::from_secs(120)).await;
+    let (_srv, _c, _) = start_pipe(req).await;
     cdc_changes(&t).await;
 
-    let cols: Vec<String> = ch(&schema)
-        .query("SELECT name FROM system.columns WHERE database = ? AND table = 'events' AND name NOT LIKE '\\_pgpipe\\_%' ORDER BY position")
-        .bind(&schema)
-        .fetch_all()
-        .await
-        .unwrap();
-    assert_eq!(cols, ["id", "at", "category"]);
+    assert_eq!(
+        ch_columns(&schema, "events").await,
+        ["id", "at", "category"]
+    );
     // The renamed column holds the source's values, row by row.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let d = try_diff_as(
-            &schema,
-            "events",
-            &schema,
-            "events",
-            "id, toString(at) AS at, ifNull(kind, '~') AS kind",
-            "id, toString(at) AS at, ifNull(category, '~') AS kind",
-        )
-        .await;
-        if matches!(d, Ok(0)) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "still differ: {d:?}");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    wait_equal_as(
+        &schema,
+        "events",
+        &schema,
+        "events",
+        "id, toString(at) AS at, ifNull(kind, '~') AS kind",
+        "id, toString(at) AS at, ifNull(category, '~') AS kind",
+        WAIT,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn unchanged_toast_values_of_an_attached_partition_are_read_from_the_source() {
     let schema = unique("ptst");
     let t = make_events(&schema, 300).await;
-    let srv = InProcess::start_engine().await;
-    let mut c = srv.client().await;
-    let name = schema.replace('_', "-");
-    c.create_pipe(pipe_req(&name, &schema, &[&t]))
-        .await
-        .unwrap();
-    wait_running(&mut c, &name, Duration::from_secs(120)).await;
+    let name = pipe_name(&schema);
+    let (_srv, mut c, _) = start_pipe(pipe_req(&name, &schema, &[&t])).await;
 
     // Attached with TOASTed values, then updated at once (before the pipe
     // found the partition): pgoutput sends the big value as "unchanged",
     // and ClickHouse has no row to take it from yet.
-    let old = format!("{schema}.events_2026_08");
-    pg().await
-        .batch_execute(&format!(
-            "CREATE TABLE {old} (id bigint, at date NOT NULL, kind text, n int, PRIMARY KEY (id, at));
-             INSERT INTO {old} SELECT g, DATE '2026-08-01' + (g % 31), \
-               (SELECT string_agg(md5(g::text || '-' || i), '') FROM generate_series(1, 200) i), g \
-             FROM generate_series(50001, 50020) g;
-             ALTER TABLE {t} ATTACH PARTITION {old} FOR VALUES FROM ('2026-08-01') TO ('2026-09-01');
-             UPDATE {t} SET n = -n WHERE id > 50000;"
-        ))
-        .await
-        .unwrap();
+    let old = leaf(&schema, "2026_08");
+    pg_exec(&format!(
+        "{}
+         INSERT INTO {old} SELECT g, DATE '2026-08-01' + (g % 31), \
+           (SELECT string_agg(md5(g::text || '-' || i), '') FROM generate_series(1, 200) i), g \
+         FROM generate_series(50001, 50020) g;
+         ALTER TABLE {t} ATTACH PARTITION {old} FOR VALUES FROM ('2026-08-01') TO ('2026-09-01');
+         UPDATE {t} SET n = -n WHERE id > 50000;",
+        events_like(&old)
+    ))
+    .await;
     wait_partitions(&mut c, &name, &t, std::slice::from_ref(&old)).await;
-    assert_equal(&schema, "events", "events").await;
+    assert_equal(&schema, "events").await;
     assert_eq!(get(&mut c, &name).await.status(), PipeStatus::Running);
 }
 
@@ -553,10 +420,9 @@ async fn unchanged_toast_values_of_an_attached_partition_are_read_from_the_sourc
 async fn a_partition_and_its_parent_are_not_both_in_a_pipe() {
     let schema = unique("povl");
     let t = make_events(&schema, 100).await;
-    let leaf = format!("{schema}.events_2026_10");
-    let srv = InProcess::start_engine().await;
-    let mut c = srv.client().await;
-    let name = schema.replace('_', "-");
+    let leaf = leaf(&schema, "2026_10");
+    let (_srv, mut c) = engine().await;
+    let name = pipe_name(&schema);
     let refused = |e: tonic::Status| {
         assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
         for part in [
@@ -579,22 +445,16 @@ async fn a_partition_and_its_parent_are_not_both_in_a_pipe() {
     c.create_pipe(pipe_req(&name, &schema, &[&t]))
         .await
         .unwrap();
-    wait_running(&mut c, &name, Duration::from_secs(120)).await;
+    wait_running(&mut c, &name, WAIT).await;
     refused(
-        c.update_pipe(UpdatePipeRequest {
-            name: name.clone(),
-            add_tables: vec![table(&leaf)],
-            ..Default::default()
-        })
-        .await
-        .unwrap_err(),
+        c.update_pipe(add_tables_req(&name, vec![table(&leaf)]))
+            .await
+            .unwrap_err(),
     );
     let dry = c
         .update_pipe(UpdatePipeRequest {
-            name: name.clone(),
-            add_tables: vec![table(&leaf)],
             validate_only: true,
-            ..Default::default()
+            ..add_tables_req(&name, vec![table(&leaf)])
         })
         .await
         .unwrap()
@@ -612,19 +472,11 @@ async fn a_partition_and_its_parent_are_not_both_in_a_pipe() {
 async fn truncating_the_partitioned_table_empties_the_clickhouse_table() {
     let schema = unique("ptru");
     let t = make_events(&schema, 900).await;
-    let srv = InProcess::start_engine().await;
-    let mut c = srv.client().await;
-    let name = schema.replace('_', "-");
-    c.create_pipe(pipe_req(&name, &schema, &[&t]))
-        .await
-        .unwrap();
-    wait_running(&mut c, &name, Duration::from_secs(120)).await;
-    pg().await
-        .batch_execute(&format!(
-            "TRUNCATE {t}; {}",
-            insert_events(&t, 5_001, 5_050, "2026-10-01", 30)
-        ))
-        .await
-        .unwrap();
-    assert_equal(&schema, "events", "events").await;
+    let (_srv, _c, _) = start_pipe(pipe_req(&pipe_name(&schema), &schema, &[&t])).await;
+    pg_exec(&format!(
+        "TRUNCATE {t}; {}",
+        insert_events(&t, 5_001, 5_050, "2026-10-01", 30)
+    ))
+    .await;
+    assert_equal(&schema, "events").await;
 }

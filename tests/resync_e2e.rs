@@ -88,20 +88,6 @@ async fn wait_for(
     }
 }
 
-async fn delete_and_release(c: &mut Client, name: &str) {
-    let p = c
-        .delete_pipe(DeletePipeRequest {
-            name: name.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pipe
-        .unwrap();
-    wait_released(c, &p.id).await;
-}
-
 async fn slot_exists(slot: &str) -> bool {
     let n: i64 = pg()
         .await

@@ -13,55 +13,34 @@ use common::*;
 use pgpipe::proto::event::Payload;
 use pgpipe::proto::*;
 
-const T: Duration = Duration::from_secs(120);
-
-/// Creates `schema` and runs `sql` in it.
-async fn setup(schema: &str, sql: &str) {
-    pg().await
-        .batch_execute(&format!(
-            "CREATE SCHEMA {schema}; SET search_path = {schema}; {sql}"
-        ))
-        .await
-        .unwrap();
-}
-
-async fn exec(schema: &str, sql: &str) {
-    pg().await
-        .batch_execute(&format!("SET search_path = {schema}; {sql}"))
-        .await
-        .unwrap();
-}
-
+/// Starts a pipe over `tables` of `schema`; waits until it runs.
 async fn start(schema: &str, tables: &[&str]) -> (InProcess, Client, String) {
-    let srv = InProcess::start_engine().await;
-    let mut c = srv.client().await;
-    let name = schema.replace('_', "-");
+    let name = pipe_name(schema);
     let full: Vec<String> = tables.iter().map(|t| format!("{schema}.{t}")).collect();
     let full: Vec<&str> = full.iter().map(String::as_str).collect();
-    c.create_pipe(pipe_req(&name, schema, &full)).await.unwrap();
-    wait_running(&mut c, &name, T).await;
+    let (srv, c, _) = start_pipe(pipe_req(&name, schema, &full)).await;
     (srv, c, name)
 }
 
+/// Waits until `{schema}.{table}` and its ClickHouse copy are equal.
 async fn equal(schema: &str, table: &str, cols: &str) {
-    wait_equal(schema, table, schema, table, cols, T).await;
+    wait_same_table(schema, schema, table, cols).await;
+}
+
+/// Restarts the in-process engine on its data (the pipe replays its log).
+async fn restart(srv: InProcess) -> (InProcess, Client) {
+    let srv = InProcess::start_with(srv.stop().await, None, true).await;
+    let c = srv.client().await;
+    (srv, c)
 }
 
 /// The pipe's events of kind SCHEMA (SchemaChanged, TableFailed).
 async fn schema_events(c: &mut Client, name: &str) -> Vec<Payload> {
-    c.get_pipe_history(GetPipeHistoryRequest {
-        name: name.into(),
-        kind: HistoryKind::Schema as i32,
-        page_size: 1000,
-        page_token: String::new(),
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .events
-    .into_iter()
-    .filter_map(|e| e.payload)
-    .collect()
+    history(c, name, Some(HistoryKind::Schema))
+        .await
+        .into_iter()
+        .filter_map(|e| e.payload)
+        .collect()
 }
 
 fn changes(events: &[Payload]) -> Vec<(SchemaChangeKind, String, String)> {
@@ -74,51 +53,11 @@ fn changes(events: &[Payload]) -> Vec<(SchemaChangeKind, String, String)> {
         .collect()
 }
 
-async fn wait_table_state(
-    c: &mut Client,
-    name: &str,
-    table: &str,
-    state: TableState,
-) -> TableStats {
-    let deadline = tokio::time::Instant::now() + T;
-    loop {
-        let p = get(c, name).await;
-        assert_eq!(p.status(), PipeStatus::Running, "{p:?}");
-        if let Some(t) = p.tables.iter().find(|t| t.source_table == table)
-            && t.state() == state
-        {
-            return t.clone();
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "table {table} never {state:?}: {:?}",
-            p.tables
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-async fn ch_type(schema: &str, table: &str, column: &str) -> String {
-    ch(schema)
-        .query("SELECT type FROM system.columns WHERE database = ? AND table = ? AND name = ?")
-        .bind(schema)
-        .bind(table)
-        .bind(column)
-        .fetch_one::<String>()
-        .await
-        .unwrap()
-}
-
-/// Deletes the pipe and waits until its slot and publication are gone.
-async fn delete(c: &mut Client, name: &str) {
-    let id = get(c, name).await.id;
-    c.delete_pipe(DeletePipeRequest {
-        name: name.into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    wait_released(c, &id).await;
+/// The pipe recorded `n` schema changes, all of `kind`.
+async fn assert_changes(c: &mut Client, name: &str, n: usize, kind: SchemaChangeKind) {
+    let kinds = changes(&schema_events(c, name).await);
+    assert_eq!(kinds.len(), n, "{kinds:?}");
+    assert!(kinds.iter().all(|k| k.0 == kind));
 }
 
 /// Old rows (some with TOASTed values) read the added column's default in
@@ -127,7 +66,7 @@ async fn delete(c: &mut Client, name: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_added_column_reads_its_default_in_old_rows() {
     let schema = unique("ddl_add");
-    setup(
+    create_schema(
         &schema,
         "CREATE TABLE t (id bigint PRIMARY KEY, v text, big text);
          INSERT INTO t SELECT g, 'v' || g, CASE WHEN g % 5 = 0 THEN
@@ -138,7 +77,7 @@ async fn an_added_column_reads_its_default_in_old_rows() {
     let (_srv, mut c, name) = start(&schema, &["t"]).await;
     equal(&schema, "t", "id, v, big").await;
 
-    exec(
+    exec_in(
         &schema,
         "ALTER TABLE t ADD COLUMN level int NOT NULL DEFAULT 7;
          ALTER TABLE t ADD COLUMN note text DEFAULT 'it''s \"{x}\" \\ ok';
@@ -159,10 +98,8 @@ async fn an_added_column_reads_its_default_in_old_rows() {
         .await
         .unwrap();
     assert_eq!(sevens, 100);
-    let kinds = changes(&schema_events(&mut c, &name).await);
-    assert_eq!(kinds.len(), 6, "{kinds:?}");
-    assert!(kinds.iter().all(|k| k.0 == SchemaChangeKind::AddColumn));
-    delete(&mut c, &name).await;
+    assert_changes(&mut c, &name, 6, SchemaChangeKind::AddColumn).await;
+    delete_and_release(&mut c, &name).await;
 }
 
 /// A volatile default gave each old row a value the WAL does not carry:
@@ -171,7 +108,7 @@ async fn an_added_column_reads_its_default_in_old_rows() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_volatile_default_fails_only_its_table_until_it_is_resynced() {
     let schema = unique("ddl_vol");
-    setup(
+    create_schema(
         &schema,
         "CREATE TABLE a (id bigint PRIMARY KEY, v text);
          CREATE TABLE b (id bigint PRIMARY KEY, v text);
@@ -180,7 +117,7 @@ async fn a_volatile_default_fails_only_its_table_until_it_is_resynced() {
     )
     .await;
     let (_srv, mut c, name) = start(&schema, &["a", "b"]).await;
-    exec(
+    exec_in(
         &schema,
         "ALTER TABLE a ADD COLUMN r float8 DEFAULT random();
          INSERT INTO a (id, v) VALUES (51, 'x');",
@@ -203,7 +140,7 @@ async fn a_volatile_default_fails_only_its_table_until_it_is_resynced() {
         "{}",
         failed.error
     );
-    exec(
+    exec_in(
         &schema,
         "INSERT INTO b SELECT g, 'b' || g FROM generate_series(51, 80) g;",
     )
@@ -217,22 +154,16 @@ async fn a_volatile_default_fails_only_its_table_until_it_is_resynced() {
         "{events:?}"
     );
 
-    c.resync_pipe(ResyncPipeRequest {
-        name: name.clone(),
-        tables: vec![a.clone()],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    resync_tables(&mut c, &name, &[&a]).await;
     let healed = wait_table_state(&mut c, &name, &a, TableState::Replicating).await;
     assert!(healed.error.is_empty(), "{}", healed.error);
-    exec(
+    exec_in(
         &schema,
         "INSERT INTO a (id, v) VALUES (52, 'y'); UPDATE a SET v = 'z' WHERE id = 1;",
     )
     .await;
     equal(&schema, "a", "id, v, r").await;
-    delete(&mut c, &name).await;
+    delete_and_release(&mut c, &name).await;
 }
 
 /// DROP and RENAME under a write workload on both tables (which writes the
@@ -244,7 +175,7 @@ async fn drop_and_rename_under_writes_keep_every_table_replicating() {
     use common::workload::{Shape, Target, Workload, seed_from_env};
     let schema = unique("ddl_dr");
     let (t, u) = (format!("{schema}.t"), format!("{schema}.u"));
-    setup(
+    create_schema(
         &schema,
         &format!(
             "{}; {}; {}; {};
@@ -268,13 +199,13 @@ async fn drop_and_rename_under_writes_keep_every_table_replicating() {
         Duration::from_millis(10),
     );
     tokio::time::sleep(Duration::from_millis(800)).await;
-    exec(&schema, "ALTER TABLE t DROP COLUMN d;").await;
+    exec_in(&schema, "ALTER TABLE t DROP COLUMN d;").await;
     tokio::time::sleep(Duration::from_millis(800)).await;
-    exec(&schema, "ALTER TABLE t RENAME COLUMN r TO r2;").await;
+    exec_in(&schema, "ALTER TABLE t RENAME COLUMN r TO r2;").await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     let stats = workload.stop().await;
     assert!(stats.committed > 20, "{stats:?}");
-    exec(&schema, "INSERT INTO t (id, r2) VALUES (100000, 'after');").await;
+    exec_in(&schema, "INSERT INTO t (id, r2) VALUES (100000, 'after');").await;
     let t_cols = format!("{}, ifNull(r2, '~') AS r2", Shape::Items.cols());
     equal(&schema, "t", &t_cols).await;
     equal(&schema, "u", Shape::Pairs.cols()).await;
@@ -299,10 +230,8 @@ async fn drop_and_rename_under_writes_keep_every_table_replicating() {
     );
 
     // Restarted, the pipe replays its events and goes on.
-    let dir = srv.stop().await;
-    let srv = InProcess::start_with(dir, None, true).await;
-    let mut c = srv.client().await;
-    exec(
+    let (_srv, mut c) = restart(srv).await;
+    exec_in(
         &schema,
         "INSERT INTO t (id, r2) VALUES (100001, 'restarted'); UPDATE t SET r2 = 'x' WHERE id = 100000;",
     )
@@ -311,7 +240,7 @@ async fn drop_and_rename_under_writes_keep_every_table_replicating() {
     let p = get(&mut c, &name).await;
     assert_eq!(p.status(), PipeStatus::Running);
     assert_eq!(changes(&schema_events(&mut c, &name).await).len(), 2);
-    delete(&mut c, &name).await;
+    delete_and_release(&mut c, &name).await;
 }
 
 /// int4 -> int8, varchar(10) -> text, numeric(10,2) -> numeric(14,2):
@@ -320,14 +249,14 @@ async fn drop_and_rename_under_writes_keep_every_table_replicating() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn widening_a_type_modifies_the_clickhouse_column() {
     let schema = unique("ddl_wide");
-    setup(
+    create_schema(
         &schema,
         "CREATE TABLE t (id bigint PRIMARY KEY, a int, s varchar(10), n numeric(10,2));
          INSERT INTO t SELECT g, g, 's' || g, g + 0.25 FROM generate_series(1, 50) g;",
     )
     .await;
     let (_srv, mut c, name) = start(&schema, &["t"]).await;
-    exec(
+    exec_in(
         &schema,
         "ALTER TABLE t ALTER COLUMN a TYPE bigint, ALTER COLUMN s TYPE text,
              ALTER COLUMN n TYPE numeric(14,2);
@@ -337,10 +266,8 @@ async fn widening_a_type_modifies_the_clickhouse_column() {
     equal(&schema, "t", "id, a, s, n").await;
     assert_eq!(ch_type(&schema, "t", "a").await, "Nullable(Int64)");
     assert_eq!(ch_type(&schema, "t", "n").await, "Nullable(Decimal(14, 2))");
-    let kinds = changes(&schema_events(&mut c, &name).await);
-    assert_eq!(kinds.len(), 3, "{kinds:?}");
-    assert!(kinds.iter().all(|k| k.0 == SchemaChangeKind::RetypeColumn));
-    delete(&mut c, &name).await;
+    assert_changes(&mut c, &name, 3, SchemaChangeKind::RetypeColumn).await;
+    delete_and_release(&mut c, &name).await;
 }
 
 /// A narrowing (int8 -> int4) fails only its table; the other keeps
@@ -348,7 +275,7 @@ async fn widening_a_type_modifies_the_clickhouse_column() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_narrowing_fails_only_its_table_and_a_table_resync_heals_it() {
     let schema = unique("ddl_narrow");
-    setup(
+    create_schema(
         &schema,
         "CREATE TABLE a (id bigint PRIMARY KEY, big bigint, v text);
          CREATE TABLE b (id bigint PRIMARY KEY, v text);
@@ -357,7 +284,7 @@ async fn a_narrowing_fails_only_its_table_and_a_table_resync_heals_it() {
     )
     .await;
     let (srv, mut c, name) = start(&schema, &["a", "b"]).await;
-    exec(
+    exec_in(
         &schema,
         "ALTER TABLE a ALTER COLUMN big TYPE int;
          INSERT INTO a VALUES (51, 51, 'after');",
@@ -371,7 +298,7 @@ async fn a_narrowing_fails_only_its_table_and_a_table_resync_heals_it() {
         failed.error
     );
     // The others go on, and the failed table's changes are skipped.
-    exec(
+    exec_in(
         &schema,
         "INSERT INTO b VALUES (51, 'b51'); INSERT INTO a VALUES (52, 52, 'skipped');",
     )
@@ -379,10 +306,8 @@ async fn a_narrowing_fails_only_its_table_and_a_table_resync_heals_it() {
     equal(&schema, "b", "id, v").await;
 
     // Restarted, the table is still failed (from the log) and skipped.
-    let dir = srv.stop().await;
-    let srv = InProcess::start_with(dir, None, true).await;
-    let mut c = srv.client().await;
-    exec(&schema, "INSERT INTO b VALUES (52, 'b52');").await;
+    let (_srv, mut c) = restart(srv).await;
+    exec_in(&schema, "INSERT INTO b VALUES (52, 'b52');").await;
     equal(&schema, "b", "id, v").await;
     let again = wait_table_state(&mut c, &name, &a, TableState::Failed).await;
     assert_eq!(again.error, failed.error);
@@ -393,22 +318,16 @@ async fn a_narrowing_fails_only_its_table_and_a_table_resync_heals_it() {
         .count();
     assert_eq!(fails, 1);
 
-    c.resync_pipe(ResyncPipeRequest {
-        name: name.clone(),
-        tables: vec![a.clone()],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    resync_tables(&mut c, &name, &[&a]).await;
     wait_table_state(&mut c, &name, &a, TableState::Replicating).await;
-    exec(
+    exec_in(
         &schema,
         "INSERT INTO a VALUES (53, 53, 'healed'); DELETE FROM a WHERE id = 1;",
     )
     .await;
     equal(&schema, "a", "id, big, v").await;
     assert_eq!(ch_type(&schema, "a", "big").await, "Nullable(Int32)");
-    delete(&mut c, &name).await;
+    delete_and_release(&mut c, &name).await;
 }
 
 /// Changes made while the pipe is paused (rows before and after them still
@@ -417,7 +336,7 @@ async fn a_narrowing_fails_only_its_table_and_a_table_resync_heals_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn changes_made_while_paused_are_applied_on_resume() {
     let schema = unique("ddl_pause");
-    setup(
+    create_schema(
         &schema,
         "CREATE TABLE t (id bigint PRIMARY KEY, a int, v text);
          INSERT INTO t SELECT g, g, 'v' || g FROM generate_series(1, 50) g;",
@@ -427,7 +346,7 @@ async fn changes_made_while_paused_are_applied_on_resume() {
     c.pause_pipe(PausePipeRequest { name: name.clone() })
         .await
         .unwrap();
-    exec(
+    exec_in(
         &schema,
         "INSERT INTO t VALUES (51, 51, 'before');
          ALTER TABLE t ADD COLUMN level int NOT NULL DEFAULT 7;
@@ -446,7 +365,7 @@ async fn changes_made_while_paused_are_applied_on_resume() {
         .collect();
     assert!(kinds.contains(&SchemaChangeKind::AddColumn), "{kinds:?}");
     assert!(kinds.contains(&SchemaChangeKind::RetypeColumn), "{kinds:?}");
-    delete(&mut c, &name).await;
+    delete_and_release(&mut c, &name).await;
 }
 
 /// ClickHouse cannot rename a sorting-key column: it keeps its name, the
@@ -455,28 +374,21 @@ async fn changes_made_while_paused_are_applied_on_resume() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_renamed_key_column_keeps_its_clickhouse_name() {
     let schema = unique("ddl_rnkey");
-    setup(
+    create_schema(
         &schema,
         "CREATE TABLE t (id bigint PRIMARY KEY, v text);
          INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 50) g;",
     )
     .await;
     let (srv, mut c, name) = start(&schema, &["t"]).await;
-    exec(
+    exec_in(
         &schema,
         "ALTER TABLE t RENAME COLUMN id TO ident;
          INSERT INTO t VALUES (51, 'after'); UPDATE t SET v = 'u' WHERE ident = 1;",
     )
     .await;
     let same = async |schema: &str| {
-        let deadline = tokio::time::Instant::now() + T;
-        loop {
-            match try_diff_as(schema, "t", schema, "t", "ident, v", "id, v").await {
-                Ok(0) => return,
-                r => assert!(tokio::time::Instant::now() < deadline, "differ: {r:?}"),
-            }
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
+        wait_equal_as(schema, "t", schema, "t", "ident, v", "id, v", WAIT).await
     };
     same(&schema).await;
     let p = get(&mut c, &name).await;
@@ -486,16 +398,14 @@ async fn a_renamed_key_column_keeps_its_clickhouse_name() {
         Some("id")
     );
 
-    let dir = srv.stop().await;
-    let srv = InProcess::start_with(dir, None, true).await;
-    let mut c = srv.client().await;
-    exec(
+    let (_srv, mut c) = restart(srv).await;
+    exec_in(
         &schema,
         "INSERT INTO t VALUES (52, 'restarted'); DELETE FROM t WHERE ident = 2;",
     )
     .await;
     same(&schema).await;
-    delete(&mut c, &name).await;
+    delete_and_release(&mut c, &name).await;
 }
 
 /// With `drop_dropped_columns`, a column dropped at the source is dropped
@@ -503,21 +413,18 @@ async fn a_renamed_key_column_keeps_its_clickhouse_name() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn drop_dropped_columns_drops_the_clickhouse_column() {
     let schema = unique("ddl_dropd");
-    setup(
+    create_schema(
         &schema,
         "CREATE TABLE t (id bigint PRIMARY KEY, v text, gone text);
          INSERT INTO t SELECT g, 'v' || g, 'g' FROM generate_series(1, 20) g;",
     )
     .await;
-    let srv = InProcess::start_engine().await;
-    let mut c = srv.client().await;
-    let name = schema.replace('_', "-");
+    let name = pipe_name(&schema);
     let mut req = pipe_req(&name, &schema, &[&format!("{schema}.t")]);
     if let Some(s) = req.settings.as_mut() {
         s.drop_dropped_columns = true;
     }
-    c.create_pipe(req).await.unwrap();
-    wait_running(&mut c, &name, T).await;
+    let (_srv, mut c, _) = start_pipe(req).await;
     let mut watch = c
         .watch_pipe(WatchPipeRequest {
             name: name.clone(),
@@ -526,12 +433,12 @@ async fn drop_dropped_columns_drops_the_clickhouse_column() {
         .await
         .unwrap()
         .into_inner();
-    exec(
+    exec_in(
         &schema,
         "ALTER TABLE t DROP COLUMN gone; INSERT INTO t VALUES (21, 'after');",
     )
     .await;
-    let seen = tokio::time::timeout(T, async {
+    let seen = tokio::time::timeout(WAIT, async {
         while let Some(m) = watch.message().await.unwrap() {
             if let Some(Payload::SchemaChanged(s)) = m.event.and_then(|e| e.payload) {
                 return s;
@@ -556,7 +463,7 @@ async fn drop_dropped_columns_drops_the_clickhouse_column() {
         .await
         .unwrap();
     assert_eq!(left, 0);
-    delete(&mut c, &name).await;
+    delete_and_release(&mut c, &name).await;
 }
 
 /// A crash after the ALTERs of a change, before its event is recorded: the
@@ -564,45 +471,35 @@ async fn drop_dropped_columns_drops_the_clickhouse_column() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_crash_between_the_alter_and_its_event_is_harmless() {
     let schema = unique("ddl_crash");
-    setup(
+    create_schema(
         &schema,
         "CREATE TABLE t (id bigint PRIMARY KEY, v text);
          INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 20) g;",
     )
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let mut p = Proc::spawn_engine(
+    let (mut p, mut c) = Proc::start_engine(
         dir.path(),
         &[("PGPIPE_FAILPOINTS", "schema_change.before_record=abort")],
-    );
-    wait_serving(&p.url()).await;
-    let mut c = connect(&p.url()).await;
-    let name = schema.replace('_', "-");
+    )
+    .await;
+    let name = pipe_name(&schema);
     c.create_pipe(pipe_req(&name, &schema, &[&format!("{schema}.t")]))
         .await
         .unwrap();
-    wait_running(&mut c, &name, T).await;
-    exec(
+    wait_running(&mut c, &name, WAIT).await;
+    exec_in(
         &schema,
         "INSERT INTO t VALUES (21, 'before');
          ALTER TABLE t ADD COLUMN level int NOT NULL DEFAULT 7;
          INSERT INTO t VALUES (22, 'after', 3);",
     )
     .await;
-    let deadline = tokio::time::Instant::now() + T;
-    while p.child.try_wait().unwrap().is_none() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the fail-point never fired"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let p2 = Proc::spawn_engine(dir.path(), &[]);
-    wait_serving(&p2.url()).await;
-    let mut c = connect(&p2.url()).await;
-    exec(&schema, "INSERT INTO t VALUES (23, 'restarted', 4);").await;
+    p.wait_exit(WAIT).await;
+    let (_p2, mut c) = Proc::start_engine(dir.path(), &[]).await;
+    exec_in(&schema, "INSERT INTO t VALUES (23, 'restarted', 4);").await;
     equal(&schema, "t", "id, v, level").await;
     assert_eq!(get(&mut c, &name).await.status(), PipeStatus::Running);
-    delete(&mut c, &name).await;
+    delete_and_release(&mut c, &name).await;
     drop(p);
 }

@@ -12,19 +12,8 @@ use common::peers::{PrivateEnv, free_port};
 use common::*;
 use pgpipe::proto::*;
 
-fn vreq(r: CreatePipeRequest) -> ValidatePipeRequest {
-    ValidatePipeRequest {
-        name: r.name,
-        source: r.source,
-        destination: r.destination,
-        tables: r.tables,
-        settings: r.settings,
-        labels: r.labels,
-    }
-}
-
 async fn validate(c: &mut Client, r: CreatePipeRequest) -> ValidatePipeResponse {
-    c.validate_pipe(vreq(r)).await.unwrap().into_inner()
+    c.validate_pipe(validate_req(r)).await.unwrap().into_inner()
 }
 
 /// The one problem of `kind`, failing with every problem shown otherwise.

@@ -206,20 +206,7 @@ pub async fn wait_equal(
     cols: &str,
     timeout: Duration,
 ) {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        // An error (e.g. a column not added yet) counts as a difference.
-        let d = match try_diff(database, dest, schema, table, cols).await {
-            Ok(0) => return,
-            Ok(d) => d.to_string(),
-            Err(e) => e.to_string(),
-        };
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{schema}.{table} and {database}.{dest} still differ: {d}"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    wait_equal_as(database, dest, schema, table, cols, cols, timeout).await;
 }
 
 /// A ClickHouse query's rows, each cell as ClickHouse prints it in
@@ -299,4 +286,238 @@ pub async fn wait_failed(c: &mut Client, name: &str, timeout: Duration) -> Pipe 
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// How long a data-plane test waits for a pipe to load, fail or catch up.
+pub const WAIT: Duration = Duration::from_secs(120);
+
+/// The pipe name a test uses for its schema (names take no `_`).
+pub fn pipe_name(schema: &str) -> String {
+    schema.replace('_', "-")
+}
+
+/// Runs `sql` in Postgres (panics showing it on error).
+pub async fn pg_exec(sql: &str) {
+    pg().await
+        .batch_execute(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}\n{sql}"));
+}
+
+/// Creates `schema` and runs `sql` in it.
+pub async fn create_schema(schema: &str, sql: &str) {
+    pg_exec(&format!(
+        "CREATE SCHEMA {schema}; SET search_path = {schema}; {sql}"
+    ))
+    .await;
+}
+
+/// Runs `sql` with `schema` first on the search path.
+pub async fn exec_in(schema: &str, sql: &str) {
+    pg_exec(&format!("SET search_path = {schema}; {sql}")).await;
+}
+
+/// The Postgres server's version number (e.g. 150004).
+pub async fn pg_version() -> i32 {
+    pg().await
+        .query_one("SELECT current_setting('server_version_num')::int4", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// An in-process engine with the pipe `req` created and RUNNING.
+pub async fn start_pipe(req: CreatePipeRequest) -> (super::InProcess, Client, Pipe) {
+    let (srv, mut c) = super::engine().await;
+    let name = req.name.clone();
+    c.create_pipe(req).await.unwrap();
+    let p = wait_running(&mut c, &name, WAIT).await;
+    (srv, c, p)
+}
+
+/// Deletes the pipe; returns the deleted incarnation.
+pub async fn delete_pipe(c: &mut Client, name: &str) -> Pipe {
+    c.delete_pipe(DeletePipeRequest {
+        name: name.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .pipe
+    .unwrap()
+}
+
+/// Deletes the pipe and waits until its slot and publication are gone.
+pub async fn delete_and_release(c: &mut Client, name: &str) {
+    let p = delete_pipe(c, name).await;
+    wait_released(c, &p.id).await;
+}
+
+/// Resyncs the pipe with `overrides` of its tables' options.
+pub async fn resync_overrides(
+    c: &mut Client,
+    name: &str,
+    overrides: Vec<TableConfig>,
+    replace_column_options: bool,
+) -> Result<Pipe, tonic::Status> {
+    let r = c
+        .resync_pipe(ResyncPipeRequest {
+            name: name.into(),
+            overrides,
+            replace_column_options,
+            ..Default::default()
+        })
+        .await?;
+    Ok(r.into_inner().pipe.unwrap())
+}
+
+/// Starts a resync of `tables` only (the incarnation stays).
+pub async fn resync_tables(c: &mut Client, name: &str, tables: &[&str]) {
+    c.resync_pipe(ResyncPipeRequest {
+        name: name.into(),
+        tables: tables.iter().map(|t| (*t).into()).collect(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+}
+
+/// The pipe's stats of `source_table` (panics if it has none).
+pub fn table_stats<'a>(p: &'a Pipe, source_table: &str) -> &'a TableStats {
+    p.tables
+        .iter()
+        .find(|t| t.source_table == source_table)
+        .unwrap_or_else(|| panic!("no table {source_table} in {p:?}"))
+}
+
+/// What the pipe knows of `source_table` at the source (empty if nothing).
+pub fn source_details(p: &Pipe, source_table: &str) -> SourceTableDetails {
+    p.tables
+        .iter()
+        .find(|t| t.source_table == source_table)
+        .and_then(|t| t.source_details.clone())
+        .unwrap_or_default()
+}
+
+/// Waits until `table` is in `state` while the pipe stays RUNNING.
+pub async fn wait_table_state(
+    c: &mut Client,
+    name: &str,
+    table: &str,
+    state: TableState,
+) -> TableStats {
+    let what = format!("table {table} {state:?}");
+    let p = super::peers::wait_pipe(c, name, &what, WAIT, |p| {
+        assert_eq!(p.status(), PipeStatus::Running, "{p:?}");
+        p.tables
+            .iter()
+            .any(|t| t.source_table == table && t.state() == state)
+    })
+    .await;
+    table_stats(&p, table).clone()
+}
+
+/// Waits until the ClickHouse table `database`.`table` lists exactly the
+/// rows of the source's `schema`.`table`.
+pub async fn wait_same_table(database: &str, schema: &str, table: &str, cols: &str) {
+    wait_equal(database, table, schema, table, cols, WAIT).await;
+}
+
+/// Like [`wait_equal`], with the columns as expressions of each side (see
+/// [`try_diff_as`]).
+pub async fn wait_equal_as(
+    database: &str,
+    dest: &str,
+    schema: &str,
+    table: &str,
+    src_cols: &str,
+    dst_cols: &str,
+    timeout: Duration,
+) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        // An error (e.g. a column not added yet) counts as a difference.
+        let d = match try_diff_as(database, dest, schema, table, src_cols, dst_cols).await {
+            Ok(0) => return,
+            Ok(d) => d.to_string(),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{schema}.{table} and {database}.{dest} still differ: {d}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Tables in the ClickHouse database.
+pub async fn ch_tables(database: &str) -> Vec<String> {
+    ch(database)
+        .query("SELECT name FROM system.tables WHERE database = ? ORDER BY name")
+        .bind(database)
+        .fetch_all::<String>()
+        .await
+        .unwrap()
+}
+
+/// The ClickHouse table's columns and their types, in order, without
+/// pgpipe's own columns.
+pub async fn ch_column_types(database: &str, table: &str) -> Vec<(String, String)> {
+    ch_rows(
+        database,
+        &format!(
+            "SELECT name, type FROM system.columns WHERE database = '{database}' AND table = '{table}' \
+             AND name NOT LIKE '\\\\_pgpipe\\\\_%' ORDER BY position"
+        ),
+    )
+    .await
+    .into_iter()
+    .map(|r| (r[0].clone(), r[1].clone()))
+    .collect()
+}
+
+/// The ClickHouse table's column names, as [`ch_column_types`].
+pub async fn ch_columns(database: &str, table: &str) -> Vec<String> {
+    ch_column_types(database, table)
+        .await
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect()
+}
+
+/// The type of one ClickHouse column.
+pub async fn ch_type(database: &str, table: &str, column: &str) -> String {
+    ch(database)
+        .query("SELECT type FROM system.columns WHERE database = ? AND table = ? AND name = ?")
+        .bind(database)
+        .bind(table)
+        .bind(column)
+        .fetch_one::<String>()
+        .await
+        .unwrap()
+}
+
+/// Polls the ClickHouse query `q` until its rows (as [`ch_rows`]) are
+/// `want` (or panics showing both after 60 s).
+pub async fn wait_ch_rows(database: &str, q: &str, want: &[Vec<String>]) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let rows = ch_rows(database, q).await;
+        if rows == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "ClickHouse rows differ:\n got {rows:?}\nwant {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Rows of text cells from tuples of string-likes.
+pub fn rows<const N: usize>(rows: &[[&str; N]]) -> Vec<Vec<String>> {
+    rows.iter()
+        .map(|r| r.iter().map(|c| (*c).to_owned()).collect())
+        .collect()
 }

@@ -154,6 +154,13 @@ impl InProcess {
     }
 }
 
+/// An in-process engine and a client of it.
+pub async fn engine() -> (InProcess, Client) {
+    let srv = InProcess::start_engine().await;
+    let c = srv.client().await;
+    (srv, c)
+}
+
 pub async fn connect(url: &str) -> Client {
     for _ in 0..100 {
         if let Ok(c) = PipeServiceClient::connect(url.to_owned()).await {
@@ -242,6 +249,26 @@ impl Proc {
         }
     }
 
+    /// The whole service as a child process, serving, and a client of it.
+    pub async fn start_engine(data_dir: &Path, envs: &[(&str, &str)]) -> (Self, Client) {
+        let p = Self::spawn_engine(data_dir, envs);
+        wait_serving(&p.url()).await;
+        let c = connect(&p.url()).await;
+        (p, c)
+    }
+
+    /// Waits for the process to end by itself (e.g. a fail-point fired).
+    pub async fn wait_exit(&mut self, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the fail-point never fired"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
@@ -297,6 +324,41 @@ pub fn create_req(name: &str) -> CreatePipeRequest {
         settings: None,
         labels: Default::default(),
     }
+}
+
+/// The ValidatePipe request checking what `r` would create.
+pub fn validate_req(r: CreatePipeRequest) -> ValidatePipeRequest {
+    ValidatePipeRequest {
+        name: r.name,
+        source: r.source,
+        destination: r.destination,
+        tables: r.tables,
+        settings: r.settings,
+        labels: r.labels,
+    }
+}
+
+/// Adds `tables` to the running pipe `name`.
+pub fn add_tables_req(name: &str, tables: Vec<TableConfig>) -> UpdatePipeRequest {
+    UpdatePipeRequest {
+        name: name.into(),
+        add_tables: tables,
+        ..Default::default()
+    }
+}
+
+/// The pipe's history events (of `kind`, or all), first page of 1000.
+pub async fn history(c: &mut Client, name: &str, kind: Option<HistoryKind>) -> Vec<Event> {
+    c.get_pipe_history(GetPipeHistoryRequest {
+        name: name.into(),
+        kind: kind.map_or(0, |k| k as i32),
+        page_size: 1000,
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .events
 }
 
 /// The grpcurl binary (`GRPCURL`, on PATH, or in ~/.cargo/bin), if any.
