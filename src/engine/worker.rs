@@ -35,6 +35,7 @@ use tracing::Instrument;
 
 use crate::commands::Core;
 use crate::domain::columns::{self, Replicated};
+use crate::domain::names;
 use crate::domain::validate;
 use crate::failpoint;
 use crate::metrics::RowKind;
@@ -421,7 +422,7 @@ impl Worker {
                 columns::dest_order_by(cfg)
             };
             let load_table = if resync {
-                format!("{}_resync", cfg.destination_table)
+                names::resync_table(&cfg.destination_table)
             } else {
                 cfg.destination_table.clone()
             };
@@ -1255,7 +1256,7 @@ impl Worker {
                 let Some(orig) = pipe.prepared.iter().find(|p| p.source_table == name) else {
                     return Ok(());
                 };
-                let load = format!("{}_resync", orig.destination_table);
+                let load = names::resync_table(&orig.destination_table);
                 ends.ch
                     .create_table(&load, dest_view, &orig.order_by, CreateMode::OrReplace)
                     .await
