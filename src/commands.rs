@@ -618,11 +618,7 @@ fn can_resync_tables(p: &Pipe, tables: &[String]) -> Result<(), CommandError> {
             return Err(CommandError::FailedPrecondition(format!(
                 "table {name} of pipe {:?} is {}; wait until it replicates again (WatchPipe) before resyncing it",
                 p.name,
-                t.state()
-                    .as_str_name()
-                    .trim_start_matches("TABLE_STATE_")
-                    .to_lowercase()
-                    .replace('_', " ")
+                t.state().words()
             )));
         }
     }

@@ -13,6 +13,7 @@ pub mod engine;
 pub mod failpoint;
 pub mod metrics;
 pub mod model;
+pub mod proto_ext;
 pub mod server;
 pub mod sink;
 pub mod source;

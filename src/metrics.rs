@@ -264,13 +264,6 @@ fn header(out: &mut String, name: &str) {
     }
 }
 
-/// Status label values: the proto names without their prefix, lowercase.
-fn status_label(s: PipeStatus) -> String {
-    s.as_str_name()
-        .trim_start_matches("PIPE_STATUS_")
-        .to_ascii_lowercase()
-}
-
 /// The whole exposition. Reads the registry, the projection (pipes by
 /// status) and the log (events, size on disk).
 pub fn render(core: &Core) -> String {
@@ -364,10 +357,7 @@ pub fn render(core: &Core) -> String {
             SlotWarningKind::Stalled,
             SlotWarningKind::WalStatus,
         ] {
-            let label = kind
-                .as_str_name()
-                .trim_start_matches("SLOT_WARNING_KIND_")
-                .to_ascii_lowercase();
+            let label = kind.label();
             let v = u8::from(holding.contains(&(kind as i32)));
             let _ = writeln!(
                 out,
@@ -403,10 +393,10 @@ pub fn render(core: &Core) -> String {
         PipeStatus::Failed,
         PipeStatus::Deleted,
     ] {
-        by_status.insert(status_label(s), 0);
+        by_status.insert(s.label(), 0);
     }
     for s in pipes {
-        *by_status.entry(status_label(s)).or_default() += 1;
+        *by_status.entry(s.label()).or_default() += 1;
     }
     for (status, n) in by_status {
         let _ = writeln!(out, "pgpipe_pipes{{status=\"{status}\"}} {n}");

@@ -77,7 +77,7 @@ pub async fn open_core(
     let started = Instant::now();
     let secrets_dir = data_dir.clone();
     let (log, projection, stats) = tokio::task::spawn_blocking(move || {
-        failpoint::hit_blocking("replay.before");
+        failpoint::hit_blocking(failpoint::REPLAY_BEFORE);
         let log = EventLog::open(&data_dir)?;
         let mut projection = Projection::default();
         let stats = log.replay(|e| projection.apply(e))?;

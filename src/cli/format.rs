@@ -12,10 +12,7 @@ use crate::proto::{DeleteReason, Event, Pipe, PipeStatus, event::Payload};
 /// this client does not know (a newer server).
 pub(crate) fn status_label(raw: i32) -> String {
     match PipeStatus::try_from(raw) {
-        Ok(s) => s
-            .as_str_name()
-            .trim_start_matches("PIPE_STATUS_")
-            .to_ascii_lowercase(),
+        Ok(s) => s.label(),
         Err(_) => format!("unknown({raw})"),
     }
 }
@@ -426,11 +423,7 @@ pub(crate) fn event_text(ev: &Event) -> String {
 /// `SLOT_WARNING_KIND_LAG` → `lag`.
 fn slot_kind(kind: i32) -> String {
     crate::proto::SlotWarningKind::try_from(kind)
-        .map(|k| {
-            k.as_str_name()
-                .trim_start_matches("SLOT_WARNING_KIND_")
-                .to_ascii_lowercase()
-        })
+        .map(crate::proto::SlotWarningKind::label)
         .unwrap_or_else(|_| format!("kind {kind}"))
 }
 
@@ -834,11 +827,7 @@ fn column_options_text(t: &crate::proto::TableConfig) -> Option<String> {
 /// `PROBLEM_KIND_WAL_LEVEL` → `wal_level`.
 pub(crate) fn problem_kind_label(raw: i32) -> String {
     match crate::proto::ProblemKind::try_from(raw) {
-        Ok(k) => k
-            .as_str_name()
-            .strip_prefix("PROBLEM_KIND_")
-            .unwrap_or(k.as_str_name())
-            .to_ascii_lowercase(),
+        Ok(k) => k.label(),
         Err(_) => format!("unknown({raw})"),
     }
 }

@@ -78,11 +78,7 @@ fn config_json(c: &PipeConfig) -> Value {
 /// `TABLE_STATE_LOAD_PENDING` → `load_pending`.
 pub(crate) fn table_state_json(raw: i32) -> String {
     crate::proto::TableState::try_from(raw)
-        .map(|s| {
-            s.as_str_name()
-                .trim_start_matches("TABLE_STATE_")
-                .to_lowercase()
-        })
+        .map(crate::proto::TableState::label)
         .unwrap_or_else(|_| format!("state {raw}"))
 }
 
@@ -287,7 +283,7 @@ fn payload_json(p: &Payload) -> Value {
         }),
         Payload::SchemaChanged(c) => json!({
             "source_table": c.source_table,
-            "kind": c.kind().as_str_name().trim_start_matches("SCHEMA_CHANGE_KIND_").to_lowercase(),
+            "kind": c.kind().label(),
             "column": c.column,
             "new_column": c.new_column,
             "old_type": c.old_type,

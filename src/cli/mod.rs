@@ -1187,12 +1187,7 @@ fn print_tables_change(out: &mut Out, pipe: &Pipe, json: bool) -> Result<(), Cli
         return out.json_pretty(&pipe_json(pipe));
     }
     for t in &pipe.tables {
-        let state = t
-            .state()
-            .as_str_name()
-            .trim_start_matches("TABLE_STATE_")
-            .to_lowercase()
-            .replace('_', " ");
+        let state = t.state().words();
         out.line(&format!(
             "{} → {}  {}",
             t.source_table, t.destination_table, state

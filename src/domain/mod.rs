@@ -2,5 +2,6 @@
 //! pipe state. No I/O here.
 
 pub mod columns;
+pub mod names;
 pub mod projection;
 pub mod validate;

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::str::FromStr;
 
+use super::names::{self, RESYNC_SUFFIX};
 use crate::proto::{DestinationConfig, PipeConfig, PipeSettings, SourceConfig, TableConfig};
 use crate::store::PipeSecrets;
 
@@ -478,9 +479,9 @@ pub fn table(i: usize, t: &TableConfig) -> Result<(QualifiedName, TableConfig), 
         t.destination_table.clone()
     };
     ident(&format!("tables[{i}].destination_table"), &dest)?;
-    if dest.ends_with("_resync") {
+    if names::is_resync_table(&dest) {
         return invalid(format!(
-            "tables[{i}].destination_table {dest:?} ends with `_resync`, a suffix pgpipe uses during a resync; pick another name"
+            "tables[{i}].destination_table {dest:?} ends with `{RESYNC_SUFFIX}`, a suffix pgpipe uses during a resync; pick another name"
         ));
     }
     let order_by = order_by(&format!("tables[{i}].order_by"), &t.order_by)?;
@@ -818,9 +819,9 @@ pub fn apply_overrides(
                 &o.destination_table,
             )?;
             // Same rule as at create: the suffix is the resync's scratch name.
-            if o.destination_table.ends_with("_resync") {
+            if names::is_resync_table(&o.destination_table) {
                 return invalid(format!(
-                    "overrides[{i}].destination_table {:?} ends with `_resync`, a suffix pgpipe uses during a resync; pick another name",
+                    "overrides[{i}].destination_table {:?} ends with `{RESYNC_SUFFIX}`, a suffix pgpipe uses during a resync; pick another name",
                     o.destination_table
                 ));
             }

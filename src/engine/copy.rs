@@ -43,7 +43,7 @@ pub(super) struct CopyPlan {
     pub version: u64,
     pub parallelism: u32,
     /// Hit after each partition ClickHouse acknowledged (crash tests).
-    pub failpoint: &'static str,
+    pub failpoint: failpoint::FailPoint,
 }
 
 /// Copies every partition of `work` with up to `plan.parallelism` workers,

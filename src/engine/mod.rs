@@ -22,6 +22,7 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::commands::Core;
+use crate::domain::names;
 use crate::proto::event::Payload;
 use crate::proto::{Pipe, PipeStatus, SourceReleased};
 use crate::sink::ChSink;
@@ -175,7 +176,7 @@ async fn release_once(core: &Core, pipe: &Pipe) -> Result<(), worker::EngineErro
         let ch = sink_for(&config, &secrets)?;
         for t in &config.tables {
             ch.drop_table_if_exists(&t.destination_table).await?;
-            ch.drop_table_if_exists(&format!("{}_resync", t.destination_table))
+            ch.drop_table_if_exists(&names::resync_table(&t.destination_table))
                 .await?;
         }
         dropped = true;

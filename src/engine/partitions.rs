@@ -251,12 +251,12 @@ pub(super) async fn load_leaves(job: LeafLoad) -> Result<u64, EngineError> {
         ch,
         version,
         parallelism: settings.snapshot_parallelism,
-        failpoint: "partition_load.partition_done",
+        failpoint: failpoint::PARTITION_LOAD_PARTITION_DONE,
     };
     let copied = copy_partitions(&facts, copy, work, Arc::clone(&progress)).await;
     let _ = export.finish().await;
     copied?;
-    failpoint::hit("partition_load.copied").await;
+    failpoint::hit(failpoint::PARTITION_LOAD_COPIED).await;
     let rows = plans.iter().map(|p| progress.rows(&p.source_table)).sum();
     facts
         .record(vec![Payload::PartitionsChanged(PartitionsChanged {

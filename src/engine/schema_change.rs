@@ -367,7 +367,7 @@ impl Worker {
                     .await;
             }
         };
-        crate::failpoint::hit("schema_change.before_record").await;
+        crate::failpoint::hit(crate::failpoint::SCHEMA_CHANGE_BEFORE_RECORD).await;
         let pipe = if applied.events.is_empty() {
             self.pipe()?
         } else {

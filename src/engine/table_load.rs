@@ -73,7 +73,7 @@ pub(super) async fn run(job: LoadJob) -> Result<u64, EngineError> {
     })];
     started.extend(copy.listed);
     facts.record(started).await?;
-    failpoint::hit("table_load.started").await;
+    failpoint::hit(failpoint::TABLE_LOAD_STARTED).await;
     let progress = Arc::new(Progress::new(std::slice::from_ref(&plan)));
     let work = copy.work;
     let copy_plan = CopyPlan {
@@ -83,7 +83,7 @@ pub(super) async fn run(job: LoadJob) -> Result<u64, EngineError> {
         ch,
         version,
         parallelism: settings.snapshot_parallelism,
-        failpoint: "table_load.partition_done",
+        failpoint: failpoint::TABLE_LOAD_PARTITION_DONE,
     };
     let copied = copy_partitions(&facts, copy_plan, work, Arc::clone(&progress)).await;
     let _ = export.finish().await;

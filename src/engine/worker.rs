@@ -35,6 +35,7 @@ use tracing::Instrument;
 
 use crate::commands::Core;
 use crate::domain::columns::{self, Replicated};
+use crate::domain::names;
 use crate::domain::validate;
 use crate::failpoint;
 use crate::metrics::RowKind;
@@ -378,12 +379,12 @@ impl Worker {
             })
             .collect();
         source::ensure_publication(&ends.pg, &publication, &names).await?;
-        failpoint::hit("setup.before_slot").await;
+        failpoint::hit(failpoint::SETUP_BEFORE_SLOT).await;
         // A slot left by a crash before SetupCompleted was never recorded:
         // its consistent point is unknown, so start over with a new one.
         source::drop_slot(&ends.pg, &slot).await?;
         let consistent = source::create_slot(&ends.pg, &slot).await?;
-        failpoint::hit("setup.after_slot").await;
+        failpoint::hit(failpoint::SETUP_AFTER_SLOT).await;
         self.recovered().await?;
         self.record(vec![Payload::SetupCompleted(SetupCompleted {
             slot_name: slot,
@@ -421,7 +422,7 @@ impl Worker {
                 columns::dest_order_by(cfg)
             };
             let load_table = if resync {
-                format!("{}_resync", cfg.destination_table)
+                names::resync_table(&cfg.destination_table)
             } else {
                 cfg.destination_table.clone()
             };
@@ -447,7 +448,7 @@ impl Worker {
                 generated_columns: view.source.generated_columns.clone(),
             });
         }
-        failpoint::hit("prepare.after_create").await;
+        failpoint::hit(failpoint::PREPARE_AFTER_CREATE).await;
         self.record(vec![Payload::TablesPrepared(TablesPrepared {
             tables: prepared,
         })])
@@ -490,7 +491,7 @@ impl Worker {
         ];
         started.extend(listed);
         self.record(started).await?;
-        failpoint::hit("snapshot.started").await;
+        failpoint::hit(failpoint::SNAPSHOT_STARTED).await;
 
         let (export, snapshot_name) =
             SnapshotExport::begin(&ends.conn, ends.secrets.source_password.as_deref()).await?;
@@ -502,7 +503,7 @@ impl Worker {
             ch: ends.ch.clone(),
             version,
             parallelism: settings.snapshot_parallelism,
-            failpoint: "snapshot.partition_done",
+            failpoint: failpoint::SNAPSHOT_PARTITION_DONE,
         };
         let copied = copy_partitions(&self.facts(), plan, work, Arc::clone(&progress)).await;
         let _ = export.finish().await;
@@ -564,7 +565,7 @@ impl Worker {
             )])
             .await?;
         }
-        failpoint::hit("swap.before_exchange").await;
+        failpoint::hit(failpoint::SWAP_BEFORE_EXCHANGE).await;
         let mut names = Vec::new();
         for prep in &pipe.prepared {
             let current = table_uuid(&ends.ch, &prep.destination_table).await?;
@@ -581,7 +582,7 @@ impl Worker {
                     .exchange_tables(&prep.destination_table, &prep.load_table)
                     .await?;
             }
-            failpoint::hit("swap.after_exchange").await;
+            failpoint::hit(failpoint::SWAP_AFTER_EXCHANGE).await;
             names.push(prep.destination_table.clone());
         }
         let pipe = self
@@ -589,7 +590,7 @@ impl Worker {
                 destination_tables: names,
             })])
             .await?;
-        failpoint::hit("swap.before_drop").await;
+        failpoint::hit(failpoint::SWAP_BEFORE_DROP).await;
         drop_old_data(ends, &pipe).await?;
         Ok(pipe)
     }
@@ -766,7 +767,7 @@ impl Worker {
                     write_rows(&ends.ch, dest, t, order_by, rows, side).await?;
                 }
             }
-            failpoint::hit("cdc.before_advance").await;
+            failpoint::hit(failpoint::CDC_BEFORE_ADVANCE).await;
             // ClickHouse has the batch: only now may the slot move on.
             source::advance_slot(&ends.pg, &slot, end).await?;
             let metrics = &self.core.metrics;
@@ -1212,7 +1213,7 @@ impl Worker {
         let view = cols.view.clone();
         described.insert(oid, cols);
         loads.loading.insert(oid);
-        failpoint::hit("table_add.routed").await;
+        failpoint::hit(failpoint::TABLE_ADD_ROUTED).await;
         tracing::info!(table = %prepared.source_table, "loading added table beside CDC");
         let name = prepared.source_table.clone();
         let run = table_load::run(self.load_job(ends, pipe, prepared, view));
@@ -1255,7 +1256,7 @@ impl Worker {
                 let Some(orig) = pipe.prepared.iter().find(|p| p.source_table == name) else {
                     return Ok(());
                 };
-                let load = format!("{}_resync", orig.destination_table);
+                let load = names::resync_table(&orig.destination_table);
                 ends.ch
                     .create_table(&load, dest_view, &orig.order_by, CreateMode::OrReplace)
                     .await
@@ -1274,7 +1275,7 @@ impl Worker {
             }
         };
         loads.also.insert(*oid, prepared.load_table.clone());
-        failpoint::hit("table_resync.routed").await;
+        failpoint::hit(failpoint::TABLE_RESYNC_ROUTED).await;
         tracing::info!(table = %name, load_table = %prepared.load_table, "resyncing table beside CDC");
         let run = table_load::run(self.load_job(ends, pipe, prepared, cols.view.clone()));
         loads
@@ -1315,12 +1316,12 @@ impl Worker {
                     &HashMap::new(),
                 )
                 .await?;
-            failpoint::hit("table_swap.before_exchange").await;
+            failpoint::hit(failpoint::TABLE_SWAP_BEFORE_EXCHANGE).await;
             ends.ch
                 .exchange_tables(&job.destination_table, &job.load_table)
                 .await?;
         }
-        failpoint::hit("table_swap.after_exchange").await;
+        failpoint::hit(failpoint::TABLE_SWAP_AFTER_EXCHANGE).await;
         self.finish_swap(ends, job, moved, loads, oid).await
     }
 
