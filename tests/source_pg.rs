@@ -888,7 +888,11 @@ async fn cdc_delivers_changes_in_commit_order() {
     // Peeking does not consume; a limit stops at a transaction boundary.
     let some = read_nonempty(&c, &f, 1).await;
     assert!(!some.is_empty() && some.len() < 6);
-    assert_eq!(some[0], txs[0]);
+    // Relation messages may come again mid-transaction (pgoutput resends
+    // them after a catalog invalidation, e.g. another session's ALTER
+    // PUBLICATION), so the changes are compared, not the whole item list.
+    assert_eq!(some[0].commit_lsn, txs[0].commit_lsn);
+    assert_eq!(changes(&some[0]), changes(&txs[0]));
 
     // Advancing consumes; a new session sends the relation again.
     let at = source::advance_slot(&c, &f.slot, txs[2].end_lsn)
