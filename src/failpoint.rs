@@ -41,6 +41,9 @@ pub const SWAP_AFTER_EXCHANGE: FailPoint = FailPoint("swap.after_exchange");
 pub const SWAP_BEFORE_DROP: FailPoint = FailPoint("swap.before_drop");
 /// CDC: ClickHouse has the batch, the slot has not advanced yet.
 pub const CDC_BEFORE_ADVANCE: FailPoint = FailPoint("cdc.before_advance");
+/// CDC: a chunk of a transaction larger than the batch is in ClickHouse,
+/// the rest of the transaction is not (the slot has not moved past it).
+pub const CDC_MID_TRANSACTION: FailPoint = FailPoint("cdc.mid_transaction");
 /// A table added beside CDC: its changes are routed, its load not started.
 pub const TABLE_ADD_ROUTED: FailPoint = FailPoint("table_add.routed");
 /// A table resynced beside CDC: its changes are routed, its load not started.
@@ -72,6 +75,7 @@ pub const ALL: &[FailPoint] = &[
     SWAP_AFTER_EXCHANGE,
     SWAP_BEFORE_DROP,
     CDC_BEFORE_ADVANCE,
+    CDC_MID_TRANSACTION,
     TABLE_ADD_ROUTED,
     TABLE_RESYNC_ROUTED,
     TABLE_LOAD_STARTED,

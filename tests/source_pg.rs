@@ -467,7 +467,7 @@ async fn slot_and_publication_lifecycle() {
     assert!(!info.active && !info.is_lost());
     assert!(source::current_wal_lsn(&c).await.unwrap() >= cp);
 
-    // A slot held by a streaming client: read_changes reports it busy,
+    // A slot held by a streaming client: streaming reports it busy,
     // drop_slot terminates the holder.
     let bin_dir =
         std::env::var("PGPIPE_DEV_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
@@ -501,9 +501,7 @@ async fn slot_and_publication_lifecycle() {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let e = source::read_changes(&c, &f.slot, &f.publication, 10)
-            .await
-            .unwrap_err();
+        let e = stream(&f, Lsn(0)).await.err().unwrap();
         assert!(matches!(e, SourceError::SlotActive { .. }), "{e:?}");
         source::drop_slot(&c, &f.slot).await.unwrap();
         let _ = child.kill();
@@ -756,13 +754,83 @@ fn changes(tx: &Transaction) -> Vec<(ChangeKind, Row)> {
         .collect()
 }
 
-async fn read_nonempty(c: &Client, f: &Fixture, max: usize) -> Vec<Transaction> {
-    source::read_changes(c, &f.slot, &f.publication, max)
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|t| !t.items.is_empty())
-        .collect()
+async fn stream(f: &Fixture, start: Lsn) -> Result<source::ChangeStream, SourceError> {
+    source::ChangeStream::start(source::StreamSpec {
+        conn: &url(),
+        password: None,
+        slot: &f.slot,
+        publication: &f.publication,
+        start,
+    })
+    .await
+}
+
+/// Reads `n` transactions with changes (or fewer, if nothing more comes
+/// within five seconds) from the stream.
+async fn read_txs(c: &Client, s: &mut source::ChangeStream, n: usize) -> Vec<Transaction> {
+    let mut out = Vec::new();
+    let mut open: Option<Transaction> = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while out.len() < n {
+        let item = match tokio::time::timeout_at(deadline, s.next(c)).await {
+            Ok(item) => item.unwrap(),
+            Err(_) => break,
+        };
+        match item {
+            source::StreamItem::Begin {
+                xid,
+                commit_lsn,
+                commit_time_us,
+            } => {
+                open = Some(Transaction {
+                    xid,
+                    commit_lsn,
+                    end_lsn: Lsn(0),
+                    commit_time_us,
+                    items: Vec::new(),
+                })
+            }
+            source::StreamItem::Item(i) => open
+                .as_mut()
+                .expect("item outside a transaction")
+                .items
+                .push(i),
+            source::StreamItem::Commit {
+                commit_lsn,
+                end_lsn,
+                ..
+            } => {
+                let mut tx = open.take().expect("commit without begin");
+                assert_eq!(tx.commit_lsn, commit_lsn);
+                tx.end_lsn = end_lsn;
+                if !tx.items.is_empty() {
+                    out.push(tx);
+                }
+            }
+            source::StreamItem::Idle { .. } => {}
+        }
+    }
+    out
+}
+
+async fn wait_confirmed(c: &Client, f: &Fixture, lsn: Lsn) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let at = source::slot_info(c, &f.slot)
+            .await
+            .unwrap()
+            .unwrap()
+            .confirmed_flush;
+        if at >= lsn {
+            assert_eq!(at, lsn);
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the slot stays at {at}, not {lsn}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]
@@ -807,7 +875,8 @@ async fn cdc_delivers_changes_in_commit_order() {
         c.batch_execute(&sql).await.unwrap();
     }
 
-    let txs = read_nonempty(&c, &f, 0).await;
+    let mut s = stream(&f, cp).await.unwrap();
+    let txs = read_txs(&c, &mut s, 6).await;
     assert_eq!(txs.len(), 6, "{txs:#?}");
     let mut prev = cp;
     for tx in &txs {
@@ -885,44 +954,27 @@ async fn cdc_delivers_changes_in_commit_order() {
         |i| matches!(i, TxItem::Truncate { relation_oids } if relation_oids == &vec![table.oid])
     ));
 
-    // Peeking does not consume; a limit stops at a transaction boundary.
-    let some = read_nonempty(&c, &f, 1).await;
-    assert!(!some.is_empty() && some.len() < 6);
-    // Relation messages may come again mid-transaction (pgoutput resends
-    // them after a catalog invalidation, e.g. another session's ALTER
-    // PUBLICATION), so the changes are compared, not the whole item list.
-    assert_eq!(some[0].commit_lsn, txs[0].commit_lsn);
-    assert_eq!(changes(&some[0]), changes(&txs[0]));
-
-    // Advancing consumes; a new session sends the relation again.
-    let at = source::advance_slot(&c, &f.slot, txs[2].end_lsn)
-        .await
-        .unwrap();
-    assert_eq!(at, txs[2].end_lsn);
-    let rest = read_nonempty(&c, &f, 0).await;
+    // Confirming moves the slot; a new session resumes after it and sends
+    // the relation again.
+    s.confirm(txs[2].end_lsn);
+    wait_confirmed(&c, &f, txs[2].end_lsn).await;
+    drop(s);
+    let mut s = stream(&f, txs[2].end_lsn).await.unwrap();
+    let rest = read_txs(&c, &mut s, 3).await;
     assert_eq!(rest.len(), 3);
     assert_eq!(rest[0].commit_lsn, txs[3].commit_lsn);
     assert!(matches!(rest[0].items[0], TxItem::Relation(_)));
     assert_eq!(changes(&rest[0]), changes(&txs[3]));
 
     let end = txs[5].end_lsn;
-    assert_eq!(source::advance_slot(&c, &f.slot, end).await.unwrap(), end);
-    // Idempotent: advancing to an older position is a no-op.
-    assert_eq!(
-        source::advance_slot(&c, &f.slot, txs[0].end_lsn)
-            .await
-            .unwrap(),
-        end
-    );
-    assert!(read_nonempty(&c, &f, 0).await.is_empty());
-    assert_eq!(
-        source::slot_info(&c, &f.slot)
-            .await
-            .unwrap()
-            .unwrap()
-            .confirmed_flush,
-        end
-    );
+    s.confirm(end);
+    // Monotonic: confirming an older position is a no-op.
+    s.confirm(txs[0].end_lsn);
+    wait_confirmed(&c, &f, end).await;
+    assert!(read_txs(&c, &mut s, 1).await.is_empty());
+    drop(s);
+    let mut s = stream(&f, Lsn(0)).await.unwrap();
+    assert!(read_txs(&c, &mut s, 1).await.is_empty());
 }
 
 #[tokio::test]
@@ -947,7 +999,8 @@ async fn cdc_with_replica_identity_full_keys_by_primary_key() {
     ] {
         c.batch_execute(&sql).await.unwrap();
     }
-    let txs = read_nonempty(&c, &f, 0).await;
+    let mut s = stream(&f, Lsn(0)).await.unwrap();
+    let txs = read_txs(&c, &mut s, 4).await;
     let all: Vec<_> = txs.iter().flat_map(changes).collect();
     assert_eq!(
         all,
@@ -973,20 +1026,23 @@ async fn lost_slots_and_missing_publications_are_reported() {
     c.batch_execute(&format!("INSERT INTO {tbl} VALUES (1)"))
         .await
         .unwrap();
-    // No publication yet.
-    let e = source::read_changes(&c, &f.slot, &f.publication, 10)
-        .await
-        .unwrap_err();
+    // No publication yet: the stream fails when it decodes the change.
+    let e = async {
+        let mut s = stream(&f, Lsn(0)).await?;
+        loop {
+            s.next(&c).await?;
+        }
+        #[allow(unreachable_code)]
+        Ok::<(), SourceError>(())
+    }
+    .await
+    .unwrap_err();
     assert!(matches!(e, SourceError::PublicationMissing { .. }), "{e:?}");
 
     source::drop_slot(&c, &f.slot).await.unwrap();
-    let e = source::read_changes(&c, &f.slot, &f.publication, 10)
-        .await
-        .unwrap_err();
+    let e = stream(&f, Lsn(0)).await.err().unwrap();
     assert!(matches!(e, SourceError::SlotLost { .. }), "{e:?}");
     assert!(e.to_string().contains("resync the pipe"), "{e}");
-    let e = source::advance_slot(&c, &f.slot, Lsn(1)).await.unwrap_err();
-    assert!(matches!(e, SourceError::SlotLost { .. }), "{e:?}");
 }
 
 // ---------------------------------------------------------------- throughput

@@ -43,7 +43,7 @@ use crate::model::{Cell, ChangeKind, Lsn, Row, SourceTable, TxItem};
 use crate::proto::event::Payload;
 use crate::proto::*;
 use crate::sink::{ChSink, CreateMode, SinkError};
-use crate::source::{self, SnapshotExport, SourceError};
+use crate::source::{self, SnapshotExport, SourceError, StreamItem};
 
 use super::copy::{CopyPlan, PROGRESS_EVERY, Progress, copy_partitions};
 #[path = "schema_change.rs"]
@@ -123,10 +123,6 @@ pub async fn run(core: Arc<Core>, pipe_id: String) {
     .instrument(span)
     .await
 }
-
-/// How far a CDC read may grow past `cdc_batch_size` while draining a
-/// backlog.
-const BACKLOG_GROWTH: usize = 8;
 
 struct Worker {
     core: Arc<Core>,
@@ -633,182 +629,284 @@ impl Worker {
         }
         self.reconcile_at_start(&ends, &mut tables, &described, &mut loads)
             .await?;
+        let start = confirmed_position(&ends.pg, &slot).await?;
+        let mut stream = source::ChangeStream::start(source::StreamSpec {
+            conn: &ends.conn,
+            password: ends.secrets.source_password.as_deref(),
+            slot: &slot,
+            publication: &publication,
+            start,
+        })
+        .await?;
         let mut counts: HashMap<String, TableChangeCounts> = HashMap::new();
         let mut last_report = Instant::now();
-        let mut last_lsn = String::new();
-        // Every read decodes the WAL from the slot's restart point (which
-        // trails the confirmed position by up to a running-xacts interval),
-        // so a backlog is drained in bigger reads: a full batch lets the
-        // next one grow, up to BACKLOG_GROWTH times the setting.
-        let base = settings.cdc_batch_size as usize;
-        let mut want = base;
+        let mut last_lsn = start.to_string();
         let mut lag = LagSample::default();
         let mut leaves_checked = Instant::now();
+        let mut housekept: Option<Instant> = None;
+        let mut batch = Batch::new(settings.cdc_batch_size as usize);
+        // The transaction being streamed: its version and commit time.
+        let mut open: Option<(Lsn, i64)> = None;
         loop {
-            self.sync_tables(
-                &ends,
-                &mut tables,
-                &mut described,
-                &mut sort_keys,
-                &mut loads,
-            )
-            .await?;
-            if leaves_checked.elapsed() >= partitions::LEAF_CHECK_EVERY {
-                self.sync_partitions(&ends, &tables, &described, &mut loads)
-                    .await?;
-                leaves_checked = Instant::now();
-            }
-            let reading = Instant::now();
-            let wal_before = source::current_wal_lsn(&ends.pg).await?;
-            let txs = source::read_changes(&ends.pg, &slot, &publication, want).await?;
-            let changes: usize = txs.iter().map(|t| t.items.len()).sum();
-            want = if base > 0 && changes >= want {
-                (want * 2).min(base * BACKLOG_GROWTH)
-            } else {
-                base
-            };
-            if txs.is_empty() {
-                // Nothing published: let the slot move so it does not pin WAL.
-                source::advance_slot(&ends.pg, &slot, wal_before).await?;
-                self.core.metrics.set_cdc_lag_seconds(&self.name, 0.0);
+            // Routing changes only between transactions and batches, so no
+            // transaction is half-routed and no batch half-written.
+            if open.is_none()
+                && batch.is_empty()
+                && housekept.is_none_or(|at| at.elapsed() >= interval)
+            {
+                self.sync_tables(
+                    &ends,
+                    &mut tables,
+                    &mut described,
+                    &mut sort_keys,
+                    &mut loads,
+                )
+                .await?;
+                if leaves_checked.elapsed() >= partitions::LEAF_CHECK_EVERY {
+                    self.sync_partitions(&ends, &tables, &described, &mut loads)
+                        .await?;
+                    leaves_checked = Instant::now();
+                }
                 if last_report.elapsed() >= PROGRESS_EVERY * 5 {
                     self.report_cdc(&ends, &mut counts, &slot, &last_lsn)
                         .await?;
                     last_report = Instant::now();
                 }
-                tokio::time::sleep(interval).await;
-                continue;
+                housekept = Some(Instant::now());
             }
-            let applying = Instant::now();
-            // Rows of this batch per source table, by kind: counted in the
-            // metrics once the batch is acknowledged.
-            let mut batch_rows: HashMap<String, [u64; 3]> = HashMap::new();
-            let mut pending: HashMap<u32, Vec<(Row, u64, bool)>> = HashMap::new();
-            let mut end = Lsn::default();
-            for tx in &txs {
-                end = end.max(tx.end_lsn);
-                for item in &tx.items {
-                    match item {
-                        TxItem::Relation(rel) => {
-                            self.check_relation(
-                                &ends,
-                                &mut tables,
-                                &mut described,
-                                &sort_keys,
-                                rel,
-                                tx.commit_lsn,
-                                &mut pending,
-                                &mut loads,
-                            )
-                            .await?;
-                        }
-                        TxItem::Change(c) => {
-                            let Some((_, _, source_table)) = tables.get(&c.relation_oid) else {
-                                continue;
-                            };
-                            let e = counts.entry(source_table.clone()).or_insert_with(|| {
-                                TableChangeCounts {
-                                    source_table: source_table.clone(),
-                                    ..Default::default()
-                                }
+            // A batch is written at most `interval` after it began.
+            let wait = match batch.started {
+                Some(at) if !batch.is_empty() => interval.saturating_sub(at.elapsed()),
+                _ => interval,
+            };
+            let item = match tokio::time::timeout(wait, stream.next(&ends.pg)).await {
+                Ok(item) => item?,
+                Err(_) => {
+                    if batch.is_empty() {
+                        self.core.metrics.set_cdc_lag_seconds(&self.name, 0.0);
+                    } else {
+                        self.flush_batch(
+                            &ends, &stream, &mut batch, &tables, &sort_keys, &loads, &described,
+                        )
+                        .await?;
+                        self.after_flush(
+                            &ends,
+                            &slot,
+                            &mut batch,
+                            &mut counts,
+                            &mut lag,
+                            &mut last_lsn,
+                        )
+                        .await?;
+                        last_report = Instant::now();
+                    }
+                    continue;
+                }
+            };
+            match item {
+                StreamItem::Begin {
+                    commit_lsn,
+                    commit_time_us,
+                    ..
+                } => {
+                    open = Some((commit_lsn, commit_time_us));
+                    batch.begin(commit_lsn, commit_time_us);
+                }
+                StreamItem::Item(TxItem::Relation(rel)) => {
+                    let version = open.map(|(v, _)| v).unwrap_or_default();
+                    self.check_relation(
+                        &ends,
+                        &mut tables,
+                        &mut described,
+                        &sort_keys,
+                        &rel,
+                        version,
+                        &mut batch.pending,
+                        &mut loads,
+                    )
+                    .await?;
+                }
+                StreamItem::Item(TxItem::Change(c)) => {
+                    let Some((_, _, source_table)) = tables.get(&c.relation_oid) else {
+                        continue;
+                    };
+                    let e =
+                        counts
+                            .entry(source_table.clone())
+                            .or_insert_with(|| TableChangeCounts {
+                                source_table: source_table.clone(),
+                                ..Default::default()
                             });
-                            match c.kind {
-                                ChangeKind::Insert => e.inserted += 1,
-                                ChangeKind::Update => e.updated += 1,
-                                ChangeKind::Delete => e.deleted += 1,
-                            }
-                            let kind = match c.kind {
-                                ChangeKind::Insert => 0,
-                                ChangeKind::Update => 1,
-                                ChangeKind::Delete => 2,
-                            };
-                            match batch_rows.get_mut(source_table.as_str()) {
-                                Some(n) => n[kind] += 1,
-                                None => {
-                                    let mut n = [0; 3];
-                                    n[kind] = 1;
-                                    batch_rows.insert(source_table.clone(), n);
-                                }
-                            }
-                            pending.entry(c.relation_oid).or_default().push((
-                                project_row(&described, c.relation_oid, &c.row),
-                                tx.commit_lsn.0,
-                                c.kind == ChangeKind::Delete,
-                            ));
+                    match c.kind {
+                        ChangeKind::Insert => e.inserted += 1,
+                        ChangeKind::Update => e.updated += 1,
+                        ChangeKind::Delete => e.deleted += 1,
+                    }
+                    let version = open.map(|(v, _)| v.0).unwrap_or_default();
+                    let row = project_row(&described, c.relation_oid, &c.row);
+                    batch.push(source_table, c.relation_oid, c.kind, row, version);
+                    if batch.is_full() {
+                        // A transaction of any size is written in chunks:
+                        // every row carries the commit's version, and the
+                        // slot is confirmed only at its end.
+                        self.flush_batch(
+                            &ends, &stream, &mut batch, &tables, &sort_keys, &loads, &described,
+                        )
+                        .await?;
+                        if open.is_some() {
+                            failpoint::hit(failpoint::CDC_MID_TRANSACTION).await;
                         }
-                        TxItem::Truncate { relation_oids } => {
-                            // Truncate empties the destination table: rows
-                            // before it in this batch are written first, so
-                            // order is kept.
-                            for oid in relation_oids {
-                                if let Some((t, dest, _)) = tables.get(oid) {
-                                    if let Some(rows) = pending.remove(oid) {
-                                        let order_by = sort_keys.get(oid).map_or(&[][..], |v| v);
-                                        let side = loads.side(*oid, &ends.pg, &described);
-                                        write_rows(&ends.ch, dest, t, order_by, rows, side).await?;
-                                    }
-                                    ends.ch.truncate(dest).await?;
-                                    if let Some(also) = loads.also.get(oid) {
-                                        ends.ch.truncate(also).await?;
-                                    }
-                                    // A load under way copies rows from before
-                                    // the truncate: start it again after it.
-                                    loads.restart(*oid);
-                                }
+                        self.after_flush(
+                            &ends,
+                            &slot,
+                            &mut batch,
+                            &mut counts,
+                            &mut lag,
+                            &mut last_lsn,
+                        )
+                        .await?;
+                        last_report = Instant::now();
+                    }
+                }
+                StreamItem::Item(TxItem::Truncate { relation_oids }) => {
+                    // Truncate empties the destination table: rows before it
+                    // in this batch are written first, so order is kept.
+                    for oid in relation_oids {
+                        if let Some((t, dest, _)) = tables.get(&oid) {
+                            if let Some(rows) = batch.pending.remove(&oid) {
+                                let order_by = sort_keys.get(&oid).map_or(&[][..], |v| v);
+                                let side = loads.side(oid, &ends.pg, &described);
+                                write_rows(&ends.ch, dest, t, order_by, rows, side).await?;
                             }
+                            ends.ch.truncate(dest).await?;
+                            if let Some(also) = loads.also.get(&oid) {
+                                ends.ch.truncate(also).await?;
+                            }
+                            // A load under way copies rows from before the
+                            // truncate: start it again after it.
+                            loads.restart(oid);
                         }
                     }
                 }
-            }
-            for (oid, rows) in pending {
-                if let Some((t, dest, _)) = tables.get(&oid) {
-                    let order_by = sort_keys.get(&oid).map_or(&[][..], |v| v);
-                    let side = loads.side(oid, &ends.pg, &described);
-                    write_rows(&ends.ch, dest, t, order_by, rows, side).await?;
+                StreamItem::Commit {
+                    commit_lsn,
+                    end_lsn,
+                    commit_time_us,
+                } => {
+                    open = None;
+                    batch.commit(commit_lsn, end_lsn, commit_time_us);
+                    if batch.is_full() || batch.started.is_some_and(|at| at.elapsed() >= interval) {
+                        self.flush_batch(
+                            &ends, &stream, &mut batch, &tables, &sort_keys, &loads, &described,
+                        )
+                        .await?;
+                        self.after_flush(
+                            &ends,
+                            &slot,
+                            &mut batch,
+                            &mut counts,
+                            &mut lag,
+                            &mut last_lsn,
+                        )
+                        .await?;
+                        last_report = Instant::now();
+                    }
                 }
-            }
-            failpoint::hit(failpoint::CDC_BEFORE_ADVANCE).await;
-            // ClickHouse has the batch: only now may the slot move on.
-            source::advance_slot(&ends.pg, &slot, end).await?;
-            let metrics = &self.core.metrics;
-            metrics.observe_batch_apply(&self.name, applying.elapsed());
-            if let Some(tx) = txs.last() {
-                metrics.set_cdc_lag_seconds(
-                    &self.name,
-                    crate::metrics::seconds_since_pg_time(tx.commit_time_us),
-                );
-            }
-            for (table, n) in &batch_rows {
-                for (kind, count) in [RowKind::Insert, RowKind::Update, RowKind::Delete]
-                    .into_iter()
-                    .zip(n)
-                {
-                    metrics.rows_applied(&self.name, table, kind, *count);
+                StreamItem::Idle { wal_end } => {
+                    // Nothing published is in flight: let the slot move so
+                    // it does not pin WAL of unrelated activity.
+                    if open.is_none() && batch.is_empty() {
+                        stream.confirm(wal_end);
+                    }
                 }
-            }
-            last_lsn = end.to_string();
-            if !counts.is_empty() {
-                // One event per batch with changes: the CDC history.
-                let batch = CdcProgress {
-                    start_lsn: txs
-                        .first()
-                        .map(|t| t.commit_lsn.to_string())
-                        .unwrap_or_default(),
-                    lsn: last_lsn.clone(),
-                    duration_ms: reading.elapsed().as_millis() as u64,
-                    transactions: txs.len() as u32,
-                    first_commit_at: txs.first().map(|t| pg_time(t.commit_time_us)),
-                    ..Default::default()
-                };
-                self.report_batch(&ends, &slot, &mut counts, &mut lag, batch)
-                    .await?;
-                last_report = Instant::now();
-            } else if last_report.elapsed() >= PROGRESS_EVERY * 5 {
-                self.report_cdc(&ends, &mut counts, &slot, &last_lsn)
-                    .await?;
-                last_report = Instant::now();
             }
         }
+    }
+
+    /// Writes the batch's rows to ClickHouse and then confirms its finished
+    /// transactions to the server: the slot never moves past a row
+    /// ClickHouse has not acknowledged.
+    #[allow(clippy::too_many_arguments)]
+    async fn flush_batch(
+        &mut self,
+        ends: &Ends,
+        stream: &source::ChangeStream,
+        batch: &mut Batch,
+        tables: &HashMap<u32, (SourceTable, String, String)>,
+        sort_keys: &HashMap<u32, Vec<String>>,
+        loads: &Loads,
+        described: &HashMap<u32, TableColumns>,
+    ) -> Result<()> {
+        let applying = Instant::now();
+        for (oid, rows) in batch.pending.drain() {
+            if let Some((t, dest, _)) = tables.get(&oid) {
+                let order_by = sort_keys.get(&oid).map_or(&[][..], |v| v);
+                let side = loads.side(oid, &ends.pg, described);
+                write_rows(&ends.ch, dest, t, order_by, rows, side).await?;
+            }
+        }
+        batch.rows = 0;
+        batch.bytes = 0;
+        if batch.committed_end.is_none() {
+            // Mid-transaction: the next chunk starts its own time window.
+            batch.started = None;
+        }
+        if let Some(end) = batch.committed_end {
+            failpoint::hit(failpoint::CDC_BEFORE_ADVANCE).await;
+            // ClickHouse has every row of these transactions.
+            stream.confirm(end);
+        }
+        let metrics = &self.core.metrics;
+        metrics.observe_batch_apply(&self.name, applying.elapsed());
+        if let Some(t) = batch.last_commit_time {
+            metrics.set_cdc_lag_seconds(&self.name, crate::metrics::seconds_since_pg_time(t));
+        }
+        for (table, n) in batch.table_rows.drain() {
+            for (kind, count) in [RowKind::Insert, RowKind::Update, RowKind::Delete]
+                .into_iter()
+                .zip(n)
+            {
+                metrics.rows_applied(&self.name, &table, kind, count);
+            }
+        }
+        Ok(())
+    }
+
+    /// After a flush: one CdcProgress event per batch that finished
+    /// transactions with changes (the CDC history), and a fresh batch.
+    async fn after_flush(
+        &mut self,
+        ends: &Ends,
+        slot: &str,
+        batch: &mut Batch,
+        counts: &mut HashMap<String, TableChangeCounts>,
+        lag: &mut LagSample,
+        last_lsn: &mut String,
+    ) -> Result<()> {
+        let Some(end) = batch.committed_end else {
+            // Only part of a transaction so far: its rows are counted when
+            // it ends.
+            return Ok(());
+        };
+        *last_lsn = end.to_string();
+        if !counts.is_empty() {
+            let progress = CdcProgress {
+                start_lsn: batch
+                    .first_commit
+                    .map(|l| l.to_string())
+                    .unwrap_or_default(),
+                lsn: last_lsn.clone(),
+                duration_ms: batch
+                    .started
+                    .map_or(0, |at| at.elapsed().as_millis() as u64),
+                transactions: batch.transactions,
+                first_commit_at: batch.first_commit_time.map(pg_time),
+                ..Default::default()
+            };
+            self.report_batch(ends, slot, counts, lag, progress).await?;
+        }
+        batch.reset();
+        Ok(())
     }
 
     /// Records `batch` with the drained `counts`, its rows and the slot
@@ -1678,6 +1776,132 @@ async fn table_uuid(ch: &ChSink, table: &str) -> Result<String> {
 }
 
 /// The last slot lag measured by the CDC loop.
+/// The rows read since the last write to ClickHouse (the CDC loop's
+/// state between flushes). It holds at most about `limit` rows or
+/// [`BATCH_BYTES`], whatever the size of the transactions streaming in.
+struct Batch {
+    /// Rows per relation OID: (row, version, deleted).
+    pending: HashMap<u32, Vec<(Row, u64, bool)>>,
+    rows: usize,
+    bytes: usize,
+    limit: usize,
+    /// Rows per source table by kind (insert, update, delete), for metrics.
+    table_rows: HashMap<String, [u64; 3]>,
+    /// When the first item of the batch arrived.
+    started: Option<Instant>,
+    /// Transactions finished in this batch: the first one's commit LSN and
+    /// time, the last one's end (what may be confirmed), and how many.
+    first_commit: Option<Lsn>,
+    first_commit_time: Option<i64>,
+    committed_end: Option<Lsn>,
+    last_commit_time: Option<i64>,
+    transactions: u32,
+}
+
+/// A batch is written once its rows take about this much memory.
+const BATCH_BYTES: usize = 32 << 20;
+
+impl Batch {
+    fn new(limit: usize) -> Self {
+        Batch {
+            pending: HashMap::new(),
+            rows: 0,
+            bytes: 0,
+            limit: if limit == 0 { 10_000 } else { limit },
+            table_rows: HashMap::new(),
+            started: None,
+            first_commit: None,
+            first_commit_time: None,
+            committed_end: None,
+            last_commit_time: None,
+            transactions: 0,
+        }
+    }
+
+    /// Nothing to write and nothing to confirm.
+    fn is_empty(&self) -> bool {
+        self.rows == 0 && self.committed_end.is_none() && self.pending.is_empty()
+    }
+
+    fn is_full(&self) -> bool {
+        self.rows >= self.limit || self.bytes >= BATCH_BYTES
+    }
+
+    fn begin(&mut self, commit_lsn: Lsn, commit_time_us: i64) {
+        self.started.get_or_insert_with(Instant::now);
+        self.first_commit.get_or_insert(commit_lsn);
+        self.first_commit_time.get_or_insert(commit_time_us);
+    }
+
+    fn push(&mut self, table: &str, oid: u32, kind: ChangeKind, row: Row, version: u64) {
+        let k = match kind {
+            ChangeKind::Insert => 0,
+            ChangeKind::Update => 1,
+            ChangeKind::Delete => 2,
+        };
+        match self.table_rows.get_mut(table) {
+            Some(n) => n[k] += 1,
+            None => {
+                let mut n = [0; 3];
+                n[k] = 1;
+                self.table_rows.insert(table.to_owned(), n);
+            }
+        }
+        self.rows += 1;
+        self.bytes += row_bytes(&row);
+        self.started.get_or_insert_with(Instant::now);
+        self.pending
+            .entry(oid)
+            .or_default()
+            .push((row, version, kind == ChangeKind::Delete));
+    }
+
+    fn commit(&mut self, commit_lsn: Lsn, end_lsn: Lsn, commit_time_us: i64) {
+        self.started.get_or_insert_with(Instant::now);
+        // (A transaction begun before the last write of a chunk.)
+        self.first_commit.get_or_insert(commit_lsn);
+        self.first_commit_time.get_or_insert(commit_time_us);
+        self.committed_end = Some(end_lsn);
+        self.last_commit_time = Some(commit_time_us);
+        self.transactions += 1;
+    }
+
+    /// Starts the next batch after a write that ended at a transaction
+    /// boundary.
+    fn reset(&mut self) {
+        *self = Batch::new(self.limit);
+    }
+}
+
+/// About how much memory a row takes.
+fn row_bytes(row: &Row) -> usize {
+    row.iter()
+        .map(|c| match c {
+            Cell::Text(b) => b.len() + 32,
+            _ => 32,
+        })
+        .sum::<usize>()
+        + 48
+}
+
+/// The slot's confirmed position, where streaming resumes.
+async fn confirmed_position(pg: &tokio_postgres::Client, slot: &str) -> Result<Lsn> {
+    let info = source::slot_info(pg, slot)
+        .await?
+        .ok_or_else(|| SourceError::SlotLost {
+            slot: slot.into(),
+            reason: "the slot does not exist (it was dropped)".into(),
+        })?;
+    if info.is_lost() {
+        return Err(SourceError::SlotLost {
+            slot: slot.into(),
+            reason: "the slot was invalidated (wal_status = lost): the server removed WAL it still needed, see max_slot_wal_keep_size".into(),
+        }
+        .into());
+    }
+    Ok(info.confirmed_flush)
+}
+
 #[derive(Default)]
 struct LagSample {
     bytes: u64,

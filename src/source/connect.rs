@@ -21,6 +21,12 @@ const SESSION_SETUP: &str = "SET DateStyle = 'ISO, YMD'; SET TimeZone = 'UTC'; \
      SET IntervalStyle = 'postgres'; SET extra_float_digits = 3; SET bytea_output = 'hex'; \
      SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0";
 
+/// The same output settings as [`SESSION_SETUP`], as startup options for the
+/// replication connection: there pgoutput's output functions run in the
+/// walsender's session, which no SET can reach.
+pub(crate) const OUTPUT_OPTIONS: &str = "-c DateStyle=ISO,YMD -c TimeZone=UTC \
+     -c IntervalStyle=postgres -c extra_float_digits=3 -c bytea_output=hex";
+
 /// Where a connection goes, for messages: `host:port/db` (never a password).
 fn target(cfg: &Config) -> String {
     let host = match cfg.get_hosts().first() {
@@ -33,11 +39,15 @@ fn target(cfg: &Config) -> String {
     format!("{host}:{port}/{}", cfg.get_dbname().unwrap_or(""))
 }
 
-/// Connects to the source with `application_name=pgpipe` and the pinned
-/// output settings, over TLS as `sslmode`/`sslrootcert` say (see
-/// [`super::tls`]). The password, if given, overrides one in `conn_str`;
-/// neither ever appears in errors or logs.
-pub async fn connect(conn_str: &str, password: Option<&str>) -> Result<Client, SourceError> {
+/// Parses a connection string (URL or key=value form) into tokio-postgres'
+/// settings and the TLS ones, with `application_name=pgpipe` and a connect
+/// timeout. The password, if given, overrides one in `conn_str`. Both the
+/// query connections and the replication connection start here, so they
+/// accept the same strings.
+pub(crate) fn parse_connection(
+    conn_str: &str,
+    password: Option<&str>,
+) -> Result<(Config, TlsParams), SourceError> {
     let (rest, tls) = split_tls(conn_str).map_err(SourceError::InvalidConnectionString)?;
     let mut cfg = Config::from_str(&rest).map_err(|e| {
         // The cause names the bad option, not its value.
@@ -53,6 +63,15 @@ pub async fn connect(conn_str: &str, password: Option<&str>) -> Result<Client, S
     if cfg.get_connect_timeout().is_none() {
         cfg.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
     }
+    Ok((cfg, tls))
+}
+
+/// Connects to the source with `application_name=pgpipe` and the pinned
+/// output settings, over TLS as `sslmode`/`sslrootcert` say (see
+/// [`super::tls`]). The password, if given, overrides one in `conn_str`;
+/// neither ever appears in errors or logs.
+pub async fn connect(conn_str: &str, password: Option<&str>) -> Result<Client, SourceError> {
+    let (mut cfg, tls) = parse_connection(conn_str, password)?;
     let target = target(&cfg);
     let user = cfg.get_user().unwrap_or("").to_owned();
     let make_tls = connector(&tls, &mut cfg).map_err(|e| SourceError::Tls {

@@ -47,7 +47,6 @@
 //! `DateStyle = 'ISO, YMD'`, `TimeZone = 'UTC'`, `IntervalStyle =
 //! 'postgres'`, `extra_float_digits = 3`, `bytea_output = 'hex'`.
 
-mod cdc;
 mod connect;
 mod copy_text;
 mod lookup;
@@ -56,9 +55,9 @@ pub mod pgoutput;
 mod schema;
 mod slot;
 mod snapshot;
+mod stream;
 pub mod tls;
 
-pub use cdc::{advance_slot, read_changes};
 pub use connect::{ServerInfo, check_server, connect, server_problems};
 pub use copy_text::{CopyFormatError, decode_copy_line, decode_copy_lines, decode_copy_lines_into};
 pub use lookup::fill_from_source;
@@ -73,6 +72,7 @@ pub use slot::{
 pub use snapshot::{
     Partition, PartitionCopy, SnapshotExport, SnapshotWorker, copy_select_sql, plan_partitions,
 };
+pub use stream::{ChangeStream, StreamItem, StreamSpec};
 
 use crate::domain::validate::QualifiedName;
 

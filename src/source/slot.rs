@@ -5,7 +5,7 @@ use std::time::Duration;
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 
-use super::{SourceError, format_db_error, quote_ident, quote_table};
+use super::{SourceError, quote_ident, quote_table};
 use crate::domain::validate::QualifiedName;
 use crate::model::Lsn;
 
@@ -261,58 +261,49 @@ pub(crate) fn parse_lsn(s: &str, context: &str) -> Result<Lsn, SourceError> {
         })
 }
 
-/// Maps errors of slot readers: a missing or invalidated slot is
+/// Classifies an error the server sent to a slot reader, from its text
+/// (message, detail and SQLSTATE): a missing or invalidated slot is
 /// [`SourceError::SlotLost`], a missing publication
 /// [`SourceError::PublicationMissing`], a slot busy elsewhere
-/// [`SourceError::SlotActive`].
-pub(crate) fn slot_error(
-    slot: &str,
-    publication: Option<&str>,
-    context: &str,
-    e: &tokio_postgres::Error,
-) -> SourceError {
-    if let Some(db) = e.as_db_error() {
-        let msg = db.message();
-        let code = db.code();
-        let detail = db.detail().unwrap_or("");
-        if msg.contains("publication") && msg.contains("does not exist") {
-            return SourceError::PublicationMissing {
-                publication: publication.unwrap_or("").into(),
-            };
-        }
-        if *code == SqlState::OBJECT_IN_USE && msg.contains("is active for PID") {
-            let pid = msg
-                .rsplit(' ')
-                .next()
-                .and_then(|p| p.trim_end_matches('.').parse().ok())
-                .unwrap_or(0);
-            return SourceError::SlotActive {
-                slot: slot.into(),
-                pid,
-            };
-        }
-        let lost = (msg.contains("replication slot") && msg.contains("does not exist"))
-            || msg.contains("can no longer get changes from replication slot")
-            || msg.contains("can no longer access replication slot")
-            || (msg.contains("cannot be advanced") && detail.contains("invalidated"))
-            || detail.contains("has been invalidated")
-            || msg.contains("has already been removed");
-        if lost {
-            // Say which of the two it is in words: the server's own text
-            // ("never previously reserved WAL, or ... invalidated") is vague.
-            let why = if msg.contains("does not exist") {
-                "it was dropped"
-            } else {
-                "the server invalidated it after removing WAL it still needed \
-                 (max_slot_wal_keep_size exceeded)"
-            };
-            return SourceError::SlotLost {
-                slot: slot.into(),
-                reason: format!("{why}: {}", format_db_error(db)),
-            };
-        }
+/// [`SourceError::SlotActive`]; None for anything else.
+pub(crate) fn slot_error_text(slot: &str, publication: &str, text: &str) -> Option<SourceError> {
+    if text.contains("publication") && text.contains("does not exist") {
+        return Some(SourceError::PublicationMissing {
+            publication: publication.into(),
+        });
     }
-    SourceError::query(context, e)
+    if let Some(rest) = text.split("is active for PID ").nth(1) {
+        let pid = rest
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .and_then(|d| d.parse().ok())
+            .unwrap_or(0);
+        return Some(SourceError::SlotActive {
+            slot: slot.into(),
+            pid,
+        });
+    }
+    let dropped = text.contains("replication slot") && text.contains("does not exist");
+    let lost = dropped
+        || text.contains("can no longer get changes from replication slot")
+        || text.contains("can no longer access replication slot")
+        || text.contains("has been invalidated")
+        || text.contains("has already been removed");
+    if lost {
+        // Say which of the two it is in words: the server's own text
+        // ("never previously reserved WAL, or ... invalidated") is vague.
+        let why = if dropped {
+            "it was dropped"
+        } else {
+            "the server invalidated it after removing WAL it still needed \
+             (max_slot_wal_keep_size exceeded)"
+        };
+        return Some(SourceError::SlotLost {
+            slot: slot.into(),
+            reason: format!("{why}: {text}"),
+        });
+    }
+    None
 }
 
 #[cfg(test)]

@@ -1,0 +1,676 @@
+//! Change data capture over the streaming replication protocol: a
+//! `replication=database` connection runs `START_REPLICATION SLOT ...
+//! LOGICAL` with pgoutput and streams each transaction's messages as the
+//! walsender decodes them (CopyBoth), so no transaction is ever held whole.
+//!
+//! The wire work (TLS, SCRAM/md5/trust, CopyBoth framing, keepalive replies
+//! and standby status updates) is the `pgwire-replication` crate's; this
+//! module turns its pgoutput payloads into the model's [`TxItem`]s and says
+//! when the server may forget WAL ([`ChangeStream::confirm`]).
+//!
+//! Positions: the slot's `confirmed_flush_lsn` is only ever moved by
+//! `confirm`, which the caller calls with a transaction's `end_lsn` once
+//! ClickHouse has every row of it (or, when nothing is in flight, with a
+//! keepalive's WAL end). A crash before that replays the transaction from
+//! its start, with the same versions.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use pgwire_replication::{
+    ReplicationClient, ReplicationConfig, ReplicationEvent, SslMode as WireSsl, TlsConfig,
+};
+use tokio_postgres::Client;
+use tokio_postgres::config::Host;
+
+use super::SourceError;
+use super::connect::{OUTPUT_OPTIONS, parse_connection};
+use super::pgoutput::{self, OldTuple, PgOutputMessage, TupleData, TupleValue};
+use super::slot::slot_error_text;
+use super::tls::SslMode;
+use crate::model::{Cell, Change, ChangeKind, Lsn, Relation, Row, TxItem};
+
+/// How often the position is reported to the server when it moved (the
+/// server also asks for a reply before `wal_sender_timeout`).
+const STATUS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Decoded messages buffered between the connection's task and the apply
+/// loop: bounds memory (a message is one row) while keeping the socket busy.
+const BUFFER_EVENTS: usize = 2048;
+
+/// Where and how to stream from.
+pub struct StreamSpec<'a> {
+    pub conn: &'a str,
+    pub password: Option<&'a str>,
+    pub slot: &'a str,
+    pub publication: &'a str,
+    /// Where to start: the slot's confirmed position (the server never
+    /// sends a transaction that committed before the slot's position anyway).
+    pub start: Lsn,
+}
+
+/// What the stream says next, in WAL order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamItem {
+    /// A transaction starts; every change in it is versioned `commit_lsn`.
+    Begin {
+        xid: u32,
+        commit_lsn: Lsn,
+        commit_time_us: i64,
+    },
+    /// A change, relation or truncate of the open transaction. Rows have
+    /// one cell per column of the latest Relation; an UPDATE that changes
+    /// the key comes as a Delete of the old key then the Update; a delete
+    /// row has its key columns set, the others Null.
+    Item(TxItem),
+    /// The open transaction ends: confirm `end_lsn` once it is stored.
+    Commit {
+        commit_lsn: Lsn,
+        end_lsn: Lsn,
+        commit_time_us: i64,
+    },
+    /// The server's WAL end, between transactions. Nothing published
+    /// committed before it is still to come, so when nothing is being
+    /// applied the slot may be confirmed up to it (a quiet publication on a
+    /// busy server then pins no WAL).
+    Idle { wal_end: Lsn },
+}
+
+/// One streaming replication session on a slot.
+pub struct ChangeStream {
+    client: ReplicationClient,
+    slot: String,
+    publication: String,
+    rels: HashMap<u32, RelKey>,
+    /// Primary keys of REPLICA IDENTITY FULL tables, by OID.
+    pk_names: HashMap<u32, Vec<String>>,
+    /// Items converted but not returned yet (a key change gives two).
+    queued: VecDeque<StreamItem>,
+    xid: Option<u32>,
+}
+
+impl ChangeStream {
+    /// Opens the replication connection and starts streaming the slot from
+    /// `spec.start`. Fails if the server refuses (auth, TLS, missing slot or
+    /// publication, the slot held by another session).
+    pub async fn start(spec: StreamSpec<'_>) -> Result<Self, SourceError> {
+        let cfg = replication_config(&spec)?;
+        let where_ = cfg.display_connection();
+        let user = cfg.user.clone();
+        let timeout = cfg_timeout(spec.conn, spec.password);
+        let failed = |e: pgwire_replication::PgWireError| match wire_error(
+            spec.slot,
+            spec.publication,
+            "starting replication",
+            &e,
+        ) {
+            SourceError::AuthFailed { reason, .. } => SourceError::AuthFailed {
+                target: where_.clone(),
+                user: user.clone(),
+                reason,
+            },
+            other => other,
+        };
+        let mut client = ReplicationClient::connect(cfg).await.map_err(failed)?;
+        match tokio::time::timeout(timeout, client.wait_started()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(failed(e)),
+            Err(_) => {
+                client.abort();
+                return Err(SourceError::Unreachable {
+                    target: where_,
+                    reason: format!(
+                        "the replication connection did not start within {}s",
+                        timeout.as_secs()
+                    ),
+                });
+            }
+        }
+        tracing::info!(slot = spec.slot, from = %spec.start, "streaming replication started");
+        Ok(ChangeStream {
+            client,
+            slot: spec.slot.to_owned(),
+            publication: spec.publication.to_owned(),
+            rels: HashMap::new(),
+            pk_names: HashMap::new(),
+            queued: VecDeque::new(),
+            xid: None,
+        })
+    }
+
+    /// The next item (cancel-safe: nothing is lost if the future is
+    /// dropped before it completes). `pg` looks up the primary key of a
+    /// REPLICA IDENTITY FULL table when its Relation arrives.
+    pub async fn next(&mut self, pg: &Client) -> Result<StreamItem, SourceError> {
+        loop {
+            if let Some(item) = self.queued.pop_front() {
+                return Ok(item);
+            }
+            let ev =
+                self.client.recv().await.map_err(|e| {
+                    wire_error(&self.slot, &self.publication, "streaming changes", &e)
+                })?;
+            let Some(ev) = ev else {
+                return Err(SourceError::ConnectionLost {
+                    context: format!("streaming changes of slot {:?}", self.slot),
+                    reason: "the server ended the replication stream".into(),
+                });
+            };
+            match ev {
+                ReplicationEvent::Begin {
+                    final_lsn,
+                    xid,
+                    commit_time_micros,
+                } => {
+                    self.xid = Some(xid);
+                    return Ok(StreamItem::Begin {
+                        xid,
+                        commit_lsn: Lsn(final_lsn.as_u64()),
+                        commit_time_us: commit_time_micros,
+                    });
+                }
+                ReplicationEvent::Commit {
+                    lsn,
+                    end_lsn,
+                    commit_time_micros,
+                } => {
+                    self.xid = None;
+                    return Ok(StreamItem::Commit {
+                        commit_lsn: Lsn(lsn.as_u64()),
+                        end_lsn: Lsn(end_lsn.as_u64()),
+                        commit_time_us: commit_time_micros,
+                    });
+                }
+                ReplicationEvent::KeepAlive { wal_end, .. } => {
+                    if self.xid.is_none() {
+                        return Ok(StreamItem::Idle {
+                            wal_end: Lsn(wal_end.as_u64()),
+                        });
+                    }
+                }
+                ReplicationEvent::XLogData {
+                    wal_start, data, ..
+                } => {
+                    self.decode(pg, &data, Lsn(wal_start.as_u64())).await?;
+                }
+                ReplicationEvent::Message { .. } => {}
+                ReplicationEvent::StoppedAt { .. } => {
+                    return Err(SourceError::ConnectionLost {
+                        context: format!("streaming changes of slot {:?}", self.slot),
+                        reason: "the replication stream stopped".into(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Tells the server that every transaction ending at or before `lsn`
+    /// is stored: the slot's confirmed position moves there (sent within
+    /// [`STATUS_INTERVAL`]) and older WAL may be recycled. Monotonic.
+    pub fn confirm(&self, lsn: Lsn) {
+        self.client
+            .update_applied_lsn(pgwire_replication::Lsn::from_u64(lsn.0));
+    }
+
+    async fn decode(&mut self, pg: &Client, data: &[u8], at: Lsn) -> Result<(), SourceError> {
+        let msg = pgoutput::decode(data).map_err(|e| SourceError::Protocol {
+            context: format!("decoding changes of slot {:?} at {at}", self.slot),
+            reason: e.to_string(),
+        })?;
+        match msg {
+            PgOutputMessage::Begin { .. }
+            | PgOutputMessage::Commit { .. }
+            | PgOutputMessage::Type { .. }
+            | PgOutputMessage::Origin { .. }
+            | PgOutputMessage::Message { .. } => return Ok(()),
+            _ => {}
+        }
+        if self.xid.is_none() {
+            return Err(SourceError::Protocol {
+                context: format!("streaming changes of slot {:?} at {at}", self.slot),
+                reason: "a change outside of a transaction".into(),
+            });
+        }
+        if let PgOutputMessage::Relation(r) = &msg
+            && r.replica_identity == b'f'
+        {
+            let names = primary_key(pg, r.oid).await?;
+            self.pk_names.insert(r.oid, names);
+        }
+        let mut items = Vec::with_capacity(2);
+        convert(msg, &mut self.rels, &self.pk_names, &mut items).map_err(|reason| {
+            SourceError::Protocol {
+                context: format!(
+                    "streaming changes of slot {:?} (xid {})",
+                    self.slot,
+                    self.xid.unwrap_or_default()
+                ),
+                reason,
+            }
+        })?;
+        self.queued.extend(items.into_iter().map(StreamItem::Item));
+        Ok(())
+    }
+}
+
+impl Drop for ChangeStream {
+    fn drop(&mut self) {
+        // Ends the session at once, so the slot is free for the next one.
+        self.client.abort();
+    }
+}
+
+/// The primary key columns of a table (pgoutput marks every column as key
+/// for REPLICA IDENTITY FULL).
+async fn primary_key(pg: &Client, oid: u32) -> Result<Vec<String>, SourceError> {
+    let rows = pg
+        .query(
+            "SELECT a.attname::text FROM pg_index i \
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
+             WHERE i.indrelid = $1 AND i.indisprimary",
+            &[&oid],
+        )
+        .await
+        .map_err(|e| SourceError::query("reading primary keys", &e))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+fn cfg_timeout(conn: &str, password: Option<&str>) -> Duration {
+    parse_connection(conn, password)
+        .ok()
+        .and_then(|(c, _)| c.get_connect_timeout().copied())
+        .unwrap_or(Duration::from_secs(15))
+}
+
+/// The replication connection's settings, from the same connection string
+/// (URL or key=value, sslmode/sslrootcert) the query connections use.
+fn replication_config(spec: &StreamSpec<'_>) -> Result<ReplicationConfig, SourceError> {
+    let (cfg, tls) = parse_connection(spec.conn, spec.password)?;
+    let host = match cfg.get_hosts().first() {
+        Some(Host::Tcp(h)) => h.clone(),
+        #[cfg(unix)]
+        Some(Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = cfg.get_ports().first().copied().unwrap_or(5432);
+    let user = cfg.get_user().ok_or_else(|| {
+        SourceError::InvalidConnectionString(
+            "no user given; add user=... or postgres://USER@host/db".into(),
+        )
+    })?;
+    let password = cfg
+        .get_password()
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .unwrap_or_default();
+    let database = cfg.get_dbname().unwrap_or(user);
+    let tls = match tls.mode {
+        SslMode::Disable => TlsConfig::disabled(),
+        SslMode::Prefer => TlsConfig {
+            mode: WireSsl::Prefer,
+            ..TlsConfig::default()
+        },
+        SslMode::Require => TlsConfig::require(),
+        SslMode::VerifyCa => TlsConfig::verify_ca(tls.root_cert.clone()),
+        SslMode::VerifyFull => TlsConfig::verify_full(tls.root_cert.clone()),
+    };
+    let options = match cfg.get_options() {
+        Some(o) if !o.trim().is_empty() => format!("{o} {OUTPUT_OPTIONS}"),
+        _ => OUTPUT_OPTIONS.to_owned(),
+    };
+    Ok(
+        ReplicationConfig::new(host, user, password, database, spec.slot, spec.publication)
+            .with_port(port)
+            .with_tls(tls)
+            .with_start_lsn(pgwire_replication::Lsn::from_u64(spec.start.0))
+            .with_status_interval(STATUS_INTERVAL)
+            .with_wakeup_interval(STATUS_INTERVAL)
+            .with_buffer_size(BUFFER_EVENTS)
+            .with_options(options)
+            .with_application_name("pgpipe"),
+    )
+}
+
+/// A replication-connection error as a [`SourceError`], classified like
+/// the query connection's (transient ones make the worker reconnect with
+/// backoff). The crate's messages carry no password.
+fn wire_error(
+    slot: &str,
+    publication: &str,
+    context: &str,
+    e: &pgwire_replication::PgWireError,
+) -> SourceError {
+    use pgwire_replication::PgWireError as W;
+    let reason = e.to_string();
+    let context = format!("{context} of slot {slot:?}");
+    match e {
+        W::Io(_) | W::Task(_) => SourceError::ConnectionLost { context, reason },
+        W::Auth(r) => SourceError::AuthFailed {
+            target: context,
+            user: String::new(),
+            reason: r.clone(),
+        },
+        W::Tls(r) => SourceError::Tls {
+            target: context,
+            reason: r.clone(),
+        },
+        W::Server(r) => {
+            if let Some(e) = slot_error_text(slot, publication, r) {
+                e
+            } else if r.contains("SQLSTATE 57P") || r.contains("SQLSTATE 08") || r.contains("53300")
+            {
+                // Shutdown, termination, connection trouble.
+                SourceError::ConnectionLost { context, reason }
+            } else {
+                SourceError::Query { context, reason }
+            }
+        }
+        _ => SourceError::Protocol { context, reason },
+    }
+}
+
+struct RelKey {
+    ncols: usize,
+    /// Indexes of the columns that identify a row.
+    key: Vec<usize>,
+}
+
+fn relation_key(r: &Relation, pk_names: &HashMap<u32, Vec<String>>) -> Vec<usize> {
+    if r.replica_identity == b'f'
+        && let Some(names) = pk_names.get(&r.oid).filter(|n| !n.is_empty())
+    {
+        let idx: Vec<usize> = r
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| names.contains(&c.name))
+            .map(|(i, _)| i)
+            .collect();
+        if idx.len() == names.len() {
+            return idx;
+        }
+    }
+    r.columns
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.is_key)
+        .map(|(i, _)| i)
+        .collect()
+}
+
+fn cells(t: TupleData, ncols: usize) -> Result<Row, String> {
+    if t.len() != ncols {
+        return Err(format!(
+            "a tuple has {} columns where its relation has {ncols}",
+            t.len()
+        ));
+    }
+    t.into_iter()
+        .map(|v| match v {
+            TupleValue::Null => Ok(Cell::Null),
+            TupleValue::UnchangedToast => Ok(Cell::UnchangedToast),
+            TupleValue::Text(b) => Ok(Cell::Text(b)),
+            TupleValue::Binary(_) => Err("a value in binary format (not requested)".to_owned()),
+        })
+        .collect()
+}
+
+fn key_only(mut row: Row, key: &[usize]) -> Row {
+    for (i, c) in row.iter_mut().enumerate() {
+        if !key.contains(&i) {
+            *c = Cell::Null;
+        }
+    }
+    row
+}
+
+fn convert(
+    m: PgOutputMessage,
+    rels: &mut HashMap<u32, RelKey>,
+    pk_names: &HashMap<u32, Vec<String>>,
+    items: &mut Vec<TxItem>,
+) -> Result<(), String> {
+    let rel = |rels: &HashMap<u32, RelKey>, oid: u32| -> Result<(usize, Vec<usize>), String> {
+        rels.get(&oid)
+            .map(|r| (r.ncols, r.key.clone()))
+            .ok_or_else(|| format!("a change of relation {oid} before its Relation message"))
+    };
+    match m {
+        PgOutputMessage::Relation(r) => {
+            let key = relation_key(&r, pk_names);
+            rels.insert(
+                r.oid,
+                RelKey {
+                    ncols: r.columns.len(),
+                    key,
+                },
+            );
+            items.push(TxItem::Relation(r));
+        }
+        PgOutputMessage::Insert { relation_oid, new } => {
+            let (ncols, _) = rel(rels, relation_oid)?;
+            items.push(TxItem::Change(Change {
+                relation_oid,
+                kind: ChangeKind::Insert,
+                row: cells(new, ncols)?,
+            }));
+        }
+        PgOutputMessage::Update {
+            relation_oid,
+            old,
+            new,
+        } => {
+            let (ncols, key) = rel(rels, relation_oid)?;
+            let mut row = cells(new, ncols)?;
+            if let Some(old) = old {
+                let old = match old {
+                    OldTuple::Key(t) | OldTuple::Full(t) => cells(t, ncols)?,
+                };
+                let mut key_changed = false;
+                for &i in &key {
+                    match (&row[i], &old[i]) {
+                        // An unchanged (TOASTed) key column: take its value
+                        // from the old key.
+                        (Cell::UnchangedToast, o) => row[i] = o.clone(),
+                        (n, o) => key_changed |= n != o,
+                    }
+                }
+                if key_changed {
+                    items.push(TxItem::Change(Change {
+                        relation_oid,
+                        kind: ChangeKind::Delete,
+                        row: key_only(old, &key),
+                    }));
+                }
+            }
+            items.push(TxItem::Change(Change {
+                relation_oid,
+                kind: ChangeKind::Update,
+                row,
+            }));
+        }
+        PgOutputMessage::Delete { relation_oid, old } => {
+            let (ncols, key) = rel(rels, relation_oid)?;
+            let row = match old {
+                OldTuple::Key(t) | OldTuple::Full(t) => cells(t, ncols)?,
+            };
+            items.push(TxItem::Change(Change {
+                relation_oid,
+                kind: ChangeKind::Delete,
+                row: key_only(row, &key),
+            }));
+        }
+        PgOutputMessage::Truncate { relation_oids, .. } => {
+            items.push(TxItem::Truncate { relation_oids });
+        }
+        PgOutputMessage::Begin { .. }
+        | PgOutputMessage::Commit { .. }
+        | PgOutputMessage::Type { .. }
+        | PgOutputMessage::Origin { .. }
+        | PgOutputMessage::Message { .. } => {}
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::RelationColumn;
+
+    fn rel(identity: u8) -> Relation {
+        Relation {
+            oid: 7,
+            schema: "s".into(),
+            name: "t".into(),
+            replica_identity: identity,
+            columns: ["id", "v", "big"]
+                .iter()
+                .enumerate()
+                .map(|(i, n)| RelationColumn {
+                    name: (*n).into(),
+                    type_oid: 25,
+                    type_modifier: -1,
+                    is_key: i == 0 || identity == b'f',
+                })
+                .collect(),
+        }
+    }
+
+    fn t(s: &str) -> TupleValue {
+        TupleValue::Text(s.into())
+    }
+    fn c(s: &str) -> Cell {
+        Cell::Text(s.into())
+    }
+
+    fn run(msgs: Vec<PgOutputMessage>, pk: &[(u32, &str)]) -> Result<Vec<TxItem>, String> {
+        let mut pk_names: HashMap<u32, Vec<String>> = HashMap::new();
+        for (oid, n) in pk {
+            pk_names.entry(*oid).or_default().push((*n).into());
+        }
+        let mut rels = HashMap::new();
+        let mut items = Vec::new();
+        for m in msgs {
+            convert(m, &mut rels, &pk_names, &mut items)?;
+        }
+        Ok(items)
+    }
+
+    #[test]
+    fn key_change_is_delete_then_update() {
+        let items = run(
+            vec![
+                PgOutputMessage::Relation(rel(b'd')),
+                PgOutputMessage::Update {
+                    relation_oid: 7,
+                    old: Some(OldTuple::Key(vec![
+                        t("1"),
+                        TupleValue::Null,
+                        TupleValue::Null,
+                    ])),
+                    new: vec![t("2"), t("x"), TupleValue::UnchangedToast],
+                },
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(items.len(), 3);
+        assert_eq!(
+            items[1],
+            TxItem::Change(Change {
+                relation_oid: 7,
+                kind: ChangeKind::Delete,
+                row: vec![c("1"), Cell::Null, Cell::Null]
+            })
+        );
+        assert_eq!(
+            items[2],
+            TxItem::Change(Change {
+                relation_oid: 7,
+                kind: ChangeKind::Update,
+                row: vec![c("2"), c("x"), Cell::UnchangedToast]
+            })
+        );
+    }
+
+    #[test]
+    fn unchanged_toasted_key_is_filled_from_the_old_key() {
+        let items = run(
+            vec![
+                PgOutputMessage::Relation(rel(b'd')),
+                PgOutputMessage::Update {
+                    relation_oid: 7,
+                    old: Some(OldTuple::Key(vec![
+                        t("k"),
+                        TupleValue::Null,
+                        TupleValue::Null,
+                    ])),
+                    new: vec![TupleValue::UnchangedToast, t("x"), t("y")],
+                },
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(items.len(), 2);
+        assert_eq!(
+            items[1],
+            TxItem::Change(Change {
+                relation_oid: 7,
+                kind: ChangeKind::Update,
+                row: vec![c("k"), c("x"), c("y")]
+            })
+        );
+    }
+
+    #[test]
+    fn full_identity_uses_the_primary_key() {
+        let msgs = vec![
+            PgOutputMessage::Relation(rel(b'f')),
+            PgOutputMessage::Update {
+                relation_oid: 7,
+                old: Some(OldTuple::Full(vec![t("1"), t("a"), t("b")])),
+                new: vec![t("1"), t("changed"), t("b")],
+            },
+            PgOutputMessage::Delete {
+                relation_oid: 7,
+                old: OldTuple::Full(vec![t("1"), t("changed"), t("b")]),
+            },
+        ];
+        let items = run(msgs, &[(7, "id")]).unwrap();
+        assert_eq!(items.len(), 3, "{items:?}");
+        assert_eq!(
+            items[2],
+            TxItem::Change(Change {
+                relation_oid: 7,
+                kind: ChangeKind::Delete,
+                row: vec![c("1"), Cell::Null, Cell::Null]
+            })
+        );
+    }
+
+    #[test]
+    fn changes_need_their_relation_and_column_count() {
+        assert!(
+            run(
+                vec![PgOutputMessage::Insert {
+                    relation_oid: 7,
+                    new: vec![t("1")]
+                }],
+                &[]
+            )
+            .is_err()
+        );
+        assert!(
+            run(
+                vec![
+                    PgOutputMessage::Relation(rel(b'd')),
+                    PgOutputMessage::Insert {
+                        relation_oid: 7,
+                        new: vec![t("1")]
+                    }
+                ],
+                &[]
+            )
+            .is_err()
+        );
+    }
+}
