@@ -190,6 +190,47 @@ async fn kill_during_cdc_after_clickhouse_acked_before_the_slot_advanced() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_in_the_middle_of_a_transaction_larger_than_the_batch() {
+    let schema = unique("crt");
+    make_table(&schema, 1_000).await;
+    let dir = tempfile::tempdir().unwrap();
+    let name = schema.replace('_', "-");
+    let mut p = Proc::spawn_engine(dir.path(), &[]);
+    wait_serving(&p.url()).await;
+    let mut c = connect(&p.url()).await;
+    c.create_pipe(pipe_req(&name, &schema, &[&format!("{schema}.items")]))
+        .await
+        .unwrap();
+    wait_running(&mut c, &name, Duration::from_secs(120)).await;
+    drop(c);
+    p.kill9();
+
+    // 60,000 rows and updates in one transaction, batches of 5,000: the
+    // process dies once the first chunk is in ClickHouse.
+    let mut p = Proc::spawn_engine(
+        dir.path(),
+        &[("PGPIPE_FAILPOINTS", "cdc.mid_transaction=abort")],
+    );
+    wait_serving(&p.url()).await;
+    pg().await
+        .batch_execute(&format!(
+            "BEGIN;
+             INSERT INTO {schema}.items SELECT g, 'big', g % 5 FROM generate_series(100001, 160000) g;
+             UPDATE {schema}.items SET qty = qty + 1 WHERE id % 3 = 0;
+             DELETE FROM {schema}.items WHERE id % 7 = 0;
+             COMMIT;"
+        ))
+        .await
+        .unwrap();
+    wait_exit(&mut p).await;
+
+    let p = Proc::spawn_engine(dir.path(), &[]);
+    wait_serving(&p.url()).await;
+    write_some(&schema, 200_000).await;
+    assert_synced(&schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_during_resync_setup() {
     crash_during_resync("setup.after_slot").await;
 }

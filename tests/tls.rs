@@ -166,6 +166,105 @@ async fn pipe_replicates_with_tls_on_all_three_links() {
     );
 }
 
+/// The replication connection (CDC) authenticates like the query ones:
+/// SCRAM-SHA-256 over verify-full TLS with a URL, md5 without TLS with a
+/// key=value string, the password given apart from the string.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cdc_streams_with_scram_over_tls_and_with_md5() {
+    let pki = Pki::new();
+    let env = PrivateEnv::up_with(PeerTls {
+        pg: Some(pki.server_pair()),
+        ..Default::default()
+    })
+    .await;
+    let pg = env.pg().await;
+    pg.batch_execute(
+        "SET password_encryption = 'scram-sha-256';
+         CREATE ROLE scram_user LOGIN SUPERUSER REPLICATION PASSWORD 'scram-secret-1';
+         SET password_encryption = 'md5';
+         CREATE ROLE md5_user LOGIN SUPERUSER REPLICATION PASSWORD 'md5-secret-2';",
+    )
+    .await
+    .unwrap();
+    // These two users must give a password (the rest of the file trusts).
+    let hba = env.pg_data().join("pg_hba.conf");
+    let rest = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(
+        &hba,
+        format!(
+            "hostssl all scram_user 127.0.0.1/32 scram-sha-256\n\
+             hostssl all scram_user ::1/128 scram-sha-256\n\
+             host all md5_user 127.0.0.1/32 md5\n\
+             host all md5_user ::1/128 md5\n{rest}"
+        ),
+    )
+    .unwrap();
+    pg.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+    make_table(&env, "auth_a", 500).await;
+    make_table(&env, "auth_b", 500).await;
+
+    let server = InProcess::start_engine().await;
+    let mut c = server.client().await;
+    let mut scram = env.pipe_req("via-scram", "via_scram", &["public.auth_a"]);
+    scram.source = Some(SourceConfig {
+        connection_string: format!(
+            "postgres://scram_user@localhost:{}/pgpipe_dev?sslmode=verify-full&sslrootcert={}",
+            env.pg_port,
+            path_str(&pki.ca())
+        ),
+        password: "scram-secret-1".into(),
+    });
+    c.create_pipe(scram).await.unwrap();
+    let mut md5 = env.pipe_req("via-md5", "via_md5", &["public.auth_b"]);
+    md5.source = Some(SourceConfig {
+        connection_string: format!(
+            "host=127.0.0.1 port={} user=md5_user dbname=pgpipe_dev sslmode=disable",
+            env.pg_port
+        ),
+        password: "md5-secret-2".into(),
+    });
+    c.create_pipe(md5).await.unwrap();
+    wait_running(&mut c, "via-scram", Duration::from_secs(60)).await;
+    wait_running(&mut c, "via-md5", Duration::from_secs(60)).await;
+
+    pg.batch_execute(
+        "INSERT INTO auth_a SELECT g, 'late' FROM generate_series(501, 700) g;
+         UPDATE auth_a SET name = 'changed' WHERE id % 5 = 0;
+         INSERT INTO auth_b SELECT g, 'late' FROM generate_series(501, 700) g;
+         DELETE FROM auth_b WHERE id % 3 = 0;",
+    )
+    .await
+    .unwrap();
+    for (db, table) in [("via_scram", "auth_a"), ("via_md5", "auth_b")] {
+        env.wait_equal(
+            db,
+            table,
+            "public",
+            table,
+            "id, name",
+            Duration::from_secs(30),
+        )
+        .await;
+    }
+    // Both walsenders, one encrypted, as their own users.
+    let rows = pg
+        .query(
+            "SELECT r.usename::text, s.ssl FROM pg_stat_replication r \
+             JOIN pg_stat_ssl s USING (pid) ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    let got: Vec<(String, bool)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(
+        got,
+        vec![
+            ("md5_user".to_owned(), false),
+            ("scram_user".to_owned(), true)
+        ]
+    );
+}
+
 #[tokio::test]
 async fn plaintext_client_cannot_talk_to_a_tls_server() {
     let pki = Pki::new();

@@ -1,7 +1,7 @@
 //! The Postgres source adapter: connection and server checks, table
 //! descriptions, publication and slot management, the parallel initial
-//! snapshot (COPY) and change data capture (pgoutput over the SQL interface
-//! of logical decoding).
+//! snapshot (COPY) and change data capture (pgoutput streamed over a
+//! replication connection, see [`ChangeStream`]).
 //!
 //! # Why the snapshot/CDC hand-off is exact
 //!
@@ -42,8 +42,9 @@
 //! # Output format
 //!
 //! Every session opened by [`connect`] pins the settings that shape text
-//! output, so the snapshot (COPY) and CDC (pgoutput, whose output functions
-//! run in *our* session with the SQL interface) produce identical text:
+//! output, and the replication connection pins the same ones as startup
+//! options (pgoutput's output functions run in its walsender), so the
+//! snapshot (COPY) and CDC produce identical text:
 //! `DateStyle = 'ISO, YMD'`, `TimeZone = 'UTC'`, `IntervalStyle =
 //! 'postgres'`, `extra_float_digits = 3`, `bytea_output = 'hex'`.
 

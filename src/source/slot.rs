@@ -242,9 +242,8 @@ pub async fn slot_info(client: &Client, name: &str) -> Result<Option<SlotInfo>, 
 }
 
 /// The WAL position flushed to disk (`pg_current_wal_flush_lsn`): the end
-/// up to which logical decoding can read. If a [`super::read_changes`]
-/// started after this call returns no transactions, the slot may be
-/// advanced to this LSN (nothing published committed before it).
+/// up to which logical decoding can read (the slot's lag is measured
+/// against it).
 pub async fn current_wal_lsn(client: &Client) -> Result<Lsn, SourceError> {
     let row = client
         .query_one("SELECT pg_current_wal_flush_lsn()::text", &[])

@@ -32,7 +32,11 @@ pub(crate) struct CdcArgs {
     /// The pipe's cdc_sync_interval_ms.
     #[arg(long, default_value_t = 200)]
     sync_ms: u32,
-    /// Two rates (2000, unthrottled) of 3 s each.
+    /// Sizes of the single-transaction runs (rows inserted by one
+    /// transaction), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1000000,5000000")]
+    big_tx: Vec<u64>,
+    /// Two rates (2000, unthrottled) of 3 s each, one 100,000-row transaction.
     #[arg(long)]
     quick: bool,
     /// Also write the results as JSON to this file.
@@ -352,6 +356,81 @@ async fn cdc_backlog(
     Ok((changed, drain, raw_secs, msgs, cpu, peak))
 }
 
+struct BigTx {
+    rows: u64,
+    /// The INSERT ... COMMIT itself.
+    commit_secs: f64,
+    /// From the commit until a probe committed after it is visible.
+    visible_secs: f64,
+    /// The same transaction decoded raw from a slot of its own.
+    raw_secs: f64,
+    cpu: CpuSplit,
+    peak_mb: f64,
+}
+
+/// One transaction inserting `rows` rows while the pipe runs: time from its
+/// commit until ClickHouse shows it, next to the time Postgres takes to
+/// decode it (pgoutput, a slot created just before), and pgpipe's peak RSS.
+async fn cdc_big_tx(
+    pg_url: &str,
+    ch: &clickhouse::Client,
+    schema: &str,
+    db: &str,
+    rows: u64,
+    peers: &Peers,
+) -> Res<BigTx> {
+    let pg = pg_connect(pg_url).await?;
+    let raw_slot = format!("{schema}_big");
+    pg.execute(
+        "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+        &[&raw_slot],
+    )
+    .await?;
+    settle(ch).await?;
+    let fp = Footprint::start(peers);
+    let t0 = Instant::now();
+    pg.batch_execute(&format!(
+        "INSERT INTO {schema}.t (v, note) SELECT g, md5(g::text) FROM generate_series(1, {rows}) g"
+    ))
+    .await?;
+    let committed = Instant::now();
+    let commit_secs = (committed - t0).as_secs_f64();
+    let last: i64 = pg
+        .query_one(
+            &format!("INSERT INTO {schema}.probe DEFAULT VALUES RETURNING id"),
+            &[],
+        )
+        .await?
+        .get(0);
+    let deadline = committed + Duration::from_secs(1800);
+    loop {
+        let top: i64 = ch
+            .query(&format!("SELECT toInt64(max(id)) FROM {db}.probe"))
+            .fetch_one::<i64>()
+            .await?;
+        if top >= last {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("a {rows}-row transaction not visible after 30 minutes").into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let visible_secs = committed.elapsed().as_secs_f64();
+    let (cpu, peak_mb) = fp.end();
+    let (raw_secs, _) = raw_decode(&pg, &raw_slot, &format!("{schema}_raw")).await?;
+    pg.execute("SELECT pg_drop_replication_slot($1)", &[&raw_slot])
+        .await?;
+    Ok(BigTx {
+        rows,
+        commit_secs,
+        visible_secs,
+        raw_secs,
+        cpu,
+        peak_mb,
+    })
+}
+
 pub(crate) async fn cdc(args: CdcArgs) -> Res<()> {
     let (pg_url, ch_url) = dev_env()?;
     let rates = if args.quick {
@@ -453,6 +532,20 @@ pub(crate) async fn cdc(args: CdcArgs) -> Res<()> {
     progress(format!(
         "backlog of {bl_rows} changes: pgpipe drained it in {bl_drain:.2} s, raw decode {raw_secs:.2} s"
     ));
+    let sizes = if args.quick {
+        vec![100_000]
+    } else {
+        args.big_tx.clone()
+    };
+    let mut bigs = Vec::new();
+    for rows in sizes {
+        let b = cdc_big_tx(&pg_url, &ch, &schema, &db, rows, &peers).await?;
+        progress(format!(
+            "one {rows}-row transaction: visible {:.2} s after its commit, raw decode {:.2} s, peak RSS {:.0} MB",
+            b.visible_secs, b.raw_secs, b.peak_mb
+        ));
+        bigs.push(b);
+    }
 
     // Row-by-row sanity: live rows in ClickHouse equal the source's.
     let pg_rows: i64 = pg
@@ -546,6 +639,60 @@ pub(crate) async fn cdc(args: CdcArgs) -> Res<()> {
         .val("rows_per_s", raw_rate)
         .val("secs", raw_secs),
     );
+    out.push(
+        row(
+            "2",
+            "Postgres CPU for the backlog drain (walsender decoding once)",
+            false,
+            format!(
+                "{:.2} CPU s per million changes",
+                bl_cpu.pg * 1e6 / bl_rows.max(1) as f64
+            ),
+            format!("{:.2} CPU s in all", bl_cpu.pg),
+        )
+        .val(
+            "pg_cpu_s_per_million_changes",
+            bl_cpu.pg * 1e6 / bl_rows.max(1) as f64,
+        ),
+    );
+    for b in &bigs {
+        out.push(
+            row(
+                "4",
+                &format!("pgpipe: one transaction of {} rows", b.rows),
+                false,
+                format!(
+                    "visible {:.2} s after commit ({} rows/s); peak RSS {:.0} MB",
+                    b.visible_secs,
+                    fmt_rate(b.rows as f64 / b.visible_secs),
+                    b.peak_mb
+                ),
+                format!(
+                    "{} of the decode limit's time; the INSERT itself took {:.2} s",
+                    x(b.visible_secs / b.raw_secs),
+                    b.commit_secs
+                ),
+            )
+            .val("rows", b.rows as f64)
+            .val("visible_after_commit_s", b.visible_secs)
+            .val("vs_decode_limit", b.visible_secs / b.raw_secs)
+            .val("peak_rss_mb", b.peak_mb)
+            .val("pg_cpu_s", b.cpu.pg),
+        );
+        out.push(
+            row(
+                "4",
+                &format!(
+                    "(decode limit) pg_logical_slot_get_binary_changes, the same {} rows",
+                    b.rows
+                ),
+                true,
+                format!("{:.2} s", b.raw_secs),
+                String::new(),
+            )
+            .val("secs", b.raw_secs),
+        );
+    }
     let mut feet: Vec<(String, CpuSplit, f64, u64)> = runs
         .iter()
         .map(|r| {
