@@ -96,6 +96,7 @@ fn init_tracing(level: &str, json: bool) {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    pgpipe::tls::install_default_provider();
     let args = Args::parse();
     match args.command {
         Command::Client(cmd) => cli::run(args.client, cmd).await,

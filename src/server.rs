@@ -154,6 +154,7 @@ pub async fn serve_on_listeners(
         addr: cfg.listen,
         source,
     })?;
+    crate::tls::install_default_provider();
     // Before anything answers: a bad certificate or key is a start-up error.
     let mut builder = Server::builder();
     if let Some(files) = &cfg.tls {

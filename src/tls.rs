@@ -32,6 +32,15 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// Makes [`provider`] the process default too, for libraries that build
+/// their TLS configs without naming one (tonic's server and client, the
+/// replication connection). Needed because a dependency enables rustls'
+/// aws-lc-rs feature beside ring, and rustls then refuses to guess.
+/// Idempotent.
+pub fn install_default_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsFileError> {
     std::fs::read(path).map_err(|source| TlsFileError::Read {
         what,

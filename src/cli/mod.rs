@@ -710,6 +710,7 @@ fn client_tls(
 }
 
 async fn connect(opts: &ClientOpts) -> Result<Client, CliError> {
+    crate::tls::install_default_provider();
     let interceptor = AuthInterceptor::new(opts.token.as_deref())?;
     let server = normalize_server(&opts.server);
     let mut endpoint =

@@ -94,6 +94,7 @@ impl ChangeStream {
     /// `spec.start`. Fails if the server refuses (auth, TLS, missing slot or
     /// publication, the slot held by another session).
     pub async fn start(spec: StreamSpec<'_>) -> Result<Self, SourceError> {
+        crate::tls::install_default_provider();
         let cfg = replication_config(&spec)?;
         let where_ = cfg.display_connection();
         let user = cfg.user.clone();
