@@ -78,12 +78,18 @@ pub fn spawn(core: Arc<Core>, mut closing: tokio::sync::watch::Receiver<bool>) -
                 _ = tokio::time::sleep(Duration::from_secs(5)) => {}
             }
         }
-        for (_, h) in workers
-            .drain()
-            .chain(releasing.drain())
-            .chain(monitors.drain())
-        {
+        let all: Vec<JoinHandle<()>> = workers
+            .into_values()
+            .chain(releasing.into_values())
+            .chain(monitors.into_values())
+            .collect();
+        for h in &all {
             h.abort();
+        }
+        // Awaited, so no worker holds the log (and its file lock) once the
+        // engine has ended: a restart in the same process can open it.
+        for h in all {
+            let _ = h.await;
         }
     })
 }

@@ -24,7 +24,7 @@ use crate::proto::{SchemaChangeKind, SchemaChanged, TableFailed};
 use crate::sink::types::Kind;
 use crate::source::{self, AddedValue};
 
-use super::{Ends, EngineError, Loads, Result, Worker, write_rows};
+use super::{Ends, EngineError, Result, Route, Routes, Worker};
 
 /// One column change between two shapes of a table (matched by attnum).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -299,22 +299,18 @@ struct Applied {
 impl Worker {
     /// A Relation message: the same columns are fine; otherwise the changes
     /// are applied to ClickHouse (see the module docs), or the table fails.
-    #[allow(clippy::too_many_arguments)]
     pub(super) async fn check_relation(
         &mut self,
         ends: &Ends,
-        tables: &mut HashMap<u32, (SourceTable, String, String)>,
-        described: &mut HashMap<u32, super::TableColumns>,
-        sort_keys: &HashMap<u32, Vec<String>>,
+        routes: &mut Routes,
         rel: &Relation,
         lsn: Lsn,
         pending: &mut HashMap<u32, Vec<(Row, u64, bool)>>,
-        loads: &mut Loads,
     ) -> Result<()> {
-        let Some((replicated, dest, source_table)) = tables.get(&rel.oid) else {
+        let Some(route) = routes.by_oid.get(&rel.oid) else {
             return Ok(());
         };
-        let Some(cols) = described.get(&rel.oid) else {
+        let Some(cols) = routes.described.get(&rel.oid) else {
             return Ok(());
         };
         if same_shape(&cols.described, rel) {
@@ -322,11 +318,10 @@ impl Worker {
         }
         // Rows of the old shape go out before the table changes.
         if let Some(rows) = pending.remove(&rel.oid) {
-            let order_by = sort_keys.get(&rel.oid).map_or(&[][..], |v| v);
-            let side = loads.side(rel.oid, &ends.pg, described);
-            write_rows(&ends.ch, dest, replicated, order_by, rows, side).await?;
+            routes.write(ends, rel.oid, route, rows).await?;
         }
-        let (dest, source_table) = (dest.clone(), source_table.clone());
+        let (dest, source_table) = (route.dest.clone(), route.source.clone());
+        let cols = cols.clone();
         let known = cols.described.clone();
         let q = crate::domain::validate::QualifiedName {
             schema: known.schema.clone(),
@@ -338,7 +333,7 @@ impl Worker {
             Err(e) => {
                 let reason = format!("{e}{}", resync_hint(&source_table, &self.name));
                 return self
-                    .fail_table(tables, pending, loads, rel.oid, &source_table, reason, lsn)
+                    .fail_table(routes, pending, rel.oid, &source_table, reason, lsn)
                     .await;
             }
         };
@@ -346,11 +341,11 @@ impl Worker {
             return Ok(());
         };
         let outcome = match diff(&known, &fresh, rel) {
-            Ok(d) => match fits_options(cols, &d, &source_table) {
+            Ok(d) => match fits_options(&cols, &d, &source_table) {
                 Err(reason) => Err(Failure::Table(reason)),
                 Ok(()) => {
-                    let also = loads.also.get(&rel.oid).cloned();
-                    self.apply_changes(ends, cols, &d, &dest, also.as_deref(), &source_table, lsn)
+                    let also = routes.loads.also.get(&rel.oid).cloned();
+                    self.apply_changes(ends, &cols, &d, &dest, also.as_deref(), &source_table, lsn)
                         .await
                         .map(|a| (d, a))
                 }
@@ -363,7 +358,7 @@ impl Worker {
             Err(Failure::Table(reason)) => {
                 let reason = format!("{reason}{}", resync_hint(&source_table, &self.name));
                 return self
-                    .fail_table(tables, pending, loads, rel.oid, &source_table, reason, lsn)
+                    .fail_table(routes, pending, rel.oid, &source_table, reason, lsn)
                     .await;
             }
         };
@@ -397,18 +392,18 @@ impl Worker {
                     resync_hint(&source_table, &self.name)
                 );
                 return self
-                    .fail_table(tables, pending, loads, rel.oid, &source_table, reason, lsn)
+                    .fail_table(routes, pending, rel.oid, &source_table, reason, lsn)
                     .await;
             }
         };
         ends.ch.forget_schema(&dest);
-        if let Some(also) = loads.also.get(&rel.oid) {
+        if let Some(also) = routes.loads.also.get(&rel.oid) {
             ends.ch.forget_schema(also);
         }
-        if let Some(entry) = tables.get_mut(&rel.oid) {
-            entry.0 = view.dest.clone();
+        if let Some(entry) = routes.by_oid.get_mut(&rel.oid) {
+            entry.view = view.dest.clone();
         }
-        if let Some(entry) = described.get_mut(&rel.oid) {
+        if let Some(entry) = routes.described.get_mut(&rel.oid) {
             entry.described = d.now;
             entry.view = view;
             entry.config = config;
@@ -427,20 +422,26 @@ impl Worker {
     pub(super) async fn reconcile_at_start(
         &mut self,
         ends: &Ends,
-        tables: &mut HashMap<u32, (SourceTable, String, String)>,
-        described: &HashMap<u32, super::TableColumns>,
-        loads: &mut Loads,
+        routes: &mut Routes,
     ) -> Result<()> {
-        let mut oids: Vec<u32> = tables.keys().copied().collect();
+        let mut oids: Vec<u32> = routes.by_oid.keys().copied().collect();
         oids.sort_unstable();
         for oid in oids {
-            let Some((_, dest, source_table)) = tables.get(&oid).cloned() else {
+            let Some(Route {
+                dest,
+                source: source_table,
+                ..
+            }) = routes.by_oid.get(&oid).cloned()
+            else {
                 continue;
             };
-            let Some(cols) = described.get(&oid) else {
+            let Some(cols) = routes.described.get(&oid).cloned() else {
                 continue;
             };
-            match self.reconcile_table(ends, cols, &dest, &source_table).await {
+            match self
+                .reconcile_table(ends, &cols, &dest, &source_table)
+                .await
+            {
                 Ok(events) if events.is_empty() => {}
                 Ok(events) => {
                     self.record(events.into_iter().map(Payload::SchemaChanged).collect())
@@ -451,9 +452,8 @@ impl Worker {
                     let reason = format!("{reason}{}", resync_hint(&source_table, &self.name));
                     let mut pending = HashMap::new();
                     self.fail_table(
-                        tables,
+                        routes,
                         &mut pending,
-                        loads,
                         oid,
                         &source_table,
                         reason,
@@ -589,9 +589,7 @@ impl Worker {
         ends: &Ends,
         pipe: &crate::proto::Pipe,
         cfg: &crate::proto::TableConfig,
-        tables: &mut HashMap<u32, (SourceTable, String, String)>,
-        described: &mut HashMap<u32, super::TableColumns>,
-        sort_keys: &mut HashMap<u32, Vec<String>>,
+        routes: &mut Routes,
     ) -> Result<bool> {
         let name = &cfg.source_table;
         let Some(prep) = pipe.prepared.iter().find(|p| &p.source_table == name) else {
@@ -621,16 +619,16 @@ impl Worker {
             }
         };
         let oid = fresh.oid;
-        tables.insert(
+        routes.by_oid.insert(
             oid,
-            (
-                view.dest.clone(),
-                prep.destination_table.clone(),
-                name.clone(),
-            ),
+            Route {
+                view: view.dest.clone(),
+                dest: prep.destination_table.clone(),
+                source: name.clone(),
+                sort_key: prep.order_by.clone(),
+            },
         );
-        sort_keys.insert(oid, prep.order_by.clone());
-        described.insert(
+        routes.described.insert(
             oid,
             super::TableColumns {
                 described: fresh,
@@ -660,12 +658,10 @@ impl Worker {
     }
 
     /// Records `TableFailed` and stops routing the table's changes.
-    #[allow(clippy::too_many_arguments)]
     async fn fail_table(
         &mut self,
-        tables: &mut HashMap<u32, (SourceTable, String, String)>,
+        routes: &mut Routes,
         pending: &mut HashMap<u32, Vec<(Row, u64, bool)>>,
-        loads: &mut Loads,
         oid: u32,
         source_table: &str,
         reason: String,
@@ -678,11 +674,11 @@ impl Worker {
             lsn: lsn.to_string(),
         })])
         .await?;
-        tables.remove(&oid);
+        routes.by_oid.remove(&oid);
         pending.remove(&oid);
-        loads.restart(oid);
-        loads.also.remove(&oid);
-        loads.loading.remove(&oid);
+        routes.loads.restart(oid);
+        routes.loads.also.remove(&oid);
+        routes.loads.loading.remove(&oid);
         Ok(())
     }
 

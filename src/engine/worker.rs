@@ -604,11 +604,10 @@ impl Worker {
         // beside CDC (matched by name: adds and removals reorder the lists).
         // Each route holds the replicated view of its table (what ClickHouse
         // has); rows are projected onto it as they are decoded.
-        let mut tables: HashMap<u32, (SourceTable, String, String)> = HashMap::new();
-        let mut described = table_columns(&ends, pipe);
-        // Each table's ORDER BY (empty: the source key), for tombstones.
-        let mut sort_keys: HashMap<u32, Vec<String>> = HashMap::new();
-        let mut loads = Loads::default();
+        let mut routes = Routes {
+            described: table_columns(&ends, pipe),
+            ..Routes::default()
+        };
         for (t, v) in ends.tables.iter().zip(&ends.views) {
             let name = canonical(t);
             // A failed table is skipped until a table resync rebuilds it.
@@ -620,16 +619,25 @@ impl Worker {
                 continue;
             }
             if let Some(p) = pipe.prepared.iter().find(|p| p.source_table == name) {
-                tables.insert(
+                routes.by_oid.insert(
                     t.oid,
-                    (v.dest.clone(), p.destination_table.clone(), name.clone()),
+                    Route {
+                        view: v.dest.clone(),
+                        dest: p.destination_table.clone(),
+                        source: name.clone(),
+                        sort_key: p.order_by.clone(),
+                    },
                 );
-                sort_keys.insert(t.oid, p.order_by.clone());
             }
         }
-        self.reconcile_at_start(&ends, &mut tables, &described, &mut loads)
-            .await?;
-        let start = confirmed_position(&ends.pg, &slot).await?;
+        self.reconcile_at_start(&ends, &mut routes).await?;
+        // Where the log says ClickHouse is: past the slot's confirmed
+        // position when the last confirmations had not reached the server
+        // (they go out within a second). Starting there skips transactions
+        // already applied (the server starts at the greater of the two), so
+        // a restart does not replay old Relation messages over newer columns.
+        let recorded: Lsn = pipe.last_lsn.parse().unwrap_or_default();
+        let start = confirmed_position(&ends.pg, &slot).await?.max(recorded);
         let mut stream = source::ChangeStream::start(source::StreamSpec {
             conn: &ends.conn,
             password: ends.secrets.source_password.as_deref(),
@@ -654,17 +662,9 @@ impl Worker {
                 && batch.is_empty()
                 && housekept.is_none_or(|at| at.elapsed() >= interval)
             {
-                self.sync_tables(
-                    &ends,
-                    &mut tables,
-                    &mut described,
-                    &mut sort_keys,
-                    &mut loads,
-                )
-                .await?;
+                self.sync_tables(&ends, &mut routes).await?;
                 if leaves_checked.elapsed() >= partitions::LEAF_CHECK_EVERY {
-                    self.sync_partitions(&ends, &tables, &described, &mut loads)
-                        .await?;
+                    self.sync_partitions(&ends, &mut routes).await?;
                     leaves_checked = Instant::now();
                 }
                 if last_report.elapsed() >= PROGRESS_EVERY * 5 {
@@ -685,10 +685,8 @@ impl Worker {
                     if batch.is_empty() {
                         self.core.metrics.set_cdc_lag_seconds(&self.name, 0.0);
                     } else {
-                        self.flush_batch(
-                            &ends, &stream, &mut batch, &tables, &sort_keys, &loads, &described,
-                        )
-                        .await?;
+                        self.flush_batch(&ends, &stream, &mut batch, &routes)
+                            .await?;
                         self.after_flush(
                             &ends,
                             &slot,
@@ -714,20 +712,15 @@ impl Worker {
                 }
                 StreamItem::Item(TxItem::Relation(rel)) => {
                     let version = open.map(|(v, _)| v).unwrap_or_default();
-                    self.check_relation(
-                        &ends,
-                        &mut tables,
-                        &mut described,
-                        &sort_keys,
-                        &rel,
-                        version,
-                        &mut batch.pending,
-                        &mut loads,
-                    )
-                    .await?;
+                    self.check_relation(&ends, &mut routes, &rel, version, &mut batch.pending)
+                        .await?;
                 }
                 StreamItem::Item(TxItem::Change(c)) => {
-                    let Some((_, _, source_table)) = tables.get(&c.relation_oid) else {
+                    let Some(Route {
+                        source: source_table,
+                        ..
+                    }) = routes.by_oid.get(&c.relation_oid)
+                    else {
                         continue;
                     };
                     let e =
@@ -743,16 +736,14 @@ impl Worker {
                         ChangeKind::Delete => e.deleted += 1,
                     }
                     let version = open.map(|(v, _)| v.0).unwrap_or_default();
-                    let row = project_row(&described, c.relation_oid, &c.row);
+                    let row = project_row(&routes.described, c.relation_oid, &c.row);
                     batch.push(source_table, c.relation_oid, c.kind, row, version);
                     if batch.is_full() {
                         // A transaction of any size is written in chunks:
                         // every row carries the commit's version, and the
                         // slot is confirmed only at its end.
-                        self.flush_batch(
-                            &ends, &stream, &mut batch, &tables, &sort_keys, &loads, &described,
-                        )
-                        .await?;
+                        self.flush_batch(&ends, &stream, &mut batch, &routes)
+                            .await?;
                         if open.is_some() {
                             failpoint::hit(failpoint::CDC_MID_TRANSACTION).await;
                         }
@@ -772,19 +763,17 @@ impl Worker {
                     // Truncate empties the destination table: rows before it
                     // in this batch are written first, so order is kept.
                     for oid in relation_oids {
-                        if let Some((t, dest, _)) = tables.get(&oid) {
+                        if let Some(route) = routes.by_oid.get(&oid) {
                             if let Some(rows) = batch.pending.remove(&oid) {
-                                let order_by = sort_keys.get(&oid).map_or(&[][..], |v| v);
-                                let side = loads.side(oid, &ends.pg, &described);
-                                write_rows(&ends.ch, dest, t, order_by, rows, side).await?;
+                                routes.write(&ends, oid, route, rows).await?;
                             }
-                            ends.ch.truncate(dest).await?;
-                            if let Some(also) = loads.also.get(&oid) {
+                            ends.ch.truncate(&route.dest).await?;
+                            if let Some(also) = routes.loads.also.get(&oid) {
                                 ends.ch.truncate(also).await?;
                             }
                             // A load under way copies rows from before the
                             // truncate: start it again after it.
-                            loads.restart(oid);
+                            routes.loads.restart(oid);
                         }
                     }
                 }
@@ -796,10 +785,8 @@ impl Worker {
                     open = None;
                     batch.commit(commit_lsn, end_lsn, commit_time_us);
                     if batch.is_full() || batch.started.is_some_and(|at| at.elapsed() >= interval) {
-                        self.flush_batch(
-                            &ends, &stream, &mut batch, &tables, &sort_keys, &loads, &described,
-                        )
-                        .await?;
+                        self.flush_batch(&ends, &stream, &mut batch, &routes)
+                            .await?;
                         self.after_flush(
                             &ends,
                             &slot,
@@ -826,23 +813,17 @@ impl Worker {
     /// Writes the batch's rows to ClickHouse and then confirms its finished
     /// transactions to the server: the slot never moves past a row
     /// ClickHouse has not acknowledged.
-    #[allow(clippy::too_many_arguments)]
     async fn flush_batch(
         &mut self,
         ends: &Ends,
         stream: &source::ChangeStream,
         batch: &mut Batch,
-        tables: &HashMap<u32, (SourceTable, String, String)>,
-        sort_keys: &HashMap<u32, Vec<String>>,
-        loads: &Loads,
-        described: &HashMap<u32, TableColumns>,
+        routes: &Routes,
     ) -> Result<()> {
         let applying = Instant::now();
         for (oid, rows) in batch.pending.drain() {
-            if let Some((t, dest, _)) = tables.get(&oid) {
-                let order_by = sort_keys.get(&oid).map_or(&[][..], |v| v);
-                let side = loads.side(oid, &ends.pg, described);
-                write_rows(&ends.ch, dest, t, order_by, rows, side).await?;
+            if let Some(route) = routes.by_oid.get(&oid) {
+                routes.write(ends, oid, route, rows).await?;
             }
         }
         batch.rows = 0;
@@ -952,11 +933,10 @@ impl Worker {
         let confirmed = info.map(|i| i.confirmed_flush).unwrap_or_default();
         let lag = wal.0.saturating_sub(confirmed.0);
         self.core.metrics.set_cdc_lag_bytes(&self.name, lag);
-        let lsn = if confirmed.0 > 0 {
-            confirmed.to_string()
-        } else {
-            last_lsn.to_owned()
-        };
+        // What ClickHouse has: the last flushed transaction's end, or the
+        // slot's position once an idle keepalive moved it further.
+        let flushed: Lsn = last_lsn.parse().unwrap_or_default();
+        let lsn = confirmed.max(flushed).to_string();
         let p = self.pipe()?;
         if counts.is_empty() && p.last_lsn == lsn && p.lag_bytes == lag {
             return Ok(());
@@ -976,37 +956,30 @@ impl Worker {
     /// batches, so no batch is half-routed): removed tables stop, added
     /// tables and table resyncs start their loads, finished table resyncs
     /// are swapped in.
-    async fn sync_tables(
-        &mut self,
-        ends: &Ends,
-        tables: &mut HashMap<u32, (SourceTable, String, String)>,
-        described: &mut HashMap<u32, TableColumns>,
-        sort_keys: &mut HashMap<u32, Vec<String>>,
-        loads: &mut Loads,
-    ) -> Result<()> {
+    async fn sync_tables(&mut self, ends: &Ends, routes: &mut Routes) -> Result<()> {
         let pipe = self.pipe()?;
         let configs = Self::table_configs(&pipe);
         let wanted: std::collections::HashSet<&str> =
             configs.iter().map(|c| c.source_table.as_str()).collect();
 
         // Removed tables: unpublished, unrouted, their loads stopped.
-        let gone: Vec<u32> = tables
+        let gone: Vec<u32> = routes
+            .by_oid
             .iter()
-            .filter(|(_, (_, _, src))| !wanted.contains(src.as_str()))
+            .filter(|(_, r)| !wanted.contains(r.source.as_str()))
             .map(|(oid, _)| *oid)
             .collect();
         if !gone.is_empty() {
             self.publish(ends, &pipe).await?;
             for oid in gone {
-                if let Some((_, _, src)) = tables.remove(&oid) {
-                    tracing::info!(table = %src, "table removed from the pipe");
+                if let Some(r) = routes.by_oid.remove(&oid) {
+                    tracing::info!(table = %r.source, "table removed from the pipe");
                     // Its load and loads of its partitions.
-                    loads.restart(oid);
+                    routes.loads.restart(oid);
                 }
-                sort_keys.remove(&oid);
-                described.remove(&oid);
-                loads.loading.remove(&oid);
-                if let Some(scratch) = loads.also.remove(&oid) {
+                routes.described.remove(&oid);
+                routes.loads.loading.remove(&oid);
+                if let Some(scratch) = routes.loads.also.remove(&oid) {
                     ends.ch.drop_table_if_exists(&scratch).await?;
                 }
             }
@@ -1014,17 +987,18 @@ impl Worker {
 
         // Finished loads: an error ends the CDC run (the worker retries and
         // the load is redone).
-        let finished: Vec<String> = loads
+        let finished: Vec<String> = routes
+            .loads
             .running
             .iter()
             .filter(|(_, (h, _))| h.is_finished())
             .map(|(name, _)| name.clone())
             .collect();
         for name in finished {
-            let Some((handle, oid)) = loads.running.remove(&name) else {
+            let Some((handle, oid)) = routes.loads.running.remove(&name) else {
                 continue;
             };
-            loads.loading.remove(&oid);
+            routes.loads.loading.remove(&oid);
             match handle.await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => return Err(e),
@@ -1040,7 +1014,7 @@ impl Worker {
 
         for cfg in &configs {
             let name = cfg.source_table.as_str();
-            if loads.running.contains_key(name) {
+            if routes.loads.running.contains_key(name) {
                 continue;
             }
             let Some(stats) = pipe.tables.iter().find(|t| t.source_table == name) else {
@@ -1055,60 +1029,49 @@ impl Worker {
                     TableState::ResyncPending | TableState::Resyncing
                 );
             if failed
-                && !tables.values().any(|(_, _, src)| src == name)
-                && !self
-                    .route_rebuilt(ends, &pipe, cfg, tables, described, sort_keys)
-                    .await?
+                && !routes.by_oid.values().any(|r| r.source == name)
+                && !self.route_rebuilt(ends, &pipe, cfg, routes).await?
             {
                 continue;
             }
             match stats.state() {
                 TableState::Replicating | TableState::Failed => {}
                 TableState::LoadPending | TableState::Loading => {
-                    self.start_add(ends, &pipe, cfg, job, tables, described, sort_keys, loads)
-                        .await?;
+                    self.start_add(ends, &pipe, cfg, job, routes).await?;
                 }
                 TableState::ResyncPending => {
-                    self.start_table_resync(ends, &pipe, name, None, tables, described, loads)
+                    self.start_table_resync(ends, &pipe, name, None, routes)
                         .await?;
                 }
                 TableState::Resyncing => match job {
                     Some(job) if stats.snapshot_done => {
-                        self.swap_table(ends, job, tables, loads).await?;
+                        self.swap_table(ends, job, routes).await?;
                     }
                     Some(job) => {
                         let job = job.clone();
-                        self.start_table_resync(
-                            ends,
-                            &pipe,
-                            name,
-                            Some(job),
-                            tables,
-                            described,
-                            loads,
-                        )
-                        .await?;
+                        self.start_table_resync(ends, &pipe, name, Some(job), routes)
+                            .await?;
                     }
                     None => {}
                 },
             }
             if failed {
-                rebuild_only(tables, loads, name);
+                routes.rebuild_only(name);
             }
         }
         // Routes follow the projection: a rebuilt failed table writes to its
         // destination again once swapped in.
         let pipe = self.pipe()?;
-        for (_, dest, src) in tables.values_mut() {
+        for r in routes.by_oid.values_mut() {
             let replicating = pipe
                 .tables
                 .iter()
-                .any(|t| &t.source_table == src && t.state() == TableState::Replicating);
-            if let Some(p) = pipe.prepared.iter().find(|p| &p.source_table == src)
+                .any(|t| t.source_table == r.source && t.state() == TableState::Replicating);
+            if let Some(p) = pipe.prepared.iter().find(|p| p.source_table == r.source)
                 && replicating
-                && *dest != p.destination_table
+                && r.dest != p.destination_table
             {
-                dest.clone_from(&p.destination_table);
+                r.dest.clone_from(&p.destination_table);
             }
         }
         Ok(())
@@ -1117,15 +1080,14 @@ impl Worker {
     /// Partitioned tables that replicate: leaves attached since they were
     /// listed are loaded beside CDC, detached ones recorded (see
     /// `partitions`).
-    async fn sync_partitions(
-        &mut self,
-        ends: &Ends,
-        tables: &HashMap<u32, (SourceTable, String, String)>,
-        described: &HashMap<u32, TableColumns>,
-        loads: &mut Loads,
-    ) -> Result<()> {
+    async fn sync_partitions(&mut self, ends: &Ends, routes: &mut Routes) -> Result<()> {
         let pipe = self.pipe()?;
-        for (oid, (_, _, name)) in tables {
+        let Routes {
+            by_oid,
+            described,
+            loads,
+        } = routes;
+        for (oid, Route { source: name, .. }) in by_oid.iter() {
             let Some(cols) = described.get(oid).filter(|c| c.described.partitioned) else {
                 continue;
             };
@@ -1238,17 +1200,13 @@ impl Worker {
 
     /// An added table: created (if missing), published and routed, then
     /// loaded beside CDC.
-    #[allow(clippy::too_many_arguments)]
     async fn start_add(
         &mut self,
         ends: &Ends,
         pipe: &Pipe,
         cfg: &TableConfig,
         job: Option<&PreparedTable>,
-        tables: &mut HashMap<u32, (SourceTable, String, String)>,
-        described: &mut HashMap<u32, TableColumns>,
-        sort_keys: &mut HashMap<u32, Vec<String>>,
-        loads: &mut Loads,
+        routes: &mut Routes,
     ) -> Result<()> {
         let cols = self.describe(ends, pipe, &cfg.source_table).await?;
         let dest_view = cols.view.dest.clone();
@@ -1299,23 +1257,24 @@ impl Worker {
         // table_load): every later commit reaches the table through CDC.
         self.publish(ends, pipe).await?;
         let oid = cols.described.oid;
-        tables.insert(
+        routes.by_oid.insert(
             oid,
-            (
-                dest_view,
-                prepared.destination_table.clone(),
-                prepared.source_table.clone(),
-            ),
+            Route {
+                view: dest_view,
+                dest: prepared.destination_table.clone(),
+                source: prepared.source_table.clone(),
+                sort_key: prepared.order_by.clone(),
+            },
         );
-        sort_keys.insert(oid, prepared.order_by.clone());
         let view = cols.view.clone();
-        described.insert(oid, cols);
-        loads.loading.insert(oid);
+        routes.described.insert(oid, cols);
+        routes.loads.loading.insert(oid);
         failpoint::hit(failpoint::TABLE_ADD_ROUTED).await;
         tracing::info!(table = %prepared.source_table, "loading added table beside CDC");
         let name = prepared.source_table.clone();
         let run = table_load::run(self.load_job(ends, pipe, prepared, view));
-        loads
+        routes
+            .loads
             .running
             .insert(name, (tokio::spawn(run.in_current_span()), oid));
         Ok(())
@@ -1324,18 +1283,25 @@ impl Worker {
     /// A table resync: `<destination>_resync` created (first time only: a
     /// redo keeps the CDC changes it already holds), written by CDC like the
     /// original, loaded beside CDC.
-    #[allow(clippy::too_many_arguments)]
     async fn start_table_resync(
         &mut self,
         ends: &Ends,
         pipe: &Pipe,
         name: &str,
         job: Option<PreparedTable>,
-        tables: &HashMap<u32, (SourceTable, String, String)>,
-        described: &HashMap<u32, TableColumns>,
-        loads: &mut Loads,
+        routes: &mut Routes,
     ) -> Result<()> {
-        let Some((oid, (dest_view, _, _))) = tables.iter().find(|(_, (_, _, src))| src == name)
+        let Routes {
+            by_oid,
+            described,
+            loads,
+        } = routes;
+        let Some((
+            oid,
+            Route {
+                view: dest_view, ..
+            },
+        )) = by_oid.iter().find(|(_, r)| r.source == name)
         else {
             return Ok(());
         };
@@ -1388,12 +1354,12 @@ impl Worker {
         &mut self,
         ends: &Ends,
         job: &PreparedTable,
-        tables: &HashMap<u32, (SourceTable, String, String)>,
-        loads: &mut Loads,
+        routes: &mut Routes,
     ) -> Result<()> {
-        let Some((oid, (table, _, _))) = tables
+        let Some((oid, Route { view: table, .. })) = routes
+            .by_oid
             .iter()
-            .find(|(_, (_, _, src))| *src == job.source_table)
+            .find(|(_, r)| r.source == job.source_table)
         else {
             return Ok(());
         };
@@ -1420,7 +1386,8 @@ impl Worker {
                 .await?;
         }
         failpoint::hit(failpoint::TABLE_SWAP_AFTER_EXCHANGE).await;
-        self.finish_swap(ends, job, moved, loads, oid).await
+        self.finish_swap(ends, job, moved, &mut routes.loads, oid)
+            .await
     }
 
     async fn finish_swap(
@@ -1452,6 +1419,7 @@ impl Worker {
 /// A table as the source describes it (every column) and how it is
 /// replicated: what CDC rows are projected with and Relation messages are
 /// compared to.
+#[derive(Clone)]
 struct TableColumns {
     described: SourceTable,
     view: Replicated,
@@ -1523,19 +1491,64 @@ fn replicated_views(
         .collect()
 }
 
-/// A failed table being rebuilt by a table resync: its CDC changes go to
-/// the `_resync` table only (the old table may not fit the source's new
-/// types; it is swapped out at the end).
-fn rebuild_only(
-    tables: &mut HashMap<u32, (SourceTable, String, String)>,
-    loads: &mut Loads,
-    name: &str,
-) {
-    let Some((oid, route)) = tables.iter_mut().find(|(_, (_, _, src))| src == name) else {
-        return;
-    };
-    if let Some(load) = loads.also.remove(oid) {
-        route.1 = load;
+/// Where the CDC loop sends one relation's changes.
+#[derive(Debug, Clone)]
+struct Route {
+    /// The replicated columns under their source names: what ClickHouse
+    /// has (rows are projected onto it as they are decoded).
+    view: SourceTable,
+    /// The ClickHouse table written.
+    dest: String,
+    /// The table's canonical `schema.table`, as in the pipe's config.
+    source: String,
+    /// The ClickHouse ORDER BY (empty: the source key), for tombstones.
+    sort_key: Vec<String>,
+}
+
+/// The CDC loop's routing state, changed only between transactions: the
+/// pipe's tables, then tables being loaded beside CDC (matched by name:
+/// adds and removals reorder the lists).
+#[derive(Default)]
+struct Routes {
+    by_oid: HashMap<u32, Route>,
+    /// The source's description of each routed table.
+    described: HashMap<u32, TableColumns>,
+    /// Loads running beside CDC.
+    loads: Loads,
+}
+
+impl Routes {
+    /// Writes a relation's rows to its table (and to a table resync's
+    /// `_resync` table).
+    async fn write(
+        &self,
+        ends: &Ends,
+        oid: u32,
+        route: &Route,
+        rows: Vec<(Row, u64, bool)>,
+    ) -> Result<()> {
+        let side = self.loads.side(oid, &ends.pg, &self.described);
+        write_rows(
+            &ends.ch,
+            &route.dest,
+            &route.view,
+            &route.sort_key,
+            rows,
+            side,
+        )
+        .await
+    }
+
+    /// A failed table being rebuilt by a table resync: its CDC changes go to
+    /// the `_resync` table only (the old table may not fit the source's new
+    /// types; it is swapped out at the end).
+    fn rebuild_only(&mut self, name: &str) {
+        let Some((oid, route)) = self.by_oid.iter_mut().find(|(_, r)| r.source == name) else {
+            return;
+        };
+        if let Some(load) = self.loads.also.remove(oid) {
+            route.dest = load;
+        }
     }
 }
 
