@@ -219,7 +219,6 @@ impl Proc {
     }
 
     fn spawn_with(data_dir: &Path, envs: &[(&str, &str)]) -> Self {
-        use std::io::BufRead;
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgpipe"));
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
@@ -232,16 +231,7 @@ impl Proc {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("spawn pgpipe");
-        let stdout = child.stdout.take().unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(stdout)
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("pgpipe listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
+        let addr = listen_addr(&mut child);
         Self {
             child,
             addr,
@@ -255,6 +245,17 @@ impl Proc {
         wait_serving(&p.url()).await;
         let c = connect(&p.url()).await;
         (p, c)
+    }
+
+    /// The whole service with `failpoints` (`PGPIPE_FAILPOINTS`; none if
+    /// empty), serving, and a client of it.
+    pub async fn start_with_failpoints(data_dir: &Path, failpoints: &str) -> (Self, Client) {
+        let envs: &[(&str, &str)] = if failpoints.is_empty() {
+            &[]
+        } else {
+            &[("PGPIPE_FAILPOINTS", failpoints)]
+        };
+        Self::start_engine(data_dir, envs).await
     }
 
     /// Waits for the process to end by itself (e.g. a fail-point fired).
@@ -282,6 +283,21 @@ impl Proc {
         unsafe_kill(self.child.id(), "TERM");
         self.child.wait().unwrap()
     }
+}
+
+/// The address a `pgpipe serve` child prints first on its stdout (which
+/// must be piped): `pgpipe listening on ADDR`.
+pub fn listen_addr(child: &mut Child) -> String {
+    use std::io::BufRead;
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .unwrap();
+    line.trim()
+        .strip_prefix("pgpipe listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned()
 }
 
 fn unsafe_kill(pid: u32, sig: &str) {
@@ -359,6 +375,98 @@ pub async fn history(c: &mut Client, name: &str, kind: Option<HistoryKind>) -> V
     .unwrap()
     .into_inner()
     .events
+}
+
+/// The pipe's current incarnation, by name.
+pub async fn get(c: &mut Client, name: &str) -> Pipe {
+    c.get_pipe(GetPipeRequest {
+        name: name.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .pipe
+    .unwrap()
+}
+
+/// One incarnation, by id.
+pub async fn get_id(c: &mut Client, id: &str) -> Pipe {
+    c.get_pipe(GetPipeRequest {
+        id: id.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .pipe
+    .unwrap()
+}
+
+/// Every pipe incarnation the server knows, deleted ones included.
+pub async fn list_all(c: &mut Client) -> Vec<Pipe> {
+    c.list_pipes(ListPipesRequest {
+        include_deleted: true,
+        label_selector: Default::default(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .pipes
+}
+
+/// A whole-pipe ResyncPipe; the new incarnation.
+pub async fn resync(c: &mut Client, name: &str) -> Result<Pipe, tonic::Status> {
+    c.resync_pipe(ResyncPipeRequest {
+        name: name.into(),
+        ..Default::default()
+    })
+    .await
+    .map(|r| r.into_inner().pipe.unwrap())
+}
+
+/// WatchEvents over the whole log, from the first event.
+pub async fn watch_all(c: &mut Client) -> tonic::Streaming<WatchEventsResponse> {
+    c.watch_events(WatchEventsRequest {
+        after_cursor: Some(0),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
+}
+
+/// The log's head: the caught-up cursor a fresh live WatchEvents reports.
+pub async fn log_head(c: &mut Client) -> u64 {
+    let mut s = c
+        .watch_events(WatchEventsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), s.message())
+            .await
+            .expect("WatchEvents said nothing for 10 s")
+            .unwrap()
+            .expect("WatchEvents ended before caught_up");
+        if let Some(watch_events_response::Item::CaughtUp(cu)) = m.item {
+            return cu.cursor;
+        }
+    }
+}
+
+/// grpcurl, or None when it is not installed and the test should skip
+/// (saying so); in CI (`CI` set) a missing grpcurl fails the test.
+pub fn grpcurl_or_skip() -> Option<String> {
+    let bin = grpcurl();
+    if bin.is_none() {
+        assert!(
+            std::env::var("CI").is_err(),
+            "grpcurl is missing in CI: dev/env up must install it"
+        );
+        eprintln!("SKIPPED: grpcurl not installed (cargo install grpcurl-rs)");
+    }
+    bin
 }
 
 /// The grpcurl binary (`GRPCURL`, on PATH, or in ~/.cargo/bin), if any.

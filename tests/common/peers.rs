@@ -58,7 +58,8 @@ fn port_taken(message: &str) -> bool {
     message.contains("Address already in use") || message.contains("could not bind")
 }
 
-fn is_root() -> bool {
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
     std::process::Command::new("id")
         .arg("-u")
         .output()
@@ -323,12 +324,7 @@ impl PrivateEnv {
             "postgresql('127.0.0.1:{}', '{PG_DB}', '{table}', 'postgres', '', '{schema}')",
             self.pg_port
         );
-        let dst = format!("`{database}`.`{dest}` FINAL WHERE _pgpipe_is_deleted = 0");
-        let q = format!(
-            "SELECT toInt64(assumeNotNull((SELECT count() FROM (SELECT {cols} FROM {src} EXCEPT SELECT {cols} FROM {dst})) + \
-                    (SELECT count() FROM (SELECT {cols} FROM {dst} EXCEPT SELECT {cols} FROM {src})) + \
-                    abs(toInt64((SELECT count() FROM {src})) - toInt64((SELECT count() FROM {dst})))))"
-        );
+        let q = super::data::diff_query(&src, database, dest, cols, cols);
         Ok(self.ch(database).query(&q).fetch_one::<i64>().await? as u64)
     }
 
@@ -342,19 +338,38 @@ impl PrivateEnv {
         cols: &str,
         timeout: Duration,
     ) {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let d = match self.try_diff(database, dest, schema, table, cols).await {
-                Ok(0) => return,
-                Ok(d) => d.to_string(),
-                Err(e) => e.to_string(),
-            };
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{schema}.{table} and {database}.{dest} still differ after {timeout:?}: {d}"
-            );
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
+        let what = format!("{schema}.{table} and {database}.{dest}");
+        super::data::wait_no_diff(&what, timeout, async || {
+            self.try_diff(database, dest, schema, table, cols).await
+        })
+        .await;
+    }
+
+    /// [`PrivateEnv::wait_equal`] of `schema`.`table` and the ClickHouse
+    /// table of the same name in the database named as the schema.
+    pub async fn wait_same(&self, schema: &str, table: &str, cols: &str, timeout: Duration) {
+        self.wait_equal(schema, table, schema, table, cols, timeout)
+            .await;
+    }
+
+    /// Creates `schema` with the table of `data::items_sql` here.
+    pub async fn make_items(&self, schema: &str, rows: i64) {
+        self.pg()
+            .await
+            .batch_execute(&super::data::items_sql(schema, rows))
+            .await
+            .unwrap();
+    }
+
+    /// Sets `wal_level = replica` (ALTER SYSTEM, which overrides dev/env's
+    /// setting) and restarts Postgres: a server logical decoding refuses.
+    pub async fn without_logical_wal(&self) {
+        self.pg()
+            .await
+            .batch_execute("ALTER SYSTEM SET wal_level = replica")
+            .await
+            .unwrap();
+        self.restart_pg().await;
     }
 }
 
@@ -385,7 +400,7 @@ pub async fn wait_pipe(
 ) -> Pipe {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let p = super::data::get(c, name).await;
+        let p = super::get(c, name).await;
         if pred(&p) {
             return p;
         }

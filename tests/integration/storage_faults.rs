@@ -2,14 +2,12 @@
 //! system, and the directory's permissions. The full-disk and read-only
 //! tests mount a small tmpfs (they need root; they are skipped otherwise).
 
-mod common;
-
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use pgpipe::domain::projection::Projection;
 use pgpipe::proto::*;
 use tonic::Code;

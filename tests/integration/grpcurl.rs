@@ -2,11 +2,9 @@
 //! CI installs grpcurl (`cargo install grpcurl-rs`, see dev/env); locally
 //! the test is skipped with a message when it is missing.
 
-mod common;
-
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 fn run(bin: &str, args: &[&str]) -> String {
     let out = Command::new(bin).args(args).output().unwrap();

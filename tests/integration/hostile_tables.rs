@@ -4,12 +4,10 @@
 //! identifiers full of SQL metacharacters (replicated literally, never
 //! executed).
 
-mod common;
-
 use std::time::Duration;
 
-use common::data::*;
-use common::*;
+use crate::common::data::*;
+use crate::common::*;
 use pgpipe::proto::*;
 use tonic::Code;
 

@@ -3,12 +3,10 @@
 //! and used to select pipes in ListPipes and WatchEvents. Control plane
 //! only: no peer is needed.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use futures::StreamExt;
 use pgpipe::proto::*;
 use serde_json::Value;

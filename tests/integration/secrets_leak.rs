@@ -8,13 +8,13 @@
 //! the one file not searched while the pipe lives (and it must no longer
 //! hold them once the pipe is deleted).
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::data::*;
+use crate::common::data::*;
 use pgpipe::proto::pipe_service_client::PipeServiceClient;
 use pgpipe::proto::*;
 use tonic::Code;

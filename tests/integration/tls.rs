@@ -3,14 +3,14 @@
 //! test makes its own CA and server certificates (rcgen); peers with TLS are
 //! private dev environments (Postgres `ssl=on`, chfront over HTTPS).
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::InProcess;
-use common::data::{self, wait_running};
-use common::peers::{PeerTls, PrivateEnv};
+use crate::common::InProcess;
+use crate::common::data::{self, wait_running};
+use crate::common::peers::{PeerTls, PrivateEnv};
 use pgpipe::proto::pipe_service_client::PipeServiceClient;
 use pgpipe::proto::*;
 use pgpipe::server::TlsFiles;

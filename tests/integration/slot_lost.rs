@@ -4,13 +4,11 @@
 //! FAILED saying why and to resync (not retry forever), and a ResyncPipe
 //! must bring the destination back to equal, row by row.
 
-mod common;
-
 use std::time::Duration;
 
-use common::data::{get, unique, wait_running};
-use common::peers::*;
-use common::*;
+use crate::common::data::{unique, wait_running};
+use crate::common::peers::*;
+use crate::common::*;
 use pgpipe::proto::*;
 
 const COLS: &str = "id, name, qty";

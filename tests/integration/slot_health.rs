@@ -4,13 +4,11 @@
 //! SlotHealthRecovered when that stops holding. Real Postgres and
 //! ClickHouse front.
 
-mod common;
-
 use std::time::Duration;
 
-use common::data::*;
-use common::peers::*;
-use common::*;
+use crate::common::data::*;
+use crate::common::peers::*;
+use crate::common::*;
 use pgpipe::engine::slot_health;
 use pgpipe::proto::event::Payload;
 use pgpipe::proto::*;

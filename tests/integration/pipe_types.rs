@@ -11,13 +11,11 @@
 //! by key, column by column, and the ClickHouse column types are checked
 //! against the documented mapping.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::data::*;
-use common::*;
+use crate::common::data::*;
+use crate::common::*;
 use pgpipe::proto::*;
 
 /// How a column is turned into comparable text on each side.

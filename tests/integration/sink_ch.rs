@@ -1,7 +1,7 @@
 //! The ClickHouse sink against a real engine: `dev/env up` (chDB behind
-//! `dev/chfront.py`), then `source .dev/env.sh && cargo test --test sink_ch`.
+//! `dev/chfront.py`), then `source .dev/env.sh && cargo test --test integration sink_ch::`.
 //! The throughput measurement is `#[ignore]`d:
-//! `cargo test --release --test sink_ch -- --ignored --nocapture throughput`.
+//! `cargo test --release --test integration -- --ignored --nocapture sink_ch::throughput`.
 
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};

@@ -4,13 +4,11 @@
 //! one table while the pipe stays RUNNING. Every case ends with the
 //! row-by-row oracle under a write workload.
 
-mod common;
-
 use std::time::Duration;
 
-use common::data::*;
-use common::workload::{Shape, Target, Workload};
-use common::*;
+use crate::common::data::*;
+use crate::common::workload::{Shape, Target, Workload};
+use crate::common::*;
 use pgpipe::proto::*;
 use tokio::time::Instant;
 

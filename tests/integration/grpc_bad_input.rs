@@ -5,13 +5,11 @@
 //! (missing key, unsupported types, ORDER BY, identifiers replicated
 //! literally) are in tests/hostile_tables.rs.
 
-mod common;
-
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use pgpipe::proto::*;
 use tonic::{Code, Status};
 

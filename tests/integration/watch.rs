@@ -1,10 +1,8 @@
 //! Watch streams: cursors, slow watchers, fan-out, following across resync.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use futures::StreamExt;
 use pgpipe::proto::event::Payload;
 use pgpipe::proto::*;

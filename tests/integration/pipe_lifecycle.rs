@@ -1,12 +1,10 @@
 //! A live pipe's lifecycle against real Postgres and ClickHouse: pause,
 //! resume, delete, failures that need a resync, schema changes, TOAST.
 
-mod common;
-
 use std::time::Duration;
 
-use common::data::*;
-use common::*;
+use crate::common::data::*;
+use crate::common::*;
 use pgpipe::proto::*;
 
 const COLS: &str = "id, name, qty";

@@ -3,12 +3,10 @@
 //! PostgreSQL on 127.0.0.1:5432 (wal_level=replica, trust auth). Wrong
 //! passwords, roles and REPLICATION are covered in tests/pipe_faults.rs.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::data::*;
-use common::*;
+use crate::common::data::*;
+use crate::common::*;
 use pgpipe::proto::*;
 use tonic::Code;
 

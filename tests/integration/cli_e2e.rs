@@ -3,13 +3,11 @@
 //! watch --until-running, exit codes (0 running, 1 failed, 2 error) and
 //! the bearer token.
 
-mod common;
-
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::data::*;
-use common::*;
+use crate::common::data::*;
+use crate::common::*;
 use pgpipe::proto::*;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};

@@ -2,14 +2,12 @@
 //! ClickHouse: one test per kind of problem, several problems at once,
 //! nothing created, the happy path, the CLI and grpcurl.
 
-mod common;
-
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::data::*;
-use common::peers::{PrivateEnv, free_port};
-use common::*;
+use crate::common::data::*;
+use crate::common::peers::{PrivateEnv, free_port};
+use crate::common::*;
 use pgpipe::proto::*;
 
 async fn validate(c: &mut Client, r: CreatePipeRequest) -> ValidatePipeResponse {
@@ -381,59 +379,47 @@ async fn several_problems_are_reported_together() {
     );
 }
 
-async fn count(sql: &str) -> i64 {
-    pg().await.query_one(sql, &[]).await.unwrap().get(0)
-}
-
-/// The log head, from the global feed's caught-up marker.
-async fn log_head(c: &mut Client) -> u64 {
-    use tokio_stream::StreamExt;
-    let mut s = c
-        .watch_events(WatchEventsRequest {
-            after_cursor: Some(0),
-            pipe_name: String::new(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    while let Some(m) = s.next().await {
-        if let Some(watch_events_response::Item::CaughtUp(cu)) = m.unwrap().item {
-            return cu.cursor;
-        }
-    }
-    panic!("no caught-up marker");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn validating_creates_nothing() {
-    let schema = schema_with("vnc", "").await;
+    // A database of its own: other tests create slots and publications in
+    // the shared cluster meanwhile, so only those of this database count.
+    let schema = unique("vnc");
+    pg_exec(&format!("CREATE DATABASE {schema}")).await;
+    let mut url = url::Url::parse(&pg_url()).unwrap();
+    url.set_path(&schema);
+    let (own, conn) = tokio_postgres::connect(url.as_str(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    own.batch_execute(&format!(
+        "CREATE SCHEMA {schema};
+         CREATE TABLE {schema}.items (id bigint PRIMARY KEY, name text, qty int);
+         INSERT INTO {schema}.items SELECT g, 'item ' || g, g FROM generate_series(1, 20) g;"
+    ))
+    .await
+    .unwrap();
+    let count = async |sql: &str| -> i64 { own.query_one(sql, &[]).await.unwrap().get(0) };
+    let slots_sql =
+        format!("SELECT count(*) FROM pg_replication_slots WHERE database = '{schema}'");
+    let pubs_sql = "SELECT count(*) FROM pg_publication";
+
     let srv = InProcess::start_engine().await;
     let mut c = srv.client().await;
     let head = log_head(&mut c).await;
-    let slots = count("SELECT count(*) FROM pg_replication_slots").await;
-    let pubs = count("SELECT count(*) FROM pg_publication").await;
-    let good = pipe_req(&name_of(&schema), &schema, &[&format!("{schema}.items")]);
+    let slots = count(&slots_sql).await;
+    let pubs = count(pubs_sql).await;
+    let mut good = pipe_req(&name_of(&schema), &schema, &[&format!("{schema}.items")]);
+    good.source.as_mut().unwrap().connection_string = url.to_string();
     assert!(validate(&mut c, good.clone()).await.ok);
     let mut bad = good;
     bad.tables.push(table(&format!("{schema}.absent")));
     assert!(!validate(&mut c, bad).await.ok);
 
-    let listed = c
-        .list_pipes(ListPipesRequest {
-            include_deleted: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(listed.pipes.is_empty(), "{listed:?}");
+    let listed = list_all(&mut c).await;
+    assert!(listed.is_empty(), "{listed:?}");
     assert_eq!(log_head(&mut c).await, head);
-    assert_eq!(
-        count("SELECT count(*) FROM pg_replication_slots").await,
-        slots
-    );
-    assert_eq!(count("SELECT count(*) FROM pg_publication").await, pubs);
+    assert_eq!(count(&slots_sql).await, slots);
+    assert_eq!(count(pubs_sql).await, pubs);
     let dbs: u64 = ch("default")
         .query("SELECT count() FROM system.databases WHERE name = ?")
         .bind(&schema)
@@ -444,6 +430,8 @@ async fn validating_creates_nothing() {
     // No secret was kept for a pipe that does not exist.
     let secrets = std::fs::read_to_string(srv.dir.path().join("secrets.json")).unwrap_or_default();
     assert!(!secrets.contains(&schema), "{secrets}");
+    drop(own);
+    pg_exec(&format!("DROP DATABASE {schema} WITH (FORCE)")).await;
 }
 
 async fn cli(addr: &str, args: &[&str]) -> (i32, String, String) {

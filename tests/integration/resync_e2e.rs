@@ -3,16 +3,14 @@
 //! while one runs, watchers that reconnect mid-resync, grpcurl following a
 //! resync, and the step timings of a finished resync.
 
-mod common;
-
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::data::*;
-use common::*;
+use crate::common::data::*;
+use crate::common::*;
 use futures::StreamExt;
 use pgpipe::proto::*;
 use tokio::time::Instant;

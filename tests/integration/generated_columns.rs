@@ -4,10 +4,8 @@
 //! in ValidatePipe (CreatePipe accepts), the column listed on GetPipe. The
 //! other columns replicate through snapshot and CDC.
 
-mod common;
-
-use common::data::*;
-use common::*;
+use crate::common::data::*;
+use crate::common::*;
 use pgpipe::proto::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

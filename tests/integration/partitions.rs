@@ -5,13 +5,11 @@
 //! reported; resync and adding to a running pipe work on it. Every case
 //! ends with the row-by-row oracle.
 
-mod common;
-
 use std::time::Duration;
 
-use common::data::*;
-use common::peers::wait_pipe;
-use common::*;
+use crate::common::data::*;
+use crate::common::peers::wait_pipe;
+use crate::common::*;
 use pgpipe::proto::*;
 use tokio::time::Instant;
 

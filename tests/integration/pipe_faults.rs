@@ -5,13 +5,11 @@
 //! CreatePipe refuses an end it cannot use with FAILED_PRECONDITION naming
 //! what to fix, recording nothing.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::data::{get, unique, wait_running};
-use common::peers::*;
-use common::*;
+use crate::common::data::{unique, wait_running};
+use crate::common::peers::*;
+use crate::common::*;
 use pgpipe::proto::event::Payload;
 use pgpipe::proto::*;
 

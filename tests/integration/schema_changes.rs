@@ -4,12 +4,10 @@
 //! change end equal on both ends (postgresql() table function oracle), an
 //! unsupported change fails only its table, and a table resync heals it.
 
-mod common;
-
 use std::time::Duration;
 
-use common::data::*;
-use common::*;
+use crate::common::data::*;
+use crate::common::*;
 use pgpipe::proto::event::Payload;
 use pgpipe::proto::*;
 
@@ -172,7 +170,7 @@ async fn a_volatile_default_fails_only_its_table_until_it_is_resynced() {
 /// (projection replay) keeps working.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn drop_and_rename_under_writes_keep_every_table_replicating() {
-    use common::workload::{Shape, Target, Workload, seed_from_env};
+    use crate::common::workload::{Shape, Target, Workload, seed_from_env};
     let schema = unique("ddl_dr");
     let (t, u) = (format!("{schema}.t"), format!("{schema}.u"));
     create_schema(

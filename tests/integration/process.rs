@@ -1,11 +1,9 @@
 //! The `pgpipe` binary as users run it: health during replay, signals,
 //! kill -9, a corrupt log.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use pgpipe::proto::*;
 
 #[tokio::test]

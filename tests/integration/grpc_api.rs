@@ -1,9 +1,7 @@
 //! The gRPC API end to end through a real server: lifecycle, bad input,
 //! auth.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use pgpipe::proto::*;
 use tonic::Code;
 

@@ -1,12 +1,10 @@
 //! Pipes moving data: Postgres -> ClickHouse, snapshot then CDC, compared
 //! row by row (real Postgres with wal_level=logical, real ClickHouse engine).
 
-mod common;
-
 use std::time::Duration;
 
-use common::data::*;
-use common::*;
+use crate::common::data::*;
+use crate::common::*;
 use pgpipe::proto::*;
 
 const COLS: &str = "id, name, toDecimal64(amount, 2), qty, toDateTime64(created, 6, 'UTC'), flag";

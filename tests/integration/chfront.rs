@@ -3,7 +3,7 @@
 //! crate with its default features (LZ4 compression on).
 //!
 //! Needs a running front: `dev/env up` (it prints `PGPIPE_TEST_CH_URL`), then
-//! `source .dev/env.sh && cargo test --test chfront`.
+//! `source .dev/env.sh && cargo test --test integration chfront::`.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

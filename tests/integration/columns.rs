@@ -4,12 +4,10 @@
 //! TOAST values in a renamed column), a resync, a column added during CDC,
 //! and the validation of the options.
 
-mod common;
-
 use std::time::Duration;
 
-use common::data::*;
-use common::*;
+use crate::common::data::*;
+use crate::common::*;
 use pgpipe::proto::*;
 
 /// The same rows compared on both ends: source columns (backquoted for

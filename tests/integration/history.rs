@@ -1,12 +1,10 @@
 //! GetPipeHistory: a pipe name's past from the event log, by kind, a page at
 //! a time.
 
-mod common;
-
 use std::time::Duration;
 
-use common::data::*;
-use common::*;
+use crate::common::data::*;
+use crate::common::*;
 use pgpipe::proto::event::Payload;
 use pgpipe::proto::*;
 use tonic::Code;

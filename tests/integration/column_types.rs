@@ -7,10 +7,8 @@
 //! not fit refused; a resync changing a choice. Stored values are checked
 //! exactly, rows from the initial load and from CDC alike.
 
-mod common;
-
-use common::data::*;
-use common::*;
+use crate::common::data::*;
+use crate::common::*;
 use pgpipe::proto::*;
 
 /// Dates outside ClickHouse's range (and one inside) as Postgres prints

@@ -3,13 +3,13 @@
 //! and CDC, the watcher gauge follows streams, and nothing listens without
 //! the flag.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::data::*;
-use common::*;
+use crate::common::data::*;
+use crate::common::*;
 use futures::StreamExt;
 use pgpipe::metrics::FAMILIES;
 use pgpipe::proto::pipe_service_client::PipeServiceClient;
