@@ -46,7 +46,7 @@ impl Fixture {
 
 async fn make_fixture(rows: u64) -> (Fixture, Vec<Target>) {
     let schema = unique("chaos");
-    let base = schema.replace('_', "-");
+    let base = pipe_name(&schema);
     let fx = Fixture {
         pipes: vec![
             (
@@ -314,15 +314,7 @@ async fn assert_log_replays(dir: &std::path::Path, fx: &Fixture) {
     for e in &events {
         folded.apply(e);
     }
-    let listed = c
-        .list_pipes(ListPipesRequest {
-            include_deleted: true,
-            label_selector: Default::default(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pipes;
+    let listed = list_all(&mut c).await;
     assert_eq!(
         listed,
         folded.list(true, &Default::default()),
@@ -355,15 +347,7 @@ async fn assert_log_replays(dir: &std::path::Path, fx: &Fixture) {
 
 async fn assert_equal_everywhere(fx: &Fixture) {
     for (table, shape) in fx.tables() {
-        wait_equal(
-            &fx.schema,
-            table,
-            &fx.schema,
-            table,
-            shape.cols(),
-            Duration::from_secs(120),
-        )
-        .await;
+        wait_same(&fx.schema, table, shape.cols(), Duration::from_secs(120)).await;
         let dups: i64 = ch(&fx.schema)
             .query(&format!(
                 "SELECT toInt64(count()) - toInt64(uniqExact({})) FROM `{table}` FINAL",

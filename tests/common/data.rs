@@ -6,7 +6,7 @@ use std::time::Duration;
 use pgpipe::proto::*;
 use tokio_postgres::NoTls;
 
-use super::{Client, get, get_id};
+use super::{Client, delete_pipe, get, get_id};
 
 /// The columns of [`items_sql`]'s table, as the oracle compares them.
 pub const ITEMS_COLS: &str = "id, name, qty";
@@ -389,19 +389,6 @@ pub async fn start_pipe(req: CreatePipeRequest) -> (super::InProcess, Client, Pi
     c.create_pipe(req).await.unwrap();
     let p = wait_running(&mut c, &name, WAIT).await;
     (srv, c, p)
-}
-
-/// Deletes the pipe; returns the deleted incarnation.
-pub async fn delete_pipe(c: &mut Client, name: &str) -> Pipe {
-    c.delete_pipe(DeletePipeRequest {
-        name: name.into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .pipe
-    .unwrap()
 }
 
 /// Deletes the pipe and waits until its slot and publication are gone.

@@ -15,9 +15,59 @@ use pgpipe::proto::*;
 use pgpipe::server::{self, ServeConfig, TlsFiles};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
+use tonic::client::GrpcService;
+use tonic::codegen::{Body, Bytes, StdError};
+use tonic::metadata::MetadataValue;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 pub type Client = PipeServiceClient<Channel>;
+
+/// A client sending `authorization: Bearer <token>` with every request.
+pub type AuthedClient = PipeServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// Adds `authorization: Bearer <token>` to every request.
+#[derive(Clone)]
+pub struct Bearer(pub String);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let v: MetadataValue<_> = format!("Bearer {}", self.0).parse().unwrap();
+        r.metadata_mut().insert("authorization", v);
+        Ok(r)
+    }
+}
+
+/// A client of `url` that sends `token`.
+pub async fn authed(url: &str, token: &str) -> AuthedClient {
+    let channel = Channel::from_shared(url.to_owned())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    PipeServiceClient::with_interceptor(channel, Bearer(token.to_owned()))
+}
+
+/// What a PipeServiceClient can run on: a channel, with an interceptor or
+/// not (so helpers serve [`Client`] and [`AuthedClient`] alike).
+pub trait Transport:
+    GrpcService<
+        tonic::body::Body,
+        Error: Into<StdError>,
+        ResponseBody: Body<Data = Bytes, Error: Into<StdError> + Send> + Send + 'static,
+    >
+{
+}
+
+impl<T> Transport for T where
+    T: GrpcService<
+            tonic::body::Body,
+            Error: Into<StdError>,
+            ResponseBody: Body<Data = Bytes, Error: Into<StdError> + Send> + Send + 'static,
+        >
+{
+}
 
 /// A server running inside the test process.
 pub struct InProcess {
@@ -378,7 +428,7 @@ pub async fn history(c: &mut Client, name: &str, kind: Option<HistoryKind>) -> V
 }
 
 /// The pipe's current incarnation, by name.
-pub async fn get(c: &mut Client, name: &str) -> Pipe {
+pub async fn get(c: &mut PipeServiceClient<impl Transport>, name: &str) -> Pipe {
     c.get_pipe(GetPipeRequest {
         name: name.into(),
         ..Default::default()
@@ -391,7 +441,7 @@ pub async fn get(c: &mut Client, name: &str) -> Pipe {
 }
 
 /// One incarnation, by id.
-pub async fn get_id(c: &mut Client, id: &str) -> Pipe {
+pub async fn get_id(c: &mut PipeServiceClient<impl Transport>, id: &str) -> Pipe {
     c.get_pipe(GetPipeRequest {
         id: id.into(),
         ..Default::default()
@@ -403,8 +453,21 @@ pub async fn get_id(c: &mut Client, id: &str) -> Pipe {
     .unwrap()
 }
 
+/// Deletes the pipe; returns the deleted incarnation.
+pub async fn delete_pipe(c: &mut PipeServiceClient<impl Transport>, name: &str) -> Pipe {
+    c.delete_pipe(DeletePipeRequest {
+        name: name.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .pipe
+    .unwrap()
+}
+
 /// Every pipe incarnation the server knows, deleted ones included.
-pub async fn list_all(c: &mut Client) -> Vec<Pipe> {
+pub async fn list_all(c: &mut PipeServiceClient<impl Transport>) -> Vec<Pipe> {
     c.list_pipes(ListPipesRequest {
         include_deleted: true,
         label_selector: Default::default(),
@@ -416,7 +479,10 @@ pub async fn list_all(c: &mut Client) -> Vec<Pipe> {
 }
 
 /// A whole-pipe ResyncPipe; the new incarnation.
-pub async fn resync(c: &mut Client, name: &str) -> Result<Pipe, tonic::Status> {
+pub async fn resync(
+    c: &mut PipeServiceClient<impl Transport>,
+    name: &str,
+) -> Result<Pipe, tonic::Status> {
     c.resync_pipe(ResyncPipeRequest {
         name: name.into(),
         ..Default::default()
@@ -426,7 +492,9 @@ pub async fn resync(c: &mut Client, name: &str) -> Result<Pipe, tonic::Status> {
 }
 
 /// WatchEvents over the whole log, from the first event.
-pub async fn watch_all(c: &mut Client) -> tonic::Streaming<WatchEventsResponse> {
+pub async fn watch_all(
+    c: &mut PipeServiceClient<impl Transport>,
+) -> tonic::Streaming<WatchEventsResponse> {
     c.watch_events(WatchEventsRequest {
         after_cursor: Some(0),
         ..Default::default()
@@ -437,7 +505,7 @@ pub async fn watch_all(c: &mut Client) -> tonic::Streaming<WatchEventsResponse> 
 }
 
 /// The log's head: the caught-up cursor a fresh live WatchEvents reports.
-pub async fn log_head(c: &mut Client) -> u64 {
+pub async fn log_head(c: &mut PipeServiceClient<impl Transport>) -> u64 {
     let mut s = c
         .watch_events(WatchEventsRequest::default())
         .await

@@ -361,6 +361,23 @@ impl PrivateEnv {
             .unwrap();
     }
 
+    /// An in-process engine with a RUNNING pipe (named after the schema)
+    /// of `schema`.items (see [`PrivateEnv::make_items`]) whose snapshot is
+    /// in ClickHouse; its name and the pipe.
+    pub async fn start_items_pipe(&self, schema: &str) -> (super::InProcess, Client, String, Pipe) {
+        let name = super::data::pipe_name(schema);
+        let req = self.pipe_req(&name, schema, &[&format!("{schema}.items")]);
+        let (srv, c, p) = super::data::start_pipe(req).await;
+        self.wait_same(
+            schema,
+            "items",
+            super::data::ITEMS_COLS,
+            Duration::from_secs(30),
+        )
+        .await;
+        (srv, c, name, p)
+    }
+
     /// Sets `wal_level = replica` (ALTER SYSTEM, which overrides dev/env's
     /// setting) and restarts Postgres: a server logical decoding refuses.
     pub async fn without_logical_wal(&self) {

@@ -15,48 +15,10 @@ use tokio::time::Instant;
 
 const COLS: &str = "id, name, qty";
 
-async fn make_table(schema: &str, rows: i64) {
-    pg().await
-        .batch_execute(&format!(
-            "CREATE SCHEMA {schema};
-             CREATE TABLE {schema}.items (id bigint PRIMARY KEY, name text, qty int);
-             INSERT INTO {schema}.items SELECT g, 'item ' || g, g % 13 FROM generate_series(1, {rows}) g;"
-        ))
-        .await
-        .unwrap();
-}
-
 async fn engine(dir: &tempfile::TempDir, envs: &[(&str, &str)]) -> Proc {
     let p = Proc::spawn_engine(dir.path(), envs);
     wait_serving(&p.url()).await;
     p
-}
-
-/// Adds `authorization: Bearer <token>` to every request.
-#[derive(Clone)]
-struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        r.metadata_mut().insert("authorization", self.0.clone());
-        Ok(r)
-    }
-}
-
-type AuthedClient = pgpipe::proto::pipe_service_client::PipeServiceClient<
-    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>,
->;
-
-async fn authed(url: &str, token: &str) -> AuthedClient {
-    let channel = tonic::transport::Channel::from_shared(url.to_owned())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    pgpipe::proto::pipe_service_client::PipeServiceClient::with_interceptor(
-        channel,
-        Bearer(format!("Bearer {token}").parse().unwrap()),
-    )
 }
 
 struct Run {
@@ -148,12 +110,12 @@ fn strs(v: &[String]) -> Vec<&str> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn create_list_get_resync_and_watch() {
     let schema = unique("cli");
-    make_table(&schema, 5_000).await;
+    make_items(&schema, 5_000).await;
     let dir = tempfile::tempdir().unwrap();
     let p = engine(&dir, &[]).await;
     let addr = p.addr.as_str();
     let mut c = connect(&p.url()).await;
-    let name = schema.replace('_', "-");
+    let name = pipe_name(&schema);
     let table = format!("{schema}.items");
 
     let r = pgpipe(addr, &strs(&create_args(&name, &schema, &table)), &[]).await;
@@ -165,15 +127,7 @@ async fn create_list_get_resync_and_watch() {
     let created = get(&mut c, &name).await;
     assert_eq!(created.status(), PipeStatus::Running);
     assert_eq!(created.tables[0].snapshot_rows, 5_000);
-    wait_equal(
-        &schema,
-        "items",
-        &schema,
-        "items",
-        COLS,
-        Duration::from_secs(60),
-    )
-    .await;
+    wait_same(&schema, "items", COLS, Duration::from_secs(60)).await;
 
     // list
     let r = pgpipe(addr, &["list"], &[]).await;
@@ -248,15 +202,7 @@ async fn create_list_get_resync_and_watch() {
     assert_eq!(first.status(), PipeStatus::Running, "{r:?}");
     assert_eq!(first.resync_of, created.id);
     assert!(!first.resyncing);
-    wait_equal(
-        &schema,
-        "items",
-        &schema,
-        "items",
-        COLS,
-        Duration::from_secs(60),
-    )
-    .await;
+    wait_same(&schema, "items", COLS, Duration::from_secs(60)).await;
 
     // watch --json --until-running, started before a resync.
     let mut child = command(addr, &["watch", &name, "--json", "--until-running"], &[])
@@ -274,16 +220,7 @@ async fn create_list_get_resync_and_watch() {
     assert_eq!(state["kind"], Value::Null);
     assert_eq!(state["pipe"]["id"], first.id.as_str());
     assert_eq!(state["status"], "PIPE_STATUS_RUNNING");
-    let second = c
-        .resync_pipe(ResyncPipeRequest {
-            name: name.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pipe
-        .unwrap();
+    let second = resync(&mut c, &name).await.unwrap();
     let mut watched = vec![state];
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -376,7 +313,7 @@ async fn create_list_get_resync_and_watch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_watched_resync_that_fails_exits_1() {
     let schema = unique("clf");
-    make_table(&schema, 3_000).await;
+    make_items(&schema, 3_000).await;
     let dir = tempfile::tempdir().unwrap();
     let p = engine(
         &dir,
@@ -385,7 +322,7 @@ async fn a_watched_resync_that_fails_exits_1() {
     .await;
     let addr = p.addr.clone();
     let mut c = connect(&p.url()).await;
-    let name = schema.replace('_', "-");
+    let name = pipe_name(&schema);
     c.create_pipe(pipe_req(&name, &schema, &[&format!("{schema}.items")]))
         .await
         .unwrap();
@@ -443,15 +380,7 @@ async fn a_watched_resync_that_fails_exits_1() {
     let running = get(&mut c, &name).await;
     assert_eq!(running.status(), PipeStatus::Running);
     assert_eq!(running.resync_of, failed.id);
-    wait_equal(
-        &schema,
-        "items",
-        &schema,
-        "items",
-        "id, name",
-        Duration::from_secs(60),
-    )
-    .await;
+    wait_same(&schema, "items", "id, name", Duration::from_secs(60)).await;
     let r = pgpipe(&addr, &["delete", &name], &[]).await;
     assert_eq!(r.code, 0, "{r:?}");
     wait_released(&mut c, &running.id).await;
@@ -488,11 +417,11 @@ async fn the_token_is_required_and_never_printed() {
     let token = format!("tok-{}", uuid::Uuid::new_v4().simple());
     let wrong = format!("wrong-{}", uuid::Uuid::new_v4().simple());
     let schema = unique("clt");
-    make_table(&schema, 2_000).await;
+    make_items(&schema, 2_000).await;
     let dir = tempfile::tempdir().unwrap();
     let p = engine(&dir, &[("PGPIPE_TOKEN", &token)]).await;
     let addr = p.addr.as_str();
-    let name = schema.replace('_', "-");
+    let name = pipe_name(&schema);
     let table = format!("{schema}.items");
     let no_leak = |r: &Run, what: &str| {
         assert!(!r.all().contains(&token), "{what}: token printed: {r:?}");
@@ -580,15 +509,7 @@ async fn the_token_is_required_and_never_printed() {
         .unwrap();
     assert_eq!(current.status(), PipeStatus::Running);
     assert!(!current.resync_of.is_empty());
-    wait_equal(
-        &schema,
-        "items",
-        &schema,
-        "items",
-        COLS,
-        Duration::from_secs(60),
-    )
-    .await;
+    wait_same(&schema, "items", COLS, Duration::from_secs(60)).await;
     let r = pgpipe(addr, &["delete", &name, "--token", &token], &[]).await;
     assert_eq!(r.code, 0, "{r:?}");
     no_leak(&r, "delete");
@@ -617,11 +538,11 @@ async fn the_token_is_required_and_never_printed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn history_throughput_and_load_summary() {
     let schema = unique("clihist");
-    make_table(&schema, 3_000).await;
+    make_items(&schema, 3_000).await;
     let dir = tempfile::tempdir().unwrap();
     let p = engine(&dir, &[]).await;
     let addr = p.addr.as_str();
-    let name = schema.replace('_', "-");
+    let name = pipe_name(&schema);
     let table = format!("{schema}.items");
     let r = pgpipe(addr, &strs(&create_args(&name, &schema, &table)), &[]).await;
     assert_eq!(r.code, 0, "{r:?}");
@@ -750,7 +671,7 @@ async fn history_throughput_and_load_summary() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tables_add_remove_and_a_table_resync() {
     let schema = unique("clitab");
-    make_table(&schema, 3_000).await;
+    make_items(&schema, 3_000).await;
     pg().await
         .batch_execute(&format!(
             "CREATE TABLE {schema}.more (id bigint PRIMARY KEY, name text, qty int);
@@ -761,7 +682,7 @@ async fn tables_add_remove_and_a_table_resync() {
     let dir = tempfile::tempdir().unwrap();
     let p = engine(&dir, &[]).await;
     let addr = p.addr.as_str();
-    let name = schema.replace('_', "-");
+    let name = pipe_name(&schema);
     let items = format!("{schema}.items");
     let more = format!("{schema}.more");
     let r = pgpipe(addr, &strs(&create_args(&name, &schema, &items)), &[]).await;
@@ -859,11 +780,11 @@ async fn tables_add_remove_and_a_table_resync() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_resync_changes_and_resets_column_options() {
     let schema = unique("clicol");
-    make_table(&schema, 2_000).await;
+    make_items(&schema, 2_000).await;
     let dir = tempfile::tempdir().unwrap();
     let p = engine(&dir, &[]).await;
     let addr = p.addr.as_str();
-    let name = schema.replace('_', "-");
+    let name = pipe_name(&schema);
     let items = format!("{schema}.items");
     let mut args = create_args(&name, &schema, &items);
     args.extend(["--rename".into(), format!("{items}=name:title")]);
@@ -890,15 +811,7 @@ async fn a_resync_changes_and_resets_column_options() {
     .await;
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(dest_cols().await, ["id", "title"], "the rename is kept");
-    wait_equal(
-        &schema,
-        "items",
-        &schema,
-        "items",
-        "id",
-        Duration::from_secs(60),
-    )
-    .await;
+    wait_same(&schema, "items", "id", Duration::from_secs(60)).await;
 
     let r = pgpipe(
         addr,
@@ -908,15 +821,7 @@ async fn a_resync_changes_and_resets_column_options() {
     .await;
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(dest_cols().await, ["id", "name", "qty"]);
-    wait_equal(
-        &schema,
-        "items",
-        &schema,
-        "items",
-        COLS,
-        Duration::from_secs(60),
-    )
-    .await;
+    wait_same(&schema, "items", COLS, Duration::from_secs(60)).await;
 
     let r = pgpipe(
         addr,

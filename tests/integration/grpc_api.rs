@@ -86,16 +86,7 @@ async fn create_get_list_pause_resume_delete() {
         .unwrap();
     assert_eq!(status_of(&resumed), PipeStatus::Setup);
 
-    let deleted = c
-        .delete_pipe(DeletePipeRequest {
-            name: "orders".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pipe
-        .unwrap();
+    let deleted = delete_pipe(&mut c, "orders").await;
     assert_eq!(status_of(&deleted), PipeStatus::Deleted);
     let list = c
         .list_pipes(ListPipesRequest::default())
@@ -104,15 +95,7 @@ async fn create_get_list_pause_resume_delete() {
         .into_inner()
         .pipes;
     assert_eq!(list.len(), 1);
-    let all = c
-        .list_pipes(ListPipesRequest {
-            include_deleted: true,
-            label_selector: Default::default(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pipes;
+    let all = list_all(&mut c).await;
     assert_eq!(all.len(), 2);
 }
 
@@ -157,25 +140,11 @@ async fn state_survives_a_restart() {
     c.pause_pipe(PausePipeRequest { name: "a".into() })
         .await
         .unwrap();
-    let before = c
-        .list_pipes(ListPipesRequest {
-            include_deleted: true,
-            label_selector: Default::default(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let before = list_all(&mut c).await;
     let dir = srv.stop().await;
     let srv = InProcess::start_in(dir, None).await;
     let mut c = srv.client().await;
-    let after = c
-        .list_pipes(ListPipesRequest {
-            include_deleted: true,
-            label_selector: Default::default(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let after = list_all(&mut c).await;
     assert_eq!(before, after);
 }
 
@@ -294,15 +263,8 @@ async fn create_rejects_bad_input_with_a_useful_message() {
         expect_code(r, Code::InvalidArgument, needle).await;
     }
     // Nothing was recorded by any of them.
-    let all = c
-        .list_pipes(ListPipesRequest {
-            include_deleted: true,
-            label_selector: Default::default(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(all.pipes.is_empty());
+    let all = list_all(&mut c).await;
+    assert!(all.is_empty());
 }
 
 #[tokio::test]
@@ -329,12 +291,7 @@ async fn a_deleted_name_can_be_created_again() {
         .into_inner()
         .pipe
         .unwrap();
-    c.delete_pipe(DeletePipeRequest {
-        name: "again".into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    delete_pipe(&mut c, "again").await;
     let second = c
         .create_pipe(create_req("again"))
         .await

@@ -7,7 +7,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::time::Duration;
 
 use crate::common::*;
 use pgpipe::proto::*;
@@ -35,36 +34,9 @@ where
     }
 }
 
-/// The caught-up cursor of the global feed: the log's head.
-async fn head(c: &mut Client) -> u64 {
-    let mut s = c
-        .watch_events(WatchEventsRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    loop {
-        let m = tokio::time::timeout(Duration::from_secs(10), s.message())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        if let Some(watch_events_response::Item::CaughtUp(cu)) = m.item {
-            return cu.cursor;
-        }
-    }
-}
-
 async fn snapshot(c: &mut Client) -> (Vec<Pipe>, u64) {
-    let l = c
-        .list_pipes(ListPipesRequest {
-            include_deleted: true,
-            label_selector: Default::default(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pipes;
-    (l, head(c).await)
+    let l = list_all(c).await;
+    (l, log_head(c).await)
 }
 
 const MB: usize = 1 << 20;

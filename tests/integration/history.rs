@@ -115,9 +115,8 @@ async fn snapshot_and_cdc_history_of_a_running_pipe() {
         ))
         .await
         .unwrap();
-    let srv = InProcess::start_engine().await;
-    let mut c = srv.client().await;
-    let name = schema.replace('_', "-");
+    let (_srv, mut c) = engine().await;
+    let name = pipe_name(&schema);
     c.create_pipe(pipe_req(&name, &schema, &[&format!("{schema}.t")]))
         .await
         .unwrap();
@@ -217,9 +216,8 @@ async fn cdc_history_has_one_event_per_batch_with_its_lsn_range_and_counts() {
         ))
         .await
         .unwrap();
-    let srv = InProcess::start_engine().await;
-    let mut c = srv.client().await;
-    let name = schema.replace('_', "-");
+    let (_srv, mut c) = engine().await;
+    let name = pipe_name(&schema);
     let tables = [format!("{schema}.t"), format!("{schema}.u")];
     c.create_pipe(pipe_req(&name, &schema, &[&tables[0], &tables[1]]))
         .await
@@ -318,9 +316,8 @@ async fn load_summary_of_a_partitioned_initial_load() {
         ))
         .await
         .unwrap();
-    let srv = InProcess::start_engine().await;
-    let mut c = srv.client().await;
-    let name = schema.replace('_', "-");
+    let (_srv, mut c) = engine().await;
+    let name = pipe_name(&schema);
     let table = format!("{schema}.t");
     let mut req = pipe_req(&name, &schema, &[&table]);
     if let Some(s) = req.settings.as_mut() {
@@ -355,12 +352,7 @@ async fn load_summary_of_a_partitioned_initial_load() {
     );
 
     // A resync is a second incarnation: a second row, after the first.
-    c.resync_pipe(ResyncPipeRequest {
-        name: name.clone(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    resync(&mut c, &name).await.unwrap();
     let again = wait_running(&mut c, &name, Duration::from_secs(60)).await;
     let first = c
         .get_load_summary(GetLoadSummaryRequest {

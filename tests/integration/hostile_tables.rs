@@ -11,31 +11,6 @@ use crate::common::*;
 use pgpipe::proto::*;
 use tonic::Code;
 
-async fn head(c: &mut Client) -> u64 {
-    let mut s = c
-        .watch_events(WatchEventsRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    loop {
-        let m = s.message().await.unwrap().unwrap();
-        if let Some(watch_events_response::Item::CaughtUp(cu)) = m.item {
-            return cu.cursor;
-        }
-    }
-}
-
-async fn list(c: &mut Client) -> Vec<Pipe> {
-    c.list_pipes(ListPipesRequest {
-        include_deleted: true,
-        label_selector: Default::default(),
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .pipes
-}
-
 async fn canary_alive(schema: &str) -> i64 {
     pg().await
         .query_one(&format!("SELECT count(*) FROM {schema}.canary"), &[])
@@ -59,10 +34,9 @@ async fn tables_that_cannot_be_replicated_are_refused_naming_the_fix() {
         ))
         .await
         .unwrap();
-    let srv = InProcess::start_engine().await;
-    let mut c = srv.client().await;
-    let name = schema.replace('_', "-");
-    let (before_list, before_head) = (list(&mut c).await, head(&mut c).await);
+    let (_srv, mut c) = engine().await;
+    let name = pipe_name(&schema);
+    let (before_list, before_head) = (list_all(&mut c).await, log_head(&mut c).await);
 
     let ok = format!("{schema}.ok");
     let with_order = |order_by: &[&str]| {
@@ -135,8 +109,16 @@ async fn tables_that_cannot_be_replicated_are_refused_naming_the_fix() {
                 e.message()
             );
         }
-        assert_eq!(list(&mut c).await, before_list, "{what}: recorded a pipe");
-        assert_eq!(head(&mut c).await, before_head, "{what}: appended an event");
+        assert_eq!(
+            list_all(&mut c).await,
+            before_list,
+            "{what}: recorded a pipe"
+        );
+        assert_eq!(
+            log_head(&mut c).await,
+            before_head,
+            "{what}: appended an event"
+        );
     }
     assert_eq!(canary_alive(&schema).await, 1);
     let slots: i64 = pg()
@@ -159,7 +141,7 @@ async fn tables_that_cannot_be_replicated_are_refused_naming_the_fix() {
     c.pause_pipe(PausePipeRequest { name: name.clone() })
         .await
         .unwrap();
-    let (before_list, before_head) = (list(&mut c).await, head(&mut c).await);
+    let (before_list, before_head) = (list_all(&mut c).await, log_head(&mut c).await);
     for order_by in [
         "nope".to_string(),
         format!("id; DROP TABLE {schema}.canary; --"),
@@ -184,11 +166,11 @@ async fn tables_that_cannot_be_replicated_are_refused_naming_the_fix() {
             e.message()
         );
         assert_eq!(
-            list(&mut c).await,
+            list_all(&mut c).await,
             before_list,
             "resync {order_by:?} recorded"
         );
-        assert_eq!(head(&mut c).await, before_head);
+        assert_eq!(log_head(&mut c).await, before_head);
     }
     assert_eq!(get(&mut c, &name).await.id, live.id);
     assert_eq!(canary_alive(&schema).await, 1);
@@ -243,9 +225,8 @@ async fn identifiers_full_of_sql_metacharacters_replicate_literally() {
     .await
     .unwrap();
 
-    let srv = InProcess::start_engine().await;
-    let mut c = srv.client().await;
-    let name = base.replace('_', "-");
+    let (_srv, mut c) = engine().await;
+    let name = pipe_name(&base);
     let mut req = pipe_req(&name, &db, &[&pgt]);
     req.tables[0].order_by = vec![cols[2].into(), cols[0].into()];
     c.create_pipe(req).await.unwrap();
@@ -316,12 +297,7 @@ async fn identifiers_full_of_sql_metacharacters_replicate_literally() {
         .await
         .unwrap();
     assert_eq!(n, 1);
-    c.delete_pipe(DeletePipeRequest {
-        name,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    delete_pipe(&mut c, &name).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -338,9 +314,8 @@ async fn deletes_and_sort_key_updates_under_a_non_key_order_by_are_applied() {
         ))
         .await
         .unwrap();
-    let srv = InProcess::start_engine().await;
-    let mut c = srv.client().await;
-    let name = schema.replace('_', "-");
+    let (_srv, mut c) = engine().await;
+    let name = pipe_name(&schema);
     let mut req = pipe_req(&name, &schema, &[&format!("{schema}.items")]);
     req.tables[0].order_by = vec!["qty".into(), "id".into()];
     c.create_pipe(req).await.unwrap();
@@ -359,13 +334,5 @@ async fn deletes_and_sort_key_updates_under_a_non_key_order_by_are_applied() {
         ))
         .await
         .unwrap();
-    wait_equal(
-        &schema,
-        "items",
-        &schema,
-        "items",
-        "id, qty, name",
-        Duration::from_secs(60),
-    )
-    .await;
+    wait_same(&schema, "items", "id, qty, name", Duration::from_secs(60)).await;
 }

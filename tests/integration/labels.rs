@@ -25,18 +25,6 @@ fn labeled(name: &str, pairs: &[(&str, &str)]) -> CreatePipeRequest {
     }
 }
 
-async fn get(c: &mut Client, name: &str) -> Pipe {
-    c.get_pipe(GetPipeRequest {
-        name: name.into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .pipe
-    .unwrap()
-}
-
 async fn set(c: &mut Client, name: &str, set: &[(&str, &str)], remove: &[&str]) -> Pipe {
     c.set_pipe_labels(SetPipeLabelsRequest {
         name: name.into(),
@@ -62,19 +50,6 @@ async fn names(c: &mut Client, selector: &[(&str, &str)]) -> Vec<String> {
     .into_iter()
     .map(|p| p.name)
     .collect()
-}
-
-/// The log head, as a fresh WatchEvents reports it.
-async fn head(c: &mut Client) -> u64 {
-    let mut s = c
-        .watch_events(WatchEventsRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    match s.next().await.unwrap().unwrap().item {
-        Some(watch_events_response::Item::CaughtUp(CaughtUp { cursor })) => cursor,
-        other => panic!("expected caught_up first, got {other:?}"),
-    }
 }
 
 /// `(pipe name, event kind)` of the events a WatchEvents stream delivers
@@ -155,10 +130,10 @@ async fn set_and_remove_append_one_event_that_watchers_see() {
     assert_eq!(msg.pipe.unwrap().labels, after.labels);
 
     // Asking for what is already there records nothing.
-    let head_before = head(&mut c).await;
+    let head_before = log_head(&mut c).await;
     let same = set(&mut c, "a", &[("env", "prod")], &["absent"]).await;
     assert_eq!(same.stream_version, after.stream_version);
-    assert_eq!(head(&mut c).await, head_before);
+    assert_eq!(log_head(&mut c).await, head_before);
 }
 
 #[tokio::test]
@@ -245,7 +220,7 @@ async fn watch_events_from_a_cursor_passes_what_a_live_watcher_passed() {
     c.create_pipe(labeled("early", &[("env", "prod")]))
         .await
         .unwrap();
-    let cursor = head(&mut c).await;
+    let cursor = log_head(&mut c).await;
     let expected = label_story(&mut c).await;
     let mut s = c
         .watch_events(prod_watch(Some(cursor)))
@@ -341,7 +316,7 @@ async fn a_key_outside_the_pattern_is_rejected_and_nothing_recorded() {
     let srv = InProcess::start(None).await;
     let mut c = srv.client().await;
     c.create_pipe(create_req("a")).await.unwrap();
-    let h = head(&mut c).await;
+    let h = log_head(&mut c).await;
     for key in ["Env", "-env", "env var", "émoji", ""] {
         let e = c
             .create_pipe(labeled("b", &[(key, "x")]))
@@ -367,17 +342,17 @@ async fn a_key_outside_the_pattern_is_rejected_and_nothing_recorded() {
         .await
         .unwrap_err();
     invalid(e, &["remove_keys", "\"Bad\""]);
-    assert_eq!(head(&mut c).await, h);
+    assert_eq!(log_head(&mut c).await, h);
 }
 
 #[tokio::test]
 async fn a_key_longer_than_63_is_rejected_and_nothing_recorded() {
     let srv = InProcess::start(None).await;
     let mut c = srv.client().await;
-    let h = head(&mut c).await;
+    let h = log_head(&mut c).await;
     let ok = "k".repeat(63);
     c.create_pipe(labeled("a", &[(&ok, "v")])).await.unwrap();
-    let h_ok = head(&mut c).await;
+    let h_ok = log_head(&mut c).await;
     assert_eq!(h_ok, h + 1);
     let long = "k".repeat(64);
     let e = c
@@ -385,7 +360,7 @@ async fn a_key_longer_than_63_is_rejected_and_nothing_recorded() {
         .await
         .unwrap_err();
     invalid(e, &[&long, "63 characters"]);
-    assert_eq!(head(&mut c).await, h_ok);
+    assert_eq!(log_head(&mut c).await, h_ok);
 }
 
 #[tokio::test]
@@ -395,7 +370,7 @@ async fn a_value_longer_than_253_is_rejected_and_nothing_recorded() {
     c.create_pipe(labeled("a", &[("note", &"v".repeat(253))]))
         .await
         .unwrap();
-    let h = head(&mut c).await;
+    let h = log_head(&mut c).await;
     let e = c
         .set_pipe_labels(SetPipeLabelsRequest {
             name: "a".into(),
@@ -405,7 +380,7 @@ async fn a_value_longer_than_253_is_rejected_and_nothing_recorded() {
         .await
         .unwrap_err();
     invalid(e, &["\"note\"", "254", "253"]);
-    assert_eq!(head(&mut c).await, h);
+    assert_eq!(log_head(&mut c).await, h);
 }
 
 #[tokio::test]
@@ -418,7 +393,7 @@ async fn more_than_64_labels_are_rejected_and_nothing_recorded() {
     invalid(e, &["65 labels", "at most 64"]);
     // 64 at create, then one more by SetPipeLabels: the total counts.
     c.create_pipe(labeled("a", &pairs[..64])).await.unwrap();
-    let h = head(&mut c).await;
+    let h = log_head(&mut c).await;
     let e = c
         .set_pipe_labels(SetPipeLabelsRequest {
             name: "a".into(),
@@ -428,7 +403,7 @@ async fn more_than_64_labels_are_rejected_and_nothing_recorded() {
         .await
         .unwrap_err();
     invalid(e, &["65 labels", "at most 64"]);
-    assert_eq!(head(&mut c).await, h);
+    assert_eq!(log_head(&mut c).await, h);
 }
 
 #[tokio::test]
@@ -438,7 +413,7 @@ async fn setting_and_removing_one_key_at_once_is_rejected() {
     c.create_pipe(labeled("a", &[("env", "dev")]))
         .await
         .unwrap();
-    let h = head(&mut c).await;
+    let h = log_head(&mut c).await;
     let e = c
         .set_pipe_labels(SetPipeLabelsRequest {
             name: "a".into(),
@@ -448,7 +423,7 @@ async fn setting_and_removing_one_key_at_once_is_rejected() {
         .await
         .unwrap_err();
     invalid(e, &["\"env\"", "not both"]);
-    assert_eq!(head(&mut c).await, h);
+    assert_eq!(log_head(&mut c).await, h);
 }
 
 #[tokio::test]

@@ -228,12 +228,7 @@ async fn the_watcher_gauge_follows_streams_opening_and_closing() {
         .into_inner();
     ending.next().await.unwrap().unwrap();
     wait_value(srv.metrics, "pgpipe_watchers", &[], 1.0, w).await;
-    c.delete_pipe(DeletePipeRequest {
-        name: "watched".into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    delete_pipe(&mut c, "watched").await;
     while let Some(m) = ending.next().await {
         m.unwrap();
     }
@@ -254,7 +249,7 @@ async fn row_counters_follow_a_snapshot_cdc_and_a_resync() {
     .unwrap();
     let srv = Served::start(true).await;
     let mut c = srv.client().await;
-    let name = schema.replace('_', "-");
+    let name = pipe_name(&schema);
     let table = format!("{schema}.items");
     c.create_pipe(pipe_req(&name, &schema, &[&table]))
         .await
@@ -378,12 +373,7 @@ async fn row_counters_follow_a_snapshot_cdc_and_a_resync() {
             "no duration for step {step}: {d:?}"
         );
     }
-    c.delete_pipe(DeletePipeRequest {
-        name: name.clone(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    delete_pipe(&mut c, &name).await;
     // A deleted pipe's gauges go; its counters stay.
     let s = scrape(srv.metrics).await;
     assert_eq!(sample(&s, "pgpipe_cdc_lag_bytes", &[("pipe", &name)]), None);

@@ -26,9 +26,8 @@ async fn make_table(schema: &str, rows: i64) {
 async fn a_pipe_snapshots_then_streams_changes() {
     let schema = unique("e2e");
     make_table(&schema, 10_000).await;
-    let srv = InProcess::start_engine().await;
-    let mut c = srv.client().await;
-    let name = schema.replace('_', "-");
+    let (_srv, mut c) = engine().await;
+    let name = pipe_name(&schema);
     let table = format!("{schema}.orders");
     c.create_pipe(pipe_req(&name, &schema, &[&table]))
         .await
@@ -36,15 +35,7 @@ async fn a_pipe_snapshots_then_streams_changes() {
     let p = wait_running(&mut c, &name, Duration::from_secs(120)).await;
     assert_eq!(p.tables[0].snapshot_rows, 10_000);
     assert!(p.tables[0].snapshot_done);
-    wait_equal(
-        &schema,
-        "orders",
-        &schema,
-        "orders",
-        COLS,
-        Duration::from_secs(30),
-    )
-    .await;
+    wait_same(&schema, "orders", COLS, Duration::from_secs(30)).await;
 
     let pg = pg().await;
     pg.batch_execute(&format!(
@@ -54,15 +45,7 @@ async fn a_pipe_snapshots_then_streams_changes() {
     ))
     .await
     .unwrap();
-    wait_equal(
-        &schema,
-        "orders",
-        &schema,
-        "orders",
-        COLS,
-        Duration::from_secs(60),
-    )
-    .await;
+    wait_same(&schema, "orders", COLS, Duration::from_secs(60)).await;
     // Deleted rows are soft-deleted, not gone.
     let deleted: u64 = ch(&schema)
         .query("SELECT count() FROM orders WHERE _pgpipe_is_deleted = 1")
@@ -70,21 +53,15 @@ async fn a_pipe_snapshots_then_streams_changes() {
         .await
         .unwrap();
     assert!(deleted > 0);
-    c.delete_pipe(DeletePipeRequest {
-        name: name.clone(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    delete_pipe(&mut c, &name).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn writes_during_the_snapshot_are_neither_lost_nor_doubled() {
     let schema = unique("e2ew");
     make_table(&schema, 30_000).await;
-    let srv = InProcess::start_engine().await;
-    let mut c = srv.client().await;
-    let name = schema.replace('_', "-");
+    let (_srv, mut c) = engine().await;
+    let name = pipe_name(&schema);
     let table = format!("{schema}.orders");
     let writer = {
         let schema = schema.clone();
@@ -110,59 +87,37 @@ async fn writes_during_the_snapshot_are_neither_lost_nor_doubled() {
         .unwrap();
     writer.await.unwrap();
     wait_running(&mut c, &name, Duration::from_secs(120)).await;
-    wait_equal(
-        &schema,
-        "orders",
-        &schema,
-        "orders",
-        COLS,
-        Duration::from_secs(60),
-    )
-    .await;
+    wait_same(&schema, "orders", COLS, Duration::from_secs(60)).await;
     let dups: i64 = ch(&schema)
         .query("SELECT count() - uniqExact(id) FROM orders FINAL")
         .fetch_one()
         .await
         .unwrap();
     assert_eq!(dups, 0);
-    c.delete_pipe(DeletePipeRequest {
-        name,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    delete_pipe(&mut c, &name).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn create_refuses_a_missing_table_before_recording_anything() {
     let schema = unique("e2em");
-    let srv = InProcess::start_engine().await;
-    let mut c = srv.client().await;
-    let name = schema.replace('_', "-");
+    let (_srv, mut c) = engine().await;
+    let name = pipe_name(&schema);
     let e = c
         .create_pipe(pipe_req(&name, &schema, &[&format!("{schema}.nope")]))
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
     assert!(e.message().contains("nope"), "{}", e.message());
-    let all = c
-        .list_pipes(ListPipesRequest {
-            include_deleted: true,
-            label_selector: Default::default(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(all.pipes.is_empty());
+    let all = list_all(&mut c).await;
+    assert!(all.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn resync_with_a_new_order_by_rebuilds_and_swaps() {
     let schema = unique("e2er");
     make_table(&schema, 5_000).await;
-    let srv = InProcess::start_engine().await;
-    let mut c = srv.client().await;
-    let name = schema.replace('_', "-");
+    let (_srv, mut c) = engine().await;
+    let name = pipe_name(&schema);
     let table = format!("{schema}.orders");
     c.create_pipe(pipe_req(&name, &schema, &[&table]))
         .await
@@ -178,15 +133,7 @@ async fn resync_with_a_new_order_by_rebuilds_and_swaps() {
     ))
     .await
     .unwrap();
-    wait_equal(
-        &schema,
-        "orders",
-        &schema,
-        "orders",
-        COLS,
-        Duration::from_secs(60),
-    )
-    .await;
+    wait_same(&schema, "orders", COLS, Duration::from_secs(60)).await;
     let tombstones: u64 = ch(&schema)
         .query("SELECT count() FROM orders WHERE id IN (42, 43) AND _pgpipe_is_deleted = 1")
         .fetch_one()
@@ -226,15 +173,7 @@ async fn resync_with_a_new_order_by_rebuilds_and_swaps() {
     assert_eq!(new.resync_of, old.id);
     let running = wait_running(&mut c, &name, Duration::from_secs(120)).await;
     assert_eq!(running.id, new.id);
-    wait_equal(
-        &schema,
-        "orders",
-        &schema,
-        "orders",
-        COLS,
-        Duration::from_secs(60),
-    )
-    .await;
+    wait_same(&schema, "orders", COLS, Duration::from_secs(60)).await;
     let key: String = ch(&schema)
         .query("SELECT sorting_key FROM system.tables WHERE database = currentDatabase() AND name = 'orders'")
         .fetch_one()
@@ -295,10 +234,5 @@ async fn resync_with_a_new_order_by_rebuilds_and_swaps() {
         }
     }
     assert_eq!(at, order.len(), "events seen: {kinds:?}");
-    c.delete_pipe(DeletePipeRequest {
-        name,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    delete_pipe(&mut c, &name).await;
 }

@@ -7,25 +7,13 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::data::{unique, wait_running};
+use crate::common::data::{pipe_name, unique, wait_running};
 use crate::common::peers::*;
 use crate::common::*;
 use pgpipe::proto::event::Payload;
 use pgpipe::proto::*;
 
 const COLS: &str = "id, name, qty";
-
-async fn make_table(env: &PrivateEnv, schema: &str, rows: i64) {
-    env.pg()
-        .await
-        .batch_execute(&format!(
-            "CREATE SCHEMA {schema};
-             CREATE TABLE {schema}.items (id bigint PRIMARY KEY, name text, qty int);
-             INSERT INTO {schema}.items SELECT g, 'item ' || g, g % 13 FROM generate_series(1, {rows}) g;"
-        ))
-        .await
-        .unwrap();
-}
 
 /// Inserts 50 rows from `from`, updates and deletes some.
 async fn write_some(env: &PrivateEnv, schema: &str, from: i64) {
@@ -44,23 +32,8 @@ async fn write_some(env: &PrivateEnv, schema: &str, from: i64) {
 /// the snapshot already in ClickHouse.
 async fn running_pipe(env: &PrivateEnv, prefix: &str) -> (InProcess, Client, String, String) {
     let schema = unique(prefix);
-    make_table(env, &schema, 2_000).await;
-    let srv = InProcess::start_engine().await;
-    let mut c = srv.client().await;
-    let name = schema.replace('_', "-");
-    c.create_pipe(env.pipe_req(&name, &schema, &[&format!("{schema}.items")]))
-        .await
-        .unwrap();
-    wait_running(&mut c, &name, Duration::from_secs(120)).await;
-    env.wait_equal(
-        &schema,
-        "items",
-        &schema,
-        "items",
-        COLS,
-        Duration::from_secs(30),
-    )
-    .await;
+    env.make_items(&schema, 2_000).await;
+    let (srv, c, name, _) = env.start_items_pipe(&schema).await;
     (srv, c, schema, name)
 }
 
@@ -205,28 +178,14 @@ async fn postgres_restarted_during_cdc_is_retried_and_recovered_from() {
     let back_at = get(&mut c, &name).await.cursor;
     env.start().await;
     write_some(&env, &schema, 20_000).await;
-    env.wait_equal(
-        &schema,
-        "items",
-        &schema,
-        "items",
-        COLS,
-        Duration::from_secs(90),
-    )
-    .await;
+    env.wait_same(&schema, "items", COLS, Duration::from_secs(90))
+        .await;
     wait_recovered(&mut c, &name).await;
     assert_no_duplicates(&env, &schema).await;
     // Still streaming after the recovery.
     write_some(&env, &schema, 30_000).await;
-    env.wait_equal(
-        &schema,
-        "items",
-        &schema,
-        "items",
-        COLS,
-        Duration::from_secs(60),
-    )
-    .await;
+    env.wait_same(&schema, "items", COLS, Duration::from_secs(60))
+        .await;
     assert_retried_and_recovered(&events_since(&mut c, &name, before).await, back_at);
 }
 
@@ -254,27 +213,13 @@ async fn clickhouse_killed_during_cdc_is_retried_and_recovered_from() {
     let back_at = get(&mut c, &name).await.cursor;
     env.start().await;
     write_some(&env, &schema, 30_000).await;
-    env.wait_equal(
-        &schema,
-        "items",
-        &schema,
-        "items",
-        COLS,
-        Duration::from_secs(90),
-    )
-    .await;
+    env.wait_same(&schema, "items", COLS, Duration::from_secs(90))
+        .await;
     wait_recovered(&mut c, &name).await;
     assert_no_duplicates(&env, &schema).await;
     write_some(&env, &schema, 40_000).await;
-    env.wait_equal(
-        &schema,
-        "items",
-        &schema,
-        "items",
-        COLS,
-        Duration::from_secs(60),
-    )
-    .await;
+    env.wait_same(&schema, "items", COLS, Duration::from_secs(60))
+        .await;
     assert_retried_and_recovered(&events_since(&mut c, &name, before).await, back_at);
 }
 
@@ -298,15 +243,8 @@ async fn refused(c: &mut Client, req: CreatePipeRequest) -> String {
 }
 
 async fn assert_nothing_recorded(c: &mut Client, name: &str) {
-    let all = c
-        .list_pipes(ListPipesRequest {
-            include_deleted: true,
-            label_selector: Default::default(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(all.pipes.is_empty(), "recorded: {:?}", all.pipes);
+    let all = list_all(c).await;
+    assert!(all.is_empty(), "recorded: {:?}", all);
     let e = c
         .get_pipe(GetPipeRequest {
             name: name.into(),
@@ -339,10 +277,9 @@ fn assert_mentions(msg: &str, parts: &[&str]) {
 async fn create_while_a_peer_is_down_is_refused_and_records_nothing() {
     let env = PrivateEnv::up().await;
     let schema = unique("fdn");
-    make_table(&env, &schema, 500).await;
-    let srv = InProcess::start_engine().await;
-    let mut c = srv.client().await;
-    let name = schema.replace('_', "-");
+    env.make_items(&schema, 500).await;
+    let (_srv, mut c) = engine().await;
+    let name = pipe_name(&schema);
     let req = env.pipe_req(&name, &schema, &[&format!("{schema}.items")]);
 
     env.stop_pg().await;
@@ -373,22 +310,15 @@ async fn create_while_a_peer_is_down_is_refused_and_records_nothing() {
     env.start().await;
     c.create_pipe(req).await.unwrap();
     wait_running(&mut c, &name, Duration::from_secs(120)).await;
-    env.wait_equal(
-        &schema,
-        "items",
-        &schema,
-        "items",
-        COLS,
-        Duration::from_secs(30),
-    )
-    .await;
+    env.wait_same(&schema, "items", COLS, Duration::from_secs(30))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn create_with_a_wrong_database_role_or_password_is_refused_naming_it() {
     let env = PrivateEnv::up().await;
     let schema = unique("fau");
-    make_table(&env, &schema, 300).await;
+    env.make_items(&schema, 300).await;
     // A role that must give its password (scram) on 127.0.0.1, ahead of the
     // cluster's trust rules, and a role without REPLICATION.
     env.pg()
@@ -408,9 +338,8 @@ async fn create_with_a_wrong_database_role_or_password_is_refused_naming_it() {
     .unwrap();
     env.pg_ctl(&["reload"]).await;
 
-    let srv = InProcess::start_engine().await;
-    let mut c = srv.client().await;
-    let name = schema.replace('_', "-");
+    let (_srv, mut c) = engine().await;
+    let name = pipe_name(&schema);
     let table = format!("{schema}.items");
     let req = |conn: String, password: &str| {
         let mut r = env.pipe_req(&name, &schema, &[&table]);
@@ -500,15 +429,8 @@ async fn create_with_a_wrong_database_role_or_password_is_refused_naming_it() {
     let stored = p.config.unwrap().source.unwrap();
     assert!(stored.password.is_empty() && !stored.connection_string.contains("right-pw"));
     write_some(&env, &schema, 10_000).await;
-    env.wait_equal(
-        &schema,
-        "items",
-        &schema,
-        "items",
-        COLS,
-        Duration::from_secs(60),
-    )
-    .await;
+    env.wait_same(&schema, "items", COLS, Duration::from_secs(60))
+        .await;
 }
 
 async fn wal_level(env: &PrivateEnv) -> String {
@@ -533,10 +455,9 @@ async fn create_on_a_server_without_logical_wal_says_what_to_change() {
     assert_eq!(wal_level(&env).await, "replica");
 
     let schema = unique("fwl");
-    make_table(&env, &schema, 300).await;
-    let srv = InProcess::start_engine().await;
-    let mut c = srv.client().await;
-    let name = schema.replace('_', "-");
+    env.make_items(&schema, 300).await;
+    let (_srv, mut c) = engine().await;
+    let name = pipe_name(&schema);
     let req = env.pipe_req(&name, &schema, &[&format!("{schema}.items")]);
     let msg = refused(&mut c, req.clone()).await;
     assert_mentions(
@@ -560,15 +481,8 @@ async fn create_on_a_server_without_logical_wal_says_what_to_change() {
     c.create_pipe(req).await.unwrap();
     wait_running(&mut c, &name, Duration::from_secs(120)).await;
     write_some(&env, &schema, 10_000).await;
-    env.wait_equal(
-        &schema,
-        "items",
-        &schema,
-        "items",
-        COLS,
-        Duration::from_secs(60),
-    )
-    .await;
+    env.wait_same(&schema, "items", COLS, Duration::from_secs(60))
+        .await;
 }
 
 /// How long a peer stays unreachable in the outage tests below.
@@ -583,12 +497,12 @@ async fn spawned_pipe(
     failpoints: &str,
 ) -> (tempfile::TempDir, Proc, Client, String, String) {
     let schema = unique(prefix);
-    make_table(env, &schema, rows).await;
+    env.make_items(&schema, rows).await;
     let dir = tempfile::tempdir().unwrap();
     let p = Proc::spawn_engine(dir.path(), &[("PGPIPE_FAILPOINTS", failpoints)]);
     wait_serving(&p.url()).await;
     let mut c = connect(&p.url()).await;
-    let name = schema.replace('_', "-");
+    let name = pipe_name(&schema);
     c.create_pipe(env.pipe_req(&name, &schema, &[&format!("{schema}.items")]))
         .await
         .unwrap();
@@ -596,15 +510,8 @@ async fn spawned_pipe(
 }
 
 async fn assert_equal_and_no_duplicates(env: &PrivateEnv, schema: &str) {
-    env.wait_equal(
-        schema,
-        "items",
-        schema,
-        "items",
-        COLS,
-        Duration::from_secs(120),
-    )
-    .await;
+    env.wait_same(schema, "items", COLS, Duration::from_secs(120))
+        .await;
     assert_no_duplicates(env, schema).await;
 }
 
@@ -711,21 +618,9 @@ async fn clickhouse_killed_and_restarted_during_the_swap_of_a_resync_completes_i
     let old = wait_running(&mut c, &name, Duration::from_secs(120)).await;
     // Soft deletes the swap must carry over, and rows the new load holds.
     write_some(&env, &schema, 10_000).await;
-    env.wait_equal(
-        &schema,
-        "items",
-        &schema,
-        "items",
-        COLS,
-        Duration::from_secs(60),
-    )
-    .await;
-    c.resync_pipe(ResyncPipeRequest {
-        name: name.clone(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    env.wait_same(&schema, "items", COLS, Duration::from_secs(60))
+        .await;
+    resync(&mut c, &name).await.unwrap();
     wait_pipe(&mut c, &name, "swapping", Duration::from_secs(120), |p| {
         p.status() == PipeStatus::Resync
     })

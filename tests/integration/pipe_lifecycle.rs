@@ -11,21 +11,9 @@ const COLS: &str = "id, name, qty";
 
 async fn setup(rows: i64) -> (InProcess, Client, String, String) {
     let schema = unique("lc");
-    pg().await
-        .batch_execute(&format!(
-            "CREATE SCHEMA {schema};
-             CREATE TABLE {schema}.items (id bigint PRIMARY KEY, name text, qty int);
-             INSERT INTO {schema}.items SELECT g, 'item ' || g, g % 13 FROM generate_series(1, {rows}) g;"
-        ))
-        .await
-        .unwrap();
-    let srv = InProcess::start_engine().await;
-    let mut c = srv.client().await;
-    let name = schema.replace('_', "-");
-    c.create_pipe(pipe_req(&name, &schema, &[&format!("{schema}.items")]))
-        .await
-        .unwrap();
-    wait_running(&mut c, &name, Duration::from_secs(120)).await;
+    make_items(&schema, rows).await;
+    let name = pipe_name(&schema);
+    let (srv, c, _) = start_pipe(pipe_req(&name, &schema, &[&format!("{schema}.items")])).await;
     (srv, c, schema, name)
 }
 
@@ -80,27 +68,14 @@ async fn pause_keeps_the_slot_and_resume_catches_up() {
     c.resume_pipe(ResumePipeRequest { name: name.clone() })
         .await
         .unwrap();
-    wait_equal(
-        &schema,
-        "items",
-        &schema,
-        "items",
-        COLS,
-        Duration::from_secs(60),
-    )
-    .await;
+    wait_same(&schema, "items", COLS, Duration::from_secs(60)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn delete_drops_the_slot_and_publication_and_keeps_the_tables() {
     let (_srv, mut c, schema, name) = setup(100).await;
     let p = get(&mut c, &name).await;
-    c.delete_pipe(DeletePipeRequest {
-        name: name.clone(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    delete_pipe(&mut c, &name).await;
     for _ in 0..100 {
         if !slot_exists(&p.slot_name).await {
             break;
@@ -154,22 +129,9 @@ async fn a_dropped_slot_fails_the_pipe_with_a_resync_hint_and_resync_recovers() 
         ))
         .await
         .unwrap();
-    c.resync_pipe(ResyncPipeRequest {
-        name: name.clone(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    resync(&mut c, &name).await.unwrap();
     wait_running(&mut c, &name, Duration::from_secs(120)).await;
-    wait_equal(
-        &schema,
-        "items",
-        &schema,
-        "items",
-        COLS,
-        Duration::from_secs(60),
-    )
-    .await;
+    wait_same(&schema, "items", COLS, Duration::from_secs(60)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -205,15 +167,7 @@ async fn a_breaking_schema_change_fails_the_table_and_a_table_resync_picks_up_th
     })
     .await
     .unwrap();
-    wait_equal(
-        &schema,
-        "items",
-        &schema,
-        "items",
-        COLS,
-        Duration::from_secs(120),
-    )
-    .await;
+    wait_same(&schema, "items", COLS, Duration::from_secs(120)).await;
     let t: String = ch(&schema)
         .query("SELECT type FROM system.columns WHERE database = currentDatabase() AND table = 'items' AND name = 'qty'")
         .fetch_one()
@@ -233,9 +187,7 @@ async fn an_added_column_appears_in_clickhouse() {
         ))
         .await
         .unwrap();
-    wait_equal(
-        &schema,
-        "items",
+    wait_same(
         &schema,
         "items",
         "id, name, qty, note",
@@ -255,40 +207,19 @@ async fn an_update_that_leaves_a_toasted_value_alone_keeps_it() {
         ))
         .await
         .unwrap();
-    let srv = InProcess::start_engine().await;
-    let mut c = srv.client().await;
-    let name = schema.replace('_', "-");
-    c.create_pipe(pipe_req(&name, &schema, &[&format!("{schema}.docs")]))
-        .await
-        .unwrap();
-    wait_running(&mut c, &name, Duration::from_secs(120)).await;
+    let name = pipe_name(&schema);
+    let (_srv, _c, _) = start_pipe(pipe_req(&name, &schema, &[&format!("{schema}.docs")])).await;
     let pg = pg().await;
     pg.batch_execute(&format!(
         "INSERT INTO {schema}.docs SELECT g, repeat(md5(g::text), 400), 0 FROM generate_series(1, 20) g;"
     ))
     .await
     .unwrap();
-    wait_equal(
-        &schema,
-        "docs",
-        &schema,
-        "docs",
-        "id, body, n",
-        Duration::from_secs(60),
-    )
-    .await;
+    wait_same(&schema, "docs", "id, body, n", Duration::from_secs(60)).await;
     pg.batch_execute(&format!("UPDATE {schema}.docs SET n = n + 1;"))
         .await
         .unwrap();
-    wait_equal(
-        &schema,
-        "docs",
-        &schema,
-        "docs",
-        "id, body, n",
-        Duration::from_secs(60),
-    )
-    .await;
+    wait_same(&schema, "docs", "id, body, n", Duration::from_secs(60)).await;
     let empty: u64 = ch(&schema)
         .query("SELECT count() FROM docs FINAL WHERE length(body) < 8000")
         .fetch_one()

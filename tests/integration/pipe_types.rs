@@ -240,7 +240,7 @@ impl Fixture {
             enum_ty: format!("{}.{}", pg_q(&schema), pg_q(ENUM)),
             schema,
             db: u.clone(),
-            pipe: u.replace('_', "-"),
+            pipe: pipe_name(&u),
             not_null,
         }
     }
@@ -538,8 +538,7 @@ impl Fixture {
     }
 
     async fn start_pipe(&self) -> (InProcess, Client) {
-        let srv = InProcess::start_engine().await;
-        let mut c = srv.client().await;
+        let (srv, mut c) = engine().await;
         c.create_pipe(pipe_req(&self.pipe, &self.db, &[&self.table]))
             .await
             .unwrap();

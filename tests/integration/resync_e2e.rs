@@ -17,29 +17,16 @@ use tokio::time::Instant;
 
 const COLS: &str = "id, name, qty";
 
+/// `schema`.items with `rows` rows, analyzed (the load plans its
+/// partitions from the statistics).
 async fn make_table(schema: &str, rows: i64) {
-    pg().await
-        .batch_execute(&format!(
-            "CREATE SCHEMA {schema};
-             CREATE TABLE {schema}.items (id bigint PRIMARY KEY, name text, qty int);
-             INSERT INTO {schema}.items SELECT g, 'item ' || g, g % 13 FROM generate_series(1, {rows}) g;
-             ANALYZE {schema}.items;"
-        ))
-        .await
-        .unwrap();
+    make_items(schema, rows).await;
+    pg_exec(&format!("ANALYZE {schema}.items")).await;
 }
 
 /// The real binary with the data plane, optionally with fail-points.
 async fn engine(dir: &tempfile::TempDir, failpoints: &str) -> (Proc, Client) {
-    let envs: Vec<(&str, &str)> = if failpoints.is_empty() {
-        Vec::new()
-    } else {
-        vec![("PGPIPE_FAILPOINTS", failpoints)]
-    };
-    let p = Proc::spawn_engine(dir.path(), &envs);
-    wait_serving(&p.url()).await;
-    let c = connect(&p.url()).await;
-    (p, c)
+    Proc::start_with_failpoints(dir.path(), failpoints).await
 }
 
 async fn create(c: &mut Client, name: &str, schema: &str) -> Pipe {
@@ -47,15 +34,6 @@ async fn create(c: &mut Client, name: &str, schema: &str) -> Pipe {
         .await
         .unwrap();
     wait_running(c, name, Duration::from_secs(180)).await
-}
-
-async fn resync(c: &mut Client, name: &str) -> Result<Pipe, tonic::Status> {
-    c.resync_pipe(ResyncPipeRequest {
-        name: name.into(),
-        ..Default::default()
-    })
-    .await
-    .map(|r| r.into_inner().pipe.unwrap())
 }
 
 /// Polls the current incarnation of `name` until `pred` holds.
@@ -86,39 +64,9 @@ async fn wait_for(
     }
 }
 
-async fn slot_exists(slot: &str) -> bool {
-    let n: i64 = pg()
-        .await
-        .query_one(
-            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
-            &[&slot],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    n > 0
-}
-
-async fn publication_exists(publication: &str) -> bool {
-    let n: i64 = pg()
-        .await
-        .query_one(
-            "SELECT count(*) FROM pg_publication WHERE pubname = $1",
-            &[&publication],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    n > 0
-}
-
 /// Rows sharing a key in the destination under FINAL.
 async fn duplicates(schema: &str) -> i64 {
-    ch(schema)
-        .query("SELECT toInt64(count()) - toInt64(uniqExact(id)) FROM items FINAL")
-        .fetch_one()
-        .await
-        .unwrap()
+    ch_duplicates(schema, "items", "id").await
 }
 
 async fn resync_tables(schema: &str) -> Vec<String> {
@@ -142,14 +90,6 @@ async fn copying_backends(schema: &str) -> i64 {
         .await
         .unwrap()
         .get(0)
-}
-
-async fn ch_count(schema: &str, table: &str) -> u64 {
-    ch(schema)
-        .query(&format!("SELECT count() FROM `{table}`"))
-        .fetch_one()
-        .await
-        .unwrap()
 }
 
 /// Inserts, updates, deletes and re-inserts deleted keys until `stop`;
@@ -202,7 +142,7 @@ async fn three_resyncs_in_a_row_under_a_continuous_writer() {
     make_table(&schema, rows).await;
     let srv = InProcess::start_engine().await;
     let mut c = srv.client().await;
-    let name = schema.replace('_', "-");
+    let name = pipe_name(&schema);
     let mut prev = create(&mut c, &name, &schema).await;
 
     let gate = Arc::new(tokio::sync::Mutex::new(()));
@@ -235,15 +175,7 @@ async fn three_resyncs_in_a_row_under_a_continuous_writer() {
         {
             // Writer at rest: both ends must converge.
             let _quiet = gate.lock().await;
-            wait_equal(
-                &schema,
-                "items",
-                &schema,
-                "items",
-                COLS,
-                Duration::from_secs(90),
-            )
-            .await;
+            wait_same(&schema, "items", COLS, Duration::from_secs(90)).await;
             assert_eq!(duplicates(&schema).await, 0, "round {round}: duplicates");
             assert_eq!(
                 resync_tables(&schema).await,
@@ -268,15 +200,7 @@ async fn three_resyncs_in_a_row_under_a_continuous_writer() {
     }
     stop.store(true, Ordering::SeqCst);
     w.await.unwrap();
-    wait_equal(
-        &schema,
-        "items",
-        &schema,
-        "items",
-        COLS,
-        Duration::from_secs(90),
-    )
-    .await;
+    wait_same(&schema, "items", COLS, Duration::from_secs(90)).await;
     assert_eq!(duplicates(&schema).await, 0);
     // The chain of incarnations, by id.
     for pair in ids.windows(2) {
@@ -295,7 +219,7 @@ async fn delete_during_a_resync_snapshot_stops_it_cleanly() {
     make_table(&schema, 24_000).await;
     let dir = tempfile::tempdir().unwrap();
     let (_p, mut c) = engine(&dir, "snapshot.partition_done=sleep(1500)").await;
-    let name = schema.replace('_', "-");
+    let name = pipe_name(&schema);
     let old = create(&mut c, &name, &schema).await;
 
     let new = resync(&mut c, &name).await.unwrap();
@@ -326,16 +250,7 @@ async fn delete_during_a_resync_snapshot_stops_it_cleanly() {
     let publication = loading.publication_name.clone();
     assert!(!slot.is_empty() && !publication.is_empty());
 
-    let deleted = c
-        .delete_pipe(DeletePipeRequest {
-            name: name.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pipe
-        .unwrap();
+    let deleted = delete_pipe(&mut c, &name).await;
     assert_eq!(deleted.id, new.id);
     assert_eq!(deleted.status(), PipeStatus::Deleted);
     assert_eq!(deleted.delete_reason, "user");
@@ -391,15 +306,7 @@ async fn delete_during_a_resync_snapshot_stops_it_cleanly() {
     let fresh = create(&mut c, &name, &schema).await;
     assert_ne!(fresh.id, new.id);
     assert!(fresh.resync_of.is_empty());
-    wait_equal(
-        &schema,
-        "items",
-        &schema,
-        "items",
-        COLS,
-        Duration::from_secs(90),
-    )
-    .await;
+    wait_same(&schema, "items", COLS, Duration::from_secs(90)).await;
     assert_eq!(duplicates(&schema).await, 0);
     delete_and_release(&mut c, &name).await;
 }
@@ -417,7 +324,7 @@ async fn a_second_resync_while_one_runs_is_failed_precondition() {
         "snapshot.partition_done=sleep(1500);swap.before_exchange=sleep(3000)",
     )
     .await;
-    let name = schema.replace('_', "-");
+    let name = pipe_name(&schema);
     let old = create(&mut c, &name, &schema).await;
 
     let first = resync(&mut c, &name).await.unwrap();
@@ -445,15 +352,7 @@ async fn a_second_resync_while_one_runs_is_failed_precondition() {
 
     let running = wait_running(&mut c, &name, Duration::from_secs(120)).await;
     assert_eq!(running.id, first.id, "a refused resync replaced the pipe");
-    let all = c
-        .list_pipes(ListPipesRequest {
-            include_deleted: true,
-            label_selector: Default::default(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pipes;
+    let all = list_all(&mut c).await;
     let ids: Vec<&str> = all
         .iter()
         .filter(|p| p.name == name)
@@ -463,15 +362,7 @@ async fn a_second_resync_while_one_runs_is_failed_precondition() {
         ids.len() <= 2 && ids.contains(&first.id.as_str()),
         "{ids:?}"
     );
-    wait_equal(
-        &schema,
-        "items",
-        &schema,
-        "items",
-        COLS,
-        Duration::from_secs(60),
-    )
-    .await;
+    wait_same(&schema, "items", COLS, Duration::from_secs(60)).await;
     assert_eq!(duplicates(&schema).await, 0);
 
     // Once RUNNING, three ResyncPipe at the same time: exactly one wins.
@@ -494,15 +385,7 @@ async fn a_second_resync_while_one_runs_is_failed_precondition() {
     assert_eq!(second.resync_of, first.id);
     let done = wait_running(&mut c, &name, Duration::from_secs(120)).await;
     assert_eq!(done.id, second.id);
-    wait_equal(
-        &schema,
-        "items",
-        &schema,
-        "items",
-        COLS,
-        Duration::from_secs(60),
-    )
-    .await;
+    wait_same(&schema, "items", COLS, Duration::from_secs(60)).await;
     assert_eq!(duplicates(&schema).await, 0);
     delete_and_release(&mut c, &name).await;
 }
@@ -549,7 +432,7 @@ async fn a_watcher_reconnecting_mid_resync_misses_nothing() {
     make_table(&schema, 12_000).await;
     let dir = tempfile::tempdir().unwrap();
     let (p, mut c) = engine(&dir, "snapshot.partition_done=sleep(1000)").await;
-    let name = schema.replace('_', "-");
+    let name = pipe_name(&schema);
     let old = create(&mut c, &name, &schema).await;
     let start = get(&mut c, &name).await.cursor;
 
@@ -618,22 +501,6 @@ async fn a_watcher_reconnecting_mid_resync_misses_nothing() {
     delete_and_release(&mut c, &name).await;
 }
 
-fn grpcurl() -> Option<String> {
-    let candidates = [
-        std::env::var("GRPCURL").ok(),
-        Some("grpcurl".to_owned()),
-        std::env::var("HOME")
-            .ok()
-            .map(|h| format!("{h}/.cargo/bin/grpcurl")),
-    ];
-    candidates.into_iter().flatten().find(|c| {
-        Command::new(c)
-            .arg("--help")
-            .output()
-            .is_ok_and(|o| o.status.success() || !o.stdout.is_empty())
-    })
-}
-
 /// The JSON messages grpcurl printed so far (complete ones).
 fn messages(out: &str) -> Vec<serde_json::Value> {
     serde_json::Deserializer::from_str(out)
@@ -682,34 +549,21 @@ fn json_kind(m: &serde_json::Value) -> &'static str {
 /// transferred, tables swapped, CDC started (RUNNING).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn grpcurl_watch_shows_a_resync_in_order() {
-    let Some(bin) = grpcurl() else {
-        assert!(
-            std::env::var("CI").is_err(),
-            "grpcurl is missing in CI: dev/env up must install it"
-        );
-        eprintln!("SKIPPED: grpcurl not installed (cargo install grpcurl-rs)");
+    let Some(bin) = grpcurl_or_skip() else {
         return;
     };
     let schema = unique("rsg");
     make_table(&schema, 6_000).await;
     let dir = tempfile::tempdir().unwrap();
     let (p, mut c) = engine(&dir, "").await;
-    let name = schema.replace('_', "-");
+    let name = pipe_name(&schema);
     let old = create(&mut c, &name, &schema).await;
     // Two soft-deleted rows to carry over.
     pg().await
         .batch_execute(&format!("DELETE FROM {schema}.items WHERE id IN (10, 11)"))
         .await
         .unwrap();
-    wait_equal(
-        &schema,
-        "items",
-        &schema,
-        "items",
-        COLS,
-        Duration::from_secs(60),
-    )
-    .await;
+    wait_same(&schema, "items", COLS, Duration::from_secs(60)).await;
 
     let mut child = Command::new(&bin)
         .args([
@@ -861,7 +715,7 @@ async fn steps_of_a_finished_resync_have_start_end_and_duration() {
     make_table(&schema, 8_000).await;
     let srv = InProcess::start_engine().await;
     let mut c = srv.client().await;
-    let name = schema.replace('_', "-");
+    let name = pipe_name(&schema);
     create(&mut c, &name, &schema).await;
     let new = resync(&mut c, &name).await.unwrap();
     wait_running(&mut c, &name, Duration::from_secs(120)).await;
@@ -912,7 +766,7 @@ async fn a_failure_names_the_step_that_failed() {
     make_table(&schema, 500).await;
     let srv = InProcess::start_engine().await;
     let mut c = srv.client().await;
-    let name = schema.replace('_', "-");
+    let name = pipe_name(&schema);
     let p = create(&mut c, &name, &schema).await;
     let pg = pg().await;
     pg.execute(

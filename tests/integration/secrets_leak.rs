@@ -15,26 +15,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::common::data::*;
+use crate::common::{AuthedClient, Bearer, delete_pipe, get, resync, watch_all};
 use pgpipe::proto::pipe_service_client::PipeServiceClient;
 use pgpipe::proto::*;
 use tonic::Code;
-use tonic::metadata::MetadataValue;
-use tonic::service::Interceptor;
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
-
-#[derive(Clone)]
-struct Bearer(String);
-
-impl Interceptor for Bearer {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        let v: MetadataValue<_> = format!("Bearer {}", self.0).parse().unwrap();
-        req.metadata_mut().insert("authorization", v);
-        Ok(req)
-    }
-}
-
-type AuthClient = PipeServiceClient<InterceptedService<Channel, Bearer>>;
 
 struct Service {
     child: Child,
@@ -50,7 +35,6 @@ impl Drop for Service {
 
 /// `pgpipe serve` with everything logged at debug into `log`.
 fn spawn(data: &Path, token: &str, log: &Path) -> Service {
-    use std::io::BufRead;
     let mut child = Command::new(env!("CARGO_BIN_EXE_pgpipe"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data)
@@ -62,15 +46,7 @@ fn spawn(data: &Path, token: &str, log: &Path) -> Service {
         .stderr(Stdio::from(std::fs::File::create(log).unwrap()))
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("pgpipe listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_owned();
+    let addr = common::listen_addr(&mut child);
     Service { child, addr }
 }
 
@@ -102,19 +78,7 @@ fn assert_clean(what: &str, hay: &[u8], secrets: &[&str]) {
     }
 }
 
-async fn get(c: &mut AuthClient, name: &str) -> Pipe {
-    c.get_pipe(GetPipeRequest {
-        name: name.into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .pipe
-    .unwrap()
-}
-
-async fn wait_running(c: &mut AuthClient, name: &str, after_id: &str) {
+async fn wait_running(c: &mut AuthedClient, name: &str, after_id: &str) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {
         let p = get(c, name).await;
@@ -177,14 +141,7 @@ async fn passwords_and_token_appear_in_no_log_file_message_or_stream() {
     errors.push(format!("{e:?}"));
 
     // Both watch streams recorded in full, from the start.
-    let mut events = c
-        .watch_events(WatchEventsRequest {
-            after_cursor: Some(0),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut events = watch_all(&mut c).await;
     let events_seen = tokio::spawn(async move {
         let mut all = String::new();
         while let Ok(Ok(Some(m))) =
@@ -195,7 +152,7 @@ async fn passwords_and_token_appear_in_no_log_file_message_or_stream() {
         all
     });
 
-    let name = schema.replace('_', "-");
+    let name = pipe_name(&schema);
     let url = url::Url::parse(&pg_url()).unwrap();
     let conn = format!(
         "postgres://{role}:{pg_pw}@{}:{}{}",
@@ -261,42 +218,16 @@ async fn passwords_and_token_appear_in_no_log_file_message_or_stream() {
     ))
     .await
     .unwrap();
-    wait_equal(
-        &schema,
-        "items",
-        &schema,
-        "items",
-        "id, name",
-        Duration::from_secs(60),
-    )
-    .await;
-    c.resync_pipe(ResyncPipeRequest {
-        name: name.clone(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    wait_same(&schema, "items", "id, name", Duration::from_secs(60)).await;
+    resync(&mut c, &name).await.unwrap();
     wait_running(&mut c, &name, &created.id).await;
     pg.batch_execute(&format!(
         "INSERT INTO {schema}.items SELECT g, 'after' FROM generate_series(601, 650) g;"
     ))
     .await
     .unwrap();
-    wait_equal(
-        &schema,
-        "items",
-        &schema,
-        "items",
-        "id, name",
-        Duration::from_secs(60),
-    )
-    .await;
-    c.delete_pipe(DeletePipeRequest {
-        name: name.clone(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    wait_same(&schema, "items", "id, name", Duration::from_secs(60)).await;
+    delete_pipe(&mut c, &name).await;
     let pipe_stream = pipe_seen.await.unwrap();
     assert!(pipe_stream.contains("PipeDeleted"), "{pipe_stream}");
     // Give the engine a moment to release the source (and the secrets).

@@ -71,9 +71,8 @@ async fn a_paused_pipe_holding_wal_past_the_threshold_warns_once_and_recovers_on
         ))
         .await
         .unwrap();
-    let srv = InProcess::start_engine().await;
-    let mut c = srv.client().await;
-    let name = schema.replace('_', "-");
+    let (_srv, mut c) = engine().await;
+    let name = pipe_name(&schema);
     let mut req = pipe_req(&name, &schema, &[&format!("{schema}.items")]);
     req.settings = Some(slot_settings(64 * 1024));
     c.create_pipe(req).await.unwrap();
@@ -188,9 +187,8 @@ async fn a_slot_losing_its_wal_is_reported_before_the_pipe_fails() {
         ))
         .await
         .unwrap();
-    let srv = InProcess::start_engine().await;
-    let mut c = srv.client().await;
-    let name = schema.replace('_', "-");
+    let (_srv, mut c) = engine().await;
+    let name = pipe_name(&schema);
     let mut req = env.pipe_req(&name, &schema, &[&format!("{schema}.items")]);
     // No lag warning in the way: only wal_status matters here.
     req.settings = Some(slot_settings(1 << 40));
@@ -288,9 +286,8 @@ async fn a_running_pipe_whose_slot_stands_still_is_reported_stalled_and_recovers
         ))
         .await
         .unwrap();
-    let srv = InProcess::start_engine().await;
-    let mut c = srv.client().await;
-    let name = schema.replace('_', "-");
+    let (_srv, mut c) = engine().await;
+    let name = pipe_name(&schema);
     let mut req = env.pipe_req(&name, &schema, &[&format!("{schema}.items")]);
     let mut settings = slot_settings(1 << 40);
     settings.slot_stall_warning_seconds = 10;
@@ -356,15 +353,8 @@ async fn a_running_pipe_whose_slot_stands_still_is_reported_stalled_and_recovers
     })
     .await;
     assert_eq!(p.status(), PipeStatus::Running);
-    env.wait_equal(
-        &schema,
-        "items",
-        &schema,
-        "items",
-        "id, name",
-        Duration::from_secs(60),
-    )
-    .await;
+    env.wait_same(&schema, "items", "id, name", Duration::from_secs(60))
+        .await;
     let events = slot_history(&mut c, &name).await;
     assert_eq!(
         warnings(&events, SlotWarningKind::Stalled).len(),

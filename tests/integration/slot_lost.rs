@@ -51,31 +51,8 @@ async fn running_then_paused(
     prefix: &str,
 ) -> (InProcess, Client, String, String, String) {
     let schema = unique(prefix);
-    env.pg()
-        .await
-        .batch_execute(&format!(
-            "CREATE SCHEMA {schema};
-             CREATE TABLE {schema}.items (id bigint PRIMARY KEY, name text, qty int);
-             INSERT INTO {schema}.items SELECT g, 'item ' || g, g % 13 FROM generate_series(1, 1000) g;"
-        ))
-        .await
-        .unwrap();
-    let srv = InProcess::start_engine().await;
-    let mut c = srv.client().await;
-    let name = schema.replace('_', "-");
-    c.create_pipe(env.pipe_req(&name, &schema, &[&format!("{schema}.items")]))
-        .await
-        .unwrap();
-    let p = wait_running(&mut c, &name, Duration::from_secs(120)).await;
-    env.wait_equal(
-        &schema,
-        "items",
-        &schema,
-        "items",
-        COLS,
-        Duration::from_secs(30),
-    )
-    .await;
+    env.make_items(&schema, 1000).await;
+    let (srv, mut c, name, p) = env.start_items_pipe(&schema).await;
     c.pause_pipe(PausePipeRequest { name: name.clone() })
         .await
         .unwrap();
@@ -101,22 +78,10 @@ async fn resync_and_compare(env: &PrivateEnv, c: &mut Client, schema: &str, name
         ))
         .await
         .unwrap();
-    c.resync_pipe(ResyncPipeRequest {
-        name: name.into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    resync(c, name).await.unwrap();
     wait_running(c, name, Duration::from_secs(120)).await;
-    env.wait_equal(
-        schema,
-        "items",
-        schema,
-        "items",
-        COLS,
-        Duration::from_secs(60),
-    )
-    .await;
+    env.wait_same(schema, "items", COLS, Duration::from_secs(60))
+        .await;
     // And CDC flows on the new slot.
     env.pg()
         .await
@@ -126,15 +91,8 @@ async fn resync_and_compare(env: &PrivateEnv, c: &mut Client, schema: &str, name
         ))
         .await
         .unwrap();
-    env.wait_equal(
-        schema,
-        "items",
-        schema,
-        "items",
-        COLS,
-        Duration::from_secs(60),
-    )
-    .await;
+    env.wait_same(schema, "items", COLS, Duration::from_secs(60))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -13,22 +13,14 @@ use tonic::Code;
 async fn refused(c: &mut Client, req: CreatePipeRequest) -> String {
     let e = c.create_pipe(req).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
-    let all = c
-        .list_pipes(ListPipesRequest {
-            include_deleted: true,
-            label_selector: Default::default(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(all.pipes.is_empty(), "recorded: {:?}", all.pipes);
+    let all = list_all(c).await;
+    assert!(all.is_empty(), "recorded: {:?}", all);
     e.message().to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_host_is_refused_in_bounded_time_without_the_password() {
-    let srv = InProcess::start_engine().await;
-    let mut c = srv.client().await;
+    let (_srv, mut c) = engine().await;
     let mut req = pipe_req("unreach", "unreach", &["public.t"]);
     // Nothing answers on 10.255.255.1 (unroutable here, or black-holed
     // elsewhere: the connect timeout bounds that case).
@@ -68,8 +60,7 @@ async fn the_machines_own_postgres_without_logical_wal_is_refused_saying_so() {
         eprintln!("skipped: the PostgreSQL on 5432 has wal_level=logical");
         return;
     }
-    let srv = InProcess::start_engine().await;
-    let mut c = srv.client().await;
+    let (_srv, mut c) = engine().await;
     let mut req = pipe_req("nolog", "nolog", &["pg_catalog.pg_class"]);
     // Trust auth: the password is sent to nobody, and must show nowhere.
     req.source.as_mut().unwrap().connection_string =

@@ -7,18 +7,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::common::peers::is_root;
 use crate::common::*;
 use pgpipe::domain::projection::Projection;
 use pgpipe::proto::*;
 use tonic::Code;
-
-fn is_root() -> bool {
-    std::process::Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
 
 fn run(args: &[&str]) {
     let st = std::process::Command::new(args[0])
@@ -94,27 +87,9 @@ fn plain_req(name: &str) -> CreatePipeRequest {
     r
 }
 
-async fn list(c: &mut Client) -> Vec<Pipe> {
-    c.list_pipes(ListPipesRequest {
-        include_deleted: true,
-        label_selector: Default::default(),
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .pipes
-}
-
 /// Every event from the start, read through WatchEvents up to caught_up.
 async fn all_events(c: &mut Client) -> Vec<Event> {
-    let mut s = c
-        .watch_events(WatchEventsRequest {
-            after_cursor: Some(0),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut s = watch_all(c).await;
     let mut out = Vec::new();
     loop {
         let m = tokio::time::timeout(Duration::from_secs(10), s.message())
@@ -143,7 +118,7 @@ async fn assert_consistent(c: &mut Client) -> Vec<Event> {
     }
     assert_eq!(
         p.list(true, &Default::default()),
-        list(c).await,
+        list_all(c).await,
         "projection differs from a fold of the log"
     );
     events
@@ -211,7 +186,7 @@ async fn a_full_disk_refuses_appends_as_unavailable_and_keeps_serving_reads() {
     assert_not_writable(&e, why);
 
     // Reads keep working and show exactly what was acknowledged.
-    let names: Vec<String> = list(&mut c).await.into_iter().map(|p| p.name).collect();
+    let names: Vec<String> = list_all(&mut c).await.into_iter().map(|p| p.name).collect();
     let mut want = vec!["a".to_string(), "b".to_string()];
     want.extend(acked.iter().cloned());
     want.sort();
@@ -261,7 +236,7 @@ async fn a_full_disk_refuses_appends_as_unavailable_and_keeps_serving_reads() {
         "acknowledged events lost"
     );
     assert!(events.len() <= before + acked.len() + 3, "{events:?}");
-    let after: Vec<String> = list(&mut c).await.into_iter().map(|p| p.name).collect();
+    let after: Vec<String> = list_all(&mut c).await.into_iter().map(|p| p.name).collect();
     for n in &want {
         assert!(after.contains(n), "{n} lost: {after:?}");
     }

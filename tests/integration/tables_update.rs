@@ -91,15 +91,7 @@ async fn wait_replicating(c: &mut Client, name: &str, id: &str, source_table: &s
 }
 
 async fn assert_equal(schema: &str, table: &str) {
-    wait_equal(
-        schema,
-        table,
-        schema,
-        table,
-        Shape::Items.cols(),
-        Duration::from_secs(120),
-    )
-    .await;
+    wait_same(schema, table, Shape::Items.cols(), Duration::from_secs(120)).await;
     let dups: u64 = ch(schema)
         .query(&format!(
             "SELECT toUInt64(count() - uniqExact(id)) FROM `{table}` FINAL WHERE _pgpipe_is_deleted = 0"
@@ -143,7 +135,7 @@ async fn an_added_table_is_loaded_beside_cdc_and_ends_equal_under_writes() {
     make_tables(&schema, &["a", "b"], 20_000).await;
     let dir = tempfile::tempdir().unwrap();
     let (_p, mut c) = engine(&dir, "").await;
-    let name = schema.replace('_', "-");
+    let name = pipe_name(&schema);
     let (a, b) = (format!("{schema}.a"), format!("{schema}.b"));
     c.create_pipe(pipe_req(&name, &schema, &[&a]))
         .await
@@ -193,7 +185,7 @@ async fn a_removed_table_stops_replicating_and_keeps_its_destination() {
     make_tables(&schema, &["a", "b"], 1_000).await;
     let dir = tempfile::tempdir().unwrap();
     let (_p, mut c) = engine(&dir, "").await;
-    let name = schema.replace('_', "-");
+    let name = pipe_name(&schema);
     let (a, b) = (format!("{schema}.a"), format!("{schema}.b"));
     c.create_pipe(pipe_req(&name, &schema, &[&a, &b]))
         .await
@@ -254,7 +246,7 @@ async fn a_resync_after_adding_a_table_carries_the_new_table_list() {
     make_tables(&schema, &["a", "b"], 3_000).await;
     let dir = tempfile::tempdir().unwrap();
     let (_p, mut c) = engine(&dir, "").await;
-    let name = schema.replace('_', "-");
+    let name = pipe_name(&schema);
     let (a, b) = (format!("{schema}.a"), format!("{schema}.b"));
     c.create_pipe(pipe_req(&name, &schema, &[&a]))
         .await
@@ -263,12 +255,7 @@ async fn a_resync_after_adding_a_table_carries_the_new_table_list() {
     update(&mut c, &name, &[&b], &[]).await.unwrap();
     wait_replicating(&mut c, &name, &first.id, &b).await;
 
-    c.resync_pipe(ResyncPipeRequest {
-        name: name.clone(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    resync(&mut c, &name).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(180);
     let second = loop {
         let p = get(&mut c, &name).await;
@@ -301,7 +288,7 @@ async fn a_table_resync_rebuilds_one_table_while_the_pipe_keeps_running() {
     make_tables(&schema, &["a", "b"], 20_000).await;
     let dir = tempfile::tempdir().unwrap();
     let (_p, mut c) = engine(&dir, "").await;
-    let name = schema.replace('_', "-");
+    let name = pipe_name(&schema);
     let (a, b) = (format!("{schema}.a"), format!("{schema}.b"));
     c.create_pipe(pipe_req(&name, &schema, &[&a, &b]))
         .await
@@ -379,7 +366,7 @@ async fn a_table_load_resumes_after_a_crash() {
     let schema = unique("tcrs");
     make_tables(&schema, &["a", "b"], 12_000).await;
     let dir = tempfile::tempdir().unwrap();
-    let name = schema.replace('_', "-");
+    let name = pipe_name(&schema);
     let (a, b) = (format!("{schema}.a"), format!("{schema}.b"));
     let (mut p, mut c) = engine(&dir, "").await;
     c.create_pipe(pipe_req(&name, &schema, &[&a]))
@@ -435,7 +422,7 @@ async fn bad_table_changes_are_refused_with_what_to_fix() {
     make_tables(&schema, &["a", "b"], 100).await;
     let server = InProcess::start_engine().await;
     let mut c = server.client().await;
-    let name = schema.replace('_', "-");
+    let name = pipe_name(&schema);
     let (a, b) = (format!("{schema}.a"), format!("{schema}.b"));
     c.create_pipe(pipe_req(&name, &schema, &[&a]))
         .await
@@ -549,7 +536,7 @@ async fn a_dry_run_reports_every_problem_and_changes_nothing() {
         .unwrap();
     let server = InProcess::start_engine().await;
     let mut c = server.client().await;
-    let name = schema.replace('_', "-");
+    let name = pipe_name(&schema);
     let (a, b) = (format!("{schema}.a"), format!("{schema}.b"));
     c.create_pipe(pipe_req(&name, &schema, &[&a]))
         .await

@@ -335,12 +335,7 @@ async fn serve_refuses_to_start_without_a_usable_key() {
 
 #[tokio::test]
 async fn grpcurl_reaches_health_and_reflection_over_tls() {
-    let Some(bin) = common::grpcurl() else {
-        assert!(
-            std::env::var("CI").is_err(),
-            "grpcurl is missing in CI: dev/env up must install it"
-        );
-        eprintln!("SKIPPED: grpcurl not installed (cargo install grpcurl-rs)");
+    let Some(bin) = common::grpcurl_or_skip() else {
         return;
     };
     let pki = Pki::new();

@@ -52,23 +52,18 @@ async fn schema_with(prefix: &str, extra: &str) -> String {
     schema
 }
 
-fn name_of(schema: &str) -> String {
-    schema.replace('_', "-")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_good_request_is_ok_and_create_then_accepts_it() {
     let schema = schema_with("vok", "").await;
-    let srv = InProcess::start_engine().await;
-    let mut c = srv.client().await;
-    let req = pipe_req(&name_of(&schema), &schema, &[&format!("{schema}.items")]);
+    let (_srv, mut c) = engine().await;
+    let req = pipe_req(&pipe_name(&schema), &schema, &[&format!("{schema}.items")]);
     let resp = validate(&mut c, req.clone()).await;
     assert!(resp.ok, "{:#?}", resp.problems);
     assert!(resp.problems.is_empty());
     let pipe = c.create_pipe(req).await.unwrap().into_inner().pipe.unwrap();
     wait_running(&mut c, &pipe.name, Duration::from_secs(120)).await;
     // A name now taken is a problem of its own.
-    let req = pipe_req(&name_of(&schema), &schema, &[&format!("{schema}.items")]);
+    let req = pipe_req(&pipe_name(&schema), &schema, &[&format!("{schema}.items")]);
     let resp = validate(&mut c, req).await;
     let p = only(&resp, ProblemKind::NameTaken);
     assert_mentions(&p.message, &["already exists", "pick another name"]);
@@ -78,8 +73,7 @@ async fn a_good_request_is_ok_and_create_then_accepts_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_request_is_reported_field_by_field_not_refused() {
-    let srv = InProcess::start_engine().await;
-    let mut c = srv.client().await;
+    let (_srv, mut c) = engine().await;
     let resp = c
         .validate_pipe(ValidatePipeRequest {
             name: String::new(),
@@ -121,8 +115,7 @@ async fn a_malformed_request_is_reported_field_by_field_not_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_ends_are_reported_both() {
-    let srv = InProcess::start_engine().await;
-    let mut c = srv.client().await;
+    let (_srv, mut c) = engine().await;
     let mut req = pipe_req("unreach", "unreach", &["public.t"]);
     let (pg_port, ch_port) = (free_port(), free_port());
     req.source.as_mut().unwrap().connection_string =
@@ -150,8 +143,7 @@ async fn unreachable_ends_are_reported_both() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_credentials_are_a_problem() {
-    let srv = InProcess::start_engine().await;
-    let mut c = srv.client().await;
+    let (_srv, mut c) = engine().await;
     let mut req = pipe_req("creds", "creds", &["public.t"]);
     let role = unique("nobody");
     let mut url = url::Url::parse(&pg_url()).unwrap();
@@ -178,9 +170,8 @@ async fn a_role_without_replication_is_a_problem() {
         ))
         .await
         .unwrap();
-    let srv = InProcess::start_engine().await;
-    let mut c = srv.client().await;
-    let mut req = pipe_req(&name_of(&schema), &schema, &[&format!("{schema}.items")]);
+    let (_srv, mut c) = engine().await;
+    let mut req = pipe_req(&pipe_name(&schema), &schema, &[&format!("{schema}.items")]);
     let mut url = url::Url::parse(&pg_url()).unwrap();
     url.set_username(&role).unwrap();
     req.source.as_mut().unwrap().connection_string = url.to_string();
@@ -201,10 +192,9 @@ async fn missing_tables_keyless_tables_bad_types_and_order_by_are_problems() {
          CREATE TABLE {schema}.odd (id int PRIMARY KEY, p point, q int[][]);",
     )
     .await;
-    let srv = InProcess::start_engine().await;
-    let mut c = srv.client().await;
+    let (_srv, mut c) = engine().await;
     let mut req = pipe_req(
-        &name_of(&schema),
+        &pipe_name(&schema),
         &schema,
         &[
             &format!("{schema}.items"),
@@ -256,9 +246,8 @@ async fn missing_tables_keyless_tables_bad_types_and_order_by_are_problems() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_order_by_without_the_key_is_a_problem() {
     let schema = schema_with("vob", "").await;
-    let srv = InProcess::start_engine().await;
-    let mut c = srv.client().await;
-    let mut req = pipe_req(&name_of(&schema), &schema, &[&format!("{schema}.items")]);
+    let (_srv, mut c) = engine().await;
+    let mut req = pipe_req(&pipe_name(&schema), &schema, &[&format!("{schema}.items")]);
     req.tables[0].order_by = vec!["qty".into()];
     let resp = validate(&mut c, req.clone()).await;
     let p = only(&resp, ProblemKind::OrderByColumn);
@@ -289,9 +278,8 @@ async fn an_incompatible_destination_table_is_a_problem() {
         .execute()
         .await
         .unwrap();
-    let srv = InProcess::start_engine().await;
-    let mut c = srv.client().await;
-    let req = pipe_req(&name_of(&schema), &schema, &[&format!("{schema}.items")]);
+    let (_srv, mut c) = engine().await;
+    let req = pipe_req(&pipe_name(&schema), &schema, &[&format!("{schema}.items")]);
     let resp = validate(&mut c, req.clone()).await;
     let p = only(&resp, ProblemKind::DestinationTable);
     assert_eq!(p.table, format!("{schema}.items"));
@@ -319,8 +307,7 @@ async fn a_server_without_logical_wal_is_a_problem() {
         .await
         .unwrap();
     env.restart_pg().await;
-    let srv = InProcess::start_engine().await;
-    let mut c = srv.client().await;
+    let (_srv, mut c) = engine().await;
     let req = env.pipe_req("wal", "wal", &["public.absent"]);
     let resp = validate(&mut c, req).await;
     let p = only(&resp, ProblemKind::WalLevel);
@@ -346,8 +333,7 @@ async fn several_problems_are_reported_together() {
         ))
         .await
         .unwrap();
-    let srv = InProcess::start_engine().await;
-    let mut c = srv.client().await;
+    let (_srv, mut c) = engine().await;
     let mut req = pipe_req(
         "Bad Name",
         &schema,
@@ -403,12 +389,11 @@ async fn validating_creates_nothing() {
         format!("SELECT count(*) FROM pg_replication_slots WHERE database = '{schema}'");
     let pubs_sql = "SELECT count(*) FROM pg_publication";
 
-    let srv = InProcess::start_engine().await;
-    let mut c = srv.client().await;
+    let (srv, mut c) = engine().await;
     let head = log_head(&mut c).await;
     let slots = count(&slots_sql).await;
     let pubs = count(pubs_sql).await;
-    let mut good = pipe_req(&name_of(&schema), &schema, &[&format!("{schema}.items")]);
+    let mut good = pipe_req(&pipe_name(&schema), &schema, &[&format!("{schema}.items")]);
     good.source.as_mut().unwrap().connection_string = url.to_string();
     assert!(validate(&mut c, good.clone()).await.ok);
     let mut bad = good;
@@ -465,7 +450,7 @@ async fn the_cli_prints_ok_or_the_problems_with_exit_codes() {
     let (pg, chu) = (pg_url(), ch_url());
     let items = format!("{schema}.items");
     let absent = format!("{schema}.absent");
-    let name = name_of(&schema);
+    let name = pipe_name(&schema);
     let base = [
         "validate",
         &name,
@@ -521,7 +506,7 @@ async fn grpcurl_validates_a_request_body_as_create_takes_it() {
     let p = Proc::spawn_engine(dir.path(), &[]);
     wait_serving(&p.url()).await;
     let body = serde_json::json!({
-        "name": name_of(&schema),
+        "name": pipe_name(&schema),
         "source": {"connectionString": pg_url()},
         "destination": {"url": ch_url(), "database": schema},
         "tables": [{"sourceTable": format!("{schema}.items"), "orderBy": ["nope", "id"]}]

@@ -123,14 +123,7 @@ async fn a_slow_watcher_still_receives_every_event() {
     for n in &names {
         c.create_pipe(create_req(n)).await.unwrap();
     }
-    let mut slow = c
-        .watch_events(WatchEventsRequest {
-            after_cursor: Some(0),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut slow = watch_all(&mut c).await;
     // Far more events than the in-memory fan-out holds, while the watcher
     // reads nothing.
     let per_pipe = 160;
@@ -223,16 +216,7 @@ async fn watch_pipe_starts_with_the_state_and_follows_a_resync_by_name() {
     assert_eq!(first.pipe.as_ref().unwrap().id, old.id);
     assert_eq!(first.cursor, 1);
 
-    let new = c
-        .resync_pipe(ResyncPipeRequest {
-            name: "rs".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pipe
-        .unwrap();
+    let new = resync(&mut c, "rs").await.unwrap();
     let mut got = Vec::new();
     for _ in 0..3 {
         got.push(s.next().await.unwrap().unwrap());
@@ -259,12 +243,7 @@ async fn watch_pipe_starts_with_the_state_and_follows_a_resync_by_name() {
     let paused = s.next().await.unwrap().unwrap();
     assert_eq!(paused.pipe.unwrap().status, PipeStatus::Paused as i32);
     // ...and ends when the pipe is deleted for good.
-    c.delete_pipe(DeletePipeRequest {
-        name: "rs".into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    delete_pipe(&mut c, "rs").await;
     let deleted = s.next().await.unwrap().unwrap();
     assert!(matches!(
         deleted.event.unwrap().payload,
