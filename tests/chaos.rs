@@ -321,16 +321,7 @@ async fn assert_log_replays(dir: &std::path::Path, fx: &Fixture) {
         "ListPipes differs from the fold"
     );
     for old in folded.all() {
-        let by_id = c
-            .get_pipe(GetPipeRequest {
-                id: old.id.clone(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .pipe
-            .unwrap();
+        let by_id = get_id(&mut c, &old.id).await;
         assert_eq!(&by_id, old, "GetPipe by id differs from the fold");
     }
     for (name, _) in &fx.pipes {
@@ -348,14 +339,7 @@ async fn assert_log_replays(dir: &std::path::Path, fx: &Fixture) {
 async fn assert_equal_everywhere(fx: &Fixture) {
     for (table, shape) in fx.tables() {
         wait_same(&fx.schema, table, shape.cols(), Duration::from_secs(120)).await;
-        let dups: i64 = ch(&fx.schema)
-            .query(&format!(
-                "SELECT toInt64(count()) - toInt64(uniqExact({})) FROM `{table}` FINAL",
-                shape.key()
-            ))
-            .fetch_one()
-            .await
-            .unwrap();
+        let dups = ch_duplicates(&fx.schema, table, shape.key()).await;
         assert_eq!(dups, 0, "{table}: duplicates under FINAL");
     }
     let leftovers: Vec<String> = ch(&fx.schema)

@@ -10,14 +10,11 @@ use common::data::*;
 use common::*;
 
 async fn write_some(schema: &str, from: i64) {
-    pg().await
-        .batch_execute(&format!(
+    pg_exec(&format!(
             "INSERT INTO {schema}.items SELECT g, 'late', 1 FROM generate_series({from}, {from} + 49) g;
              UPDATE {schema}.items SET qty = qty + 100 WHERE id % 17 = 0;
              DELETE FROM {schema}.items WHERE id % 19 = 0;"
-        ))
-        .await
-        .unwrap();
+        )).await;
 }
 
 /// Waits for the process to end by itself (the fail-point fired).

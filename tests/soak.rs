@@ -138,14 +138,7 @@ async fn five_pipes_under_writes_and_resyncs_keep_memory_flat_and_data_equal() {
     }
     for (_, table, shape) in &tables {
         wait_same(&schema, table, shape.cols(), Duration::from_secs(180)).await;
-        let dups: i64 = ch(&schema)
-            .query(&format!(
-                "SELECT toInt64(count()) - toInt64(uniqExact({})) FROM `{table}` FINAL",
-                shape.key()
-            ))
-            .fetch_one()
-            .await
-            .unwrap();
+        let dups = ch_duplicates(&schema, table, shape.key()).await;
         assert_eq!(dups, 0, "{table}: duplicates under FINAL");
     }
     let t = started.elapsed().as_secs();

@@ -91,6 +91,21 @@ pub async fn ch_duplicates(database: &str, table: &str, key: &str) -> i64 {
         .unwrap()
 }
 
+/// Validates `req` on `c`: exactly one problem, a COLUMN problem at
+/// `field` (e.g. `tables[0].exclude_columns[1]`); returns it.
+pub async fn the_column_problem(c: &mut Client, req: CreatePipeRequest, field: &str) -> Problem {
+    let v = c
+        .validate_pipe(super::validate_req(req))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!v.ok, "{field}: {v:?}");
+    assert_eq!(v.problems.len(), 1, "{field}: {v:?}");
+    assert_eq!(v.problems[0].field, field);
+    assert_eq!(v.problems[0].kind(), ProblemKind::Column, "{field}");
+    v.problems[0].clone()
+}
+
 /// A unique lowercase name per test run.
 pub fn unique(prefix: &str) -> String {
     format!(

@@ -13,7 +13,8 @@ pub mod workload;
 use pgpipe::proto::pipe_service_client::PipeServiceClient;
 use pgpipe::proto::*;
 use pgpipe::server::{self, ServeConfig, TlsFiles};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tonic::client::GrpcService;
 use tonic::codegen::{Body, Bytes, StdError};
@@ -202,6 +203,13 @@ impl InProcess {
         let dir = tempfile::tempdir().unwrap();
         std::mem::replace(&mut self.dir, dir)
     }
+}
+
+/// An in-process control plane (no data plane) and a client of it.
+pub async fn control_plane() -> (InProcess, Client) {
+    let srv = InProcess::start(None).await;
+    let c = srv.client().await;
+    (srv, c)
 }
 
 /// An in-process engine and a client of it.
@@ -427,30 +435,106 @@ pub async fn history(c: &mut Client, name: &str, kind: Option<HistoryKind>) -> V
     .events
 }
 
+/// Minimal HTTP/1.1 GET, returning (status, body).
+pub async fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// A second ClickHouse front (`dev/chfront.py`, or `PGPIPE_CHFRONT_PY`)
+/// that wants a user and password, on a free port; killed on drop.
+pub struct AuthFront {
+    child: Child,
+    dir: tempfile::TempDir,
+    pub url: String,
+}
+
+impl AuthFront {
+    /// Starts it and waits until it answers `/ping`.
+    pub async fn start(user: &str, password: &str) -> Self {
+        let script = std::env::var("PGPIPE_CHFRONT_PY")
+            .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/dev/chfront.py").to_string());
+        let port = peers::free_port();
+        let dir = tempfile::Builder::new()
+            .prefix("chfront-auth-")
+            .tempdir()
+            .unwrap();
+        let log = std::fs::File::create(dir.path().join("front.log")).unwrap();
+        let child = Command::new("python3")
+            .arg(&script)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--user", user, "--password", password])
+            .arg("--data")
+            .arg(dir.path().join("data"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start python3 {script}: {e}"));
+        let mut front = Self {
+            child,
+            dir,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let addr = format!("127.0.0.1:{port}");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok((200, _)) = http_get(&addr, "/ping").await {
+                return front;
+            }
+            if front.child.try_wait().unwrap().is_some() || tokio::time::Instant::now() > deadline {
+                let log =
+                    std::fs::read_to_string(front.dir.path().join("front.log")).unwrap_or_default();
+                panic!("auth front on {addr} did not come up:\n{log}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for AuthFront {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// The pipe's current incarnation, by name.
 pub async fn get(c: &mut PipeServiceClient<impl Transport>, name: &str) -> Pipe {
-    c.get_pipe(GetPipeRequest {
+    let by_name = GetPipeRequest {
         name: name.into(),
         ..Default::default()
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .pipe
-    .unwrap()
+    };
+    c.get_pipe(by_name)
+        .await
+        .unwrap()
+        .into_inner()
+        .pipe
+        .unwrap()
 }
 
 /// One incarnation, by id.
 pub async fn get_id(c: &mut PipeServiceClient<impl Transport>, id: &str) -> Pipe {
-    c.get_pipe(GetPipeRequest {
+    let by_id = GetPipeRequest {
         id: id.into(),
         ..Default::default()
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .pipe
-    .unwrap()
+    };
+    c.get_pipe(by_id).await.unwrap().into_inner().pipe.unwrap()
 }
 
 /// Deletes the pipe; returns the deleted incarnation.
@@ -476,6 +560,45 @@ pub async fn list_all(c: &mut PipeServiceClient<impl Transport>) -> Vec<Pipe> {
     .unwrap()
     .into_inner()
     .pipes
+}
+
+/// Names of the live pipes whose labels match `label_selector` (all when
+/// it is empty), as ListPipes orders them.
+pub async fn live_names(
+    c: &mut Client,
+    label_selector: std::collections::BTreeMap<String, String>,
+) -> Vec<String> {
+    c.list_pipes(ListPipesRequest {
+        include_deleted: false,
+        label_selector,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .pipes
+    .into_iter()
+    .map(|p| p.name)
+    .collect()
+}
+
+/// CreatePipe; the new incarnation.
+pub async fn create_pipe(
+    c: &mut PipeServiceClient<impl Transport>,
+    req: CreatePipeRequest,
+) -> Pipe {
+    c.create_pipe(req).await.unwrap().into_inner().pipe.unwrap()
+}
+
+/// PausePipe; the paused incarnation.
+pub async fn pause(c: &mut PipeServiceClient<impl Transport>, name: &str) -> Pipe {
+    let req = PausePipeRequest { name: name.into() };
+    c.pause_pipe(req).await.unwrap().into_inner().pipe.unwrap()
+}
+
+/// ResumePipe; the resumed incarnation.
+pub async fn resume(c: &mut PipeServiceClient<impl Transport>, name: &str) -> Pipe {
+    let req = ResumePipeRequest { name: name.into() };
+    c.resume_pipe(req).await.unwrap().into_inner().pipe.unwrap()
 }
 
 /// A whole-pipe ResyncPipe; the new incarnation.

@@ -378,6 +378,20 @@ impl PrivateEnv {
         (srv, c, name, p)
     }
 
+    /// Keeps at most 1 MB of WAL for slots and none for standbys (both
+    /// reloadable), so a paused pipe's slot is lost after a few segments.
+    pub async fn limit_slot_wal(&self) {
+        let admin = self.pg().await;
+        // One statement each: ALTER SYSTEM refuses an (implicit) transaction.
+        for sql in [
+            "ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'",
+            "ALTER SYSTEM SET wal_keep_size = 0",
+            "SELECT pg_reload_conf()",
+        ] {
+            admin.batch_execute(sql).await.unwrap();
+        }
+    }
+
     /// Sets `wal_level = replica` (ALTER SYSTEM, which overrides dev/env's
     /// setting) and restarts Postgres: a server logical decoding refuses.
     pub async fn without_logical_wal(&self) {
@@ -403,6 +417,19 @@ impl Drop for PrivateEnv {
                 String::from_utf8_lossy(&o.stderr)
             );
         }
+    }
+}
+
+/// Writes about 10 MB of WAL through `pg` (into its table `scratch (id int,
+/// pad text)`), switches the segment and checkpoints: what makes a slot
+/// that stands still fall behind.
+pub async fn churn_wal(pg: &tokio_postgres::Client) {
+    for sql in [
+        "INSERT INTO scratch SELECT g, repeat('x', 500) FROM generate_series(1, 20000) g",
+        "SELECT pg_switch_wal()",
+        "CHECKPOINT",
+    ] {
+        pg.batch_execute(sql).await.unwrap();
     }
 }
 

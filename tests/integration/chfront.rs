@@ -5,14 +5,12 @@
 //! Needs a running front: `dev/env up` (it prints `PGPIPE_TEST_CH_URL`), then
 //! `source .dev/env.sh && cargo test --test integration chfront::`.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clickhouse::{Client, Row, error::Error};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+
+use crate::common::{AuthFront, http_get};
 
 fn ch_url() -> String {
     std::env::var("PGPIPE_TEST_CH_URL").unwrap_or_else(|_| {
@@ -40,28 +38,6 @@ async fn client_in(name: &str) -> Client {
         .await
         .expect("CREATE DATABASE");
     client().with_database(name)
-}
-
-/// Minimal HTTP/1.1 GET, returning (status, body).
-async fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect(addr).await?;
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
 }
 
 #[derive(Debug, Clone, PartialEq, Row, Serialize, Deserialize)]
@@ -394,72 +370,9 @@ async fn exchange_tables_replacing_merge_tree_final() {
     assert_eq!(tables, vec!["live", "staging"]);
 }
 
-/// A second front with authentication, on a free port, killed on drop.
-struct AuthFront {
-    child: Child,
-    dir: PathBuf,
-    url: String,
-}
-
-impl Drop for AuthFront {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-async fn start_auth_front(user: &str, password: &str) -> AuthFront {
-    let script = std::env::var("PGPIPE_CHFRONT_PY")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/dev/chfront.py").to_string());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let dir = std::env::temp_dir().join(format!("chfront-auth-{}-{port}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let log = std::fs::File::create(dir.join("front.log")).unwrap();
-    let child = Command::new("python3")
-        .arg(&script)
-        .args([
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--user",
-            user,
-            "--password",
-            password,
-        ])
-        .arg("--data")
-        .arg(dir.join("data"))
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start python3 {script}: {e}"));
-    let mut front = AuthFront {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-        dir,
-    };
-    let addr = format!("127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok((200, _)) = http_get(&addr, "/ping").await {
-            return front;
-        }
-        if front.child.try_wait().unwrap().is_some() || Instant::now() > deadline {
-            let log = std::fs::read_to_string(front.dir.join("front.log")).unwrap_or_default();
-            panic!("auth front on {addr} did not come up:\n{log}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test]
 async fn wrong_password_is_rejected_when_auth_is_on() {
-    let front = start_auth_front("pgpipe", "s3cret").await;
+    let front = AuthFront::start("pgpipe", "s3cret").await;
     let ok: u8 = Client::default()
         .with_url(&front.url)
         .with_user("pgpipe")

@@ -182,12 +182,9 @@ async fn create_list_get_resync_and_watch() {
     assert_eq!(json(&r.stdout)["id"], created.id.as_str());
 
     // resync --wait
-    pg().await
-        .batch_execute(&format!(
+    pg_exec(&format!(
             "UPDATE {schema}.items SET qty = -1 WHERE id <= 10; DELETE FROM {schema}.items WHERE id = 20;"
-        ))
-        .await
-        .unwrap();
+        )).await;
     let r = pgpipe(addr, &["resync", &name, "--wait"], &[]).await;
     assert_eq!(r.code, 0, "{r:?}");
     assert!(
@@ -346,10 +343,7 @@ async fn a_watched_resync_that_fails_exits_1() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    pg().await
-        .batch_execute(&format!("ALTER TABLE {schema}.items DROP COLUMN qty"))
-        .await
-        .unwrap();
+    pg_exec(&format!("ALTER TABLE {schema}.items DROP COLUMN qty")).await;
     let r = resync.await.unwrap();
     assert_eq!(r.code, 1, "{r:?}");
     // The step named is checked by resync_e2e's
@@ -497,16 +491,7 @@ async fn the_token_is_required_and_never_printed() {
     no_leak(&r, "--help");
 
     let mut c = authed(&p.url(), &token).await;
-    let current = c
-        .get_pipe(GetPipeRequest {
-            name: name.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pipe
-        .unwrap();
+    let current = get(&mut c, &name).await;
     assert_eq!(current.status(), PipeStatus::Running);
     assert!(!current.resync_of.is_empty());
     wait_same(&schema, "items", COLS, Duration::from_secs(60)).await;
@@ -515,16 +500,7 @@ async fn the_token_is_required_and_never_printed() {
     no_leak(&r, "delete");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let p = c
-            .get_pipe(GetPipeRequest {
-                id: current.id.clone(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .pipe
-            .unwrap();
+        let p = get_id(&mut c, &current.id).await;
         if p.source_released {
             break;
         }
@@ -672,13 +648,10 @@ async fn history_throughput_and_load_summary() {
 async fn tables_add_remove_and_a_table_resync() {
     let schema = unique("clitab");
     make_items(&schema, 3_000).await;
-    pg().await
-        .batch_execute(&format!(
+    pg_exec(&format!(
             "CREATE TABLE {schema}.more (id bigint PRIMARY KEY, name text, qty int);
              INSERT INTO {schema}.more SELECT g, 'more ' || g, g % 7 FROM generate_series(1, 5000) g;"
-        ))
-        .await
-        .unwrap();
+        )).await;
     let dir = tempfile::tempdir().unwrap();
     let p = engine(&dir, &[]).await;
     let addr = p.addr.as_str();

@@ -173,12 +173,10 @@ async fn a_resync_keeps_the_exclusion_and_the_rename() {
     let schema = unique("colr");
     let (_srv, mut c, name) = start(&schema, 2_000).await;
     let old = get(&mut c, &name).await;
-    pg().await
-        .batch_execute(&format!(
-            "UPDATE {schema}.users SET \"desc\" = 'before resync' WHERE id <= 100;"
-        ))
-        .await
-        .unwrap();
+    pg_exec(&format!(
+        "UPDATE {schema}.users SET \"desc\" = 'before resync' WHERE id <= 100;"
+    ))
+    .await;
     let new = resync_and_wait(&mut c, &name, Duration::from_secs(120)).await;
     assert_eq!(new.resync_of, old.id);
     assert_eq!(
@@ -189,13 +187,11 @@ async fn a_resync_keeps_the_exclusion_and_the_rename() {
         dest_columns(&schema, "users").await,
         ["id", "description", "note", "big_note", "qty"]
     );
-    pg().await
-        .batch_execute(&format!(
-            "UPDATE {schema}.users SET \"desc\" = 'after resync' WHERE id > 1900;
+    pg_exec(&format!(
+        "UPDATE {schema}.users SET \"desc\" = 'after resync' WHERE id > 1900;
              DELETE FROM {schema}.users WHERE id <= 10;"
-        ))
-        .await
-        .unwrap();
+    ))
+    .await;
     wait_equal_renamed(&schema, Duration::from_secs(60)).await;
     delete(&mut c, &name).await;
 }
@@ -204,15 +200,13 @@ async fn a_resync_keeps_the_exclusion_and_the_rename() {
 async fn a_column_added_during_cdc_is_added_while_the_exclusion_holds() {
     let schema = unique("cola");
     let (_srv, mut c, name) = start(&schema, 1_000).await;
-    pg().await
-        .batch_execute(&format!(
-            "ALTER TABLE {schema}.users ADD COLUMN extra int;
+    pg_exec(&format!(
+        "ALTER TABLE {schema}.users ADD COLUMN extra int;
              INSERT INTO {schema}.users SELECT g, 'added ' || g, 'secret', 'n', NULL, 2, g * 3
                  FROM generate_series(1001, 1050) g;
              UPDATE {schema}.users SET extra = 7, password_hash = 'x' WHERE id <= 20;"
-        ))
-        .await
-        .unwrap();
+    ))
+    .await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         if dest_columns(&schema, "users")
@@ -249,13 +243,11 @@ async fn a_column_added_during_cdc_is_added_while_the_exclusion_holds() {
 async fn a_new_column_taking_a_renamed_columns_name_fails_its_table_saying_why() {
     let schema = unique("colx");
     let (_srv, mut c, name) = start(&schema, 100).await;
-    pg().await
-        .batch_execute(&format!(
-            "ALTER TABLE {schema}.users ADD COLUMN description text;
+    pg_exec(&format!(
+        "ALTER TABLE {schema}.users ADD COLUMN description text;
              INSERT INTO {schema}.users (id, description) VALUES (1000, 'clash');"
-        ))
-        .await
-        .unwrap();
+    ))
+    .await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     // Only the table fails (the pipe keeps running its other tables).
     let p = loop {
@@ -320,15 +312,7 @@ async fn column_options_that_do_not_fit_the_table_are_refused_naming_the_field()
         ),
     ];
     for (req, field) in cases {
-        let v = c
-            .validate_pipe(req.clone().into_validate())
-            .await
-            .unwrap()
-            .into_inner();
-        assert!(!v.ok, "{field}: {v:?}");
-        assert_eq!(v.problems.len(), 1, "{field}: {v:?}");
-        assert_eq!(v.problems[0].field, field);
-        assert_eq!(v.problems[0].kind(), ProblemKind::Column, "{field}");
+        the_column_problem(&mut c, req.clone(), field).await;
         let err = c.create_pipe(req).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "{field}: {err:?}");
         assert!(err.message().contains(field), "{field}: {}", err.message());
@@ -336,42 +320,22 @@ async fn column_options_that_do_not_fit_the_table_are_refused_naming_the_field()
     // Excluding every column but the key is fine.
     let all_but_the_key = with(&["desc", "password_hash", "note", "big_note", "qty"], &[]);
     let v = c
-        .validate_pipe(all_but_the_key.into_validate())
+        .validate_pipe(validate_req(all_but_the_key))
         .await
         .unwrap()
         .into_inner();
     assert!(v.ok, "{v:?}");
 }
 
-trait IntoValidate {
-    fn into_validate(self) -> ValidatePipeRequest;
-}
-
-impl IntoValidate for CreatePipeRequest {
-    fn into_validate(self) -> ValidatePipeRequest {
-        ValidatePipeRequest {
-            name: self.name,
-            source: self.source,
-            destination: self.destination,
-            tables: self.tables,
-            settings: self.settings,
-            labels: self.labels,
-        }
-    }
-}
-
 /// `shapes`: id, a `point` (no ClickHouse mapping), v, a 2-D array (none
 /// either).
 async fn make_shapes(schema: &str, rows: i64) {
-    pg().await
-        .batch_execute(&format!(
+    pg_exec(&format!(
             "CREATE SCHEMA {schema};
              CREATE TABLE {schema}.shapes (id bigint PRIMARY KEY, p point, v text, m int[][]);
              INSERT INTO {schema}.shapes
              SELECT g, point(g, -g), 'v ' || g, ARRAY[[g, 1], [2, 3]] FROM generate_series(1, {rows}) g;"
-        ))
-        .await
-        .unwrap();
+        )).await;
 }
 
 /// Waits until `shapes` matches its destination on the kept columns.
@@ -388,7 +352,7 @@ async fn a_column_of_an_unsupported_type_is_refused_until_excluded() {
     let name = pipe_name(&schema);
     let req = pipe_req(&name, &schema, &[&format!("{schema}.shapes")]);
     let v = c
-        .validate_pipe(req.clone().into_validate())
+        .validate_pipe(validate_req(req.clone()))
         .await
         .unwrap()
         .into_inner();
@@ -415,7 +379,7 @@ async fn a_column_of_an_unsupported_type_is_refused_until_excluded() {
     let mut one = req.clone();
     one.tables[0].exclude_columns = vec!["p".into()];
     let v = c
-        .validate_pipe(one.into_validate())
+        .validate_pipe(validate_req(one))
         .await
         .unwrap()
         .into_inner();
@@ -424,7 +388,7 @@ async fn a_column_of_an_unsupported_type_is_refused_until_excluded() {
     let mut both = req;
     both.tables[0].exclude_columns = vec!["p".into(), "m".into()];
     let v = c
-        .validate_pipe(both.into_validate())
+        .validate_pipe(validate_req(both))
         .await
         .unwrap()
         .into_inner();
@@ -444,24 +408,20 @@ async fn an_excluded_column_of_an_unsupported_type_is_left_out_of_load_cdc_and_r
     assert_eq!(dest_columns(&schema, "shapes").await, ["id", "v"]);
     shapes_equal(&schema, 30).await;
     // CDC rows carry the excluded columns; they are projected away.
-    pg().await
-        .batch_execute(&format!(
-            "INSERT INTO {schema}.shapes SELECT g, point(g, g), 'new ' || g, ARRAY[[1]]
+    pg_exec(&format!(
+        "INSERT INTO {schema}.shapes SELECT g, point(g, g), 'new ' || g, ARRAY[[1]]
                  FROM generate_series(2001, 2100) g;
              UPDATE {schema}.shapes SET p = point(0, 0) WHERE id <= 50;
              UPDATE {schema}.shapes SET v = 'changed', m = ARRAY[[9]] WHERE id BETWEEN 51 AND 80;
              DELETE FROM {schema}.shapes WHERE id BETWEEN 81 AND 90;"
-        ))
-        .await
-        .unwrap();
+    ))
+    .await;
     shapes_equal(&schema, 60).await;
     resync_and_wait(&mut c, &name, Duration::from_secs(120)).await;
-    pg().await
-        .batch_execute(&format!(
-            "UPDATE {schema}.shapes SET v = 'after resync', p = point(1, 1) WHERE id > 2050;"
-        ))
-        .await
-        .unwrap();
+    pg_exec(&format!(
+        "UPDATE {schema}.shapes SET v = 'after resync', p = point(1, 1) WHERE id > 2050;"
+    ))
+    .await;
     assert_eq!(dest_columns(&schema, "shapes").await, ["id", "v"]);
     shapes_equal(&schema, 60).await;
     delete(&mut c, &name).await;
@@ -471,10 +431,7 @@ async fn an_excluded_column_of_an_unsupported_type_is_left_out_of_load_cdc_and_r
 async fn a_resync_can_replace_the_column_options_and_keeps_soft_deletes() {
     let schema = unique("colo");
     let (_srv, mut c, name) = start(&schema, 2_000).await;
-    pg().await
-        .batch_execute(&format!("DELETE FROM {schema}.users WHERE id <= 25;"))
-        .await
-        .unwrap();
+    pg_exec(&format!("DELETE FROM {schema}.users WHERE id <= 25;")).await;
     wait_equal_renamed(&schema, Duration::from_secs(60)).await;
     // The key renamed too: soft deletes are carried over under the new name.
     let mut o = table(&format!("{schema}.users"));
@@ -504,12 +461,10 @@ async fn a_resync_can_replace_the_column_options_and_keeps_soft_deletes() {
         dest_columns(&schema, "users").await,
         ["user_id", "details", "password_hash", "big_note", "qty"]
     );
-    pg().await
-        .batch_execute(&format!(
-            "UPDATE {schema}.users SET \"desc\" = 'after', password_hash = 'h' WHERE id > 1990;"
-        ))
-        .await
-        .unwrap();
+    pg_exec(&format!(
+        "UPDATE {schema}.users SET \"desc\" = 'after', password_hash = 'h' WHERE id > 1990;"
+    ))
+    .await;
     wait_equal_as(
         &schema,
         "id, `desc`, password_hash, big_note, qty",

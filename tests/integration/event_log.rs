@@ -40,6 +40,30 @@ fn progress(name: &str, rows: u64) -> Event {
     )
 }
 
+/// Retries `open` while the files are still locked: sled lets go of them
+/// in its background threads a moment after the last handle of a closed
+/// log drops (a test reopening at once can be faster under load).
+fn when_unlocked<T, E: std::fmt::Debug>(mut open: impl FnMut() -> Result<T, E>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match open() {
+            Ok(t) => return t,
+            Err(e)
+                if format!("{e:?}").contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("open: {e:?}"),
+        }
+    }
+}
+
+/// Opens the log in `dir` again after a close.
+fn reopen(dir: &std::path::Path) -> Arc<EventLog> {
+    when_unlocked(|| EventLog::open(dir))
+}
+
 fn open(dir: &std::path::Path) -> (Arc<EventLog>, Arc<Mutex<Projection>>) {
     let log = EventLog::open(dir).unwrap();
     let projection = Arc::new(Mutex::new(Projection::default()));
@@ -70,7 +94,7 @@ async fn appended_events_replay_in_order_with_seqs_and_versions() {
     log.close().await.unwrap();
     drop(log);
 
-    let log = EventLog::open(dir.path()).unwrap();
+    let log = reopen(dir.path());
     let mut seen = Vec::new();
     let stats = log
         .replay(|e| seen.push((e.seq, e.pipe_name.clone(), e.stream_version)))
@@ -154,7 +178,7 @@ async fn a_corrupt_tail_is_reported_and_repair_cuts_exactly_it() {
     }
     {
         // Flip a byte of the last record's payload, as a torn write would.
-        let db = sled::open(dir.path()).unwrap();
+        let db = when_unlocked(|| sled::open(dir.path()));
         let tree = db.open_tree("log").unwrap();
         let (k, v) = tree.last().unwrap().unwrap();
         let mut bad = v.to_vec();
@@ -163,7 +187,7 @@ async fn a_corrupt_tail_is_reported_and_repair_cuts_exactly_it() {
         tree.insert(k, bad).unwrap();
         db.flush().unwrap();
     }
-    let log = EventLog::open(dir.path()).unwrap();
+    let log = reopen(dir.path());
     let err = log.replay(|_| {}).unwrap_err();
     match &err {
         LogError::Corrupt {
@@ -175,7 +199,7 @@ async fn a_corrupt_tail_is_reported_and_repair_cuts_exactly_it() {
     drop(log);
 
     assert_eq!(event_log::repair(dir.path()).unwrap(), 1);
-    let log = EventLog::open(dir.path()).unwrap();
+    let log = reopen(dir.path());
     assert_eq!(log.replay(|_| {}).unwrap().events, 2);
     drop(log);
     assert_eq!(event_log::repair(dir.path()).unwrap(), 0);
@@ -196,14 +220,14 @@ async fn a_gap_in_sequences_is_reported() {
         log.close().await.unwrap();
     }
     {
-        let db = sled::open(dir.path()).unwrap();
+        let db = when_unlocked(|| sled::open(dir.path()));
         let tree = db.open_tree("log").unwrap();
         let mut key = vec![b'e'];
         key.extend_from_slice(&2u64.to_be_bytes());
         tree.remove(key).unwrap();
         db.flush().unwrap();
     }
-    let log = EventLog::open(dir.path()).unwrap();
+    let log = reopen(dir.path());
     assert!(matches!(
         log.replay(|_| {}),
         Err(LogError::Corrupt { seq: 2, .. })
@@ -278,7 +302,7 @@ proptest! {
                 log.close().await.unwrap();
                 projection.lock().unwrap().clone()
             };
-            let log = EventLog::open(dir.path()).unwrap();
+            let log = reopen(dir.path());
             let mut replayed = Projection::default();
             log.replay(|e| replayed.apply(e)).unwrap();
             prop_assert_eq!(live.list(true, &Default::default()), replayed.list(true, &Default::default()));

@@ -11,40 +11,15 @@ fn status_of(p: &Pipe) -> PipeStatus {
 
 #[tokio::test]
 async fn create_get_list_pause_resume_delete() {
-    let srv = InProcess::start(None).await;
-    let mut c = srv.client().await;
+    let (_srv, mut c) = control_plane().await;
 
-    let created = c
-        .create_pipe(create_req("orders"))
-        .await
-        .unwrap()
-        .into_inner()
-        .pipe
-        .unwrap();
+    let created = create_pipe(&mut c, create_req("orders")).await;
     assert_eq!(created.name, "orders");
     assert_eq!(status_of(&created), PipeStatus::Setup);
     assert_eq!(created.tables.len(), 2);
 
-    let by_name = c
-        .get_pipe(GetPipeRequest {
-            name: "orders".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pipe
-        .unwrap();
-    let by_id = c
-        .get_pipe(GetPipeRequest {
-            id: created.id.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pipe
-        .unwrap();
+    let by_name = get(&mut c, "orders").await;
+    let by_id = get_id(&mut c, &created.id).await;
     assert_eq!(by_name, by_id);
 
     c.create_pipe(create_req("users")).await.unwrap();
@@ -59,15 +34,7 @@ async fn create_get_list_pause_resume_delete() {
         ["orders", "users"]
     );
 
-    let paused = c
-        .pause_pipe(PausePipeRequest {
-            name: "orders".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pipe
-        .unwrap();
+    let paused = pause(&mut c, "orders").await;
     assert_eq!(status_of(&paused), PipeStatus::Paused);
     assert!(
         paused.status_detail.contains("WAL"),
@@ -75,15 +42,7 @@ async fn create_get_list_pause_resume_delete() {
         paused.status_detail
     );
 
-    let resumed = c
-        .resume_pipe(ResumePipeRequest {
-            name: "orders".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pipe
-        .unwrap();
+    let resumed = resume(&mut c, "orders").await;
     assert_eq!(status_of(&resumed), PipeStatus::Setup);
 
     let deleted = delete_pipe(&mut c, "orders").await;
@@ -101,15 +60,8 @@ async fn create_get_list_pause_resume_delete() {
 
 #[tokio::test]
 async fn secrets_never_come_back() {
-    let srv = InProcess::start(None).await;
-    let mut c = srv.client().await;
-    let p = c
-        .create_pipe(create_req("s"))
-        .await
-        .unwrap()
-        .into_inner()
-        .pipe
-        .unwrap();
+    let (_srv, mut c) = control_plane().await;
+    let p = create_pipe(&mut c, create_req("s")).await;
     let text = format!("{p:?}");
     assert!(!text.contains("pg-secret-pw"), "{text}");
     assert!(!text.contains("ch-secret-pw"), "{text}");
@@ -121,8 +73,7 @@ async fn secrets_never_come_back() {
 
 #[tokio::test]
 async fn secrets_are_not_in_the_event_log_on_disk() {
-    let srv = InProcess::start(None).await;
-    let mut c = srv.client().await;
+    let (srv, mut c) = control_plane().await;
     c.create_pipe(create_req("s")).await.unwrap();
     let dir = srv.stop().await;
     let log = pgpipe::store::EventLog::open(&dir.path().join("data")).unwrap();
@@ -134,12 +85,9 @@ async fn secrets_are_not_in_the_event_log_on_disk() {
 
 #[tokio::test]
 async fn state_survives_a_restart() {
-    let srv = InProcess::start(None).await;
-    let mut c = srv.client().await;
+    let (srv, mut c) = control_plane().await;
     c.create_pipe(create_req("a")).await.unwrap();
-    c.pause_pipe(PausePipeRequest { name: "a".into() })
-        .await
-        .unwrap();
+    pause(&mut c, "a").await;
     let before = list_all(&mut c).await;
     let dir = srv.stop().await;
     let srv = InProcess::start_in(dir, None).await;
@@ -164,8 +112,7 @@ async fn expect_code<T: std::fmt::Debug>(
 
 #[tokio::test]
 async fn create_rejects_bad_input_with_a_useful_message() {
-    let srv = InProcess::start(None).await;
-    let mut c = srv.client().await;
+    let (_srv, mut c) = control_plane().await;
     type Mutation = Box<dyn Fn(&mut CreatePipeRequest)>;
     let cases: Vec<(Mutation, &str)> = vec![
         (Box::new(|r| r.name.clear()), "name is required"),
@@ -269,8 +216,7 @@ async fn create_rejects_bad_input_with_a_useful_message() {
 
 #[tokio::test]
 async fn create_with_a_taken_name_is_already_exists() {
-    let srv = InProcess::start(None).await;
-    let mut c = srv.client().await;
+    let (_srv, mut c) = control_plane().await;
     c.create_pipe(create_req("dup")).await.unwrap();
     expect_code(
         c.create_pipe(create_req("dup")).await,
@@ -282,30 +228,16 @@ async fn create_with_a_taken_name_is_already_exists() {
 
 #[tokio::test]
 async fn a_deleted_name_can_be_created_again() {
-    let srv = InProcess::start(None).await;
-    let mut c = srv.client().await;
-    let first = c
-        .create_pipe(create_req("again"))
-        .await
-        .unwrap()
-        .into_inner()
-        .pipe
-        .unwrap();
+    let (_srv, mut c) = control_plane().await;
+    let first = create_pipe(&mut c, create_req("again")).await;
     delete_pipe(&mut c, "again").await;
-    let second = c
-        .create_pipe(create_req("again"))
-        .await
-        .unwrap()
-        .into_inner()
-        .pipe
-        .unwrap();
+    let second = create_pipe(&mut c, create_req("again")).await;
     assert_ne!(first.id, second.id);
 }
 
 #[tokio::test]
 async fn unknown_pipes_are_not_found() {
-    let srv = InProcess::start(None).await;
-    let mut c = srv.client().await;
+    let (_srv, mut c) = control_plane().await;
     let n = || "ghost".to_string();
     expect_code(
         c.get_pipe(GetPipeRequest {
@@ -370,8 +302,7 @@ async fn unknown_pipes_are_not_found() {
 
 #[tokio::test]
 async fn get_needs_exactly_one_of_name_and_id() {
-    let srv = InProcess::start(None).await;
-    let mut c = srv.client().await;
+    let (_srv, mut c) = control_plane().await;
     expect_code(
         c.get_pipe(GetPipeRequest::default()).await,
         Code::InvalidArgument,
@@ -387,8 +318,7 @@ async fn get_needs_exactly_one_of_name_and_id() {
 
 #[tokio::test]
 async fn delete_twice_is_not_found_the_second_time() {
-    let srv = InProcess::start(None).await;
-    let mut c = srv.client().await;
+    let (_srv, mut c) = control_plane().await;
     c.create_pipe(create_req("d")).await.unwrap();
     let del = || DeletePipeRequest {
         name: "d".into(),
@@ -400,8 +330,7 @@ async fn delete_twice_is_not_found_the_second_time() {
 
 #[tokio::test]
 async fn pause_and_resume_check_the_state() {
-    let srv = InProcess::start(None).await;
-    let mut c = srv.client().await;
+    let (_srv, mut c) = control_plane().await;
     c.create_pipe(create_req("pr")).await.unwrap();
     let name = || "pr".to_string();
     expect_code(
@@ -423,8 +352,7 @@ async fn pause_and_resume_check_the_state() {
 
 #[tokio::test]
 async fn resync_overrides_are_checked_against_the_pipe() {
-    let srv = InProcess::start(None).await;
-    let mut c = srv.client().await;
+    let (_srv, mut c) = control_plane().await;
     c.create_pipe(create_req("r")).await.unwrap();
     let o = ResyncPipeRequest {
         name: "r".into(),
@@ -446,15 +374,8 @@ async fn resync_overrides_are_checked_against_the_pipe() {
 
 #[tokio::test]
 async fn resync_carries_settings_over_and_applies_overrides() {
-    let srv = InProcess::start(None).await;
-    let mut c = srv.client().await;
-    let old = c
-        .create_pipe(create_req("r"))
-        .await
-        .unwrap()
-        .into_inner()
-        .pipe
-        .unwrap();
+    let (_srv, mut c) = control_plane().await;
+    let old = create_pipe(&mut c, create_req("r")).await;
     let o = ResyncPipeRequest {
         name: "r".into(),
         overrides: vec![TableConfig {
@@ -490,8 +411,7 @@ async fn resync_carries_settings_over_and_applies_overrides() {
 
 #[tokio::test]
 async fn a_second_resync_while_one_runs_is_failed_precondition() {
-    let srv = InProcess::start(None).await;
-    let mut c = srv.client().await;
+    let (_srv, mut c) = control_plane().await;
     c.create_pipe(create_req("r2")).await.unwrap();
     let req = || ResyncPipeRequest {
         name: "r2".into(),
@@ -534,8 +454,7 @@ async fn racing_resyncs_start_exactly_one() {
 
 #[tokio::test]
 async fn watch_cursor_from_the_future_is_out_of_range() {
-    let srv = InProcess::start(None).await;
-    let mut c = srv.client().await;
+    let (_srv, mut c) = control_plane().await;
     c.create_pipe(create_req("w")).await.unwrap();
     let r = c
         .watch_pipe(WatchPipeRequest {

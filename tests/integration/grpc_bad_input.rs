@@ -533,8 +533,7 @@ fn cases() -> Vec<Case> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_rpc_refuses_hostile_input_and_records_nothing() {
-    let srv = InProcess::start(None).await;
-    let mut c = srv.client().await;
+    let (_srv, mut c) = control_plane().await;
     c.create_pipe(create_req("base")).await.unwrap();
     let before = snapshot(&mut c).await;
     let mut failures = Vec::new();
@@ -577,8 +576,7 @@ async fn identifiers_with_sql_metacharacters_are_accepted_verbatim_and_round_tri
     // Quotes, backticks, semicolons, comments and unicode are legal in
     // PostgreSQL and ClickHouse identifiers: they are stored as given (the
     // data plane quotes them; tests/hostile_tables.rs replicates them).
-    let srv = InProcess::start(None).await;
-    let mut c = srv.client().await;
+    let (_srv, mut c) = control_plane().await;
     let mut r = create_req("meta");
     r.tables = vec![
         TableConfig {
@@ -589,7 +587,7 @@ async fn identifiers_with_sql_metacharacters_are_accepted_verbatim_and_round_tri
         },
         table("public.\"名前\""),
     ];
-    let p = c.create_pipe(r).await.unwrap().into_inner().pipe.unwrap();
+    let p = create_pipe(&mut c, r).await;
     let t = &p.config.unwrap().tables;
     assert_eq!(t[0].source_table, "\"we\"\"ird; --\".\"t`1 /* x */\"");
     assert_eq!(t[0].destination_table, "d'; DROP TABLE x; --");

@@ -70,16 +70,13 @@ async fn watched(c: &mut Client, name: &str) -> Vec<Event> {
 
 #[tokio::test]
 async fn pages_cover_every_event_once_in_order() {
-    let srv = InProcess::start(None).await;
-    let mut c = srv.client().await;
+    let (_srv, mut c) = control_plane().await;
     c.create_pipe(create_req("hist")).await.unwrap();
     c.create_pipe(create_req("other")).await.unwrap();
     for _ in 0..5 {
         let name = "hist".to_string();
-        c.pause_pipe(PausePipeRequest { name: name.clone() })
-            .await
-            .unwrap();
-        c.resume_pipe(ResumePipeRequest { name }).await.unwrap();
+        pause(&mut c, &name).await;
+        resume(&mut c, &name).await;
     }
     let (events, pages) = all_pages(&mut c, "hist", HistoryKind::All, 3).await;
     assert_eq!(events.len(), 11);
@@ -90,14 +87,9 @@ async fn pages_cover_every_event_once_in_order() {
 
 #[tokio::test]
 async fn a_kind_keeps_only_its_events() {
-    let srv = InProcess::start(None).await;
-    let mut c = srv.client().await;
+    let (_srv, mut c) = control_plane().await;
     c.create_pipe(create_req("kinds")).await.unwrap();
-    c.pause_pipe(PausePipeRequest {
-        name: "kinds".into(),
-    })
-    .await
-    .unwrap();
+    pause(&mut c, "kinds").await;
     let (errors, _) = all_pages(&mut c, "kinds", HistoryKind::Errors, 10).await;
     assert!(errors.is_empty(), "{errors:?}");
     let (all, _) = all_pages(&mut c, "kinds", HistoryKind::All, 10).await;
@@ -107,14 +99,12 @@ async fn a_kind_keeps_only_its_events() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn snapshot_and_cdc_history_of_a_running_pipe() {
     let schema = unique("hist");
-    pg().await
-        .batch_execute(&format!(
-            "CREATE SCHEMA {schema};
+    pg_exec(&format!(
+        "CREATE SCHEMA {schema};
              CREATE TABLE {schema}.t (id bigint PRIMARY KEY, v text);
              INSERT INTO {schema}.t SELECT g, 'v' || g FROM generate_series(1, 5000) g;"
-        ))
-        .await
-        .unwrap();
+    ))
+    .await;
     let (_srv, mut c) = engine().await;
     let name = pipe_name(&schema);
     c.create_pipe(pipe_req(&name, &schema, &[&format!("{schema}.t")]))
@@ -157,8 +147,7 @@ async fn snapshot_and_cdc_history_of_a_running_pipe() {
 
 #[tokio::test]
 async fn bad_history_requests_are_refused() {
-    let srv = InProcess::start(None).await;
-    let mut c = srv.client().await;
+    let (_srv, mut c) = control_plane().await;
     c.create_pipe(create_req("bad")).await.unwrap();
     let code = |r: Result<tonic::Response<GetPipeHistoryResponse>, tonic::Status>| {
         r.map(|_| ()).unwrap_err().code()
@@ -207,15 +196,13 @@ async fn batches(c: &mut Client, name: &str) -> Vec<CdcProgress> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cdc_history_has_one_event_per_batch_with_its_lsn_range_and_counts() {
     let schema = unique("histcdc");
-    pg().await
-        .batch_execute(&format!(
-            "CREATE SCHEMA {schema};
+    pg_exec(&format!(
+        "CREATE SCHEMA {schema};
              CREATE TABLE {schema}.t (id bigint PRIMARY KEY, v text);
              CREATE TABLE {schema}.u (id bigint PRIMARY KEY, v text);
              INSERT INTO {schema}.t SELECT g, 'v' || g FROM generate_series(1, 100) g;"
-        ))
-        .await
-        .unwrap();
+    ))
+    .await;
     let (_srv, mut c) = engine().await;
     let name = pipe_name(&schema);
     let tables = [format!("{schema}.t"), format!("{schema}.u")];
@@ -307,15 +294,13 @@ async fn cdc_history_has_one_event_per_batch_with_its_lsn_range_and_counts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn load_summary_of_a_partitioned_initial_load() {
     let schema = unique("histload");
-    pg().await
-        .batch_execute(&format!(
-            "CREATE SCHEMA {schema};
+    pg_exec(&format!(
+        "CREATE SCHEMA {schema};
              CREATE TABLE {schema}.t (id bigint PRIMARY KEY, v text);
              INSERT INTO {schema}.t SELECT g, 'v' || g FROM generate_series(1, 4500) g;
              ANALYZE {schema}.t;"
-        ))
-        .await
-        .unwrap();
+    ))
+    .await;
     let (_srv, mut c) = engine().await;
     let name = pipe_name(&schema);
     let table = format!("{schema}.t");
@@ -457,8 +442,7 @@ async fn thousands_of_batches_page_the_same_as_one_read() {
     const N: u64 = 3000;
     // On a minute and an hour boundary, so that buckets are easy to count.
     const BASE: i64 = 1_800_000_000; // 30 000 000 minutes
-    let srv = InProcess::start(None).await;
-    let mut c = srv.client().await;
+    let (srv, mut c) = control_plane().await;
     c.create_pipe(create_req("busy")).await.unwrap();
     let srv = with_synthetic_batches(srv, "busy", N, BASE).await;
     let mut c = srv.client().await;
@@ -516,8 +500,7 @@ async fn thousands_of_batches_page_the_same_as_one_read() {
 
 #[tokio::test]
 async fn bad_throughput_and_load_summary_requests_are_refused() {
-    let srv = InProcess::start(None).await;
-    let mut c = srv.client().await;
+    let (_srv, mut c) = control_plane().await;
     c.create_pipe(create_req("bad")).await.unwrap();
     fn code<T>(r: Result<tonic::Response<T>, tonic::Status>) -> Code {
         r.map(|_| ()).unwrap_err().code()

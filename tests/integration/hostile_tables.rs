@@ -22,8 +22,7 @@ async fn canary_alive(schema: &str) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tables_that_cannot_be_replicated_are_refused_naming_the_fix() {
     let schema = unique("hst");
-    pg().await
-        .batch_execute(&format!(
+    pg_exec(&format!(
             "CREATE SCHEMA {schema};
              CREATE TABLE {schema}.canary (id int PRIMARY KEY); INSERT INTO {schema}.canary VALUES (1);
              CREATE TABLE {schema}.nokey (a int, b text);
@@ -31,9 +30,7 @@ async fn tables_that_cannot_be_replicated_are_refused_naming_the_fix() {
              ALTER TABLE {schema}.nothing REPLICA IDENTITY NOTHING;
              CREATE TABLE {schema}.shapes (id int PRIMARY KEY, p point);
              CREATE TABLE {schema}.ok (id int PRIMARY KEY, v text);"
-        ))
-        .await
-        .unwrap();
+        )).await;
     let (_srv, mut c) = engine().await;
     let name = pipe_name(&schema);
     let (before_list, before_head) = (list_all(&mut c).await, log_head(&mut c).await);
@@ -138,9 +135,7 @@ async fn tables_that_cannot_be_replicated_are_refused_naming_the_fix() {
         .unwrap();
     let live = wait_running(&mut c, &name, Duration::from_secs(120)).await;
     // Paused, so no progress event moves the head meanwhile.
-    c.pause_pipe(PausePipeRequest { name: name.clone() })
-        .await
-        .unwrap();
+    pause(&mut c, &name).await;
     let (before_list, before_head) = (list_all(&mut c).await, log_head(&mut c).await);
     for order_by in [
         "nope".to_string(),
@@ -195,8 +190,7 @@ async fn identifiers_full_of_sql_metacharacters_replicate_literally() {
     let cols = ["id", "na\"me; /* x */", "val`ue", "名前 --"];
     let q = |c: &str| pg_ident(c);
     let pgt = format!("{}.{}", pg_ident(&schema), pg_ident(table));
-    pg().await
-        .batch_execute(&format!(
+    pg_exec(&format!(
             "CREATE SCHEMA {s};
              CREATE TABLE {s}.canary (id int PRIMARY KEY); INSERT INTO {s}.canary VALUES (1);
              CREATE TABLE {pgt} ({c0} bigint, {c1} text, {c2} int NOT NULL, {c3} text, PRIMARY KEY ({c0}, {c2}));
@@ -207,9 +201,7 @@ async fn identifiers_full_of_sql_metacharacters_replicate_literally() {
             c1 = q(cols[1]),
             c2 = q(cols[2]),
             c3 = q(cols[3]),
-        ))
-        .await
-        .unwrap();
+        )).await;
     // A destination database whose name needs quoting too, with a canary.
     let db = format!("{base}-`db'");
     let chc = clickhouse::Client::default().with_url(ch_url());
@@ -306,23 +298,20 @@ async fn deletes_and_sort_key_updates_under_a_non_key_order_by_are_applied() {
     // landed under another sorting key, and an update of an ORDER BY column
     // left the old row live under the old one.
     let schema = unique("nko");
-    pg().await
-        .batch_execute(&format!(
-            "CREATE SCHEMA {schema};
+    pg_exec(&format!(
+        "CREATE SCHEMA {schema};
              CREATE TABLE {schema}.items (id bigint PRIMARY KEY, qty int NOT NULL, name text);
              INSERT INTO {schema}.items SELECT g, g % 5 + 1, 'n' FROM generate_series(1, 100) g;"
-        ))
-        .await
-        .unwrap();
+    ))
+    .await;
     let (_srv, mut c) = engine().await;
     let name = pipe_name(&schema);
     let mut req = pipe_req(&name, &schema, &[&format!("{schema}.items")]);
     req.tables[0].order_by = vec!["qty".into(), "id".into()];
     c.create_pipe(req).await.unwrap();
     wait_running(&mut c, &name, Duration::from_secs(120)).await;
-    pg().await
-        .batch_execute(&format!(
-            "DELETE FROM {schema}.items WHERE id <= 10;
+    pg_exec(&format!(
+        "DELETE FROM {schema}.items WHERE id <= 10;
              UPDATE {schema}.items SET qty = 99 WHERE id = 50;
              UPDATE {schema}.items SET name = 'same sort key' WHERE id = 51;
              INSERT INTO {schema}.items VALUES (1000, 7, 'new'), (1001, 7, 'gone');
@@ -331,8 +320,7 @@ async fn deletes_and_sort_key_updates_under_a_non_key_order_by_are_applied() {
              UPDATE {schema}.items SET qty = 50 WHERE id = 60;
              UPDATE {schema}.items SET qty = 51 WHERE id = 60;
              UPDATE {schema}.items SET qty = 60 % 5 + 1 WHERE id = 60;"
-        ))
-        .await
-        .unwrap();
+    ))
+    .await;
     wait_same(&schema, "items", "id, qty, name", Duration::from_secs(60)).await;
 }

@@ -39,17 +39,7 @@ async fn set(c: &mut Client, name: &str, set: &[(&str, &str)], remove: &[&str]) 
 }
 
 async fn names(c: &mut Client, selector: &[(&str, &str)]) -> Vec<String> {
-    c.list_pipes(ListPipesRequest {
-        include_deleted: false,
-        label_selector: labels(selector),
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .pipes
-    .into_iter()
-    .map(|p| p.name)
-    .collect()
+    live_names(c, labels(selector)).await
 }
 
 /// `(pipe name, event kind)` of the events a WatchEvents stream delivers
@@ -73,19 +63,13 @@ fn invalid(e: tonic::Status, needles: &[&str]) {
 
 #[tokio::test]
 async fn labels_set_at_create_are_returned() {
-    let srv = InProcess::start(None).await;
-    let mut c = srv.client().await;
+    let (_srv, mut c) = control_plane().await;
     let want = labels(&[("env", "prod"), ("app.example.com/team", "core")]);
-    let created = c
-        .create_pipe(labeled(
-            "a",
-            &[("env", "prod"), ("app.example.com/team", "core")],
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .pipe
-        .unwrap();
+    let created = create_pipe(
+        &mut c,
+        labeled("a", &[("env", "prod"), ("app.example.com/team", "core")]),
+    )
+    .await;
     assert_eq!(created.labels, want);
     assert_eq!(created.config.unwrap().labels, want);
     assert_eq!(get(&mut c, "a").await.labels, want);
@@ -100,8 +84,7 @@ async fn labels_set_at_create_are_returned() {
 
 #[tokio::test]
 async fn set_and_remove_append_one_event_that_watchers_see() {
-    let srv = InProcess::start(None).await;
-    let mut c = srv.client().await;
+    let (_srv, mut c) = control_plane().await;
     c.create_pipe(labeled("a", &[("env", "dev"), ("tier", "bronze")]))
         .await
         .unwrap();
@@ -138,8 +121,7 @@ async fn set_and_remove_append_one_event_that_watchers_see() {
 
 #[tokio::test]
 async fn list_pipes_filters_by_label_selector() {
-    let srv = InProcess::start(None).await;
-    let mut c = srv.client().await;
+    let (_srv, mut c) = control_plane().await;
     c.create_pipe(labeled("a", &[("env", "prod"), ("team", "core")]))
         .await
         .unwrap();
@@ -171,20 +153,12 @@ async fn label_story(c: &mut Client) -> Vec<(String, &'static str)> {
     c.create_pipe(labeled("b", &[("env", "dev")]))
         .await
         .unwrap();
-    c.pause_pipe(PausePipeRequest { name: "b".into() })
-        .await
-        .unwrap();
+    pause(c, "b").await;
     set(c, "b", &[("env", "prod")], &[]).await;
-    c.resume_pipe(ResumePipeRequest { name: "b".into() })
-        .await
-        .unwrap();
+    resume(c, "b").await;
     set(c, "b", &[("env", "dev")], &[]).await;
-    c.pause_pipe(PausePipeRequest { name: "b".into() })
-        .await
-        .unwrap();
-    c.pause_pipe(PausePipeRequest { name: "a".into() })
-        .await
-        .unwrap();
+    pause(c, "b").await;
+    pause(c, "a").await;
     [
         ("a", "pipe_created"),
         ("b", "pipe_labels_changed"),
@@ -206,8 +180,7 @@ fn prod_watch(after_cursor: Option<u64>) -> WatchEventsRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_events_live_passes_only_events_of_matching_pipes() {
-    let srv = InProcess::start(None).await;
-    let mut c = srv.client().await;
+    let (_srv, mut c) = control_plane().await;
     let mut s = c.watch_events(prod_watch(None)).await.unwrap().into_inner();
     let expected = label_story(&mut c).await;
     assert_eq!(drain(&mut s).await, expected);
@@ -215,8 +188,7 @@ async fn watch_events_live_passes_only_events_of_matching_pipes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_events_from_a_cursor_passes_what_a_live_watcher_passed() {
-    let srv = InProcess::start(None).await;
-    let mut c = srv.client().await;
+    let (_srv, mut c) = control_plane().await;
     c.create_pipe(labeled("early", &[("env", "prod")]))
         .await
         .unwrap();
@@ -241,8 +213,7 @@ async fn watch_events_from_a_cursor_passes_what_a_live_watcher_passed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_events_applies_a_selector_and_a_pipe_name_together() {
-    let srv = InProcess::start(None).await;
-    let mut c = srv.client().await;
+    let (_srv, mut c) = control_plane().await;
     label_story(&mut c).await;
     let mut s = c
         .watch_events(WatchEventsRequest {
@@ -261,28 +232,10 @@ async fn watch_events_applies_a_selector_and_a_pipe_name_together() {
 
 #[tokio::test]
 async fn resync_carries_the_current_labels_to_the_new_incarnation() {
-    let srv = InProcess::start(None).await;
-    let mut c = srv.client().await;
-    let old = c
-        .create_pipe(labeled("a", &[("env", "prod")]))
-        .await
-        .unwrap()
-        .into_inner()
-        .pipe
-        .unwrap();
+    let (_srv, mut c) = control_plane().await;
+    let old = create_pipe(&mut c, labeled("a", &[("env", "prod")])).await;
     set(&mut c, "a", &[("team", "core")], &[]).await;
-    let new = c
-        .resync_pipe(ResyncPipeRequest {
-            name: "a".into(),
-            overrides: vec![],
-            tables: vec![],
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pipe
-        .unwrap();
+    let new = resync(&mut c, "a").await.unwrap();
     assert_ne!(new.id, old.id);
     let want = labels(&[("env", "prod"), ("team", "core")]);
     assert_eq!(new.labels, want);
@@ -292,8 +245,7 @@ async fn resync_carries_the_current_labels_to_the_new_incarnation() {
 
 #[tokio::test]
 async fn labels_survive_a_restart() {
-    let srv = InProcess::start(None).await;
-    let mut c = srv.client().await;
+    let (srv, mut c) = control_plane().await;
     c.create_pipe(labeled("a", &[("env", "prod"), ("tier", "gold")]))
         .await
         .unwrap();
@@ -313,8 +265,7 @@ async fn labels_survive_a_restart() {
 
 #[tokio::test]
 async fn a_key_outside_the_pattern_is_rejected_and_nothing_recorded() {
-    let srv = InProcess::start(None).await;
-    let mut c = srv.client().await;
+    let (_srv, mut c) = control_plane().await;
     c.create_pipe(create_req("a")).await.unwrap();
     let h = log_head(&mut c).await;
     for key in ["Env", "-env", "env var", "émoji", ""] {
@@ -347,8 +298,7 @@ async fn a_key_outside_the_pattern_is_rejected_and_nothing_recorded() {
 
 #[tokio::test]
 async fn a_key_longer_than_63_is_rejected_and_nothing_recorded() {
-    let srv = InProcess::start(None).await;
-    let mut c = srv.client().await;
+    let (_srv, mut c) = control_plane().await;
     let h = log_head(&mut c).await;
     let ok = "k".repeat(63);
     c.create_pipe(labeled("a", &[(&ok, "v")])).await.unwrap();
@@ -365,8 +315,7 @@ async fn a_key_longer_than_63_is_rejected_and_nothing_recorded() {
 
 #[tokio::test]
 async fn a_value_longer_than_253_is_rejected_and_nothing_recorded() {
-    let srv = InProcess::start(None).await;
-    let mut c = srv.client().await;
+    let (_srv, mut c) = control_plane().await;
     c.create_pipe(labeled("a", &[("note", &"v".repeat(253))]))
         .await
         .unwrap();
@@ -385,8 +334,7 @@ async fn a_value_longer_than_253_is_rejected_and_nothing_recorded() {
 
 #[tokio::test]
 async fn more_than_64_labels_are_rejected_and_nothing_recorded() {
-    let srv = InProcess::start(None).await;
-    let mut c = srv.client().await;
+    let (_srv, mut c) = control_plane().await;
     let many: Vec<(String, String)> = (0..65).map(|i| (format!("k{i}"), "v".into())).collect();
     let pairs: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let e = c.create_pipe(labeled("a", &pairs)).await.unwrap_err();
@@ -408,8 +356,7 @@ async fn more_than_64_labels_are_rejected_and_nothing_recorded() {
 
 #[tokio::test]
 async fn setting_and_removing_one_key_at_once_is_rejected() {
-    let srv = InProcess::start(None).await;
-    let mut c = srv.client().await;
+    let (_srv, mut c) = control_plane().await;
     c.create_pipe(labeled("a", &[("env", "dev")]))
         .await
         .unwrap();
@@ -428,8 +375,7 @@ async fn setting_and_removing_one_key_at_once_is_rejected() {
 
 #[tokio::test]
 async fn a_bad_selector_is_rejected() {
-    let srv = InProcess::start(None).await;
-    let mut c = srv.client().await;
+    let (_srv, mut c) = control_plane().await;
     let e = c
         .list_pipes(ListPipesRequest {
             label_selector: labels(&[("Env", "prod")]),
@@ -450,8 +396,7 @@ async fn a_bad_selector_is_rejected() {
 
 #[tokio::test]
 async fn labels_of_an_unknown_or_deleted_pipe_are_not_found() {
-    let srv = InProcess::start(None).await;
-    let mut c = srv.client().await;
+    let (_srv, mut c) = control_plane().await;
     let e = c
         .set_pipe_labels(SetPipeLabelsRequest {
             name: "nope".into(),

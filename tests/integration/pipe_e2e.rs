@@ -154,22 +154,18 @@ async fn resync_with_a_new_order_by_rebuilds_and_swaps() {
         .await
         .unwrap()
         .into_inner();
-    let new = c
-        .resync_pipe(ResyncPipeRequest {
-            name: name.clone(),
-            overrides: vec![TableConfig {
-                source_table: table.clone(),
-                order_by: vec!["qty".into(), "id".into()],
-                ..Default::default()
-            }],
-            tables: vec![],
+    let new = resync_overrides(
+        &mut c,
+        &name,
+        vec![TableConfig {
+            source_table: table.clone(),
+            order_by: vec!["qty".into(), "id".into()],
             ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pipe
-        .unwrap();
+        }],
+        false,
+    )
+    .await
+    .unwrap();
     assert_eq!(new.resync_of, old.id);
     let running = wait_running(&mut c, &name, Duration::from_secs(120)).await;
     assert_eq!(running.id, new.id);

@@ -445,13 +445,7 @@ async fn wal_level(env: &PrivateEnv) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn create_on_a_server_without_logical_wal_says_what_to_change() {
     let env = PrivateEnv::up().await;
-    // ALTER SYSTEM (postgresql.auto.conf) overrides dev/env's wal_level.
-    env.pg()
-        .await
-        .batch_execute("ALTER SYSTEM SET wal_level = replica")
-        .await
-        .unwrap();
-    env.restart_pg().await;
+    env.without_logical_wal().await;
     assert_eq!(wal_level(&env).await, "replica");
 
     let schema = unique("fwl");

@@ -46,28 +46,18 @@ async fn wait_status(c: &mut Client, name: &str, status: PipeStatus) -> Pipe {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pause_keeps_the_slot_and_resume_catches_up() {
     let (_srv, mut c, schema, name) = setup(500).await;
-    let paused = c
-        .pause_pipe(PausePipeRequest { name: name.clone() })
-        .await
-        .unwrap()
-        .into_inner()
-        .pipe
-        .unwrap();
+    let paused = pause(&mut c, &name).await;
     assert!(slot_exists(&paused.slot_name).await);
-    pg().await
-        .batch_execute(&format!(
-            "INSERT INTO {schema}.items VALUES (9001, 'while paused', 1)"
-        ))
-        .await
-        .unwrap();
+    pg_exec(&format!(
+        "INSERT INTO {schema}.items VALUES (9001, 'while paused', 1)"
+    ))
+    .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(
         diff(&schema, "items", &schema, "items", COLS).await > 0,
         "a paused pipe applies nothing"
     );
-    c.resume_pipe(ResumePipeRequest { name: name.clone() })
-        .await
-        .unwrap();
+    resume(&mut c, &name).await;
     wait_same(&schema, "items", COLS, Duration::from_secs(60)).await;
 }
 
@@ -123,12 +113,10 @@ async fn a_dropped_slot_fails_the_pipe_with_a_resync_hint_and_resync_recovers() 
         "{}",
         failed.error
     );
-    pg().await
-        .batch_execute(&format!(
-            "INSERT INTO {schema}.items VALUES (7777, 'after', 1)"
-        ))
-        .await
-        .unwrap();
+    pg_exec(&format!(
+        "INSERT INTO {schema}.items VALUES (7777, 'after', 1)"
+    ))
+    .await;
     resync(&mut c, &name).await.unwrap();
     wait_running(&mut c, &name, Duration::from_secs(120)).await;
     wait_same(&schema, "items", COLS, Duration::from_secs(60)).await;
@@ -137,13 +125,11 @@ async fn a_dropped_slot_fails_the_pipe_with_a_resync_hint_and_resync_recovers() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_breaking_schema_change_fails_the_table_and_a_table_resync_picks_up_the_new_structure() {
     let (_srv, mut c, schema, name) = setup(300).await;
-    pg().await
-        .batch_execute(&format!(
-            "ALTER TABLE {schema}.items ALTER COLUMN qty TYPE text;
+    pg_exec(&format!(
+        "ALTER TABLE {schema}.items ALTER COLUMN qty TYPE text;
              UPDATE {schema}.items SET qty = 'lots' WHERE id = 1;"
-        ))
-        .await
-        .unwrap();
+    ))
+    .await;
     let table = format!("{schema}.items");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
@@ -179,14 +165,12 @@ async fn a_breaking_schema_change_fails_the_table_and_a_table_resync_picks_up_th
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_added_column_appears_in_clickhouse() {
     let (_srv, _c, schema, _name) = setup(50).await;
-    pg().await
-        .batch_execute(&format!(
-            "ALTER TABLE {schema}.items ADD COLUMN note text;
+    pg_exec(&format!(
+        "ALTER TABLE {schema}.items ADD COLUMN note text;
              INSERT INTO {schema}.items VALUES (5000, 'new', 1, 'hello');
              UPDATE {schema}.items SET note = 'n' || id WHERE id <= 10;"
-        ))
-        .await
-        .unwrap();
+    ))
+    .await;
     wait_same(
         &schema,
         "items",
@@ -199,14 +183,12 @@ async fn an_added_column_appears_in_clickhouse() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_update_that_leaves_a_toasted_value_alone_keeps_it() {
     let schema = unique("lct");
-    pg().await
-        .batch_execute(&format!(
-            "CREATE SCHEMA {schema};
+    pg_exec(&format!(
+        "CREATE SCHEMA {schema};
              CREATE TABLE {schema}.docs (id int PRIMARY KEY, body text, n int);
              ALTER TABLE {schema}.docs ALTER COLUMN body SET STORAGE EXTERNAL;"
-        ))
-        .await
-        .unwrap();
+    ))
+    .await;
     let name = pipe_name(&schema);
     let (_srv, _c, _) = start_pipe(pipe_req(&name, &schema, &[&format!("{schema}.docs")])).await;
     let pg = pg().await;

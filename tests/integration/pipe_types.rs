@@ -268,17 +268,15 @@ impl Fixture {
             .map(|c| format!("{} {}", pg_q(c.name), self.decl(c)))
             .collect::<Vec<_>>()
             .join(",\n  ");
-        pg().await
-            .batch_execute(&format!(
-                "CREATE SCHEMA {s};
+        pg_exec(&format!(
+            "CREATE SCHEMA {s};
                  CREATE TYPE {ty} AS ENUM ('happy', 'so-so', 'très \"bien\"', '😀 ok', 'a,b');
                  CREATE TABLE {t} (\n  {cols}\n);",
-                s = pg_q(&self.schema),
-                ty = self.enum_ty,
-                t = self.table,
-            ))
-            .await
-            .unwrap();
+            s = pg_q(&self.schema),
+            ty = self.enum_ty,
+            t = self.table,
+        ))
+        .await;
     }
 
     /// Hand-written rows at `base + 1 ..= base + 7`: typical values, all

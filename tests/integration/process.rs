@@ -44,25 +44,12 @@ async fn an_acknowledged_create_survives_kill_9() {
     wait_serving(&p.url()).await;
     let mut c = connect(&p.url()).await;
     c.create_pipe(create_req("durable")).await.unwrap();
-    c.pause_pipe(PausePipeRequest {
-        name: "durable".into(),
-    })
-    .await
-    .unwrap();
+    pause(&mut c, "durable").await;
     p.kill9();
     let p = Proc::spawn(dir.path(), &[]);
     wait_serving(&p.url()).await;
     let mut c = connect(&p.url()).await;
-    let pipe = c
-        .get_pipe(GetPipeRequest {
-            name: "durable".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pipe
-        .unwrap();
+    let pipe = get(&mut c, "durable").await;
     assert_eq!(pipe.status, PipeStatus::Paused as i32);
 }
 
@@ -131,14 +118,6 @@ async fn a_corrupt_log_stops_start_up_and_repair_mends_it() {
     let p = Proc::spawn(dir.path(), &[]);
     wait_serving(&p.url()).await;
     let mut c = connect(&p.url()).await;
-    let names: Vec<String> = c
-        .list_pipes(ListPipesRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .pipes
-        .into_iter()
-        .map(|p| p.name)
-        .collect();
+    let names = live_names(&mut c, Default::default()).await;
     assert_eq!(names, ["a"]);
 }

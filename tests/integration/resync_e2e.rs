@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::common::data::*;
+use crate::common::peers::wait_pipe;
 use crate::common::*;
 use futures::StreamExt;
 use pgpipe::proto::*;
@@ -36,7 +37,8 @@ async fn create(c: &mut Client, name: &str, schema: &str) -> Pipe {
     wait_running(c, name, Duration::from_secs(180)).await
 }
 
-/// Polls the current incarnation of `name` until `pred` holds.
+/// Polls the current incarnation of `name` until `pred` holds (panics at
+/// once if the pipe fails).
 async fn wait_for(
     c: &mut Client,
     name: &str,
@@ -44,24 +46,18 @@ async fn wait_for(
     timeout: Duration,
     pred: impl Fn(&Pipe) -> bool,
 ) -> Pipe {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let p = get(c, name).await;
-        if pred(&p) {
-            return p;
+    wait_pipe(c, name, what, timeout, |p| {
+        pred(p) || {
+            assert!(
+                p.status() != PipeStatus::Failed,
+                "pipe {name} failed while waiting for {what}: {} ({})",
+                p.error,
+                p.failed_step
+            );
+            false
         }
-        assert!(
-            p.status() != PipeStatus::Failed,
-            "pipe {name} failed while waiting for {what}: {} ({})",
-            p.error,
-            p.failed_step
-        );
-        assert!(
-            Instant::now() < deadline,
-            "{what} not reached in time: {p:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await
 }
 
 /// Rows sharing a key in the destination under FINAL.
@@ -297,12 +293,10 @@ async fn delete_during_a_resync_snapshot_stops_it_cleanly() {
     assert_eq!(again.status(), PipeStatus::Deleted);
 
     // The name is free again.
-    pg().await
-        .batch_execute(&format!(
-            "INSERT INTO {schema}.items VALUES (99999, 'after delete', 1)"
-        ))
-        .await
-        .unwrap();
+    pg_exec(&format!(
+        "INSERT INTO {schema}.items VALUES (99999, 'after delete', 1)"
+    ))
+    .await;
     let fresh = create(&mut c, &name, &schema).await;
     assert_ne!(fresh.id, new.id);
     assert!(fresh.resync_of.is_empty());
@@ -559,10 +553,7 @@ async fn grpcurl_watch_shows_a_resync_in_order() {
     let name = pipe_name(&schema);
     let old = create(&mut c, &name, &schema).await;
     // Two soft-deleted rows to carry over.
-    pg().await
-        .batch_execute(&format!("DELETE FROM {schema}.items WHERE id IN (10, 11)"))
-        .await
-        .unwrap();
+    pg_exec(&format!("DELETE FROM {schema}.items WHERE id IN (10, 11)")).await;
     wait_same(&schema, "items", COLS, Duration::from_secs(60)).await;
 
     let mut child = Command::new(&bin)

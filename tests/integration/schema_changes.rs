@@ -341,9 +341,7 @@ async fn changes_made_while_paused_are_applied_on_resume() {
     )
     .await;
     let (_srv, mut c, name) = start(&schema, &["t"]).await;
-    c.pause_pipe(PausePipeRequest { name: name.clone() })
-        .await
-        .unwrap();
+    pause(&mut c, &name).await;
     exec_in(
         &schema,
         "INSERT INTO t VALUES (51, 51, 'before');
@@ -352,9 +350,7 @@ async fn changes_made_while_paused_are_applied_on_resume() {
          INSERT INTO t VALUES (52, 9000000000, 'after', 3);",
     )
     .await;
-    c.resume_pipe(ResumePipeRequest { name: name.clone() })
-        .await
-        .unwrap();
+    resume(&mut c, &name).await;
     equal(&schema, "t", "id, a, v, level").await;
     assert_eq!(ch_type(&schema, "t", "a").await, "Nullable(Int64)");
     let kinds: Vec<_> = changes(&schema_events(&mut c, &name).await)

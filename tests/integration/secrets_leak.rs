@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::common::data::*;
-use crate::common::{AuthedClient, Bearer, delete_pipe, get, resync, watch_all};
+use crate::common::{AuthedClient, Bearer, create_pipe, delete_pipe, get, resync, watch_all};
 use pgpipe::proto::pipe_service_client::PipeServiceClient;
 use pgpipe::proto::*;
 use tonic::Code;
@@ -163,13 +163,7 @@ async fn passwords_and_token_appear_in_no_log_file_message_or_stream() {
     let mut req = pipe_req(&name, &schema, &[&format!("{schema}.items")]);
     req.source.as_mut().unwrap().connection_string = conn.clone();
     req.destination.as_mut().unwrap().password = ch_pw.clone();
-    let created = c
-        .create_pipe(req.clone())
-        .await
-        .unwrap()
-        .into_inner()
-        .pipe
-        .unwrap();
+    let created = create_pipe(&mut c, req.clone()).await;
     let mut watch = c
         .watch_pipe(WatchPipeRequest {
             name: name.clone(),

@@ -4,10 +4,10 @@
 //! `cargo test --release --test integration -- --ignored --nocapture sink_ch::throughput`.
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use crate::common::AuthFront;
 use pgpipe::model::{Cell, PgType, Row, SourceColumn, SourceTable};
 use pgpipe::sink::{ChSink, CreateMode, SinkError, WriterOptions, clickhouse_type};
 
@@ -1344,63 +1344,6 @@ async fn large_insert_streams_in_chunks() {
     cleanup(&sink).await;
 }
 
-/// A second front with authentication on a free port, killed on drop.
-struct AuthFront {
-    child: Child,
-    url: String,
-    dir: std::path::PathBuf,
-}
-
-impl Drop for AuthFront {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-async fn start_auth_front(user: &str, password: &str) -> AuthFront {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let dir = std::env::temp_dir().join(format!("sink-auth-front-{}-{port}", std::process::id()));
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/dev/chfront.py");
-    let child = Command::new("python3")
-        .arg(script)
-        .args([
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--user",
-            user,
-            "--password",
-            password,
-        ])
-        .arg("--data")
-        .arg(dir.join("data"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start dev/chfront.py");
-    let front = AuthFront {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-        dir,
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "auth front did not come up");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    front
-}
-
 #[tokio::test]
 async fn ping_tells_unreachable_from_bad_credentials() {
     let ok = ChSink::connect(&ch_url(), "default", None, "whatever").unwrap();
@@ -1424,7 +1367,7 @@ async fn ping_tells_unreachable_from_bad_credentials() {
         "{err}"
     );
 
-    let front = start_auth_front("pgpipe", "s3cr3t-pw").await;
+    let front = AuthFront::start("pgpipe", "s3cr3t-pw").await;
     let bad = ChSink::connect(&front.url, "pgpipe", Some("wrong-pw"), "d").unwrap();
     let err = bad.ping().await.unwrap_err();
     assert!(matches!(err, SinkError::Auth { .. }), "{err:?}");

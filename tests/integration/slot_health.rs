@@ -63,31 +63,25 @@ fn holds(p: &Pipe, kind: SlotWarningKind) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_paused_pipe_holding_wal_past_the_threshold_warns_once_and_recovers_on_resume() {
     let schema = unique("shlag");
-    pg().await
-        .batch_execute(&format!(
-            "CREATE SCHEMA {schema};
+    pg_exec(&format!(
+        "CREATE SCHEMA {schema};
              CREATE TABLE {schema}.items (id bigint PRIMARY KEY, pad text);
              INSERT INTO {schema}.items SELECT g, 'x' FROM generate_series(1, 100) g;"
-        ))
-        .await
-        .unwrap();
+    ))
+    .await;
     let (_srv, mut c) = engine().await;
     let name = pipe_name(&schema);
     let mut req = pipe_req(&name, &schema, &[&format!("{schema}.items")]);
     req.settings = Some(slot_settings(64 * 1024));
     c.create_pipe(req).await.unwrap();
     wait_running(&mut c, &name, Duration::from_secs(120)).await;
-    c.pause_pipe(PausePipeRequest { name: name.clone() })
-        .await
-        .unwrap();
+    pause(&mut c, &name).await;
 
     // About 1 MB of WAL the paused slot must keep.
-    pg().await
-        .batch_execute(&format!(
-            "INSERT INTO {schema}.items SELECT g, repeat('p', 500) FROM generate_series(1000, 3000) g"
-        ))
-        .await
-        .unwrap();
+    pg_exec(&format!(
+        "INSERT INTO {schema}.items SELECT g, repeat('p', 500) FROM generate_series(1000, 3000) g"
+    ))
+    .await;
     let p = wait_pipe(
         &mut c,
         &name,
@@ -109,12 +103,10 @@ async fn a_paused_pipe_holding_wal_past_the_threshold_warns_once_and_recovers_on
     assert_eq!(p.slot_wal_status, "reserved");
 
     // It holds for several samples (and grows): still one warning.
-    pg().await
-        .batch_execute(&format!(
-            "UPDATE {schema}.items SET pad = repeat('q', 500) WHERE id >= 1000"
-        ))
-        .await
-        .unwrap();
+    pg_exec(&format!(
+        "UPDATE {schema}.items SET pad = repeat('q', 500) WHERE id >= 1000"
+    ))
+    .await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     let events = slot_history(&mut c, &name).await;
     assert_eq!(
@@ -124,9 +116,7 @@ async fn a_paused_pipe_holding_wal_past_the_threshold_warns_once_and_recovers_on
     );
     assert_eq!(recoveries(&events, SlotWarningKind::Lag), 0);
 
-    c.resume_pipe(ResumePipeRequest { name: name.clone() })
-        .await
-        .unwrap();
+    resume(&mut c, &name).await;
     let p = wait_pipe(&mut c, &name, "recovered", Duration::from_secs(60), |p| {
         p.slot_warnings.is_empty()
     })
@@ -169,14 +159,8 @@ async fn env_cleanup(name: &str, c: &mut Client) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_slot_losing_its_wal_is_reported_before_the_pipe_fails() {
     let env = PrivateEnv::up().await;
+    env.limit_slot_wal().await;
     let admin = env.pg().await;
-    for sql in [
-        "ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'",
-        "ALTER SYSTEM SET wal_keep_size = 0",
-        "SELECT pg_reload_conf()",
-    ] {
-        admin.batch_execute(sql).await.unwrap();
-    }
     let schema = unique("shlost");
     admin
         .batch_execute(&format!(
@@ -194,20 +178,12 @@ async fn a_slot_losing_its_wal_is_reported_before_the_pipe_fails() {
     req.settings = Some(slot_settings(1 << 40));
     c.create_pipe(req).await.unwrap();
     wait_running(&mut c, &name, Duration::from_secs(120)).await;
-    c.pause_pipe(PausePipeRequest { name: name.clone() })
-        .await
-        .unwrap();
+    pause(&mut c, &name).await;
 
     // WAL past max_slot_wal_keep_size, until the pipe reports the slot lost.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {
-        for sql in [
-            "INSERT INTO scratch SELECT g, repeat('x', 500) FROM generate_series(1, 20000) g",
-            "SELECT pg_switch_wal()",
-            "CHECKPOINT",
-        ] {
-            admin.batch_execute(sql).await.unwrap();
-        }
+        churn_wal(&admin).await;
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let p = get(&mut c, &name).await;
         if p.slot_wal_status == "lost" {
@@ -238,9 +214,7 @@ async fn a_slot_losing_its_wal_is_reported_before_the_pipe_fails() {
     );
 
     // Resumed, the pipe fails for good; the warning came first.
-    c.resume_pipe(ResumePipeRequest { name: name.clone() })
-        .await
-        .unwrap();
+    resume(&mut c, &name).await;
     wait_pipe(&mut c, &name, "FAILED", Duration::from_secs(60), |p| {
         p.status() == PipeStatus::Failed
     })
@@ -396,8 +370,7 @@ async fn the_sampler_reads_a_slot_and_reports_a_missing_one() {
 
 #[tokio::test]
 async fn out_of_range_slot_settings_are_refused_with_what_to_use() {
-    let srv = InProcess::start(None).await;
-    let mut c = srv.client().await;
+    let (_srv, mut c) = control_plane().await;
     let cases = [
         (
             PipeSettings {
@@ -434,13 +407,7 @@ async fn out_of_range_slot_settings_are_refused_with_what_to_use() {
         );
     }
     // Unset, they take their defaults.
-    let p = c
-        .create_pipe(create_req("defaults"))
-        .await
-        .unwrap()
-        .into_inner()
-        .pipe
-        .unwrap();
+    let p = create_pipe(&mut c, create_req("defaults")).await;
     let s = p.config.unwrap().settings.unwrap();
     assert_eq!(s.slot_lag_warning_bytes, 1 << 30);
     assert_eq!(s.slot_stall_warning_seconds, 300);

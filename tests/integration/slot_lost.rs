@@ -53,9 +53,7 @@ async fn running_then_paused(
     let schema = unique(prefix);
     env.make_items(&schema, 1000).await;
     let (srv, mut c, name, p) = env.start_items_pipe(&schema).await;
-    c.pause_pipe(PausePipeRequest { name: name.clone() })
-        .await
-        .unwrap();
+    pause(&mut c, &name).await;
     wait_slot_inactive(env, &p.slot_name).await;
     // Changes made while paused: the slot must carry them, or the resync.
     env.pg()
@@ -98,17 +96,7 @@ async fn resync_and_compare(env: &PrivateEnv, c: &mut Client, schema: &str, name
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_invalidated_slot_fails_the_pipe_with_a_resync_hint_and_resync_recovers() {
     let env = PrivateEnv::up().await;
-    // Keep at most 1 MB of WAL for slots and none for standbys (both
-    // reloadable), so a paused pipe's slot is lost after a few segments.
-    let admin = env.pg().await;
-    // One statement each: ALTER SYSTEM refuses an (implicit) transaction.
-    for sql in [
-        "ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'",
-        "ALTER SYSTEM SET wal_keep_size = 0",
-        "SELECT pg_reload_conf()",
-    ] {
-        admin.batch_execute(sql).await.unwrap();
-    }
+    env.limit_slot_wal().await;
     let (_srv, mut c, schema, name, slot) = running_then_paused(&env, "slost").await;
 
     let pg = env.pg().await;
@@ -117,13 +105,7 @@ async fn an_invalidated_slot_fails_the_pipe_with_a_resync_hint_and_resync_recove
         .unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {
-        for sql in [
-            "INSERT INTO scratch SELECT g, repeat('x', 500) FROM generate_series(1, 20000) g",
-            "SELECT pg_switch_wal()",
-            "CHECKPOINT",
-        ] {
-            pg.batch_execute(sql).await.unwrap();
-        }
+        churn_wal(&pg).await;
         let state = slot_state(&env, &slot).await;
         if matches!(&state, Some((s, _)) if s == "lost") {
             break;
@@ -134,9 +116,7 @@ async fn an_invalidated_slot_fails_the_pipe_with_a_resync_hint_and_resync_recove
         );
     }
 
-    c.resume_pipe(ResumePipeRequest { name: name.clone() })
-        .await
-        .unwrap();
+    resume(&mut c, &name).await;
     let failed = wait_failed(&mut c, &name).await;
     eprintln!("FAILED with: {}", failed.error);
     let err = failed.error.to_lowercase();
@@ -170,9 +150,7 @@ async fn a_slot_dropped_while_paused_fails_the_pipe_on_resume_and_resync_recover
         .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
         .await
         .unwrap();
-    c.resume_pipe(ResumePipeRequest { name: name.clone() })
-        .await
-        .unwrap();
+    resume(&mut c, &name).await;
     let failed = wait_failed(&mut c, &name).await;
     eprintln!("FAILED with: {}", failed.error);
     let err = failed.error.to_lowercase();

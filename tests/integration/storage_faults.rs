@@ -160,9 +160,7 @@ async fn a_full_disk_refuses_appends_as_unavailable_and_keeps_serving_reads() {
     for n in ["a", "b"] {
         c.create_pipe(plain_req(n)).await.unwrap();
     }
-    c.pause_pipe(PausePipeRequest { name: "a".into() })
-        .await
-        .unwrap();
+    pause(&mut c, "a").await;
     let before = all_events(&mut c).await.len();
 
     let filler = fs.fill();
@@ -191,16 +189,7 @@ async fn a_full_disk_refuses_appends_as_unavailable_and_keeps_serving_reads() {
     want.extend(acked.iter().cloned());
     want.sort();
     assert_eq!(names, want);
-    let a = c
-        .get_pipe(GetPipeRequest {
-            name: "a".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pipe
-        .unwrap();
+    let a = get(&mut c, "a").await;
     assert_eq!(a.status(), PipeStatus::Paused);
     let events = assert_consistent(&mut c).await;
     assert_eq!(
@@ -336,9 +325,7 @@ async fn a_read_only_data_dir_stops_start_up_naming_the_cause() {
     wait_serving(&p.url()).await;
     let mut c = connect(&p.url()).await;
     assert_eq!(assert_consistent(&mut c).await.len(), 1);
-    c.pause_pipe(PausePipeRequest { name: "a".into() })
-        .await
-        .unwrap();
+    pause(&mut c, "a").await;
 }
 
 fn mode(p: &Path) -> u32 {

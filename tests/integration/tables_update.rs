@@ -274,10 +274,7 @@ async fn a_resync_after_adding_a_table_carries_the_new_table_list() {
         .map(|t| t.source_table.clone())
         .collect();
     assert_eq!(tables, vec![a.clone(), b.clone()]);
-    pg().await
-        .batch_execute(&Shape::Items.insert(&b, 3_001, 3_200))
-        .await
-        .unwrap();
+    pg_exec(&Shape::Items.insert(&b, 3_001, 3_200)).await;
     assert_equal(&schema, "a").await;
     assert_equal(&schema, "b").await;
 }
@@ -528,12 +525,10 @@ fn seed_for(what: &str) -> u64 {
 async fn a_dry_run_reports_every_problem_and_changes_nothing() {
     let schema = unique("tdry");
     make_tables(&schema, &["a", "b"], 100).await;
-    pg().await
-        .batch_execute(&format!(
-            "CREATE TABLE {schema}.nokey (v text); INSERT INTO {schema}.nokey VALUES ('x');"
-        ))
-        .await
-        .unwrap();
+    pg_exec(&format!(
+        "CREATE TABLE {schema}.nokey (v text); INSERT INTO {schema}.nokey VALUES ('x');"
+    ))
+    .await;
     let server = InProcess::start_engine().await;
     let mut c = server.client().await;
     let name = pipe_name(&schema);

@@ -39,16 +39,14 @@ fn assert_mentions(msg: &str, parts: &[&str]) {
 /// A schema with a good table `items` and whatever `extra` SQL adds.
 async fn schema_with(prefix: &str, extra: &str) -> String {
     let schema = unique(prefix);
-    pg().await
-        .batch_execute(&format!(
-            "CREATE SCHEMA {schema};
+    pg_exec(&format!(
+        "CREATE SCHEMA {schema};
              CREATE TABLE {schema}.items (id bigint PRIMARY KEY, name text, qty int);
              INSERT INTO {schema}.items SELECT g, 'item ' || g, g FROM generate_series(1, 20) g;
              {}",
-            extra.replace("{schema}", &schema)
-        ))
-        .await
-        .unwrap();
+        extra.replace("{schema}", &schema)
+    ))
+    .await;
     schema
 }
 
@@ -60,7 +58,7 @@ async fn a_good_request_is_ok_and_create_then_accepts_it() {
     let resp = validate(&mut c, req.clone()).await;
     assert!(resp.ok, "{:#?}", resp.problems);
     assert!(resp.problems.is_empty());
-    let pipe = c.create_pipe(req).await.unwrap().into_inner().pipe.unwrap();
+    let pipe = create_pipe(&mut c, req).await;
     wait_running(&mut c, &pipe.name, Duration::from_secs(120)).await;
     // A name now taken is a problem of its own.
     let req = pipe_req(&pipe_name(&schema), &schema, &[&format!("{schema}.items")]);
@@ -163,13 +161,11 @@ async fn refused_credentials_are_a_problem() {
 async fn a_role_without_replication_is_a_problem() {
     let schema = schema_with("vrp", "").await;
     let role = unique("norepl");
-    pg().await
-        .batch_execute(&format!(
-            "CREATE ROLE {role} LOGIN; GRANT USAGE ON SCHEMA {schema} TO {role};
+    pg_exec(&format!(
+        "CREATE ROLE {role} LOGIN; GRANT USAGE ON SCHEMA {schema} TO {role};
              GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role};"
-        ))
-        .await
-        .unwrap();
+    ))
+    .await;
     let (_srv, mut c) = engine().await;
     let mut req = pipe_req(&pipe_name(&schema), &schema, &[&format!("{schema}.items")]);
     let mut url = url::Url::parse(&pg_url()).unwrap();
@@ -301,12 +297,7 @@ async fn an_incompatible_destination_table_is_a_problem() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_server_without_logical_wal_is_a_problem() {
     let env = PrivateEnv::up().await;
-    env.pg()
-        .await
-        .batch_execute("ALTER SYSTEM SET wal_level = replica")
-        .await
-        .unwrap();
-    env.restart_pg().await;
+    env.without_logical_wal().await;
     let (_srv, mut c) = engine().await;
     let req = env.pipe_req("wal", "wal", &["public.absent"]);
     let resp = validate(&mut c, req).await;
@@ -326,13 +317,11 @@ async fn a_server_without_logical_wal_is_a_problem() {
 async fn several_problems_are_reported_together() {
     let schema = schema_with("vsv", "CREATE TABLE {schema}.nokey (a int);").await;
     let role = unique("norepl");
-    pg().await
-        .batch_execute(&format!(
-            "CREATE ROLE {role} LOGIN; GRANT USAGE ON SCHEMA {schema} TO {role};
+    pg_exec(&format!(
+        "CREATE ROLE {role} LOGIN; GRANT USAGE ON SCHEMA {schema} TO {role};
              GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role};"
-        ))
-        .await
-        .unwrap();
+    ))
+    .await;
     let (_srv, mut c) = engine().await;
     let mut req = pipe_req(
         "Bad Name",

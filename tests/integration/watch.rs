@@ -11,13 +11,9 @@ use pgpipe::proto::*;
 async fn toggle(c: &mut Client, name: &str, n: usize) {
     for i in 0..n {
         if i % 2 == 0 {
-            c.pause_pipe(PausePipeRequest { name: name.into() })
-                .await
-                .unwrap();
+            pause(c, name).await;
         } else {
-            c.resume_pipe(ResumePipeRequest { name: name.into() })
-                .await
-                .unwrap();
+            resume(c, name).await;
         }
     }
 }
@@ -37,8 +33,7 @@ async fn next_event(s: &mut tonic::Streaming<WatchEventsResponse>) -> Event {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn resuming_from_a_cursor_has_no_gap_and_no_duplicate_while_appends_run() {
-    let srv = InProcess::start(None).await;
-    let mut c = srv.client().await;
+    let (_srv, mut c) = control_plane().await;
     for p in ["a", "b", "c", "d"] {
         c.create_pipe(create_req(p)).await.unwrap();
     }
@@ -78,8 +73,7 @@ async fn resuming_from_a_cursor_has_no_gap_and_no_duplicate_while_appends_run() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn watch_events_says_when_it_has_caught_up() {
-    let srv = InProcess::start(None).await;
-    let mut c = srv.client().await;
+    let (_srv, mut c) = control_plane().await;
     c.create_pipe(create_req("a")).await.unwrap();
     c.create_pipe(create_req("b")).await.unwrap();
     let mut s = c
@@ -105,20 +99,15 @@ async fn watch_events_says_when_it_has_caught_up() {
             cursor: 2
         }))
     );
-    c.pause_pipe(PausePipeRequest { name: "a".into() })
-        .await
-        .unwrap();
-    c.pause_pipe(PausePipeRequest { name: "b".into() })
-        .await
-        .unwrap();
+    pause(&mut c, "a").await;
+    pause(&mut c, "b").await;
     let live = next_event(&mut s).await;
     assert_eq!((live.seq, live.pipe_name.as_str()), (4, "b"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_slow_watcher_still_receives_every_event() {
-    let srv = InProcess::start(None).await;
-    let mut c = srv.client().await;
+    let (_srv, mut c) = control_plane().await;
     let names: Vec<String> = (0..32).map(|i| format!("s{i}")).collect();
     for n in &names {
         c.create_pipe(create_req(n)).await.unwrap();
@@ -151,8 +140,7 @@ async fn a_slow_watcher_still_receives_every_event() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_hundred_watchers_see_the_same_ordered_events() {
-    let srv = InProcess::start(None).await;
-    let mut c = srv.client().await;
+    let (_srv, mut c) = control_plane().await;
     c.create_pipe(create_req("fan")).await.unwrap();
     let mut streams = Vec::new();
     for _ in 0..200 {
@@ -194,15 +182,8 @@ fn kind(m: &WatchPipeResponse) -> &'static str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn watch_pipe_starts_with_the_state_and_follows_a_resync_by_name() {
-    let srv = InProcess::start(None).await;
-    let mut c = srv.client().await;
-    let old = c
-        .create_pipe(create_req("rs"))
-        .await
-        .unwrap()
-        .into_inner()
-        .pipe
-        .unwrap();
+    let (_srv, mut c) = control_plane().await;
+    let old = create_pipe(&mut c, create_req("rs")).await;
     let mut s = c
         .watch_pipe(WatchPipeRequest {
             name: "rs".into(),
@@ -237,9 +218,7 @@ async fn watch_pipe_starts_with_the_state_and_follows_a_resync_by_name() {
     );
 
     // The stream goes on with the new incarnation...
-    c.pause_pipe(PausePipeRequest { name: "rs".into() })
-        .await
-        .unwrap();
+    pause(&mut c, "rs").await;
     let paused = s.next().await.unwrap().unwrap();
     assert_eq!(paused.pipe.unwrap().status, PipeStatus::Paused as i32);
     // ...and ends when the pipe is deleted for good.
@@ -259,8 +238,7 @@ async fn watch_pipe_starts_with_the_state_and_follows_a_resync_by_name() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn watch_pipe_resumes_after_its_cursor_with_the_state_at_each_event() {
-    let srv = InProcess::start(None).await;
-    let mut c = srv.client().await;
+    let (_srv, mut c) = control_plane().await;
     c.create_pipe(create_req("cur")).await.unwrap();
     c.create_pipe(create_req("other")).await.unwrap();
     toggle(&mut c, "cur", 3).await; // seqs 3, 4, 5: paused, resumed, paused
@@ -283,8 +261,7 @@ async fn watch_pipe_resumes_after_its_cursor_with_the_state_at_each_event() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn open_watch_streams_end_when_the_server_shuts_down() {
-    let srv = InProcess::start(None).await;
-    let mut c = srv.client().await;
+    let (srv, mut c) = control_plane().await;
     c.create_pipe(create_req("x")).await.unwrap();
     let mut s = c
         .watch_pipe(WatchPipeRequest {
