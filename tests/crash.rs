@@ -76,11 +76,7 @@ async fn crash_during_resync(failpoint: &str) {
     assert_eq!(now.resync_of, old.id);
     write_some(&schema, 60_000).await;
     assert_synced(&schema).await;
-    let leftovers: u64 = ch(&schema)
-        .query("SELECT count() FROM system.tables WHERE database = currentDatabase() AND name = 'items_resync'")
-        .fetch_one()
-        .await
-        .unwrap();
+    let leftovers: u64 = ch_one(&schema, "SELECT count() FROM system.tables WHERE database = currentDatabase() AND name = 'items_resync'").await;
     assert_eq!(
         leftovers, 0,
         "the old data is dropped once the swap is recorded"

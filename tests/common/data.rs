@@ -71,6 +71,15 @@ pub async fn publication_exists(publication: &str) -> bool {
         > 0
 }
 
+/// The one row the ClickHouse query `q` returns (e.g. a count).
+pub async fn ch_one<T: clickhouse::RowOwned + clickhouse::RowRead>(database: &str, q: &str) -> T {
+    ch(database)
+        .query(q)
+        .fetch_one()
+        .await
+        .unwrap_or_else(|e| panic!("{q}: {e}"))
+}
+
 /// Rows of the ClickHouse table (all of them, FINAL or not).
 pub async fn ch_count(database: &str, table: &str) -> u64 {
     ch(database)

@@ -627,6 +627,19 @@ pub async fn watch_all(
     .into_inner()
 }
 
+/// WatchPipe of `name` after `after_cursor` (None: its state, then live).
+pub async fn watch_pipe(
+    c: &mut PipeServiceClient<impl Transport>,
+    name: &str,
+    after_cursor: Option<u64>,
+) -> tonic::Streaming<WatchPipeResponse> {
+    let req = WatchPipeRequest {
+        name: name.into(),
+        after_cursor,
+    };
+    c.watch_pipe(req).await.unwrap().into_inner()
+}
+
 /// The log's head: the caught-up cursor a fresh live WatchEvents reports.
 pub async fn log_head(c: &mut PipeServiceClient<impl Transport>) -> u64 {
     let mut s = c

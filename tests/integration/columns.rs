@@ -152,14 +152,12 @@ async fn cdc_applies_changes_to_the_kept_columns_only() {
     .unwrap();
     wait_equal_renamed(&schema, Duration::from_secs(60)).await;
     // The unchanged TOAST values were filled in, not left empty.
-    let long: u64 = ch(&schema)
-        .query(
-            "SELECT count() FROM users FINAL WHERE _pgpipe_is_deleted = 0 \
+    let long: u64 = ch_one(
+        &schema,
+        "SELECT count() FROM users FINAL WHERE _pgpipe_is_deleted = 0 \
              AND note = 'toast kept' AND length(description) > 2000",
-        )
-        .fetch_one()
-        .await
-        .unwrap();
+    )
+    .await;
     assert!(long > 100, "{long} rows kept their long description");
     assert_eq!(
         dest_columns(&schema, "users").await,

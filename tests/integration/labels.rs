@@ -89,14 +89,7 @@ async fn set_and_remove_append_one_event_that_watchers_see() {
         .await
         .unwrap();
     let before = get(&mut c, "a").await;
-    let mut w = c
-        .watch_pipe(WatchPipeRequest {
-            name: "a".into(),
-            after_cursor: None,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut w = watch_pipe(&mut c, "a", None).await;
     w.next().await.unwrap().unwrap(); // the current state
 
     let after = set(&mut c, "a", &[("env", "prod"), ("team", "core")], &["tier"]).await;

@@ -192,14 +192,7 @@ async fn the_watcher_gauge_follows_streams_opening_and_closing() {
     c.create_pipe(create_req("watched")).await.unwrap();
     let w = Duration::from_secs(10);
 
-    let mut pipe_stream = c
-        .watch_pipe(WatchPipeRequest {
-            name: "watched".into(),
-            after_cursor: None,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut pipe_stream = watch_pipe(&mut c, "watched", None).await;
     pipe_stream.next().await.unwrap().unwrap();
     wait_value(srv.metrics, "pgpipe_watchers", &[], 1.0, w).await;
 
@@ -218,14 +211,7 @@ async fn the_watcher_gauge_follows_streams_opening_and_closing() {
     wait_value(srv.metrics, "pgpipe_watchers", &[], 0.0, w).await;
 
     // A stream that ends by itself (its pipe deleted) is uncounted too.
-    let mut ending = c
-        .watch_pipe(WatchPipeRequest {
-            name: "watched".into(),
-            after_cursor: None,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut ending = watch_pipe(&mut c, "watched", None).await;
     ending.next().await.unwrap().unwrap();
     wait_value(srv.metrics, "pgpipe_watchers", &[], 1.0, w).await;
     delete_pipe(&mut c, "watched").await;

@@ -198,11 +198,11 @@ async fn a_detached_partition_keeps_its_rows_and_is_reported() {
     assert_eq!(p.status(), PipeStatus::Running);
     assert!(!source_details(&p, &t).partitions.contains(&gone));
     // Its 300 rows stay in ClickHouse (Postgres sends no deletes).
-    let live: u64 = ch(&schema)
-        .query("SELECT count() FROM events FINAL WHERE _pgpipe_is_deleted = 0")
-        .fetch_one()
-        .await
-        .unwrap();
+    let live: u64 = ch_one(
+        &schema,
+        "SELECT count() FROM events FINAL WHERE _pgpipe_is_deleted = 0",
+    )
+    .await;
     assert_eq!(live, 900);
 }
 
@@ -322,11 +322,7 @@ async fn a_crash_while_an_attached_partition_loads_resumes_the_load() {
     wait_running(&mut c, &name, WAIT).await;
     wait_partitions(&mut c, &name, &t, std::slice::from_ref(&old)).await;
     assert_equal(&schema, "events").await;
-    let dups: u64 = ch(&schema)
-        .query("SELECT toUInt64(count() - uniqExact(id, at)) FROM events FINAL WHERE _pgpipe_is_deleted = 0")
-        .fetch_one()
-        .await
-        .unwrap();
+    let dups: u64 = ch_one(&schema, "SELECT toUInt64(count() - uniqExact(id, at)) FROM events FINAL WHERE _pgpipe_is_deleted = 0").await;
     assert_eq!(dups, 0, "duplicates under FINAL");
 }
 

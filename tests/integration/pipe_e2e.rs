@@ -47,11 +47,11 @@ async fn a_pipe_snapshots_then_streams_changes() {
     .unwrap();
     wait_same(&schema, "orders", COLS, Duration::from_secs(60)).await;
     // Deleted rows are soft-deleted, not gone.
-    let deleted: u64 = ch(&schema)
-        .query("SELECT count() FROM orders WHERE _pgpipe_is_deleted = 1")
-        .fetch_one()
-        .await
-        .unwrap();
+    let deleted: u64 = ch_one(
+        &schema,
+        "SELECT count() FROM orders WHERE _pgpipe_is_deleted = 1",
+    )
+    .await;
     assert!(deleted > 0);
     delete_pipe(&mut c, &name).await;
 }
@@ -88,11 +88,7 @@ async fn writes_during_the_snapshot_are_neither_lost_nor_doubled() {
     writer.await.unwrap();
     wait_running(&mut c, &name, Duration::from_secs(120)).await;
     wait_same(&schema, "orders", COLS, Duration::from_secs(60)).await;
-    let dups: i64 = ch(&schema)
-        .query("SELECT count() - uniqExact(id) FROM orders FINAL")
-        .fetch_one()
-        .await
-        .unwrap();
+    let dups: i64 = ch_one(&schema, "SELECT count() - uniqExact(id) FROM orders FINAL").await;
     assert_eq!(dups, 0);
     delete_pipe(&mut c, &name).await;
 }
@@ -134,11 +130,11 @@ async fn resync_with_a_new_order_by_rebuilds_and_swaps() {
     .await
     .unwrap();
     wait_same(&schema, "orders", COLS, Duration::from_secs(60)).await;
-    let tombstones: u64 = ch(&schema)
-        .query("SELECT count() FROM orders WHERE id IN (42, 43) AND _pgpipe_is_deleted = 1")
-        .fetch_one()
-        .await
-        .unwrap();
+    let tombstones: u64 = ch_one(
+        &schema,
+        "SELECT count() FROM orders WHERE id IN (42, 43) AND _pgpipe_is_deleted = 1",
+    )
+    .await;
     assert_eq!(tombstones, 2, "deletes are soft deletes");
     pg.batch_execute(&format!(
         "INSERT INTO {schema}.orders VALUES (42, 'back', 1, 1, now(), true);"
@@ -146,14 +142,7 @@ async fn resync_with_a_new_order_by_rebuilds_and_swaps() {
     .await
     .unwrap();
 
-    let mut watch = c
-        .watch_pipe(WatchPipeRequest {
-            name: name.clone(),
-            after_cursor: Some(old.cursor),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut watch = watch_pipe(&mut c, &name, Some(old.cursor)).await;
     let new = resync_overrides(
         &mut c,
         &name,
@@ -170,28 +159,24 @@ async fn resync_with_a_new_order_by_rebuilds_and_swaps() {
     let running = wait_running(&mut c, &name, Duration::from_secs(120)).await;
     assert_eq!(running.id, new.id);
     wait_same(&schema, "orders", COLS, Duration::from_secs(60)).await;
-    let key: String = ch(&schema)
-        .query("SELECT sorting_key FROM system.tables WHERE database = currentDatabase() AND name = 'orders'")
-        .fetch_one()
-        .await
-        .unwrap();
+    let key: String = ch_one(&schema, "SELECT sorting_key FROM system.tables WHERE database = currentDatabase() AND name = 'orders'").await;
     assert_eq!(key.replace(' ', ""), "qty,id");
-    let tombstone_43: u64 = ch(&schema)
-        .query("SELECT count() FROM orders WHERE id = 43 AND _pgpipe_is_deleted = 1")
-        .fetch_one()
-        .await
-        .unwrap();
+    let tombstone_43: u64 = ch_one(
+        &schema,
+        "SELECT count() FROM orders WHERE id = 43 AND _pgpipe_is_deleted = 1",
+    )
+    .await;
     assert_eq!(
         tombstone_43,
         1,
         "soft-deleted row transferred: {:?}",
         get(&mut c, &name).await.tables
     );
-    let live_42: u64 = ch(&schema)
-        .query("SELECT count() FROM orders FINAL WHERE id = 42 AND _pgpipe_is_deleted = 0")
-        .fetch_one()
-        .await
-        .unwrap();
+    let live_42: u64 = ch_one(
+        &schema,
+        "SELECT count() FROM orders FINAL WHERE id = 42 AND _pgpipe_is_deleted = 0",
+    )
+    .await;
     assert_eq!(live_42, 1, "a re-inserted row stays live");
 
     // The watcher saw the whole resync, in order.

@@ -40,14 +40,7 @@ async fn running_pipe(env: &PrivateEnv, prefix: &str) -> (InProcess, Client, Str
 /// The pipe's events after `after` up to its current state.
 async fn events_since(c: &mut Client, name: &str, after: u64) -> Vec<Event> {
     let head = get(c, name).await.cursor;
-    let mut stream = c
-        .watch_pipe(WatchPipeRequest {
-            name: name.into(),
-            after_cursor: Some(after),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = watch_pipe(c, name, Some(after)).await;
     let mut events = Vec::new();
     while let Ok(Some(m)) = tokio::time::timeout(
         Duration::from_secs(10),

@@ -83,11 +83,7 @@ async fn delete_drops_the_slot_and_publication_and_keeps_the_tables() {
         .unwrap()
         .get(0);
     assert_eq!(pubs, 0, "publication dropped");
-    let rows: u64 = ch(&schema)
-        .query("SELECT count() FROM items")
-        .fetch_one()
-        .await
-        .unwrap();
+    let rows: u64 = ch_one(&schema, "SELECT count() FROM items").await;
     assert_eq!(rows, 100, "destination tables are kept");
 }
 
@@ -154,11 +150,7 @@ async fn a_breaking_schema_change_fails_the_table_and_a_table_resync_picks_up_th
     .await
     .unwrap();
     wait_same(&schema, "items", COLS, Duration::from_secs(120)).await;
-    let t: String = ch(&schema)
-        .query("SELECT type FROM system.columns WHERE database = currentDatabase() AND table = 'items' AND name = 'qty'")
-        .fetch_one()
-        .await
-        .unwrap();
+    let t: String = ch_one(&schema, "SELECT type FROM system.columns WHERE database = currentDatabase() AND table = 'items' AND name = 'qty'").await;
     assert!(t.contains("String"), "{t}");
 }
 
@@ -202,10 +194,10 @@ async fn an_update_that_leaves_a_toasted_value_alone_keeps_it() {
         .await
         .unwrap();
     wait_same(&schema, "docs", "id, body, n", Duration::from_secs(60)).await;
-    let empty: u64 = ch(&schema)
-        .query("SELECT count() FROM docs FINAL WHERE length(body) < 8000")
-        .fetch_one()
-        .await
-        .unwrap();
+    let empty: u64 = ch_one(
+        &schema,
+        "SELECT count() FROM docs FINAL WHERE length(body) < 8000",
+    )
+    .await;
     assert_eq!(empty, 0);
 }

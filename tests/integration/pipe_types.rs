@@ -699,14 +699,14 @@ async fn every_type_survives_cdc_inserts_updates_and_deletes() {
     let p = get(&mut c, &f.pipe).await;
     assert_eq!(p.status(), PipeStatus::Running, "{p:?}");
     assert!(p.error.is_empty(), "{}", p.error);
-    let deleted: u64 = ch(&f.db)
-        .query(&format!(
+    let deleted: u64 = ch_one(
+        &f.db,
+        &format!(
             "SELECT count() FROM {} WHERE _pgpipe_is_deleted = 1",
             ch_q(TABLE)
-        ))
-        .fetch_one()
-        .await
-        .unwrap();
+        ),
+    )
+    .await;
     assert!(deleted > 100, "deletes are soft deletes: {deleted}");
     c.delete_pipe(DeletePipeRequest {
         name: f.pipe.clone(),

@@ -406,15 +406,7 @@ async fn next_msg(s: &mut tonic::Streaming<WatchPipeResponse>) -> WatchPipeRespo
 }
 
 async fn watch_from(url: &str, name: &str, after: u64) -> tonic::Streaming<WatchPipeResponse> {
-    connect(url)
-        .await
-        .watch_pipe(WatchPipeRequest {
-            name: name.into(),
-            after_cursor: Some(after),
-        })
-        .await
-        .unwrap()
-        .into_inner()
+    watch_pipe(&mut connect(url).await, name, Some(after)).await
 }
 
 /// A watcher that drops its connection mid-resync and comes back with the

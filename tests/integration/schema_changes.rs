@@ -90,11 +90,7 @@ async fn an_added_column_reads_its_default_in_old_rows() {
     let cols = "id, v, big, level, note, price, tags, at, plain";
     equal(&schema, "t", cols).await;
     // Exactly: the old rows' values, not a type default.
-    let sevens: u64 = ch(&schema)
-        .query("SELECT count() FROM t FINAL WHERE level = 7 AND note = 'it''s \"{x}\" \\\\ ok' AND price = 12.5")
-        .fetch_one()
-        .await
-        .unwrap();
+    let sevens: u64 = ch_one(&schema, "SELECT count() FROM t FINAL WHERE level = 7 AND note = 'it''s \"{x}\" \\\\ ok' AND price = 12.5").await;
     assert_eq!(sevens, 100);
     assert_changes(&mut c, &name, 6, SchemaChangeKind::AddColumn).await;
     delete_and_release(&mut c, &name).await;
@@ -209,14 +205,12 @@ async fn drop_and_rename_under_writes_keep_every_table_replicating() {
     equal(&schema, "u", Shape::Pairs.cols()).await;
     // The dropped column is kept: rows untouched since keep their value,
     // rows written since read NULL.
-    let (old, new): (u64, u64) = ch(&schema)
-        .query(
-            "SELECT countIf(d IS NOT NULL), countIf(d IS NULL AND id = 100000) \
+    let (old, new): (u64, u64) = ch_one(
+        &schema,
+        "SELECT countIf(d IS NOT NULL), countIf(d IS NULL AND id = 100000) \
              FROM t FINAL WHERE _pgpipe_is_deleted = 0",
-        )
-        .fetch_one()
-        .await
-        .unwrap();
+    )
+    .await;
     assert!(old > 0 && new == 1, "{old} {new}");
     let kinds = changes(&schema_events(&mut c, &name).await);
     assert_eq!(
@@ -419,14 +413,7 @@ async fn drop_dropped_columns_drops_the_clickhouse_column() {
         s.drop_dropped_columns = true;
     }
     let (_srv, mut c, _) = start_pipe(req).await;
-    let mut watch = c
-        .watch_pipe(WatchPipeRequest {
-            name: name.clone(),
-            after_cursor: None,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut watch = watch_pipe(&mut c, &name, None).await;
     exec_in(
         &schema,
         "ALTER TABLE t DROP COLUMN gone; INSERT INTO t VALUES (21, 'after');",

@@ -15,7 +15,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::common::data::*;
-use crate::common::{AuthedClient, Bearer, create_pipe, delete_pipe, get, resync, watch_all};
+use crate::common::{
+    AuthedClient, Bearer, create_pipe, delete_pipe, get, resync, watch_all, watch_pipe,
+};
 use pgpipe::proto::pipe_service_client::PipeServiceClient;
 use pgpipe::proto::*;
 use tonic::Code;
@@ -164,14 +166,7 @@ async fn passwords_and_token_appear_in_no_log_file_message_or_stream() {
     req.source.as_mut().unwrap().connection_string = conn.clone();
     req.destination.as_mut().unwrap().password = ch_pw.clone();
     let created = create_pipe(&mut c, req.clone()).await;
-    let mut watch = c
-        .watch_pipe(WatchPipeRequest {
-            name: name.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut watch = watch_pipe(&mut c, &name, None).await;
     let pipe_seen = tokio::spawn(async move {
         let mut all = String::new();
         while let Ok(Ok(Some(m))) =

@@ -92,13 +92,9 @@ async fn wait_replicating(c: &mut Client, name: &str, id: &str, source_table: &s
 
 async fn assert_equal(schema: &str, table: &str) {
     wait_same(schema, table, Shape::Items.cols(), Duration::from_secs(120)).await;
-    let dups: u64 = ch(schema)
-        .query(&format!(
+    let dups: u64 = ch_one(schema, &format!(
             "SELECT toUInt64(count() - uniqExact(id)) FROM `{table}` FINAL WHERE _pgpipe_is_deleted = 0"
-        ))
-        .fetch_one()
-        .await
-        .unwrap();
+        )).await;
     assert_eq!(dups, 0, "duplicates in {schema}.{table} under FINAL");
 }
 
@@ -120,13 +116,11 @@ async fn history_kinds(c: &mut Client, name: &str) -> Vec<String> {
 }
 
 async fn ch_count(schema: &str, table: &str) -> u64 {
-    ch(schema)
-        .query(&format!(
-            "SELECT count() FROM `{table}` FINAL WHERE _pgpipe_is_deleted = 0"
-        ))
-        .fetch_one()
-        .await
-        .unwrap()
+    ch_one(
+        schema,
+        &format!("SELECT count() FROM `{table}` FINAL WHERE _pgpipe_is_deleted = 0"),
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -328,11 +322,7 @@ async fn a_table_resync_rebuilds_one_table_while_the_pipe_keeps_running() {
 
     assert_equal(&schema, "a").await;
     assert_equal(&schema, "b").await;
-    let leftovers: u64 = ch(&schema)
-        .query("SELECT count() FROM system.tables WHERE database = currentDatabase() AND name = 'b_resync'")
-        .fetch_one()
-        .await
-        .unwrap();
+    let leftovers: u64 = ch_one(&schema, "SELECT count() FROM system.tables WHERE database = currentDatabase() AND name = 'b_resync'").await;
     assert_eq!(leftovers, 0, "the old data is dropped after the swap");
     assert!(
         done.tables

@@ -144,14 +144,7 @@ async fn two_hundred_watchers_see_the_same_ordered_events() {
     c.create_pipe(create_req("fan")).await.unwrap();
     let mut streams = Vec::new();
     for _ in 0..200 {
-        let s = c
-            .watch_pipe(WatchPipeRequest {
-                name: "fan".into(),
-                after_cursor: None,
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let s = watch_pipe(&mut c, "fan", None).await;
         streams.push(s);
     }
     toggle(&mut c, "fan", 20).await;
@@ -184,14 +177,7 @@ fn kind(m: &WatchPipeResponse) -> &'static str {
 async fn watch_pipe_starts_with_the_state_and_follows_a_resync_by_name() {
     let (_srv, mut c) = control_plane().await;
     let old = create_pipe(&mut c, create_req("rs")).await;
-    let mut s = c
-        .watch_pipe(WatchPipeRequest {
-            name: "rs".into(),
-            after_cursor: None,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut s = watch_pipe(&mut c, "rs", None).await;
     let first = s.next().await.unwrap().unwrap();
     assert!(first.event.is_none());
     assert_eq!(first.pipe.as_ref().unwrap().id, old.id);
@@ -243,14 +229,7 @@ async fn watch_pipe_resumes_after_its_cursor_with_the_state_at_each_event() {
     c.create_pipe(create_req("other")).await.unwrap();
     toggle(&mut c, "cur", 3).await; // seqs 3, 4, 5: paused, resumed, paused
     toggle(&mut c, "other", 2).await;
-    let mut s = c
-        .watch_pipe(WatchPipeRequest {
-            name: "cur".into(),
-            after_cursor: Some(3),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut s = watch_pipe(&mut c, "cur", Some(3)).await;
     let a = s.next().await.unwrap().unwrap();
     let b = s.next().await.unwrap().unwrap();
     assert_eq!((a.cursor, kind(&a)), (4, "pipe_resumed"));
@@ -263,14 +242,7 @@ async fn watch_pipe_resumes_after_its_cursor_with_the_state_at_each_event() {
 async fn open_watch_streams_end_when_the_server_shuts_down() {
     let (srv, mut c) = control_plane().await;
     c.create_pipe(create_req("x")).await.unwrap();
-    let mut s = c
-        .watch_pipe(WatchPipeRequest {
-            name: "x".into(),
-            after_cursor: None,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut s = watch_pipe(&mut c, "x", None).await;
     s.next().await.unwrap().unwrap();
     // stop() fails the test if shutdown takes more than 10 s.
     srv.stop().await;
