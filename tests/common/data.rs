@@ -439,15 +439,14 @@ pub async fn resync_overrides(
     Ok(r.into_inner().pipe.unwrap())
 }
 
-/// Starts a resync of `tables` only (the incarnation stays).
-pub async fn resync_tables(c: &mut Client, name: &str, tables: &[&str]) {
-    c.resync_pipe(ResyncPipeRequest {
+/// Starts a resync of `tables` only (the incarnation stays); the pipe.
+pub async fn resync_tables(c: &mut Client, name: &str, tables: &[&str]) -> Pipe {
+    let req = ResyncPipeRequest {
         name: name.into(),
         tables: tables.iter().map(|t| (*t).into()).collect(),
         ..Default::default()
-    })
-    .await
-    .unwrap();
+    };
+    c.resync_pipe(req).await.unwrap().into_inner().pipe.unwrap()
 }
 
 /// The pipe's stats of `source_table` (panics if it has none).

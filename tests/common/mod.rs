@@ -673,6 +673,19 @@ pub fn grpcurl_or_skip() -> Option<String> {
     bin
 }
 
+/// Runs grpcurl `bin` with `args`; its stdout (panics showing both outputs
+/// if it fails).
+pub fn grpcurl_ok(bin: &str, args: &[&str]) -> String {
+    let out = Command::new(bin).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "grpcurl {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// The grpcurl binary (`GRPCURL`, on PATH, or in ~/.cargo/bin), if any.
 pub fn grpcurl() -> Option<String> {
     let candidates = [

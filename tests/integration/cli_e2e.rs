@@ -717,21 +717,15 @@ async fn tables_add_remove_and_a_table_resync() {
         let body = format!(
             r#"{{"name":"{name}","addTables":[{{"sourceTable":"{more}","destinationTable":"more_v3"}}]}}"#
         );
-        let out = std::process::Command::new(&bin)
-            .args([
+        let text = grpcurl_ok(
+            &bin,
+            &[
                 "-plaintext",
                 "-d",
                 &body,
                 addr,
                 "pgpipe.v1.PipeService/UpdatePipe",
-            ])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{text} {}",
-            String::from_utf8_lossy(&out.stderr)
+            ],
         );
         assert!(text.contains("TABLE_STATE_LOAD_PENDING"), "{text}");
         let r = pgpipe(addr, &["tables", "add", &name, "--wait", "--json"], &[]).await;

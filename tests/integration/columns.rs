@@ -439,17 +439,8 @@ async fn a_resync_can_replace_the_column_options_and_keeps_soft_deletes() {
         ("id".to_string(), "user_id".to_string()),
     ]
     .into();
-    let new = c
-        .resync_pipe(ResyncPipeRequest {
-            name: name.clone(),
-            overrides: vec![o],
-            replace_column_options: true,
-            ..Default::default()
-        })
+    let new = resync_overrides(&mut c, &name, vec![o], true)
         .await
-        .unwrap()
-        .into_inner()
-        .pipe
         .unwrap();
     let t = &new.config.as_ref().unwrap().tables[0];
     assert_eq!(t.exclude_columns, ["note"]);

@@ -395,16 +395,7 @@ async fn resync_carries_settings_over_and_applies_overrides() {
     assert_eq!(oc.settings, nc.settings);
     assert_eq!(nc.tables[0].order_by, ["created_at", "id"]);
     assert_eq!(nc.tables[1], oc.tables[1]);
-    let old_now = c
-        .get_pipe(GetPipeRequest {
-            id: old.id,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pipe
-        .unwrap();
+    let old_now = get_id(&mut c, &old.id).await;
     assert_eq!(status_of(&old_now), PipeStatus::Deleted);
     assert_eq!(old_now.delete_reason, "resync");
 }

@@ -2,20 +2,7 @@
 //! CI installs grpcurl (`cargo install grpcurl-rs`, see dev/env); locally
 //! the test is skipped with a message when it is missing.
 
-use std::process::Command;
-
 use crate::common::*;
-
-fn run(bin: &str, args: &[&str]) -> String {
-    let out = Command::new(bin).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "grpcurl {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcurl_lists_describes_and_calls_the_service() {
@@ -27,11 +14,11 @@ async fn grpcurl_lists_describes_and_calls_the_service() {
     wait_serving(&p.url()).await;
     let addr = p.addr.clone();
 
-    let list = run(&bin, &["-plaintext", &addr, "list"]);
+    let list = grpcurl_ok(&bin, &["-plaintext", &addr, "list"]);
     assert!(list.contains("pgpipe.v1.PipeService"), "{list}");
     assert!(list.contains("grpc.health.v1.Health"), "{list}");
 
-    let describe = run(
+    let describe = grpcurl_ok(
         &bin,
         &["-plaintext", &addr, "describe", "pgpipe.v1.PipeService"],
     );
@@ -45,7 +32,7 @@ async fn grpcurl_lists_describes_and_calls_the_service() {
         "tables": [{"sourceTable": "public.orders"}]
     })
     .to_string();
-    let created = run(
+    let created = grpcurl_ok(
         &bin,
         &[
             "-plaintext",
@@ -57,7 +44,7 @@ async fn grpcurl_lists_describes_and_calls_the_service() {
     );
     assert!(created.contains("PIPE_STATUS_SETUP"), "{created}");
 
-    let got = run(
+    let got = grpcurl_ok(
         &bin,
         &[
             "-plaintext",
@@ -85,7 +72,7 @@ async fn grpcurl_lists_describes_and_calls_the_service() {
     })
     .await
     .unwrap();
-    let watched = run(
+    let watched = grpcurl_ok(
         &bin,
         &[
             "-plaintext",

@@ -303,17 +303,7 @@ async fn a_table_resync_rebuilds_one_table_while_the_pipe_keeps_running() {
         Duration::from_millis(5),
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let asked = c
-        .resync_pipe(ResyncPipeRequest {
-            name: name.clone(),
-            tables: vec![b.clone()],
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pipe
-        .unwrap();
+    let asked = resync_tables(&mut c, &name, &[&b]).await;
     assert_eq!(asked.id, pipe.id, "a table resync keeps the incarnation");
     assert_eq!(state_of(&asked, &b), Some(TableState::ResyncPending));
     let done = wait_replicating(&mut c, &name, &pipe.id, &b).await;

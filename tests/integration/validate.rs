@@ -501,21 +501,15 @@ async fn grpcurl_validates_a_request_body_as_create_takes_it() {
         "tables": [{"sourceTable": format!("{schema}.items"), "orderBy": ["nope", "id"]}]
     })
     .to_string();
-    let out = std::process::Command::new(&bin)
-        .args([
+    let text = grpcurl_ok(
+        &bin,
+        &[
             "-plaintext",
             "-d",
             &body,
             &p.addr,
             "pgpipe.v1.PipeService/ValidatePipe",
-        ])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(
