@@ -213,21 +213,13 @@ pub async fn resync_and_wait(c: &mut Client, name: &str, timeout: Duration) -> P
 /// rows), in either direction, compared inside ClickHouse with the
 /// postgresql() table function; `cols` are SQL expressions valid on both.
 pub async fn diff(database: &str, dest: &str, schema: &str, table: &str, cols: &str) -> u64 {
-    try_diff(database, dest, schema, table, cols).await.unwrap()
+    try_diff_as(database, dest, schema, table, cols, cols)
+        .await
+        .unwrap()
 }
 
-pub async fn try_diff(
-    database: &str,
-    dest: &str,
-    schema: &str,
-    table: &str,
-    cols: &str,
-) -> Result<u64, clickhouse::error::Error> {
-    try_diff_as(database, dest, schema, table, cols, cols).await
-}
-
-/// Like [`try_diff`], with the columns as expressions of each side (e.g. a
-/// renamed column: `kind` in Postgres, `category AS kind` in ClickHouse).
+/// The rows that differ (see [`diff`]), with the columns as expressions of
+/// each side (e.g. a renamed column: `kind` in Postgres, `category AS kind` in ClickHouse).
 pub async fn try_diff_as(
     database: &str,
     dest: &str,

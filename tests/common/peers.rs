@@ -311,23 +311,6 @@ impl PrivateEnv {
         }
     }
 
-    /// Like `data::try_diff`, between this environment's peers.
-    pub async fn try_diff(
-        &self,
-        database: &str,
-        dest: &str,
-        schema: &str,
-        table: &str,
-        cols: &str,
-    ) -> Result<u64, clickhouse::error::Error> {
-        let src = format!(
-            "postgresql('127.0.0.1:{}', '{PG_DB}', '{table}', 'postgres', '', '{schema}')",
-            self.pg_port
-        );
-        let q = super::data::diff_query(&src, database, dest, cols, cols);
-        Ok(self.ch(database).query(&q).fetch_one::<i64>().await? as u64)
-    }
-
     /// Waits until both sides hold the same rows (panics with the diff).
     pub async fn wait_equal(
         &self,
@@ -338,9 +321,14 @@ impl PrivateEnv {
         cols: &str,
         timeout: Duration,
     ) {
+        let src = format!(
+            "postgresql('127.0.0.1:{}', '{PG_DB}', '{table}', 'postgres', '', '{schema}')",
+            self.pg_port
+        );
+        let q = super::data::diff_query(&src, database, dest, cols, cols);
         let what = format!("{schema}.{table} and {database}.{dest}");
         super::data::wait_no_diff(&what, timeout, async || {
-            self.try_diff(database, dest, schema, table, cols).await
+            Ok(self.ch(database).query(&q).fetch_one::<i64>().await? as u64)
         })
         .await;
     }

@@ -37,27 +37,20 @@ async fn create(c: &mut Client, name: &str, schema: &str) -> Pipe {
     wait_running(c, name, Duration::from_secs(180)).await
 }
 
-/// Polls the current incarnation of `name` until `pred` holds (panics at
-/// once if the pipe fails).
-async fn wait_for(
-    c: &mut Client,
-    name: &str,
-    what: &str,
-    timeout: Duration,
-    pred: impl Fn(&Pipe) -> bool,
-) -> Pipe {
-    wait_pipe(c, name, what, timeout, |p| {
+/// `pred`, for [`wait_pipe`], that panics at once if the pipe fails.
+fn unless_failed(pred: impl Fn(&Pipe) -> bool) -> impl Fn(&Pipe) -> bool {
+    move |p| {
         pred(p) || {
             assert!(
                 p.status() != PipeStatus::Failed,
-                "pipe {name} failed while waiting for {what}: {} ({})",
+                "pipe {} failed: {} ({})",
+                p.name,
                 p.error,
                 p.failed_step
             );
             false
         }
-    })
-    .await
+    }
 }
 
 /// Rows sharing a key in the destination under FINAL.
@@ -219,16 +212,16 @@ async fn delete_during_a_resync_snapshot_stops_it_cleanly() {
     let old = create(&mut c, &name, &schema).await;
 
     let new = resync(&mut c, &name).await.unwrap();
-    let loading = wait_for(
+    let loading = wait_pipe(
         &mut c,
         &name,
         "resync snapshot in progress",
         Duration::from_secs(60),
-        |p| {
+        unless_failed(|p| {
             p.id == new.id
                 && p.status() == PipeStatus::Snapshot
                 && p.tables.iter().any(|t| t.snapshot_partitions_done > 0)
-        },
+        }),
     )
     .await;
     assert!(!loading.snapshot_done);
@@ -333,14 +326,22 @@ async fn a_second_resync_while_one_runs_is_failed_precondition() {
     };
     // Right away (SETUP or just after).
     refused(resync(&mut c, &name).await.unwrap_err(), "setup");
-    wait_for(&mut c, &name, "SNAPSHOT", Duration::from_secs(60), |p| {
-        p.status() == PipeStatus::Snapshot
-    })
+    wait_pipe(
+        &mut c,
+        &name,
+        "SNAPSHOT",
+        Duration::from_secs(60),
+        unless_failed(|p| p.status() == PipeStatus::Snapshot),
+    )
     .await;
     refused(resync(&mut c, &name).await.unwrap_err(), "snapshot");
-    wait_for(&mut c, &name, "RESYNC", Duration::from_secs(90), |p| {
-        p.status() == PipeStatus::Resync
-    })
+    wait_pipe(
+        &mut c,
+        &name,
+        "RESYNC",
+        Duration::from_secs(90),
+        unless_failed(|p| p.status() == PipeStatus::Resync),
+    )
     .await;
     refused(resync(&mut c, &name).await.unwrap_err(), "swap");
 
@@ -439,12 +440,12 @@ async fn a_watcher_reconnecting_mid_resync_misses_nothing() {
     drop(first);
     let last = split.last().unwrap().cursor;
     // Events happen while it is away.
-    let away = wait_for(
+    let away = wait_pipe(
         &mut c,
         &name,
         "events while away",
         Duration::from_secs(60),
-        |p| p.cursor > last + 1,
+        unless_failed(|p| p.cursor > last + 1),
     )
     .await;
     assert_eq!(away.id, new.id);
