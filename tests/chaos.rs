@@ -175,34 +175,6 @@ fn spawn(dir: &std::path::Path, phase: Phase) -> Proc {
 }
 
 /// Everything the log holds, from cursor 0 to the head.
-async fn all_events(c: &mut Client) -> (Vec<Event>, u64) {
-    let mut stream = c
-        .watch_events(WatchEventsRequest {
-            after_cursor: Some(0),
-            pipe_name: String::new(),
-            label_selector: Default::default(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut events = Vec::new();
-    loop {
-        let m = tokio::time::timeout(
-            Duration::from_secs(30),
-            futures::StreamExt::next(&mut stream),
-        )
-        .await
-        .expect("WatchEvents stalled")
-        .expect("WatchEvents ended before caught_up")
-        .unwrap();
-        match m.item {
-            Some(watch_events_response::Item::Event(e)) => events.push(e),
-            Some(watch_events_response::Item::CaughtUp(cu)) => return (events, cu.cursor),
-            None => {}
-        }
-    }
-}
-
 /// The log tells a sane story: gap-free sequences, contiguous stream
 /// versions, and per incarnation a created-first lifecycle whose milestones
 /// come at most once, in order, with nothing but the release after deletion.

@@ -435,25 +435,29 @@ pub async fn history(c: &mut Client, name: &str, kind: Option<HistoryKind>) -> V
     .events
 }
 
-/// Minimal HTTP/1.1 GET, returning (status, body).
-pub async fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+/// An HTTP/1.1 request without a body: status, head and body of the answer
+/// (status 0 if there is none).
+pub async fn http(addr: &str, method: &str, path: &str) -> std::io::Result<(u16, String, String)> {
     let mut s = TcpStream::connect(addr).await?;
     s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
     )
     .await?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await?;
     let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
         .split(' ')
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
+    Ok((status, head.to_owned(), body.to_owned()))
+}
+
+/// GET `path`: status and body.
+pub async fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let (status, _, body) = http(addr, "GET", path).await?;
     Ok((status, body))
 }
 
@@ -638,6 +642,25 @@ pub async fn watch_pipe(
         after_cursor,
     };
     c.watch_pipe(req).await.unwrap().into_inner()
+}
+
+/// Every event from the start, read through WatchEvents up to its
+/// caught-up marker, and that cursor (the log's head).
+pub async fn all_events(c: &mut PipeServiceClient<impl Transport>) -> (Vec<Event>, u64) {
+    let mut s = watch_all(c).await;
+    let mut events = Vec::new();
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(30), s.message())
+            .await
+            .expect("WatchEvents stalled")
+            .unwrap()
+            .expect("WatchEvents ended before caught_up");
+        match m.item {
+            Some(watch_events_response::Item::Event(e)) => events.push(e),
+            Some(watch_events_response::Item::CaughtUp(cu)) => return (events, cu.cursor),
+            None => {}
+        }
+    }
 }
 
 /// The log's head: the caught-up cursor a fresh live WatchEvents reports.

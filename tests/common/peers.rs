@@ -380,14 +380,17 @@ impl PrivateEnv {
         }
     }
 
-    /// Sets `wal_level = replica` (ALTER SYSTEM, which overrides dev/env's
-    /// setting) and restarts Postgres: a server logical decoding refuses.
+    /// Sets `wal_level = replica` and restarts Postgres: a server logical
+    /// decoding refuses.
     pub async fn without_logical_wal(&self) {
-        self.pg()
-            .await
-            .batch_execute("ALTER SYSTEM SET wal_level = replica")
-            .await
-            .unwrap();
+        self.set_wal_level("replica").await;
+    }
+
+    /// Sets `wal_level` (ALTER SYSTEM, which overrides dev/env's setting)
+    /// and restarts Postgres.
+    pub async fn set_wal_level(&self, level: &str) {
+        let sql = format!("ALTER SYSTEM SET wal_level = {level}");
+        self.pg().await.batch_execute(&sql).await.unwrap();
         self.restart_pg().await;
     }
 }

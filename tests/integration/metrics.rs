@@ -15,7 +15,6 @@ use pgpipe::metrics::FAMILIES;
 use pgpipe::proto::pipe_service_client::PipeServiceClient;
 use pgpipe::proto::*;
 use pgpipe::server::{self, ServeConfig};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 
@@ -76,27 +75,8 @@ impl Served {
     }
 }
 
-/// Status line, headers and body of an HTTP/1.1 request.
-async fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-) -> std::io::Result<(u16, String, String)> {
-    let mut s = TcpStream::connect(addr).await?;
-    s.write_all(
-        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await?;
-    let text = String::from_utf8(raw).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    Ok((status, head.to_owned(), body.to_owned()))
-}
-
 async fn scrape_text(addr: SocketAddr) -> String {
-    let (status, head, body) = http(addr, "GET", "/metrics").await.unwrap();
+    let (status, head, body) = http(&addr.to_string(), "GET", "/metrics").await.unwrap();
     assert_eq!(status, 200, "{head}\n{body}");
     assert!(
         head.to_ascii_lowercase()
@@ -180,8 +160,17 @@ async fn the_endpoint_parses_and_has_every_family_with_help_and_type() {
     assert_eq!(sample(&parsed, "pgpipe_watchers", &[]), Some(0.0));
 
     // Only /metrics, and only reads.
-    assert_eq!(http(srv.metrics, "GET", "/").await.unwrap().0, 404);
-    assert_eq!(http(srv.metrics, "POST", "/metrics").await.unwrap().0, 405);
+    assert_eq!(
+        http(&srv.metrics.to_string(), "GET", "/").await.unwrap().0,
+        404
+    );
+    assert_eq!(
+        http(&srv.metrics.to_string(), "POST", "/metrics")
+            .await
+            .unwrap()
+            .0,
+        405
+    );
     srv.stop().await;
 }
 

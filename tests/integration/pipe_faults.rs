@@ -458,12 +458,7 @@ async fn create_on_a_server_without_logical_wal_says_what_to_change() {
     assert_eq!(slots(&env).await, 0);
 
     // Doing exactly what the message says is enough.
-    env.pg()
-        .await
-        .batch_execute("ALTER SYSTEM SET wal_level = logical")
-        .await
-        .unwrap();
-    env.restart_pg().await;
+    env.set_wal_level("logical").await;
     assert_eq!(wal_level(&env).await, "logical");
     c.create_pipe(req).await.unwrap();
     wait_running(&mut c, &name, Duration::from_secs(120)).await;

@@ -87,27 +87,10 @@ fn plain_req(name: &str) -> CreatePipeRequest {
     r
 }
 
-/// Every event from the start, read through WatchEvents up to caught_up.
-async fn all_events(c: &mut Client) -> Vec<Event> {
-    let mut s = watch_all(c).await;
-    let mut out = Vec::new();
-    loop {
-        let m = tokio::time::timeout(Duration::from_secs(10), s.message())
-            .await
-            .expect("WatchEvents stalled")
-            .unwrap()
-            .expect("WatchEvents ended before caught_up");
-        match m.item.unwrap() {
-            watch_events_response::Item::Event(e) => out.push(e),
-            watch_events_response::Item::CaughtUp(_) => return out,
-        }
-    }
-}
-
 /// The events are gap-free from seq 1 and fold into exactly what ListPipes
 /// says (the projection is consistent with the log).
 async fn assert_consistent(c: &mut Client) -> Vec<Event> {
-    let events = all_events(c).await;
+    let (events, _) = all_events(c).await;
     for (i, e) in events.iter().enumerate() {
         assert_eq!(e.seq, i as u64 + 1, "gap or duplicate in the log");
         assert!(e.payload.is_some(), "event {} has no payload", e.seq);
@@ -161,7 +144,7 @@ async fn a_full_disk_refuses_appends_as_unavailable_and_keeps_serving_reads() {
         c.create_pipe(plain_req(n)).await.unwrap();
     }
     pause(&mut c, "a").await;
-    let before = all_events(&mut c).await.len();
+    let before = all_events(&mut c).await.0.len();
 
     let filler = fs.fill();
     let why = "the file system holding the data directory is full";
