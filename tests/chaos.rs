@@ -70,14 +70,7 @@ async fn make_fixture(rows: u64) -> (Fixture, Vec<Target>) {
     let mut targets = Vec::new();
     for (table, shape) in fx.tables() {
         let q = format!("{}.{table}", fx.schema);
-        db.batch_execute(&format!(
-            "{}; {}; ANALYZE {q}",
-            shape.ddl(&q),
-            shape.insert(&q, 1, rows)
-        ))
-        .await
-        .unwrap();
-        targets.push(Target::new(&q, *shape, rows));
+        targets.push(Target::create(&db, &q, *shape, rows).await);
     }
     (fx, targets)
 }

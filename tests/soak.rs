@@ -63,14 +63,7 @@ async fn five_pipes_under_writes_and_resyncs_keep_memory_flat_and_data_equal() {
         };
         let table = format!("t{i}");
         let q = format!("{schema}.{table}");
-        db.batch_execute(&format!(
-            "{}; {}; ANALYZE {q}",
-            shape.ddl(&q),
-            shape.insert(&q, 1, ROWS)
-        ))
-        .await
-        .unwrap();
-        targets.push(Target::new(&q, shape, ROWS));
+        targets.push(Target::create(&db, &q, shape, ROWS).await);
         tables.push((format!("{}-{i}", pipe_name(&schema)), table, shape));
     }
 

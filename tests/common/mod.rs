@@ -650,15 +650,26 @@ pub async fn all_events(c: &mut PipeServiceClient<impl Transport>) -> (Vec<Event
     let mut s = watch_all(c).await;
     let mut events = Vec::new();
     loop {
-        let m = tokio::time::timeout(Duration::from_secs(30), s.message())
+        match next_item(&mut s, Duration::from_secs(30)).await {
+            watch_events_response::Item::Event(e) => events.push(e),
+            watch_events_response::Item::CaughtUp(cu) => return (events, cu.cursor),
+        }
+    }
+}
+
+/// The next item of a WatchEvents stream (panics if none comes in `wait`).
+pub async fn next_item(
+    s: &mut tonic::Streaming<WatchEventsResponse>,
+    wait: Duration,
+) -> watch_events_response::Item {
+    loop {
+        let m = tokio::time::timeout(wait, s.message())
             .await
-            .expect("WatchEvents stalled")
+            .unwrap_or_else(|_| panic!("WatchEvents said nothing for {wait:?}"))
             .unwrap()
             .expect("WatchEvents ended before caught_up");
-        match m.item {
-            Some(watch_events_response::Item::Event(e)) => events.push(e),
-            Some(watch_events_response::Item::CaughtUp(cu)) => return (events, cu.cursor),
-            None => {}
+        if let Some(item) = m.item {
+            return item;
         }
     }
 }
@@ -671,12 +682,8 @@ pub async fn log_head(c: &mut PipeServiceClient<impl Transport>) -> u64 {
         .unwrap()
         .into_inner();
     loop {
-        let m = tokio::time::timeout(Duration::from_secs(10), s.message())
-            .await
-            .expect("WatchEvents said nothing for 10 s")
-            .unwrap()
-            .expect("WatchEvents ended before caught_up");
-        if let Some(watch_events_response::Item::CaughtUp(cu)) = m.item {
+        let item = next_item(&mut s, Duration::from_secs(10)).await;
+        if let watch_events_response::Item::CaughtUp(cu) = item {
             return cu.cursor;
         }
     }

@@ -19,27 +19,12 @@ async fn make_tables(schema: &str, names: &[&str], rows: u64) {
         .await
         .unwrap();
     for n in names {
-        let t = format!("{schema}.{n}");
-        pg.batch_execute(&format!(
-            "{}; {}; ANALYZE {t};",
-            Shape::Items.ddl(&t),
-            Shape::Items.insert(&t, 1, rows)
-        ))
-        .await
-        .unwrap();
+        Target::create(&pg, &format!("{schema}.{n}"), Shape::Items, rows).await;
     }
 }
 
 async fn engine(dir: &tempfile::TempDir, failpoints: &str) -> (Proc, Client) {
-    let envs: Vec<(&str, &str)> = if failpoints.is_empty() {
-        Vec::new()
-    } else {
-        vec![("PGPIPE_FAILPOINTS", failpoints)]
-    };
-    let p = Proc::spawn_engine(dir.path(), &envs);
-    wait_serving(&p.url()).await;
-    let c = connect(&p.url()).await;
-    (p, c)
+    Proc::start_with_failpoints(dir.path(), failpoints).await
 }
 
 async fn update(
@@ -99,17 +84,8 @@ async fn assert_equal(schema: &str, table: &str) {
 }
 
 async fn history_kinds(c: &mut Client, name: &str) -> Vec<String> {
-    let events = c
-        .get_pipe_history(GetPipeHistoryRequest {
-            name: name.into(),
-            page_size: 1000,
-            ..Default::default()
-        })
+    history(c, name, None)
         .await
-        .unwrap()
-        .into_inner()
-        .events;
-    events
         .iter()
         .map(|e| pgpipe::domain::projection::event_kind(e).to_owned())
         .collect()
