@@ -46,7 +46,7 @@ impl Fixture {
 
 async fn make_fixture(rows: u64) -> (Fixture, Vec<Target>) {
     let schema = unique("chaos");
-    let base = schema.replace('_', "-");
+    let base = pipe_name(&schema);
     let fx = Fixture {
         pipes: vec![
             (
@@ -70,14 +70,7 @@ async fn make_fixture(rows: u64) -> (Fixture, Vec<Target>) {
     let mut targets = Vec::new();
     for (table, shape) in fx.tables() {
         let q = format!("{}.{table}", fx.schema);
-        db.batch_execute(&format!(
-            "{}; {}; ANALYZE {q}",
-            shape.ddl(&q),
-            shape.insert(&q, 1, rows)
-        ))
-        .await
-        .unwrap();
-        targets.push(Target::new(&q, *shape, rows));
+        targets.push(Target::create(&db, &q, *shape, rows).await);
     }
     (fx, targets)
 }
@@ -175,34 +168,6 @@ fn spawn(dir: &std::path::Path, phase: Phase) -> Proc {
 }
 
 /// Everything the log holds, from cursor 0 to the head.
-async fn all_events(c: &mut Client) -> (Vec<Event>, u64) {
-    let mut stream = c
-        .watch_events(WatchEventsRequest {
-            after_cursor: Some(0),
-            pipe_name: String::new(),
-            label_selector: Default::default(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut events = Vec::new();
-    loop {
-        let m = tokio::time::timeout(
-            Duration::from_secs(30),
-            futures::StreamExt::next(&mut stream),
-        )
-        .await
-        .expect("WatchEvents stalled")
-        .expect("WatchEvents ended before caught_up")
-        .unwrap();
-        match m.item {
-            Some(watch_events_response::Item::Event(e)) => events.push(e),
-            Some(watch_events_response::Item::CaughtUp(cu)) => return (events, cu.cursor),
-            None => {}
-        }
-    }
-}
-
 /// The log tells a sane story: gap-free sequences, contiguous stream
 /// versions, and per incarnation a created-first lifecycle whose milestones
 /// come at most once, in order, with nothing but the release after deletion.
@@ -314,31 +279,14 @@ async fn assert_log_replays(dir: &std::path::Path, fx: &Fixture) {
     for e in &events {
         folded.apply(e);
     }
-    let listed = c
-        .list_pipes(ListPipesRequest {
-            include_deleted: true,
-            label_selector: Default::default(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pipes;
+    let listed = list_all(&mut c).await;
     assert_eq!(
         listed,
         folded.list(true, &Default::default()),
         "ListPipes differs from the fold"
     );
     for old in folded.all() {
-        let by_id = c
-            .get_pipe(GetPipeRequest {
-                id: old.id.clone(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .pipe
-            .unwrap();
+        let by_id = get_id(&mut c, &old.id).await;
         assert_eq!(&by_id, old, "GetPipe by id differs from the fold");
     }
     for (name, _) in &fx.pipes {
@@ -355,23 +303,8 @@ async fn assert_log_replays(dir: &std::path::Path, fx: &Fixture) {
 
 async fn assert_equal_everywhere(fx: &Fixture) {
     for (table, shape) in fx.tables() {
-        wait_equal(
-            &fx.schema,
-            table,
-            &fx.schema,
-            table,
-            shape.cols(),
-            Duration::from_secs(120),
-        )
-        .await;
-        let dups: i64 = ch(&fx.schema)
-            .query(&format!(
-                "SELECT toInt64(count()) - toInt64(uniqExact({})) FROM `{table}` FINAL",
-                shape.key()
-            ))
-            .fetch_one()
-            .await
-            .unwrap();
+        wait_same(&fx.schema, table, shape.cols(), Duration::from_secs(120)).await;
+        let dups = ch_duplicates(&fx.schema, table, shape.key()).await;
         assert_eq!(dups, 0, "{table}: duplicates under FINAL");
     }
     let leftovers: Vec<String> = ch(&fx.schema)

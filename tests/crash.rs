@@ -8,80 +8,46 @@ use std::time::Duration;
 
 use common::data::*;
 use common::*;
-use pgpipe::proto::*;
-
-const COLS: &str = "id, name, qty";
-
-async fn make_table(schema: &str, rows: i64) {
-    pg().await
-        .batch_execute(&format!(
-            "CREATE SCHEMA {schema};
-             CREATE TABLE {schema}.items (id bigint PRIMARY KEY, name text, qty int);
-             INSERT INTO {schema}.items SELECT g, 'item ' || g, g % 13 FROM generate_series(1, {rows}) g;"
-        ))
-        .await
-        .unwrap();
-}
 
 async fn write_some(schema: &str, from: i64) {
-    pg().await
-        .batch_execute(&format!(
+    pg_exec(&format!(
             "INSERT INTO {schema}.items SELECT g, 'late', 1 FROM generate_series({from}, {from} + 49) g;
              UPDATE {schema}.items SET qty = qty + 100 WHERE id % 17 = 0;
              DELETE FROM {schema}.items WHERE id % 19 = 0;"
-        ))
-        .await
-        .unwrap();
+        )).await;
 }
 
 /// Waits for the process to end by itself (the fail-point fired).
 async fn wait_exit(p: &mut Proc) {
-    for _ in 0..600 {
-        if p.child.try_wait().unwrap().is_some() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the fail-point never fired");
+    p.wait_exit(Duration::from_secs(60)).await;
 }
 
 async fn assert_synced(schema: &str) {
-    wait_equal(
-        schema,
-        "items",
-        schema,
-        "items",
-        COLS,
-        Duration::from_secs(90),
-    )
-    .await;
-    let dups: i64 = ch(schema)
-        .query("SELECT toInt64(count()) - toInt64(uniqExact(id)) FROM items FINAL")
-        .fetch_one()
+    wait_same(schema, "items", ITEMS_COLS, Duration::from_secs(90)).await;
+    let dups = ch_duplicates(schema, "items", "id").await;
+    assert_eq!(dups, 0, "duplicates under FINAL");
+}
+
+/// A pipe of `schema`.items created on `c`.
+async fn create(c: &mut Client, name: &str, schema: &str) {
+    c.create_pipe(pipe_req(name, schema, &[&format!("{schema}.items")]))
         .await
         .unwrap();
-    assert_eq!(dups, 0, "duplicates under FINAL");
 }
 
 /// Crash while a new pipe is being set up / loaded.
 async fn crash_during_create(failpoint: &str) {
     let schema = unique("crc");
-    make_table(&schema, 12_000).await;
+    make_items(&schema, 12_000).await;
     let dir = tempfile::tempdir().unwrap();
-    let name = schema.replace('_', "-");
+    let name = pipe_name(&schema);
     let fp = format!("{failpoint}=abort");
-    let mut p = Proc::spawn_engine(dir.path(), &[("PGPIPE_FAILPOINTS", &fp)]);
-    wait_serving(&p.url()).await;
-    let mut c = connect(&p.url()).await;
-    c.create_pipe(pipe_req(&name, &schema, &[&format!("{schema}.items")]))
-        .await
-        .unwrap();
+    let (mut p, mut c) = Proc::start_with_failpoints(dir.path(), &fp).await;
+    create(&mut c, &name, &schema).await;
     wait_exit(&mut p).await;
     write_some(&schema, 50_000).await;
 
-    let p = Proc::spawn_engine(dir.path(), &[]);
-    wait_serving(&p.url()).await;
-    let mut c = connect(&p.url()).await;
+    let (_p, mut c) = Proc::start_engine(dir.path(), &[]).await;
     wait_running(&mut c, &name, Duration::from_secs(120)).await;
     write_some(&schema, 60_000).await;
     assert_synced(&schema).await;
@@ -90,44 +56,27 @@ async fn crash_during_create(failpoint: &str) {
 /// Crash during a resync of a running pipe.
 async fn crash_during_resync(failpoint: &str) {
     let schema = unique("crr");
-    make_table(&schema, 8_000).await;
+    make_items(&schema, 8_000).await;
     let dir = tempfile::tempdir().unwrap();
-    let name = schema.replace('_', "-");
-    let mut p = Proc::spawn_engine(dir.path(), &[]);
-    wait_serving(&p.url()).await;
-    let mut c = connect(&p.url()).await;
-    c.create_pipe(pipe_req(&name, &schema, &[&format!("{schema}.items")]))
-        .await
-        .unwrap();
+    let name = pipe_name(&schema);
+    let (mut p, mut c) = Proc::start_engine(dir.path(), &[]).await;
+    create(&mut c, &name, &schema).await;
     let old = wait_running(&mut c, &name, Duration::from_secs(120)).await;
     drop(c);
     p.kill9();
 
     let fp = format!("{failpoint}=abort");
-    let mut p = Proc::spawn_engine(dir.path(), &[("PGPIPE_FAILPOINTS", &fp)]);
-    wait_serving(&p.url()).await;
-    let mut c = connect(&p.url()).await;
-    c.resync_pipe(ResyncPipeRequest {
-        name: name.clone(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let (mut p, mut c) = Proc::start_with_failpoints(dir.path(), &fp).await;
+    resync(&mut c, &name).await.unwrap();
     wait_exit(&mut p).await;
     write_some(&schema, 50_000).await;
 
-    let p = Proc::spawn_engine(dir.path(), &[]);
-    wait_serving(&p.url()).await;
-    let mut c = connect(&p.url()).await;
+    let (_p, mut c) = Proc::start_engine(dir.path(), &[]).await;
     let now = wait_running(&mut c, &name, Duration::from_secs(120)).await;
     assert_eq!(now.resync_of, old.id);
     write_some(&schema, 60_000).await;
     assert_synced(&schema).await;
-    let leftovers: u64 = ch(&schema)
-        .query("SELECT count() FROM system.tables WHERE database = currentDatabase() AND name = 'items_resync'")
-        .fetch_one()
-        .await
-        .unwrap();
+    let leftovers: u64 = ch_one(&schema, "SELECT count() FROM system.tables WHERE database = currentDatabase() AND name = 'items_resync'").await;
     assert_eq!(
         leftovers, 0,
         "the old data is dropped once the swap is recorded"
@@ -162,29 +111,20 @@ async fn kill_in_the_middle_of_the_snapshot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_during_cdc_after_clickhouse_acked_before_the_slot_advanced() {
     let schema = unique("crd");
-    make_table(&schema, 3_000).await;
+    make_items(&schema, 3_000).await;
     let dir = tempfile::tempdir().unwrap();
-    let name = schema.replace('_', "-");
-    let mut p = Proc::spawn_engine(dir.path(), &[]);
-    wait_serving(&p.url()).await;
-    let mut c = connect(&p.url()).await;
-    c.create_pipe(pipe_req(&name, &schema, &[&format!("{schema}.items")]))
-        .await
-        .unwrap();
+    let name = pipe_name(&schema);
+    let (mut p, mut c) = Proc::start_engine(dir.path(), &[]).await;
+    create(&mut c, &name, &schema).await;
     wait_running(&mut c, &name, Duration::from_secs(120)).await;
     drop(c);
     p.kill9();
 
-    let mut p = Proc::spawn_engine(
-        dir.path(),
-        &[("PGPIPE_FAILPOINTS", "cdc.before_advance=abort")],
-    );
-    wait_serving(&p.url()).await;
+    let (mut p, _c) = Proc::start_with_failpoints(dir.path(), "cdc.before_advance=abort").await;
     write_some(&schema, 50_000).await;
     wait_exit(&mut p).await;
 
-    let p = Proc::spawn_engine(dir.path(), &[]);
-    wait_serving(&p.url()).await;
+    let (_p, _c) = Proc::start_engine(dir.path(), &[]).await;
     write_some(&schema, 60_000).await;
     assert_synced(&schema).await;
 }
@@ -192,40 +132,29 @@ async fn kill_during_cdc_after_clickhouse_acked_before_the_slot_advanced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_in_the_middle_of_a_transaction_larger_than_the_batch() {
     let schema = unique("crt");
-    make_table(&schema, 1_000).await;
+    make_items(&schema, 1_000).await;
     let dir = tempfile::tempdir().unwrap();
-    let name = schema.replace('_', "-");
-    let mut p = Proc::spawn_engine(dir.path(), &[]);
-    wait_serving(&p.url()).await;
-    let mut c = connect(&p.url()).await;
-    c.create_pipe(pipe_req(&name, &schema, &[&format!("{schema}.items")]))
-        .await
-        .unwrap();
+    let name = pipe_name(&schema);
+    let (mut p, mut c) = Proc::start_engine(dir.path(), &[]).await;
+    create(&mut c, &name, &schema).await;
     wait_running(&mut c, &name, Duration::from_secs(120)).await;
     drop(c);
     p.kill9();
 
     // 60,000 rows and updates in one transaction, batches of 5,000: the
     // process dies once the first chunk is in ClickHouse.
-    let mut p = Proc::spawn_engine(
-        dir.path(),
-        &[("PGPIPE_FAILPOINTS", "cdc.mid_transaction=abort")],
-    );
-    wait_serving(&p.url()).await;
-    pg().await
-        .batch_execute(&format!(
-            "BEGIN;
-             INSERT INTO {schema}.items SELECT g, 'big', g % 5 FROM generate_series(100001, 160000) g;
-             UPDATE {schema}.items SET qty = qty + 1 WHERE id % 3 = 0;
-             DELETE FROM {schema}.items WHERE id % 7 = 0;
-             COMMIT;"
-        ))
-        .await
-        .unwrap();
+    let (mut p, _c) = Proc::start_with_failpoints(dir.path(), "cdc.mid_transaction=abort").await;
+    pg_exec(&format!(
+        "BEGIN;
+         INSERT INTO {schema}.items SELECT g, 'big', g % 5 FROM generate_series(100001, 160000) g;
+         UPDATE {schema}.items SET qty = qty + 1 WHERE id % 3 = 0;
+         DELETE FROM {schema}.items WHERE id % 7 = 0;
+         COMMIT;"
+    ))
+    .await;
     wait_exit(&mut p).await;
 
-    let p = Proc::spawn_engine(dir.path(), &[]);
-    wait_serving(&p.url()).await;
+    let (_p, _c) = Proc::start_engine(dir.path(), &[]).await;
     write_some(&schema, 200_000).await;
     assert_synced(&schema).await;
 }
@@ -265,15 +194,11 @@ async fn kill_when_the_resync_load_starts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_before_the_log_is_replayed() {
     let schema = unique("crp");
-    make_table(&schema, 3_000).await;
+    make_items(&schema, 3_000).await;
     let dir = tempfile::tempdir().unwrap();
-    let name = schema.replace('_', "-");
-    let mut p = Proc::spawn_engine(dir.path(), &[]);
-    wait_serving(&p.url()).await;
-    let mut c = connect(&p.url()).await;
-    c.create_pipe(pipe_req(&name, &schema, &[&format!("{schema}.items")]))
-        .await
-        .unwrap();
+    let name = pipe_name(&schema);
+    let (mut p, mut c) = Proc::start_engine(dir.path(), &[]).await;
+    create(&mut c, &name, &schema).await;
     let before = wait_running(&mut c, &name, Duration::from_secs(120)).await;
     drop(c);
     p.kill9();
@@ -282,9 +207,7 @@ async fn kill_before_the_log_is_replayed() {
     let mut p = Proc::spawn_engine(dir.path(), &[("PGPIPE_FAILPOINTS", "replay.before=abort")]);
     wait_exit(&mut p).await;
 
-    let p = Proc::spawn_engine(dir.path(), &[]);
-    wait_serving(&p.url()).await;
-    let mut c = connect(&p.url()).await;
+    let (_p, mut c) = Proc::start_engine(dir.path(), &[]).await;
     let after = wait_running(&mut c, &name, Duration::from_secs(60)).await;
     assert_eq!(after.id, before.id, "the same incarnation resumes");
     write_some(&schema, 60_000).await;

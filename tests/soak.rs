@@ -63,15 +63,8 @@ async fn five_pipes_under_writes_and_resyncs_keep_memory_flat_and_data_equal() {
         };
         let table = format!("t{i}");
         let q = format!("{schema}.{table}");
-        db.batch_execute(&format!(
-            "{}; {}; ANALYZE {q}",
-            shape.ddl(&q),
-            shape.insert(&q, 1, ROWS)
-        ))
-        .await
-        .unwrap();
-        targets.push(Target::new(&q, shape, ROWS));
-        tables.push((format!("{}-{i}", schema.replace('_', "-")), table, shape));
+        targets.push(Target::create(&db, &q, shape, ROWS).await);
+        tables.push((format!("{}-{i}", pipe_name(&schema)), table, shape));
     }
 
     let dir = tempfile::tempdir().unwrap();
@@ -137,23 +130,8 @@ async fn five_pipes_under_writes_and_resyncs_keep_memory_flat_and_data_equal() {
         wait_running(&mut c, name, Duration::from_secs(300)).await;
     }
     for (_, table, shape) in &tables {
-        wait_equal(
-            &schema,
-            table,
-            &schema,
-            table,
-            shape.cols(),
-            Duration::from_secs(180),
-        )
-        .await;
-        let dups: i64 = ch(&schema)
-            .query(&format!(
-                "SELECT toInt64(count()) - toInt64(uniqExact({})) FROM `{table}` FINAL",
-                shape.key()
-            ))
-            .fetch_one()
-            .await
-            .unwrap();
+        wait_same(&schema, table, shape.cols(), Duration::from_secs(180)).await;
+        let dups = ch_duplicates(&schema, table, shape.key()).await;
         assert_eq!(dups, 0, "{table}: duplicates under FINAL");
     }
     let t = started.elapsed().as_secs();

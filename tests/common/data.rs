@@ -6,7 +6,10 @@ use std::time::Duration;
 use pgpipe::proto::*;
 use tokio_postgres::NoTls;
 
-use super::Client;
+use super::{Client, delete_pipe, get, get_id};
+
+/// The columns of [`items_sql`]'s table, as the oracle compares them.
+pub const ITEMS_COLS: &str = "id, name, qty";
 
 pub fn pg_url() -> String {
     std::env::var("PGPIPE_TEST_PG_URL")
@@ -28,6 +31,88 @@ pub fn ch(database: &str) -> clickhouse::Client {
     clickhouse::Client::default()
         .with_url(ch_url())
         .with_database(database)
+}
+
+/// SQL creating `schema` with the usual test table, `items (id bigint
+/// PRIMARY KEY, name text, qty int)`, and its rows `1..=rows`.
+pub fn items_sql(schema: &str, rows: i64) -> String {
+    format!(
+        "CREATE SCHEMA {schema};
+         CREATE TABLE {schema}.items (id bigint PRIMARY KEY, name text, qty int);
+         INSERT INTO {schema}.items SELECT g, 'item ' || g, g % 13 FROM generate_series(1, {rows}) g;"
+    )
+}
+
+/// Creates `schema` with the table of [`items_sql`] in the dev Postgres.
+pub async fn make_items(schema: &str, rows: i64) {
+    pg_exec(&items_sql(schema, rows)).await;
+}
+
+/// A single number a Postgres query returns (e.g. a `count(*)`).
+pub async fn pg_count(sql: &str) -> i64 {
+    pg().await.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+/// Whether the dev Postgres has the replication slot.
+pub async fn slot_exists(slot: &str) -> bool {
+    pg_count(&format!(
+        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}'"
+    ))
+    .await
+        > 0
+}
+
+/// Whether the dev Postgres has the publication.
+pub async fn publication_exists(publication: &str) -> bool {
+    pg_count(&format!(
+        "SELECT count(*) FROM pg_publication WHERE pubname = '{publication}'"
+    ))
+    .await
+        > 0
+}
+
+/// The one row the ClickHouse query `q` returns (e.g. a count).
+pub async fn ch_one<T: clickhouse::RowOwned + clickhouse::RowRead>(database: &str, q: &str) -> T {
+    ch(database)
+        .query(q)
+        .fetch_one()
+        .await
+        .unwrap_or_else(|e| panic!("{q}: {e}"))
+}
+
+/// Rows of the ClickHouse table (all of them, FINAL or not).
+pub async fn ch_count(database: &str, table: &str) -> u64 {
+    ch(database)
+        .query(&format!("SELECT count() FROM `{table}`"))
+        .fetch_one()
+        .await
+        .unwrap()
+}
+
+/// Rows sharing a `key` (ClickHouse arguments) in the table under FINAL.
+pub async fn ch_duplicates(database: &str, table: &str, key: &str) -> i64 {
+    ch(database)
+        .query(&format!(
+            "SELECT toInt64(count()) - toInt64(uniqExact({key})) FROM `{table}` FINAL"
+        ))
+        .fetch_one()
+        .await
+        .unwrap()
+}
+
+/// Validates `req` on `c`: exactly one problem, a COLUMN problem at
+/// `field` (e.g. `tables[0].exclude_columns[1]`); returns it.
+pub async fn the_column_problem(c: &mut Client, req: CreatePipeRequest, field: &str) -> Problem {
+    let v = c
+        .validate_pipe(super::validate_req(req))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!v.ok, "{field}: {v:?}");
+    assert_eq!(v.problems.len(), 1, "{field}: {v:?}");
+    assert_eq!(v.problems[0].field, field);
+    assert_eq!(v.problems[0].kind(), ProblemKind::Column, "{field}");
+    v.problems[0].clone()
 }
 
 /// A unique lowercase name per test run.
@@ -79,31 +164,6 @@ pub fn pipe_req(name: &str, database: &str, tables: &[&str]) -> CreatePipeReques
     }
 }
 
-pub async fn get(c: &mut Client, name: &str) -> Pipe {
-    c.get_pipe(GetPipeRequest {
-        name: name.into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .pipe
-    .unwrap()
-}
-
-/// One incarnation, by id.
-pub async fn get_id(c: &mut Client, id: &str) -> Pipe {
-    c.get_pipe(GetPipeRequest {
-        id: id.into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .pipe
-    .unwrap()
-}
-
 /// Waits until the deleted incarnation `id` released its slot and
 /// publication (so no test leaves a slot pinning WAL behind).
 pub async fn wait_released(c: &mut Client, id: &str) -> Pipe {
@@ -142,16 +202,7 @@ pub async fn wait_running(c: &mut Client, name: &str, timeout: Duration) -> Pipe
 /// Starts a whole-pipe resync and waits until its incarnation is RUNNING
 /// with its tables swapped in; returns it.
 pub async fn resync_and_wait(c: &mut Client, name: &str, timeout: Duration) -> Pipe {
-    let new = c
-        .resync_pipe(ResyncPipeRequest {
-            name: name.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pipe
-        .unwrap();
+    let new = super::resync(c, name).await.unwrap();
     let running = wait_running(c, name, timeout).await;
     assert_eq!(running.id, new.id, "another incarnation is running");
     assert!(running.swapped, "running before the swap: {running:?}");
@@ -162,21 +213,13 @@ pub async fn resync_and_wait(c: &mut Client, name: &str, timeout: Duration) -> P
 /// rows), in either direction, compared inside ClickHouse with the
 /// postgresql() table function; `cols` are SQL expressions valid on both.
 pub async fn diff(database: &str, dest: &str, schema: &str, table: &str, cols: &str) -> u64 {
-    try_diff(database, dest, schema, table, cols).await.unwrap()
+    try_diff_as(database, dest, schema, table, cols, cols)
+        .await
+        .unwrap()
 }
 
-pub async fn try_diff(
-    database: &str,
-    dest: &str,
-    schema: &str,
-    table: &str,
-    cols: &str,
-) -> Result<u64, clickhouse::error::Error> {
-    try_diff_as(database, dest, schema, table, cols, cols).await
-}
-
-/// Like [`try_diff`], with the columns as expressions of each side (e.g. a
-/// renamed column: `kind` in Postgres, `category AS kind` in ClickHouse).
+/// The rows that differ (see [`diff`]), with the columns as expressions of
+/// each side (e.g. a renamed column: `kind` in Postgres, `category AS kind` in ClickHouse).
 pub async fn try_diff_as(
     database: &str,
     dest: &str,
@@ -186,15 +229,44 @@ pub async fn try_diff_as(
     dst_cols: &str,
 ) -> Result<u64, clickhouse::error::Error> {
     let (hostport, db) = pg_parts();
-    let cols = src_cols;
     let src = format!("postgresql('{hostport}', '{db}', '{table}', 'postgres', '', '{schema}')");
-    let dst = format!("`{database}`.`{dest}` FINAL WHERE _pgpipe_is_deleted = 0");
-    let q = format!(
-        "SELECT toInt64(assumeNotNull((SELECT count() FROM (SELECT {cols} FROM {src} EXCEPT SELECT {dst_cols} FROM {dst})) + \
-                (SELECT count() FROM (SELECT {dst_cols} FROM {dst} EXCEPT SELECT {cols} FROM {src})) + \
-                abs(toInt64((SELECT count() FROM {src})) - toInt64((SELECT count() FROM {dst})))))"
-    );
+    let q = diff_query(&src, database, dest, src_cols, dst_cols);
     Ok(ch(database).query(&q).fetch_one::<i64>().await? as u64)
+}
+
+/// The oracle: a ClickHouse query counting the rows that differ between
+/// `src` (a `postgresql()` table function) and the live rows of
+/// `database`.`dest` under FINAL, in either direction.
+pub fn diff_query(src: &str, database: &str, dest: &str, src_cols: &str, dst_cols: &str) -> String {
+    let dst = format!("`{database}`.`{dest}` FINAL WHERE _pgpipe_is_deleted = 0");
+    format!(
+        "SELECT toInt64(assumeNotNull((SELECT count() FROM (SELECT {src_cols} FROM {src} EXCEPT SELECT {dst_cols} FROM {dst})) + \
+                (SELECT count() FROM (SELECT {dst_cols} FROM {dst} EXCEPT SELECT {src_cols} FROM {src})) + \
+                abs(toInt64((SELECT count() FROM {src})) - toInt64((SELECT count() FROM {dst})))))"
+    )
+}
+
+/// Polls `diff` until it is 0 (an error counts as a difference, e.g. a
+/// column not added yet); panics saying `what` and the last difference
+/// after `timeout`.
+pub async fn wait_no_diff(
+    what: &str,
+    timeout: Duration,
+    mut diff: impl AsyncFnMut() -> Result<u64, clickhouse::error::Error>,
+) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let d = match diff().await {
+            Ok(0) => return,
+            Ok(d) => d.to_string(),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} still differ after {timeout:?}: {d}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }
 
 /// Waits until source and destination are equal (or panics with the diff).
@@ -335,19 +407,6 @@ pub async fn start_pipe(req: CreatePipeRequest) -> (super::InProcess, Client, Pi
     (srv, c, p)
 }
 
-/// Deletes the pipe; returns the deleted incarnation.
-pub async fn delete_pipe(c: &mut Client, name: &str) -> Pipe {
-    c.delete_pipe(DeletePipeRequest {
-        name: name.into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .pipe
-    .unwrap()
-}
-
 /// Deletes the pipe and waits until its slot and publication are gone.
 pub async fn delete_and_release(c: &mut Client, name: &str) {
     let p = delete_pipe(c, name).await;
@@ -372,15 +431,14 @@ pub async fn resync_overrides(
     Ok(r.into_inner().pipe.unwrap())
 }
 
-/// Starts a resync of `tables` only (the incarnation stays).
-pub async fn resync_tables(c: &mut Client, name: &str, tables: &[&str]) {
-    c.resync_pipe(ResyncPipeRequest {
+/// Starts a resync of `tables` only (the incarnation stays); the pipe.
+pub async fn resync_tables(c: &mut Client, name: &str, tables: &[&str]) -> Pipe {
+    let req = ResyncPipeRequest {
         name: name.into(),
         tables: tables.iter().map(|t| (*t).into()).collect(),
         ..Default::default()
-    })
-    .await
-    .unwrap();
+    };
+    c.resync_pipe(req).await.unwrap().into_inner().pipe.unwrap()
 }
 
 /// The pipe's stats of `source_table` (panics if it has none).
@@ -418,6 +476,12 @@ pub async fn wait_table_state(
     table_stats(&p, table).clone()
 }
 
+/// Waits until the ClickHouse table `schema`.`table` (the database is named
+/// as the schema) lists the same rows as the source's, up to `timeout`.
+pub async fn wait_same(schema: &str, table: &str, cols: &str, timeout: Duration) {
+    wait_equal(schema, table, schema, table, cols, timeout).await;
+}
+
 /// Waits until the ClickHouse table `database`.`table` lists exactly the
 /// rows of the source's `schema`.`table`.
 pub async fn wait_same_table(database: &str, schema: &str, table: &str, cols: &str) {
@@ -435,20 +499,11 @@ pub async fn wait_equal_as(
     dst_cols: &str,
     timeout: Duration,
 ) {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        // An error (e.g. a column not added yet) counts as a difference.
-        let d = match try_diff_as(database, dest, schema, table, src_cols, dst_cols).await {
-            Ok(0) => return,
-            Ok(d) => d.to_string(),
-            Err(e) => e.to_string(),
-        };
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{schema}.{table} and {database}.{dest} still differ: {d}"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    let what = format!("{schema}.{table} and {database}.{dest}");
+    wait_no_diff(&what, timeout, async || {
+        try_diff_as(database, dest, schema, table, src_cols, dst_cols).await
+    })
+    .await;
 }
 
 /// Tables in the ClickHouse database.

@@ -13,11 +13,62 @@ pub mod workload;
 use pgpipe::proto::pipe_service_client::PipeServiceClient;
 use pgpipe::proto::*;
 use pgpipe::server::{self, ServeConfig, TlsFiles};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
+use tonic::client::GrpcService;
+use tonic::codegen::{Body, Bytes, StdError};
+use tonic::metadata::MetadataValue;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 pub type Client = PipeServiceClient<Channel>;
+
+/// A client sending `authorization: Bearer <token>` with every request.
+pub type AuthedClient = PipeServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// Adds `authorization: Bearer <token>` to every request.
+#[derive(Clone)]
+pub struct Bearer(pub String);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let v: MetadataValue<_> = format!("Bearer {}", self.0).parse().unwrap();
+        r.metadata_mut().insert("authorization", v);
+        Ok(r)
+    }
+}
+
+/// A client of `url` that sends `token`.
+pub async fn authed(url: &str, token: &str) -> AuthedClient {
+    let channel = Channel::from_shared(url.to_owned())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    PipeServiceClient::with_interceptor(channel, Bearer(token.to_owned()))
+}
+
+/// What a PipeServiceClient can run on: a channel, with an interceptor or
+/// not (so helpers serve [`Client`] and [`AuthedClient`] alike).
+pub trait Transport:
+    GrpcService<
+        tonic::body::Body,
+        Error: Into<StdError>,
+        ResponseBody: Body<Data = Bytes, Error: Into<StdError> + Send> + Send + 'static,
+    >
+{
+}
+
+impl<T> Transport for T where
+    T: GrpcService<
+            tonic::body::Body,
+            Error: Into<StdError>,
+            ResponseBody: Body<Data = Bytes, Error: Into<StdError> + Send> + Send + 'static,
+        >
+{
+}
 
 /// A server running inside the test process.
 pub struct InProcess {
@@ -154,6 +205,13 @@ impl InProcess {
     }
 }
 
+/// An in-process control plane (no data plane) and a client of it.
+pub async fn control_plane() -> (InProcess, Client) {
+    let srv = InProcess::start(None).await;
+    let c = srv.client().await;
+    (srv, c)
+}
+
 /// An in-process engine and a client of it.
 pub async fn engine() -> (InProcess, Client) {
     let srv = InProcess::start_engine().await;
@@ -219,7 +277,6 @@ impl Proc {
     }
 
     fn spawn_with(data_dir: &Path, envs: &[(&str, &str)]) -> Self {
-        use std::io::BufRead;
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgpipe"));
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
@@ -232,16 +289,7 @@ impl Proc {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("spawn pgpipe");
-        let stdout = child.stdout.take().unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(stdout)
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("pgpipe listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
+        let addr = listen_addr(&mut child);
         Self {
             child,
             addr,
@@ -255,6 +303,17 @@ impl Proc {
         wait_serving(&p.url()).await;
         let c = connect(&p.url()).await;
         (p, c)
+    }
+
+    /// The whole service with `failpoints` (`PGPIPE_FAILPOINTS`; none if
+    /// empty), serving, and a client of it.
+    pub async fn start_with_failpoints(data_dir: &Path, failpoints: &str) -> (Self, Client) {
+        let envs: &[(&str, &str)] = if failpoints.is_empty() {
+            &[]
+        } else {
+            &[("PGPIPE_FAILPOINTS", failpoints)]
+        };
+        Self::start_engine(data_dir, envs).await
     }
 
     /// Waits for the process to end by itself (e.g. a fail-point fired).
@@ -282,6 +341,21 @@ impl Proc {
         unsafe_kill(self.child.id(), "TERM");
         self.child.wait().unwrap()
     }
+}
+
+/// The address a `pgpipe serve` child prints first on its stdout (which
+/// must be piped): `pgpipe listening on ADDR`.
+pub fn listen_addr(child: &mut Child) -> String {
+    use std::io::BufRead;
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .unwrap();
+    line.trim()
+        .strip_prefix("pgpipe listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned()
 }
 
 fn unsafe_kill(pid: u32, sig: &str) {
@@ -359,6 +433,287 @@ pub async fn history(c: &mut Client, name: &str, kind: Option<HistoryKind>) -> V
     .unwrap()
     .into_inner()
     .events
+}
+
+/// An HTTP/1.1 request without a body: status, head and body of the answer
+/// (status 0 if there is none).
+pub async fn http(addr: &str, method: &str, path: &str) -> std::io::Result<(u16, String, String)> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.write_all(
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((status, head.to_owned(), body.to_owned()))
+}
+
+/// GET `path`: status and body.
+pub async fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let (status, _, body) = http(addr, "GET", path).await?;
+    Ok((status, body))
+}
+
+/// A second ClickHouse front (`dev/chfront.py`, or `PGPIPE_CHFRONT_PY`)
+/// that wants a user and password, on a free port; killed on drop.
+pub struct AuthFront {
+    child: Child,
+    dir: tempfile::TempDir,
+    pub url: String,
+}
+
+impl AuthFront {
+    /// Starts it and waits until it answers `/ping`.
+    pub async fn start(user: &str, password: &str) -> Self {
+        let script = std::env::var("PGPIPE_CHFRONT_PY")
+            .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/dev/chfront.py").to_string());
+        let port = peers::free_port();
+        let dir = tempfile::Builder::new()
+            .prefix("chfront-auth-")
+            .tempdir()
+            .unwrap();
+        let log = std::fs::File::create(dir.path().join("front.log")).unwrap();
+        let child = Command::new("python3")
+            .arg(&script)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--user", user, "--password", password])
+            .arg("--data")
+            .arg(dir.path().join("data"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start python3 {script}: {e}"));
+        let mut front = Self {
+            child,
+            dir,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let addr = format!("127.0.0.1:{port}");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok((200, _)) = http_get(&addr, "/ping").await {
+                return front;
+            }
+            if front.child.try_wait().unwrap().is_some() || tokio::time::Instant::now() > deadline {
+                let log =
+                    std::fs::read_to_string(front.dir.path().join("front.log")).unwrap_or_default();
+                panic!("auth front on {addr} did not come up:\n{log}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for AuthFront {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The pipe's current incarnation, by name.
+pub async fn get(c: &mut PipeServiceClient<impl Transport>, name: &str) -> Pipe {
+    let by_name = GetPipeRequest {
+        name: name.into(),
+        ..Default::default()
+    };
+    c.get_pipe(by_name)
+        .await
+        .unwrap()
+        .into_inner()
+        .pipe
+        .unwrap()
+}
+
+/// One incarnation, by id.
+pub async fn get_id(c: &mut PipeServiceClient<impl Transport>, id: &str) -> Pipe {
+    let by_id = GetPipeRequest {
+        id: id.into(),
+        ..Default::default()
+    };
+    c.get_pipe(by_id).await.unwrap().into_inner().pipe.unwrap()
+}
+
+/// Deletes the pipe; returns the deleted incarnation.
+pub async fn delete_pipe(c: &mut PipeServiceClient<impl Transport>, name: &str) -> Pipe {
+    c.delete_pipe(DeletePipeRequest {
+        name: name.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .pipe
+    .unwrap()
+}
+
+/// Every pipe incarnation the server knows, deleted ones included.
+pub async fn list_all(c: &mut PipeServiceClient<impl Transport>) -> Vec<Pipe> {
+    c.list_pipes(ListPipesRequest {
+        include_deleted: true,
+        label_selector: Default::default(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .pipes
+}
+
+/// Names of the live pipes whose labels match `label_selector` (all when
+/// it is empty), as ListPipes orders them.
+pub async fn live_names(
+    c: &mut Client,
+    label_selector: std::collections::BTreeMap<String, String>,
+) -> Vec<String> {
+    c.list_pipes(ListPipesRequest {
+        include_deleted: false,
+        label_selector,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .pipes
+    .into_iter()
+    .map(|p| p.name)
+    .collect()
+}
+
+/// CreatePipe; the new incarnation.
+pub async fn create_pipe(
+    c: &mut PipeServiceClient<impl Transport>,
+    req: CreatePipeRequest,
+) -> Pipe {
+    c.create_pipe(req).await.unwrap().into_inner().pipe.unwrap()
+}
+
+/// PausePipe; the paused incarnation.
+pub async fn pause(c: &mut PipeServiceClient<impl Transport>, name: &str) -> Pipe {
+    let req = PausePipeRequest { name: name.into() };
+    c.pause_pipe(req).await.unwrap().into_inner().pipe.unwrap()
+}
+
+/// ResumePipe; the resumed incarnation.
+pub async fn resume(c: &mut PipeServiceClient<impl Transport>, name: &str) -> Pipe {
+    let req = ResumePipeRequest { name: name.into() };
+    c.resume_pipe(req).await.unwrap().into_inner().pipe.unwrap()
+}
+
+/// A whole-pipe ResyncPipe; the new incarnation.
+pub async fn resync(
+    c: &mut PipeServiceClient<impl Transport>,
+    name: &str,
+) -> Result<Pipe, tonic::Status> {
+    c.resync_pipe(ResyncPipeRequest {
+        name: name.into(),
+        ..Default::default()
+    })
+    .await
+    .map(|r| r.into_inner().pipe.unwrap())
+}
+
+/// WatchEvents over the whole log, from the first event.
+pub async fn watch_all(
+    c: &mut PipeServiceClient<impl Transport>,
+) -> tonic::Streaming<WatchEventsResponse> {
+    c.watch_events(WatchEventsRequest {
+        after_cursor: Some(0),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
+}
+
+/// WatchPipe of `name` after `after_cursor` (None: its state, then live).
+pub async fn watch_pipe(
+    c: &mut PipeServiceClient<impl Transport>,
+    name: &str,
+    after_cursor: Option<u64>,
+) -> tonic::Streaming<WatchPipeResponse> {
+    let req = WatchPipeRequest {
+        name: name.into(),
+        after_cursor,
+    };
+    c.watch_pipe(req).await.unwrap().into_inner()
+}
+
+/// Every event from the start, read through WatchEvents up to its
+/// caught-up marker, and that cursor (the log's head).
+pub async fn all_events(c: &mut PipeServiceClient<impl Transport>) -> (Vec<Event>, u64) {
+    let mut s = watch_all(c).await;
+    let mut events = Vec::new();
+    loop {
+        match next_item(&mut s, Duration::from_secs(30)).await {
+            watch_events_response::Item::Event(e) => events.push(e),
+            watch_events_response::Item::CaughtUp(cu) => return (events, cu.cursor),
+        }
+    }
+}
+
+/// The next item of a WatchEvents stream (panics if none comes in `wait`).
+pub async fn next_item(
+    s: &mut tonic::Streaming<WatchEventsResponse>,
+    wait: Duration,
+) -> watch_events_response::Item {
+    loop {
+        let m = tokio::time::timeout(wait, s.message())
+            .await
+            .unwrap_or_else(|_| panic!("WatchEvents said nothing for {wait:?}"))
+            .unwrap()
+            .expect("WatchEvents ended before caught_up");
+        if let Some(item) = m.item {
+            return item;
+        }
+    }
+}
+
+/// The log's head: the caught-up cursor a fresh live WatchEvents reports.
+pub async fn log_head(c: &mut PipeServiceClient<impl Transport>) -> u64 {
+    let mut s = c
+        .watch_events(WatchEventsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    loop {
+        let item = next_item(&mut s, Duration::from_secs(10)).await;
+        if let watch_events_response::Item::CaughtUp(cu) = item {
+            return cu.cursor;
+        }
+    }
+}
+
+/// grpcurl, or None when it is not installed and the test should skip
+/// (saying so); in CI (`CI` set) a missing grpcurl fails the test.
+pub fn grpcurl_or_skip() -> Option<String> {
+    let bin = grpcurl();
+    if bin.is_none() {
+        assert!(
+            std::env::var("CI").is_err(),
+            "grpcurl is missing in CI: dev/env up must install it"
+        );
+        eprintln!("SKIPPED: grpcurl not installed (cargo install grpcurl-rs)");
+    }
+    bin
+}
+
+/// Runs grpcurl `bin` with `args`; its stdout (panics showing both outputs
+/// if it fails).
+pub fn grpcurl_ok(bin: &str, args: &[&str]) -> String {
+    let out = Command::new(bin).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "grpcurl {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The grpcurl binary (`GRPCURL`, on PATH, or in ~/.cargo/bin), if any.

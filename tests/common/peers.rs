@@ -58,7 +58,8 @@ fn port_taken(message: &str) -> bool {
     message.contains("Address already in use") || message.contains("could not bind")
 }
 
-fn is_root() -> bool {
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
     std::process::Command::new("id")
         .arg("-u")
         .output()
@@ -310,28 +311,6 @@ impl PrivateEnv {
         }
     }
 
-    /// Like `data::try_diff`, between this environment's peers.
-    pub async fn try_diff(
-        &self,
-        database: &str,
-        dest: &str,
-        schema: &str,
-        table: &str,
-        cols: &str,
-    ) -> Result<u64, clickhouse::error::Error> {
-        let src = format!(
-            "postgresql('127.0.0.1:{}', '{PG_DB}', '{table}', 'postgres', '', '{schema}')",
-            self.pg_port
-        );
-        let dst = format!("`{database}`.`{dest}` FINAL WHERE _pgpipe_is_deleted = 0");
-        let q = format!(
-            "SELECT toInt64(assumeNotNull((SELECT count() FROM (SELECT {cols} FROM {src} EXCEPT SELECT {cols} FROM {dst})) + \
-                    (SELECT count() FROM (SELECT {cols} FROM {dst} EXCEPT SELECT {cols} FROM {src})) + \
-                    abs(toInt64((SELECT count() FROM {src})) - toInt64((SELECT count() FROM {dst})))))"
-        );
-        Ok(self.ch(database).query(&q).fetch_one::<i64>().await? as u64)
-    }
-
     /// Waits until both sides hold the same rows (panics with the diff).
     pub async fn wait_equal(
         &self,
@@ -342,19 +321,77 @@ impl PrivateEnv {
         cols: &str,
         timeout: Duration,
     ) {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let d = match self.try_diff(database, dest, schema, table, cols).await {
-                Ok(0) => return,
-                Ok(d) => d.to_string(),
-                Err(e) => e.to_string(),
-            };
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{schema}.{table} and {database}.{dest} still differ after {timeout:?}: {d}"
-            );
-            tokio::time::sleep(Duration::from_millis(300)).await;
+        let src = format!(
+            "postgresql('127.0.0.1:{}', '{PG_DB}', '{table}', 'postgres', '', '{schema}')",
+            self.pg_port
+        );
+        let q = super::data::diff_query(&src, database, dest, cols, cols);
+        let what = format!("{schema}.{table} and {database}.{dest}");
+        super::data::wait_no_diff(&what, timeout, async || {
+            Ok(self.ch(database).query(&q).fetch_one::<i64>().await? as u64)
+        })
+        .await;
+    }
+
+    /// [`PrivateEnv::wait_equal`] of `schema`.`table` and the ClickHouse
+    /// table of the same name in the database named as the schema.
+    pub async fn wait_same(&self, schema: &str, table: &str, cols: &str, timeout: Duration) {
+        self.wait_equal(schema, table, schema, table, cols, timeout)
+            .await;
+    }
+
+    /// Creates `schema` with the table of `data::items_sql` here.
+    pub async fn make_items(&self, schema: &str, rows: i64) {
+        self.pg()
+            .await
+            .batch_execute(&super::data::items_sql(schema, rows))
+            .await
+            .unwrap();
+    }
+
+    /// An in-process engine with a RUNNING pipe (named after the schema)
+    /// of `schema`.items (see [`PrivateEnv::make_items`]) whose snapshot is
+    /// in ClickHouse; its name and the pipe.
+    pub async fn start_items_pipe(&self, schema: &str) -> (super::InProcess, Client, String, Pipe) {
+        let name = super::data::pipe_name(schema);
+        let req = self.pipe_req(&name, schema, &[&format!("{schema}.items")]);
+        let (srv, c, p) = super::data::start_pipe(req).await;
+        self.wait_same(
+            schema,
+            "items",
+            super::data::ITEMS_COLS,
+            Duration::from_secs(30),
+        )
+        .await;
+        (srv, c, name, p)
+    }
+
+    /// Keeps at most 1 MB of WAL for slots and none for standbys (both
+    /// reloadable), so a paused pipe's slot is lost after a few segments.
+    pub async fn limit_slot_wal(&self) {
+        let admin = self.pg().await;
+        // One statement each: ALTER SYSTEM refuses an (implicit) transaction.
+        for sql in [
+            "ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'",
+            "ALTER SYSTEM SET wal_keep_size = 0",
+            "SELECT pg_reload_conf()",
+        ] {
+            admin.batch_execute(sql).await.unwrap();
         }
+    }
+
+    /// Sets `wal_level = replica` and restarts Postgres: a server logical
+    /// decoding refuses.
+    pub async fn without_logical_wal(&self) {
+        self.set_wal_level("replica").await;
+    }
+
+    /// Sets `wal_level` (ALTER SYSTEM, which overrides dev/env's setting)
+    /// and restarts Postgres.
+    pub async fn set_wal_level(&self, level: &str) {
+        let sql = format!("ALTER SYSTEM SET wal_level = {level}");
+        self.pg().await.batch_execute(&sql).await.unwrap();
+        self.restart_pg().await;
     }
 }
 
@@ -374,6 +411,19 @@ impl Drop for PrivateEnv {
     }
 }
 
+/// Writes about 10 MB of WAL through `pg` (into its table `scratch (id int,
+/// pad text)`), switches the segment and checkpoints: what makes a slot
+/// that stands still fall behind.
+pub async fn churn_wal(pg: &tokio_postgres::Client) {
+    for sql in [
+        "INSERT INTO scratch SELECT g, repeat('x', 500) FROM generate_series(1, 20000) g",
+        "SELECT pg_switch_wal()",
+        "CHECKPOINT",
+    ] {
+        pg.batch_execute(sql).await.unwrap();
+    }
+}
+
 /// Polls GetPipe until `pred` holds (panics with the last state after
 /// `timeout`).
 pub async fn wait_pipe(
@@ -385,7 +435,7 @@ pub async fn wait_pipe(
 ) -> Pipe {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let p = super::data::get(c, name).await;
+        let p = super::get(c, name).await;
         if pred(&p) {
             return p;
         }

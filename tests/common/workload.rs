@@ -168,6 +168,20 @@ pub struct Target {
 }
 
 impl Target {
+    /// Creates `table` (`schema.name`) of `shape` through `db` with the rows
+    /// `1..=rows` (`Shape::insert`), analyzed.
+    pub async fn create(db: &tokio_postgres::Client, table: &str, shape: Shape, rows: u64) -> Self {
+        let sql = format!(
+            "{}; {}; ANALYZE {table};",
+            shape.ddl(table),
+            shape.insert(table, 1, rows)
+        );
+        db.batch_execute(&sql)
+            .await
+            .unwrap_or_else(|e| panic!("{e:?}\n{sql}"));
+        Self::new(table, shape, rows)
+    }
+
     /// A table whose rows `1..=initial_rows` were loaded with `Shape::insert`.
     pub fn new(table: &str, shape: Shape, initial_rows: u64) -> Self {
         Self {
