@@ -4,6 +4,25 @@
 //! Data flows one way: [`api`] (gRPC requests) -> [`commands`] (decided
 //! against the projection) -> [`store`] (durable events) ->
 //! [`domain::projection`] (current state) -> [`watch`] (live streams).
+//! `docs/architecture.md` draws it and holds the snapshot/CDC hand-off and
+//! crash-replay arguments.
+//!
+//! # Layout
+//!
+//! - [`api`]: the gRPC service, auth, errors mapped to statuses; [`server`]
+//!   wires it with health, reflection, TLS and the engine.
+//! - [`commands`]: requests decided against the projection, appended as
+//!   events.
+//! - [`domain`]: validation, names and the projection (the fold of events).
+//! - [`store`]: the sled event log and secrets; [`watch`]: followers.
+//! - [`engine`]: the supervisor and a worker per pipe (setup, load, swap,
+//!   CDC), schema changes, partitions, slot health.
+//! - Adapters: [`source`] (Postgres: checks, snapshot COPY, the replication
+//!   stream), [`sink`] (ClickHouse: DDL, RowBinary, types), [`model`] (rows
+//!   and changes between them).
+//! - [`cli`]: the `pgpipe` client commands; [`metrics`]: Prometheus;
+//!   [`tls`]: rustls material; [`failpoint`]: crash points for tests;
+//!   [`proto_ext`]: enum labels.
 
 pub mod api;
 pub mod cli;

@@ -16,16 +16,10 @@
 //!   so a repeat copies nothing twice;
 //! - swap: each `_resync` table's UUID is recorded when it is created; a redo
 //!   skips tables whose original name already carries that UUID;
-//! - CDC: the slot advances only after ClickHouse acknowledged a batch.
+//! - CDC: the slot is confirmed only past transactions ClickHouse has whole.
 //!
 //! Versions (why the snapshot/CDC hand-off neither misses nor doubles a
-//! change): the slot is created first, at consistent point C; the snapshot is
-//! exported after that, so it contains every transaction committed before C.
-//! Snapshot rows carry version C - 1; every change decoded from the slot
-//! belongs to a transaction committed at or after C and carries its commit
-//! LSN (>= C). A change that is also in the snapshot is replayed with a
-//! higher version and data at least as new; ReplacingMergeTree keeps the
-//! highest version, so doubles collapse and nothing is missed.
+//! change) and what a crash in CDC replays: `docs/architecture.md`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -646,10 +640,12 @@ impl Worker {
             start,
         })
         .await?;
-        let mut counts: HashMap<String, TableChangeCounts> = HashMap::new();
-        let mut last_report = Instant::now();
-        let mut last_lsn = start.to_string();
-        let mut lag = LagSample::default();
+        let mut progress = CdcReport {
+            counts: HashMap::new(),
+            lag: LagSample::default(),
+            last_lsn: start.to_string(),
+            last_report: Instant::now(),
+        };
         let mut leaves_checked = Instant::now();
         let mut housekept: Option<Instant> = None;
         let mut batch = Batch::new(settings.cdc_batch_size as usize);
@@ -667,10 +663,8 @@ impl Worker {
                     self.sync_partitions(&ends, &mut routes).await?;
                     leaves_checked = Instant::now();
                 }
-                if last_report.elapsed() >= PROGRESS_EVERY * 5 {
-                    self.report_cdc(&ends, &mut counts, &slot, &last_lsn)
-                        .await?;
-                    last_report = Instant::now();
+                if progress.last_report.elapsed() >= PROGRESS_EVERY * 5 {
+                    self.report_cdc(&ends, &slot, &mut progress).await?;
                 }
                 housekept = Some(Instant::now());
             }
@@ -685,18 +679,8 @@ impl Worker {
                     if batch.is_empty() {
                         self.core.metrics.set_cdc_lag_seconds(&self.name, 0.0);
                     } else {
-                        self.flush_batch(&ends, &stream, &mut batch, &routes)
+                        self.flush(&ends, &slot, &stream, &mut batch, &routes, &mut progress)
                             .await?;
-                        self.after_flush(
-                            &ends,
-                            &slot,
-                            &mut batch,
-                            &mut counts,
-                            &mut lag,
-                            &mut last_lsn,
-                        )
-                        .await?;
-                        last_report = Instant::now();
                     }
                     continue;
                 }
@@ -723,13 +707,13 @@ impl Worker {
                     else {
                         continue;
                     };
-                    let e =
-                        counts
-                            .entry(source_table.clone())
-                            .or_insert_with(|| TableChangeCounts {
-                                source_table: source_table.clone(),
-                                ..Default::default()
-                            });
+                    let e = progress
+                        .counts
+                        .entry(source_table.clone())
+                        .or_insert_with(|| TableChangeCounts {
+                            source_table: source_table.clone(),
+                            ..Default::default()
+                        });
                     match c.kind {
                         ChangeKind::Insert => e.inserted += 1,
                         ChangeKind::Update => e.updated += 1,
@@ -742,21 +726,8 @@ impl Worker {
                         // A transaction of any size is written in chunks:
                         // every row carries the commit's version, and the
                         // slot is confirmed only at its end.
-                        self.flush_batch(&ends, &stream, &mut batch, &routes)
+                        self.flush(&ends, &slot, &stream, &mut batch, &routes, &mut progress)
                             .await?;
-                        if open.is_some() {
-                            failpoint::hit(failpoint::CDC_MID_TRANSACTION).await;
-                        }
-                        self.after_flush(
-                            &ends,
-                            &slot,
-                            &mut batch,
-                            &mut counts,
-                            &mut lag,
-                            &mut last_lsn,
-                        )
-                        .await?;
-                        last_report = Instant::now();
                     }
                 }
                 StreamItem::Item(TxItem::Truncate { relation_oids }) => {
@@ -785,18 +756,8 @@ impl Worker {
                     open = None;
                     batch.commit(commit_lsn, end_lsn, commit_time_us);
                     if batch.is_full() || batch.started.is_some_and(|at| at.elapsed() >= interval) {
-                        self.flush_batch(&ends, &stream, &mut batch, &routes)
+                        self.flush(&ends, &slot, &stream, &mut batch, &routes, &mut progress)
                             .await?;
-                        self.after_flush(
-                            &ends,
-                            &slot,
-                            &mut batch,
-                            &mut counts,
-                            &mut lag,
-                            &mut last_lsn,
-                        )
-                        .await?;
-                        last_report = Instant::now();
                     }
                 }
                 StreamItem::Idle { wal_end } => {
@@ -813,12 +774,14 @@ impl Worker {
     /// Writes the batch's rows to ClickHouse and then confirms its finished
     /// transactions to the server: the slot never moves past a row
     /// ClickHouse has not acknowledged.
-    async fn flush_batch(
+    async fn flush(
         &mut self,
         ends: &Ends,
+        slot: &str,
         stream: &source::ChangeStream,
         batch: &mut Batch,
         routes: &Routes,
+        progress: &mut CdcReport,
     ) -> Result<()> {
         let applying = Instant::now();
         for (oid, rows) in batch.pending.drain() {
@@ -831,6 +794,7 @@ impl Worker {
         if batch.committed_end.is_none() {
             // Mid-transaction: the next chunk starts its own time window.
             batch.started = None;
+            failpoint::hit(failpoint::CDC_MID_TRANSACTION).await;
         }
         if let Some(end) = batch.committed_end {
             failpoint::hit(failpoint::CDC_BEFORE_ADVANCE).await;
@@ -850,7 +814,7 @@ impl Worker {
                 metrics.rows_applied(&self.name, &table, kind, count);
             }
         }
-        Ok(())
+        self.after_flush(ends, slot, batch, progress).await
     }
 
     /// After a flush: one CdcProgress event per batch that finished
@@ -860,23 +824,22 @@ impl Worker {
         ends: &Ends,
         slot: &str,
         batch: &mut Batch,
-        counts: &mut HashMap<String, TableChangeCounts>,
-        lag: &mut LagSample,
-        last_lsn: &mut String,
+        progress: &mut CdcReport,
     ) -> Result<()> {
+        progress.last_report = Instant::now();
         let Some(end) = batch.committed_end else {
             // Only part of a transaction so far: its rows are counted when
             // it ends.
             return Ok(());
         };
-        *last_lsn = end.to_string();
-        if !counts.is_empty() {
-            let progress = CdcProgress {
+        progress.last_lsn = end.to_string();
+        if !progress.counts.is_empty() {
+            let event = CdcProgress {
                 start_lsn: batch
                     .first_commit
                     .map(|l| l.to_string())
                     .unwrap_or_default(),
-                lsn: last_lsn.clone(),
+                lsn: progress.last_lsn.clone(),
                 duration_ms: batch
                     .started
                     .map_or(0, |at| at.elapsed().as_millis() as u64),
@@ -884,7 +847,7 @@ impl Worker {
                 first_commit_at: batch.first_commit_time.map(pg_time),
                 ..Default::default()
             };
-            self.report_batch(ends, slot, counts, lag, progress).await?;
+            self.report_batch(ends, slot, progress, event).await?;
         }
         batch.reset();
         Ok(())
@@ -897,10 +860,10 @@ impl Worker {
         &mut self,
         ends: &Ends,
         slot: &str,
-        counts: &mut HashMap<String, TableChangeCounts>,
-        lag: &mut LagSample,
+        progress: &mut CdcReport,
         mut batch: CdcProgress,
     ) -> Result<()> {
+        let lag = &mut progress.lag;
         if lag.at.is_none_or(|at| at.elapsed() >= PROGRESS_EVERY) {
             let info = source::slot_info(&ends.pg, slot).await?;
             let wal = source::current_wal_lsn(&ends.pg).await?;
@@ -910,7 +873,7 @@ impl Worker {
             self.core.metrics.set_cdc_lag_bytes(&self.name, lag.bytes);
         }
         batch.lag_bytes = lag.bytes;
-        let mut tables: Vec<TableChangeCounts> = counts.drain().map(|(_, c)| c).collect();
+        let mut tables: Vec<TableChangeCounts> = progress.counts.drain().map(|(_, c)| c).collect();
         tables.sort_by(|a, b| a.source_table.cmp(&b.source_table));
         batch.rows = tables
             .iter()
@@ -924,10 +887,10 @@ impl Worker {
     async fn report_cdc(
         &mut self,
         ends: &Ends,
-        counts: &mut HashMap<String, TableChangeCounts>,
         slot: &str,
-        last_lsn: &str,
+        progress: &mut CdcReport,
     ) -> Result<()> {
+        progress.last_report = Instant::now();
         let info = source::slot_info(&ends.pg, slot).await?;
         let wal = source::current_wal_lsn(&ends.pg).await?;
         let confirmed = info.map(|i| i.confirmed_flush).unwrap_or_default();
@@ -935,13 +898,13 @@ impl Worker {
         self.core.metrics.set_cdc_lag_bytes(&self.name, lag);
         // What ClickHouse has: the last flushed transaction's end, or the
         // slot's position once an idle keepalive moved it further.
-        let flushed: Lsn = last_lsn.parse().unwrap_or_default();
+        let flushed: Lsn = progress.last_lsn.parse().unwrap_or_default();
         let lsn = confirmed.max(flushed).to_string();
         let p = self.pipe()?;
-        if counts.is_empty() && p.last_lsn == lsn && p.lag_bytes == lag {
+        if progress.counts.is_empty() && p.last_lsn == lsn && p.lag_bytes == lag {
             return Ok(());
         }
-        let tables = counts.drain().map(|(_, c)| c).collect();
+        let tables = progress.counts.drain().map(|(_, c)| c).collect();
         self.record(vec![Payload::CdcProgress(CdcProgress {
             lsn,
             lag_bytes: lag,
@@ -1913,6 +1876,16 @@ async fn confirmed_position(pg: &tokio_postgres::Client, slot: &str) -> Result<L
         .into());
     }
     Ok(info.confirmed_flush)
+}
+
+/// What the CDC loop reports, between events.
+struct CdcReport {
+    /// Rows per source table since the last CdcProgress event.
+    counts: HashMap<String, TableChangeCounts>,
+    lag: LagSample,
+    /// The end of the last transaction ClickHouse has whole.
+    last_lsn: String,
+    last_report: Instant,
 }
 
 #[derive(Default)]

@@ -3,41 +3,9 @@
 //! snapshot (COPY) and change data capture (pgoutput streamed over a
 //! replication connection, see [`ChangeStream`]).
 //!
-//! # Why the snapshot/CDC hand-off is exact
-//!
-//! tokio-postgres has no replication-protocol support (no
-//! `replication=database`, no CopyBoth), so pgpipe cannot use
-//! `CREATE_REPLICATION_SLOT ... EXPORT_SNAPSHOT`, which would hand out a
-//! snapshot taken exactly at the slot's consistent point. Instead the
-//! hand-off is made exact by *versions*:
-//!
-//! 1. Setup creates the slot FIRST ([`create_slot`], i.e.
-//!    `pg_create_logical_replication_slot(slot, 'pgoutput')`), which returns
-//!    its consistent point `C`. Decoding from this slot yields exactly the
-//!    transactions whose commit record is at or after `C`; every transaction
-//!    that committed before `C` is, by construction of the slot, not decoded.
-//! 2. Then the snapshot is taken ([`SnapshotExport::begin`]: one coordinator
-//!    connection runs `BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;
-//!    SELECT pg_export_snapshot()`; every parallel [`SnapshotWorker`] runs
-//!    `BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION
-//!    SNAPSHOT '<name>'` and COPYs its partitions; the coordinator stays open
-//!    until every worker has imported). The snapshot is taken after `C` was
-//!    reached, so every transaction committed before `C` is visible in it.
-//! 3. Snapshot rows get version `C`; every CDC change gets the commit LSN of
-//!    its transaction as its version, which is `>= C` for every decoded
-//!    transaction (see the caveat below). CDC replays everything from `C` on,
-//!    so a change that is also in the snapshot is replayed with a version at
-//!    least as high and the same or newer data, and ReplacingMergeTree keeps
-//!    the highest version: nothing is missed, and doubles collapse.
-//!
-//! Caveat on "`>`": Postgres decodes a commit whose record *starts at* the
-//! consistent point (`commit_lsn >= C`, not `>`), so a transaction
-//! committing in the instant after slot creation may carry version exactly
-//! `C` while the snapshot (taken a moment later) shows either its old or its
-//! new data. Either give snapshot rows version `C - 1` (no decoded
-//! transaction has a smaller commit LSN than `C`, so this is strictly
-//! lower), or make sure CDC rows are inserted after the snapshot rows (equal
-//! versions: ReplacingMergeTree keeps the last inserted).
+//! Why the snapshot/CDC hand-off neither misses nor doubles a change (the
+//! slot first, then the exported snapshot, versions `C - 1` and commit
+//! LSNs): `docs/architecture.md`.
 //!
 //! # Output format
 //!

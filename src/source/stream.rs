@@ -207,7 +207,7 @@ impl ChangeStream {
 
     /// Tells the server that every transaction ending at or before `lsn`
     /// is stored: the slot's confirmed position moves there (sent within
-    /// [`STATUS_INTERVAL`]) and older WAL may be recycled. Monotonic.
+    /// about a second) and older WAL may be recycled. Monotonic.
     pub fn confirm(&self, lsn: Lsn) {
         self.client
             .update_applied_lsn(pgwire_replication::Lsn::from_u64(lsn.0));
