@@ -78,37 +78,72 @@ impl Core {
             .ok_or_else(|| CommandError::NotFound(format!("no pipe has id {id:?}")))
     }
 
-    /// Decides and appends, re-deciding on a version conflict. Returns the
-    /// state of the pipe the last event is about.
+    /// The one way state changes (as in cqrs-es: load, handle, commit):
+    /// reads the projection and `stream`'s version together, lets `decide`
+    /// choose the events, and appends them at that version. The append
+    /// fails if anything was recorded in between (a deletion, say), and
+    /// then `decide` runs again on the new state, up to `attempts` times.
+    /// No events: nothing is appended. Returns what was stored.
+    pub async fn append_when<E: From<LogError>>(
+        &self,
+        stream: &str,
+        attempts: usize,
+        decide: impl Fn(&Projection, u64) -> Result<Vec<Event>, E>,
+    ) -> Result<Vec<Arc<Event>>, E> {
+        let mut conflict = None;
+        for _ in 0..attempts.max(1) {
+            let (events, version) = self.read(|p| {
+                let version = p.stream_version(stream);
+                decide(p, version).map(|e| (e, version))
+            })?;
+            if events.is_empty() {
+                return Ok(Vec::new());
+            }
+            match self.log.append(stream, version, events).await {
+                Ok(stored) => return Ok(stored),
+                Err(e @ LogError::VersionConflict { .. }) => {
+                    conflict = Some(e);
+                    tokio::task::yield_now().await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(conflict
+            .unwrap_or(LogError::VersionConflict {
+                stream: stream.to_owned(),
+                expected: 0,
+                actual: 0,
+            })
+            .into())
+    }
+
+    /// A command: decided and appended through [`Core::append_when`].
+    /// Returns the state of the pipe the last event is about.
     async fn execute(
         &self,
         name: &str,
         decide: impl Fn(Option<&Pipe>, u64) -> Result<Decision, CommandError>,
     ) -> Result<Pipe, CommandError> {
-        let mut last_conflict = None;
-        for _ in 0..MAX_ATTEMPTS {
-            let decision = self.read(|p| decide(p.by_name(name), p.stream_version(name)))?;
-            // Nothing to record (e.g. labels already as asked): no event.
-            if decision.events.is_empty() {
-                return self.get_by_name(name);
-            }
-            match self
-                .log
-                .append(name, decision.expected_version, decision.events)
-                .await
-            {
-                Ok(stored) => {
-                    let id = stored.last().map(|e| e.pipe_id.clone()).unwrap_or_default();
-                    return self.get_by_id(&id);
+        let stored = self
+            .append_when(name, MAX_ATTEMPTS, |p, version| {
+                let decision = decide(p.by_name(name), version)?;
+                debug_assert_eq!(decision.expected_version, version);
+                Ok(decision.events)
+            })
+            .await
+            .map_err(|e| match e {
+                CommandError::Log(e @ LogError::VersionConflict { .. }) => {
+                    CommandError::Conflict(format!(
+                        "pipe {name:?} kept changing while the command was applied ({e}); retry"
+                    ))
                 }
-                Err(e @ LogError::VersionConflict { .. }) => last_conflict = Some(e),
-                Err(e) => return Err(e.into()),
-            }
+                other => other,
+            })?;
+        // Nothing to record (e.g. labels already as asked): no event.
+        match stored.last() {
+            Some(e) => self.get_by_id(&e.pipe_id),
+            None => self.get_by_name(name),
         }
-        Err(CommandError::Conflict(format!(
-            "pipe {name:?} kept changing while the command was applied ({}); retry",
-            last_conflict.map(|e| e.to_string()).unwrap_or_default()
-        )))
     }
 
     pub async fn create(&self, req: CreatePipeRequest) -> Result<Pipe, CommandError> {

@@ -7,6 +7,7 @@
 //! not recorded as done.
 
 mod copy;
+mod guard;
 mod partitions;
 pub mod preflight;
 pub mod slot_health;
@@ -27,7 +28,6 @@ use crate::proto::event::Payload;
 use crate::proto::{Pipe, PipeStatus, SourceReleased};
 use crate::sink::ChSink;
 use crate::source;
-use crate::store::event_log::new_event;
 
 /// The ClickHouse end of a pipe config.
 pub(crate) fn sink_for(
@@ -187,39 +187,21 @@ async fn release_once(core: &Core, pipe: &Pipe) -> Result<(), worker::EngineErro
         }
         dropped = true;
     }
-    let event = new_event(
-        &pipe.id,
-        Payload::SourceReleased(SourceReleased {
-            slot_name: slot,
-            publication_name: publication,
-            destination_tables_dropped: dropped,
-        }),
-    );
     // Decided on the projection at a stream version: a release that raced
     // this one (e.g. spawned again before the first one's event was folded)
     // finds it recorded and appends nothing.
-    loop {
-        let (released, version) = core.read(|p| {
-            (
-                p.by_id(&pipe.id).is_some_and(|x| x.source_released),
-                p.stream_version(&pipe.name),
-            )
-        });
-        if released {
-            break;
-        }
-        match core
-            .log
-            .append(&pipe.name, version, vec![event.clone()])
-            .await
-        {
-            Ok(_) => break,
-            Err(crate::store::LogError::VersionConflict { .. }) => {
-                tokio::task::yield_now().await;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
+    guard::record(
+        core,
+        guard::Guard::Unreleased,
+        &pipe.id,
+        &pipe.name,
+        &[Payload::SourceReleased(SourceReleased {
+            slot_name: slot,
+            publication_name: publication,
+            destination_tables_dropped: dropped,
+        })],
+    )
+    .await?;
     // The secrets of a released incarnation are no longer needed.
     let _ = core.secrets.remove(&pipe.id);
     tracing::info!("source objects released");

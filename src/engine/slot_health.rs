@@ -25,8 +25,6 @@ use crate::proto::{
     Pipe, PipeSettings, PipeStatus, SlotHealthRecovered, SlotHealthWarning, SlotWarningKind,
 };
 use crate::source;
-use crate::store::LogError;
-use crate::store::event_log::new_event;
 
 pub const DEFAULT_LAG_WARNING_BYTES: u64 = 1 << 30;
 pub const DEFAULT_STALL_WARNING_SECONDS: u32 = 300;
@@ -324,7 +322,7 @@ pub async fn sample(
 /// Whether the incarnation's slot is watched: current, CDC started, and
 /// running or paused (a FAILED or deleted pipe's slot is the user's to fix
 /// or already being released).
-fn watched(p: &Pipe) -> bool {
+pub(super) fn watched(p: &Pipe) -> bool {
     p.cdc_started
         && !p.slot_name.is_empty()
         && matches!(p.status(), PipeStatus::Running | PipeStatus::Paused)
@@ -430,29 +428,17 @@ async fn connect(core: &Core, p: &Pipe) -> Option<tokio_postgres::Client> {
 /// the stream version appended at (as the worker's `record`), so nothing
 /// lands after a deletion, resync or fatal failure. False: stop monitoring.
 async fn record(core: &Core, id: &str, name: &str, payloads: Vec<Payload>) -> bool {
-    loop {
-        let state = core.read(|pr| {
-            let current = pr.by_name(name).map(|c| c.id.as_str() == id);
-            pr.by_id(id)
-                .filter(|p| current == Some(true) && watched(p))
-                .map(|_| pr.stream_version(name))
-        });
-        let Some(version) = state else {
-            return false;
-        };
-        let events = payloads.iter().cloned().map(|p| new_event(id, p)).collect();
-        match core.log.append(name, version, events).await {
-            Ok(_) => {
-                for p in &payloads {
-                    tracing::info!(event = ?p, "slot health");
-                }
-                return true;
+    match super::guard::record(core, super::guard::Guard::Watched, id, name, &payloads).await {
+        Ok(Some(_)) => {
+            for p in &payloads {
+                tracing::info!(event = ?p, "slot health");
             }
-            Err(LogError::VersionConflict { .. }) => continue,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not record slot health");
-                return true;
-            }
+            true
+        }
+        Ok(None) => false,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not record slot health");
+            true
         }
     }
 }

@@ -42,8 +42,8 @@ use crate::source::{self, SnapshotExport, SourceError, StreamItem};
 use super::copy::{CopyPlan, PROGRESS_EVERY, Progress, copy_partitions};
 #[path = "schema_change.rs"]
 mod schema_change;
+use super::guard::Guard;
 use super::{partitions, table_load};
-use crate::store::event_log::new_event;
 use crate::store::{LogError, PipeSecrets};
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -144,43 +144,9 @@ impl Facts {
     /// (then `Stopped`). Re-reads the stream version on a conflict: facts do
     /// not depend on what other commands did meanwhile.
     pub async fn record(&self, payloads: Vec<Payload>) -> Result<Pipe> {
-        loop {
-            let (p, version) = self
-                .core
-                .read(|pr| {
-                    pr.by_id(&self.id)
-                        .cloned()
-                        .map(|p| (p, pr.stream_version(&self.name)))
-                })
-                .ok_or(EngineError::Stopped)?;
-            let current = self
-                .core
-                .read(|pr| pr.by_name(&self.name).map(|c| c.id.clone()));
-            let status = p.status();
-            if current.as_deref() != Some(self.id.as_str())
-                || matches!(
-                    status,
-                    PipeStatus::Deleted | PipeStatus::Paused | PipeStatus::Failed
-                )
-            {
-                return Err(EngineError::Stopped);
-            }
-            let events = payloads
-                .iter()
-                .cloned()
-                .map(|pl| new_event(&self.id, pl))
-                .collect();
-            match self.core.log.append(&self.name, version, events).await {
-                Ok(_) => {
-                    return self
-                        .core
-                        .read(|p| p.by_id(&self.id).cloned())
-                        .ok_or(EngineError::Stopped);
-                }
-                Err(LogError::VersionConflict { .. }) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
+        super::guard::record(&self.core, Guard::Active, &self.id, &self.name, &payloads)
+            .await?
+            .ok_or(EngineError::Stopped)
     }
 }
 
@@ -203,22 +169,6 @@ impl Worker {
             .ok_or(EngineError::Stopped)
     }
 
-    /// The incarnation and its stream's version, read together: checks made
-    /// on this state hold for an append at this version, since the append
-    /// fails if anything (e.g. a deletion) was recorded in between. Read
-    /// apart, a deletion could slip between the check and the version read
-    /// and the append would land after it.
-    fn pipe_at_version(&self) -> Result<(Pipe, u64)> {
-        self.core
-            .read(|pr| {
-                pr.by_id(&self.id)
-                    .cloned()
-                    .map(|p| (p, pr.stream_version(&self.name)))
-            })
-            .ok_or(EngineError::Stopped)
-    }
-
-    /// Appends facts about this incarnation (see [`Facts::record`]).
     async fn record(&self, payloads: Vec<Payload>) -> Result<Pipe> {
         self.facts().record(payloads).await
     }
@@ -236,26 +186,22 @@ impl Worker {
             return Ok(());
         }
         self.failing = retrying.then(|| step.to_owned());
-        // Re-read on a conflict: the slot health monitor appends too.
-        loop {
-            let (p, version) = self.pipe_at_version()?;
-            if p.status() == PipeStatus::Deleted {
-                return Err(EngineError::Stopped);
-            }
-            let event = new_event(
-                &self.id,
-                Payload::PipeFailed(PipeFailed {
-                    step: step.into(),
-                    reason: reason.into(),
-                    retrying,
-                }),
-            );
-            match self.core.log.append(&self.name, version, vec![event]).await {
-                Ok(_) => return Ok(()),
-                Err(LogError::VersionConflict { .. }) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
+        // Decided again on a conflict: the slot health monitor appends too.
+        let failed = Payload::PipeFailed(PipeFailed {
+            step: step.into(),
+            reason: reason.into(),
+            retrying,
+        });
+        super::guard::record(
+            &self.core,
+            Guard::NotDeleted,
+            &self.id,
+            &self.name,
+            &[failed],
+        )
+        .await?
+        .map(|_| ())
+        .ok_or(EngineError::Stopped)
     }
 
     async fn recovered(&mut self) -> Result<()> {
@@ -1906,6 +1852,7 @@ fn pg_time(pg_us: i64) -> prost_types::Timestamp {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::event_log::new_event;
 
     #[test]
     fn a_run_resumes_at_the_first_step_not_recorded_as_done() {
