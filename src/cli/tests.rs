@@ -13,15 +13,19 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
+use super::create::build_create_request;
+use super::labels::parse_label_change;
 use super::*;
 use crate::proto::pipe_service_server::{PipeService, PipeServiceServer};
 use crate::proto::{
-    CaughtUp, CdcStarted, CreatePipeResponse, DeletePipeResponse, DeleteReason, Event,
-    GetPipeHistoryRequest, GetPipeHistoryResponse, GetPipeResponse, ListPipesResponse,
-    PausePipeResponse, PipeCreated, PipeDeleted, PipeFailed, PipeStatus, ResumePipeResponse,
-    ResyncPipeResponse, ResyncStarted, SnapshotProgress, StepStarted, TableStats,
-    ValidatePipeRequest, ValidatePipeResponse, WatchEventsRequest, WatchEventsResponse,
-    WatchPipeRequest, event::Payload, watch_events_response::Item,
+    CaughtUp, CdcStarted, CreatePipeRequest, CreatePipeResponse, DeletePipeRequest,
+    DeletePipeResponse, DeleteReason, Event, GetPipeHistoryRequest, GetPipeHistoryResponse,
+    GetPipeRequest, GetPipeResponse, ListPipesRequest, ListPipesResponse, PausePipeRequest,
+    PausePipeResponse, PipeCreated, PipeDeleted, PipeFailed, PipeStatus, ResumePipeRequest,
+    ResumePipeResponse, ResyncPipeRequest, ResyncPipeResponse, ResyncStarted, SetPipeLabelsRequest,
+    SnapshotProgress, StepStarted, TableStats, ValidatePipeRequest, ValidatePipeResponse,
+    WatchEventsRequest, WatchEventsResponse, WatchPipeRequest, WatchPipeResponse, event::Payload,
+    watch_events_response::Item,
 };
 
 /// The client commands as a standalone parser (the binary embeds them).

@@ -4,15 +4,16 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use serde_json::json;
+use serde_json::{Value, json};
 use tonic::{Code, Status};
 
 use super::format::{
     event_text, format_count, format_time_of_day, format_timestamp, status_label, status_line,
 };
 use super::json::{event_json, event_kind, watch_message_json};
-use super::{CliError, Client, EXIT_PIPE_FAILED, Out};
+use super::{CliError, Client, ClientOpts, EXIT_PIPE_FAILED, Out, connect, parse_label};
 use crate::proto::{
     DeleteReason, Pipe, PipeStatus, WatchEventsRequest, WatchPipeRequest, WatchPipeResponse,
     event::Payload, watch_events_response::Item,
@@ -573,6 +574,107 @@ pub(crate) async fn follow_events(
         eprintln!("{message}");
         tokio::time::sleep(delay).await;
     }
+}
+
+#[derive(Args, Debug)]
+pub struct WatchArgs {
+    /// Pipe name (followed across resyncs).
+    pub name: String,
+
+    /// Resume after this cursor (from an earlier message) instead of
+    /// starting with the current state.
+    #[arg(long, value_name = "CURSOR")]
+    pub after: Option<u64>,
+
+    /// One JSON object per message per line, no progress bars.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Exit 0 once the pipe is RUNNING after having been seen not running
+    /// (or resyncing); exit 1 if it fails without retrying.
+    #[arg(long)]
+    pub until_running: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct EventsArgs {
+    /// Replay events after this cursor first (0: the whole log); without it,
+    /// only new events.
+    #[arg(long, value_name = "CURSOR")]
+    pub after: Option<u64>,
+
+    /// Only events of this pipe name.
+    #[arg(long, value_name = "NAME")]
+    pub pipe: Option<String>,
+
+    /// Only events of pipes with label `key=value` (as of each event);
+    /// repeatable (all must match).
+    #[arg(long = "selector", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub selector: Vec<(String, String)>,
+
+    /// One JSON object per event per line, and {"caught_up": CURSOR} once
+    /// the replay reached the head of the log.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `pgpipe watch`.
+pub(super) async fn watch(
+    opts: &ClientOpts,
+    args: WatchArgs,
+    out: &mut Out,
+    bars: bool,
+) -> Result<ExitCode, CliError> {
+    let mut client = connect(opts).await?;
+    let options = WatchOptions {
+        json: args.json,
+        until_running: args.until_running,
+        bars,
+    };
+    follow_pipe(&mut client, &args.name, args.after, &options, out).await
+}
+
+/// `pgpipe events`.
+pub(super) async fn events(
+    opts: &ClientOpts,
+    args: EventsArgs,
+    out: &mut Out,
+) -> Result<ExitCode, CliError> {
+    let mut client = connect(opts).await?;
+    follow_events(
+        &mut client,
+        args.after,
+        args.pipe.as_deref(),
+        &args.selector.iter().cloned().collect(),
+        args.json,
+        out,
+    )
+    .await
+}
+
+/// The `watch --json` shape for a state without an event.
+pub(super) fn state_message(pipe: &Pipe) -> Value {
+    watch_message_json(&WatchPipeResponse {
+        cursor: pipe.cursor,
+        pipe: Some(pipe.clone()),
+        event: None,
+    })
+}
+
+pub(super) async fn wait_running(
+    client: &mut Client,
+    name: &str,
+    after: u64,
+    json: bool,
+    bars: bool,
+    out: &mut Out,
+) -> Result<ExitCode, CliError> {
+    let options = WatchOptions {
+        json,
+        until_running: true,
+        bars,
+    };
+    follow_pipe(client, name, Some(after), &options, out).await
 }
 
 #[cfg(test)]

@@ -1,0 +1,165 @@
+//! `tables add` and `tables remove` (UpdatePipe), and waiting for tables to
+//! replicate (also `resync --table --wait`).
+
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+
+use super::create::print_problems;
+use super::format::status_label;
+use super::json::pipe_json;
+use super::spec::parse_table_spec;
+use super::{CliError, Client, ClientOpts, Out, connect, pipe_of};
+use crate::proto::{GetPipeRequest, Pipe, PipeStatus, TableConfig, TableState, UpdatePipeRequest};
+
+#[derive(Subcommand, Debug)]
+pub enum TablesCommand {
+    /// Add tables: each gets its own initial load while CDC of the others
+    /// goes on, then replicates. Same TABLE SPEC as `create --table`.
+    Add(TablesAddArgs),
+    /// Remove tables: they stop replicating (ClickHouse tables are kept).
+    Remove(TablesRemoveArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct TablesAddArgs {
+    /// Pipe name.
+    pub name: String,
+    /// Table spec: schema.table[:dest_table][:order_by_col1,col2].
+    #[arg(required = true, value_name = "TABLE", value_parser = parse_table_spec)]
+    pub tables: Vec<TableConfig>,
+    /// Wait until every added table is loaded and replicating.
+    #[arg(long, conflicts_with = "dry_run")]
+    pub wait: bool,
+    /// Check only (UpdatePipe validate_only): every problem, nothing
+    /// changed; exit 1 when there is any.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the pipe as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct TablesRemoveArgs {
+    /// Pipe name.
+    pub name: String,
+    /// Source tables (schema.table).
+    #[arg(required = true, value_name = "TABLE")]
+    pub tables: Vec<String>,
+    /// Check only: every problem, nothing changed; exit 1 when there is any.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the pipe as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `pgpipe tables add`.
+pub(super) async fn add(
+    opts: &ClientOpts,
+    args: TablesAddArgs,
+    out: &mut Out,
+) -> Result<ExitCode, CliError> {
+    let mut client = connect(opts).await?;
+    let names: Vec<String> = args.tables.iter().map(|t| t.source_table.clone()).collect();
+    let answer = client
+        .update_pipe(UpdatePipeRequest {
+            name: args.name.clone(),
+            add_tables: args.tables,
+            remove_tables: Vec::new(),
+            validate_only: args.dry_run,
+        })
+        .await?
+        .into_inner();
+    if args.dry_run {
+        return print_problems(out, answer.ok, &answer.problems, args.json);
+    }
+    let pipe = pipe_of(answer.pipe, "UpdatePipe")?;
+    let pipe = if args.wait {
+        wait_tables(&mut client, &args.name, &names).await?
+    } else {
+        pipe
+    };
+    print_tables_change(out, &pipe, args.json)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `pgpipe tables remove`.
+pub(super) async fn remove(
+    opts: &ClientOpts,
+    args: TablesRemoveArgs,
+    out: &mut Out,
+) -> Result<ExitCode, CliError> {
+    let mut client = connect(opts).await?;
+    let answer = client
+        .update_pipe(UpdatePipeRequest {
+            name: args.name,
+            add_tables: Vec::new(),
+            remove_tables: args.tables,
+            validate_only: args.dry_run,
+        })
+        .await?
+        .into_inner();
+    if args.dry_run {
+        return print_problems(out, answer.ok, &answer.problems, args.json);
+    }
+    let pipe = pipe_of(answer.pipe, "UpdatePipe")?;
+    print_tables_change(out, &pipe, args.json)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Polls the pipe until the named tables (or, when empty, all) replicate.
+pub(super) async fn wait_tables(
+    client: &mut Client,
+    name: &str,
+    tables: &[String],
+) -> Result<Pipe, CliError> {
+    loop {
+        let pipe = pipe_of(
+            client
+                .get_pipe(GetPipeRequest {
+                    name: name.to_owned(),
+                    id: String::new(),
+                })
+                .await?
+                .into_inner()
+                .pipe,
+            "GetPipe",
+        )?;
+        if pipe.status() == PipeStatus::Failed || pipe.status() == PipeStatus::Deleted {
+            return Err(CliError::Watch(format!(
+                "pipe {name} is {}: {}",
+                status_label(pipe.status),
+                pipe.error
+            )));
+        }
+        let busy = pipe.tables.iter().any(|t| {
+            (tables.is_empty() || tables.iter().any(|n| table_matches(n, &t.source_table)))
+                && !matches!(t.state(), TableState::Replicating | TableState::Failed)
+        });
+        if !busy {
+            return Ok(pipe);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
+/// A user's table name against a canonical one (`public.` may be left out).
+fn table_matches(given: &str, canonical: &str) -> bool {
+    given == canonical || format!("public.{given}") == canonical
+}
+
+pub(super) fn print_tables_change(out: &mut Out, pipe: &Pipe, json: bool) -> Result<(), CliError> {
+    if json {
+        return out.json_pretty(&pipe_json(pipe));
+    }
+    for t in &pipe.tables {
+        let state = t.state().words();
+        out.line(&format!(
+            "{} → {}  {}",
+            t.source_table, t.destination_table, state
+        ))?;
+    }
+    Ok(())
+}
