@@ -4,4 +4,5 @@
 pub mod columns;
 pub mod names;
 pub mod projection;
+pub mod step;
 pub mod validate;

@@ -159,7 +159,7 @@ pub fn apply(pipe: Option<&mut Pipe>, e: &Event) -> Option<Pipe> {
                 cursor: e.seq,
                 resyncing: !c.resync_of.is_empty(),
                 steps: vec![StepTiming {
-                    step: "setup".into(),
+                    step: super::step::Step::Setup.name().into(),
                     started_at: at,
                     ..Default::default()
                 }],

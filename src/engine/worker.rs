@@ -30,6 +30,7 @@ use tracing::Instrument;
 use crate::commands::Core;
 use crate::domain::columns::{self, Replicated};
 use crate::domain::names;
+use crate::domain::step::Step;
 use crate::domain::validate;
 use crate::failpoint;
 use crate::metrics::RowKind;
@@ -89,7 +90,7 @@ pub async fn run(core: Arc<Core>, pipe_id: String) {
             id: pipe_id,
             name: pipe.name.clone(),
             failing: None,
-            step: "setup",
+            step: Step::Setup,
             backoff: Duration::from_secs(1),
         };
         loop {
@@ -99,16 +100,16 @@ pub async fn run(core: Arc<Core>, pipe_id: String) {
                 Ok(()) | Err(EngineError::Stopped) => return,
                 Err(e) if e.is_transient() => {
                     let backoff = w.backoff;
-                    tracing::warn!(step, error = %e, backoff_ms = backoff.as_millis() as u64, "step failed; retrying");
-                    if w.report_failure(step, &e.to_string(), true).await.is_err() {
+                    tracing::warn!(step = step.name(), error = %e, backoff_ms = backoff.as_millis() as u64, "step failed; retrying");
+                    if w.report_failure(step.name(), &e.to_string(), true).await.is_err() {
                         return;
                     }
                     tokio::time::sleep(backoff).await;
                     w.backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
                 Err(e) => {
-                    tracing::error!(step, error = %e, "pipe failed");
-                    let _ = w.report_failure(step, &e.to_string(), false).await;
+                    tracing::error!(step = step.name(), error = %e, "pipe failed");
+                    let _ = w.report_failure(step.name(), &e.to_string(), false).await;
                     return;
                 }
             }
@@ -125,7 +126,7 @@ struct Worker {
     /// The step whose failure was reported as retrying (to report recovery).
     failing: Option<String>,
     /// The step being run (named in failure events).
-    step: &'static str,
+    step: Step,
     /// Delay before the next retry; reset once a step succeeds again.
     backoff: Duration,
 }
@@ -243,39 +244,39 @@ impl Worker {
     async fn run_steps(&mut self) -> Result<()> {
         let mut pipe = self.pipe()?;
         // Named if connecting fails.
-        self.step = first_open_step(&pipe);
+        self.step = Step::first_open(&pipe);
         let ends = self.connect(&pipe).await?;
         let resync = !pipe.resync_of.is_empty();
-        if pipe.slot_name.is_empty() {
-            self.step = "setup";
+        let mut swapped_now = false;
+        loop {
+            let step = Step::first_open(&pipe);
+            self.step = step;
             let t = Instant::now();
-            pipe = self.setup(&ends).await?;
+            let next = match step {
+                Step::Cdc => break,
+                Step::Setup => self.setup(&ends).await?,
+                Step::PrepareTables => self.prepare_tables(&ends, &pipe).await?,
+                Step::Snapshot => self.snapshot(&ends, &pipe).await?,
+                Step::Swap => {
+                    swapped_now = true;
+                    self.swap(&ends, &pipe).await?
+                }
+            };
             self.step_done(resync, t);
+            if Step::first_open(&next) <= step {
+                return Err(EngineError::Fatal(format!(
+                    "step {step} ended without being recorded as done"
+                )));
+            }
+            pipe = next;
         }
-        if !pipe.tables_prepared {
-            self.step = "prepare_tables";
-            let t = Instant::now();
-            pipe = self.prepare_tables(&ends, &pipe).await?;
-            self.step_done(resync, t);
-        }
-        if !pipe.snapshot_done {
-            self.step = "snapshot";
-            let t = Instant::now();
-            pipe = self.snapshot(&ends, &pipe).await?;
-            self.step_done(resync, t);
-        }
-        if resync && !pipe.swapped {
-            self.step = "swap";
-            let t = Instant::now();
-            pipe = self.swap(&ends, &pipe).await?;
-            self.step_done(resync, t);
-        } else if !pipe.resync_of.is_empty() && !pipe.cdc_started {
+        if resync && !swapped_now && !pipe.cdc_started {
             // A crash came after the swap was recorded but maybe before the
             // old data was dropped.
-            self.step = "swap";
+            self.step = Step::Swap;
             drop_old_data(&ends, &pipe).await?;
         }
-        self.step = "cdc";
+        self.step = Step::Cdc;
         if !pipe.cdc_started {
             pipe = self
                 .record(vec![Payload::CdcStarted(CdcStarted {
@@ -293,13 +294,13 @@ impl Worker {
         if resync {
             self.core
                 .metrics
-                .set_resync_step(&self.name, self.step, started.elapsed());
+                .set_resync_step(&self.name, self.step.name(), started.elapsed());
         }
     }
 
     async fn setup(&mut self, ends: &Ends) -> Result<Pipe> {
         self.record(vec![Payload::StepStarted(StepStarted {
-            step: "setup".into(),
+            step: Step::Setup.name().into(),
         })])
         .await?;
         source::check_server(&ends.pg).await?;
@@ -339,7 +340,7 @@ impl Worker {
 
     async fn prepare_tables(&mut self, ends: &Ends, pipe: &Pipe) -> Result<Pipe> {
         self.record(vec![Payload::StepStarted(StepStarted {
-            step: "prepare_tables".into(),
+            step: Step::PrepareTables.name().into(),
         })])
         .await?;
         let resync = !pipe.resync_of.is_empty();
@@ -419,7 +420,7 @@ impl Worker {
         }
         let mut started = vec![
             Payload::StepStarted(StepStarted {
-                step: "snapshot".into(),
+                step: Step::Snapshot.name().into(),
             }),
             Payload::SnapshotStarted(SnapshotStarted {
                 tables: plans.clone(),
@@ -458,7 +459,7 @@ impl Worker {
     async fn swap(&mut self, ends: &Ends, pipe: &Pipe) -> Result<Pipe> {
         self.record(vec![
             Payload::StepStarted(StepStarted {
-                step: "swap".into(),
+                step: Step::Swap.name().into(),
             }),
             Payload::SwapStarted(SwapStarted {}),
         ])
@@ -1666,22 +1667,6 @@ fn canonical(t: &SourceTable) -> String {
     .canonical()
 }
 
-/// The first step the projection does not show as done: where a run of the
-/// steps resumes.
-fn first_open_step(pipe: &Pipe) -> &'static str {
-    if pipe.slot_name.is_empty() {
-        "setup"
-    } else if !pipe.tables_prepared {
-        "prepare_tables"
-    } else if !pipe.snapshot_done {
-        "snapshot"
-    } else if !pipe.resync_of.is_empty() && !pipe.swapped {
-        "swap"
-    } else {
-        "cdc"
-    }
-}
-
 /// Drops a swapped resync's old data, which now sits under `_resync`. Only
 /// once the swap is recorded: before that the `_resync` tables may be the
 /// new load.
@@ -1854,24 +1839,6 @@ mod tests {
     use super::*;
     use crate::store::event_log::new_event;
 
-    #[test]
-    fn a_run_resumes_at_the_first_step_not_recorded_as_done() {
-        let mut p = Pipe::default();
-        assert_eq!(first_open_step(&p), "setup");
-        p.slot_name = "s".into();
-        assert_eq!(first_open_step(&p), "prepare_tables");
-        p.tables_prepared = true;
-        assert_eq!(first_open_step(&p), "snapshot");
-        p.snapshot_done = true;
-        assert_eq!(first_open_step(&p), "cdc");
-        // A resync swaps before CDC (was reported as "cdc" when connecting
-        // failed during the swap).
-        p.resync_of = "old".into();
-        assert_eq!(first_open_step(&p), "swap");
-        p.swapped = true;
-        assert_eq!(first_open_step(&p), "cdc");
-    }
-
     /// A deletion racing with the worker's appends: nothing of the
     /// incarnation may be recorded after its `PipeDeleted`. (Before the fix
     /// the status check and the stream version were read apart, and an
@@ -1903,7 +1870,7 @@ mod tests {
                         id: id.clone(),
                         name: name.clone(),
                         failing: None,
-                        step: "cdc",
+                        step: Step::Cdc,
                         backoff: Duration::from_secs(1),
                     };
                     tokio::spawn(async move {
