@@ -288,6 +288,12 @@ impl Worker {
         self.cdc(ends, &pipe).await
     }
 
+    /// The pipe's stream version in the projection (it moves with every
+    /// event of the pipe, the CDC loop's own included).
+    fn stream_version(&self) -> u64 {
+        self.core.read(|p| p.stream_version(&self.name))
+    }
+
     /// Records how long the current step took, for a resync's steps only
     /// (a resumed step counts from its resumption).
     fn step_done(&self, resync: bool, started: Instant) {
@@ -595,6 +601,8 @@ impl Worker {
         };
         let mut leaves_checked = Instant::now();
         let mut housekept: Option<Instant> = None;
+        // The pipe's stream version routing was last brought in line with.
+        let mut synced = self.stream_version();
         let mut batch = Batch::new(settings.cdc_batch_size as usize);
         // The transaction being streamed: its version and commit time.
         let mut open: Option<(Lsn, i64)> = None;
@@ -605,6 +613,7 @@ impl Worker {
                 && batch.is_empty()
                 && housekept.is_none_or(|at| at.elapsed() >= interval)
             {
+                synced = self.stream_version();
                 self.sync_tables(&ends, &mut routes).await?;
                 if leaves_checked.elapsed() >= partitions::LEAF_CHECK_EVERY {
                     self.sync_partitions(&ends, &mut routes).await?;
@@ -638,6 +647,18 @@ impl Worker {
                     commit_time_us,
                     ..
                 } => {
+                    // A table list changed since routing was synced (e.g.
+                    // a table removed just before this transaction
+                    // committed): routed again before this transaction, the
+                    // batch so far written first.
+                    if self.stream_version() != synced {
+                        if !batch.is_empty() {
+                            self.flush(&ends, &slot, &stream, &mut batch, &routes, &mut progress)
+                                .await?;
+                        }
+                        synced = self.stream_version();
+                        self.sync_tables(&ends, &mut routes).await?;
+                    }
                     open = Some((commit_lsn, commit_time_us));
                     batch.begin(commit_lsn, commit_time_us);
                 }
