@@ -95,10 +95,9 @@ impl ChangeStream {
     /// publication, the slot held by another session).
     pub async fn start(spec: StreamSpec<'_>) -> Result<Self, SourceError> {
         crate::tls::install_default_provider();
-        let cfg = replication_config(&spec)?;
+        let (cfg, timeout) = replication_config(&spec)?;
         let where_ = cfg.display_connection();
         let user = cfg.user.clone();
-        let timeout = cfg_timeout(spec.conn, spec.password);
         let failed = |e: pgwire_replication::PgWireError| match wire_error(
             spec.slot,
             spec.publication,
@@ -276,17 +275,17 @@ async fn primary_key(pg: &Client, oid: u32) -> Result<Vec<String>, SourceError> 
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-fn cfg_timeout(conn: &str, password: Option<&str>) -> Duration {
-    parse_connection(conn, password)
-        .ok()
-        .and_then(|(c, _)| c.get_connect_timeout().copied())
-        .unwrap_or(Duration::from_secs(15))
-}
-
 /// The replication connection's settings, from the same connection string
 /// (URL or key=value, sslmode/sslrootcert) the query connections use.
-fn replication_config(spec: &StreamSpec<'_>) -> Result<ReplicationConfig, SourceError> {
+/// Also how long starting may take (the string's `connect_timeout`, or
+/// the query connections' default).
+fn replication_config(spec: &StreamSpec<'_>) -> Result<(ReplicationConfig, Duration), SourceError> {
     let (cfg, tls) = parse_connection(spec.conn, spec.password)?;
+    // parse_connection always sets one.
+    let timeout = cfg
+        .get_connect_timeout()
+        .copied()
+        .unwrap_or(Duration::from_secs(15));
     let host = match cfg.get_hosts().first() {
         Some(Host::Tcp(h)) => h.clone(),
         #[cfg(unix)]
@@ -318,7 +317,7 @@ fn replication_config(spec: &StreamSpec<'_>) -> Result<ReplicationConfig, Source
         Some(o) if !o.trim().is_empty() => format!("{o} {OUTPUT_OPTIONS}"),
         _ => OUTPUT_OPTIONS.to_owned(),
     };
-    Ok(
+    let config =
         ReplicationConfig::new(host, user, password, database, spec.slot, spec.publication)
             .with_port(port)
             .with_tls(tls)
@@ -327,8 +326,8 @@ fn replication_config(spec: &StreamSpec<'_>) -> Result<ReplicationConfig, Source
             .with_wakeup_interval(STATUS_INTERVAL)
             .with_buffer_size(BUFFER_EVENTS)
             .with_options(options)
-            .with_application_name("pgpipe"),
-    )
+            .with_application_name("pgpipe");
+    Ok((config, timeout))
 }
 
 /// A replication-connection error as a [`SourceError`], classified like
