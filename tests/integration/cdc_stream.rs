@@ -51,7 +51,25 @@ async fn confirmed_past(pg: &tokio_postgres::Client, slot: &str, lsn: &str) -> b
     .get(0)
 }
 
-async fn ch_count(database: &str, table: &str) -> u64 {
+/// Polls `check` every `every` until it holds; panics saying `what` after
+/// `timeout`.
+async fn wait_until<F, Fut>(what: &str, timeout: Duration, every: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} (after {timeout:?})"
+        );
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Live rows of a ClickHouse table (FINAL, not deleted).
+async fn live_rows(database: &str, table: &str) -> u64 {
     ch(database)
         .query(&format!(
             "SELECT count() FROM `{table}` FINAL WHERE _pgpipe_is_deleted = 0"
@@ -62,18 +80,11 @@ async fn ch_count(database: &str, table: &str) -> u64 {
 }
 
 async fn wait_count(database: &str, table: &str, want: u64, timeout: Duration) {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let n = ch_count(database, table).await;
-        if n == want {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{database}.{table} has {n} rows, not {want}, after {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let what = format!("{database}.{table} never had {want} rows");
+    wait_until(&what, timeout, Duration::from_millis(500), || async {
+        live_rows(database, table).await == want
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -118,7 +129,7 @@ async fn a_transaction_larger_than_the_batch_is_written_in_chunks_and_confirmed_
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let mut partial_seen = false;
     loop {
-        let n = ch_count(&schema, "items").await;
+        let n = live_rows(&schema, "items").await;
         let confirmed = confirmed_past(&pg, &slot, &end).await;
         if n > 10 && n < 40_010 {
             partial_seen = true;
@@ -135,14 +146,13 @@ async fn a_transaction_larger_than_the_batch_is_written_in_chunks_and_confirmed_
     }
     assert!(partial_seen, "the transaction was never seen half-applied");
     // Confirmed once it is all in (standby status updates come every second).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !confirmed_past(&pg, &slot, &end).await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the slot was not confirmed past the transaction"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_until(
+        "the slot was not confirmed past the transaction",
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || confirmed_past(&pg, &slot, &end),
+    )
+    .await;
     assert_eq!(diff(&schema, "items", &schema, "items", COLS).await, 0);
     let batches = history(&mut c, &name, Some(HistoryKind::Cdc)).await;
     assert!(!batches.is_empty());
@@ -158,28 +168,26 @@ async fn while_running_the_slot_is_held_by_a_walsender() {
     let (_srv, mut c, _) = start_pipe(pipe_req(&pipe_name(&schema), &schema, &[&table])).await;
     wait_running(&mut c, &pipe_name(&schema), Duration::from_secs(60)).await;
     let slot = slot_of(&mut c, &pipe_name(&schema)).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let row = pg
-            .query_one(
-                "SELECT count(*), coalesce(max(r.application_name), '') \
-                 FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid \
-                 WHERE s.slot_name = $1",
+    // Held by a walsender of pgpipe's (application_name), as soon as CDC runs.
+    let what = format!("no walsender of pgpipe holds slot {slot}");
+    wait_until(
+        &what,
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || async {
+            pg.query_one(
+                "SELECT count(*) FROM pg_replication_slots s \
+             JOIN pg_stat_replication r ON r.pid = s.active_pid \
+             WHERE s.slot_name = $1 AND r.application_name = 'pgpipe'",
                 &[&slot],
             )
             .await
-            .unwrap();
-        let (n, app): (i64, String) = (row.get(0), row.get(1));
-        if n == 1 {
-            assert_eq!(app, "pgpipe");
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no walsender holds slot {slot}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+            .unwrap()
+            .get::<_, i64>(0)
+                == 1
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -214,12 +222,8 @@ async fn a_quiet_publication_does_not_pin_wal_while_other_tables_take_writes() {
             .get(0);
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !confirmed_past(&pg, &slot, &at).await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the slot of a quiet publication stays behind {at}"
-        );
+    let what = format!("the slot of a quiet publication stays behind {at}");
+    wait_until(&what, Duration::from_secs(30), Duration::from_millis(300), || async {
         // Keep the server busy: the walsender reports its position in
         // keepalives while it has WAL to read.
         pg.batch_execute(&format!(
@@ -227,8 +231,9 @@ async fn a_quiet_publication_does_not_pin_wal_while_other_tables_take_writes() {
         ))
         .await
         .unwrap();
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+        confirmed_past(&pg, &slot, &at).await
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -247,20 +252,20 @@ async fn the_pipe_reconnects_after_the_walsender_is_terminated_or_postgres_resta
 
     // The walsender is terminated in the middle of a large transaction.
     big_transaction(&pg, "public.items", 1_001, 200_000).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let n = env
-            .ch("reconnect")
-            .query("SELECT count() FROM items FINAL")
-            .fetch_one::<u64>()
-            .await
-            .unwrap();
-        if n > 1_000 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "nothing applied");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let ch = env.ch("reconnect");
+    wait_until(
+        "nothing of the transaction was applied",
+        Duration::from_secs(60),
+        Duration::from_millis(20),
+        || async {
+            ch.query("SELECT count() FROM items FINAL")
+                .fetch_one::<u64>()
+                .await
+                .unwrap()
+                > 1_000
+        },
+    )
+    .await;
     let killed: i64 = pg
         .query_one(
             "SELECT count(pg_terminate_backend(active_pid)) FROM pg_replication_slots \
