@@ -87,19 +87,40 @@ async fn wait_count(database: &str, table: &str, want: u64, timeout: Duration) {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_million_row_transaction_is_applied_while_the_pipe_runs() {
-    let schema = unique("big");
+/// A RUNNING in-process pipe over `<schema>.items` with `rows` rows.
+struct Running {
+    _srv: InProcess,
+    pg: tokio_postgres::Client,
+    schema: String,
+    table: String,
+    slot: String,
+}
+
+async fn running_items(prefix: &str, rows: i64) -> Running {
+    let schema = unique(prefix);
     create_schema(&schema, "").await;
     let pg = pg().await;
     let table = format!("{schema}.items");
-    make_table(&pg, &table, 10).await;
-    let (_srv, mut c, _) = start_pipe(pipe_req(&pipe_name(&schema), &schema, &[&table])).await;
-    wait_running(&mut c, &pipe_name(&schema), Duration::from_secs(60)).await;
+    make_table(&pg, &table, rows).await;
+    let (srv, _, p) = start_pipe(pipe_req(&pipe_name(&schema), &schema, &[&table])).await;
+    Running {
+        _srv: srv,
+        pg,
+        schema,
+        table,
+        slot: p.slot_name,
+    }
+}
 
-    big_transaction(&pg, &table, 11, 1_000_000).await;
-    wait_count(&schema, "items", 1_000_010, Duration::from_secs(600)).await;
-    assert_eq!(diff(&schema, "items", &schema, "items", COLS).await, 0);
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_million_row_transaction_is_applied_while_the_pipe_runs() {
+    let Running {
+        pg, schema, table, ..
+    } = &running_items("big", 10).await;
+
+    big_transaction(pg, table, 11, 1_000_000).await;
+    wait_count(schema, "items", 1_000_010, Duration::from_secs(600)).await;
+    assert_eq!(diff(schema, "items", schema, "items", COLS).await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -160,14 +181,7 @@ async fn a_transaction_larger_than_the_batch_is_written_in_chunks_and_confirmed_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn while_running_the_slot_is_held_by_a_walsender() {
-    let schema = unique("wals");
-    create_schema(&schema, "").await;
-    let pg = pg().await;
-    let table = format!("{schema}.items");
-    make_table(&pg, &table, 100).await;
-    let (_srv, mut c, _) = start_pipe(pipe_req(&pipe_name(&schema), &schema, &[&table])).await;
-    wait_running(&mut c, &pipe_name(&schema), Duration::from_secs(60)).await;
-    let slot = slot_of(&mut c, &pipe_name(&schema)).await;
+    let Running { pg, slot, .. } = &running_items("wals", 100).await;
     // Held by a walsender of pgpipe's (application_name), as soon as CDC runs.
     let what = format!("no walsender of pgpipe holds slot {slot}");
     wait_until(
@@ -192,19 +206,14 @@ async fn while_running_the_slot_is_held_by_a_walsender() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_quiet_publication_does_not_pin_wal_while_other_tables_take_writes() {
-    let schema = unique("quiet");
-    create_schema(&schema, "").await;
-    let pg = pg().await;
-    let table = format!("{schema}.items");
-    make_table(&pg, &table, 100).await;
+    let Running {
+        pg, schema, slot, ..
+    } = &running_items("quiet", 100).await;
     pg.batch_execute(&format!(
         "CREATE TABLE {schema}.busy (id bigint PRIMARY KEY, v text)"
     ))
     .await
     .unwrap();
-    let (_srv, mut c, _) = start_pipe(pipe_req(&pipe_name(&schema), &schema, &[&table])).await;
-    wait_running(&mut c, &pipe_name(&schema), Duration::from_secs(60)).await;
-    let slot = slot_of(&mut c, &pipe_name(&schema)).await;
 
     // Writes to a table outside the publication only.
     let mut at = String::new();
@@ -231,7 +240,7 @@ async fn a_quiet_publication_does_not_pin_wal_while_other_tables_take_writes() {
         ))
         .await
         .unwrap();
-        confirmed_past(&pg, &slot, &at).await
+        confirmed_past(pg, slot, &at).await
     })
     .await;
 }
