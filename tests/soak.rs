@@ -154,6 +154,34 @@ async fn five_pipes_under_writes_and_resyncs_keep_memory_flat_and_data_equal() {
         mb(peak),
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
+    // After warm-up (sled's cache, allocator arenas and connection buffers
+    // filling): the rise and the least-squares slope, what bench/soak
+    // reports and checks.
+    let warm_up: u64 = std::env::var("PGPIPE_SOAK_WARMUP_SECS")
+        .ok()
+        .map(|s| s.parse().expect("PGPIPE_SOAK_WARMUP_SECS"))
+        .unwrap_or(secs / 5);
+    let warm: Vec<(f64, f64)> = samples
+        .iter()
+        .filter(|(t, _)| *t >= warm_up)
+        .map(|(t, kb)| (*t as f64 / 60.0, mb(*kb)))
+        .collect();
+    let slope = slope_per_minute(&warm);
+    let rise = match (warm.first(), warm.last()) {
+        (Some(a), Some(b)) => b.1 - a.1,
+        _ => 0.0,
+    };
+    println!(
+        "soak: after warm-up ({warm_up} s): rise {rise:.1} MB over {:.1} min, slope {slope:.3} MB/min",
+        warm.last().map_or(0.0, |l| l.0) - warm.first().map_or(0.0, |f| f.0)
+    );
+    if let Ok(max) = std::env::var("PGPIPE_SOAK_MAX_SLOPE") {
+        let max: f64 = max.parse().expect("PGPIPE_SOAK_MAX_SLOPE (MB/min)");
+        assert!(
+            slope < max,
+            "RSS slope after warm-up {slope:.3} MB/min, goal < {max} MB/min"
+        );
+    }
     let bound = (first as f64 * GROWTH_FACTOR) as u64 + GROWTH_SLACK_KB;
     assert!(
         last <= bound,
@@ -162,4 +190,19 @@ async fn five_pipes_under_writes_and_resyncs_keep_memory_flat_and_data_equal() {
         mb(last),
         mb(bound)
     );
+}
+
+/// Least-squares slope of (minutes, MB) points, in MB a minute.
+fn slope_per_minute(points: &[(f64, f64)]) -> f64 {
+    let n = points.len() as f64;
+    if n < 2.0 {
+        return 0.0;
+    }
+    let (mx, my) = (
+        points.iter().map(|p| p.0).sum::<f64>() / n,
+        points.iter().map(|p| p.1).sum::<f64>() / n,
+    );
+    let num: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    let den: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    if den == 0.0 { 0.0 } else { num / den }
 }

@@ -598,6 +598,8 @@ impl Worker {
             lag: LagSample::default(),
             last_lsn: start.to_string(),
             last_report: Instant::now(),
+            history: None,
+            written_end: None,
         };
         let mut leaves_checked = Instant::now();
         let mut housekept: Option<Instant> = None;
@@ -619,8 +621,13 @@ impl Worker {
                     self.sync_partitions(&ends, &mut routes).await?;
                     leaves_checked = Instant::now();
                 }
-                if progress.last_report.elapsed() >= PROGRESS_EVERY * 5 {
-                    self.report_cdc(&ends, &slot, &mut progress).await?;
+                if progress.last_report.elapsed() >= CDC_REPORT_EVERY {
+                    if progress.written_end.is_some() {
+                        self.record_history(&ends, &slot, &stream, &mut progress)
+                            .await?;
+                    } else {
+                        self.report_cdc(&ends, &slot, &mut progress).await?;
+                    }
                 }
                 housekept = Some(Instant::now());
             }
@@ -731,7 +738,7 @@ impl Worker {
                 StreamItem::Idle { wal_end } => {
                     // Nothing published is in flight: let the slot move so
                     // it does not pin WAL of unrelated activity.
-                    if open.is_none() && batch.is_empty() {
+                    if open.is_none() && batch.is_empty() && progress.written_end.is_none() {
                         stream.confirm(wal_end);
                     }
                 }
@@ -764,11 +771,6 @@ impl Worker {
             batch.started = None;
             failpoint::hit(failpoint::CDC_MID_TRANSACTION).await;
         }
-        if let Some(end) = batch.committed_end {
-            failpoint::hit(failpoint::CDC_BEFORE_ADVANCE).await;
-            // ClickHouse has every row of these transactions.
-            stream.confirm(end);
-        }
         let metrics = &self.core.metrics;
         metrics.observe_batch_apply(&self.name, applying.elapsed());
         if let Some(t) = batch.last_commit_time {
@@ -782,42 +784,64 @@ impl Worker {
                 metrics.rows_applied(&self.name, &table, kind, count);
             }
         }
-        self.after_flush(ends, slot, batch, progress).await
+        self.after_flush(ends, slot, stream, batch, progress).await
     }
 
-    /// After a flush: one CdcProgress event per batch that finished
-    /// transactions with changes (the CDC history), and a fresh batch.
+    /// After a flush that ended at a transaction boundary: the batch joins
+    /// the CDC history not yet recorded, which is recorded (one CdcProgress
+    /// event) at most every [`CDC_REPORT_EVERY`]; a fresh batch starts.
     async fn after_flush(
         &mut self,
         ends: &Ends,
         slot: &str,
+        stream: &source::ChangeStream,
         batch: &mut Batch,
         progress: &mut CdcReport,
     ) -> Result<()> {
-        progress.last_report = Instant::now();
         let Some(end) = batch.committed_end else {
             // Only part of a transaction so far: its rows are counted when
             // it ends.
             return Ok(());
         };
         progress.last_lsn = end.to_string();
+        progress.written_end = Some(end);
         if !progress.counts.is_empty() {
-            let event = CdcProgress {
-                start_lsn: batch
-                    .first_commit
-                    .map(|l| l.to_string())
-                    .unwrap_or_default(),
-                lsn: progress.last_lsn.clone(),
-                duration_ms: batch
-                    .started
-                    .map_or(0, |at| at.elapsed().as_millis() as u64),
-                transactions: batch.transactions,
-                first_commit_at: batch.first_commit_time.map(pg_time),
-                ..Default::default()
-            };
-            self.report_batch(ends, slot, progress, event).await?;
+            progress.add_batch(batch);
         }
         batch.reset();
+        if progress.history.is_none() {
+            // Nothing to count: ClickHouse has every row, confirm now.
+            failpoint::hit(failpoint::CDC_BEFORE_ADVANCE).await;
+            stream.confirm(end);
+            progress.written_end = None;
+        } else if progress.last_report.elapsed() >= CDC_REPORT_EVERY {
+            self.record_history(ends, slot, stream, progress).await?;
+        }
+        Ok(())
+    }
+
+    /// Records the batches written since the last CdcProgress event, then
+    /// confirms them to the server. Confirming only what is recorded keeps
+    /// the history exact: after a crash, pause or restart, what was written
+    /// but not recorded is streamed again (re-writing it is harmless: same
+    /// versions) and counted once; what is recorded is not streamed again
+    /// (CDC resumes at the log's last position).
+    async fn record_history(
+        &mut self,
+        ends: &Ends,
+        slot: &str,
+        stream: &source::ChangeStream,
+        progress: &mut CdcReport,
+    ) -> Result<()> {
+        if let Some(history) = progress.history.take() {
+            self.report_batch(ends, slot, progress, history).await?;
+        }
+        if let Some(end) = progress.written_end.take() {
+            failpoint::hit(failpoint::CDC_BEFORE_ADVANCE).await;
+            // ClickHouse has every row of these transactions.
+            stream.confirm(end);
+        }
+        progress.last_report = Instant::now();
         Ok(())
     }
 
@@ -1837,7 +1861,40 @@ struct CdcReport {
     lag: LagSample,
     /// The end of the last transaction ClickHouse has whole.
     last_lsn: String,
+    /// When the last CdcProgress event was recorded.
     last_report: Instant,
+    /// The batches written since then, merged into one history record
+    /// (LSN range, transactions, time spent writing); None when they
+    /// changed no routed rows.
+    history: Option<CdcProgress>,
+    /// The end of the last transaction written but not yet confirmed to
+    /// the server (it is confirmed once recorded).
+    written_end: Option<Lsn>,
+}
+
+/// How often the CDC loop records a CdcProgress event: the CDC history's
+/// resolution. One event per written batch (every 200 ms on a busy pipe)
+/// grew the event log, and the memory sled holds for it, without bound.
+const CDC_REPORT_EVERY: Duration = Duration::from_secs(5);
+
+impl CdcReport {
+    /// Merges a batch that ended at a transaction boundary into the
+    /// history not yet recorded.
+    fn add_batch(&mut self, batch: &Batch) {
+        let h = self.history.get_or_insert_with(|| CdcProgress {
+            start_lsn: batch
+                .first_commit
+                .map(|l| l.to_string())
+                .unwrap_or_default(),
+            first_commit_at: batch.first_commit_time.map(pg_time),
+            ..Default::default()
+        });
+        h.lsn = self.last_lsn.clone();
+        h.duration_ms += batch
+            .started
+            .map_or(0, |at| at.elapsed().as_millis() as u64);
+        h.transactions += batch.transactions;
+    }
 }
 
 #[derive(Default)]

@@ -194,7 +194,7 @@ async fn batches(c: &mut Client, name: &str) -> Vec<CdcProgress> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn cdc_history_has_one_event_per_batch_with_its_lsn_range_and_counts() {
+async fn cdc_history_records_applied_batches_with_their_lsn_range_and_counts() {
     let schema = unique("histcdc");
     pg_exec(&format!(
         "CREATE SCHEMA {schema};
@@ -212,7 +212,8 @@ async fn cdc_history_has_one_event_per_batch_with_its_lsn_range_and_counts() {
     wait_running(&mut c, &name, Duration::from_secs(60)).await;
 
     // Several transactions, apart in time so that they land in several
-    // batches: 30 inserts, 10 updates, 5 deletes in t; 20 inserts in u.
+    // batches (one history event holds the batches of up to 5 s): 30
+    // inserts, 10 updates, 5 deletes in t; 20 inserts in u.
     let pg = pg().await;
     for i in 0..5 {
         pg.batch_execute(&format!(
@@ -246,7 +247,6 @@ async fn cdc_history_has_one_event_per_batch_with_its_lsn_range_and_counts() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    assert!(batches.len() >= 2, "several batches: {batches:?}");
     let sum = |table: &str, f: fn(&TableChangeCounts) -> u64| -> u64 {
         batches
             .iter()
@@ -288,6 +288,47 @@ async fn cdc_history_has_one_event_per_batch_with_its_lsn_range_and_counts() {
     assert_eq!(
         (t.rows_inserted, t.rows_updated, t.rows_deleted),
         (30, 10, 5)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_steady_stream_of_small_transactions_is_recorded_every_few_seconds_not_per_batch() {
+    let schema = unique("histrate");
+    pg_exec(&format!(
+        "CREATE SCHEMA {schema}; CREATE TABLE {schema}.t (id bigint PRIMARY KEY, v text);"
+    ))
+    .await;
+    let (_srv, mut c) = engine().await;
+    let name = pipe_name(&schema);
+    c.create_pipe(pipe_req(&name, &schema, &[&format!("{schema}.t")]))
+        .await
+        .unwrap();
+    wait_running(&mut c, &name, Duration::from_secs(60)).await;
+
+    // 40 transactions over about 8 s: each lands in a batch of its own
+    // (200 ms apart, the default sync interval), yet the history records
+    // them in a few events (one per 5 s window).
+    let pg = pg().await;
+    for i in 0..40 {
+        pg.batch_execute(&format!("INSERT INTO {schema}.t VALUES ({i}, 'v')"))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let batches = loop {
+        let b = batches(&mut c, &name).await;
+        if b.iter().map(|p| p.transactions).sum::<u32>() >= 40 {
+            break b;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{b:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(batches.iter().map(|b| b.rows).sum::<u64>(), 40);
+    assert!(
+        batches.len() <= 4,
+        "40 transactions in 8 s make at most 4 history events, not one per batch: {}",
+        batches.len()
     );
 }
 
