@@ -151,18 +151,32 @@ struct CdcRun {
     peak_mb: f64,
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Where the CDC runs happen: the source and its table's schema, the
+/// ClickHouse database the pipe writes, and the processes measured beside
+/// pgpipe.
+#[derive(Clone, Copy)]
+struct Setup<'a> {
+    pg_url: &'a str,
+    ch: &'a clickhouse::Client,
+    schema: &'a str,
+    db: &'a str,
+    peers: &'a Peers,
+}
+
 async fn cdc_rate(
-    pg_url: &str,
-    ch: &clickhouse::Client,
-    schema: &str,
-    db: &str,
+    setup: Setup<'_>,
     slot: &str,
     rate: u64,
     args: &CdcArgs,
     secs: f64,
-    peers: &Peers,
 ) -> Res<CdcRun> {
+    let Setup {
+        pg_url,
+        ch,
+        schema,
+        db,
+        peers,
+    } = setup;
     use std::sync::atomic::{AtomicBool, Ordering};
     let pg = pg_connect(pg_url).await?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -277,18 +291,20 @@ async fn raw_decode(pg: &tokio_postgres::Client, slot: &str, publication: &str) 
 /// changes are then decoded raw from a slot created just before them.
 /// Returns (changes, pgpipe drain secs, raw decode secs, pgoutput messages,
 /// CPU split and peak RSS of the drain).
-#[allow(clippy::too_many_arguments)]
 async fn cdc_backlog(
     c: &mut Client,
     name: &str,
-    pg_url: &str,
-    ch: &clickhouse::Client,
-    schema: &str,
-    db: &str,
+    setup: Setup<'_>,
     writers: usize,
     secs: f64,
-    peers: &Peers,
 ) -> Res<(u64, f64, f64, u64, CpuSplit, f64)> {
+    let Setup {
+        pg_url,
+        ch,
+        schema,
+        db,
+        peers,
+    } = setup;
     use std::sync::atomic::{AtomicBool, Ordering};
     let pg = pg_connect(pg_url).await?;
     toggle(c, name, true).await?;
@@ -500,9 +516,16 @@ pub(crate) async fn cdc(args: CdcArgs) -> Res<()> {
     progress(format!("pipe {name} running CDC (slot {slot})"));
 
     let mut runs = Vec::new();
+    let setup = Setup {
+        pg_url: &pg_url,
+        ch: &ch,
+        schema: &schema,
+        db: &db,
+        peers: &peers,
+    };
     for &rate in &rates {
         settle(&ch).await?;
-        let r = cdc_rate(&pg_url, &ch, &schema, &db, &slot, rate, &args, secs, &peers).await?;
+        let r = cdc_rate(setup, &slot, rate, &args, secs).await?;
         progress(format!(
             "offered {}: {} rows changed in {:.1} s, applied by {:.1} s, latency {}",
             if rate == 0 {
@@ -517,18 +540,8 @@ pub(crate) async fn cdc(args: CdcArgs) -> Res<()> {
         ));
         runs.push(r);
     }
-    let (bl_rows, bl_drain, raw_secs, raw_msgs, bl_cpu, bl_peak) = cdc_backlog(
-        &mut c,
-        &name,
-        &pg_url,
-        &ch,
-        &schema,
-        &db,
-        args.writers,
-        secs,
-        &peers,
-    )
-    .await?;
+    let (bl_rows, bl_drain, raw_secs, raw_msgs, bl_cpu, bl_peak) =
+        cdc_backlog(&mut c, &name, setup, args.writers, secs).await?;
     progress(format!(
         "backlog of {bl_rows} changes: pgpipe drained it in {bl_drain:.2} s, raw decode {raw_secs:.2} s"
     ));

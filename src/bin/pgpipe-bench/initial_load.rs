@@ -119,19 +119,30 @@ struct ResyncRun {
     peak_mb: f64,
 }
 
+/// What every pgpipe load of a run shares: where the service keeps its
+/// data, the source (URL, schema, rows), ClickHouse, and the processes
+/// measured beside pgpipe.
+#[derive(Clone, Copy)]
+struct Setup<'a> {
+    base: &'a Path,
+    pg_url: &'a str,
+    ch_url: &'a str,
+    schema: &'a str,
+    rows: u64,
+    peers: &'a Peers,
+}
+
 /// One pgpipe initial load: in-process server (engine on), CreatePipe until
 /// snapshot_done (or RUNNING), then the ClickHouse row count is checked.
-#[allow(clippy::too_many_arguments)]
-async fn pgpipe_load(
-    base: &Path,
-    pg_url: &str,
-    ch_url: &str,
-    schema: &str,
-    rows: u64,
-    par: u32,
-    resync: bool,
-    peers: &Peers,
-) -> Res<PipeRun> {
+async fn pgpipe_load(setup: Setup<'_>, par: u32, resync: bool) -> Res<PipeRun> {
+    let Setup {
+        base,
+        pg_url,
+        ch_url,
+        schema,
+        rows,
+        peers,
+    } = setup;
     let srv = Server::start_with(base, true).await?;
     let mut c = PipeServiceClient::new(srv.channel().await?);
     let db = unique_name(&format!("bench_il_p{par}"));
@@ -485,17 +496,15 @@ pub(crate) async fn initial_load(args: IlArgs) -> Res<()> {
     for (i, &par) in args.parallelism.iter().enumerate() {
         // The last (usually the widest) load is resynced too.
         settle(&ch).await?;
-        let r = pgpipe_load(
-            &base,
-            &pg_url,
-            &ch_url,
-            &schema,
+        let setup = Setup {
+            base: &base,
+            pg_url: &pg_url,
+            ch_url: &ch_url,
+            schema: &schema,
             rows,
-            par,
-            i == last,
-            &peers,
-        )
-        .await?;
+            peers: &peers,
+        };
+        let r = pgpipe_load(setup, par, i == last).await?;
         progress(format!("pgpipe parallelism {par}: {:.2} s", r.load.secs));
         feet.push((
             format!("pgpipe initial load, parallelism {par}"),
