@@ -7,9 +7,10 @@
 //! either end.
 
 use crate::domain::columns;
+use crate::domain::validate::{QualifiedName, source_tables};
 use crate::model::PgType;
 use crate::proto::{PipeConfig, Problem, ProblemKind};
-use crate::sink::SinkError;
+use crate::sink::{ChSink, SinkError};
 use crate::source::{self, SourceError, TableReport};
 use crate::store::PipeSecrets;
 
@@ -157,11 +158,7 @@ fn source_kind(e: &SourceError) -> (ProblemKind, &str) {
 }
 
 /// A table of the pipe that is a partition of another of its tables.
-fn overlap_problem(
-    names: &[crate::domain::validate::QualifiedName],
-    child: usize,
-    root: usize,
-) -> Option<Problem> {
+fn overlap_problem(names: &[QualifiedName], child: usize, root: usize) -> Option<Problem> {
     let (c, r) = (names.get(child)?.canonical(), names.get(root)?.canonical());
     Some(Problem {
         kind: ProblemKind::TableNotReplicable as i32,
@@ -184,7 +181,7 @@ pub async fn check_partition_overlaps(
     let Some(src) = &config.source else {
         return Ok(());
     };
-    let names = super::source_tables(config).map_err(|e| Problem {
+    let names = source_tables(config).map_err(|e| Problem {
         kind: ProblemKind::InvalidRequest as i32,
         message: e.0,
         ..Default::default()
@@ -229,10 +226,10 @@ async fn checks(
     if let Some(src) = &config.source {
         described = check_source(config, &src.connection_string, secrets, purpose, found).await?;
     }
-    if config.destination.is_none() {
+    let Some(dst) = &config.destination else {
         return Ok(());
-    }
-    let ch = match super::sink_for(config, secrets) {
+    };
+    let ch = match ChSink::for_destination(dst, secrets.destination_password.as_deref()) {
         Ok(ch) => ch,
         Err(e) => return found.push(sink_kind(&e), "", "", format!("destination: {e}")),
     };
@@ -299,7 +296,7 @@ async fn check_source(
             return Ok(Vec::new());
         }
     }
-    let names = match super::source_tables(config) {
+    let names = match source_tables(config) {
         Ok(n) => n,
         Err(e) => {
             found.push(ProblemKind::InvalidRequest, "", "", e.0)?;

@@ -6,12 +6,15 @@
 //! against the new state (so of two racing ResyncPipe calls, the second one
 //! sees the first and is refused).
 
+mod checks;
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
+use checks::Purpose;
+
 use crate::domain::projection::Projection;
 use crate::domain::validate::{self, Invalid};
-use crate::engine::preflight::{self, Purpose};
 use crate::proto::{
     CreatePipeRequest, DeleteReason, Event, Pipe, PipeConfig, PipeCreated, PipeDeleted,
     PipeLabelsChanged, PipePaused, PipeResumed, PipeStatus, Problem, ProblemKind, ResyncStarted,
@@ -166,7 +169,7 @@ impl Core {
             )));
         }
         if self.preflight {
-            crate::engine::preflight::check_problem(&config, &secrets, Purpose::Create)
+            checks::check_problem(&config, &secrets, Purpose::Create)
                 .await
                 .map_err(preflight_error)?;
         }
@@ -267,7 +270,7 @@ impl Core {
             source_password: source_password.flatten(),
             destination_password: destination_password.flatten(),
         };
-        problems.extend(preflight::problems(&config, &secrets).await);
+        problems.extend(checks::problems(&config, &secrets).await);
         problems
     }
 
@@ -349,7 +352,7 @@ impl Core {
             // Validation happens before the old incarnation is dropped.
             let mut config = old.config.clone().unwrap_or_default();
             config.tables = validate::apply_overrides(&config.tables, overrides, replace_columns)?;
-            crate::engine::preflight::check_problem(
+            checks::check_problem(
                 &config,
                 &self.secrets.get(&old_id)?,
                 if replace_columns {
@@ -491,15 +494,11 @@ impl Core {
         if self.preflight && !added.is_empty() {
             let mut config = current.clone();
             config.tables = added.clone();
-            crate::engine::preflight::check_problem(
-                &config,
-                &self.secrets.get(&p.id)?,
-                Purpose::Create,
-            )
-            .await
-            .map_err(preflight_error)?;
+            checks::check_problem(&config, &self.secrets.get(&p.id)?, Purpose::Create)
+                .await
+                .map_err(preflight_error)?;
             config.tables = tables_after(&current.tables, &added, &removed);
-            crate::engine::preflight::check_partition_overlaps(&config, &self.secrets.get(&p.id)?)
+            checks::check_partition_overlaps(&config, &self.secrets.get(&p.id)?)
                 .await
                 .map_err(preflight_error)?;
         }
@@ -571,14 +570,14 @@ impl Core {
             let mut config = current.clone();
             let secrets = self.secrets.get(&p.id)?;
             config.tables = added;
-            for mut problem in preflight::problems(&config, &secrets).await {
+            for mut problem in checks::problems(&config, &secrets).await {
                 if let Some(rest) = problem.field.strip_prefix("tables[") {
                     problem.field = format!("add_tables[{rest}");
                 }
                 problems.push(problem);
             }
             config.tables = tables_after(&current.tables, &config.tables, &removed);
-            if let Err(problem) = preflight::check_partition_overlaps(&config, &secrets).await {
+            if let Err(problem) = checks::check_partition_overlaps(&config, &secrets).await {
                 problems.push(problem);
             }
         }
@@ -595,7 +594,7 @@ impl Core {
         if self.preflight {
             let mut config = current.clone();
             config.tables.retain(|t| wanted.contains(&t.source_table));
-            crate::engine::preflight::check(&config, &self.secrets.get(&p.id)?, Purpose::Resync)
+            checks::check(&config, &self.secrets.get(&p.id)?, Purpose::Resync)
                 .await
                 .map_err(CommandError::FailedPrecondition)?;
         }
