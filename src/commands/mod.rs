@@ -7,21 +7,23 @@
 //! sees the first and is refused).
 
 mod checks;
+mod decide;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use checks::Purpose;
+pub use decide::status_name;
+use decide::{can_change_tables, can_resync_tables, live, not_found};
 
 use crate::domain::projection::Projection;
 use crate::domain::validate::{self, Invalid};
 use crate::proto::{
-    CreatePipeRequest, DeleteReason, Event, Pipe, PipeConfig, PipeCreated, PipeDeleted,
-    PipeLabelsChanged, PipePaused, PipeResumed, PipeStatus, Problem, ProblemKind, ResyncStarted,
-    TableConfig, TableResyncRequested, TableState, TablesAdded, TablesRemoved, ValidatePipeRequest,
-    event::Payload,
+    CreatePipeRequest, Event, Pipe, PipeConfig, Problem, ProblemKind, TableConfig,
+    ValidatePipeRequest,
 };
-use crate::store::event_log::new_event;
 use crate::store::{EventLog, LogError, PipeSecrets, SecretStore};
 
 const MAX_ATTEMPTS: usize = 5;
@@ -53,12 +55,6 @@ pub struct Core {
     /// Prometheus registry: the engine and watch streams record, the
     /// metrics endpoint reads.
     pub metrics: Arc<crate::metrics::Metrics>,
-}
-
-/// What a command decided: events to append at a stream version.
-struct Decision {
-    expected_version: u64,
-    events: Vec<Event>,
 }
 
 impl Core {
@@ -125,14 +121,10 @@ impl Core {
     async fn execute(
         &self,
         name: &str,
-        decide: impl Fn(Option<&Pipe>, u64) -> Result<Decision, CommandError>,
+        decide: impl Fn(Option<&Pipe>) -> Result<Vec<Event>, CommandError>,
     ) -> Result<Pipe, CommandError> {
         let stored = self
-            .append_when(name, MAX_ATTEMPTS, |p, version| {
-                let decision = decide(p.by_name(name), version)?;
-                debug_assert_eq!(decision.expected_version, version);
-                Ok(decision.events)
-            })
+            .append_when(name, MAX_ATTEMPTS, |p, _| decide(p.by_name(name)))
             .await
             .map_err(|e| match e {
                 CommandError::Log(e @ LogError::VersionConflict { .. }) => {
@@ -159,15 +151,7 @@ impl Core {
         )?;
         validate::labels("labels", &req.labels)?;
         config.labels = req.labels.clone();
-        if self.read(|p| {
-            p.by_name(&req.name)
-                .is_some_and(|p| p.status != PipeStatus::Deleted as i32)
-        }) {
-            return Err(CommandError::AlreadyExists(format!(
-                "a pipe named {:?} already exists; pick another name or delete it first",
-                req.name
-            )));
-        }
+        self.read(|p| decide::name_free(p.by_name(&req.name)))?;
         if self.preflight {
             checks::check_problem(&config, &secrets, Purpose::Create)
                 .await
@@ -179,26 +163,8 @@ impl Core {
         self.secrets.put(&id, &secrets)?;
         let name = req.name.clone();
         let result = self
-            .execute(&name, |current, version| {
-                if let Some(p) = current
-                    && p.status != PipeStatus::Deleted as i32
-                {
-                    return Err(CommandError::AlreadyExists(format!(
-                        "a pipe named {:?} already exists (id {}); pick another name or delete it first",
-                        p.name, p.id
-                    )));
-                }
-                Ok(Decision {
-                    expected_version: version,
-                    events: vec![new_event(
-                        &id,
-                        Payload::PipeCreated(PipeCreated {
-                            name: name.clone(),
-                            config: Some(config.clone()),
-                            resync_of: String::new(),
-                        }),
-                    )],
-                })
+            .execute(&name, |current| {
+                decide::create(current, &id, &name, &config)
             })
             .await;
         if result.is_err() {
@@ -241,15 +207,10 @@ impl Core {
                 ..Default::default()
             });
         }
-        if let Some(p) = self.read(|p| p.by_name(&req.name).cloned())
-            && p.status != PipeStatus::Deleted as i32
-        {
+        if let Err(e) = self.read(|p| decide::name_free(p.by_name(&req.name))) {
             problems.push(Problem {
                 kind: ProblemKind::NameTaken as i32,
-                message: format!(
-                    "a pipe named {:?} already exists (id {}); pick another name or delete it first",
-                    p.name, p.id
-                ),
+                message: e.to_string(),
                 field: "name".into(),
                 ..Default::default()
             });
@@ -275,56 +236,18 @@ impl Core {
     }
 
     pub async fn delete(&self, name: &str, drop_tables: bool) -> Result<Pipe, CommandError> {
-        self.execute(name, |current, version| {
-            let p = live(name, current)?;
-            Ok(Decision {
-                expected_version: version,
-                events: vec![new_event(
-                    &p.id,
-                    Payload::PipeDeleted(PipeDeleted {
-                        reason: DeleteReason::User as i32,
-                        drop_destination_tables: drop_tables,
-                    }),
-                )],
-            })
-        })
-        .await
+        self.execute(name, |current| decide::delete(name, current, drop_tables))
+            .await
     }
 
     pub async fn pause(&self, name: &str) -> Result<Pipe, CommandError> {
-        self.execute(name, |current, version| {
-            let p = live(name, current)?;
-            match p.status() {
-                PipeStatus::Paused => Err(CommandError::FailedPrecondition(format!(
-                    "pipe {name:?} is already paused; resume it with ResumePipe"
-                ))),
-                PipeStatus::Resync => Err(CommandError::FailedPrecondition(format!(
-                    "pipe {name:?} is swapping tables for a resync; pause it once it is RUNNING"
-                ))),
-                _ => Ok(Decision {
-                    expected_version: version,
-                    events: vec![new_event(&p.id, Payload::PipePaused(PipePaused {}))],
-                }),
-            }
-        })
-        .await
+        self.execute(name, |current| decide::pause(name, current))
+            .await
     }
 
     pub async fn resume(&self, name: &str) -> Result<Pipe, CommandError> {
-        self.execute(name, |current, version| {
-            let p = live(name, current)?;
-            if p.status() != PipeStatus::Paused {
-                return Err(CommandError::FailedPrecondition(format!(
-                    "pipe {name:?} is not paused (status {}); only a paused pipe can be resumed",
-                    status_name(p.status())
-                )));
-            }
-            Ok(Decision {
-                expected_version: version,
-                events: vec![new_event(&p.id, Payload::PipeResumed(PipeResumed {}))],
-            })
-        })
-        .await
+        self.execute(name, |current| decide::resume(name, current))
+            .await
     }
 
     /// Starts a resync: validates the overrides against the pipe, records
@@ -339,15 +262,9 @@ impl Core {
         let new_id = uuid::Uuid::new_v4().to_string();
         // The new incarnation connects with the old one's credentials; copy
         // them before the events exist so a crash cannot leave it without.
-        let old = live(name, self.read(|p| p.by_name(name).cloned()).as_ref())?.clone();
+        let old =
+            decide::resyncable(name, self.read(|p| p.by_name(name).cloned()).as_ref())?.clone();
         let old_id = old.id.clone();
-        if old.resyncing {
-            return Err(CommandError::FailedPrecondition(format!(
-                "a resync of pipe {name:?} is already in progress (status {}); \
-                 wait for it with WatchPipe, or delete the pipe to stop it",
-                status_name(old.status())
-            )));
-        }
         if self.preflight {
             // Validation happens before the old incarnation is dropped.
             let mut config = old.config.clone().unwrap_or_default();
@@ -366,52 +283,8 @@ impl Core {
         }
         self.secrets.put(&new_id, &self.secrets.get(&old_id)?)?;
         let result = self
-            .execute(name, |current, version| {
-                let p = live(name, current)?;
-                if p.resyncing {
-                    return Err(CommandError::FailedPrecondition(format!(
-                        "a resync of pipe {name:?} is already in progress (status {}); \
-                         wait for it with WatchPipe, or delete the pipe to stop it",
-                        status_name(p.status())
-                    )));
-                }
-                if p.id != old_id {
-                    return Err(CommandError::Conflict(format!(
-                        "pipe {name:?} was replaced while the resync was requested; retry"
-                    )));
-                }
-                let mut config = p.config.clone().unwrap_or_default();
-                config.tables =
-                    validate::apply_overrides(&config.tables, overrides, replace_columns)?;
-                // The new incarnation starts with the labels as they are now.
-                config.labels = p.labels.clone();
-                Ok(Decision {
-                    expected_version: version,
-                    events: vec![
-                        new_event(
-                            &p.id,
-                            Payload::ResyncStarted(ResyncStarted {
-                                overrides: overrides.to_vec(),
-                                replace_column_options: replace_columns,
-                            }),
-                        ),
-                        new_event(
-                            &p.id,
-                            Payload::PipeDeleted(PipeDeleted {
-                                reason: DeleteReason::Resync as i32,
-                                drop_destination_tables: false,
-                            }),
-                        ),
-                        new_event(
-                            &new_id,
-                            Payload::PipeCreated(PipeCreated {
-                                name: name.to_owned(),
-                                config: Some(config),
-                                resync_of: p.id.clone(),
-                            }),
-                        ),
-                    ],
-                })
+            .execute(name, |current| {
+                decide::resync(name, current, &old_id, &new_id, overrides, replace_columns)
             })
             .await;
         if result.is_err() {
@@ -440,40 +313,8 @@ impl Core {
                 .into());
             }
         }
-        self.execute(name, |current, version| {
-            let p = live(name, current)?;
-            let mut labels = p.labels.clone();
-            let mut changed = BTreeMap::new();
-            for (k, v) in set {
-                if labels.get(k) != Some(v) {
-                    changed.insert(k.clone(), v.clone());
-                    labels.insert(k.clone(), v.clone());
-                }
-            }
-            let removed: Vec<String> = remove
-                .iter()
-                .filter(|k| labels.remove(k.as_str()).is_some())
-                .cloned()
-                .collect();
-            validate::label_count("labels", labels.len())?;
-            let events = if changed.is_empty() && removed.is_empty() {
-                Vec::new()
-            } else {
-                vec![new_event(
-                    &p.id,
-                    Payload::PipeLabelsChanged(PipeLabelsChanged {
-                        set: changed,
-                        removed,
-                        labels,
-                    }),
-                )]
-            };
-            Ok(Decision {
-                expected_version: version,
-                events,
-            })
-        })
-        .await
+        self.execute(name, |current| decide::labels(name, current, set, remove))
+            .await
     }
 }
 
@@ -502,39 +343,8 @@ impl Core {
                 .await
                 .map_err(preflight_error)?;
         }
-        self.execute(name, |current, version| {
-            let now = live(name, current)?;
-            if now.id != p.id {
-                return Err(CommandError::Conflict(format!(
-                    "pipe {name:?} was replaced while the change was requested; retry"
-                )));
-            }
-            can_change_tables(now)?;
-            let tables = now
-                .config
-                .as_ref()
-                .map(|c| c.tables.as_slice())
-                .unwrap_or(&[]);
-            let (added, removed) = validate::table_changes(tables, add, remove)?;
-            let mut events = Vec::new();
-            if !removed.is_empty() {
-                events.push(new_event(
-                    &now.id,
-                    Payload::TablesRemoved(TablesRemoved {
-                        source_tables: removed,
-                    }),
-                ));
-            }
-            if !added.is_empty() {
-                events.push(new_event(
-                    &now.id,
-                    Payload::TablesAdded(TablesAdded { tables: added }),
-                ));
-            }
-            Ok(Decision {
-                expected_version: version,
-                events,
-            })
+        self.execute(name, |current| {
+            decide::update_tables(name, current, &p.id, add, remove)
         })
         .await
     }
@@ -598,69 +408,13 @@ impl Core {
                 .await
                 .map_err(CommandError::FailedPrecondition)?;
         }
-        self.execute(name, |current, version| {
-            let now = live(name, current)?;
-            if now.id != p.id {
-                return Err(CommandError::Conflict(format!(
-                    "pipe {name:?} was replaced while the resync was requested; retry"
-                )));
-            }
-            can_resync_tables(now, &wanted)?;
-            Ok(Decision {
-                expected_version: version,
-                events: vec![new_event(
-                    &now.id,
-                    Payload::TableResyncRequested(TableResyncRequested {
-                        source_tables: wanted.clone(),
-                    }),
-                )],
-            })
+        self.execute(name, |current| {
+            decide::resync_tables(name, current, &p.id, &wanted)
         })
         .await
     }
 }
 
-/// Tables change only once the pipe replicates (CDC started): before, the
-/// pipe's own initial load owns the table list.
-fn can_change_tables(p: &Pipe) -> Result<(), CommandError> {
-    let status = p.status();
-    let ok =
-        p.cdc_started && !p.resyncing && matches!(status, PipeStatus::Running | PipeStatus::Paused);
-    if ok {
-        return Ok(());
-    }
-    Err(CommandError::FailedPrecondition(format!(
-        "pipe {:?} is {}{}; tables can be added or removed once it is RUNNING (or PAUSED): wait for it with WatchPipe{}",
-        p.name,
-        status_name(status),
-        if p.resyncing { " (resyncing)" } else { "" },
-        if status == PipeStatus::Failed {
-            ", or resync it first"
-        } else {
-            ""
-        }
-    )))
-}
-
-fn can_resync_tables(p: &Pipe, tables: &[String]) -> Result<(), CommandError> {
-    can_change_tables(p)?;
-    for name in tables {
-        // A FAILED table is what a table resync repairs.
-        if let Some(t) = p.tables.iter().find(|t| &t.source_table == name)
-            && !matches!(t.state(), TableState::Replicating | TableState::Failed)
-        {
-            return Err(CommandError::FailedPrecondition(format!(
-                "table {name} of pipe {:?} is {}; wait until it replicates again (WatchPipe) before resyncing it",
-                p.name,
-                t.state().words()
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// A preflight problem as a command error: column options that do not fit
-/// the source table are a bad request; the rest is the state of either end.
 /// A pipe's tables after an update: the current ones not removed, then
 /// the added ones.
 fn tables_after(
@@ -676,6 +430,8 @@ fn tables_after(
         .collect()
 }
 
+/// A preflight problem as a command error: column options that do not fit
+/// the source table are a bad request; the rest is the state of either end.
 fn preflight_error(p: Problem) -> CommandError {
     if p.kind == ProblemKind::Column as i32 {
         CommandError::Invalid(Invalid(if p.field.is_empty() {
@@ -686,27 +442,4 @@ fn preflight_error(p: Problem) -> CommandError {
     } else {
         CommandError::FailedPrecondition(p.message)
     }
-}
-
-fn not_found(name: &str) -> CommandError {
-    CommandError::NotFound(format!(
-        "no pipe named {name:?}; ListPipes shows the existing ones"
-    ))
-}
-
-/// The pipe, if it exists and is not deleted.
-fn live<'a>(name: &str, current: Option<&'a Pipe>) -> Result<&'a Pipe, CommandError> {
-    match current {
-        Some(p) if p.status != PipeStatus::Deleted as i32 => Ok(p),
-        Some(_) => Err(CommandError::NotFound(format!(
-            "pipe {name:?} was deleted; create it again with CreatePipe"
-        ))),
-        None => Err(not_found(name)),
-    }
-}
-
-pub fn status_name(s: PipeStatus) -> &'static str {
-    s.as_str_name()
-        .strip_prefix("PIPE_STATUS_")
-        .unwrap_or(s.as_str_name())
 }
