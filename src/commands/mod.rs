@@ -8,6 +8,7 @@
 
 mod checks;
 mod decide;
+mod problems;
 #[cfg(test)]
 mod tests;
 
@@ -17,12 +18,13 @@ use std::sync::{Arc, RwLock};
 use checks::Purpose;
 pub use decide::status_name;
 use decide::{can_change_tables, can_resync_tables, live, not_found};
+use problems::{Problems, Stop};
 
 use crate::domain::projection::Projection;
 use crate::domain::validate::{self, Invalid};
 use crate::proto::{
-    CreatePipeRequest, Event, Pipe, PipeConfig, Problem, ProblemKind, TableConfig,
-    ValidatePipeRequest,
+    CreatePipeRequest, DestinationConfig, Event, Pipe, PipeConfig, PipeSettings, Problem,
+    ProblemKind, SourceConfig, TableConfig, ValidatePipeRequest,
 };
 use crate::store::{EventLog, LogError, PipeSecrets, SecretStore};
 
@@ -55,6 +57,42 @@ pub struct Core {
     /// Prometheus registry: the engine and watch streams record, the
     /// metrics endpoint reads.
     pub metrics: Arc<crate::metrics::Metrics>,
+}
+
+/// The parts of a CreatePipe (or ValidatePipe) request.
+struct Creation<'a> {
+    name: &'a str,
+    source: Option<&'a SourceConfig>,
+    destination: Option<&'a DestinationConfig>,
+    tables: &'a [TableConfig],
+    settings: Option<&'a PipeSettings>,
+    labels: &'a BTreeMap<String, String>,
+}
+
+impl CreatePipeRequest {
+    fn creation(&self) -> Creation<'_> {
+        Creation {
+            name: &self.name,
+            source: self.source.as_ref(),
+            destination: self.destination.as_ref(),
+            tables: &self.tables,
+            settings: self.settings.as_ref(),
+            labels: &self.labels,
+        }
+    }
+}
+
+impl ValidatePipeRequest {
+    fn creation(&self) -> Creation<'_> {
+        Creation {
+            name: &self.name,
+            source: self.source.as_ref(),
+            destination: self.destination.as_ref(),
+            tables: &self.tables,
+            settings: self.settings.as_ref(),
+            labels: &self.labels,
+        }
+    }
 }
 
 impl Core {
@@ -142,21 +180,10 @@ impl Core {
     }
 
     pub async fn create(&self, req: CreatePipeRequest) -> Result<Pipe, CommandError> {
-        validate::pipe_name(&req.name)?;
-        let (mut config, secrets) = validate::pipe_config(
-            req.source.as_ref(),
-            req.destination.as_ref(),
-            &req.tables,
-            req.settings.as_ref(),
-        )?;
-        validate::labels("labels", &req.labels)?;
-        config.labels = req.labels.clone();
-        self.read(|p| decide::name_free(p.by_name(&req.name)))?;
-        if self.preflight {
-            checks::check_problem(&config, &secrets, Purpose::Create)
-                .await
-                .map_err(preflight_error)?;
-        }
+        let mut found = Problems::first();
+        let Ok((config, secrets)) = self.check_create(&req.creation(), &mut found).await else {
+            return Err(found.stopped());
+        };
         let id = uuid::Uuid::new_v4().to_string();
         // Secrets first: the append's flush makes them durable together, and
         // a secret without a pipe (append refused) is inert.
@@ -176,63 +203,39 @@ impl Core {
     /// A dry run of [`Core::create`]: every problem it would meet, found
     /// without recording, storing or creating anything.
     pub async fn validate(&self, req: &ValidatePipeRequest) -> Vec<Problem> {
+        let mut found = Problems::all();
+        let _ = self.check_create(&req.creation(), &mut found).await;
+        found.into_list()
+    }
+
+    /// The checks of a new pipe, for [`Core::create`] and its dry run: the
+    /// request's fields, the name, then both ends. Returns the config to
+    /// record and the passwords kept apart.
+    async fn check_create(
+        &self,
+        req: &Creation<'_>,
+        found: &mut Problems,
+    ) -> Result<(PipeConfig, PipeSecrets), Stop> {
         let checked = validate::check_request(
-            &req.name,
-            req.source.as_ref(),
-            req.destination.as_ref(),
-            &req.tables,
-            req.settings.as_ref(),
+            req.name,
+            req.source,
+            req.destination,
+            req.tables,
+            req.settings,
+            req.labels,
         );
-        let mut problems: Vec<Problem> = checked
-            .problems
-            .into_iter()
-            .map(|p| Problem {
-                kind: if crate::domain::columns::is_column_field(&p.field) {
-                    ProblemKind::Column as i32
-                } else {
-                    ProblemKind::InvalidRequest as i32
-                },
-                table: p.table,
-                column: String::new(),
-                message: p.invalid.0,
-                field: p.field,
-                warning: false,
-            })
-            .collect();
-        if let Err(e) = validate::labels("labels", &req.labels) {
-            problems.push(Problem {
-                kind: ProblemKind::InvalidRequest as i32,
-                message: e.0,
-                field: "labels".into(),
-                ..Default::default()
-            });
+        for p in &checked.problems {
+            found.invalid(&p.field, &p.table, p.invalid.clone())?;
         }
-        if let Err(e) = self.read(|p| decide::name_free(p.by_name(&req.name))) {
-            problems.push(Problem {
-                kind: ProblemKind::NameTaken as i32,
-                message: e.to_string(),
-                field: "name".into(),
-                ..Default::default()
-            });
+        if let Err(e) = self.read(|p| decide::name_free(p.by_name(req.name))) {
+            found.refused(ProblemKind::NameTaken, "name", e)?;
         }
-        if !self.preflight {
-            return problems;
+        let (mut config, secrets) = checked.config();
+        config.labels = req.labels.clone();
+        if self.preflight {
+            checks::run(&config, &secrets, Purpose::Create, found).await?;
         }
-        let (source, source_password) = checked.source.unzip();
-        let (destination, destination_password) = checked.destination.unzip();
-        let config = PipeConfig {
-            source,
-            destination,
-            tables: checked.tables,
-            settings: None,
-            labels: req.labels.clone(),
-        };
-        let secrets = PipeSecrets {
-            source_password: source_password.flatten(),
-            destination_password: destination_password.flatten(),
-        };
-        problems.extend(checks::problems(&config, &secrets).await);
-        problems
+        Ok((config, secrets))
     }
 
     pub async fn delete(&self, name: &str, drop_tables: bool) -> Result<Pipe, CommandError> {
@@ -269,17 +272,19 @@ impl Core {
             // Validation happens before the old incarnation is dropped.
             let mut config = old.config.clone().unwrap_or_default();
             config.tables = validate::apply_overrides(&config.tables, overrides, replace_columns)?;
-            checks::check_problem(
-                &config,
-                &self.secrets.get(&old_id)?,
-                if replace_columns {
-                    Purpose::ResyncNewColumns
-                } else {
-                    Purpose::Resync
-                },
-            )
-            .await
-            .map_err(preflight_error)?;
+            let purpose = if replace_columns {
+                Purpose::ResyncNewColumns
+            } else {
+                Purpose::Resync
+            };
+            let mut found = Problems::first();
+            let secrets = self.secrets.get(&old_id)?;
+            if checks::run(&config, &secrets, purpose, &mut found)
+                .await
+                .is_err()
+            {
+                return Err(found.stopped());
+            }
         }
         self.secrets.put(&new_id, &self.secrets.get(&old_id)?)?;
         let result = self
@@ -329,19 +334,14 @@ impl Core {
         remove: &[String],
     ) -> Result<Pipe, CommandError> {
         let p = live(name, self.read(|p| p.by_name(name).cloned()).as_ref())?.clone();
-        let current = p.config.clone().unwrap_or_default();
-        let (added, removed) = validate::table_changes(&current.tables, add, remove)?;
-        can_change_tables(&p)?;
-        if self.preflight && !added.is_empty() {
-            let mut config = current.clone();
-            config.tables = added.clone();
-            checks::check_problem(&config, &self.secrets.get(&p.id)?, Purpose::Create)
-                .await
-                .map_err(preflight_error)?;
-            config.tables = tables_after(&current.tables, &added, &removed);
-            checks::check_partition_overlaps(&config, &self.secrets.get(&p.id)?)
-                .await
-                .map_err(preflight_error)?;
+        let secrets = self.secrets.get(&p.id)?;
+        let mut found = Problems::first();
+        if self
+            .check_update(&p, add, remove, &secrets, &mut found)
+            .await
+            .is_err()
+        {
+            return Err(found.stopped());
         }
         self.execute(name, |current| {
             decide::update_tables(name, current, &p.id, add, remove)
@@ -358,40 +358,48 @@ impl Core {
         remove: &[String],
     ) -> Result<(Pipe, Vec<Problem>), CommandError> {
         let p = live(name, self.read(|p| p.by_name(name).cloned()).as_ref())?.clone();
+        let secrets = self.secrets.get(&p.id)?;
+        let mut found = Problems::all();
+        let _ = self
+            .check_update(&p, add, remove, &secrets, &mut found)
+            .await;
+        Ok((p, found.into_list()))
+    }
+
+    /// The checks of a table change of pipe `p`, for
+    /// [`Core::update_tables`] and its dry run: the change against the
+    /// pipe's tables, the pipe's state, then both ends for the added tables
+    /// and the partition trees of the tables after the change.
+    async fn check_update(
+        &self,
+        p: &Pipe,
+        add: &[TableConfig],
+        remove: &[String],
+        secrets: &PipeSecrets,
+        found: &mut Problems,
+    ) -> Result<(), Stop> {
         let current = p.config.clone().unwrap_or_default();
-        let invalid = |message: String, field: &str| Problem {
-            kind: ProblemKind::InvalidRequest as i32,
-            message,
-            field: field.to_owned(),
-            ..Default::default()
-        };
-        let mut problems = Vec::new();
-        if let Err(CommandError::FailedPrecondition(m)) = can_change_tables(&p) {
-            problems.push(invalid(m, "name"));
-        }
         let (added, removed) = match validate::table_changes(&current.tables, add, remove) {
             Ok(changes) => changes,
             Err(e) => {
-                problems.push(invalid(e.0, ""));
+                found.invalid("", "", e)?;
                 (Vec::new(), Vec::new())
             }
         };
+        if let Err(e) = can_change_tables(p) {
+            found.refused(ProblemKind::InvalidRequest, "name", e)?;
+        }
         if self.preflight && !added.is_empty() {
             let mut config = current.clone();
-            let secrets = self.secrets.get(&p.id)?;
             config.tables = added;
-            for mut problem in checks::problems(&config, &secrets).await {
-                if let Some(rest) = problem.field.strip_prefix("tables[") {
-                    problem.field = format!("add_tables[{rest}");
-                }
-                problems.push(problem);
-            }
+            // The checked config's tables are the request's add_tables.
+            found.name_tables("add_tables");
+            checks::run(&config, secrets, Purpose::Create, found).await?;
+            found.name_tables("tables");
             config.tables = tables_after(&current.tables, &config.tables, &removed);
-            if let Err(problem) = checks::check_partition_overlaps(&config, &secrets).await {
-                problems.push(problem);
-            }
+            checks::partition_overlaps(&config, secrets, found).await?;
         }
-        Ok((p, problems))
+        Ok(())
     }
 
     /// Rebuilds some tables of a running pipe while CDC of the others goes
@@ -404,9 +412,19 @@ impl Core {
         if self.preflight {
             let mut config = current.clone();
             config.tables.retain(|t| wanted.contains(&t.source_table));
-            checks::check(&config, &self.secrets.get(&p.id)?, Purpose::Resync)
+            let mut found = Problems::first();
+            let secrets = self.secrets.get(&p.id)?;
+            if checks::run(&config, &secrets, Purpose::Resync, &mut found)
                 .await
-                .map_err(CommandError::FailedPrecondition)?;
+                .is_err()
+            {
+                // The pipe's own tables: whatever is found is the state of
+                // either end, never a bad request.
+                let first = found.into_list().into_iter().next();
+                return Err(CommandError::FailedPrecondition(
+                    first.map(|p| p.message).unwrap_or_default(),
+                ));
+            }
         }
         self.execute(name, |current| {
             decide::resync_tables(name, current, &p.id, &wanted)
@@ -428,18 +446,4 @@ fn tables_after(
         .chain(added)
         .cloned()
         .collect()
-}
-
-/// A preflight problem as a command error: column options that do not fit
-/// the source table are a bad request; the rest is the state of either end.
-fn preflight_error(p: Problem) -> CommandError {
-    if p.kind == ProblemKind::Column as i32 {
-        CommandError::Invalid(Invalid(if p.field.is_empty() {
-            p.message
-        } else {
-            format!("{}: {}", p.field, p.message)
-        }))
-    } else {
-        CommandError::FailedPrecondition(p.message)
-    }
 }

@@ -3,7 +3,7 @@
 
 /// A request (or part of one) that cannot be accepted; the message names
 /// the field and says what to fix.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 #[error("{0}")]
 pub struct Invalid(pub String);
 

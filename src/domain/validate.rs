@@ -359,64 +359,6 @@ pub fn source_tables(config: &PipeConfig) -> Result<Vec<QualifiedName>, Invalid>
         .collect()
 }
 
-fn tables(list: &[TableConfig]) -> Result<Vec<TableConfig>, Invalid> {
-    if list.is_empty() {
-        return invalid("tables is empty: list at least one source table (`schema.table`)");
-    }
-    if list.len() > MAX_TABLES {
-        return invalid(format!(
-            "tables has {} entries; at most {MAX_TABLES}",
-            list.len()
-        ));
-    }
-    let mut sources = HashSet::new();
-    let mut dests = HashSet::new();
-    let mut out = Vec::with_capacity(list.len());
-    for (i, t) in list.iter().enumerate() {
-        let (q, t) = table(i, t)?;
-        if !sources.insert(q) {
-            return invalid(format!(
-                "tables[{i}]: source table {} is listed twice",
-                t.source_table
-            ));
-        }
-        if !dests.insert(t.destination_table.clone()) {
-            return invalid(format!(
-                "tables[{i}]: destination table {:?} is used by two entries; give one a destination_table",
-                t.destination_table
-            ));
-        }
-        out.push(t);
-    }
-    Ok(out)
-}
-
-/// Validates a whole CreatePipe request into the stored config (no secrets)
-/// and the secrets kept apart.
-pub fn pipe_config(
-    src: Option<&SourceConfig>,
-    dst: Option<&DestinationConfig>,
-    list: &[TableConfig],
-    s: Option<&PipeSettings>,
-) -> Result<(PipeConfig, PipeSecrets), Invalid> {
-    let (source, source_password) = source(src)?;
-    let (destination, destination_password) = destination(dst)?;
-    let config = PipeConfig {
-        source: Some(source),
-        destination: Some(destination),
-        tables: tables(list)?,
-        settings: Some(settings::checked(s).map_err(Invalid)?),
-        labels: BTreeMap::new(),
-    };
-    Ok((
-        config,
-        PipeSecrets {
-            source_password,
-            destination_password,
-        },
-    ))
-}
-
 /// One problem of a request, with the field at fault and, for a table
 /// entry, the source table as given.
 #[derive(Debug, PartialEq, Eq)]
@@ -426,15 +368,40 @@ pub struct FieldProblem {
     pub invalid: Invalid,
 }
 
-/// What of a CreatePipe request is usable, and every problem found in it
-/// (ValidatePipe reports them all; CreatePipe stops at the first).
+/// What of a CreatePipe request is usable, and every problem found in it,
+/// in the order of the request's fields (ValidatePipe reports them all;
+/// CreatePipe refuses with the first).
 #[derive(Debug, Default)]
 pub struct RequestCheck {
     pub source: Option<(SourceConfig, Option<String>)>,
     pub destination: Option<(DestinationConfig, Option<String>)>,
     /// The valid table entries, normalized.
     pub tables: Vec<TableConfig>,
+    /// Defaulted; None when invalid.
+    pub settings: Option<PipeSettings>,
     pub problems: Vec<FieldProblem>,
+}
+
+impl RequestCheck {
+    /// The config to record (labels aside) and the passwords kept apart,
+    /// of the parts that are valid.
+    pub fn config(&self) -> (PipeConfig, PipeSecrets) {
+        let (source, source_password) = self.source.clone().unzip();
+        let (destination, destination_password) = self.destination.clone().unzip();
+        (
+            PipeConfig {
+                source,
+                destination,
+                tables: self.tables.clone(),
+                settings: self.settings,
+                labels: BTreeMap::new(),
+            },
+            PipeSecrets {
+                source_password: source_password.flatten(),
+                destination_password: destination_password.flatten(),
+            },
+        )
+    }
 }
 
 /// Checks every part of a CreatePipe request on its own, so one bad part
@@ -445,6 +412,7 @@ pub fn check_request(
     dst: Option<&DestinationConfig>,
     list: &[TableConfig],
     s: Option<&PipeSettings>,
+    request_labels: &BTreeMap<String, String>,
 ) -> RequestCheck {
     let mut out = RequestCheck::default();
     let mut problem = |field: &str, table: &str, invalid: Invalid| {
@@ -516,12 +484,16 @@ pub fn check_request(
             }
         }
     }
-    if let Err(e) = settings::checked(s) {
-        problem("settings", "", Invalid(e));
+    let settings = settings::checked(s)
+        .map_err(|e| problem("settings", "", Invalid(e)))
+        .ok();
+    if let Err(e) = labels("labels", request_labels) {
+        problem("labels", "", e);
     }
     out.source = source;
     out.destination = destination;
     out.tables = valid;
+    out.settings = settings;
     out
 }
 
@@ -858,7 +830,7 @@ mod tests {
 
     #[test]
     fn check_request_reports_every_part_and_keeps_the_good_ones() {
-        let r = check_request("", None, None, &[], None);
+        let r = check_request("", None, None, &[], None, &BTreeMap::new());
         let fields: Vec<&str> = r.problems.iter().map(|p| p.field.as_str()).collect();
         assert_eq!(fields, ["name", "source", "destination", "tables"]);
         assert!(r.source.is_none() && r.destination.is_none() && r.tables.is_empty());
@@ -877,6 +849,7 @@ mod tests {
             None,
             &[t("a"), t("public.a"), t("x.y.z"), t("b")],
             None,
+            &BTreeMap::new(),
         );
         let fields: Vec<&str> = r.problems.iter().map(|p| p.field.as_str()).collect();
         assert_eq!(fields, ["destination", "tables[1]", "tables[2]"]);
@@ -896,7 +869,20 @@ mod tests {
             source_table: s.into(),
             ..Default::default()
         };
-        assert!(tables(&[t("public.a"), t("a")]).is_err());
-        assert!(tables(&[t("s1.a"), t("s2.a")]).is_err());
+        let problems = |list: &[TableConfig]| {
+            check_request("ok", None, None, list, None, &BTreeMap::new())
+                .problems
+                .into_iter()
+                .filter(|p| p.field.starts_with("tables"))
+                .map(|p| p.invalid.0)
+                .collect::<Vec<_>>()
+        };
+        let same_source = problems(&[t("public.a"), t("a")]);
+        assert!(same_source[0].contains("listed twice"), "{same_source:?}");
+        let same_destination = problems(&[t("s1.a"), t("s2.a")]);
+        assert!(
+            same_destination[0].contains("used by two entries"),
+            "{same_destination:?}"
+        );
     }
 }
