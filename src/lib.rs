@@ -12,8 +12,9 @@
 //! - [`api`]: the gRPC service, auth, errors mapped to statuses; [`server`]
 //!   wires it with health, reflection, TLS and the engine.
 //! - [`commands`]: requests decided against the projection, appended as
-//!   events.
-//! - [`domain`]: validation, names and the projection (the fold of events).
+//!   events; `commands::checks` looks at both ends before a pipe is recorded.
+//! - [`domain`]: validation, names, settings, connection strings and the
+//!   projection (the fold of events); it imports no layer above it.
 //! - [`store`]: the sled event log and secrets; [`watch`]: followers.
 //! - [`engine`]: the supervisor and a worker per pipe (setup, load, swap,
 //!   CDC), schema changes, partitions, slot health.

@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::validate::{Invalid, ident};
+use super::names::{Invalid, ident};
 use crate::model::{ColumnRepr, PgType, Row, SourceTable};
 use crate::proto::TableConfig;
 use crate::sink::types::Kind;

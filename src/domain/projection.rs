@@ -536,7 +536,14 @@ impl Projection {
 mod tests {
     use super::*;
     use crate::proto::{PipeCreated, TableConfig, TablesSwapped};
-    use crate::store::event_log::new_event;
+
+    fn new_event(pipe_id: &str, payload: Payload) -> Event {
+        Event {
+            pipe_id: pipe_id.to_owned(),
+            payload: Some(payload),
+            ..Default::default()
+        }
+    }
 
     fn created(p: &mut Projection, id: &str, resync_of: &str, exclude: &str) {
         let config = PipeConfig {

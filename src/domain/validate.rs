@@ -4,12 +4,13 @@
 use std::collections::{BTreeMap, HashSet};
 use std::str::FromStr;
 
+use super::conn::{PipeSecrets, split_password, split_tls};
 use super::names::{self, RESYNC_SUFFIX};
+pub use super::names::{Invalid, MAX_IDENT_LEN, ident};
+use super::settings;
 use crate::proto::{DestinationConfig, PipeConfig, PipeSettings, SourceConfig, TableConfig};
-use crate::store::PipeSecrets;
 
 pub const MAX_NAME_LEN: usize = 63;
-pub const MAX_IDENT_LEN: usize = 63;
 pub const MAX_CONN_LEN: usize = 4096;
 /// Longer URLs are not ClickHouse endpoints; refused before they are
 /// recorded in every event and watch message of the pipe.
@@ -17,21 +18,11 @@ pub const MAX_URL_LEN: usize = 2048;
 /// Bounds what the secrets file holds per pipe.
 pub const MAX_PASSWORD_LEN: usize = 1024;
 pub const MAX_TABLES: usize = 1000;
-pub const MAX_PARALLELISM: u32 = 64;
 /// Label limits, as Kubernetes: small enough to copy into every Pipe message.
 pub const MAX_LABELS: usize = 64;
 pub const MAX_LABEL_KEY_LEN: usize = 63;
 pub const MAX_LABEL_VALUE_LEN: usize = 253;
 const LABEL_KEY_RULE: &str = "keys match [a-z0-9][a-z0-9._/-]{0,62}: 1 to 63 characters, lowercase letters, digits, `.`, `_`, `/`, `-`, starting with a letter or digit";
-
-pub const DEFAULT_PARALLELISM: u32 = 4;
-pub const DEFAULT_ROWS_PER_PARTITION: u64 = 500_000;
-pub const DEFAULT_BATCH_SIZE: u32 = 10_000;
-pub const DEFAULT_SYNC_INTERVAL_MS: u32 = 1_000;
-
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("{0}")]
-pub struct Invalid(pub String);
 
 fn invalid<T>(msg: impl Into<String>) -> Result<T, Invalid> {
     Err(Invalid(msg.into()))
@@ -176,152 +167,6 @@ fn shorten(s: &str) -> String {
     }
 }
 
-/// An identifier of either dialect: any characters but NUL, 1..=63 bytes
-/// (Postgres truncates longer names silently, which would break mapping).
-pub fn ident(field: &str, s: &str) -> Result<(), Invalid> {
-    if s.is_empty() {
-        return invalid(format!("{field} is empty"));
-    }
-    if s.len() > MAX_IDENT_LEN {
-        return invalid(format!(
-            "{field} {:?}… is {} bytes; identifiers may have at most {MAX_IDENT_LEN}",
-            s.chars().take(20).collect::<String>(),
-            s.len()
-        ));
-    }
-    if s.contains('\0') {
-        return invalid(format!("{field} contains a NUL character"));
-    }
-    Ok(())
-}
-
-/// Removes the password from a libpq connection string (URL or key=value
-/// form), returning the redacted string and the password it held.
-pub fn split_password(conn: &str) -> (String, Option<String>) {
-    let trimmed = conn.trim();
-    let mut password = None;
-    let mut rest = trimmed.to_owned();
-    if is_url(trimmed) {
-        let Ok(mut url) = url::Url::parse(trimmed) else {
-            return (trimmed.to_owned(), None);
-        };
-        password = url.password().map(percent_decode);
-        let _ = url.set_password(None);
-        rest = url.to_string();
-    }
-    let (rest, taken) = take_params(&rest, &["password"]);
-    if let Some((_, p)) = taken.into_iter().last() {
-        password = Some(p);
-    }
-    (rest, password)
-}
-
-fn is_url(conn: &str) -> bool {
-    conn.starts_with("postgres://") || conn.starts_with("postgresql://")
-}
-
-/// Removes the parameters named in `keys` from a libpq connection string
-/// (URL query or key=value form); returns the rest and the removed pairs in
-/// order, values unquoted/decoded. A URL that does not parse is returned
-/// unchanged (the caller's parser will name the problem).
-pub fn take_params(conn: &str, keys: &[&str]) -> (String, Vec<(String, String)>) {
-    let trimmed = conn.trim();
-    let mut taken = Vec::new();
-    if is_url(trimmed) {
-        let Ok(mut url) = url::Url::parse(trimmed) else {
-            return (trimmed.to_owned(), taken);
-        };
-        let pairs: Vec<(String, String)> = url
-            .query_pairs()
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect();
-        if pairs.iter().any(|(k, _)| keys.contains(&k.as_str())) {
-            let mut kept = 0;
-            let mut q = url.query_pairs_mut();
-            q.clear();
-            for (k, v) in pairs {
-                if keys.contains(&k.as_str()) {
-                    taken.push((k, v));
-                } else {
-                    q.append_pair(&k, &v);
-                    kept += 1;
-                }
-            }
-            drop(q);
-            if kept == 0 {
-                url.set_query(None);
-            }
-        }
-        return (url.to_string(), taken);
-    }
-    // key=value form: values may be single-quoted with \' and \\ escapes.
-    let mut out = Vec::new();
-    let mut rest = trimmed;
-    while !rest.is_empty() {
-        rest = rest.trim_start();
-        let Some(eq) = rest.find('=') else {
-            out.push(rest.to_owned());
-            break;
-        };
-        let key = rest[..eq].trim().to_owned();
-        let after = rest[eq + 1..].trim_start();
-        let (value, raw, remaining) = if let Some(stripped) = after.strip_prefix('\'') {
-            let mut v = String::new();
-            let mut end = stripped.len();
-            let mut it = stripped.char_indices();
-            while let Some((i, c)) = it.next() {
-                match c {
-                    '\\' => {
-                        if let Some((_, n)) = it.next() {
-                            v.push(n);
-                        }
-                    }
-                    '\'' => {
-                        end = i + 1;
-                        break;
-                    }
-                    c => v.push(c),
-                }
-            }
-            let raw = &after[..(end + 1).min(after.len())];
-            (v, raw.to_owned(), &stripped[end.min(stripped.len())..])
-        } else {
-            let end = after.find(char::is_whitespace).unwrap_or(after.len());
-            (
-                after[..end].to_owned(),
-                after[..end].to_owned(),
-                &after[end..],
-            )
-        };
-        if keys.contains(&key.as_str()) {
-            taken.push((key, value));
-        } else {
-            out.push(format!("{key}={raw}"));
-        }
-        rest = remaining;
-    }
-    (out.join(" "), taken)
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16)
-        {
-            out.push(b);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 fn source(src: Option<&SourceConfig>) -> Result<(SourceConfig, Option<String>), Invalid> {
     let Some(src) = src else {
         return invalid(
@@ -341,8 +186,8 @@ fn source(src: Option<&SourceConfig>) -> Result<(SourceConfig, Option<String>), 
     let (redacted, embedded) = split_password(conn);
     // tokio-postgres knows neither verify-ca/verify-full nor sslrootcert:
     // those are checked here and applied by the source's own TLS layer.
-    let (without_tls, _) = crate::source::tls::split_tls(&redacted)
-        .map_err(|e| Invalid(format!("source.connection_string: {e}")))?;
+    let (without_tls, _) =
+        split_tls(&redacted).map_err(|e| Invalid(format!("source.connection_string: {e}")))?;
     // Parse the redacted form so a parse error can never echo the password.
     let cfg = tokio_postgres::Config::from_str(&without_tls).map_err(|e| {
         Invalid(format!(
@@ -504,112 +349,14 @@ pub fn table(i: usize, t: &TableConfig) -> Result<(QualifiedName, TableConfig), 
     ))
 }
 
-fn tables(list: &[TableConfig]) -> Result<Vec<TableConfig>, Invalid> {
-    if list.is_empty() {
-        return invalid("tables is empty: list at least one source table (`schema.table`)");
-    }
-    if list.len() > MAX_TABLES {
-        return invalid(format!(
-            "tables has {} entries; at most {MAX_TABLES}",
-            list.len()
-        ));
-    }
-    let mut sources = HashSet::new();
-    let mut dests = HashSet::new();
-    let mut out = Vec::with_capacity(list.len());
-    for (i, t) in list.iter().enumerate() {
-        let (q, t) = table(i, t)?;
-        if !sources.insert(q) {
-            return invalid(format!(
-                "tables[{i}]: source table {} is listed twice",
-                t.source_table
-            ));
-        }
-        if !dests.insert(t.destination_table.clone()) {
-            return invalid(format!(
-                "tables[{i}]: destination table {:?} is used by two entries; give one a destination_table",
-                t.destination_table
-            ));
-        }
-        out.push(t);
-    }
-    Ok(out)
-}
-
-pub fn settings(s: Option<&PipeSettings>) -> Result<PipeSettings, Invalid> {
-    let s = s.cloned().unwrap_or_default();
-    let out = PipeSettings {
-        snapshot_parallelism: if s.snapshot_parallelism == 0 {
-            DEFAULT_PARALLELISM
-        } else {
-            s.snapshot_parallelism
-        },
-        snapshot_rows_per_partition: if s.snapshot_rows_per_partition == 0 {
-            DEFAULT_ROWS_PER_PARTITION
-        } else {
-            s.snapshot_rows_per_partition
-        },
-        cdc_batch_size: if s.cdc_batch_size == 0 {
-            DEFAULT_BATCH_SIZE
-        } else {
-            s.cdc_batch_size
-        },
-        cdc_sync_interval_ms: if s.cdc_sync_interval_ms == 0 {
-            DEFAULT_SYNC_INTERVAL_MS
-        } else {
-            s.cdc_sync_interval_ms
-        },
-        ..crate::engine::slot_health::with_defaults(&s)
-    };
-    if out.snapshot_parallelism > MAX_PARALLELISM {
-        return invalid(format!(
-            "settings.snapshot_parallelism is {}; use 1..={MAX_PARALLELISM}",
-            out.snapshot_parallelism
-        ));
-    }
-    if out.snapshot_rows_per_partition < 1_000 {
-        return invalid(
-            "settings.snapshot_rows_per_partition must be at least 1000 (0 means the default, 500000)",
-        );
-    }
-    if out.cdc_batch_size > 1_000_000 {
-        return invalid(
-            "settings.cdc_batch_size must be at most 1000000 (0 means the default, 10000)",
-        );
-    }
-    if out.cdc_sync_interval_ms < 10 || out.cdc_sync_interval_ms > 3_600_000 {
-        return invalid(
-            "settings.cdc_sync_interval_ms must be within 10..=3600000 (0 means the default, 1000)",
-        );
-    }
-    crate::engine::slot_health::check_settings(&out).map_err(Invalid)?;
-    Ok(out)
-}
-
-/// Validates a whole CreatePipe request into the stored config (no secrets)
-/// and the secrets kept apart.
-pub fn pipe_config(
-    src: Option<&SourceConfig>,
-    dst: Option<&DestinationConfig>,
-    list: &[TableConfig],
-    s: Option<&PipeSettings>,
-) -> Result<(PipeConfig, PipeSecrets), Invalid> {
-    let (source, source_password) = source(src)?;
-    let (destination, destination_password) = destination(dst)?;
-    let config = PipeConfig {
-        source: Some(source),
-        destination: Some(destination),
-        tables: tables(list)?,
-        settings: Some(settings(s)?),
-        labels: BTreeMap::new(),
-    };
-    Ok((
-        config,
-        PipeSecrets {
-            source_password,
-            destination_password,
-        },
-    ))
+/// The source tables of a pipe config, parsed.
+pub fn source_tables(config: &PipeConfig) -> Result<Vec<QualifiedName>, Invalid> {
+    config
+        .tables
+        .iter()
+        .enumerate()
+        .map(|(i, t)| table(i, t).map(|(q, _)| q))
+        .collect()
 }
 
 /// One problem of a request, with the field at fault and, for a table
@@ -621,15 +368,40 @@ pub struct FieldProblem {
     pub invalid: Invalid,
 }
 
-/// What of a CreatePipe request is usable, and every problem found in it
-/// (ValidatePipe reports them all; CreatePipe stops at the first).
+/// What of a CreatePipe request is usable, and every problem found in it,
+/// in the order of the request's fields (ValidatePipe reports them all;
+/// CreatePipe refuses with the first).
 #[derive(Debug, Default)]
 pub struct RequestCheck {
     pub source: Option<(SourceConfig, Option<String>)>,
     pub destination: Option<(DestinationConfig, Option<String>)>,
     /// The valid table entries, normalized.
     pub tables: Vec<TableConfig>,
+    /// Defaulted; None when invalid.
+    pub settings: Option<PipeSettings>,
     pub problems: Vec<FieldProblem>,
+}
+
+impl RequestCheck {
+    /// The config to record (labels aside) and the passwords kept apart,
+    /// of the parts that are valid.
+    pub fn config(&self) -> (PipeConfig, PipeSecrets) {
+        let (source, source_password) = self.source.clone().unzip();
+        let (destination, destination_password) = self.destination.clone().unzip();
+        (
+            PipeConfig {
+                source,
+                destination,
+                tables: self.tables.clone(),
+                settings: self.settings,
+                labels: BTreeMap::new(),
+            },
+            PipeSecrets {
+                source_password: source_password.flatten(),
+                destination_password: destination_password.flatten(),
+            },
+        )
+    }
 }
 
 /// Checks every part of a CreatePipe request on its own, so one bad part
@@ -640,6 +412,7 @@ pub fn check_request(
     dst: Option<&DestinationConfig>,
     list: &[TableConfig],
     s: Option<&PipeSettings>,
+    request_labels: &BTreeMap<String, String>,
 ) -> RequestCheck {
     let mut out = RequestCheck::default();
     let mut problem = |field: &str, table: &str, invalid: Invalid| {
@@ -711,12 +484,16 @@ pub fn check_request(
             }
         }
     }
-    if let Err(e) = settings(s) {
-        problem("settings", "", e);
+    let settings = settings::checked(s)
+        .map_err(|e| problem("settings", "", Invalid(e)))
+        .ok();
+    if let Err(e) = labels("labels", request_labels) {
+        problem("labels", "", e);
     }
     out.source = source;
     out.destination = destination;
     out.tables = valid;
+    out.settings = settings;
     out
 }
 
@@ -1021,26 +798,6 @@ mod tests {
     }
 
     #[test]
-    fn passwords_are_split_from_url_connection_strings() {
-        let (r, p) = split_password("postgres://alice:s%40cret@db:5432/app?sslmode=require");
-        assert_eq!(p.as_deref(), Some("s@cret"));
-        assert_eq!(r, "postgres://alice@db:5432/app?sslmode=require");
-        let (r, p) = split_password("postgres://alice@db/app?password=x");
-        assert_eq!(p.as_deref(), Some("x"));
-        assert!(!r.contains('x') || !r.contains("password"));
-    }
-
-    #[test]
-    fn passwords_are_split_from_key_value_connection_strings() {
-        let (r, p) = split_password("host=db password='a b\\'c' dbname=app");
-        assert_eq!(p.as_deref(), Some("a b'c"));
-        assert_eq!(r, "host=db dbname=app");
-        let (r, p) = split_password("host=db password=plain user=u");
-        assert_eq!(p.as_deref(), Some("plain"));
-        assert_eq!(r, "host=db user=u");
-    }
-
-    #[test]
     fn tls_parameters_are_checked_here_not_by_tokio_postgres() {
         let src = |c: &str| {
             source(Some(&SourceConfig {
@@ -1073,7 +830,7 @@ mod tests {
 
     #[test]
     fn check_request_reports_every_part_and_keeps_the_good_ones() {
-        let r = check_request("", None, None, &[], None);
+        let r = check_request("", None, None, &[], None, &BTreeMap::new());
         let fields: Vec<&str> = r.problems.iter().map(|p| p.field.as_str()).collect();
         assert_eq!(fields, ["name", "source", "destination", "tables"]);
         assert!(r.source.is_none() && r.destination.is_none() && r.tables.is_empty());
@@ -1092,6 +849,7 @@ mod tests {
             None,
             &[t("a"), t("public.a"), t("x.y.z"), t("b")],
             None,
+            &BTreeMap::new(),
         );
         let fields: Vec<&str> = r.problems.iter().map(|p| p.field.as_str()).collect();
         assert_eq!(fields, ["destination", "tables[1]", "tables[2]"]);
@@ -1111,7 +869,20 @@ mod tests {
             source_table: s.into(),
             ..Default::default()
         };
-        assert!(tables(&[t("public.a"), t("a")]).is_err());
-        assert!(tables(&[t("s1.a"), t("s2.a")]).is_err());
+        let problems = |list: &[TableConfig]| {
+            check_request("ok", None, None, list, None, &BTreeMap::new())
+                .problems
+                .into_iter()
+                .filter(|p| p.field.starts_with("tables"))
+                .map(|p| p.invalid.0)
+                .collect::<Vec<_>>()
+        };
+        let same_source = problems(&[t("public.a"), t("a")]);
+        assert!(same_source[0].contains("listed twice"), "{same_source:?}");
+        let same_destination = problems(&[t("s1.a"), t("s2.a")]);
+        assert!(
+            same_destination[0].contains("used by two entries"),
+            "{same_destination:?}"
+        );
     }
 }

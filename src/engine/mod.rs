@@ -9,7 +9,6 @@
 mod copy;
 mod guard;
 mod partitions;
-pub mod preflight;
 pub mod slot_health;
 mod table_load;
 pub mod worker;
@@ -34,28 +33,13 @@ pub(crate) fn sink_for(
     config: &crate::proto::PipeConfig,
     secrets: &crate::store::PipeSecrets,
 ) -> Result<ChSink, crate::sink::SinkError> {
-    let dst = config.destination.clone().unwrap_or_default();
-    let ca_cert = (!dst.ca_cert.is_empty()).then(|| std::path::Path::new(&dst.ca_cert));
-    ChSink::connect_with_ca(
-        &dst.url,
-        &dst.user,
+    ChSink::for_destination(
+        &config.destination.clone().unwrap_or_default(),
         secrets.destination_password.as_deref(),
-        &dst.database,
-        ca_cert,
     )
 }
 
-/// The source tables of a pipe config, parsed.
-pub(crate) fn source_tables(
-    config: &crate::proto::PipeConfig,
-) -> Result<Vec<crate::domain::validate::QualifiedName>, crate::domain::validate::Invalid> {
-    config
-        .tables
-        .iter()
-        .enumerate()
-        .map(|(i, t)| crate::domain::validate::table(i, t).map(|(q, _)| q))
-        .collect()
-}
+pub(crate) use crate::domain::validate::source_tables;
 
 /// Starts the engine; it stops when `closing` turns true.
 pub fn spawn(core: Arc<Core>, mut closing: tokio::sync::watch::Receiver<bool>) -> JoinHandle<()> {

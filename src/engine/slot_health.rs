@@ -19,55 +19,13 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::commands::Core;
+use crate::domain::settings::with_slot_health_defaults as with_defaults;
 use crate::model::Lsn;
 use crate::proto::event::Payload;
 use crate::proto::{
     Pipe, PipeSettings, PipeStatus, SlotHealthRecovered, SlotHealthWarning, SlotWarningKind,
 };
 use crate::source;
-
-pub const DEFAULT_LAG_WARNING_BYTES: u64 = 1 << 30;
-pub const DEFAULT_STALL_WARNING_SECONDS: u32 = 300;
-pub const DEFAULT_CHECK_INTERVAL_SECONDS: u32 = 30;
-
-/// `s` with the slot health settings defaulted (0 means the default). Also
-/// applied when a pipe runs, for pipes created before these settings.
-pub fn with_defaults(s: &PipeSettings) -> PipeSettings {
-    let mut out = *s;
-    if out.slot_lag_warning_bytes == 0 {
-        out.slot_lag_warning_bytes = DEFAULT_LAG_WARNING_BYTES;
-    }
-    if out.slot_stall_warning_seconds == 0 {
-        out.slot_stall_warning_seconds = DEFAULT_STALL_WARNING_SECONDS;
-    }
-    if out.slot_check_interval_seconds == 0 {
-        out.slot_check_interval_seconds = DEFAULT_CHECK_INTERVAL_SECONDS;
-    }
-    out
-}
-
-/// Range checks of the (defaulted) slot health settings.
-pub fn check_settings(s: &PipeSettings) -> Result<(), String> {
-    if s.slot_lag_warning_bytes < 1024 {
-        return Err(format!(
-            "settings.slot_lag_warning_bytes is {}; use at least 1024 (0 means the default, 1 GiB)",
-            s.slot_lag_warning_bytes
-        ));
-    }
-    if !(10..=604_800).contains(&s.slot_stall_warning_seconds) {
-        return Err(format!(
-            "settings.slot_stall_warning_seconds is {}; use 10..=604800 (0 means the default, 300)",
-            s.slot_stall_warning_seconds
-        ));
-    }
-    if !(1..=3_600).contains(&s.slot_check_interval_seconds) {
-        return Err(format!(
-            "settings.slot_check_interval_seconds is {}; use 1..=3600 (0 means the default, 30)",
-            s.slot_check_interval_seconds
-        ));
-    }
-    Ok(())
-}
 
 /// One look at the slot.
 #[derive(Debug, Clone, PartialEq)]
@@ -680,30 +638,5 @@ mod tests {
         assert_eq!(w.confirmed_flush_lsn, "0/16B3748");
         assert!(w.message.contains("pgpipe_x is lost"), "{}", w.message);
         assert!(w.message.contains("resync"), "{}", w.message);
-    }
-
-    #[test]
-    fn settings_default_and_are_checked() {
-        let d = with_defaults(&PipeSettings::default());
-        assert_eq!(d.slot_lag_warning_bytes, GIB);
-        assert_eq!(d.slot_stall_warning_seconds, 300);
-        assert_eq!(d.slot_check_interval_seconds, 30);
-        assert!(check_settings(&d).is_ok());
-        for bad in [
-            PipeSettings {
-                slot_lag_warning_bytes: 10,
-                ..d
-            },
-            PipeSettings {
-                slot_stall_warning_seconds: 5,
-                ..d
-            },
-            PipeSettings {
-                slot_check_interval_seconds: 3601,
-                ..d
-            },
-        ] {
-            assert!(check_settings(&bad).is_err(), "{bad:?}");
-        }
     }
 }

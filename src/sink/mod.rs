@@ -142,6 +142,15 @@ impl ChSink {
         Self::connect_with_ca(url, user, password, database, None)
     }
 
+    /// The ClickHouse end of a pipe (its stored config and password).
+    pub fn for_destination(
+        dst: &crate::proto::DestinationConfig,
+        password: Option<&str>,
+    ) -> Result<ChSink, SinkError> {
+        let ca_cert = (!dst.ca_cert.is_empty()).then(|| std::path::Path::new(&dst.ca_cert));
+        Self::connect_with_ca(&dst.url, &dst.user, password, &dst.database, ca_cert)
+    }
+
     /// Like [`ChSink::connect`]; for an `https` URL the server's certificate
     /// must chain to a CA in the PEM file `ca_cert` (None: the system's
     /// roots). Reads that file, but does no network I/O.

@@ -3,7 +3,8 @@
 //!
 //! tokio-postgres' own parser knows only `sslmode=disable|prefer|require`
 //! and no `sslrootcert`, so both are taken out of the connection string
-//! here ([`split_tls`]) and the rest goes to `tokio_postgres::Config`.
+//! ([`split_tls`], in `domain::conn` with the rest of the connection-string
+//! handling) and the rest goes to `tokio_postgres::Config`.
 //!
 //! | sslmode | encrypted | certificate checked |
 //! |---|---|---|
@@ -33,93 +34,16 @@ use tokio_postgres::Socket;
 use tokio_postgres::config::SslMode as WireMode;
 use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream};
 
-use crate::domain::validate::take_params;
+pub use crate::domain::conn::{SslMode, TlsParams, split_tls};
 
-/// libpq's `sslmode`, less `allow` (plaintext first, then TLS), which
-/// protects nothing and tokio-postgres cannot do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum SslMode {
-    Disable,
-    #[default]
-    Prefer,
-    Require,
-    VerifyCa,
-    VerifyFull,
-}
-
-impl std::fmt::Display for SslMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            SslMode::Disable => "disable",
-            SslMode::Prefer => "prefer",
-            SslMode::Require => "require",
-            SslMode::VerifyCa => "verify-ca",
-            SslMode::VerifyFull => "verify-full",
-        })
+/// What tokio-postgres is told: it knows only whether TLS is off, tried or
+/// required; the verifying modes are this module's own verifier.
+fn wire(mode: SslMode) -> WireMode {
+    match mode {
+        SslMode::Disable => WireMode::Disable,
+        SslMode::Prefer => WireMode::Prefer,
+        SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => WireMode::Require,
     }
-}
-
-impl SslMode {
-    fn parse(s: &str) -> Result<Self, String> {
-        Ok(match s {
-            "disable" => SslMode::Disable,
-            "prefer" => SslMode::Prefer,
-            "require" => SslMode::Require,
-            "verify-ca" => SslMode::VerifyCa,
-            "verify-full" => SslMode::VerifyFull,
-            "allow" => {
-                return Err(
-                    "sslmode=allow is not supported; use disable, prefer, require, verify-ca or verify-full"
-                        .into(),
-                );
-            }
-            other => {
-                return Err(format!(
-                    "sslmode={:?} is not one of disable, prefer, require, verify-ca, verify-full",
-                    other.chars().take(40).collect::<String>()
-                ));
-            }
-        })
-    }
-
-    fn wire(self) -> WireMode {
-        match self {
-            SslMode::Disable => WireMode::Disable,
-            SslMode::Prefer => WireMode::Prefer,
-            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => WireMode::Require,
-        }
-    }
-
-    fn verifies(self) -> bool {
-        matches!(self, SslMode::VerifyCa | SslMode::VerifyFull)
-    }
-}
-
-/// The TLS settings of a connection string.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TlsParams {
-    pub mode: SslMode,
-    /// `sslrootcert`: a PEM file of trusted CAs; None: the system's roots.
-    pub root_cert: Option<PathBuf>,
-}
-
-/// Takes `sslmode` and `sslrootcert` out of a connection string (URL or
-/// key=value form). The error names the bad parameter, never other values.
-pub fn split_tls(conn: &str) -> Result<(String, TlsParams), String> {
-    let (rest, taken) = take_params(conn, &["sslmode", "sslrootcert"]);
-    let mut params = TlsParams::default();
-    // The last occurrence wins, as in libpq.
-    for (key, value) in taken {
-        if key == "sslmode" {
-            params.mode = SslMode::parse(&value)?;
-        } else {
-            params.root_cert = match value.as_str() {
-                "" | "system" => None,
-                path => Some(PathBuf::from(path)),
-            };
-        }
-    }
-    Ok((rest, params))
 }
 
 /// Why TLS could not be set up before connecting (a file problem).
@@ -132,7 +56,7 @@ pub(crate) fn connector(
     params: &TlsParams,
     cfg: &mut tokio_postgres::Config,
 ) -> Result<MakeRustls, TlsSetupError> {
-    cfg.ssl_mode(params.mode.wire());
+    cfg.ssl_mode(wire(params.mode));
     let provider = crate::tls::provider();
     let verifier: Arc<dyn ServerCertVerifier> = if params.mode.verifies() {
         let roots = crate::tls::roots("sslrootcert file", params.root_cert.as_deref())?;
@@ -374,48 +298,5 @@ impl AsyncWrite for RustlsStream {
 
     fn is_write_vectored(&self) -> bool {
         self.0.is_write_vectored()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tls_params_are_taken_from_both_forms() {
-        let (rest, p) = split_tls(
-            "postgres://app@db:5432/app?sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem&connect_timeout=5",
-        )
-        .unwrap();
-        assert_eq!(p.mode, SslMode::VerifyFull);
-        assert_eq!(p.root_cert, Some(PathBuf::from("/etc/ca.pem")));
-        assert_eq!(rest, "postgres://app@db:5432/app?connect_timeout=5");
-
-        let (rest, p) =
-            split_tls("host=db sslmode=verify-ca sslrootcert='/a b/ca.pem' dbname=app").unwrap();
-        assert_eq!(p.mode, SslMode::VerifyCa);
-        assert_eq!(p.root_cert, Some(PathBuf::from("/a b/ca.pem")));
-        assert_eq!(rest, "host=db dbname=app");
-
-        let (rest, p) = split_tls("postgres://db/app").unwrap();
-        assert_eq!(p, TlsParams::default());
-        assert_eq!(rest, "postgres://db/app");
-        assert_eq!(
-            split_tls("host=db sslrootcert=system sslmode=require")
-                .unwrap()
-                .1,
-            TlsParams {
-                mode: SslMode::Require,
-                root_cert: None
-            }
-        );
-    }
-
-    #[test]
-    fn unknown_ssl_modes_are_named() {
-        let e = split_tls("host=db sslmode=verify password=x").unwrap_err();
-        assert!(e.contains("sslmode=\"verify\""), "{e}");
-        assert!(!e.contains("password"), "{e}");
-        assert!(split_tls("host=db sslmode=allow").is_err());
     }
 }

@@ -26,33 +26,7 @@ const TMP_FILE: &str = "secrets.json.tmp";
 /// The sled tree older versions kept secrets in (migrated on open).
 const LEGACY_TREE: &str = "secrets";
 
-#[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct PipeSecrets {
-    pub source_password: Option<String>,
-    pub destination_password: Option<String>,
-}
-
-impl PipeSecrets {
-    fn is_empty(&self) -> bool {
-        self.source_password.is_none() && self.destination_password.is_none()
-    }
-}
-
-impl std::fmt::Debug for PipeSecrets {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never print the values, only whether they are set.
-        f.debug_struct("PipeSecrets")
-            .field(
-                "source_password",
-                &self.source_password.as_ref().map(|_| "***"),
-            )
-            .field(
-                "destination_password",
-                &self.destination_password.as_ref().map(|_| "***"),
-            )
-            .finish()
-    }
-}
+pub use crate::domain::conn::PipeSecrets;
 
 #[derive(Default, Serialize, Deserialize)]
 struct SecretsFile {

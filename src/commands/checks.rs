@@ -2,16 +2,19 @@
 //! CreatePipe or ResyncPipe is accepted there is no going back, so a wrong
 //! password, a missing table or a bad ORDER BY must be refused up front.
 //!
-//! The same checks serve ValidatePipe, which wants every problem at once;
-//! CreatePipe and ResyncPipe stop at the first. Nothing here writes to
-//! either end.
+//! The same checks serve ValidatePipe and UpdatePipe's dry run, which want
+//! every problem at once, and CreatePipe, UpdatePipe and ResyncPipe, which
+//! stop at the first ([`Problems`]). Nothing here writes to either end.
 
 use crate::domain::columns;
+use crate::domain::validate::{QualifiedName, source_tables};
 use crate::model::PgType;
 use crate::proto::{PipeConfig, Problem, ProblemKind};
-use crate::sink::SinkError;
+use crate::sink::{ChSink, SinkError};
 use crate::source::{self, SourceError, TableReport};
 use crate::store::PipeSecrets;
+
+use super::problems::{Problems, Stop};
 
 /// What the checked config is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,106 +31,39 @@ pub enum Purpose {
     ResyncNewColumns,
 }
 
-/// Connects to both ends and checks the tables; the error (the first
-/// problem) says what to fix.
-pub async fn check(
-    config: &PipeConfig,
-    secrets: &PipeSecrets,
-    purpose: Purpose,
-) -> Result<(), String> {
-    check_problem(config, secrets, purpose)
-        .await
-        .map_err(|p| p.message)
+/// Problems at either end, in their own words: the kind says what is at
+/// fault, the table and column where.
+trait AtTheEnds {
+    fn end(
+        &mut self,
+        kind: ProblemKind,
+        table: &str,
+        column: &str,
+        message: String,
+    ) -> Result<(), Stop>;
+    fn source(&mut self, table: &str, e: &SourceError) -> Result<(), Stop>;
 }
 
-/// Like [`check`], with the whole first problem (its kind tells a bad
-/// request from a state of either end).
-pub async fn check_problem(
-    config: &PipeConfig,
-    secrets: &PipeSecrets,
-    purpose: Purpose,
-) -> Result<(), Problem> {
-    let mut found = Found {
-        problems: Vec::new(),
-        fail_fast: true,
-        warnings: Vec::new(),
-    };
-    let _ = checks(config, secrets, purpose, &mut found).await;
-    match found.problems.into_iter().next() {
-        Some(p) => Err(p),
-        None => Ok(()),
-    }
-}
-
-/// Every problem of a new pipe's config. `config.source` or
-/// `config.destination` absent (invalid in the request) skips that end;
-/// `config.tables` holds the valid table entries only.
-pub async fn problems(config: &PipeConfig, secrets: &PipeSecrets) -> Vec<Problem> {
-    let mut found = Found {
-        problems: Vec::new(),
-        fail_fast: false,
-        warnings: Vec::new(),
-    };
-    let _ = checks(config, secrets, Purpose::Create, &mut found).await;
-    found.problems.append(&mut found.warnings);
-    found.problems
-}
-
-/// The checks ended early (fail-fast mode, after the first problem).
-struct Stop;
-
-struct Found {
-    problems: Vec<Problem>,
-    fail_fast: bool,
-    /// Informational problems ([`Problem::warning`]): reported after the
-    /// others, never a reason to refuse.
-    warnings: Vec<Problem>,
-}
-
-impl Found {
-    fn push(
+impl AtTheEnds for Problems {
+    fn end(
         &mut self,
         kind: ProblemKind,
         table: &str,
         column: &str,
         message: String,
     ) -> Result<(), Stop> {
-        self.push_field(kind, table, column, message, String::new())
-    }
-
-    fn push_field(
-        &mut self,
-        kind: ProblemKind,
-        table: &str,
-        column: &str,
-        message: String,
-        field: String,
-    ) -> Result<(), Stop> {
-        self.problems.push(Problem {
+        self.at_the_ends(Problem {
             kind: kind as i32,
             table: table.to_owned(),
             column: column.to_owned(),
             message,
-            field,
-            warning: false,
-        });
-        if self.fail_fast { Err(Stop) } else { Ok(()) }
-    }
-
-    fn warn(&mut self, kind: ProblemKind, table: &str, column: &str, message: String) {
-        self.warnings.push(Problem {
-            kind: kind as i32,
-            table: table.to_owned(),
-            column: column.to_owned(),
-            message,
-            field: String::new(),
-            warning: true,
-        });
+            ..Default::default()
+        })
     }
 
     fn source(&mut self, table: &str, e: &SourceError) -> Result<(), Stop> {
         let (kind, column) = source_kind(e);
-        self.push(kind, table, column, format!("source: {e}"))
+        self.end(kind, table, column, format!("source: {e}"))
     }
 }
 
@@ -157,11 +93,7 @@ fn source_kind(e: &SourceError) -> (ProblemKind, &str) {
 }
 
 /// A table of the pipe that is a partition of another of its tables.
-fn overlap_problem(
-    names: &[crate::domain::validate::QualifiedName],
-    child: usize,
-    root: usize,
-) -> Option<Problem> {
+fn overlap_problem(names: &[QualifiedName], child: usize, root: usize) -> Option<Problem> {
     let (c, r) = (names.get(child)?.canonical(), names.get(root)?.canonical());
     Some(Problem {
         kind: ProblemKind::TableNotReplicable as i32,
@@ -176,36 +108,33 @@ fn overlap_problem(
 }
 
 /// The partition-tree check over all of a pipe's tables (an UpdatePipe
-/// checks only the added ones otherwise): the first problem, if any.
-pub async fn check_partition_overlaps(
+/// checks only the added ones otherwise).
+pub(super) async fn partition_overlaps(
     config: &PipeConfig,
     secrets: &PipeSecrets,
-) -> Result<(), Problem> {
+    found: &mut Problems,
+) -> Result<(), Stop> {
     let Some(src) = &config.source else {
         return Ok(());
     };
-    let names = super::source_tables(config).map_err(|e| Problem {
-        kind: ProblemKind::InvalidRequest as i32,
-        message: e.0,
-        ..Default::default()
-    })?;
-    let source_problem = |e: SourceError| {
-        let (kind, _) = source_kind(&e);
-        Problem {
-            kind: kind as i32,
-            message: format!("source: {e}"),
-            ..Default::default()
-        }
+    let names = match source_tables(config) {
+        Ok(names) => names,
+        Err(e) => return found.end(ProblemKind::InvalidRequest, "", "", e.0),
     };
-    let pg = source::connect(&src.connection_string, secrets.source_password.as_deref())
-        .await
-        .map_err(source_problem)?;
-    let pairs = source::partition_overlaps(&pg, &names)
-        .await
-        .map_err(source_problem)?;
-    match pairs.first() {
-        Some(&(c, r)) => overlap_problem(&names, c, r).map_or(Ok(()), Err),
-        None => Ok(()),
+    let pg = match source::connect(&src.connection_string, secrets.source_password.as_deref()).await
+    {
+        Ok(pg) => pg,
+        Err(e) => return found.end(source_kind(&e).0, "", "", format!("source: {e}")),
+    };
+    match source::partition_overlaps(&pg, &names).await {
+        Ok(pairs) => match pairs.first() {
+            Some(&(c, r)) => match overlap_problem(&names, c, r) {
+                Some(p) => found.at_the_ends(p),
+                None => Ok(()),
+            },
+            None => Ok(()),
+        },
+        Err(e) => found.end(source_kind(&e).0, "", "", format!("source: {e}")),
     }
 }
 
@@ -218,26 +147,29 @@ fn sink_kind(e: &SinkError) -> ProblemKind {
     }
 }
 
-async fn checks(
+/// Connects to both ends and checks `config` for `purpose`.
+/// `config.source` or `config.destination` absent (invalid in the request)
+/// skips that end; `config.tables` holds the valid table entries only.
+pub(super) async fn run(
     config: &PipeConfig,
     secrets: &PipeSecrets,
     purpose: Purpose,
-    found: &mut Found,
+    found: &mut Problems,
 ) -> Result<(), Stop> {
     // Tables described without a problem, for the destination checks.
     let mut described: Vec<(usize, TableReport)> = Vec::new();
     if let Some(src) = &config.source {
         described = check_source(config, &src.connection_string, secrets, purpose, found).await?;
     }
-    if config.destination.is_none() {
+    let Some(dst) = &config.destination else {
         return Ok(());
-    }
-    let ch = match super::sink_for(config, secrets) {
+    };
+    let ch = match ChSink::for_destination(dst, secrets.destination_password.as_deref()) {
         Ok(ch) => ch,
-        Err(e) => return found.push(sink_kind(&e), "", "", format!("destination: {e}")),
+        Err(e) => return found.end(sink_kind(&e), "", "", format!("destination: {e}")),
     };
     if let Err(e) = ch.ping().await {
-        return found.push(sink_kind(&e), "", "", format!("destination: {e}"));
+        return found.end(sink_kind(&e), "", "", format!("destination: {e}"));
     }
     if purpose != Purpose::Create {
         return Ok(());
@@ -251,7 +183,7 @@ async fn checks(
             .await
         {
             Ok(_) => {}
-            Err(SinkError::Schema(m)) => found.push(
+            Err(SinkError::Schema(m)) => found.end(
                 ProblemKind::DestinationTable,
                 &cfg.source_table,
                 "",
@@ -261,7 +193,7 @@ async fn checks(
                     cfg.destination_table, cfg.source_table
                 ),
             )?,
-            Err(e) => found.push(
+            Err(e) => found.end(
                 sink_kind(&e),
                 &cfg.source_table,
                 "",
@@ -279,7 +211,7 @@ async fn check_source(
     conn: &str,
     secrets: &PipeSecrets,
     purpose: Purpose,
-    found: &mut Found,
+    found: &mut Problems,
 ) -> Result<Vec<(usize, TableReport)>, Stop> {
     let pg = match source::connect(conn, secrets.source_password.as_deref()).await {
         Ok(pg) => pg,
@@ -299,10 +231,10 @@ async fn check_source(
             return Ok(Vec::new());
         }
     }
-    let names = match super::source_tables(config) {
+    let names = match source_tables(config) {
         Ok(n) => n,
         Err(e) => {
-            found.push(ProblemKind::InvalidRequest, "", "", e.0)?;
+            found.end(ProblemKind::InvalidRequest, "", "", e.0)?;
             return Ok(Vec::new());
         }
     };
@@ -310,10 +242,7 @@ async fn check_source(
         Ok(pairs) => {
             for (child, root) in pairs {
                 if let Some(p) = overlap_problem(&names, child, root) {
-                    found.problems.push(p);
-                    if found.fail_fast {
-                        return Err(Stop);
-                    }
+                    found.at_the_ends(p)?;
                 }
             }
         }
@@ -350,24 +279,25 @@ async fn check_source(
         let Some(cfg) = config.tables.get(i) else {
             continue;
         };
-        let before = found.problems.len();
+        let before = found.list.len();
         for col in &r.table.generated_columns {
-            found.warn(
-                ProblemKind::GeneratedColumn,
-                &cfg.source_table,
-                col,
-                format!(
+            found.warn(Problem {
+                kind: ProblemKind::GeneratedColumn as i32,
+                table: cfg.source_table.clone(),
+                column: col.clone(),
+                message: format!(
                     "column {col:?} of {} is a stored generated column: it is left out of the \
                      ClickHouse table, because logical replication sends generated columns \
                      only from PostgreSQL 18 on (publish_generated_columns); compute it in \
                      ClickHouse if you need it (e.g. a view over the table)",
                     cfg.source_table
                 ),
-            );
+                ..Default::default()
+            });
         }
         for col in &cfg.order_by {
             if !r.all_columns.iter().any(|c| c == col) {
-                found.push(
+                found.end(
                     ProblemKind::OrderByColumn,
                     &cfg.source_table,
                     col,
@@ -393,7 +323,7 @@ async fn check_source(
                     continue;
                 };
                 if !cfg.order_by.contains(&key_col.name) {
-                    found.push(
+                    found.end(
                         ProblemKind::OrderByColumn,
                         &cfg.source_table,
                         &key_col.name,
@@ -417,13 +347,14 @@ async fn check_source(
             Err(problems) => {
                 // A kept unsupported column was reported above, by type.
                 for p in problems.into_iter().filter(|p| !p.unsupported_type) {
-                    found.push_field(
-                        ProblemKind::Column,
-                        &cfg.source_table,
-                        &p.column,
-                        p.message,
-                        p.field,
-                    )?;
+                    found.at_the_ends(Problem {
+                        kind: ProblemKind::Column as i32,
+                        table: cfg.source_table.clone(),
+                        column: p.column,
+                        message: p.message,
+                        field: p.field,
+                        ..Default::default()
+                    })?;
                 }
             }
         }
@@ -435,7 +366,7 @@ async fn check_source(
             .filter(|c| c.pg_type != PgType::Unsupported)
         {
             if let Err(e) = crate::sink::clickhouse_type(col) {
-                found.push(
+                found.end(
                     ProblemKind::UnsupportedType,
                     &cfg.source_table,
                     &col.name,
@@ -446,7 +377,7 @@ async fn check_source(
                 )?;
             }
         }
-        if r.problems.is_empty() && found.problems.len() == before {
+        if r.problems.is_empty() && found.list.len() == before {
             clean.push((i, r));
         }
     }
