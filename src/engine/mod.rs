@@ -11,6 +11,7 @@ mod guard;
 mod partitions;
 pub mod preflight;
 pub mod slot_health;
+mod steps;
 mod table_load;
 pub mod worker;
 

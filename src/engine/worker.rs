@@ -38,12 +38,13 @@ use crate::model::{Cell, ChangeKind, Lsn, Row, SourceTable, TxItem};
 use crate::proto::event::Payload;
 use crate::proto::*;
 use crate::sink::{ChSink, CreateMode, SinkError};
-use crate::source::{self, SnapshotExport, SourceError, StreamItem};
+use crate::source::{self, SourceError, StreamItem};
 
-use super::copy::{CopyPlan, PROGRESS_EVERY, Progress, copy_partitions};
+use super::copy::PROGRESS_EVERY;
 #[path = "schema_change.rs"]
 mod schema_change;
 use super::guard::Guard;
+use super::steps::drop_old_data;
 use super::{partitions, table_load};
 use crate::store::{LogError, PipeSecrets};
 
@@ -76,7 +77,7 @@ impl EngineError {
     }
 }
 
-type Result<T, E = EngineError> = std::result::Result<T, E>;
+pub(super) type Result<T, E = EngineError> = std::result::Result<T, E>;
 
 /// Runs an incarnation until it is stopped or fails for good.
 pub async fn run(core: Arc<Core>, pipe_id: String) {
@@ -119,10 +120,10 @@ pub async fn run(core: Arc<Core>, pipe_id: String) {
     .await
 }
 
-struct Worker {
-    core: Arc<Core>,
-    id: String,
-    name: String,
+pub(super) struct Worker {
+    pub(super) core: Arc<Core>,
+    pub(super) id: String,
+    pub(super) name: String,
     /// The step whose failure was reported as retrying (to report recovery).
     failing: Option<String>,
     /// The step being run (named in failure events).
@@ -152,29 +153,29 @@ impl Facts {
 }
 
 /// Connections of one run of the steps.
-struct Ends {
-    pg: tokio_postgres::Client,
-    ch: ChSink,
-    conn: String,
-    secrets: PipeSecrets,
-    tables: Vec<SourceTable>,
+pub(super) struct Ends {
+    pub(super) pg: tokio_postgres::Client,
+    pub(super) ch: ChSink,
+    pub(super) conn: String,
+    pub(super) secrets: PipeSecrets,
+    pub(super) tables: Vec<SourceTable>,
     /// Per table (same order): the columns replicated, under their source
     /// and destination names (exclude_columns, rename_columns applied).
-    views: Vec<Replicated>,
+    pub(super) views: Vec<Replicated>,
 }
 
 impl Worker {
-    fn pipe(&self) -> Result<Pipe> {
+    pub(super) fn pipe(&self) -> Result<Pipe> {
         self.core
             .read(|p| p.by_id(&self.id).cloned())
             .ok_or(EngineError::Stopped)
     }
 
-    async fn record(&self, payloads: Vec<Payload>) -> Result<Pipe> {
+    pub(super) async fn record(&self, payloads: Vec<Payload>) -> Result<Pipe> {
         self.facts().record(payloads).await
     }
 
-    fn facts(&self) -> Facts {
+    pub(super) fn facts(&self) -> Facts {
         Facts {
             core: Arc::clone(&self.core),
             id: self.id.clone(),
@@ -205,7 +206,7 @@ impl Worker {
         .ok_or(EngineError::Stopped)
     }
 
-    async fn recovered(&mut self) -> Result<()> {
+    pub(super) async fn recovered(&mut self) -> Result<()> {
         self.backoff = Duration::from_secs(1);
         if self.failing.take().is_some() {
             self.record(vec![Payload::PipeRecovered(PipeRecovered {})])
@@ -304,238 +305,11 @@ impl Worker {
         }
     }
 
-    async fn setup(&mut self, ends: &Ends) -> Result<Pipe> {
-        self.record(vec![Payload::StepStarted(StepStarted {
-            step: Step::Setup.name().into(),
-        })])
-        .await?;
-        source::check_server(&ends.pg).await?;
-        ends.ch.create_database_if_missing().await?;
-        let slot = source::slot_name(&self.id);
-        let publication = source::publication_name(&self.id);
-        let names: Vec<_> = ends
-            .tables
-            .iter()
-            .map(|t| validate::QualifiedName {
-                schema: t.schema.clone(),
-                table: t.name.clone(),
-            })
-            .collect();
-        source::ensure_publication(&ends.pg, &publication, &names).await?;
-        failpoint::hit(failpoint::SETUP_BEFORE_SLOT).await;
-        // A slot left by a crash before SetupCompleted was never recorded:
-        // its consistent point is unknown, so start over with a new one.
-        source::drop_slot(&ends.pg, &slot).await?;
-        let consistent = source::create_slot(&ends.pg, &slot).await?;
-        failpoint::hit(failpoint::SETUP_AFTER_SLOT).await;
-        self.recovered().await?;
-        self.record(vec![Payload::SetupCompleted(SetupCompleted {
-            slot_name: slot,
-            publication_name: publication,
-            consistent_lsn: consistent.to_string(),
-        })])
-        .await
-    }
-
-    fn table_configs(pipe: &Pipe) -> Vec<TableConfig> {
+    pub(super) fn table_configs(pipe: &Pipe) -> Vec<TableConfig> {
         pipe.config
             .as_ref()
             .map(|c| c.tables.clone())
             .unwrap_or_default()
-    }
-
-    async fn prepare_tables(&mut self, ends: &Ends, pipe: &Pipe) -> Result<Pipe> {
-        self.record(vec![Payload::StepStarted(StepStarted {
-            step: Step::PrepareTables.name().into(),
-        })])
-        .await?;
-        let resync = !pipe.resync_of.is_empty();
-        let mut prepared = Vec::new();
-        for (cfg, view) in Self::table_configs(pipe).iter().zip(&ends.views) {
-            // ClickHouse sees the replicated columns under their
-            // destination names; order_by is given in source names.
-            let table = &view.dest;
-            let order_by: Vec<String> = if cfg.order_by.is_empty() {
-                table
-                    .key
-                    .iter()
-                    .map(|&i| table.columns[i].name.clone())
-                    .collect()
-            } else {
-                columns::dest_order_by(cfg)
-            };
-            let load_table = if resync {
-                names::resync_table(&cfg.destination_table)
-            } else {
-                cfg.destination_table.clone()
-            };
-            let mode = if resync {
-                CreateMode::OrReplace
-            } else {
-                CreateMode::IfNotExists
-            };
-            ends.ch
-                .create_table(&load_table, table, &order_by, mode)
-                .await
-                .map_err(|e| match e {
-                    SinkError::Schema(m) => EngineError::Fatal(m),
-                    other => other.into(),
-                })?;
-            let uuid = table_uuid(&ends.ch, &load_table).await?;
-            prepared.push(PreparedTable {
-                source_table: cfg.source_table.clone(),
-                destination_table: cfg.destination_table.clone(),
-                load_table,
-                order_by,
-                load_table_uuid: uuid,
-                generated_columns: view.source.generated_columns.clone(),
-            });
-        }
-        failpoint::hit(failpoint::PREPARE_AFTER_CREATE).await;
-        self.record(vec![Payload::TablesPrepared(TablesPrepared {
-            tables: prepared,
-        })])
-        .await
-    }
-
-    async fn snapshot(&mut self, ends: &Ends, pipe: &Pipe) -> Result<Pipe> {
-        let settings = pipe
-            .config
-            .as_ref()
-            .and_then(|c| c.settings)
-            .unwrap_or_default();
-        let consistent: Lsn = pipe
-            .consistent_lsn
-            .parse()
-            .map_err(|e: crate::model::LsnParseError| EngineError::Fatal(e.to_string()))?;
-        let version = consistent.0.saturating_sub(1);
-        // Partition plan for every table.
-        let mut work = Vec::new();
-        let mut plans = Vec::new();
-        // Partitioned tables' leaves, listed before the snapshot is exported.
-        let mut listed = Vec::new();
-        for (prep, view) in pipe.prepared.iter().zip(&ends.views) {
-            // A redo must not keep rows of an earlier, partial copy.
-            ends.ch.truncate(&prep.load_table).await?;
-            let copy =
-                partitions::plan_copy(&ends.pg, prep, view, settings.snapshot_rows_per_partition)
-                    .await?;
-            plans.push(copy.plan);
-            work.extend(copy.work);
-            listed.extend(copy.listed);
-        }
-        let mut started = vec![
-            Payload::StepStarted(StepStarted {
-                step: Step::Snapshot.name().into(),
-            }),
-            Payload::SnapshotStarted(SnapshotStarted {
-                tables: plans.clone(),
-            }),
-        ];
-        started.extend(listed);
-        self.record(started).await?;
-        failpoint::hit(failpoint::SNAPSHOT_STARTED).await;
-
-        let (export, snapshot_name) =
-            SnapshotExport::begin(&ends.conn, ends.secrets.source_password.as_deref()).await?;
-        let progress = Arc::new(Progress::new(&plans));
-        let plan = CopyPlan {
-            conn: ends.conn.clone(),
-            password: ends.secrets.source_password.clone(),
-            snapshot_name,
-            ch: ends.ch.clone(),
-            version,
-            parallelism: settings.snapshot_parallelism,
-            failpoint: failpoint::SNAPSHOT_PARTITION_DONE,
-        };
-        let copied = copy_partitions(&self.facts(), plan, work, Arc::clone(&progress)).await;
-        let _ = export.finish().await;
-        copied?;
-        let mut done: Vec<Payload> = progress.events();
-        for plan in &plans {
-            done.push(Payload::SnapshotTableCompleted(SnapshotTableCompleted {
-                source_table: plan.source_table.clone(),
-                rows: progress.rows(&plan.source_table),
-            }));
-        }
-        done.push(Payload::SnapshotCompleted(SnapshotCompleted {}));
-        self.record(done).await
-    }
-
-    async fn swap(&mut self, ends: &Ends, pipe: &Pipe) -> Result<Pipe> {
-        self.record(vec![
-            Payload::StepStarted(StepStarted {
-                step: Step::Swap.name().into(),
-            }),
-            Payload::SwapStarted(SwapStarted {}),
-        ])
-        .await?;
-        // The column options of the incarnation that wrote the originals
-        // name their columns.
-        let old_tables = self
-            .core
-            .read(|pr| pr.config_of_live_tables(&pipe.resync_of).cloned())
-            .map(|c| c.tables)
-            .unwrap_or_default();
-        for (prep, view) in pipe.prepared.iter().zip(&ends.views) {
-            let table = &view.dest;
-            let swapped =
-                table_uuid(&ends.ch, &prep.destination_table).await? == prep.load_table_uuid;
-            if swapped || !ends.ch.table_exists(&prep.destination_table).await? {
-                continue;
-            }
-            let keys: Vec<String> = table
-                .key
-                .iter()
-                .map(|&i| table.columns[i].name.clone())
-                .collect();
-            let renamed = match old_tables
-                .iter()
-                .find(|t| t.source_table == prep.source_table)
-            {
-                Some(old) => columns::renamed_since(view, old),
-                None => HashMap::new(),
-            };
-            let rows = ends
-                .ch
-                .transfer_soft_deletes(&prep.destination_table, &prep.load_table, &keys, &renamed)
-                .await?;
-            self.record(vec![Payload::SoftDeletesTransferred(
-                SoftDeletesTransferred {
-                    source_table: prep.source_table.clone(),
-                    rows,
-                },
-            )])
-            .await?;
-        }
-        failpoint::hit(failpoint::SWAP_BEFORE_EXCHANGE).await;
-        let mut names = Vec::new();
-        for prep in &pipe.prepared {
-            let current = table_uuid(&ends.ch, &prep.destination_table).await?;
-            if current == prep.load_table_uuid {
-                continue; // swapped before a crash
-            }
-            if current.is_empty() {
-                // No original (a table added since): a rename is the swap.
-                ends.ch
-                    .rename_table(&prep.load_table, &prep.destination_table)
-                    .await?;
-            } else {
-                ends.ch
-                    .exchange_tables(&prep.destination_table, &prep.load_table)
-                    .await?;
-            }
-            failpoint::hit(failpoint::SWAP_AFTER_EXCHANGE).await;
-            names.push(prep.destination_table.clone());
-        }
-        let pipe = self
-            .record(vec![Payload::TablesSwapped(TablesSwapped {
-                destination_tables: names,
-            })])
-            .await?;
-        failpoint::hit(failpoint::SWAP_BEFORE_DROP).await;
-        drop_old_data(ends, &pipe).await?;
-        Ok(pipe)
     }
 
     async fn cdc(&mut self, ends: Ends, pipe: &Pipe) -> Result<()> {
@@ -1688,18 +1462,8 @@ fn canonical(t: &SourceTable) -> String {
     .canonical()
 }
 
-/// Drops a swapped resync's old data, which now sits under `_resync`. Only
-/// once the swap is recorded: before that the `_resync` tables may be the
-/// new load.
-async fn drop_old_data(ends: &Ends, pipe: &Pipe) -> Result<()> {
-    for prep in &pipe.prepared {
-        ends.ch.drop_table_if_exists(&prep.load_table).await?;
-    }
-    Ok(())
-}
-
 /// The ClickHouse UUID of a table ("" when it does not exist).
-async fn table_uuid(ch: &ChSink, table: &str) -> Result<String> {
+pub(super) async fn table_uuid(ch: &ChSink, table: &str) -> Result<String> {
     Ok(ch.table_uuid(table).await?.unwrap_or_default())
 }
 
