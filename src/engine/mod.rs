@@ -6,10 +6,12 @@
 //! projection says what must run and each worker resumes at its first step
 //! not recorded as done.
 
+mod cdc;
 mod copy;
 mod guard;
 mod partitions;
 pub mod preflight;
+mod schema_change;
 pub mod slot_health;
 mod steps;
 mod table_load;

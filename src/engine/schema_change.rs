@@ -24,7 +24,8 @@ use crate::proto::{SchemaChangeKind, SchemaChanged, TableFailed};
 use crate::sink::types::Kind;
 use crate::source::{self, AddedValue};
 
-use super::{Ends, EngineError, Result, Route, Routes, Worker};
+use super::cdc::{Route, Routes, TableColumns};
+use super::worker::{Ends, EngineError, Result, Worker};
 
 /// One column change between two shapes of a table (matched by attnum).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -243,11 +244,7 @@ async fn already_added(
 
 /// Checks the table's new shape against its column options (renames
 /// folded in, as the projection will) before anything is altered.
-fn fits_options(
-    cols: &super::TableColumns,
-    d: &RelationDiff,
-    source_table: &str,
-) -> Result<(), String> {
+fn fits_options(cols: &TableColumns, d: &RelationDiff, source_table: &str) -> Result<(), String> {
     let mut cfg = cols.config.clone();
     for c in &d.changes {
         if let ColumnChange::Renamed { old, new } = c {
@@ -469,7 +466,7 @@ impl Worker {
     async fn reconcile_table(
         &self,
         ends: &Ends,
-        cols: &super::TableColumns,
+        cols: &TableColumns,
         dest: &str,
         source_table: &str,
     ) -> Result<Vec<SchemaChanged>, Failure> {
@@ -630,7 +627,7 @@ impl Worker {
         );
         routes.described.insert(
             oid,
-            super::TableColumns {
+            TableColumns {
                 described: fresh,
                 view,
                 config: cfg.clone(),
@@ -688,7 +685,7 @@ impl Worker {
     async fn apply_changes(
         &self,
         ends: &Ends,
-        cols: &super::TableColumns,
+        cols: &TableColumns,
         d: &RelationDiff,
         dest: &str,
         also: Option<&str>,
