@@ -18,9 +18,10 @@
 use std::collections::HashMap;
 
 use crate::domain::columns;
-use crate::model::{ColumnRepr, Lsn, Relation, Row, SourceColumn, SourceTable};
+use crate::model::{ColumnRepr, Lsn, Relation, SourceColumn, SourceTable};
 use crate::proto::event::Payload;
 use crate::proto::{SchemaChangeKind, SchemaChanged, TableFailed};
+use crate::sink::Change;
 use crate::sink::types::Kind;
 use crate::source::{self, AddedValue};
 
@@ -302,7 +303,7 @@ impl Worker {
         routes: &mut Routes,
         rel: &Relation,
         lsn: Lsn,
-        pending: &mut HashMap<u32, Vec<(Row, u64, bool)>>,
+        pending: &mut HashMap<u32, Vec<Change>>,
     ) -> Result<()> {
         let Some(route) = routes.by_oid.get(&rel.oid) else {
             return Ok(());
@@ -658,7 +659,7 @@ impl Worker {
     async fn fail_table(
         &mut self,
         routes: &mut Routes,
-        pending: &mut HashMap<u32, Vec<(Row, u64, bool)>>,
+        pending: &mut HashMap<u32, Vec<Change>>,
         oid: u32,
         source_table: &str,
         reason: String,

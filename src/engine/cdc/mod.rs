@@ -18,6 +18,7 @@ use crate::failpoint;
 use crate::metrics::RowKind;
 use crate::model::{Cell, ChangeKind, Lsn, Row, TxItem};
 use crate::proto::*;
+use crate::sink::Change;
 use crate::source::{self, SourceError, StreamItem};
 
 use super::copy::PROGRESS_EVERY;
@@ -316,8 +317,8 @@ impl Worker {
 /// state between flushes). It holds at most about `limit` rows or
 /// [`BATCH_BYTES`], whatever the size of the transactions streaming in.
 struct Batch {
-    /// Rows per relation OID: (row, version, deleted).
-    pending: HashMap<u32, Vec<(Row, u64, bool)>>,
+    /// Changes per relation OID, in commit order.
+    pending: HashMap<u32, Vec<Change>>,
     rows: usize,
     bytes: usize,
     limit: usize,
@@ -386,10 +387,11 @@ impl Batch {
         self.rows += 1;
         self.bytes += row_bytes(&row);
         self.started.get_or_insert_with(Instant::now);
-        self.pending
-            .entry(oid)
-            .or_default()
-            .push((row, version, kind == ChangeKind::Delete));
+        self.pending.entry(oid).or_default().push(Change {
+            row,
+            version,
+            deleted: kind == ChangeKind::Delete,
+        });
     }
 
     fn commit(&mut self, commit_lsn: Lsn, end_lsn: Lsn, commit_time_us: i64) {

@@ -6,13 +6,13 @@ use std::collections::HashMap;
 
 use crate::domain::columns::Replicated;
 use crate::domain::validate;
-use crate::model::{Cell, Row, SourceTable};
+use crate::model::{Row, SourceTable};
 use crate::proto::*;
-use crate::sink::ChSink;
+use crate::sink::{ApplyTo, Change, RowLookup};
 use crate::source;
 
-use super::super::worker::{Ends, Result, Worker};
-use super::tables::{Loads, Side};
+use super::super::worker::{Ends, EngineError, Result, Worker};
+use super::tables::Loads;
 
 /// A table as the source describes it (every column) and how it is
 /// replicated: what CDC rows are projected with and Relation messages are
@@ -94,18 +94,18 @@ impl Routes {
         ends: &Ends,
         oid: u32,
         route: &Route,
-        rows: Vec<(Row, u64, bool)>,
+        changes: Vec<Change>,
     ) -> Result<()> {
         let side = self.loads.side(oid, &ends.pg, &self.described);
-        write_rows(
-            &ends.ch,
-            &route.dest,
-            &route.view,
-            &route.sort_key,
-            rows,
-            side,
-        )
-        .await
+        let to = ApplyTo {
+            dest: &route.dest,
+            table: &route.view,
+            order_by: &route.sort_key,
+            also: side.also,
+        };
+        ends.ch
+            .apply_changes(&to, changes, side.source.as_ref())
+            .await
     }
 
     /// A failed table being rebuilt by a table resync: its CDC changes go to
@@ -121,6 +121,24 @@ impl Routes {
     }
 }
 
+/// The source, for unchanged TOAST values of rows ClickHouse does not have
+/// yet (see `Side`).
+#[derive(Clone, Copy)]
+pub(in crate::engine) struct SourceRows<'a> {
+    pub(in crate::engine) pg: &'a tokio_postgres::Client,
+    /// The table's replicated columns under their source names.
+    pub(in crate::engine) table: &'a SourceTable,
+}
+
+impl RowLookup for SourceRows<'_> {
+    type Error = EngineError;
+
+    async fn fill(&self, row: &mut Row) -> Result<()> {
+        source::fill_from_source(self.pg, self.table, row).await?;
+        Ok(())
+    }
+}
+
 /// A described table's canonical `schema.table`, as in the pipe's config.
 pub(in crate::engine) fn canonical(t: &SourceTable) -> String {
     validate::QualifiedName {
@@ -128,122 +146,4 @@ pub(in crate::engine) fn canonical(t: &SourceTable) -> String {
         table: t.name.clone(),
     }
     .canonical()
-}
-
-/// Writes one table's changes of a batch, in commit order: unchanged TOAST
-/// values are filled from earlier rows or ClickHouse, then only the last
-/// change per sorting key is sent (same-version rows would otherwise tie).
-///
-/// When `order_by` has columns outside the source key, a row's sorting key
-/// can change while its source key stays, and a delete arrives with the key
-/// alone: its tombstone would land under another sorting key and leave the
-/// row live. So each change is preceded by a tombstone that copies the
-/// key's previous row (from earlier in the batch or ClickHouse; none if the
-/// key is new), and a delete is that copy.
-async fn write_rows(
-    ch: &ChSink,
-    dest: &str,
-    table: &SourceTable,
-    order_by: &[String],
-    rows: Vec<(Row, u64, bool)>,
-    side: Side<'_>,
-) -> Result<()> {
-    let extra: Vec<usize> = order_by
-        .iter()
-        .filter_map(|name| table.columns.iter().position(|c| &c.name == name))
-        .filter(|i| !table.key.contains(i))
-        .collect();
-    // (row, version, deleted, tombstone of a previous row that may not exist)
-    let mut expanded: Vec<(Row, u64, bool, bool)> = Vec::with_capacity(rows.len());
-    for (row, version, deleted) in rows {
-        if extra.is_empty() {
-            expanded.push((row, version, deleted, false));
-            continue;
-        }
-        let previous: Row = row
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                if table.key.contains(&i) {
-                    c.clone()
-                } else {
-                    Cell::UnchangedToast
-                }
-            })
-            .collect();
-        if deleted {
-            expanded.push((previous, version, true, false));
-        } else {
-            expanded.push((previous, version, true, true));
-            expanded.push((row, version, false, false));
-        }
-    }
-    let (mut cells, meta): (Vec<Row>, Vec<(u64, bool, bool)>) = expanded
-        .into_iter()
-        .map(|(r, v, d, t)| (r, (v, d, t)))
-        .unzip();
-    let mut keep_row = vec![true; cells.len()];
-    if cells.iter().any(|r| r.contains(&Cell::UnchangedToast)) {
-        if let (true, Some((pg, names))) = (extra.is_empty(), side.source) {
-            // A table being loaded: rows the load has not written yet are
-            // read from the source.
-            let (_, missing) = ch.fill_from_previous(dest, table, &mut cells).await?;
-            for (i, m) in missing.into_iter().enumerate() {
-                if m.is_some() {
-                    source::fill_from_source(pg, names, &mut cells[i]).await?;
-                }
-            }
-        } else if extra.is_empty() {
-            ch.fill_unchanged(dest, table, &mut cells).await?;
-        } else {
-            let (_, missing) = ch.fill_from_previous(dest, table, &mut cells).await?;
-            for (i, m) in missing.into_iter().enumerate() {
-                let Some(e) = m else { continue };
-                match meta[i] {
-                    // No previous row: nothing to bury.
-                    (_, _, true) => keep_row[i] = false,
-                    // A delete of a row ClickHouse never had: the key alone,
-                    // as without a custom ORDER BY.
-                    (_, true, false) => {
-                        for c in cells[i].iter_mut() {
-                            if *c == Cell::UnchangedToast {
-                                *c = Cell::Null;
-                            }
-                        }
-                    }
-                    (_, false, false) => match side.source {
-                        Some((pg, names)) => {
-                            source::fill_from_source(pg, names, &mut cells[i]).await?;
-                        }
-                        None => return Err(e.into()),
-                    },
-                }
-            }
-        }
-    }
-    let mut last: HashMap<Vec<Cell>, usize> = HashMap::with_capacity(cells.len());
-    for (i, row) in cells.iter().enumerate() {
-        if !keep_row[i] {
-            continue;
-        }
-        let key: Vec<Cell> = table
-            .key
-            .iter()
-            .chain(&extra)
-            .map(|&k| row.get(k).cloned().unwrap_or(Cell::Null))
-            .collect();
-        last.insert(key, i);
-    }
-    let mut keep: Vec<usize> = last.into_values().collect();
-    keep.sort_unstable();
-    // A table being resynced gets the same rows in its `_resync` table.
-    for target in std::iter::once(dest).chain(side.also) {
-        let mut writer = ch.writer(target, table).await?;
-        for &i in &keep {
-            let (version, deleted, _) = meta[i];
-            writer.write(&cells[i], version, deleted).await?;
-        }
-        writer.end().await?;
-    }
-    Ok(())
 }

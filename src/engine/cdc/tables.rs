@@ -11,7 +11,6 @@ use crate::domain::columns::{self, Replicated};
 use crate::domain::names;
 use crate::domain::validate;
 use crate::failpoint;
-use crate::model::SourceTable;
 use crate::proto::event::Payload;
 use crate::proto::*;
 use crate::sink::{CreateMode, SinkError};
@@ -19,7 +18,7 @@ use crate::source;
 
 use super::super::worker::{Ends, EngineError, Result, Worker, column_error, table_uuid};
 use super::super::{partitions, table_load};
-use super::routes::{Route, Routes, TableColumns, canonical};
+use super::routes::{Route, Routes, SourceRows, TableColumns, canonical};
 
 impl Worker {
     /// Brings the CDC loop in line with the pipe's table list (between
@@ -495,7 +494,7 @@ pub(in crate::engine) struct Side<'a> {
     /// The source and the table's columns under their source names, for
     /// unchanged TOAST values of rows an added table's load (or the load
     /// of a partition attached to a partitioned table) has not written yet.
-    pub(in crate::engine) source: Option<(&'a tokio_postgres::Client, &'a SourceTable)>,
+    pub(in crate::engine) source: Option<SourceRows<'a>>,
 }
 
 /// Loads of single tables running beside the CDC loop (aborted with it).
@@ -537,7 +536,10 @@ impl Loads {
             source: described
                 .get(&oid)
                 .filter(|t| self.loading.contains(&oid) || t.described.partitioned)
-                .map(|t| (pg, &t.view.source)),
+                .map(|t| SourceRows {
+                    pg,
+                    table: &t.view.source,
+                }),
         }
     }
 }
