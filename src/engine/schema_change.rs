@@ -25,7 +25,7 @@ use crate::sink::Change;
 use crate::sink::types::Kind;
 use crate::source::{self, AddedValue};
 
-use super::cdc::{Route, Routes, TableColumns};
+use super::cdc::{Route, Routes, Side, TableColumns};
 use super::worker::{Ends, EngineError, Result, Worker};
 
 mod diff;
@@ -143,15 +143,13 @@ impl Worker {
         let Some(route) = routes.by_oid.get(&rel.oid) else {
             return Ok(());
         };
-        let Some(cols) = routes.described.get(&rel.oid) else {
-            return Ok(());
-        };
+        let cols = &route.table;
         if same_shape(&cols.described, rel) {
             return Ok(());
         }
         // Rows of the old shape go out before the table changes.
         if let Some(rows) = pending.remove(&rel.oid) {
-            routes.write(ends, rel.oid, route, rows).await?;
+            route.write(ends, rows).await?;
         }
         let (dest, source_table) = (route.dest.clone(), route.source.clone());
         let cols = cols.clone();
@@ -177,7 +175,7 @@ impl Worker {
             Ok(d) => match fits_options(&cols, &d, &source_table) {
                 Err(reason) => Err(Failure::Table(reason)),
                 Ok(()) => {
-                    let also = routes.loads.also.get(&rel.oid).cloned();
+                    let also = route.side.also.clone();
                     let target = AlterTarget {
                         cols: &cols,
                         dest: &dest,
@@ -235,16 +233,13 @@ impl Worker {
             }
         };
         ends.ch.forget_schema(&dest);
-        if let Some(also) = routes.loads.also.get(&rel.oid) {
-            ends.ch.forget_schema(also);
-        }
         if let Some(entry) = routes.by_oid.get_mut(&rel.oid) {
-            entry.view = view.dest.clone();
-        }
-        if let Some(entry) = routes.described.get_mut(&rel.oid) {
-            entry.described = d.now;
-            entry.view = view;
-            entry.config = config;
+            if let Some(also) = &entry.side.also {
+                ends.ch.forget_schema(also);
+            }
+            entry.table.described = d.now;
+            entry.table.view = view;
+            entry.table.config = config;
         }
         Ok(())
     }
@@ -268,12 +263,10 @@ impl Worker {
             let Some(Route {
                 dest,
                 source: source_table,
+                table: cols,
                 ..
             }) = routes.by_oid.get(&oid).cloned()
             else {
-                continue;
-            };
-            let Some(cols) = routes.described.get(&oid).cloned() else {
                 continue;
             };
             match self
@@ -457,22 +450,19 @@ impl Worker {
             }
         };
         let oid = fresh.oid;
-        routes.by_oid.insert(
+        routes.insert(
             oid,
             Route {
-                view: view.dest.clone(),
-                dest: prep.destination_table.clone(),
                 source: name.clone(),
+                table: TableColumns {
+                    described: fresh,
+                    view,
+                    config: cfg.clone(),
+                    index,
+                },
+                dest: prep.destination_table.clone(),
                 sort_key: prep.order_by.clone(),
-            },
-        );
-        routes.described.insert(
-            oid,
-            TableColumns {
-                described: fresh,
-                view,
-                config: cfg.clone(),
-                index,
+                side: Side::default(),
             },
         );
         Ok(true)
@@ -515,8 +505,6 @@ impl Worker {
         routes.by_oid.remove(&oid);
         pending.remove(&oid);
         routes.loads.restart(oid);
-        routes.loads.also.remove(&oid);
-        routes.loads.loading.remove(&oid);
         Ok(())
     }
 

@@ -25,8 +25,7 @@ use super::copy::PROGRESS_EVERY;
 use super::partitions;
 use super::worker::{Ends, Result, Worker};
 
-pub(super) use routes::{Route, Routes, TableColumns};
-use routes::{canonical, project_row, table_columns};
+pub(super) use routes::{Route, Routes, Side, TableColumns};
 
 impl Worker {
     pub(in crate::engine) async fn cdc(&mut self, ends: Ends, pipe: &Pipe) -> Result<()> {
@@ -42,32 +41,7 @@ impl Worker {
         // beside CDC (matched by name: adds and removals reorder the lists).
         // Each route holds the replicated view of its table (what ClickHouse
         // has); rows are projected onto it as they are decoded.
-        let mut routes = Routes {
-            described: table_columns(&ends, pipe),
-            ..Routes::default()
-        };
-        for (t, v) in ends.tables.iter().zip(&ends.views) {
-            let name = canonical(t);
-            // A failed table is skipped until a table resync rebuilds it.
-            if pipe
-                .tables
-                .iter()
-                .any(|s| s.source_table == name && !s.error.is_empty())
-            {
-                continue;
-            }
-            if let Some(p) = pipe.prepared.iter().find(|p| p.source_table == name) {
-                routes.by_oid.insert(
-                    t.oid,
-                    Route {
-                        view: v.dest.clone(),
-                        dest: p.destination_table.clone(),
-                        source: name.clone(),
-                        sort_key: p.order_by.clone(),
-                    },
-                );
-            }
-        }
+        let mut routes = Routes::at_start(&ends, pipe);
         self.reconcile_at_start(&ends, &mut routes).await?;
         // Where the log says ClickHouse is: past the slot's confirmed
         // position when the last confirmations had not reached the server
@@ -159,13 +133,10 @@ impl Worker {
                         .await?;
                 }
                 StreamItem::Item(TxItem::Change(c)) => {
-                    let Some(Route {
-                        source: source_table,
-                        ..
-                    }) = routes.by_oid.get(&c.relation_oid)
-                    else {
+                    let Some(route) = routes.by_oid.get(&c.relation_oid) else {
                         continue;
                     };
+                    let source_table = &route.source;
                     let e = progress
                         .counts
                         .entry(source_table.clone())
@@ -179,7 +150,8 @@ impl Worker {
                         ChangeKind::Delete => e.deleted += 1,
                     }
                     let version = open.map(|(v, _)| v.0).unwrap_or_default();
-                    let row = project_row(&routes.described, c.relation_oid, &c.row);
+                    // Every source column, cut down to the replicated ones.
+                    let row = route.table.view.project(&c.row);
                     batch.push(source_table, c.relation_oid, c.kind, row, version);
                     if batch.is_full() {
                         // A transaction of any size is written in chunks:
@@ -195,10 +167,10 @@ impl Worker {
                     for oid in relation_oids {
                         if let Some(route) = routes.by_oid.get(&oid) {
                             if let Some(rows) = batch.pending.remove(&oid) {
-                                routes.write(&ends, oid, route, rows).await?;
+                                route.write(&ends, rows).await?;
                             }
                             ends.ch.truncate(&route.dest).await?;
-                            if let Some(also) = routes.loads.also.get(&oid) {
+                            if let Some(also) = &route.side.also {
                                 ends.ch.truncate(also).await?;
                             }
                             // A load under way copies rows from before the
@@ -245,7 +217,7 @@ impl Worker {
         let applying = Instant::now();
         for (oid, rows) in batch.pending.drain() {
             if let Some(route) = routes.by_oid.get(&oid) {
-                routes.write(ends, oid, route, rows).await?;
+                route.write(ends, rows).await?;
             }
         }
         batch.rows = 0;

@@ -18,7 +18,7 @@ use crate::source;
 
 use super::super::worker::{Ends, EngineError, Result, Worker, column_error, table_uuid};
 use super::super::{partitions, table_load};
-use super::routes::{Route, Routes, SourceRows, TableColumns, canonical};
+use super::routes::{Route, Routes, Side, TableColumns, canonical};
 
 impl Worker {
     /// Brings the CDC loop in line with the pipe's table list (between
@@ -41,14 +41,13 @@ impl Worker {
         if !gone.is_empty() {
             self.publish(ends, &pipe).await?;
             for oid in gone {
-                if let Some(r) = routes.by_oid.remove(&oid) {
-                    tracing::info!(table = %r.source, "table removed from the pipe");
-                    // Its load and loads of its partitions.
-                    routes.loads.restart(oid);
-                }
-                routes.described.remove(&oid);
-                routes.loads.loading.remove(&oid);
-                if let Some(scratch) = routes.loads.also.remove(&oid) {
+                let Some(r) = routes.by_oid.remove(&oid) else {
+                    continue;
+                };
+                tracing::info!(table = %r.source, "table removed from the pipe");
+                // Its load and loads of its partitions.
+                routes.loads.restart(oid);
+                if let Some(scratch) = r.side.also {
                     ends.ch.drop_table_if_exists(&scratch).await?;
                 }
             }
@@ -60,15 +59,17 @@ impl Worker {
             .loads
             .running
             .iter()
-            .filter(|(_, (h, _))| h.is_finished())
+            .filter(|(_, load)| load.handle.is_finished())
             .map(|(name, _)| name.clone())
             .collect();
         for name in finished {
-            let Some((handle, oid)) = routes.loads.running.remove(&name) else {
+            let Some(load) = routes.loads.running.remove(&name) else {
                 continue;
             };
-            routes.loads.loading.remove(&oid);
-            match handle.await {
+            if let Some(r) = routes.by_oid.get_mut(&load.oid) {
+                r.side.loading = false;
+            }
+            match load.handle.await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => return Err(e),
                 Err(join) if join.is_cancelled() => {}
@@ -151,15 +152,12 @@ impl Worker {
     /// `partitions`).
     pub(super) async fn sync_partitions(&mut self, ends: &Ends, routes: &mut Routes) -> Result<()> {
         let pipe = self.pipe()?;
-        let Routes {
-            by_oid,
-            described,
-            loads,
-        } = routes;
-        for (oid, Route { source: name, .. }) in by_oid.iter() {
-            let Some(cols) = described.get(oid).filter(|c| c.described.partitioned) else {
+        let Routes { by_oid, loads } = routes;
+        for (oid, route) in by_oid.iter_mut() {
+            if !route.table.described.partitioned {
                 continue;
-            };
+            }
+            let name = &route.source;
             let key = format!("{name} (partitions)");
             let replicating =
                 |t: &&TableStats| t.source_table == *name && t.state() == TableState::Replicating;
@@ -187,16 +185,14 @@ impl Worker {
                     .and_then(|c| c.settings)
                     .unwrap_or_default(),
                 prepared: prepared.clone(),
-                view: cols.view.clone(),
+                view: route.table.view.clone(),
                 leaves,
             };
             // Rows of the leaves not loaded yet fill unchanged TOAST values
             // from the source, as for an added table.
-            loads.loading.insert(*oid);
+            route.side.loading = true;
             let run = partitions::load_leaves(job);
-            loads
-                .running
-                .insert(key, (tokio::spawn(run.in_current_span()), *oid));
+            loads.start(key, tokio::spawn(run.in_current_span()), *oid);
         }
         Ok(())
     }
@@ -327,26 +323,27 @@ impl Worker {
         // table_load): every later commit reaches the table through CDC.
         self.publish(ends, pipe).await?;
         let oid = cols.described.oid;
-        routes.by_oid.insert(
+        let view = cols.view.clone();
+        routes.insert(
             oid,
             Route {
-                view: dest_view,
-                dest: prepared.destination_table.clone(),
                 source: prepared.source_table.clone(),
+                table: cols,
+                dest: prepared.destination_table.clone(),
                 sort_key: prepared.order_by.clone(),
+                side: Side::default(),
             },
         );
-        let view = cols.view.clone();
-        routes.described.insert(oid, cols);
-        routes.loads.loading.insert(oid);
+        if let Some(r) = routes.by_oid.get_mut(&oid) {
+            r.side.loading = true;
+        }
         failpoint::hit(failpoint::TABLE_ADD_ROUTED).await;
         tracing::info!(table = %prepared.source_table, "loading added table beside CDC");
         let name = prepared.source_table.clone();
         let run = table_load::run(self.load_job(ends, pipe, prepared, view));
         routes
             .loads
-            .running
-            .insert(name, (tokio::spawn(run.in_current_span()), oid));
+            .start(name, tokio::spawn(run.in_current_span()), oid);
         Ok(())
     }
 
@@ -361,28 +358,15 @@ impl Worker {
         job: Option<PreparedTable>,
         routes: &mut Routes,
     ) -> Result<()> {
-        let Routes {
-            by_oid,
-            described,
-            loads,
-        } = routes;
-        let Some((
-            oid,
-            Route {
-                view: dest_view, ..
-            },
-        )) = by_oid.iter().find(|(_, r)| r.source == name)
-        else {
+        let Some((&oid, route)) = routes.by_oid.iter().find(|(_, r)| r.source == name) else {
             return Ok(());
         };
-        let Some(cols) = described.get(oid) else {
-            return Ok(());
-        };
+        let (dest_view, view) = (route.view().clone(), route.table.view.clone());
         let prepared = match job {
             Some(job) => {
                 if !ends.ch.table_exists(&job.load_table).await? {
                     // Swapped and cleaned up before the swap was recorded.
-                    return self.finish_swap(ends, &job, 0, loads, *oid).await;
+                    return self.finish_swap(ends, &job, 0, routes, oid).await;
                 }
                 job
             }
@@ -392,7 +376,7 @@ impl Worker {
                 };
                 let load = names::resync_table(&orig.destination_table);
                 ends.ch
-                    .create_table(&load, dest_view, &orig.order_by, CreateMode::OrReplace)
+                    .create_table(&load, &dest_view, &orig.order_by, CreateMode::OrReplace)
                     .await
                     .map_err(|e| match e {
                         SinkError::Schema(m) => EngineError::Fatal(m),
@@ -404,17 +388,19 @@ impl Worker {
                     load_table_uuid: table_uuid(&ends.ch, &load).await?,
                     load_table: load,
                     order_by: orig.order_by.clone(),
-                    generated_columns: cols.view.source.generated_columns.clone(),
+                    generated_columns: view.source.generated_columns.clone(),
                 }
             }
         };
-        loads.also.insert(*oid, prepared.load_table.clone());
+        if let Some(r) = routes.by_oid.get_mut(&oid) {
+            r.side.also = Some(prepared.load_table.clone());
+        }
         failpoint::hit(failpoint::TABLE_RESYNC_ROUTED).await;
         tracing::info!(table = %name, load_table = %prepared.load_table, "resyncing table beside CDC");
-        let run = table_load::run(self.load_job(ends, pipe, prepared, cols.view.clone()));
-        loads
-            .running
-            .insert(name.to_owned(), (tokio::spawn(run.in_current_span()), *oid));
+        let run = table_load::run(self.load_job(ends, pipe, prepared, view));
+        routes
+            .loads
+            .start(name.to_owned(), tokio::spawn(run.in_current_span()), oid);
         Ok(())
     }
 
@@ -426,14 +412,14 @@ impl Worker {
         job: &PreparedTable,
         routes: &mut Routes,
     ) -> Result<()> {
-        let Some((oid, Route { view: table, .. })) = routes
+        let Some((&oid, route)) = routes
             .by_oid
             .iter()
             .find(|(_, r)| r.source == job.source_table)
         else {
             return Ok(());
         };
-        let oid = *oid;
+        let table = route.view();
         let mut moved = 0;
         if table_uuid(&ends.ch, &job.destination_table).await? != job.load_table_uuid {
             let keys: Vec<String> = table
@@ -456,8 +442,7 @@ impl Worker {
                 .await?;
         }
         failpoint::hit(failpoint::TABLE_SWAP_AFTER_EXCHANGE).await;
-        self.finish_swap(ends, job, moved, &mut routes.loads, oid)
-            .await
+        self.finish_swap(ends, job, moved, routes, oid).await
     }
 
     async fn finish_swap(
@@ -465,7 +450,7 @@ impl Worker {
         ends: &Ends,
         job: &PreparedTable,
         moved: u64,
-        loads: &mut Loads,
+        routes: &mut Routes,
         oid: u32,
     ) -> Result<()> {
         // Only once the destination carries the load's UUID is the
@@ -473,7 +458,9 @@ impl Worker {
         if table_uuid(&ends.ch, &job.destination_table).await? == job.load_table_uuid {
             ends.ch.drop_table_if_exists(&job.load_table).await?;
         }
-        loads.also.remove(&oid);
+        if let Some(r) = routes.by_oid.get_mut(&oid) {
+            r.side.also = None;
+        }
         ends.ch.forget_schema(&job.destination_table);
         self.record(vec![Payload::TableSwapped(TableSwapped {
             source_table: job.source_table.clone(),
@@ -486,68 +473,45 @@ impl Worker {
     }
 }
 
-/// Where else a table's changes go while it is loaded beside CDC.
-#[derive(Clone, Copy, Default)]
-pub(in crate::engine) struct Side<'a> {
-    /// The `_resync` table of a table resync (written like the original).
-    pub(in crate::engine) also: Option<&'a str>,
-    /// The source and the table's columns under their source names, for
-    /// unchanged TOAST values of rows an added table's load (or the load
-    /// of a partition attached to a partitioned table) has not written yet.
-    pub(in crate::engine) source: Option<SourceRows<'a>>,
+/// A load running beside the CDC loop.
+pub(in crate::engine) struct RunningLoad {
+    pub(in crate::engine) handle: tokio::task::JoinHandle<Result<u64>>,
+    /// The OID of the table loaded.
+    pub(in crate::engine) oid: u32,
 }
 
 /// Loads of single tables running beside the CDC loop (aborted with it).
 #[derive(Default)]
 pub(in crate::engine) struct Loads {
-    /// By source table: the task and the table's OID.
-    pub(in crate::engine) running: HashMap<String, (tokio::task::JoinHandle<Result<u64>>, u32)>,
-    /// `_resync` tables of tables being resynced, by OID.
-    pub(in crate::engine) also: HashMap<u32, String>,
-    /// OIDs of added tables whose load has not finished.
-    pub(in crate::engine) loading: std::collections::HashSet<u32>,
+    /// By source table (or `<table> (partitions)`).
+    pub(in crate::engine) running: HashMap<String, RunningLoad>,
 }
 
 impl Loads {
+    fn start(&mut self, name: String, handle: tokio::task::JoinHandle<Result<u64>>, oid: u32) {
+        self.running.insert(name, RunningLoad { handle, oid });
+    }
+
+    /// Stops the loads of a table (its own, and its partitions').
     pub(in crate::engine) fn restart(&mut self, oid: u32) {
         let stale: Vec<String> = self
             .running
             .iter()
-            .filter(|(_, (_, o))| *o == oid)
+            .filter(|(_, load)| load.oid == oid)
             .map(|(name, _)| name.clone())
             .collect();
         for name in stale {
-            if let Some((handle, _)) = self.running.remove(&name) {
-                handle.abort();
+            if let Some(load) = self.running.remove(&name) {
+                load.handle.abort();
             }
-        }
-    }
-
-    pub(in crate::engine) fn side<'a>(
-        &'a self,
-        oid: u32,
-        pg: &'a tokio_postgres::Client,
-        described: &'a HashMap<u32, TableColumns>,
-    ) -> Side<'a> {
-        Side {
-            also: self.also.get(&oid).map(String::as_str),
-            // A partitioned table too: rows of a partition attached since
-            // the last leaf check are not in ClickHouse yet.
-            source: described
-                .get(&oid)
-                .filter(|t| self.loading.contains(&oid) || t.described.partitioned)
-                .map(|t| SourceRows {
-                    pg,
-                    table: &t.view.source,
-                }),
         }
     }
 }
 
 impl Drop for Loads {
     fn drop(&mut self) {
-        for (handle, _) in self.running.values() {
-            handle.abort();
+        for load in self.running.values() {
+            load.handle.abort();
         }
     }
 }
