@@ -11,8 +11,8 @@ use crate::proto::*;
 use crate::sink::{ApplyTo, Change, RowLookup};
 use crate::source;
 
-use super::super::worker::{Ends, EngineError, Result, Worker};
 use super::tables::Loads;
+use crate::engine::worker::{Ends, EngineError, Result, Worker};
 
 /// A table as the source describes it (every column) and how it is
 /// replicated: what CDC rows are projected with and Relation messages are

@@ -16,9 +16,9 @@ use crate::proto::*;
 use crate::sink::{CreateMode, SinkError};
 use crate::source;
 
-use super::super::worker::{Ends, EngineError, Result, Worker, column_error, table_uuid};
-use super::super::{partitions, table_load};
 use super::routes::{Route, Routes, Side, TableColumns, canonical};
+use crate::engine::worker::{Ends, EngineError, Result, Worker, column_error, table_uuid};
+use crate::engine::{partitions, table_load};
 
 impl Worker {
     /// Brings the CDC loop in line with the pipe's table list (between
