@@ -64,30 +64,32 @@ impl Worker {
             last_lsn: start.to_string(),
             last_report: Instant::now(),
         };
-        let mut leaves_checked = Instant::now();
-        let mut housekept: Option<Instant> = None;
-        // The pipe's stream version routing was last brought in line with.
-        let mut synced = self.stream_version();
+        let mut housekeeping = Housekeeping {
+            synced: self.stream_version(),
+            leaves_checked: Instant::now(),
+            at: None,
+        };
         let mut batch = Batch::new(settings.cdc_batch_size as usize);
-        // The transaction being streamed: its version and commit time.
-        let mut open: Option<(Lsn, i64)> = None;
+        // The commit LSN (the rows' version) of the transaction being
+        // streamed.
+        let mut open: Option<Lsn> = None;
         loop {
             // Routing changes only between transactions and batches, so no
             // transaction is half-routed and no batch half-written.
             if open.is_none()
                 && batch.is_empty()
-                && housekept.is_none_or(|at| at.elapsed() >= interval)
+                && housekeeping.at.is_none_or(|at| at.elapsed() >= interval)
             {
-                synced = self.stream_version();
+                housekeeping.synced = self.stream_version();
                 self.sync_tables(&ends, &mut routes).await?;
-                if leaves_checked.elapsed() >= partitions::LEAF_CHECK_EVERY {
+                if housekeeping.leaves_checked.elapsed() >= partitions::LEAF_CHECK_EVERY {
                     self.sync_partitions(&ends, &mut routes).await?;
-                    leaves_checked = Instant::now();
+                    housekeeping.leaves_checked = Instant::now();
                 }
                 if progress.last_report.elapsed() >= PROGRESS_EVERY * 5 {
                     self.report_cdc(&ends, &slot, &mut progress).await?;
                 }
-                housekept = Some(Instant::now());
+                housekeeping.at = Some(Instant::now());
             }
             // A batch is written at most `interval` after it began.
             let wait = match batch.started {
@@ -116,19 +118,19 @@ impl Worker {
                     // a table removed just before this transaction
                     // committed): routed again before this transaction, the
                     // batch so far written first.
-                    if self.stream_version() != synced {
+                    if self.stream_version() != housekeeping.synced {
                         if !batch.is_empty() {
                             self.flush(&ends, &slot, &stream, &mut batch, &routes, &mut progress)
                                 .await?;
                         }
-                        synced = self.stream_version();
+                        housekeeping.synced = self.stream_version();
                         self.sync_tables(&ends, &mut routes).await?;
                     }
-                    open = Some((commit_lsn, commit_time_us));
+                    open = Some(commit_lsn);
                     batch.begin(commit_lsn, commit_time_us);
                 }
                 StreamItem::Item(TxItem::Relation(rel)) => {
-                    let version = open.map(|(v, _)| v).unwrap_or_default();
+                    let version = open.unwrap_or_default();
                     self.check_relation(&ends, &mut routes, &rel, version, &mut batch.pending)
                         .await?;
                 }
@@ -149,7 +151,7 @@ impl Worker {
                         ChangeKind::Update => e.updated += 1,
                         ChangeKind::Delete => e.deleted += 1,
                     }
-                    let version = open.map(|(v, _)| v.0).unwrap_or_default();
+                    let version = open.map(|v| v.0).unwrap_or_default();
                     // Every source column, cut down to the replicated ones.
                     let row = route.table.view.project(&c.row);
                     batch.push(source_table, c.relation_oid, c.kind, row, version);
@@ -285,14 +287,27 @@ impl Worker {
     }
 }
 
+/// When the CDC loop last brought routing in line with the pipe (between
+/// transactions and batches).
+struct Housekeeping {
+    /// The pipe's stream version routing was last brought in line with.
+    synced: u64,
+    /// When partitioned tables' leaves were last checked.
+    leaves_checked: Instant,
+    /// When routing was last synced (None: not yet in this run).
+    at: Option<Instant>,
+}
+
 /// The rows read since the last write to ClickHouse (the CDC loop's
 /// state between flushes). It holds at most about `limit` rows or
 /// [`BATCH_BYTES`], whatever the size of the transactions streaming in.
 struct Batch {
     /// Changes per relation OID, in commit order.
     pending: HashMap<u32, Vec<Change>>,
+    /// Rows pending, and about how much memory they take.
     rows: usize,
     bytes: usize,
+    /// `cdc_batch_size` (10,000 when unset).
     limit: usize,
     /// Rows per source table by kind (insert, update, delete), for metrics.
     table_rows: HashMap<String, [u64; 3]>,
@@ -419,13 +434,16 @@ struct CdcReport {
     lag: LagSample,
     /// The end of the last transaction ClickHouse has whole.
     last_lsn: String,
+    /// When a batch was last written or progress last reported.
     last_report: Instant,
 }
 
 /// The last slot lag measured by the CDC loop.
 #[derive(Default)]
 struct LagSample {
+    /// WAL bytes the slot's confirmed position is behind.
     bytes: u64,
+    /// When it was measured (None: not yet).
     at: Option<Instant>,
 }
 
