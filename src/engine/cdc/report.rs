@@ -9,9 +9,10 @@ use crate::proto::event::Payload;
 use crate::proto::*;
 use crate::source;
 
-use super::CdcReport;
 use crate::engine::copy::PROGRESS_EVERY;
 use crate::engine::worker::{Ends, Result, Worker};
+
+use super::CdcReport;
 
 /// Where the slot stands against the server's WAL.
 struct SlotLag {

@@ -1,6 +1,6 @@
 //! Where the CDC loop sends each relation's changes: a [`Route`] per
-//! relation OID, held with the tables' descriptions and the loads running
-//! beside CDC in [`Routes`].
+//! relation OID (its table's description, destination and [`Side`]), held
+//! with the loads running beside CDC in [`Routes`].
 
 use std::collections::HashMap;
 
@@ -11,16 +11,21 @@ use crate::proto::*;
 use crate::sink::{ApplyTo, Change, RowLookup};
 use crate::source;
 
-use super::tables::Loads;
 use crate::engine::worker::{Ends, EngineError, Result, Worker};
+
+use super::tables::Loads;
 
 /// A table as the source describes it (every column) and how it is
 /// replicated: what CDC rows are projected with and Relation messages are
 /// compared to.
 #[derive(Debug, Clone)]
 pub(in crate::engine) struct TableColumns {
+    /// Every column, as the source describes the table.
     pub(in crate::engine) described: SourceTable,
+    /// The columns replicated (exclude_columns, rename_columns applied).
     pub(in crate::engine) view: Replicated,
+    /// The table's entry in the pipe's config, as the projection folded it
+    /// (column renames included).
     pub(in crate::engine) config: TableConfig,
     /// Position of the table in the pipe's config (for error fields).
     pub(in crate::engine) index: usize,

@@ -16,9 +16,10 @@ use crate::proto::*;
 use crate::sink::{CreateMode, SinkError};
 use crate::source;
 
-use super::routes::{Route, Routes, Side, TableColumns, canonical};
 use crate::engine::worker::{Ends, EngineError, Result, Worker, column_error, table_uuid};
 use crate::engine::{partitions, table_load};
+
+use super::routes::{Route, Routes, Side, TableColumns, canonical};
 
 impl Worker {
     /// Brings the CDC loop in line with the pipe's table list (between
@@ -492,7 +493,8 @@ impl Loads {
         self.running.insert(name, RunningLoad { handle, oid });
     }
 
-    /// Stops the loads of a table (its own, and its partitions').
+    /// Aborts the loads of a table (its own and its partitions'); the next
+    /// routing sync starts them again if still wanted.
     pub(in crate::engine) fn restart(&mut self, oid: u32) {
         let stale: Vec<String> = self
             .running
