@@ -16,11 +16,13 @@
 //! - [`domain`]: validation, names, settings, connection strings and the
 //!   projection (the fold of events); it imports no layer above it.
 //! - [`store`]: the sled event log and secrets; [`watch`]: followers.
-//! - [`engine`]: the supervisor and a worker per pipe (setup, load, swap,
-//!   CDC), schema changes, partitions, slot health.
+//! - [`engine`]: the supervisor and a worker per pipe (`worker`: its run
+//!   loop and retries; `steps`: setup, table preparation, snapshot, swap;
+//!   `cdc`: the CDC loop, its routes and per-table machine), schema
+//!   changes, partitions, slot health.
 //! - Adapters: [`source`] (Postgres: checks, snapshot COPY, the replication
-//!   stream), [`sink`] (ClickHouse: DDL, RowBinary, types), [`model`] (rows
-//!   and changes between them).
+//!   stream), [`sink`] (ClickHouse: DDL, RowBinary, types, CDC changes
+//!   applied), [`model`] (rows and changes between them).
 //! - [`cli`]: the `pgpipe` client commands; [`metrics`]: Prometheus;
 //!   [`tls`]: rustls material; [`failpoint`]: crash points for tests;
 //!   [`proto_ext`]: enum labels.

@@ -6,10 +6,13 @@
 //! projection says what must run and each worker resumes at its first step
 //! not recorded as done.
 
+mod cdc;
 mod copy;
 mod guard;
 mod partitions;
+mod schema_change;
 pub mod slot_health;
+mod steps;
 mod table_load;
 pub mod worker;
 

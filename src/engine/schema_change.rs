@@ -18,196 +18,19 @@
 use std::collections::HashMap;
 
 use crate::domain::columns;
-use crate::model::{ColumnRepr, Lsn, Relation, Row, SourceColumn, SourceTable};
+use crate::model::{ColumnRepr, Lsn, Relation, SourceColumn};
 use crate::proto::event::Payload;
 use crate::proto::{SchemaChangeKind, SchemaChanged, TableFailed};
+use crate::sink::Change;
 use crate::sink::types::Kind;
 use crate::source::{self, AddedValue};
 
-use super::{Ends, EngineError, Result, Route, Routes, Worker};
+use super::cdc::{Route, Routes, Side, TableColumns};
+use super::worker::{Ends, EngineError, Result, Worker};
 
-/// One column change between two shapes of a table (matched by attnum).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum ColumnChange {
-    Added(SourceColumn),
-    Dropped(SourceColumn),
-    /// Same attnum, new name (the type may have changed too: then a
-    /// `Retyped` follows, under the new name).
-    Renamed {
-        old: SourceColumn,
-        new: SourceColumn,
-    },
-    Retyped {
-        old: SourceColumn,
-        new: SourceColumn,
-    },
-}
+mod diff;
 
-/// What a Relation message changed: the table in its new shape (columns in
-/// the message's order, attnums and types from the catalog) and the
-/// changes from the known shape.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct RelationDiff {
-    pub now: SourceTable,
-    pub changes: Vec<ColumnChange>,
-}
-
-/// Whether a Relation message describes exactly the known columns.
-pub(super) fn same_shape(known: &SourceTable, rel: &Relation) -> bool {
-    known.columns.len() == rel.columns.len()
-        && known.columns.iter().zip(&rel.columns).all(|(k, r)| {
-            k.name == r.name && k.type_oid == r.type_oid && k.typmod == r.type_modifier
-        })
-}
-
-/// The table as `rel` describes it, completed from the catalog (`fresh`),
-/// and its changes from `known`. Err: why the change cannot be followed.
-pub(super) fn diff(
-    known: &SourceTable,
-    fresh: &SourceTable,
-    rel: &Relation,
-) -> Result<RelationDiff, String> {
-    let what = format!("{}.{}", known.schema, known.name);
-    let mut cols = Vec::with_capacity(rel.columns.len());
-    for r in &rel.columns {
-        let same = |c: &&SourceColumn| c.type_oid == r.type_oid && c.typmod == r.type_modifier;
-        // By name (its type as the catalog has it now: a message older than
-        // a later type change carries values that fit the new type, or the
-        // change fails the table); or, renamed again since, by the attnum
-        // the name had.
-        let found = fresh.columns.iter().find(|c| c.name == r.name).or_else(|| {
-            let k = known.columns.iter().find(|k| k.name == r.name)?;
-            fresh
-                .columns
-                .iter()
-                .filter(|c| c.attnum == k.attnum)
-                .find(same)
-        });
-        let Some(c) = found else {
-            return Err(format!(
-                "column {:?} of {what} changed again before pgpipe applied its earlier change",
-                r.name
-            ));
-        };
-        // The name now belongs to another attnum, and the old one is gone:
-        // dropped and added again, and this message may be from either
-        // side of it, so which rows hold which column cannot be told.
-        if let Some(k) = known.columns.iter().find(|k| k.name == r.name)
-            && k.attnum != c.attnum
-            && !fresh.columns.iter().any(|f| f.attnum == k.attnum)
-        {
-            return Err(format!(
-                "column {:?} of {what} was dropped and added again before pgpipe read the \
-                 change",
-                r.name
-            ));
-        }
-        cols.push(SourceColumn {
-            name: r.name.clone(),
-            ..c.clone()
-        });
-    }
-    let key_attnums = |t: &SourceTable| -> Vec<i16> {
-        t.key
-            .iter()
-            .filter_map(|&i| t.columns.get(i).map(|c| c.attnum))
-            .collect()
-    };
-    let fresh_key = key_attnums(fresh);
-    let key: Vec<usize> = fresh_key
-        .iter()
-        .filter_map(|a| cols.iter().position(|c| c.attnum == *a))
-        .collect();
-    let now = SourceTable {
-        columns: cols,
-        key,
-        ..fresh.clone()
-    };
-    if key_attnums(&now) != key_attnums(known) {
-        return Err(format!(
-            "the key (primary key or replica identity) of {what} changed"
-        ));
-    }
-    let mut changes = Vec::new();
-    for k in &known.columns {
-        let Some(n) = now.columns.iter().find(|n| n.attnum == k.attnum) else {
-            // Still in the catalog: the message is older than the column
-            // (e.g. rows from before an ADD COLUMN read after a restart);
-            // it comes back with a later message.
-            if !fresh.columns.iter().any(|c| c.attnum == k.attnum) {
-                changes.push(ColumnChange::Dropped(k.clone()));
-            }
-            continue;
-        };
-        if n.name != k.name {
-            changes.push(ColumnChange::Renamed {
-                old: k.clone(),
-                new: SourceColumn {
-                    type_name: k.type_name.clone(),
-                    type_oid: k.type_oid,
-                    typmod: k.typmod,
-                    pg_type: k.pg_type.clone(),
-                    ..n.clone()
-                },
-            });
-        }
-        if n.type_oid != k.type_oid || n.typmod != k.typmod {
-            changes.push(ColumnChange::Retyped {
-                old: SourceColumn {
-                    name: n.name.clone(),
-                    ..k.clone()
-                },
-                new: n.clone(),
-            });
-        }
-    }
-    for n in &now.columns {
-        if !known.columns.iter().any(|k| k.attnum == n.attnum) {
-            changes.push(ColumnChange::Added(n.clone()));
-        }
-    }
-    Ok(RelationDiff { now, changes })
-}
-
-/// Whether every value of `old` fits `new` exactly (ClickHouse converts
-/// the stored values on `MODIFY COLUMN`).
-pub(super) fn widens(old: &Kind, new: &Kind) -> bool {
-    use Kind::*;
-    match (old, new) {
-        (Int16, Int32 | Int64) | (Int32, Int64) | (Float32, Float64) => true,
-        (
-            Decimal {
-                precision: p1,
-                scale: s1,
-            },
-            Decimal {
-                precision: p2,
-                scale: s2,
-            },
-        ) => s2 >= s1 && p2 - s2 >= p1 - s1,
-        _ => false,
-    }
-}
-
-/// The kind a ClickHouse type (without Nullable) was made from, for the
-/// types a widening starts from.
-fn kind_of_ch_type(t: &str) -> Option<Kind> {
-    Some(match t {
-        "Int16" => Kind::Int16,
-        "Int32" => Kind::Int32,
-        "Float32" => Kind::Float32,
-        _ => {
-            let (p, s) = t
-                .strip_prefix("Decimal(")?
-                .strip_suffix(')')?
-                .split_once(',')?;
-            Kind::Decimal {
-                precision: p.trim().parse().ok()?,
-                scale: s.trim().parse().ok()?,
-            }
-        }
-    })
-}
+use diff::{ColumnChange, RelationDiff, diff, kind_of_ch_type, same_shape, widens};
 
 /// Comment of a ClickHouse column kept after its source column was dropped.
 const DROPPED_MARK: &str = "pgpipe: dropped at the source; kept with its old values";
@@ -243,11 +66,7 @@ async fn already_added(
 
 /// Checks the table's new shape against its column options (renames
 /// folded in, as the projection will) before anything is altered.
-fn fits_options(
-    cols: &super::TableColumns,
-    d: &RelationDiff,
-    source_table: &str,
-) -> Result<(), String> {
+fn fits_options(cols: &TableColumns, d: &RelationDiff, source_table: &str) -> Result<(), String> {
     let mut cfg = cols.config.clone();
     for c in &d.changes {
         if let ColumnChange::Renamed { old, new } = c {
@@ -291,6 +110,20 @@ fn resync_hint(what: &str, pipe: &str) -> String {
     )
 }
 
+/// The table a Relation message's column changes are applied to.
+struct AlterTarget<'a> {
+    /// Its description and column options before the change.
+    cols: &'a TableColumns,
+    /// The ClickHouse table.
+    dest: &'a str,
+    /// A table resync's `_resync` table, altered alike.
+    also: Option<&'a str>,
+    /// Its canonical `schema.table` (in events and messages).
+    source_table: &'a str,
+    /// Where the Relation message was read (recorded with the changes).
+    lsn: Lsn,
+}
+
 /// The outcome of applying a Relation message's changes.
 struct Applied {
     events: Vec<SchemaChanged>,
@@ -305,20 +138,18 @@ impl Worker {
         routes: &mut Routes,
         rel: &Relation,
         lsn: Lsn,
-        pending: &mut HashMap<u32, Vec<(Row, u64, bool)>>,
+        pending: &mut HashMap<u32, Vec<Change>>,
     ) -> Result<()> {
         let Some(route) = routes.by_oid.get(&rel.oid) else {
             return Ok(());
         };
-        let Some(cols) = routes.described.get(&rel.oid) else {
-            return Ok(());
-        };
+        let cols = &route.table;
         if same_shape(&cols.described, rel) {
             return Ok(());
         }
         // Rows of the old shape go out before the table changes.
         if let Some(rows) = pending.remove(&rel.oid) {
-            routes.write(ends, rel.oid, route, rows).await?;
+            route.write(ends, rows).await?;
         }
         let (dest, source_table) = (route.dest.clone(), route.source.clone());
         let cols = cols.clone();
@@ -344,10 +175,15 @@ impl Worker {
             Ok(d) => match fits_options(&cols, &d, &source_table) {
                 Err(reason) => Err(Failure::Table(reason)),
                 Ok(()) => {
-                    let also = routes.loads.also.get(&rel.oid).cloned();
-                    self.apply_changes(ends, &cols, &d, &dest, also.as_deref(), &source_table, lsn)
-                        .await
-                        .map(|a| (d, a))
+                    let also = route.side.also.clone();
+                    let target = AlterTarget {
+                        cols: &cols,
+                        dest: &dest,
+                        also: also.as_deref(),
+                        source_table: &source_table,
+                        lsn,
+                    };
+                    self.apply_changes(ends, &target, &d).await.map(|a| (d, a))
                 }
             },
             Err(reason) => Err(Failure::Table(reason)),
@@ -397,16 +233,13 @@ impl Worker {
             }
         };
         ends.ch.forget_schema(&dest);
-        if let Some(also) = routes.loads.also.get(&rel.oid) {
-            ends.ch.forget_schema(also);
-        }
         if let Some(entry) = routes.by_oid.get_mut(&rel.oid) {
-            entry.view = view.dest.clone();
-        }
-        if let Some(entry) = routes.described.get_mut(&rel.oid) {
-            entry.described = d.now;
-            entry.view = view;
-            entry.config = config;
+            if let Some(also) = &entry.side.also {
+                ends.ch.forget_schema(also);
+            }
+            entry.table.described = d.now;
+            entry.table.view = view;
+            entry.table.config = config;
         }
         Ok(())
     }
@@ -430,12 +263,10 @@ impl Worker {
             let Some(Route {
                 dest,
                 source: source_table,
+                table: cols,
                 ..
             }) = routes.by_oid.get(&oid).cloned()
             else {
-                continue;
-            };
-            let Some(cols) = routes.described.get(&oid).cloned() else {
                 continue;
             };
             match self
@@ -469,7 +300,7 @@ impl Worker {
     async fn reconcile_table(
         &self,
         ends: &Ends,
-        cols: &super::TableColumns,
+        cols: &TableColumns,
         dest: &str,
         source_table: &str,
     ) -> Result<Vec<SchemaChanged>, Failure> {
@@ -619,22 +450,19 @@ impl Worker {
             }
         };
         let oid = fresh.oid;
-        routes.by_oid.insert(
+        routes.insert(
             oid,
             Route {
-                view: view.dest.clone(),
-                dest: prep.destination_table.clone(),
                 source: name.clone(),
+                table: TableColumns {
+                    described: fresh,
+                    view,
+                    config: cfg.clone(),
+                    index,
+                },
+                dest: prep.destination_table.clone(),
                 sort_key: prep.order_by.clone(),
-            },
-        );
-        routes.described.insert(
-            oid,
-            super::TableColumns {
-                described: fresh,
-                view,
-                config: cfg.clone(),
-                index,
+                side: Side::default(),
             },
         );
         Ok(true)
@@ -661,7 +489,7 @@ impl Worker {
     async fn fail_table(
         &mut self,
         routes: &mut Routes,
-        pending: &mut HashMap<u32, Vec<(Row, u64, bool)>>,
+        pending: &mut HashMap<u32, Vec<Change>>,
         oid: u32,
         source_table: &str,
         reason: String,
@@ -677,24 +505,24 @@ impl Worker {
         routes.by_oid.remove(&oid);
         pending.remove(&oid);
         routes.loads.restart(oid);
-        routes.loads.also.remove(&oid);
-        routes.loads.loading.remove(&oid);
         Ok(())
     }
 
     /// Applies each change to the destination table (and to the table
     /// resync's `_resync` table, `also`): the events to record.
-    #[allow(clippy::too_many_arguments)]
     async fn apply_changes(
         &self,
         ends: &Ends,
-        cols: &super::TableColumns,
+        target: &AlterTarget<'_>,
         d: &RelationDiff,
-        dest: &str,
-        also: Option<&str>,
-        source_table: &str,
-        lsn: Lsn,
     ) -> Result<Applied, Failure> {
+        let &AlterTarget {
+            cols,
+            dest,
+            also,
+            source_table,
+            lsn,
+        } = target;
         let cfg = &cols.config;
         let drop_dropped = self
             .pipe()?
@@ -961,145 +789,5 @@ fn schema_failure(e: crate::sink::SinkError) -> Failure {
         Failure::Engine(e.into())
     } else {
         Failure::Table(format!("ClickHouse refused the change: {e}"))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::{PgType, RelationColumn};
-
-    fn col(name: &str, attnum: i16, oid: u32, pg_type: PgType) -> SourceColumn {
-        SourceColumn {
-            name: name.into(),
-            type_name: format!("{pg_type:?}"),
-            type_oid: oid,
-            pg_type,
-            not_null: false,
-            attnum,
-            typmod: -1,
-            repr: None,
-        }
-    }
-
-    fn table(cols: Vec<SourceColumn>) -> SourceTable {
-        SourceTable {
-            schema: "public".into(),
-            name: "t".into(),
-            oid: 9,
-            columns: cols,
-            key: vec![0],
-            estimated_rows: 0,
-            pages: 0,
-            partitioned: false,
-            generated_columns: vec![],
-        }
-    }
-
-    fn rel(t: &SourceTable) -> Relation {
-        Relation {
-            oid: t.oid,
-            schema: t.schema.clone(),
-            name: t.name.clone(),
-            replica_identity: b'd',
-            columns: t
-                .columns
-                .iter()
-                .map(|c| RelationColumn {
-                    name: c.name.clone(),
-                    type_oid: c.type_oid,
-                    type_modifier: c.typmod,
-                    is_key: c.attnum == 1,
-                })
-                .collect(),
-        }
-    }
-
-    fn base() -> SourceTable {
-        table(vec![
-            col("id", 1, 20, PgType::Int8),
-            col("a", 2, 23, PgType::Int4),
-            col("b", 3, 25, PgType::Text),
-        ])
-    }
-
-    #[test]
-    fn a_column_under_another_name_with_its_attnum_was_renamed() {
-        let known = base();
-        let mut fresh = base();
-        fresh.columns[1].name = "a2".into();
-        let d = diff(&known, &fresh, &rel(&fresh)).unwrap();
-        assert_eq!(d.changes.len(), 1);
-        assert!(matches!(&d.changes[0], ColumnChange::Renamed { old, new }
-            if old.name == "a" && new.name == "a2"));
-    }
-
-    #[test]
-    fn a_column_dropped_and_added_under_its_name_cannot_be_told_apart() {
-        let known = base();
-        let mut fresh = base();
-        fresh.columns[1].attnum = 4;
-        fresh.columns.swap(1, 2);
-        let err = diff(&known, &fresh, &rel(&fresh)).unwrap_err();
-        assert!(err.contains("dropped and added again"), "{err}");
-    }
-
-    #[test]
-    fn a_dropped_column_and_a_new_one_are_a_drop_and_an_add() {
-        let known = base();
-        let mut fresh = base();
-        fresh.columns[1] = col("c", 4, 23, PgType::Int4);
-        fresh.columns.swap(1, 2);
-        let d = diff(&known, &fresh, &rel(&fresh)).unwrap();
-        assert!(matches!(&d.changes[0], ColumnChange::Dropped(c) if c.name == "a"));
-        assert!(matches!(&d.changes[1], ColumnChange::Added(c) if c.name == "c" && c.attnum == 4));
-    }
-
-    #[test]
-    fn a_type_change_keeps_the_attnum() {
-        let known = base();
-        let mut fresh = base();
-        fresh.columns[1] = col("a", 2, 20, PgType::Int8);
-        let d = diff(&known, &fresh, &rel(&fresh)).unwrap();
-        assert!(matches!(&d.changes[0], ColumnChange::Retyped { old, new }
-            if old.pg_type == PgType::Int4 && new.pg_type == PgType::Int8));
-    }
-
-    #[test]
-    fn a_relation_older_than_the_catalog_is_not_a_drop() {
-        let known = base();
-        let mut fresh = base();
-        fresh.columns.push(col("c", 4, 23, PgType::Int4));
-        // Rows written before `c` was added, read after a restart.
-        let d = diff(&fresh, &fresh, &rel(&known)).unwrap();
-        assert_eq!(d.changes, []);
-        assert_eq!(d.now.columns.len(), 3);
-    }
-
-    #[test]
-    fn a_key_change_cannot_be_followed() {
-        let known = base();
-        let mut fresh = base();
-        fresh.key = vec![1];
-        assert!(
-            diff(&known, &fresh, &rel(&fresh))
-                .unwrap_err()
-                .contains("key")
-        );
-    }
-
-    #[test]
-    fn only_types_whose_values_all_fit_are_widened() {
-        let dec = |p, s| Kind::Decimal {
-            precision: p,
-            scale: s,
-        };
-        assert!(widens(&Kind::Int16, &Kind::Int64));
-        assert!(widens(&Kind::Int32, &Kind::Int64));
-        assert!(widens(&Kind::Float32, &Kind::Float64));
-        assert!(widens(&dec(10, 2), &dec(12, 2)));
-        assert!(!widens(&dec(10, 2), &dec(10, 3)));
-        assert!(!widens(&Kind::Int64, &Kind::Int32));
-        assert!(!widens(&Kind::Text, &Kind::Int32));
     }
 }

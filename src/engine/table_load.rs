@@ -2,7 +2,7 @@
 //! UpdatePipe, or a table rebuilt by a table resync (ResyncPipe with tables).
 //!
 //! Why no change is lost or doubled (the same version argument as the
-//! pipe's own snapshot, see `worker`):
+//! pipe's own snapshot, see `docs/architecture.md`):
 //! 1. Before the load starts, the CDC loop routes the table: it is in the
 //!    publication (an added table) and its changes are applied to the load
 //!    table (for a table resync, to the original too). From then on every

@@ -13,6 +13,7 @@
 //! Table names passed to [`ChSink`] methods are names inside the sink's
 //! database; every identifier is quoted, so any name is safe.
 
+mod apply;
 mod codec;
 mod ddl;
 mod error;
@@ -29,6 +30,7 @@ use std::time::Duration;
 use clickhouse::Client;
 use serde::Deserialize;
 
+pub use apply::{ApplyTo, Change, RowLookup};
 pub use ddl::CreateMode;
 pub use error::SinkError;
 pub use ident::quote_ident;
