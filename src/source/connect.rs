@@ -14,6 +14,12 @@ use super::{MIN_SERVER_VERSION_NUM, SourceError, error_chain, format_db_error, h
 /// unreachable (black-holed) host fails instead of hanging.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// tokio-postgres' keepalive idle time when the string sets none.
+const TOKIO_KEEPALIVES_IDLE: Duration = Duration::from_secs(2 * 60 * 60);
+const KEEPALIVES_IDLE: Duration = Duration::from_secs(30);
+/// How long sent data may stay unacknowledged before the socket fails.
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Settings that shape text output, pinned so COPY and pgoutput (whose
 /// output functions run in this session) agree, and timeouts a role may
 /// carry that would kill long COPYs or the idle snapshot coordinator.
@@ -62,6 +68,16 @@ pub(crate) fn parse_connection(
     cfg.application_name("pgpipe");
     if cfg.get_connect_timeout().is_none() {
         cfg.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
+    }
+    // A network that drops packets leaves a socket open and silent: TCP
+    // keepalives (idle after 30 s rather than the system's 2 h) and a bound
+    // on unacknowledged data turn that into an error the worker retries.
+    if !cfg.get_keepalives() || cfg.get_keepalives_idle() == TOKIO_KEEPALIVES_IDLE {
+        cfg.keepalives(true);
+        cfg.keepalives_idle(KEEPALIVES_IDLE);
+    }
+    if cfg.get_tcp_user_timeout().is_none() {
+        cfg.tcp_user_timeout(TCP_USER_TIMEOUT);
     }
     Ok((cfg, tls))
 }

@@ -15,7 +15,7 @@
 //! its start, with the same versions.
 
 use std::collections::{HashMap, VecDeque};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pgwire_replication::{
     ReplicationClient, ReplicationConfig, ReplicationEvent, SslMode as WireSsl, TlsConfig,
@@ -249,6 +249,83 @@ impl ChangeStream {
             }
         })?;
         self.queued.extend(items.into_iter().map(StreamItem::Item));
+        Ok(())
+    }
+}
+
+/// Tells a quiet replication connection from a dead one. Silence is normal
+/// (nothing published changes; the server's keepalives can be minutes
+/// apart), and a network that drops packets without a reset leaves the
+/// socket open and silent for good. So after [`SILENT_AFTER`] without a
+/// message the server is asked, on the pipe's query connection, whether
+/// the slot is still streaming: no answer within [`PROBE_TIMEOUT`], or the
+/// slot inactive twice in a row (its walsender ended, e.g. after
+/// `wal_sender_timeout` without our status updates), is a lost connection,
+/// which the worker retries from the slot's position.
+#[derive(Debug)]
+pub struct Liveness {
+    slot: String,
+    last_message: Instant,
+    last_probe: Option<Instant>,
+    inactive: u32,
+}
+
+/// Silence on the replication connection before the server is asked.
+const SILENT_AFTER: Duration = Duration::from_secs(10);
+/// How long the liveness query may take.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time between two liveness queries while the connection stays silent.
+const PROBE_EVERY: Duration = Duration::from_secs(5);
+
+impl Liveness {
+    pub fn new(slot: &str) -> Self {
+        Liveness {
+            slot: slot.to_owned(),
+            last_message: Instant::now(),
+            last_probe: None,
+            inactive: 0,
+        }
+    }
+
+    /// A message arrived: the connection is alive.
+    pub fn heard(&mut self) {
+        self.last_message = Instant::now();
+        self.inactive = 0;
+    }
+
+    /// Asks the server when the connection has been silent long enough;
+    /// an error means the connection is lost.
+    pub async fn probe_if_silent(&mut self, pg: &Client) -> Result<(), SourceError> {
+        if self.last_message.elapsed() < SILENT_AFTER
+            || self.last_probe.is_some_and(|at| at.elapsed() < PROBE_EVERY)
+        {
+            return Ok(());
+        }
+        self.last_probe = Some(Instant::now());
+        let lost = |reason: String| SourceError::ConnectionLost {
+            context: format!("streaming changes of slot {:?}", self.slot),
+            reason,
+        };
+        let info = tokio::time::timeout(PROBE_TIMEOUT, super::slot::slot_info(pg, &self.slot))
+            .await
+            .map_err(|_| {
+                lost(format!(
+                    "no message for {} s, and the server did not answer within {} s",
+                    self.last_message.elapsed().as_secs(),
+                    PROBE_TIMEOUT.as_secs()
+                ))
+            })??;
+        if info.is_some_and(|i| i.active) {
+            self.inactive = 0;
+            return Ok(());
+        }
+        self.inactive += 1;
+        if self.inactive >= 2 {
+            return Err(lost(format!(
+                "no message for {} s and the slot is not streaming on the server (its walsender ended)",
+                self.last_message.elapsed().as_secs()
+            )));
+        }
         Ok(())
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::common::data::*;
 use crate::common::peers::PrivateEnv;
+use crate::common::proxy::Proxy;
 use crate::common::*;
 use pgpipe::proto::*;
 
@@ -323,6 +324,88 @@ async fn the_pipe_reconnects_after_the_walsender_is_terminated_or_postgres_resta
         Duration::from_secs(180),
     )
     .await;
+    let p = wait_running(&mut c, name, Duration::from_secs(60)).await;
+    assert_eq!(p.status(), PipeStatus::Running);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_connection_gone_silent_is_detected_and_the_pipe_reconnects() {
+    let env = PrivateEnv::up().await;
+    let pg = env.pg().await;
+    make_table(&pg, "public.items", 1_000).await;
+    // The server ends a walsender that stops answering after 3 s (60 s by
+    // default), so the new session finds the slot free sooner.
+    for sql in [
+        "ALTER SYSTEM SET wal_sender_timeout = '3s'",
+        "SELECT pg_reload_conf()",
+    ] {
+        pg.batch_execute(sql).await.unwrap();
+    }
+    let proxy = Proxy::start(env.pg_port).await;
+    let srv = InProcess::start_engine().await;
+    let mut c = srv.client().await;
+    let name = "silent";
+    let mut req = env.pipe_req(name, "silent", &["public.items"]);
+    if let Some(s) = req.source.as_mut() {
+        s.connection_string = s
+            .connection_string
+            .replace(&format!(":{}/", env.pg_port), &format!(":{}/", proxy.port));
+    }
+    c.create_pipe(req).await.unwrap();
+    wait_running(&mut c, name, Duration::from_secs(60)).await;
+    pg.batch_execute("INSERT INTO items SELECT g, 1, 'a' FROM generate_series(1001, 1100) g")
+        .await
+        .unwrap();
+    env.wait_equal(
+        "silent",
+        "items",
+        "public",
+        "items",
+        COLS,
+        Duration::from_secs(60),
+    )
+    .await;
+
+    // Every connection pgpipe has goes silent, without a reset; the
+    // changes made meanwhile arrive over new connections.
+    proxy.black_hole();
+    pg.batch_execute(
+        "INSERT INTO items SELECT g, 2, 'b' FROM generate_series(2001, 3000) g;
+         UPDATE items SET n = n + 10 WHERE id % 7 = 0;",
+    )
+    .await
+    .unwrap();
+    env.wait_equal(
+        "silent",
+        "items",
+        "public",
+        "items",
+        COLS,
+        Duration::from_secs(120),
+    )
+    .await;
+    let errors = c
+        .get_pipe_history(GetPipeHistoryRequest {
+            name: name.into(),
+            kind: HistoryKind::Errors as i32,
+            page_size: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    let reasons: Vec<String> = errors
+        .iter()
+        .filter_map(|e| match &e.payload {
+            Some(event::Payload::PipeFailed(f)) => Some(f.reason.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r.contains("did not answer within")),
+        "the lost connection was reported on the pipe: {reasons:?}"
+    );
     let p = wait_running(&mut c, name, Duration::from_secs(60)).await;
     assert_eq!(p.status(), PipeStatus::Running);
 }

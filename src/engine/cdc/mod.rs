@@ -65,6 +65,7 @@ impl Worker {
             history: None,
             written_end: None,
         };
+        let mut liveness = source::Liveness::new(&slot);
         let mut housekeeping = Housekeeping {
             synced: self.stream_version(),
             leaves_checked: Instant::now(),
@@ -103,7 +104,10 @@ impl Worker {
                 _ => interval,
             };
             let item = match tokio::time::timeout(wait, stream.next(&ends.pg)).await {
-                Ok(item) => item?,
+                Ok(item) => {
+                    liveness.heard();
+                    item?
+                }
                 Err(_) => {
                     if batch.is_empty() {
                         self.core.metrics.set_cdc_lag_seconds(&self.name, 0.0);
@@ -111,6 +115,8 @@ impl Worker {
                         self.flush(&ends, &slot, &stream, &mut batch, &routes, &mut progress)
                             .await?;
                     }
+                    // A silent connection may be a dead one.
+                    liveness.probe_if_silent(&ends.pg).await?;
                     continue;
                 }
             };

@@ -108,10 +108,25 @@ impl Worker {
         Ok(())
     }
 
-    /// The slot's lag, measured now (and set as the lag metric).
+    /// The slot's lag, measured now (and set as the lag metric). Bounded in
+    /// time: a query connection that stopped answering (the network
+    /// dropping packets) is a lost connection the worker retries, not a
+    /// CDC loop stuck for good.
     async fn slot_lag(&self, ends: &Ends, slot: &str) -> Result<SlotLag> {
-        let info = source::slot_info(&ends.pg, slot).await?;
-        let wal = source::current_wal_lsn(&ends.pg).await?;
+        let measure = async {
+            let info = source::slot_info(&ends.pg, slot).await?;
+            let wal = source::current_wal_lsn(&ends.pg).await?;
+            Ok::<_, source::SourceError>((info, wal))
+        };
+        let (info, wal) = tokio::time::timeout(source::PROBE_TIMEOUT, measure)
+            .await
+            .map_err(|_| source::SourceError::ConnectionLost {
+                context: format!("measuring the lag of slot {slot:?}"),
+                reason: format!(
+                    "the server did not answer within {} s",
+                    source::PROBE_TIMEOUT.as_secs()
+                ),
+            })??;
         let confirmed = info.map(|i| i.confirmed_flush).unwrap_or_default();
         let bytes = wal.0.saturating_sub(confirmed.0);
         self.core.metrics.set_cdc_lag_bytes(&self.name, bytes);
