@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::proto::{
     CreatePipeRequest, DestinationConfig, Event, Pipe, PipeSettings, SourceConfig, TableConfig,
-    WatchPipeResponse,
+    WatchEventsResponse, WatchPipeResponse,
 };
 
 /// The API's messages again, with pbjson's serde impls. Same fields and
@@ -87,6 +87,12 @@ pub(crate) fn event_json(ev: &Event) -> Value {
 /// (no `event` in the initial state message).
 pub(crate) fn watch_message_json(m: &WatchPipeResponse) -> Value {
     proto3_json::<wire::WatchPipeResponse>(m)
+}
+
+/// One `events --json` line: the WatchEvents message as grpcurl prints it
+/// (`{"event": {...}}`, or `{"caughtUp": {"cursor": "7"}}` once).
+pub(crate) fn watch_events_json(m: &WatchEventsResponse) -> Value {
+    proto3_json::<wire::WatchEventsResponse>(m)
 }
 
 /// `pgpipe throughput --json`: one object per point.

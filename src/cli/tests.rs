@@ -1029,11 +1029,11 @@ async fn events_json_caught_up_and_resume() {
     assert_eq!(err.to_string(), "PERMISSION_DENIED: token revoked");
     let lines = buf.json_lines();
     assert_eq!(lines.len(), 4, "{lines:?}");
-    assert_eq!(lines[0]["seq"], "1");
-    assert!(lines[0]["pipeResumed"].is_object(), "{lines:?}");
-    assert_eq!(lines[1], serde_json::json!({"caught_up": 1}));
-    assert_eq!(lines[2]["seq"], "2");
-    assert_eq!(lines[3]["seq"], "3");
+    assert_eq!(lines[0]["event"]["seq"], "1");
+    assert!(lines[0]["event"]["pipeResumed"].is_object(), "{lines:?}");
+    assert_eq!(lines[1], serde_json::json!({"caughtUp": {"cursor": "1"}}));
+    assert_eq!(lines[2]["event"]["seq"], "2");
+    assert_eq!(lines[3]["event"]["seq"], "3");
     assert_eq!(
         mock.state().events_calls,
         vec![("orders".into(), Some(0)), ("orders".into(), Some(2))]
