@@ -11,6 +11,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .btree_map(".")
         .file_descriptor_set_path(out.join("pgpipe_descriptor.bin"))
         .compile_protos(&["proto/pgpipe/v1/pgpipe.proto"], &["proto"])?;
+
+    // The messages once more, for the CLI's `--json` only, with pbjson's
+    // serde impls (the proto3 JSON mapping) and a Timestamp of the CLI's
+    // (prost-types' has no serde). The API keeps prost-types; the CLI
+    // re-decodes a message's bytes into its twin here to print it.
+    let json_out = out.join("json");
+    std::fs::create_dir_all(&json_out)?;
+    let descriptors = json_out.join("descriptor.bin");
+    prost_build::Config::new()
+        .btree_map(["."])
+        .extern_path(".google.protobuf.Timestamp", "crate::cli::json::Timestamp")
+        .out_dir(&json_out)
+        .file_descriptor_set_path(&descriptors)
+        .compile_protos(&["proto/pgpipe/v1/pgpipe.proto"], &["proto"])?;
+    // Every field, defaults included (as `grpcurl -emit-defaults` prints),
+    // so scripts find each key on every line.
+    pbjson_build::Builder::new()
+        .register_descriptors(&std::fs::read(&descriptors)?)?
+        .out_dir(&json_out)
+        .extern_path(".google.protobuf.Timestamp", "crate::cli::json::Timestamp")
+        .btree_map(["."])
+        .emit_fields()
+        .build(&[".pgpipe"])?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

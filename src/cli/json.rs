@@ -1,78 +1,108 @@
-//! JSON rendering of API messages (written by hand from the prost structs;
-//! enum values use their proto names, timestamps are RFC 3339 strings, and
-//! 64-bit integers are plain JSON numbers), and parsing of the
-//! `create --file` request.
+//! `--json` output: API messages in the proto3 JSON mapping (field names
+//! in lowerCamelCase, enum values by name, 64-bit integers as strings,
+//! timestamps as RFC 3339 in UTC), i.e. what grpcurl prints for the same
+//! message, with every field (defaults included). The serde impls are
+//! pbjson's, generated for twins of the API's messages (see `build.rs`).
+//! Also the parsing of the `create --file` request.
 
-use prost_types::Timestamp;
-use serde_json::{Value, json};
+use prost::Message;
+use serde_json::Value;
 
-use super::format::format_timestamp;
 use crate::proto::{
-    CreatePipeRequest, DeleteReason, DestinationConfig, Event, Pipe, PipeConfig, PipeSettings,
-    PipeStatus, SourceConfig, TableConfig, WatchPipeResponse, event::Payload,
+    CreatePipeRequest, DestinationConfig, Event, Pipe, PipeSettings, SourceConfig, TableConfig,
+    WatchEventsResponse, WatchPipeResponse,
 };
 
-fn status_json(raw: i32) -> Value {
-    match PipeStatus::try_from(raw) {
-        Ok(s) => Value::from(s.as_str_name()),
-        Err(_) => Value::from(raw),
+/// The API's messages again, with pbjson's serde impls. Same fields and
+/// wire format as [`crate::proto`]; only `google.protobuf.Timestamp` is
+/// [`Timestamp`] here, whose JSON form prost-types cannot give.
+#[allow(
+    clippy::all,
+    clippy::pedantic,
+    dead_code,
+    unused_imports,
+    unused_qualifications
+)]
+mod wire {
+    include!(concat!(env!("OUT_DIR"), "/json/pgpipe.v1.rs"));
+    include!(concat!(env!("OUT_DIR"), "/json/pgpipe.v1.serde.rs"));
+}
+
+/// `google.protobuf.Timestamp` for [`wire`]: its JSON is RFC 3339 in UTC
+/// with a `Z` and 0, 3, 6 or 9 fractional digits, as protojson (grpcurl)
+/// writes it. pbjson-types' own Timestamp writes `+00:00` instead.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Message)]
+pub(crate) struct Timestamp {
+    #[prost(int64, tag = "1")]
+    pub seconds: i64,
+    #[prost(int32, tag = "2")]
+    pub nanos: i32,
+}
+
+impl serde::Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let ts = prost_types::Timestamp {
+            seconds: self.seconds,
+            nanos: self.nanos,
+        };
+        s.serialize_str(&super::format::format_timestamp(&ts, true))
     }
 }
 
-fn delete_reason_json(raw: i32) -> Value {
-    match DeleteReason::try_from(raw) {
-        Ok(r) => Value::from(r.as_str_name()),
-        Err(_) => Value::from(raw),
+/// Only because pbjson's generated `Deserialize` impls ask for it: the CLI
+/// prints messages, it never reads them back from JSON.
+impl<'de> serde::Deserialize<'de> for Timestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        Err(serde::de::Error::custom(
+            "timestamps are not read from JSON here",
+        ))
     }
 }
 
-fn ts_json(ts: Option<&Timestamp>) -> Value {
-    ts.map_or(Value::Null, |t| Value::from(format_timestamp(t, true)))
+/// `msg` in the proto3 JSON mapping, through its twin `W` in [`wire`].
+fn proto3_json<W>(msg: &impl Message) -> Value
+where
+    W: Message + Default + serde::Serialize,
+{
+    // Both sides are generated from the same .proto: the bytes always
+    // decode. What can fail is an enum value newer than this CLI, which
+    // pbjson will not print; say so in place of the message.
+    W::decode(msg.encode_to_vec().as_slice())
+        .map_err(|e| e.to_string())
+        .and_then(|w| serde_json::to_value(&w).map_err(|e| e.to_string()))
+        .unwrap_or_else(
+            |e| serde_json::json!({ "error": format!("cannot print this message as JSON: {e}") }),
+        )
 }
 
-fn table_config_json(t: &TableConfig) -> Value {
-    json!({
-        "source_table": t.source_table,
-        "destination_table": t.destination_table,
-        "order_by": t.order_by,
-        "exclude_columns": t.exclude_columns,
-        "rename_columns": t.rename_columns,
-        "column_types": t.column_types,
-    })
+pub(crate) fn pipe_json(p: &Pipe) -> Value {
+    proto3_json::<wire::Pipe>(p)
 }
 
-/// Pipe configuration; passwords are never part of it (the server does not
-/// return them, and this function would not print them either).
-fn config_json(c: &PipeConfig) -> Value {
-    json!({
-        "source": c.source.as_ref().map(|s| json!({
-            "connection_string": s.connection_string,
-        })),
-        "destination": c.destination.as_ref().map(|d| {
-            let mut v = json!({
-                "url": d.url,
-                "database": d.database,
-                "user": d.user,
-            });
-            // Only when set: most destinations trust the system's roots.
-            if !d.ca_cert.is_empty() {
-                v["ca_cert"] = json!(d.ca_cert);
-            }
-            v
-        }),
-        "tables": c.tables.iter().map(table_config_json).collect::<Vec<_>>(),
-        "settings": c.settings.as_ref().map(|s| json!({
-            "snapshot_parallelism": s.snapshot_parallelism,
-            "snapshot_rows_per_partition": s.snapshot_rows_per_partition,
-            "cdc_batch_size": s.cdc_batch_size,
-            "cdc_sync_interval_ms": s.cdc_sync_interval_ms,
-            "slot_lag_warning_bytes": s.slot_lag_warning_bytes,
-            "slot_stall_warning_seconds": s.slot_stall_warning_seconds,
-            "slot_check_interval_seconds": s.slot_check_interval_seconds,
-            "drop_dropped_columns": s.drop_dropped_columns,
-        })),
-        "labels": c.labels,
-    })
+pub(crate) fn event_json(ev: &Event) -> Value {
+    proto3_json::<wire::Event>(ev)
+}
+
+/// One `watch --json` line: the WatchPipe message as grpcurl prints it
+/// (no `event` in the initial state message).
+pub(crate) fn watch_message_json(m: &WatchPipeResponse) -> Value {
+    proto3_json::<wire::WatchPipeResponse>(m)
+}
+
+/// One `events --json` line: the WatchEvents message as grpcurl prints it
+/// (`{"event": {...}}`, or `{"caughtUp": {"cursor": "7"}}` once).
+pub(crate) fn watch_events_json(m: &WatchEventsResponse) -> Value {
+    proto3_json::<wire::WatchEventsResponse>(m)
+}
+
+/// `pgpipe throughput --json`: one object per point.
+pub(crate) fn throughput_point_json(p: &crate::proto::ThroughputPoint) -> Value {
+    proto3_json::<wire::ThroughputPoint>(p)
+}
+
+/// `pgpipe load-summary --json`: one object per incarnation and table.
+pub(crate) fn load_summary_json(t: &crate::proto::TableLoadSummary) -> Value {
+    proto3_json::<wire::TableLoadSummary>(t)
 }
 
 /// `TABLE_STATE_LOAD_PENDING` → `load_pending`.
@@ -82,265 +112,10 @@ pub(crate) fn table_state_json(raw: i32) -> String {
         .unwrap_or_else(|_| format!("state {raw}"))
 }
 
-/// A table's stats; `source_details` only when there is something to say
-/// (generated columns, partitions).
-fn table_stats_json(t: &crate::proto::TableStats) -> Value {
-    let mut v = json!({
-        "source_table": t.source_table,
-        "destination_table": t.destination_table,
-        "snapshot_rows": t.snapshot_rows,
-        "snapshot_partitions_done": t.snapshot_partitions_done,
-        "snapshot_partitions_total": t.snapshot_partitions_total,
-        "snapshot_done": t.snapshot_done,
-        "rows_inserted": t.rows_inserted,
-        "rows_updated": t.rows_updated,
-        "rows_deleted": t.rows_deleted,
-        "soft_deletes_transferred": t.soft_deletes_transferred,
-        "state": table_state_json(t.state),
-        "error": t.error,
-    });
-    if let (Some(d), Some(obj)) = (&t.source_details, v.as_object_mut()) {
-        obj.insert(
-            "source_details".into(),
-            json!({
-                "generated_columns": d.generated_columns,
-                "partitions": d.partitions,
-                "partitions_loading": d.partitions_loading,
-                "partitions_detached": d.partitions_detached,
-            }),
-        );
-    }
-    v
-}
-
-pub(crate) fn pipe_json(p: &Pipe) -> Value {
-    json!({
-        "id": p.id,
-        "name": p.name,
-        "status": status_json(p.status),
-        "config": p.config.as_ref().map(config_json),
-        "tables": p.tables.iter().map(table_stats_json).collect::<Vec<_>>(),
-        "last_lsn": p.last_lsn,
-        "lag_bytes": p.lag_bytes,
-        "error": p.error,
-        "failed_step": p.failed_step,
-        "created_at": ts_json(p.created_at.as_ref()),
-        "updated_at": ts_json(p.updated_at.as_ref()),
-        "resync_of": p.resync_of,
-        "paused_from": status_json(p.paused_from),
-        "status_detail": p.status_detail,
-        "stream_version": p.stream_version,
-        "cursor": p.cursor,
-        "steps": p.steps.iter().map(|s| json!({
-            "step": s.step,
-            "started_at": ts_json(s.started_at.as_ref()),
-            "finished_at": ts_json(s.finished_at.as_ref()),
-            "duration_ms": s.duration_ms,
-        })).collect::<Vec<_>>(),
-        "resyncing": p.resyncing,
-        "delete_reason": p.delete_reason,
-        "labels": p.labels,
-        "slot_warnings": p.slot_warnings.iter().map(slot_warning_json).collect::<Vec<_>>(),
-        "slot_wal_status": p.slot_wal_status,
-    })
-}
-
-fn slot_kind_json(kind: i32) -> String {
-    crate::proto::SlotWarningKind::try_from(kind)
-        .map(|k| k.as_str_name().to_owned())
-        .unwrap_or_else(|_| kind.to_string())
-}
-
-fn slot_warning_json(w: &crate::proto::SlotHealthWarning) -> Value {
-    json!({
-        "kind": slot_kind_json(w.kind),
-        "slot_name": w.slot_name,
-        "wal_status": w.wal_status,
-        "active": w.active,
-        "lag_bytes": w.lag_bytes,
-        "confirmed_flush_lsn": w.confirmed_flush_lsn,
-        "threshold": w.threshold,
-        "message": w.message,
-    })
-}
-
 /// The event kind: the name of the `Event.payload` oneof field that is set
 /// ("pipe_created", "snapshot_progress", ...), or "unknown".
 pub(crate) fn event_kind(ev: &Event) -> &'static str {
     crate::domain::projection::event_kind(ev)
-}
-
-fn payload_json(p: &Payload) -> Value {
-    match p {
-        Payload::PipeCreated(p) => json!({
-            "name": p.name,
-            "config": p.config.as_ref().map(config_json),
-            "resync_of": p.resync_of,
-        }),
-        Payload::PipeDeleted(p) => json!({
-            "reason": delete_reason_json(p.reason),
-            "drop_destination_tables": p.drop_destination_tables,
-        }),
-        Payload::ResyncStarted(p) => json!({
-            "overrides": p.overrides.iter().map(table_config_json).collect::<Vec<_>>(),
-        }),
-        Payload::StepStarted(p) => json!({ "step": p.step }),
-        Payload::SetupCompleted(p) => json!({
-            "slot_name": p.slot_name,
-            "publication_name": p.publication_name,
-            "consistent_lsn": p.consistent_lsn,
-        }),
-        Payload::SourceReleased(p) => json!({
-            "slot_name": p.slot_name,
-            "publication_name": p.publication_name,
-            "destination_tables_dropped": p.destination_tables_dropped,
-        }),
-        Payload::TablesPrepared(p) => json!({
-            "tables": p.tables.iter().map(|t| json!({
-                "source_table": t.source_table,
-                "destination_table": t.destination_table,
-                "load_table": t.load_table,
-                "order_by": t.order_by,
-            })).collect::<Vec<_>>(),
-        }),
-        Payload::SnapshotStarted(p) => json!({
-            "tables": p.tables.iter().map(|t| json!({
-                "source_table": t.source_table,
-                "partitions_total": t.partitions_total,
-                "estimated_rows": t.estimated_rows,
-            })).collect::<Vec<_>>(),
-        }),
-        Payload::SnapshotProgress(p) => json!({
-            "source_table": p.source_table,
-            "rows_copied": p.rows_copied,
-            "partitions_done": p.partitions_done,
-            "partitions_total": p.partitions_total,
-            "partition_ms_total": p.partition_ms_total,
-        }),
-        Payload::SnapshotTableCompleted(p) => json!({
-            "source_table": p.source_table,
-            "rows": p.rows,
-        }),
-        Payload::SoftDeletesTransferred(p) => json!({
-            "source_table": p.source_table,
-            "rows": p.rows,
-        }),
-        Payload::TablesSwapped(p) => json!({ "destination_tables": p.destination_tables }),
-        Payload::CdcStarted(p) => json!({ "start_lsn": p.start_lsn }),
-        Payload::CdcProgress(p) => json!({
-            "start_lsn": p.start_lsn,
-            "lsn": p.lsn,
-            "lag_bytes": p.lag_bytes,
-            "rows": p.rows,
-            "duration_ms": p.duration_ms,
-            "transactions": p.transactions,
-            "first_commit_at": ts_json(p.first_commit_at.as_ref()),
-            "tables": p.tables.iter().map(|t| json!({
-                "source_table": t.source_table,
-                "inserted": t.inserted,
-                "updated": t.updated,
-                "deleted": t.deleted,
-            })).collect::<Vec<_>>(),
-        }),
-        Payload::PipeLabelsChanged(p) => json!({
-            "set": p.set,
-            "removed": p.removed,
-            "labels": p.labels,
-        }),
-        Payload::PipeFailed(p) => json!({
-            "step": p.step,
-            "reason": p.reason,
-            "retrying": p.retrying,
-        }),
-        Payload::TablesAdded(p) => json!({
-            "tables": p.tables.iter().map(table_config_json).collect::<Vec<_>>(),
-        }),
-        Payload::TablesRemoved(p) => json!({ "source_tables": p.source_tables }),
-        Payload::TableResyncRequested(p) => json!({ "source_tables": p.source_tables }),
-        Payload::TableLoadStarted(p) => {
-            let t = p.table.clone().unwrap_or_default();
-            json!({
-                "table": {
-                    "source_table": t.source_table,
-                    "destination_table": t.destination_table,
-                    "load_table": t.load_table,
-                    "order_by": t.order_by,
-                },
-                "partitions_total": p.partitions_total,
-                "estimated_rows": p.estimated_rows,
-                "consistent_lsn": p.consistent_lsn,
-            })
-        }
-        Payload::TableLoadCompleted(p) => json!({
-            "source_table": p.source_table,
-            "rows": p.rows,
-        }),
-        Payload::TableSwapped(p) => json!({
-            "source_table": p.source_table,
-            "destination_table": p.destination_table,
-            "soft_deletes_transferred": p.soft_deletes_transferred,
-
-        }),
-        Payload::SchemaChanged(c) => json!({
-            "source_table": c.source_table,
-            "kind": c.kind().label(),
-            "column": c.column,
-            "new_column": c.new_column,
-            "old_type": c.old_type,
-            "new_type": c.new_type,
-            "lsn": c.lsn,
-            "destination_column": c.destination_column,
-            "clickhouse": c.clickhouse,
-        }),
-        Payload::TableFailed(f) => json!({
-            "source_table": f.source_table,
-            "reason": f.reason,
-            "lsn": f.lsn,
-        }),
-        Payload::SlotHealthWarning(w) => slot_warning_json(w),
-        Payload::SlotHealthRecovered(r) => json!({
-            "kind": slot_kind_json(r.kind),
-            "lag_bytes": r.lag_bytes,
-            "wal_status": r.wal_status,
-        }),
-        Payload::PartitionsChanged(p) => json!({
-            "source_table": p.source_table,
-            "replicated": p.replicated,
-            "attached": p.attached,
-            "detached": p.detached,
-            "reset": p.reset,
-            "rows": p.rows,
-        }),
-        Payload::SnapshotCompleted(_)
-        | Payload::SwapStarted(_)
-        | Payload::PipePaused(_)
-        | Payload::PipeResumed(_)
-        | Payload::PipeRecovered(_) => json!({}),
-    }
-}
-
-pub(crate) fn event_json(ev: &Event) -> Value {
-    json!({
-        "seq": ev.seq,
-        "pipe_name": ev.pipe_name,
-        "pipe_id": ev.pipe_id,
-        "stream_version": ev.stream_version,
-        "at": ts_json(ev.at.as_ref()),
-        "schema_version": ev.schema_version,
-        "kind": event_kind(ev),
-        "payload": ev.payload.as_ref().map(payload_json),
-    })
-}
-
-/// One `watch --json` line. `event` is null for the initial state message.
-pub(crate) fn watch_message_json(m: &WatchPipeResponse) -> Value {
-    json!({
-        "cursor": m.cursor,
-        "kind": m.event.as_ref().map(event_kind),
-        "status": m.pipe.as_ref().map(|p| status_json(p.status)),
-        "event": m.event.as_ref().map(event_json),
-        "pipe": m.pipe.as_ref().map(pipe_json),
-    })
 }
 
 // ------------------------------------------------------------ create --file
@@ -576,40 +351,12 @@ pub(crate) fn create_request_from_json(v: &Value) -> Result<CreatePipeRequest, S
     Ok(req)
 }
 
-/// `pgpipe throughput --json`: one object per point.
-pub(crate) fn throughput_point_json(p: &crate::proto::ThroughputPoint) -> Value {
-    json!({
-        "start": ts_json(p.start.as_ref()),
-        "rows_inserted": p.rows_inserted,
-        "rows_updated": p.rows_updated,
-        "rows_deleted": p.rows_deleted,
-        "batches": p.batches,
-        "lag_bytes": p.lag_bytes,
-        "max_lag_bytes": p.max_lag_bytes,
-        "lsn": p.lsn,
-    })
-}
-
-/// `pgpipe load-summary --json`: one object per incarnation and table.
-pub(crate) fn load_summary_json(t: &crate::proto::TableLoadSummary) -> Value {
-    json!({
-        "pipe_id": t.pipe_id,
-        "source_table": t.source_table,
-        "partitions_done": t.partitions_done,
-        "partitions_total": t.partitions_total,
-        "rows": t.rows,
-        "avg_partition_ms": t.avg_partition_ms,
-        "started_at": ts_json(t.started_at.as_ref()),
-        "finished_at": ts_json(t.finished_at.as_ref()),
-        "duration_ms": t.duration_ms,
-        "done": t.done,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::{SnapshotProgress, TableStats};
+    use crate::proto::event::Payload;
+    use crate::proto::{PipeStatus, SnapshotProgress, TableStats};
+    use serde_json::json;
 
     #[test]
     fn watch_message_rendering() {
@@ -628,7 +375,7 @@ mod tests {
                     ..Default::default()
                 }],
                 cursor: 42,
-                created_at: Some(Timestamp {
+                created_at: Some(prost_types::Timestamp {
                     seconds: 1_709_210_096,
                     nanos: 0,
                 }),
@@ -640,7 +387,7 @@ mod tests {
                 pipe_id: "p-2".into(),
                 stream_version: 7,
                 schema_version: 1,
-                at: Some(Timestamp {
+                at: Some(prost_types::Timestamp {
                     seconds: 1_709_210_097,
                     nanos: 250_000_000,
                 }),
@@ -654,23 +401,25 @@ mod tests {
             }),
         };
         let v = watch_message_json(&msg);
-        assert_eq!(v["cursor"], 42);
-        assert_eq!(v["kind"], "snapshot_progress");
-        assert_eq!(v["status"], "PIPE_STATUS_SNAPSHOT");
-        assert_eq!(v["event"]["seq"], 42);
+        // proto3 JSON: lowerCamelCase, 64-bit integers as strings, enums by
+        // name, the payload under its oneof field's name, every field.
+        assert_eq!(v["cursor"], "42");
+        assert_eq!(v["event"]["seq"], "42");
+        assert_eq!(v["event"]["pipeName"], "orders");
         assert_eq!(v["event"]["at"], "2024-02-29T12:34:57.250Z");
         assert_eq!(
-            v["event"]["payload"],
-            json!({"source_table": "public.orders", "rows_copied": 5000,
-                   "partitions_done": 1, "partitions_total": 4,
-                   "partition_ms_total": 0})
+            v["event"]["snapshotProgress"],
+            json!({"sourceTable": "public.orders", "rowsCopied": "5000",
+                   "partitionsDone": 1, "partitionsTotal": 4,
+                   "partitionMsTotal": "0"})
         );
         assert_eq!(v["pipe"]["status"], "PIPE_STATUS_SNAPSHOT");
-        assert_eq!(v["pipe"]["paused_from"], "PIPE_STATUS_UNSPECIFIED");
-        assert_eq!(v["pipe"]["created_at"], "2024-02-29T12:34:56Z");
-        assert_eq!(v["pipe"]["updated_at"], Value::Null);
-        assert_eq!(v["pipe"]["tables"][0]["snapshot_partitions_total"], 4);
-        assert_eq!(v["pipe"]["tables"][0]["snapshot_rows"], 5000);
+        assert_eq!(v["pipe"]["pausedFrom"], "PIPE_STATUS_UNSPECIFIED");
+        assert_eq!(v["pipe"]["createdAt"], "2024-02-29T12:34:56Z");
+        assert_eq!(v["pipe"]["updatedAt"], Value::Null);
+        assert_eq!(v["pipe"]["lagBytes"], "0");
+        assert_eq!(v["pipe"]["tables"][0]["snapshotPartitionsTotal"], 4);
+        assert_eq!(v["pipe"]["tables"][0]["snapshotRows"], "5000");
         // One line, parseable back.
         let line = v.to_string();
         assert!(!line.contains('\n'));
@@ -683,9 +432,13 @@ mod tests {
             event: None,
         });
         assert_eq!(first["event"], Value::Null);
-        assert_eq!(first["kind"], Value::Null);
-        // Unknown enum values come out as numbers.
-        assert_eq!(status_json(99), json!(99));
+        assert_eq!(first["pipe"]["name"], "orders");
+        // An enum value newer than this CLI: still JSON, saying why.
+        let newer = pipe_json(&Pipe {
+            status: 99,
+            ..Default::default()
+        });
+        assert!(newer["error"].as_str().unwrap().contains("99"), "{newer}");
     }
 
     #[test]

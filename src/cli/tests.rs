@@ -833,12 +833,12 @@ async fn resync_wait_resumes_after_the_cursor_and_reconnects() {
     let lines = buf.json_lines();
     let cursors: Vec<u64> = lines
         .iter()
-        .map(|l| l["cursor"].as_u64().unwrap())
+        .map(|l| l["cursor"].as_str().unwrap().parse().unwrap())
         .collect();
     assert_eq!(cursors, vec![10, 11, 12, 13], "{lines:?}");
-    assert_eq!(lines[0]["pipe"]["resync_of"], "p1");
-    assert_eq!(lines[3]["kind"], "cdc_started");
-    assert_eq!(lines[3]["status"], "PIPE_STATUS_RUNNING");
+    assert_eq!(lines[0]["pipe"]["resyncOf"], "p1");
+    assert!(lines[3]["event"]["cdcStarted"].is_object(), "{lines:?}");
+    assert_eq!(lines[3]["pipe"]["status"], "PIPE_STATUS_RUNNING");
 
     let st = mock.state();
     assert_eq!(
@@ -1029,11 +1029,11 @@ async fn events_json_caught_up_and_resume() {
     assert_eq!(err.to_string(), "PERMISSION_DENIED: token revoked");
     let lines = buf.json_lines();
     assert_eq!(lines.len(), 4, "{lines:?}");
-    assert_eq!(lines[0]["seq"], 1);
-    assert_eq!(lines[0]["kind"], "pipe_resumed");
-    assert_eq!(lines[1], serde_json::json!({"caught_up": 1}));
-    assert_eq!(lines[2]["seq"], 2);
-    assert_eq!(lines[3]["seq"], 3);
+    assert_eq!(lines[0]["event"]["seq"], "1");
+    assert!(lines[0]["event"]["pipeResumed"].is_object(), "{lines:?}");
+    assert_eq!(lines[1], serde_json::json!({"caughtUp": {"cursor": "1"}}));
+    assert_eq!(lines[2]["event"]["seq"], "2");
+    assert_eq!(lines[3]["event"]["seq"], "3");
     assert_eq!(
         mock.state().events_calls,
         vec![("orders".into(), Some(0)), ("orders".into(), Some(2))]
@@ -1111,7 +1111,7 @@ async fn watch_survives_a_server_restart() {
     let cursors: Vec<u64> = buf
         .json_lines()
         .iter()
-        .map(|l| l["cursor"].as_u64().unwrap())
+        .map(|l| l["cursor"].as_str().unwrap().parse().unwrap())
         .collect();
     assert_eq!(cursors, vec![10, 11, 12]);
     assert_eq!(

@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tonic::{Code, Status};
 
 use super::format::{
     event_text, format_count, format_time_of_day, format_timestamp, status_label, status_line,
 };
-use super::json::{event_json, event_kind, watch_message_json};
+use super::json::{event_kind, watch_events_json, watch_message_json};
 use super::{CliError, Client, ClientOpts, EXIT_PIPE_FAILED, Out, connect, parse_label};
 use crate::proto::{
     DeleteReason, Pipe, PipeStatus, WatchEventsRequest, WatchPipeRequest, WatchPipeResponse,
@@ -524,7 +524,7 @@ pub(crate) async fn follow_events(
                 loop {
                     match stream.message().await {
                         Ok(Some(msg)) => {
-                            match msg.item {
+                            match &msg.item {
                                 Some(Item::Event(ev)) => {
                                     if last_seq.is_some_and(|last| ev.seq <= last) {
                                         continue;
@@ -532,7 +532,7 @@ pub(crate) async fn follow_events(
                                     attempt = 0;
                                     last_seq = Some(ev.seq);
                                     if json {
-                                        out.json_line(&event_json(&ev))?;
+                                        out.json_line(&watch_events_json(&msg))?;
                                     } else {
                                         out.line(&format!(
                                             "{} #{}  {}  {}",
@@ -542,7 +542,7 @@ pub(crate) async fn follow_events(
                                             ),
                                             ev.seq,
                                             ev.pipe_name,
-                                            event_text(&ev)
+                                            event_text(ev)
                                         ))?;
                                     }
                                 }
@@ -553,7 +553,7 @@ pub(crate) async fn follow_events(
                                         last_seq = Some(c.cursor);
                                     }
                                     if json {
-                                        out.json_line(&json!({ "caught_up": c.cursor }))?;
+                                        out.json_line(&watch_events_json(&msg))?;
                                     } else {
                                         out.line(&format!(
                                             "-- caught up at cursor {}; live events follow --",

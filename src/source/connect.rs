@@ -50,6 +50,12 @@ fn target(cfg: &Config) -> String {
 /// timeout. The password, if given, overrides one in `conn_str`. Both the
 /// query connections and the replication connection start here, so they
 /// accept the same strings.
+///
+/// tokio-postgres' `Config` parses everything but TLS: it rejects
+/// `sslrootcert` (an unknown option) and `sslmode=verify-ca`/`verify-full`
+/// (its `SslMode` has disable, prefer and require only). So [`split_tls`]
+/// takes those two keys out of either form first, and `Config` parses the
+/// rest; no other key is parsed by hand.
 pub(crate) fn parse_connection(
     conn_str: &str,
     password: Option<&str>,

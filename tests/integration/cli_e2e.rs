@@ -76,6 +76,22 @@ fn json(s: &str) -> Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
 }
 
+/// A 64-bit integer of `--json` output (proto3 JSON writes them as
+/// strings); 0 when absent.
+fn int(v: &Value) -> u64 {
+    v.as_str().and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+/// The kind of a `--json` event: the name of its payload's oneof field
+/// (the one field holding an object), e.g. `cdcStarted`.
+fn payload_key(event: &Value) -> Option<&str> {
+    event
+        .as_object()?
+        .iter()
+        .find(|(_, v)| v.is_object())
+        .map(|(k, _)| k.as_str())
+}
+
 fn create_args<'a>(name: &'a str, schema: &'a str, table: &'a str) -> Vec<String> {
     [
         "create",
@@ -173,10 +189,10 @@ async fn create_list_get_resync_and_watch() {
     assert_eq!(got["name"], name.as_str());
     assert_eq!(got["status"], "PIPE_STATUS_RUNNING");
     assert_eq!(got["config"]["destination"]["database"], schema.as_str());
-    assert_eq!(got["config"]["settings"]["snapshot_parallelism"], 3);
-    assert_eq!(got["tables"][0]["source_table"], table.as_str());
-    assert_eq!(got["tables"][0]["snapshot_rows"], 5_000);
-    assert_eq!(got["tables"][0]["snapshot_done"], true);
+    assert_eq!(got["config"]["settings"]["snapshotParallelism"], 3);
+    assert_eq!(got["tables"][0]["sourceTable"], table.as_str());
+    assert_eq!(got["tables"][0]["snapshotRows"], "5000");
+    assert_eq!(got["tables"][0]["snapshotDone"], true);
     let r = pgpipe(addr, &["get", "--id", &created.id, "--json"], &[]).await;
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(json(&r.stdout)["id"], created.id.as_str());
@@ -214,9 +230,9 @@ async fn create_list_get_resync_and_watch() {
         .unwrap()
         .expect("watch ended without a line");
     let state = json(&state);
-    assert_eq!(state["kind"], Value::Null);
+    assert_eq!(state["event"], Value::Null);
     assert_eq!(state["pipe"]["id"], first.id.as_str());
-    assert_eq!(state["status"], "PIPE_STATUS_RUNNING");
+    assert_eq!(state["pipe"]["status"], "PIPE_STATUS_RUNNING");
     let second = resync(&mut c, &name).await.unwrap();
     let mut watched = vec![state];
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -236,29 +252,26 @@ async fn create_list_get_resync_and_watch() {
     assert_eq!(status.code(), Some(0), "{watched:?}");
     let kinds: Vec<&str> = watched
         .iter()
-        .map(|m| m["kind"].as_str().unwrap_or("state"))
+        .map(|m| payload_key(&m["event"]).unwrap_or("state"))
         .collect();
     for k in [
-        "resync_started",
-        "pipe_deleted",
-        "pipe_created",
-        "tables_swapped",
+        "resyncStarted",
+        "pipeDeleted",
+        "pipeCreated",
+        "tablesSwapped",
     ] {
         assert!(kinds.contains(&k), "{k} missing: {kinds:?}");
     }
     let last = watched.last().unwrap();
-    assert_eq!(last["kind"], "cdc_started", "{kinds:?}");
-    assert_eq!(last["status"], "PIPE_STATUS_RUNNING");
+    assert_eq!(payload_key(&last["event"]), Some("cdcStarted"), "{kinds:?}");
+    assert_eq!(last["pipe"]["status"], "PIPE_STATUS_RUNNING");
     assert_eq!(last["pipe"]["id"], second.id.as_str());
-    assert_eq!(last["pipe"]["resync_of"], first.id.as_str());
-    let cursors: Vec<u64> = watched
-        .iter()
-        .map(|m| m["cursor"].as_u64().unwrap())
-        .collect();
+    assert_eq!(last["pipe"]["resyncOf"], first.id.as_str());
+    let cursors: Vec<u64> = watched.iter().map(|m| int(&m["cursor"])).collect();
     assert!(cursors.windows(2).all(|w| w[0] < w[1]), "{cursors:?}");
 
     // The same, replayed after the fact from the live watch's first cursor.
-    let after = watched[0]["cursor"].as_u64().unwrap().to_string();
+    let after = int(&watched[0]["cursor"]).to_string();
     let r = pgpipe(
         addr,
         &[
@@ -279,11 +292,14 @@ async fn create_list_get_resync_and_watch() {
         second.id.as_str(),
         "{r:?}"
     );
-    assert_eq!(replayed.last().unwrap()["kind"], "cdc_started");
+    assert_eq!(
+        payload_key(&replayed.last().unwrap()["event"]),
+        Some("cdcStarted")
+    );
     let key = |m: &Value| {
         (
             m["cursor"].clone(),
-            m["kind"].clone(),
+            m["event"].clone(),
             m["pipe"]["id"].clone(),
         )
     };
@@ -544,10 +560,7 @@ async fn history_throughput_and_load_summary() {
         assert_eq!(r.code, 0, "{r:?}");
         let v = json(&r.stdout);
         let events = v.as_array().unwrap().clone();
-        let rows: u64 = events
-            .iter()
-            .map(|e| e["payload"]["rows"].as_u64().unwrap_or(0))
-            .sum();
+        let rows: u64 = events.iter().map(|e| int(&e["cdcProgress"]["rows"])).sum();
         if rows >= 33 {
             assert_eq!(rows, 33, "{v}");
             break events;
@@ -555,17 +568,17 @@ async fn history_throughput_and_load_summary() {
         assert!(Instant::now() < deadline, "{rows} of 33 changes: {v}");
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
-    assert_eq!(events[0]["kind"], "cdc_started");
+    assert!(events[0]["cdcStarted"].is_object(), "{events:?}");
     let batch = events
         .iter()
-        .find(|e| e["payload"]["rows"].as_u64().unwrap_or(0) > 0)
+        .find(|e| int(&e["cdcProgress"]["rows"]) > 0)
         .unwrap();
     assert_eq!(
-        batch["payload"]["tables"][0]["source_table"],
+        batch["cdcProgress"]["tables"][0]["sourceTable"],
         table.as_str()
     );
     assert!(
-        batch["payload"]["start_lsn"]
+        batch["cdcProgress"]["startLsn"]
             .as_str()
             .unwrap()
             .contains('/')
@@ -609,16 +622,9 @@ async fn history_throughput_and_load_summary() {
     .await;
     assert_eq!(r.code, 0, "{r:?}");
     let points = json(&r.stdout);
-    let sum = |k: &str| -> u64 {
-        points
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p[k].as_u64().unwrap())
-            .sum()
-    };
+    let sum = |k: &str| -> u64 { points.as_array().unwrap().iter().map(|p| int(&p[k])).sum() };
     assert_eq!(
-        (sum("rows_inserted"), sum("rows_updated")),
+        (sum("rowsInserted"), sum("rowsUpdated")),
         (30, 3),
         "{points}"
     );
@@ -630,10 +636,10 @@ async fn history_throughput_and_load_summary() {
     let r = pgpipe(addr, &["load-summary", &name, "--json"], &[]).await;
     assert_eq!(r.code, 0, "{r:?}");
     let loads = json(&r.stdout);
-    assert_eq!(loads[0]["source_table"], table.as_str());
-    assert_eq!(loads[0]["rows"], 3_000);
+    assert_eq!(loads[0]["sourceTable"], table.as_str());
+    assert_eq!(loads[0]["rows"], "3000");
     assert_eq!(loads[0]["done"], true);
-    assert_eq!(loads[0]["partitions_done"], loads[0]["partitions_total"]);
+    assert_eq!(loads[0]["partitionsDone"], loads[0]["partitionsTotal"]);
     let r = pgpipe(addr, &["load-summary", &name], &[]).await;
     assert_eq!(r.code, 0, "{r:?}");
     let row = r.stdout.lines().nth(1).unwrap_or_default();
@@ -692,7 +698,7 @@ async fn tables_add_remove_and_a_table_resync() {
             .as_array()
             .unwrap()
             .iter()
-            .all(|t| t["state"] == "replicating"),
+            .all(|t| t["state"] == "TABLE_STATE_REPLICATING"),
         "{v}"
     );
     wait_equal(
