@@ -129,6 +129,15 @@ struct Applied {
     events: Vec<SchemaChanged>,
 }
 
+/// Whether a Relation message shows a routed table with other columns than
+/// ClickHouse has: a schema change to apply (or to fail the table on).
+pub(super) fn shape_changed(routes: &Routes, rel: &Relation) -> bool {
+    routes
+        .by_oid
+        .get(&rel.oid)
+        .is_some_and(|r| !same_shape(&r.table.described, rel))
+}
+
 impl Worker {
     /// A Relation message: the same columns are fine; otherwise the changes
     /// are applied to ClickHouse (see the module docs), or the table fails.

@@ -21,8 +21,8 @@ use crate::proto::*;
 use crate::sink::Change;
 use crate::source::{self, SourceError, StreamItem};
 
-use super::partitions;
 use super::worker::{Ends, Result, Worker};
+use super::{partitions, schema_change};
 
 pub(super) use routes::{Route, Routes, Side, TableColumns};
 
@@ -142,6 +142,19 @@ impl Worker {
                     batch.begin(commit_lsn, commit_time_us);
                 }
                 StreamItem::Item(TxItem::Relation(rel)) => {
+                    // A table's shape changes: what is written so far is
+                    // recorded and confirmed first, so no later session
+                    // streams the transactions before the change again
+                    // (their Relation messages carry the old shape, which
+                    // ClickHouse no longer has).
+                    if schema_change::shape_changed(&routes, &rel) {
+                        if !batch.is_empty() {
+                            self.flush(&ends, &slot, &stream, &mut batch, &routes, &mut progress)
+                                .await?;
+                        }
+                        self.record_history(&ends, &slot, &stream, &mut progress)
+                            .await?;
+                    }
                     let version = open.unwrap_or_default();
                     self.check_relation(&ends, &mut routes, &rel, version, &mut batch.pending)
                         .await?;
