@@ -71,6 +71,15 @@ pub async fn publication_exists(publication: &str) -> bool {
         > 0
 }
 
+/// How many tables the publication holds (only those named `table`, when given).
+pub async fn published_tables(publication: &str, table: Option<&str>) -> i64 {
+    let only = table.map_or(String::new(), |t| format!(" AND tablename = '{t}'"));
+    pg_count(&format!(
+        "SELECT count(*) FROM pg_publication_tables WHERE pubname = '{publication}'{only}"
+    ))
+    .await
+}
+
 /// The one row the ClickHouse query `q` returns (e.g. a count).
 pub async fn ch_one<T: clickhouse::RowOwned + clickhouse::RowRead>(database: &str, q: &str) -> T {
     ch(database)

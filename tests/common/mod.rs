@@ -298,6 +298,14 @@ impl Proc {
         }
     }
 
+    /// The control plane alone as a child process, serving, and a client of it.
+    pub async fn start(data_dir: &Path) -> (Self, Client) {
+        let p = Self::spawn(data_dir, &[]);
+        wait_serving(&p.url()).await;
+        let c = connect(&p.url()).await;
+        (p, c)
+    }
+
     /// The whole service as a child process, serving, and a client of it.
     pub async fn start_engine(data_dir: &Path, envs: &[(&str, &str)]) -> (Self, Client) {
         let p = Self::spawn_engine(data_dir, envs);
@@ -553,6 +561,12 @@ pub async fn delete_pipe(c: &mut PipeServiceClient<impl Transport>, name: &str) 
     .into_inner()
     .pipe
     .unwrap()
+}
+
+/// The live pipes, as a plain ListPipes lists them.
+pub async fn list_live(c: &mut PipeServiceClient<impl Transport>) -> Vec<Pipe> {
+    let r = c.list_pipes(ListPipesRequest::default()).await.unwrap();
+    r.into_inner().pipes
 }
 
 /// Every pipe incarnation the server knows, deleted ones included.

@@ -220,6 +220,15 @@ impl PrivateEnv {
         check(&format!("{all:?}"), out)
     }
 
+    /// Puts the pg_hba.conf `rules` (lines) ahead of the file's own, which
+    /// trust everyone, and reloads the configuration.
+    pub async fn hba_first(&self, rules: &str) {
+        let hba = self.pg_data().join("pg_hba.conf");
+        let rest = std::fs::read_to_string(&hba).unwrap();
+        std::fs::write(&hba, format!("{rules}{rest}")).unwrap();
+        self.pg_ctl(&["reload"]).await;
+    }
+
     /// Stops Postgres (fast shutdown: sessions and walsenders are terminated).
     pub async fn stop_pg(&self) {
         self.pg_ctl(&["-m", "fast", "-w", "-t", "60", "stop"]).await;

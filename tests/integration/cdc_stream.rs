@@ -70,6 +70,13 @@ where
 }
 
 /// Live rows of a ClickHouse table (FINAL, not deleted).
+/// Waits until the ClickHouse table `database`.items holds the rows of the
+/// private Postgres' public.items.
+async fn wait_items_equal(env: &PrivateEnv, database: &str, timeout: Duration) {
+    env.wait_equal(database, "items", "public", "items", COLS, timeout)
+        .await;
+}
+
 async fn live_rows(database: &str, table: &str) -> u64 {
     ch(database)
         .query(&format!(
@@ -286,15 +293,7 @@ async fn the_pipe_reconnects_after_the_walsender_is_terminated_or_postgres_resta
         .unwrap()
         .get(0);
     assert_eq!(killed, 1, "no walsender held the slot");
-    env.wait_equal(
-        "reconnect",
-        "items",
-        "public",
-        "items",
-        COLS,
-        Duration::from_secs(180),
-    )
-    .await;
+    wait_items_equal(&env, "reconnect", Duration::from_secs(180)).await;
 
     // Postgres restarts while a stream of transactions is applied.
     drop(pg);
@@ -315,15 +314,7 @@ async fn the_pipe_reconnects_after_the_walsender_is_terminated_or_postgres_resta
     pg.batch_execute("DELETE FROM items WHERE id % 13 = 0")
         .await
         .unwrap();
-    env.wait_equal(
-        "reconnect",
-        "items",
-        "public",
-        "items",
-        COLS,
-        Duration::from_secs(180),
-    )
-    .await;
+    wait_items_equal(&env, "reconnect", Duration::from_secs(180)).await;
     let p = wait_running(&mut c, name, Duration::from_secs(60)).await;
     assert_eq!(p.status(), PipeStatus::Running);
 }
@@ -356,15 +347,7 @@ async fn a_connection_gone_silent_is_detected_and_the_pipe_reconnects() {
     pg.batch_execute("INSERT INTO items SELECT g, 1, 'a' FROM generate_series(1001, 1100) g")
         .await
         .unwrap();
-    env.wait_equal(
-        "silent",
-        "items",
-        "public",
-        "items",
-        COLS,
-        Duration::from_secs(60),
-    )
-    .await;
+    wait_items_equal(&env, "silent", Duration::from_secs(60)).await;
 
     // Every connection pgpipe has goes silent, without a reset; the
     // changes made meanwhile arrive over new connections.
@@ -375,26 +358,8 @@ async fn a_connection_gone_silent_is_detected_and_the_pipe_reconnects() {
     )
     .await
     .unwrap();
-    env.wait_equal(
-        "silent",
-        "items",
-        "public",
-        "items",
-        COLS,
-        Duration::from_secs(120),
-    )
-    .await;
-    let errors = c
-        .get_pipe_history(GetPipeHistoryRequest {
-            name: name.into(),
-            kind: HistoryKind::Errors as i32,
-            page_size: 100,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .events;
+    wait_items_equal(&env, "silent", Duration::from_secs(120)).await;
+    let errors = history(&mut c, name, Some(HistoryKind::Errors)).await;
     let reasons: Vec<String> = errors
         .iter()
         .filter_map(|e| match &e.payload {

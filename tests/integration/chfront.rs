@@ -73,6 +73,21 @@ async fn insert_items(c: &Client, table: &str, n: u64) {
     ins.end().await.expect("insert end");
 }
 
+/// A client of the fresh database `name` whose table `items` got `n` rows;
+/// how long the insert took.
+async fn items_in(name: &str, n: u64) -> (Client, Duration) {
+    let c = client_in(name).await;
+    create_items(&c, "items").await;
+    let t = Instant::now();
+    insert_items(&c, "items", n).await;
+    (c, t.elapsed())
+}
+
+/// The one number the query `q` returns (a count, a sum).
+async fn number(c: &Client, q: &str) -> u64 {
+    c.query(q).fetch_one().await.unwrap()
+}
+
 #[tokio::test]
 async fn ping() {
     let (status, body) = http_get(&host_port(&ch_url()), "/ping")
@@ -89,39 +104,18 @@ async fn ping() {
 
 #[tokio::test]
 async fn insert_100k_rows_and_count() {
-    let c = client_in("chfront_t_insert").await;
-    create_items(&c, "items").await;
-    let t = Instant::now();
-    insert_items(&c, "items", 100_000).await;
-    eprintln!("inserted 100k rows in {:?}", t.elapsed());
-    let n: u64 = c
-        .query("SELECT count() FROM items")
-        .fetch_one()
-        .await
-        .unwrap();
-    assert_eq!(n, 100_000);
-    let sum: u64 = c
-        .query("SELECT sum(id) FROM items")
-        .fetch_one()
-        .await
-        .unwrap();
+    let (c, took) = items_in("chfront_t_insert", 100_000).await;
+    eprintln!("inserted 100k rows in {took:?}");
+    assert_eq!(number(&c, "SELECT count() FROM items").await, 100_000);
+    let sum = number(&c, "SELECT sum(id) FROM items").await;
     assert_eq!(sum, 99_999 * 100_000 / 2);
 }
 
 #[tokio::test]
 async fn insert_200k_rows_is_fast() {
-    let c = client_in("chfront_t_fast").await;
-    create_items(&c, "items").await;
-    let t = Instant::now();
-    insert_items(&c, "items", 200_000).await;
-    let took = t.elapsed();
+    let (c, took) = items_in("chfront_t_fast", 200_000).await;
     eprintln!("inserted 200k rows in {took:?}");
-    let n: u64 = c
-        .query("SELECT count() FROM items")
-        .fetch_one()
-        .await
-        .unwrap();
-    assert_eq!(n, 200_000);
+    assert_eq!(number(&c, "SELECT count() FROM items").await, 200_000);
     // Typically well under a second; the bound only catches pathological slowness.
     assert!(
         took < Duration::from_secs(15),
@@ -131,9 +125,7 @@ async fn insert_200k_rows_is_fast() {
 
 #[tokio::test]
 async fn fetch_all_with_binds() {
-    let c = client_in("chfront_t_binds").await;
-    create_items(&c, "items").await;
-    insert_items(&c, "items", 1000).await;
+    let (c, _) = items_in("chfront_t_binds", 1000).await;
     let rows = c
         .query("SELECT ?fields FROM items WHERE id BETWEEN ? AND ? AND name != ? ORDER BY id")
         .bind(10)
@@ -153,9 +145,7 @@ async fn fetch_all_with_binds() {
 
 #[tokio::test]
 async fn fetch_one_row() {
-    let c = client_in("chfront_t_one").await;
-    create_items(&c, "items").await;
-    insert_items(&c, "items", 10).await;
+    let (c, _) = items_in("chfront_t_one", 10).await;
     let row: Item = c
         .query("SELECT ?fields FROM items WHERE id = ?")
         .bind(7)
@@ -284,9 +274,7 @@ async fn server_side_query_parameters() {
             a: vec![-1, 2, 3]
         }
     );
-    let c = client_in("chfront_t_params").await;
-    create_items(&c, "items").await;
-    insert_items(&c, "items", 5).await;
+    let (c, _) = items_in("chfront_t_params", 5).await;
     let ids: Vec<u64> = c
         .query("SELECT id FROM {t:Identifier} WHERE id >= {min:UInt64} ORDER BY id")
         .param("t", "items")

@@ -196,35 +196,36 @@ proptest! {
     }
 }
 
+/// The stored record of an event of pipe "a" (incarnation "id-1") at
+/// `version`, encoded field by field with `rest` after the header.
+fn event_of_a(version: u64, rest: Vec<Field>) -> Event {
+    let mut fields = vec![
+        Field::Varint(1, version),
+        Field::Text(2, "a".into()),
+        Field::Text(3, "id-1".into()),
+        Field::Varint(4, version),
+    ];
+    fields.extend(rest);
+    let mut buf = Vec::new();
+    encode_fields(&fields, &mut buf);
+    decode_record(&frame(&buf)).unwrap()
+}
+
 #[test]
 fn unknown_fields_and_enum_values_are_accepted_and_ignored() {
     // A PipeDeleted with reason 99 (unknown enum) and an unknown field 77
     // inside the payload, plus unknown field 5000 on the Event.
-    let mut buf = Vec::new();
-    encode_fields(
-        &[
-            Field::Varint(1, 1),
-            Field::Text(2, "a".into()),
-            Field::Text(3, "id-1".into()),
-            Field::Varint(4, 1),
-            Field::Message(10, vec![Field::Text(1, "a".into())]),
-        ],
-        &mut buf,
+    let created = event_of_a(
+        1,
+        vec![Field::Message(10, vec![Field::Text(1, "a".into())])],
     );
-    let created = decode_record(&frame(&buf)).unwrap();
-    let mut buf = Vec::new();
-    encode_fields(
-        &[
-            Field::Varint(1, 2),
-            Field::Text(2, "a".into()),
-            Field::Text(3, "id-1".into()),
-            Field::Varint(4, 2),
+    let deleted = event_of_a(
+        2,
+        vec![
             Field::Message(11, vec![Field::Varint(1, 99), Field::Varint(77, 5)]),
             Field::Text(5000, "from a newer writer".into()),
         ],
-        &mut buf,
     );
-    let deleted = decode_record(&frame(&buf)).unwrap();
     let mut p = Projection::default();
     p.apply(&created);
     p.apply(&deleted);

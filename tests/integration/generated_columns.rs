@@ -8,22 +8,28 @@ use crate::common::data::*;
 use crate::common::*;
 use pgpipe::proto::*;
 
+/// A new schema named after `prefix` whose table `orders` the SQL that
+/// `ddl` makes of the table's qualified name creates; the schema and that name.
+async fn with_orders(prefix: &str, ddl: impl Fn(&str) -> String) -> (String, String) {
+    let schema = unique(prefix);
+    let t = format!("{schema}.orders");
+    create_schema(&schema, &ddl(&t)).await;
+    (schema, t)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_generated_column_is_reported_and_the_other_columns_replicate() {
     if pg_version().await >= 180_000 {
         eprintln!("PostgreSQL 18 publishes generated columns: nothing to report");
         return;
     }
-    let schema = unique("gen");
-    let t = format!("{schema}.orders");
-    create_schema(
-        &schema,
-        &format!(
+    let (schema, t) = with_orders("gen", |t| {
+        format!(
             "CREATE TABLE {t} (id bigint PRIMARY KEY, qty int, price int,
                total int GENERATED ALWAYS AS (qty * price) STORED);
              INSERT INTO {t} (id, qty, price) SELECT g, g % 10, g FROM generate_series(1, 500) g;"
-        ),
-    )
+        )
+    })
     .await;
     let (_srv, mut c) = engine().await;
     let name = pipe_name(&schema);
@@ -70,15 +76,12 @@ async fn a_generated_column_in_order_by_is_refused_saying_why() {
     if pg_version().await >= 180_000 {
         return;
     }
-    let schema = unique("geno");
-    let t = format!("{schema}.orders");
-    create_schema(
-        &schema,
-        &format!(
+    let (schema, t) = with_orders("geno", |t| {
+        format!(
             "CREATE TABLE {t} (id bigint PRIMARY KEY, qty int,
                total int GENERATED ALWAYS AS (qty * 2) STORED);"
-        ),
-    )
+        )
+    })
     .await;
     let (_srv, mut c) = engine().await;
     let mut req = pipe_req(&pipe_name(&schema), &schema, &[&t]);

@@ -23,12 +23,7 @@ async fn create_get_list_pause_resume_delete() {
     assert_eq!(by_name, by_id);
 
     c.create_pipe(create_req("users")).await.unwrap();
-    let list = c
-        .list_pipes(ListPipesRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .pipes;
+    let list = list_live(&mut c).await;
     assert_eq!(
         list.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
         ["orders", "users"]
@@ -47,12 +42,7 @@ async fn create_get_list_pause_resume_delete() {
 
     let deleted = delete_pipe(&mut c, "orders").await;
     assert_eq!(status_of(&deleted), PipeStatus::Deleted);
-    let list = c
-        .list_pipes(ListPipesRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .pipes;
+    let list = list_live(&mut c).await;
     assert_eq!(list.len(), 1);
     let all = list_all(&mut c).await;
     assert_eq!(all.len(), 2);

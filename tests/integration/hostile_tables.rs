@@ -304,12 +304,10 @@ async fn deletes_and_sort_key_updates_under_a_non_key_order_by_are_applied() {
              INSERT INTO {schema}.items SELECT g, g % 5 + 1, 'n' FROM generate_series(1, 100) g;"
     ))
     .await;
-    let (_srv, mut c) = engine().await;
     let name = pipe_name(&schema);
     let mut req = pipe_req(&name, &schema, &[&format!("{schema}.items")]);
     req.tables[0].order_by = vec!["qty".into(), "id".into()];
-    c.create_pipe(req).await.unwrap();
-    wait_running(&mut c, &name, Duration::from_secs(120)).await;
+    let (_srv, _c, _) = start_pipe(req).await;
     pg_exec(&format!(
         "DELETE FROM {schema}.items WHERE id <= 10;
              UPDATE {schema}.items SET qty = 99 WHERE id = 50;

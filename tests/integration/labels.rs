@@ -73,12 +73,7 @@ async fn labels_set_at_create_are_returned() {
     assert_eq!(created.labels, want);
     assert_eq!(created.config.unwrap().labels, want);
     assert_eq!(get(&mut c, "a").await.labels, want);
-    let listed = c
-        .list_pipes(ListPipesRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .pipes;
+    let listed = list_live(&mut c).await;
     assert_eq!(listed[0].labels, want);
 }
 

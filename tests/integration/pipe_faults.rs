@@ -322,14 +322,8 @@ async fn create_with_a_wrong_database_role_or_password_is_refused_naming_it() {
         )
         .await
         .unwrap();
-    let hba = env.pg_data().join("pg_hba.conf");
-    let old = std::fs::read_to_string(&hba).unwrap();
-    std::fs::write(
-        &hba,
-        format!("host all pw_user 127.0.0.1/32 scram-sha-256\n{old}"),
-    )
-    .unwrap();
-    env.pg_ctl(&["reload"]).await;
+    env.hba_first("host all pw_user 127.0.0.1/32 scram-sha-256\n")
+        .await;
 
     let (_srv, mut c) = engine().await;
     let name = pipe_name(&schema);

@@ -40,15 +40,11 @@ async fn health_is_not_serving_until_the_log_is_replayed() {
 #[tokio::test]
 async fn an_acknowledged_create_survives_kill_9() {
     let dir = tempfile::tempdir().unwrap();
-    let mut p = Proc::spawn(dir.path(), &[]);
-    wait_serving(&p.url()).await;
-    let mut c = connect(&p.url()).await;
+    let (mut p, mut c) = Proc::start(dir.path()).await;
     c.create_pipe(create_req("durable")).await.unwrap();
     pause(&mut c, "durable").await;
     p.kill9();
-    let p = Proc::spawn(dir.path(), &[]);
-    wait_serving(&p.url()).await;
-    let mut c = connect(&p.url()).await;
+    let (_p, mut c) = Proc::start(dir.path()).await;
     let pipe = get(&mut c, "durable").await;
     assert_eq!(pipe.status, PipeStatus::Paused as i32);
 }
@@ -56,9 +52,7 @@ async fn an_acknowledged_create_survives_kill_9() {
 #[tokio::test]
 async fn sigterm_shuts_down_cleanly_with_a_watcher_connected() {
     let dir = tempfile::tempdir().unwrap();
-    let mut p = Proc::spawn(dir.path(), &[]);
-    wait_serving(&p.url()).await;
-    let mut c = connect(&p.url()).await;
+    let (mut p, mut c) = Proc::start(dir.path()).await;
     c.create_pipe(create_req("w")).await.unwrap();
     let _stream = c
         .watch_events(WatchEventsRequest {
@@ -77,9 +71,7 @@ async fn sigterm_shuts_down_cleanly_with_a_watcher_connected() {
 async fn a_corrupt_log_stops_start_up_and_repair_mends_it() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let mut p = Proc::spawn(dir.path(), &[]);
-        wait_serving(&p.url()).await;
-        let mut c = connect(&p.url()).await;
+        let (mut p, mut c) = Proc::start(dir.path()).await;
         c.create_pipe(create_req("a")).await.unwrap();
         c.create_pipe(create_req("b")).await.unwrap();
         drop(c);
@@ -115,9 +107,7 @@ async fn a_corrupt_log_stops_start_up_and_repair_mends_it() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("cut 1"));
 
-    let p = Proc::spawn(dir.path(), &[]);
-    wait_serving(&p.url()).await;
-    let mut c = connect(&p.url()).await;
+    let (_p, mut c) = Proc::start(dir.path()).await;
     let names = live_names(&mut c, Default::default()).await;
     assert_eq!(names, ["a"]);
 }

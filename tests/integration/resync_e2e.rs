@@ -762,15 +762,7 @@ async fn a_failure_names_the_step_that_failed() {
     let _ = pg
         .execute("SELECT pg_drop_replication_slot($1)", &[&p.slot_name])
         .await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let failed = loop {
-        let p = get(&mut c, &name).await;
-        if p.status() == PipeStatus::Failed {
-            break p;
-        }
-        assert!(Instant::now() < deadline, "not FAILED: {p:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let failed = wait_failed(&mut c, &name, Duration::from_secs(60)).await;
     // Clean up first (a resync recovers it, then delete), then check.
     resync(&mut c, &name).await.unwrap();
     wait_running(&mut c, &name, Duration::from_secs(120)).await;

@@ -143,16 +143,8 @@ async fn passwords_and_token_appear_in_no_log_file_message_or_stream() {
     errors.push(format!("{e:?}"));
 
     // Both watch streams recorded in full, from the start.
-    let mut events = watch_all(&mut c).await;
-    let events_seen = tokio::spawn(async move {
-        let mut all = String::new();
-        while let Ok(Ok(Some(m))) =
-            tokio::time::timeout(Duration::from_secs(30), events.message()).await
-        {
-            all.push_str(&format!("{m:?}\n"));
-        }
-        all
-    });
+    let events = watch_all(&mut c).await;
+    let events_seen = record(events);
 
     let name = pipe_name(&schema);
     let url = url::Url::parse(&pg_url()).unwrap();
@@ -166,16 +158,8 @@ async fn passwords_and_token_appear_in_no_log_file_message_or_stream() {
     req.source.as_mut().unwrap().connection_string = conn.clone();
     req.destination.as_mut().unwrap().password = ch_pw.clone();
     let created = create_pipe(&mut c, req.clone()).await;
-    let mut watch = watch_pipe(&mut c, &name, None).await;
-    let pipe_seen = tokio::spawn(async move {
-        let mut all = String::new();
-        while let Ok(Ok(Some(m))) =
-            tokio::time::timeout(Duration::from_secs(30), watch.message()).await
-        {
-            all.push_str(&format!("{m:?}\n"));
-        }
-        all
-    });
+    let watch = watch_pipe(&mut c, &name, None).await;
+    let pipe_seen = record(watch);
     wait_running(&mut c, &name, "").await;
     // Positive control: the search would find them where they are kept.
     let kept = std::fs::read(data.join("secrets.json")).unwrap();
@@ -262,4 +246,20 @@ async fn passwords_and_token_appear_in_no_log_file_message_or_stream() {
     let _ = pg
         .batch_execute(&format!("DROP ROLE IF EXISTS {role}"))
         .await;
+}
+
+/// Records every message of `stream` (its Debug form, a line each) until it
+/// ends or stays quiet for 30 s.
+fn record<T: std::fmt::Debug + Send + 'static>(
+    mut stream: tonic::Streaming<T>,
+) -> tokio::task::JoinHandle<String> {
+    tokio::spawn(async move {
+        let mut all = String::new();
+        while let Ok(Ok(Some(m))) =
+            tokio::time::timeout(Duration::from_secs(30), stream.message()).await
+        {
+            all.push_str(&format!("{m:?}\n"));
+        }
+        all
+    })
 }

@@ -27,16 +27,7 @@ fn slot_settings(lag_bytes: u64) -> PipeSettings {
 }
 
 async fn slot_history(c: &mut Client, name: &str) -> Vec<Event> {
-    c.get_pipe_history(GetPipeHistoryRequest {
-        name: name.into(),
-        kind: HistoryKind::SlotHealth as i32,
-        page_size: 1000,
-        page_token: String::new(),
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .events
+    history(c, name, Some(HistoryKind::SlotHealth)).await
 }
 
 fn warnings(events: &[Event], kind: SlotWarningKind) -> Vec<SlotHealthWarning> {
@@ -58,6 +49,17 @@ fn recoveries(events: &[Event], kind: SlotWarningKind) -> usize {
 
 fn holds(p: &Pipe, kind: SlotWarningKind) -> bool {
     p.slot_warnings.iter().any(|w| w.kind() == kind)
+}
+
+/// Waits until the pipe holds a slot warning of `kind`; the pipe.
+async fn wait_warning(
+    c: &mut Client,
+    name: &str,
+    kind: SlotWarningKind,
+    timeout: Duration,
+) -> Pipe {
+    let what = format!("a {kind:?} warning");
+    wait_pipe(c, name, &what, timeout, |p| holds(p, kind)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -82,14 +84,7 @@ async fn a_paused_pipe_holding_wal_past_the_threshold_warns_once_and_recovers_on
         "INSERT INTO {schema}.items SELECT g, repeat('p', 500) FROM generate_series(1000, 3000) g"
     ))
     .await;
-    let p = wait_pipe(
-        &mut c,
-        &name,
-        "warning of lag",
-        Duration::from_secs(30),
-        |p| holds(p, SlotWarningKind::Lag),
-    )
-    .await;
+    let p = wait_warning(&mut c, &name, SlotWarningKind::Lag, Duration::from_secs(30)).await;
     assert_eq!(p.status(), PipeStatus::Paused, "a warning is not a failure");
     let w = &p.slot_warnings[0];
     assert_eq!(w.slot_name, p.slot_name);
@@ -132,17 +127,7 @@ async fn a_paused_pipe_holding_wal_past_the_threshold_warns_once_and_recovers_on
         "the slot health history holds only slot health events"
     );
     // Not a failure: the errors history stays empty.
-    let errors = c
-        .get_pipe_history(GetPipeHistoryRequest {
-            name: name.clone(),
-            kind: HistoryKind::Errors as i32,
-            page_size: 100,
-            page_token: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .events;
+    let errors = history(&mut c, &name, Some(HistoryKind::Errors)).await;
     assert!(errors.is_empty(), "{errors:?}");
     env_cleanup(&name, &mut c).await;
 }
@@ -219,17 +204,7 @@ async fn a_slot_losing_its_wal_is_reported_before_the_pipe_fails() {
         p.status() == PipeStatus::Failed
     })
     .await;
-    let all = c
-        .get_pipe_history(GetPipeHistoryRequest {
-            name: name.clone(),
-            kind: HistoryKind::All as i32,
-            page_size: 1000,
-            page_token: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .events;
+    let all = history(&mut c, &name, Some(HistoryKind::All)).await;
     let warned = all
         .iter()
         .position(
@@ -294,12 +269,11 @@ async fn a_running_pipe_whose_slot_stands_still_is_reported_stalled_and_recovers
             }
         })
     };
-    let p = wait_pipe(
+    let p = wait_warning(
         &mut c,
         &name,
-        "warning of a stall",
+        SlotWarningKind::Stalled,
         Duration::from_secs(60),
-        |p| holds(p, SlotWarningKind::Stalled),
     )
     .await;
     assert_eq!(

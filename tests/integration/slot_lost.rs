@@ -93,6 +93,19 @@ async fn resync_and_compare(env: &PrivateEnv, c: &mut Client, schema: &str, name
         .await;
 }
 
+/// Resumes the pipe, waits until it is FAILED and checks that the error
+/// names the slot and says what to do (resync); the pipe and its error in
+/// lower case.
+async fn resume_into_failed(c: &mut Client, name: &str, slot: &str) -> (Pipe, String) {
+    resume(c, name).await;
+    let failed = wait_failed(c, name).await;
+    eprintln!("FAILED with: {}", failed.error);
+    let err = failed.error.to_lowercase();
+    assert!(err.contains(slot), "{}", failed.error);
+    assert!(err.contains("resync"), "says what to do: {}", failed.error);
+    (failed, err)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_invalidated_slot_fails_the_pipe_with_a_resync_hint_and_resync_recovers() {
     let env = PrivateEnv::up().await;
@@ -116,11 +129,7 @@ async fn an_invalidated_slot_fails_the_pipe_with_a_resync_hint_and_resync_recove
         );
     }
 
-    resume(&mut c, &name).await;
-    let failed = wait_failed(&mut c, &name).await;
-    eprintln!("FAILED with: {}", failed.error);
-    let err = failed.error.to_lowercase();
-    assert!(err.contains(&slot), "{}", failed.error);
+    let (failed, err) = resume_into_failed(&mut c, &name, &slot).await;
     assert!(
         err.contains("is lost")
             && err.contains("invalidated")
@@ -128,7 +137,6 @@ async fn an_invalidated_slot_fails_the_pipe_with_a_resync_hint_and_resync_recove
         "says what happened: {}",
         failed.error
     );
-    assert!(err.contains("resync"), "says what to do: {}", failed.error);
     // FAILED is final: no retry loop flips it back.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let still = get(&mut c, &name).await;
@@ -150,17 +158,12 @@ async fn a_slot_dropped_while_paused_fails_the_pipe_on_resume_and_resync_recover
         .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
         .await
         .unwrap();
-    resume(&mut c, &name).await;
-    let failed = wait_failed(&mut c, &name).await;
-    eprintln!("FAILED with: {}", failed.error);
-    let err = failed.error.to_lowercase();
-    assert!(err.contains(&slot), "{}", failed.error);
+    let (failed, err) = resume_into_failed(&mut c, &name, &slot).await;
     assert!(
         err.contains("is lost") && err.contains("it was dropped"),
         "{}",
         failed.error
     );
-    assert!(err.contains("resync"), "{}", failed.error);
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
         get(&mut c, &name).await.stream_version,

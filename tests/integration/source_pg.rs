@@ -11,6 +11,8 @@ use pgpipe::model::{Cell, ChangeKind, Lsn, PgType, Row, SourceTable, Transaction
 use pgpipe::source::{self, Partition, SnapshotExport, SnapshotWorker, SourceError};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
+use crate::common::data::published_tables;
+
 fn url() -> String {
     std::env::var("PGPIPE_TEST_PG_URL")
         .expect("PGPIPE_TEST_PG_URL is not set: run dev/env up first (eval \"$(dev/env up)\")")
@@ -447,15 +449,7 @@ async fn slot_and_publication_lifecycle() {
     )
     .await
     .unwrap();
-    let n: i64 = c
-        .query_one(
-            "SELECT count(*) FROM pg_publication_tables WHERE pubname = $1",
-            &[&f.publication],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(n, 2);
+    assert_eq!(published_tables(&f.publication, None).await, 2);
 
     let cp = source::create_slot(&c, &f.slot).await.unwrap();
     let e = source::create_slot(&c, &f.slot).await.unwrap_err();

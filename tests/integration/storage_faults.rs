@@ -137,9 +137,7 @@ async fn a_full_disk_refuses_appends_as_unavailable_and_keeps_serving_reads() {
     }
     let fs = Tmpfs::mount(16 * 1024);
     let data = fs.path.join("data");
-    let mut p = Proc::spawn(&data, &[]);
-    wait_serving(&p.url()).await;
-    let mut c = connect(&p.url()).await;
+    let (mut p, mut c) = Proc::start(&data).await;
     for n in ["a", "b"] {
         c.create_pipe(plain_req(n)).await.unwrap();
     }
@@ -197,9 +195,7 @@ async fn a_full_disk_refuses_appends_as_unavailable_and_keeps_serving_reads() {
     // Space freed and a restart: the log replays cleanly, nothing partial
     // shows, the projection is the fold of the log, writes work again.
     std::fs::remove_file(filler).unwrap();
-    let p = Proc::spawn(&data, &[]);
-    wait_serving(&p.url()).await;
-    let mut c = connect(&p.url()).await;
+    let (_p, mut c) = Proc::start(&data).await;
     let events = assert_consistent(&mut c).await;
     // A refused append's outcome was unknown to sled: it is either absent
     // or whole; every acknowledged event is there.
@@ -288,9 +284,7 @@ async fn a_read_only_data_dir_stops_start_up_naming_the_cause() {
     }
     let fs = Tmpfs::mount(16 * 1024);
     let data = fs.path.join("data");
-    let mut p = Proc::spawn(&data, &[]);
-    wait_serving(&p.url()).await;
-    let mut c = connect(&p.url()).await;
+    let (mut p, mut c) = Proc::start(&data).await;
     c.create_pipe(plain_req("a")).await.unwrap();
     assert!(p.terminate().success());
 
@@ -304,9 +298,7 @@ async fn a_read_only_data_dir_stops_start_up_naming_the_cause() {
     );
 
     fs.remount("rw");
-    let p = Proc::spawn(&data, &[]);
-    wait_serving(&p.url()).await;
-    let mut c = connect(&p.url()).await;
+    let (_p, mut c) = Proc::start(&data).await;
     assert_eq!(assert_consistent(&mut c).await.len(), 1);
     pause(&mut c, "a").await;
 }

@@ -177,26 +177,11 @@ async fn a_removed_table_stops_replicating_and_keeps_its_destination() {
     assert_equal(&schema, "a").await;
     // ...`b` does not, and its ClickHouse table is kept as it was.
     assert_eq!(ch_count(&schema, "b").await, 1_000);
-    let published: i64 = pg
-        .query_one(
-            "SELECT count(*) FROM pg_publication_tables WHERE pubname = $1 AND tablename = 'b'",
-            &[&p.publication_name],
-        )
-        .await
-        .unwrap()
-        .get(0);
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut published = published;
+    let mut published = published_tables(&p.publication_name, Some("b")).await;
     while published != 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        published = pg
-            .query_one(
-                "SELECT count(*) FROM pg_publication_tables WHERE pubname = $1 AND tablename = 'b'",
-                &[&p.publication_name],
-            )
-            .await
-            .unwrap()
-            .get(0);
+        published = published_tables(&p.publication_name, Some("b")).await;
     }
     assert_eq!(published, 0, "the removed table left the publication");
 

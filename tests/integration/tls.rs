@@ -187,19 +187,13 @@ async fn cdc_streams_with_scram_over_tls_and_with_md5() {
     .await
     .unwrap();
     // These two users must give a password (the rest of the file trusts).
-    let hba = env.pg_data().join("pg_hba.conf");
-    let rest = std::fs::read_to_string(&hba).unwrap();
-    std::fs::write(
-        &hba,
-        format!(
-            "hostssl all scram_user 127.0.0.1/32 scram-sha-256\n\
-             hostssl all scram_user ::1/128 scram-sha-256\n\
-             host all md5_user 127.0.0.1/32 md5\n\
-             host all md5_user ::1/128 md5\n{rest}"
-        ),
+    env.hba_first(
+        "hostssl all scram_user 127.0.0.1/32 scram-sha-256\n\
+         hostssl all scram_user ::1/128 scram-sha-256\n\
+         host all md5_user 127.0.0.1/32 md5\n\
+         host all md5_user ::1/128 md5\n",
     )
-    .unwrap();
-    pg.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+    .await;
     make_table(&env, "auth_a", 500).await;
     make_table(&env, "auth_b", 500).await;
 

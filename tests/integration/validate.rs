@@ -36,6 +36,20 @@ fn assert_mentions(msg: &str, parts: &[&str]) {
     }
 }
 
+/// A new role that may read `schema`'s tables but has no REPLICATION
+/// privilege: its name and a source URL logging in as it.
+async fn reader_without_replication(schema: &str) -> (String, String) {
+    let role = unique("norepl");
+    pg_exec(&format!(
+        "CREATE ROLE {role} LOGIN; GRANT USAGE ON SCHEMA {schema} TO {role};
+             GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role};"
+    ))
+    .await;
+    let mut url = url::Url::parse(&pg_url()).unwrap();
+    url.set_username(&role).unwrap();
+    (role, url.to_string())
+}
+
 /// A schema with a good table `items` and whatever `extra` SQL adds.
 async fn schema_with(prefix: &str, extra: &str) -> String {
     let schema = unique(prefix);
@@ -160,17 +174,10 @@ async fn refused_credentials_are_a_problem() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_role_without_replication_is_a_problem() {
     let schema = schema_with("vrp", "").await;
-    let role = unique("norepl");
-    pg_exec(&format!(
-        "CREATE ROLE {role} LOGIN; GRANT USAGE ON SCHEMA {schema} TO {role};
-             GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role};"
-    ))
-    .await;
+    let (role, conn) = reader_without_replication(&schema).await;
     let (_srv, mut c) = engine().await;
     let mut req = pipe_req(&pipe_name(&schema), &schema, &[&format!("{schema}.items")]);
-    let mut url = url::Url::parse(&pg_url()).unwrap();
-    url.set_username(&role).unwrap();
-    req.source.as_mut().unwrap().connection_string = url.to_string();
+    req.source.as_mut().unwrap().connection_string = conn;
     let resp = validate(&mut c, req).await;
     let p = only(&resp, ProblemKind::ReplicationPrivilege);
     assert_mentions(
@@ -316,12 +323,7 @@ async fn a_server_without_logical_wal_is_a_problem() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_problems_are_reported_together() {
     let schema = schema_with("vsv", "CREATE TABLE {schema}.nokey (a int);").await;
-    let role = unique("norepl");
-    pg_exec(&format!(
-        "CREATE ROLE {role} LOGIN; GRANT USAGE ON SCHEMA {schema} TO {role};
-             GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role};"
-    ))
-    .await;
+    let (_role, conn) = reader_without_replication(&schema).await;
     let (_srv, mut c) = engine().await;
     let mut req = pipe_req(
         "Bad Name",
@@ -332,9 +334,7 @@ async fn several_problems_are_reported_together() {
             &format!("{schema}.absent"),
         ],
     );
-    let mut url = url::Url::parse(&pg_url()).unwrap();
-    url.set_username(&role).unwrap();
-    req.source.as_mut().unwrap().connection_string = url.to_string();
+    req.source.as_mut().unwrap().connection_string = conn;
     req.destination.as_mut().unwrap().url = format!("http://127.0.0.1:{}", free_port());
     req.tables[0].order_by = vec!["missing_col".into()];
     let resp = validate(&mut c, req).await;
