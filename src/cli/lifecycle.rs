@@ -12,9 +12,9 @@ use super::spec::{
 };
 use super::tables::{print_tables_change, wait_tables};
 use super::watch::{state_message, wait_running};
-use super::{CliError, ClientOpts, Out, connect, pipe_of};
+use super::{CliError, ClientOpts, Out, connect, get_pipe, pipe_of};
 use crate::proto::{
-    DeletePipeRequest, GetPipeRequest, PausePipeRequest, Pipe, ResumePipeRequest, ResyncPipeRequest,
+    DeletePipeRequest, PausePipeRequest, Pipe, ResumePipeRequest, ResyncPipeRequest,
 };
 
 #[derive(Args, Debug)]
@@ -136,17 +136,7 @@ pub(super) async fn pause(
     args: NameArgs,
     out: &mut Out,
 ) -> Result<ExitCode, CliError> {
-    let mut client = connect(opts).await?;
-    let pipe = pipe_of(
-        client
-            .pause_pipe(PausePipeRequest { name: args.name })
-            .await?
-            .into_inner()
-            .pipe,
-        "PausePipe",
-    )?;
-    print_transition(out, &pipe, "paused", args.json)?;
-    Ok(ExitCode::SUCCESS)
+    set_paused(opts, args, out, true).await
 }
 
 /// `pgpipe resume`.
@@ -155,16 +145,26 @@ pub(super) async fn resume(
     args: NameArgs,
     out: &mut Out,
 ) -> Result<ExitCode, CliError> {
+    set_paused(opts, args, out, false).await
+}
+
+/// PausePipe or ResumePipe, then the new status.
+async fn set_paused(
+    opts: &ClientOpts,
+    args: NameArgs,
+    out: &mut Out,
+    pause: bool,
+) -> Result<ExitCode, CliError> {
     let mut client = connect(opts).await?;
-    let pipe = pipe_of(
-        client
-            .resume_pipe(ResumePipeRequest { name: args.name })
-            .await?
-            .into_inner()
-            .pipe,
-        "ResumePipe",
-    )?;
-    print_transition(out, &pipe, "resumed", args.json)?;
+    let name = args.name;
+    let (pipe, rpc, verb) = if pause {
+        let answer = client.pause_pipe(PausePipeRequest { name }).await?;
+        (answer.into_inner().pipe, "PausePipe", "paused")
+    } else {
+        let answer = client.resume_pipe(ResumePipeRequest { name }).await?;
+        (answer.into_inner().pipe, "ResumePipe", "resumed")
+    };
+    print_transition(out, &pipe_of(pipe, rpc)?, verb, args.json)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -184,17 +184,7 @@ pub(super) async fn resync(
         && args.types.is_empty()
         && args.reset_columns.is_empty())
     {
-        let current = pipe_of(
-            client
-                .get_pipe(GetPipeRequest {
-                    name: args.name.clone(),
-                    ..Default::default()
-                })
-                .await?
-                .into_inner()
-                .pipe,
-            "GetPipe",
-        )?;
+        let current = get_pipe(&mut client, args.name.clone(), String::new()).await?;
         let tables = current.config.map(|c| c.tables).unwrap_or_default();
         replace_column_options = resync_column_options(
             &tables,

@@ -386,6 +386,15 @@ fn pipe_of(pipe: Option<Pipe>, what: &'static str) -> Result<Pipe, CliError> {
     pipe.ok_or(CliError::MissingPipe(what))
 }
 
+/// GetPipe by name or by id (the other left empty).
+async fn get_pipe(client: &mut Client, name: String, id: String) -> Result<Pipe, CliError> {
+    let answer = client
+        .get_pipe(crate::proto::GetPipeRequest { name, id })
+        .await?
+        .into_inner();
+    pipe_of(answer.pipe, "GetPipe")
+}
+
 /// Runs `cmd`, writing to `out`; `bars`: progress bars may be drawn on
 /// stderr.
 pub(crate) async fn execute(

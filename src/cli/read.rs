@@ -7,8 +7,8 @@ use serde_json::Value;
 
 use super::format::{pipe_summary, pipes_table};
 use super::json::pipe_json;
-use super::{CliError, ClientOpts, Out, connect, parse_label, pipe_of};
-use crate::proto::{GetPipeRequest, ListPipesRequest};
+use super::{CliError, ClientOpts, Out, connect, get_pipe, parse_label};
+use crate::proto::ListPipesRequest;
 
 #[derive(Args, Debug)]
 pub struct ListArgs {
@@ -76,17 +76,12 @@ pub(super) async fn get(
     out: &mut Out,
 ) -> Result<ExitCode, CliError> {
     let mut client = connect(opts).await?;
-    let pipe = pipe_of(
-        client
-            .get_pipe(GetPipeRequest {
-                name: args.name.unwrap_or_default(),
-                id: args.id.unwrap_or_default(),
-            })
-            .await?
-            .into_inner()
-            .pipe,
-        "GetPipe",
-    )?;
+    let pipe = get_pipe(
+        &mut client,
+        args.name.unwrap_or_default(),
+        args.id.unwrap_or_default(),
+    )
+    .await?;
     if args.json {
         out.json_pretty(&pipe_json(&pipe))?;
     } else {
