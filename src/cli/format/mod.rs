@@ -260,32 +260,18 @@ mod tests {
     #[test]
     fn timestamps() {
         let t = |seconds, nanos| Timestamp { seconds, nanos };
-        assert_eq!(format_timestamp(&t(0, 0), true), "1970-01-01T00:00:00Z");
-        assert_eq!(
-            format_timestamp(&t(1_709_210_096, 0), false),
-            "2024-02-29T12:34:56Z"
-        );
-        assert_eq!(
-            format_timestamp(&t(1_709_210_096, 5_000_000), true),
-            "2024-02-29T12:34:56.005Z"
-        );
-        assert_eq!(
-            format_timestamp(&t(1_709_210_096, 5_000), true),
-            "2024-02-29T12:34:56.000005Z"
-        );
-        assert_eq!(
-            format_timestamp(&t(1_709_210_096, 7), true),
-            "2024-02-29T12:34:56.000000007Z"
-        );
-        assert_eq!(
-            format_timestamp(&t(1_709_210_096, 5_000_000), false),
-            "2024-02-29T12:34:56Z"
-        );
-        assert_eq!(format_timestamp(&t(-1, 0), false), "1969-12-31T23:59:59Z");
-        assert_eq!(
-            format_timestamp(&t(951_782_400, 0), false),
-            "2000-02-29T00:00:00Z"
-        );
+        for (seconds, nanos, fraction, want) in [
+            (0, 0, true, "1970-01-01T00:00:00Z"),
+            (1_709_210_096, 0, false, "2024-02-29T12:34:56Z"),
+            (1_709_210_096, 5_000_000, true, "2024-02-29T12:34:56.005Z"),
+            (1_709_210_096, 5_000, true, "2024-02-29T12:34:56.000005Z"),
+            (1_709_210_096, 7, true, "2024-02-29T12:34:56.000000007Z"),
+            (1_709_210_096, 5_000_000, false, "2024-02-29T12:34:56Z"),
+            (-1, 0, false, "1969-12-31T23:59:59Z"),
+            (951_782_400, 0, false, "2000-02-29T00:00:00Z"),
+        ] {
+            assert_eq!(format_timestamp(&t(seconds, nanos), fraction), want);
+        }
         assert_eq!(format_time_of_day(Some(&t(1_709_210_096, 0))), "12:34:56Z");
         assert_eq!(format_time_of_day(None), "--:--:--Z");
     }

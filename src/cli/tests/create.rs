@@ -2,32 +2,47 @@
 
 use super::*;
 
+/// `create NAME --source SOURCE --ch-url http://ch:8123 --ch-database an
+/// --table TABLE`, then `rest`.
+fn create_args(name: &str, source: &str, table: &str, rest: &[&str]) -> CreateArgs {
+    let mut args = vec![
+        "create",
+        name,
+        "--source",
+        source,
+        "--ch-url",
+        "http://ch:8123",
+        "--ch-database",
+        "an",
+        "--table",
+        table,
+    ];
+    args.extend_from_slice(rest);
+    let ClientCommand::Create(a) = cmd(&args) else {
+        panic!("not a create command: {args:?}")
+    };
+    *a
+}
+
 #[test]
 fn create_request_from_options_env_stdin_and_file() {
     let env = |var: &str| match var {
         "PGPW" => Some("pg-secret".into()),
         _ => None,
     };
-    let ClientCommand::Create(a) = cmd(&[
-        "create",
+    let a = create_args(
         "orders",
-        "--source",
         "host=db user=u",
-        "--source-password-env",
-        "PGPW",
-        "--ch-url",
-        "http://ch:8123",
-        "--ch-database",
-        "an",
-        "--ch-password-stdin",
-        "--table",
         "public.orders",
-        "--batch-size",
-        "500",
-        "--drop-dropped-columns",
-    ]) else {
-        panic!()
-    };
+        &[
+            "--source-password-env",
+            "PGPW",
+            "--ch-password-stdin",
+            "--batch-size",
+            "500",
+            "--drop-dropped-columns",
+        ],
+    );
     let req = build_create_request(&a, &env, &mut Cursor::new("ch-secret\r\nrest\n")).unwrap();
     let source = req.source.unwrap();
     assert_eq!(source.connection_string, "host=db user=u");
@@ -41,42 +56,13 @@ fn create_request_from_options_env_stdin_and_file() {
     assert!(settings.drop_dropped_columns);
 
     // A missing env var or an empty stdin is an error.
-    let ClientCommand::Create(a) = cmd(&[
-        "create",
-        "x",
-        "--source",
-        "s",
-        "--ch-url",
-        "u",
-        "--ch-database",
-        "d",
-        "--table",
-        "t",
-        "--ch-password-env",
-        "NOPE",
-    ]) else {
-        panic!()
-    };
+    let a = create_args("x", "s", "t", &["--ch-password-env", "NOPE"]);
     let err = build_create_request(&a, &env, &mut Cursor::new("")).unwrap_err();
     assert_eq!(
         err.to_string(),
         "environment variable NOPE (named by --ch-password-env) is not set"
     );
-    let ClientCommand::Create(a) = cmd(&[
-        "create",
-        "x",
-        "--source",
-        "s",
-        "--ch-url",
-        "u",
-        "--ch-database",
-        "d",
-        "--table",
-        "t",
-        "--source-password-stdin",
-    ]) else {
-        panic!()
-    };
+    let a = create_args("x", "s", "t", &["--source-password-stdin"]);
     assert!(build_create_request(&a, &env, &mut Cursor::new("")).is_err());
 
     // --file - from stdin, with options overriding it.
@@ -105,24 +91,17 @@ fn create_request_from_options_env_stdin_and_file() {
 #[test]
 fn create_takes_column_options_for_listed_tables() {
     let env = |_: &str| None;
-    let ClientCommand::Create(a) = cmd(&[
-        "create",
+    let a = create_args(
         "users",
-        "--source",
         "host=db",
-        "--ch-url",
-        "http://ch:8123",
-        "--ch-database",
-        "an",
-        "--table",
         "public.users",
-        "--exclude",
-        "public.users=password_hash",
-        "--rename",
-        "users=desc:description,note:remark",
-    ]) else {
-        panic!()
-    };
+        &[
+            "--exclude",
+            "public.users=password_hash",
+            "--rename",
+            "users=desc:description,note:remark",
+        ],
+    );
     let req = build_create_request(&a, &env, &mut Cursor::new("")).unwrap();
     let t = &req.tables[0];
     assert_eq!(t.exclude_columns, ["password_hash"]);
@@ -149,24 +128,17 @@ fn create_takes_column_options_for_listed_tables() {
 #[test]
 fn create_and_resync_take_column_types() {
     let env = |_: &str| None;
-    let ClientCommand::Create(a) = cmd(&[
-        "create",
+    let a = create_args(
         "people",
-        "--source",
         "host=db",
-        "--ch-url",
-        "http://ch:8123",
-        "--ch-database",
-        "an",
-        "--table",
         "public.people",
-        "--type",
-        "public.people=score:Decimal(20, 4),born:Int32",
-        "--type",
-        "people=doc:JSON",
-    ]) else {
-        panic!()
-    };
+        &[
+            "--type",
+            "public.people=score:Decimal(20, 4),born:Int32",
+            "--type",
+            "people=doc:JSON",
+        ],
+    );
     let req = build_create_request(&a, &env, &mut Cursor::new("")).unwrap();
     let types = &req.tables[0].column_types;
     assert_eq!(types["score"], "Decimal(20, 4)");

@@ -133,6 +133,23 @@ fn event_msg(seq: u64, id: &str, status: PipeStatus, payload: Payload) -> WatchP
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
+/// The pipe deleted (not dropping its tables), as a watch message.
+fn deleted_msg(seq: u64, id: &str, reason: DeleteReason) -> WatchPipeResponse {
+    let deleted = PipeDeleted {
+        reason: reason as i32,
+        drop_destination_tables: false,
+    };
+    event_msg(seq, id, PipeStatus::Deleted, Payload::PipeDeleted(deleted))
+}
+
+/// CDC started at `lsn`, the pipe RUNNING, as a watch message.
+fn cdc_started_msg(seq: u64, id: &str, lsn: &str) -> WatchPipeResponse {
+    let started = CdcStarted {
+        start_lsn: lsn.into(),
+    };
+    event_msg(seq, id, PipeStatus::Running, Payload::CdcStarted(started))
+}
+
 fn scripted<T: Send + 'static>(script: Vec<Result<T, Status>>, hold_open: bool) -> BoxStream<T> {
     let s = stream::iter(script);
     if hold_open {
@@ -405,4 +422,9 @@ fn capture() -> (Out, Buf) {
 
 fn cmd(args: &[&str]) -> ClientCommand {
     parse(args).unwrap().cmd
+}
+
+/// Runs the command `args` (no progress bars).
+async fn exec(opts: &ClientOpts, args: &[&str], out: &mut Out) -> Result<ExitCode, CliError> {
+    execute(opts, cmd(args), out, false).await
 }

@@ -38,30 +38,22 @@ async fn resync_wait_resumes_after_the_cursor_and_reconnects() {
                 PipeStatus::Snapshot,
                 Payload::SnapshotProgress(SnapshotProgress::default()),
             )),
-            Ok(event_msg(
-                13,
-                "p2",
-                PipeStatus::Running,
-                Payload::CdcStarted(CdcStarted {
-                    start_lsn: "0/16B3748".into(),
-                }),
-            )),
+            Ok(cdc_started_msg(13, "p2", "0/16B3748")),
         ]);
     }
     let opts = start(mock.clone()).await;
     let (mut out, buf) = capture();
-    let code = execute(
+    let code = exec(
         &opts,
-        cmd(&[
+        &[
             "resync",
             "orders",
             "--order-by",
             "public.orders=id",
             "--wait",
             "--json",
-        ]),
+        ],
         &mut out,
-        false,
     )
     .await
     .unwrap();
@@ -119,14 +111,9 @@ async fn watch_until_running_exits_1_on_final_failure() {
     ]);
     let opts = start(mock.clone()).await;
     let (mut out, buf) = capture();
-    let code = execute(
-        &opts,
-        cmd(&["watch", "orders", "--until-running"]),
-        &mut out,
-        false,
-    )
-    .await
-    .unwrap();
+    let code = exec(&opts, &["watch", "orders", "--until-running"], &mut out)
+        .await
+        .unwrap();
     assert_eq!(code, ExitCode::from(EXIT_PIPE_FAILED));
     let lines = buf.lines();
     assert_eq!(
@@ -147,21 +134,11 @@ async fn watch_ends_0_when_the_pipe_is_deleted() {
     let mock = Mock::default();
     mock.state().watch_scripts.push_back(vec![
         Ok(state_msg("p1", PipeStatus::Running, 5)),
-        Ok(event_msg(
-            6,
-            "p1",
-            PipeStatus::Deleted,
-            Payload::PipeDeleted(PipeDeleted {
-                reason: DeleteReason::User as i32,
-                drop_destination_tables: false,
-            }),
-        )),
+        Ok(deleted_msg(6, "p1", DeleteReason::User)),
     ]);
     let opts = start(mock.clone()).await;
     let (mut out, buf) = capture();
-    let code = execute(&opts, cmd(&["watch", "orders"]), &mut out, false)
-        .await
-        .unwrap();
+    let code = exec(&opts, &["watch", "orders"], &mut out).await.unwrap();
     assert_eq!(code, ExitCode::SUCCESS);
     assert_eq!(
         buf.lines().last().map(String::as_str),
@@ -174,15 +151,7 @@ async fn watch_follows_a_resync_across_incarnations() {
     let mock = Mock::default();
     mock.state().watch_scripts.push_back(vec![
         Ok(state_msg("p1", PipeStatus::Running, 5)),
-        Ok(event_msg(
-            6,
-            "p1",
-            PipeStatus::Deleted,
-            Payload::PipeDeleted(PipeDeleted {
-                reason: DeleteReason::Resync as i32,
-                drop_destination_tables: false,
-            }),
-        )),
+        Ok(deleted_msg(6, "p1", DeleteReason::Resync)),
         Ok(event_msg(
             7,
             "p2",
@@ -193,25 +162,13 @@ async fn watch_follows_a_resync_across_incarnations() {
                 ..Default::default()
             }),
         )),
-        Ok(event_msg(
-            8,
-            "p2",
-            PipeStatus::Running,
-            Payload::CdcStarted(CdcStarted {
-                start_lsn: "0/1".into(),
-            }),
-        )),
+        Ok(cdc_started_msg(8, "p2", "0/1")),
     ]);
     let opts = start(mock.clone()).await;
     let (mut out, buf) = capture();
-    let code = execute(
-        &opts,
-        cmd(&["watch", "orders", "--until-running"]),
-        &mut out,
-        false,
-    )
-    .await
-    .unwrap();
+    let code = exec(&opts, &["watch", "orders", "--until-running"], &mut out)
+        .await
+        .unwrap();
     assert_eq!(code, ExitCode::SUCCESS);
     let lines = buf.lines();
     assert!(
@@ -254,11 +211,10 @@ async fn events_json_caught_up_and_resume() {
     }
     let opts = start(mock.clone()).await;
     let (mut out, buf) = capture();
-    let err = execute(
+    let err = exec(
         &opts,
-        cmd(&["events", "--after", "0", "--pipe", "orders", "--json"]),
+        &["events", "--after", "0", "--pipe", "orders", "--json"],
         &mut out,
-        false,
     )
     .await
     .unwrap_err();
@@ -308,11 +264,10 @@ async fn watch_survives_a_server_restart() {
     };
     let (mut out, buf) = capture();
     let watch = tokio::spawn(async move {
-        execute(
+        exec(
             &opts,
-            cmd(&["watch", "orders", "--until-running", "--json"]),
+            &["watch", "orders", "--until-running", "--json"],
             &mut out,
-            false,
         )
         .await
     });

@@ -8,33 +8,24 @@ async fn unary_commands_and_errors() {
     let opts = start(mock.clone()).await;
 
     let (mut out, buf) = capture();
-    let code = execute(&opts, cmd(&["get", "orders", "--json"]), &mut out, false)
+    let code = exec(&opts, &["get", "orders", "--json"], &mut out)
         .await
         .unwrap();
     assert_eq!(code, ExitCode::SUCCESS);
     let v: Value = serde_json::from_str(&buf.lines().join("\n")).unwrap();
     assert_eq!(v["status"], "PIPE_STATUS_RUNNING");
 
-    let err = execute(&opts, cmd(&["get", "missing"]), &mut out, false)
+    let err = exec(&opts, &["get", "missing"], &mut out)
         .await
         .unwrap_err();
     assert_eq!(err.to_string(), "NOT_FOUND: pipe \"missing\" not found");
 
     let (mut out, buf) = capture();
-    execute(&opts, cmd(&["list"]), &mut out, false)
+    exec(&opts, &["list"], &mut out).await.unwrap();
+    exec(&opts, &["pause", "orders"], &mut out).await.unwrap();
+    exec(&opts, &["delete", "orders", "--drop-tables"], &mut out)
         .await
         .unwrap();
-    execute(&opts, cmd(&["pause", "orders"]), &mut out, false)
-        .await
-        .unwrap();
-    execute(
-        &opts,
-        cmd(&["delete", "orders", "--drop-tables"]),
-        &mut out,
-        false,
-    )
-    .await
-    .unwrap();
     let lines = buf.lines();
     assert!(lines[0].starts_with("NAME"), "{lines:?}");
     assert!(lines[1].starts_with("orders  running"), "{lines:?}");
@@ -58,9 +49,7 @@ async fn unary_commands_and_errors() {
         token: None,
         ca_cert: None,
     };
-    let err = execute(&down, cmd(&["list"]), &mut out, false)
-        .await
-        .unwrap_err();
+    let err = exec(&down, &["list"], &mut out).await.unwrap_err();
     assert!(
         matches!(err, CliError::Connect { .. }),
         "{err}: connection refused expected"

@@ -212,28 +212,50 @@ mod tests {
         Payload::SnapshotProgress(SnapshotProgress::default())
     }
 
+    /// A message the tracker must not skip.
+    fn see(
+        t: &mut Tracker,
+        cursor: u64,
+        id: &str,
+        status: PipeStatus,
+        payload: Option<Payload>,
+    ) -> Observed {
+        t.observe(&msg(cursor, id, status, payload))
+            .expect("a new message is observed")
+    }
+
+    fn deleted(reason: DeleteReason, drop_destination_tables: bool) -> Payload {
+        Payload::PipeDeleted(PipeDeleted {
+            reason: reason as i32,
+            drop_destination_tables,
+        })
+    }
+
+    fn failed(step: &str, reason: &str, retrying: bool) -> Payload {
+        Payload::PipeFailed(PipeFailed {
+            step: step.into(),
+            reason: reason.into(),
+            retrying,
+        })
+    }
+
     #[test]
     fn until_running_after_resync() {
         let mut t = Tracker::new(true, Some(10));
         // Resuming after a resync: events of the new incarnation.
-        let o = t
-            .observe(&msg(
-                11,
-                "p2",
-                PipeStatus::Setup,
-                Some(Payload::StepStarted(Default::default())),
-            ))
-            .unwrap();
+        let o = see(
+            &mut t,
+            11,
+            "p2",
+            PipeStatus::Setup,
+            Some(Payload::StepStarted(Default::default())),
+        );
         assert_eq!(o.verdict, Verdict::Continue);
-        let o = t
-            .observe(&msg(12, "p2", PipeStatus::Snapshot, Some(progress())))
-            .unwrap();
+        let o = see(&mut t, 12, "p2", PipeStatus::Snapshot, Some(progress()));
         assert_eq!(o.lines[0], "snapshot progress:  0/0 partitions, 0 rows");
         assert_eq!(o.lines[1], "status: setup → snapshot");
         // Repeated progress events print nothing.
-        let o = t
-            .observe(&msg(13, "p2", PipeStatus::Snapshot, Some(progress())))
-            .unwrap();
+        let o = see(&mut t, 13, "p2", PipeStatus::Snapshot, Some(progress()));
         assert!(o.lines.is_empty());
         // Duplicate after a reconnection: skipped.
         assert!(
@@ -253,14 +275,13 @@ mod tests {
                 .observe(&msg(10, "p2", PipeStatus::Setup, Some(progress())))
                 .is_none()
         );
-        let o = t
-            .observe(&msg(
-                14,
-                "p2",
-                PipeStatus::Running,
-                Some(Payload::CdcStarted(Default::default())),
-            ))
-            .unwrap();
+        let o = see(
+            &mut t,
+            14,
+            "p2",
+            PipeStatus::Running,
+            Some(Payload::CdcStarted(Default::default())),
+        );
         assert_eq!(o.verdict, Verdict::Running);
     }
 
@@ -269,90 +290,73 @@ mod tests {
         let mut t = Tracker::new(true, None);
         // Already running: not done, the brief says "after having seen the
         // pipe not running or a resync".
-        let o = t.observe(&msg(5, "p1", PipeStatus::Running, None)).unwrap();
+        let o = see(&mut t, 5, "p1", PipeStatus::Running, None);
         assert_eq!(o.verdict, Verdict::Continue);
         assert_eq!(o.lines, vec!["pipe orders (p1): running, cursor 5"]);
         // ResyncStarted on the still-running old incarnation: keep waiting.
-        let o = t
-            .observe(&msg(
-                6,
-                "p1",
-                PipeStatus::Running,
-                Some(Payload::ResyncStarted(ResyncStarted::default())),
-            ))
-            .unwrap();
+        let o = see(
+            &mut t,
+            6,
+            "p1",
+            PipeStatus::Running,
+            Some(Payload::ResyncStarted(ResyncStarted::default())),
+        );
         assert_eq!(o.verdict, Verdict::Continue);
-        let o = t
-            .observe(&msg(
-                7,
-                "p1",
-                PipeStatus::Deleted,
-                Some(Payload::PipeDeleted(PipeDeleted {
-                    reason: DeleteReason::Resync as i32,
-                    drop_destination_tables: false,
-                })),
-            ))
-            .unwrap();
+        let o = see(
+            &mut t,
+            7,
+            "p1",
+            PipeStatus::Deleted,
+            Some(deleted(DeleteReason::Resync, false)),
+        );
         assert_eq!(
             o.lines,
             vec!["deleted (resync)", "status: running → deleted"]
         );
         // A resync deletion is not the end of the name's stream.
         assert!(!t.stream_end_is_final());
-        let o = t
-            .observe(&msg(
-                8,
-                "p2",
-                PipeStatus::Setup,
-                Some(Payload::PipeCreated(PipeCreated {
-                    resync_of: "p1".into(),
-                    ..Default::default()
-                })),
-            ))
-            .unwrap();
+        let o = see(
+            &mut t,
+            8,
+            "p2",
+            PipeStatus::Setup,
+            Some(Payload::PipeCreated(PipeCreated {
+                resync_of: "p1".into(),
+                ..Default::default()
+            })),
+        );
         assert_eq!(
             o.lines,
             vec!["created (resync of p1)", "status: deleted → setup"]
         );
-        let o = t
-            .observe(&msg(
-                9,
-                "p2",
-                PipeStatus::Running,
-                Some(Payload::CdcStarted(Default::default())),
-            ))
-            .unwrap();
+        let o = see(
+            &mut t,
+            9,
+            "p2",
+            PipeStatus::Running,
+            Some(Payload::CdcStarted(Default::default())),
+        );
         assert_eq!(o.verdict, Verdict::Running);
     }
 
     #[test]
     fn failures() {
         let mut t = Tracker::new(true, None);
-        let o = t
-            .observe(&msg(
-                1,
-                "p",
-                PipeStatus::Failed,
-                Some(Payload::PipeFailed(PipeFailed {
-                    step: "cdc".into(),
-                    reason: "peer down".into(),
-                    retrying: true,
-                })),
-            ))
-            .unwrap();
+        let o = see(
+            &mut t,
+            1,
+            "p",
+            PipeStatus::Failed,
+            Some(failed("cdc", "peer down", true)),
+        );
         assert_eq!(o.verdict, Verdict::Continue);
-        let o = t
-            .observe(&msg(
-                2,
-                "p",
-                PipeStatus::Failed,
-                Some(Payload::PipeFailed(PipeFailed {
-                    step: "cdc".into(),
-                    reason: "slot lost".into(),
-                    retrying: false,
-                })),
-            ))
-            .unwrap();
+        let o = see(
+            &mut t,
+            2,
+            "p",
+            PipeStatus::Failed,
+            Some(failed("cdc", "slot lost", false)),
+        );
         assert_eq!(
             o.verdict,
             Verdict::Failed {
@@ -362,30 +366,22 @@ mod tests {
         );
         // Without --until-running a failure is just a line.
         let mut t = Tracker::new(false, None);
-        let o = t
-            .observe(&msg(
-                2,
-                "p",
-                PipeStatus::Failed,
-                Some(Payload::PipeFailed(PipeFailed {
-                    retrying: false,
-                    ..Default::default()
-                })),
-            ))
-            .unwrap();
+        let o = see(
+            &mut t,
+            2,
+            "p",
+            PipeStatus::Failed,
+            Some(failed("", "", false)),
+        );
         assert_eq!(o.verdict, Verdict::Continue);
         // A user deletion makes the end of the stream final.
-        let o = t
-            .observe(&msg(
-                3,
-                "p",
-                PipeStatus::Deleted,
-                Some(Payload::PipeDeleted(PipeDeleted {
-                    reason: DeleteReason::User as i32,
-                    drop_destination_tables: true,
-                })),
-            ))
-            .unwrap();
+        let o = see(
+            &mut t,
+            3,
+            "p",
+            PipeStatus::Deleted,
+            Some(deleted(DeleteReason::User, true)),
+        );
         assert_eq!(o.lines[0], "deleted (by user), destination tables dropped");
         assert!(t.stream_end_is_final());
     }
