@@ -130,26 +130,9 @@ pub(super) async fn delete(
     Ok(ExitCode::SUCCESS)
 }
 
-/// `pgpipe pause`.
-pub(super) async fn pause(
-    opts: &ClientOpts,
-    args: NameArgs,
-    out: &mut Out,
-) -> Result<ExitCode, CliError> {
-    set_paused(opts, args, out, true).await
-}
-
-/// `pgpipe resume`.
-pub(super) async fn resume(
-    opts: &ClientOpts,
-    args: NameArgs,
-    out: &mut Out,
-) -> Result<ExitCode, CliError> {
-    set_paused(opts, args, out, false).await
-}
-
-/// PausePipe or ResumePipe, then the new status.
-async fn set_paused(
+/// `pgpipe pause` (`pause` true) or `pgpipe resume` (false): PausePipe or
+/// ResumePipe, then the new status.
+pub(super) async fn pause_or_resume(
     opts: &ClientOpts,
     args: NameArgs,
     out: &mut Out,
