@@ -12,7 +12,7 @@ use super::spec::{
 };
 use super::tables::{print_tables_change, wait_tables};
 use super::watch::{state_message, wait_running};
-use super::{CliError, ClientOpts, Out, connect, get_pipe, pipe_of};
+use super::{CliError, Client, ClientOpts, Out, connect, get_pipe, pipe_of};
 use crate::proto::{
     DeletePipeRequest, PausePipeRequest, Pipe, ResumePipeRequest, ResyncPipeRequest,
 };
@@ -97,11 +97,10 @@ pub struct ResyncArgs {
 
 /// `pgpipe delete`.
 pub(super) async fn delete(
-    opts: &ClientOpts,
+    client: &mut Client,
     args: DeleteArgs,
     out: &mut Out,
 ) -> Result<ExitCode, CliError> {
-    let mut client = connect(opts).await?;
     let pipe = pipe_of(
         client
             .delete_pipe(DeletePipeRequest {
@@ -133,12 +132,11 @@ pub(super) async fn delete(
 /// `pgpipe pause` (`pause` true) or `pgpipe resume` (false): PausePipe or
 /// ResumePipe, then the new status.
 pub(super) async fn pause_or_resume(
-    opts: &ClientOpts,
+    client: &mut Client,
     args: NameArgs,
     out: &mut Out,
     pause: bool,
 ) -> Result<ExitCode, CliError> {
-    let mut client = connect(opts).await?;
     let name = args.name;
     let (pipe, rpc, verb) = if pause {
         let answer = client.pause_pipe(PausePipeRequest { name }).await?;

@@ -406,17 +406,29 @@ pub(crate) async fn execute(
     match cmd {
         ClientCommand::Create(args) => create::create(opts, &args, out, bars).await,
         ClientCommand::Validate(args) => create::validate(opts, &args, out).await,
-        ClientCommand::List(args) => read::list(opts, args, out).await,
-        ClientCommand::Get(args) => read::get(opts, args, out).await,
-        ClientCommand::Delete(args) => lifecycle::delete(opts, args, out).await,
-        ClientCommand::Pause(args) => lifecycle::pause_or_resume(opts, args, out, true).await,
-        ClientCommand::Resume(args) => lifecycle::pause_or_resume(opts, args, out, false).await,
+        ClientCommand::List(args) => read::list(&mut connect(opts).await?, args, out).await,
+        ClientCommand::Get(args) => read::get(&mut connect(opts).await?, args, out).await,
+        ClientCommand::Delete(args) => {
+            lifecycle::delete(&mut connect(opts).await?, args, out).await
+        }
+        ClientCommand::Pause(args) => {
+            lifecycle::pause_or_resume(&mut connect(opts).await?, args, out, true).await
+        }
+        ClientCommand::Resume(args) => {
+            lifecycle::pause_or_resume(&mut connect(opts).await?, args, out, false).await
+        }
         ClientCommand::Resync(args) => lifecycle::resync(opts, args, out, bars).await,
-        ClientCommand::Watch(args) => watch::watch(opts, args, out, bars).await,
-        ClientCommand::Events(args) => watch::events(opts, args, out).await,
-        ClientCommand::Tables(TablesCommand::Add(args)) => tables::add(opts, args, out).await,
-        ClientCommand::Tables(TablesCommand::Remove(args)) => tables::remove(opts, args, out).await,
-        ClientCommand::Labels(args) => labels::labels(opts, args, out).await,
+        ClientCommand::Watch(args) => {
+            watch::watch(&mut connect(opts).await?, args, out, bars).await
+        }
+        ClientCommand::Events(args) => watch::events(&mut connect(opts).await?, args, out).await,
+        ClientCommand::Tables(TablesCommand::Add(args)) => {
+            tables::add(&mut connect(opts).await?, args, out).await
+        }
+        ClientCommand::Tables(TablesCommand::Remove(args)) => {
+            tables::remove(&mut connect(opts).await?, args, out).await
+        }
+        ClientCommand::Labels(args) => labels::labels(&mut connect(opts).await?, args, out).await,
         ClientCommand::History(args) => {
             history::history(&mut connect(opts).await?, args, out).await?;
             Ok(ExitCode::SUCCESS)

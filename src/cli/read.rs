@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::format::{pipe_summary, pipes_table};
 use super::json::pipe_json;
-use super::{CliError, ClientOpts, Out, connect, get_pipe, parse_label};
+use super::{CliError, Client, Out, get_pipe, parse_label};
 use crate::proto::ListPipesRequest;
 
 #[derive(Args, Debug)]
@@ -42,11 +42,10 @@ pub struct GetArgs {
 
 /// `pgpipe list`.
 pub(super) async fn list(
-    opts: &ClientOpts,
+    client: &mut Client,
     args: ListArgs,
     out: &mut Out,
 ) -> Result<ExitCode, CliError> {
-    let mut client = connect(opts).await?;
     let pipes = client
         .list_pipes(ListPipesRequest {
             include_deleted: args.all,
@@ -71,13 +70,12 @@ pub(super) async fn list(
 
 /// `pgpipe get`.
 pub(super) async fn get(
-    opts: &ClientOpts,
+    client: &mut Client,
     args: GetArgs,
     out: &mut Out,
 ) -> Result<ExitCode, CliError> {
-    let mut client = connect(opts).await?;
     let pipe = get_pipe(
-        &mut client,
+        client,
         args.name.unwrap_or_default(),
         args.id.unwrap_or_default(),
     )

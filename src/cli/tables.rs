@@ -9,7 +9,7 @@ use super::create::print_problems;
 use super::format::status_label;
 use super::json::pipe_json;
 use super::spec::parse_table_spec;
-use super::{CliError, Client, ClientOpts, Out, connect, get_pipe, pipe_of};
+use super::{CliError, Client, Out, get_pipe, pipe_of};
 use crate::proto::{Pipe, PipeStatus, TableConfig, TableState, UpdatePipeRequest};
 
 #[derive(Subcommand, Debug)]
@@ -57,7 +57,7 @@ pub struct TablesRemoveArgs {
 
 /// `pgpipe tables add`.
 pub(super) async fn add(
-    opts: &ClientOpts,
+    client: &mut Client,
     args: TablesAddArgs,
     out: &mut Out,
 ) -> Result<ExitCode, CliError> {
@@ -68,12 +68,12 @@ pub(super) async fn add(
         remove_tables: Vec::new(),
         validate_only: args.dry_run,
     };
-    update_tables(opts, request, args.wait.then_some(names), args.json, out).await
+    update_tables(client, request, args.wait.then_some(names), args.json, out).await
 }
 
 /// `pgpipe tables remove`.
 pub(super) async fn remove(
-    opts: &ClientOpts,
+    client: &mut Client,
     args: TablesRemoveArgs,
     out: &mut Out,
 ) -> Result<ExitCode, CliError> {
@@ -83,19 +83,18 @@ pub(super) async fn remove(
         remove_tables: args.tables,
         validate_only: args.dry_run,
     };
-    update_tables(opts, request, None, args.json, out).await
+    update_tables(client, request, None, args.json, out).await
 }
 
 /// Sends an UpdatePipe (a dry run prints the problems found) and prints the
 /// tables, after waiting for `wait_for` to replicate when given.
 async fn update_tables(
-    opts: &ClientOpts,
+    client: &mut Client,
     request: UpdatePipeRequest,
     wait_for: Option<Vec<String>>,
     json: bool,
     out: &mut Out,
 ) -> Result<ExitCode, CliError> {
-    let mut client = connect(opts).await?;
     let name = request.name.clone();
     let dry_run = request.validate_only;
     let answer = client.update_pipe(request).await?.into_inner();
@@ -104,7 +103,7 @@ async fn update_tables(
     }
     let mut pipe = pipe_of(answer.pipe, "UpdatePipe")?;
     if let Some(names) = wait_for {
-        pipe = wait_tables(&mut client, &name, &names).await?;
+        pipe = wait_tables(client, &name, &names).await?;
     }
     print_tables_change(out, &pipe, json)?;
     Ok(ExitCode::SUCCESS)

@@ -14,7 +14,7 @@ use tonic::{Code, Status};
 
 use super::format::{event_text, format_time_of_day, format_timestamp};
 use super::json::{watch_events_json, watch_message_json};
-use super::{CliError, Client, ClientOpts, EXIT_PIPE_FAILED, Out, connect, parse_label};
+use super::{CliError, Client, EXIT_PIPE_FAILED, Out, parse_label};
 use crate::proto::{
     Pipe, WatchEventsRequest, WatchPipeRequest, WatchPipeResponse, watch_events_response::Item,
 };
@@ -340,29 +340,27 @@ pub struct EventsArgs {
 
 /// `pgpipe watch`.
 pub(super) async fn watch(
-    opts: &ClientOpts,
+    client: &mut Client,
     args: WatchArgs,
     out: &mut Out,
     bars: bool,
 ) -> Result<ExitCode, CliError> {
-    let mut client = connect(opts).await?;
     let options = WatchOptions {
         json: args.json,
         until_running: args.until_running,
         bars,
     };
-    follow_pipe(&mut client, &args.name, args.after, &options, out).await
+    follow_pipe(client, &args.name, args.after, &options, out).await
 }
 
 /// `pgpipe events`.
 pub(super) async fn events(
-    opts: &ClientOpts,
+    client: &mut Client,
     args: EventsArgs,
     out: &mut Out,
 ) -> Result<ExitCode, CliError> {
-    let mut client = connect(opts).await?;
     follow_events(
-        &mut client,
+        client,
         args.after,
         args.pipe.as_deref(),
         &args.selector.iter().cloned().collect(),
