@@ -424,6 +424,13 @@ fn cmd(args: &[&str]) -> ClientCommand {
     parse(args).unwrap().cmd
 }
 
+/// Serves `mock` and runs the command `args` against it once.
+async fn run(mock: &Mock, args: &[&str]) -> (Result<ExitCode, CliError>, Buf) {
+    let opts = start(mock.clone()).await;
+    let (mut out, buf) = capture();
+    (exec(&opts, args, &mut out).await, buf)
+}
+
 /// Runs the command `args` (no progress bars).
 async fn exec(opts: &ClientOpts, args: &[&str], out: &mut Out) -> Result<ExitCode, CliError> {
     execute(opts, cmd(args), out, false).await

@@ -41,10 +41,8 @@ async fn resync_wait_resumes_after_the_cursor_and_reconnects() {
             Ok(cdc_started_msg(13, "p2", "0/16B3748")),
         ]);
     }
-    let opts = start(mock.clone()).await;
-    let (mut out, buf) = capture();
-    let code = exec(
-        &opts,
+    let (result, buf) = run(
+        &mock,
         &[
             "resync",
             "orders",
@@ -53,11 +51,9 @@ async fn resync_wait_resumes_after_the_cursor_and_reconnects() {
             "--wait",
             "--json",
         ],
-        &mut out,
     )
-    .await
-    .unwrap();
-    assert_eq!(code, ExitCode::SUCCESS);
+    .await;
+    assert_eq!(result.unwrap(), ExitCode::SUCCESS);
     let lines = buf.json_lines();
     let cursors: Vec<u64> = lines
         .iter()
@@ -109,12 +105,8 @@ async fn watch_until_running_exits_1_on_final_failure() {
             Payload::PipeRecovered(Default::default()),
         )),
     ]);
-    let opts = start(mock.clone()).await;
-    let (mut out, buf) = capture();
-    let code = exec(&opts, &["watch", "orders", "--until-running"], &mut out)
-        .await
-        .unwrap();
-    assert_eq!(code, ExitCode::from(EXIT_PIPE_FAILED));
+    let (result, buf) = run(&mock, &["watch", "orders", "--until-running"]).await;
+    assert_eq!(result.unwrap(), ExitCode::from(EXIT_PIPE_FAILED));
     let lines = buf.lines();
     assert_eq!(
         lines,
@@ -136,10 +128,8 @@ async fn watch_ends_0_when_the_pipe_is_deleted() {
         Ok(state_msg("p1", PipeStatus::Running, 5)),
         Ok(deleted_msg(6, "p1", DeleteReason::User)),
     ]);
-    let opts = start(mock.clone()).await;
-    let (mut out, buf) = capture();
-    let code = exec(&opts, &["watch", "orders"], &mut out).await.unwrap();
-    assert_eq!(code, ExitCode::SUCCESS);
+    let (result, buf) = run(&mock, &["watch", "orders"]).await;
+    assert_eq!(result.unwrap(), ExitCode::SUCCESS);
     assert_eq!(
         buf.lines().last().map(String::as_str),
         Some("stream ended (pipe deleted)")
@@ -164,12 +154,8 @@ async fn watch_follows_a_resync_across_incarnations() {
         )),
         Ok(cdc_started_msg(8, "p2", "0/1")),
     ]);
-    let opts = start(mock.clone()).await;
-    let (mut out, buf) = capture();
-    let code = exec(&opts, &["watch", "orders", "--until-running"], &mut out)
-        .await
-        .unwrap();
-    assert_eq!(code, ExitCode::SUCCESS);
+    let (result, buf) = run(&mock, &["watch", "orders", "--until-running"]).await;
+    assert_eq!(result.unwrap(), ExitCode::SUCCESS);
     let lines = buf.lines();
     assert!(
         lines.contains(&"12:35:03Z #7  created (resync of p1)".to_owned()),
@@ -209,15 +195,12 @@ async fn events_json_caught_up_and_resume() {
             Err(Status::permission_denied("token revoked")),
         ]);
     }
-    let opts = start(mock.clone()).await;
-    let (mut out, buf) = capture();
-    let err = exec(
-        &opts,
+    let (result, buf) = run(
+        &mock,
         &["events", "--after", "0", "--pipe", "orders", "--json"],
-        &mut out,
     )
-    .await
-    .unwrap_err();
+    .await;
+    let err = result.unwrap_err();
     assert_eq!(err.to_string(), "PERMISSION_DENIED: token revoked");
     let lines = buf.json_lines();
     assert_eq!(lines.len(), 4, "{lines:?}");
