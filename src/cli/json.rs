@@ -161,6 +161,18 @@ fn fields<'a>(
     Ok(out)
 }
 
+/// An object of source column -> string (`what` names the value in errors).
+fn column_map(v: &Value, path: &str, what: &str) -> Result<Vec<(String, String)>, String> {
+    let Value::Object(map) = v else {
+        return Err(format!(
+            "{path}: expected an object of source column -> {what}"
+        ));
+    };
+    map.iter()
+        .map(|(col, x)| Ok((col.clone(), string(x, &format!("{path}.{col}"))?)))
+        .collect()
+}
+
 fn string(v: &Value, path: &str) -> Result<String, String> {
     v.as_str()
         .map(str::to_owned)
@@ -214,28 +226,12 @@ fn table_from_json(v: &Value, path: &str) -> Result<TableConfig, String> {
             "destination_table" => t.destination_table = string(v, &p)?,
             "order_by" => t.order_by = strings(v)?,
             "exclude_columns" => t.exclude_columns = strings(v)?,
-            "column_types" => {
-                let Value::Object(map) = v else {
-                    return Err(format!(
-                        "{p}: expected an object of source column -> type (e.g. \"String\")"
-                    ));
-                };
-                for (col, ty) in map {
-                    t.column_types
-                        .insert(col.clone(), string(ty, &format!("{p}.{col}"))?);
-                }
-            }
-            _ => {
-                let Value::Object(map) = v else {
-                    return Err(format!(
-                        "{p}: expected an object of source column -> destination column"
-                    ));
-                };
-                for (from, to) in map {
-                    t.rename_columns
-                        .insert(from.clone(), string(to, &format!("{p}.{from}"))?);
-                }
-            }
+            "column_types" => t
+                .column_types
+                .extend(column_map(v, &p, "type (e.g. \"String\")")?),
+            _ => t
+                .rename_columns
+                .extend(column_map(v, &p, "destination column")?),
         }
     }
     Ok(t)

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Args;
 
 use super::json::pipe_json;
-use super::{CliError, ClientOpts, Out, connect, parse_label, pipe_of};
+use super::{CliError, Client, Out, parse_label, pipe_of};
 use crate::proto::SetPipeLabelsRequest;
 
 #[derive(Args, Debug)]
@@ -44,11 +44,10 @@ pub(crate) fn parse_label_change(s: &str) -> Result<LabelChange, String> {
 
 /// `pgpipe labels`.
 pub(super) async fn labels(
-    opts: &ClientOpts,
+    client: &mut Client,
     args: LabelsArgs,
     out: &mut Out,
 ) -> Result<ExitCode, CliError> {
-    let mut client = connect(opts).await?;
     let mut request = SetPipeLabelsRequest {
         name: args.name,
         ..Default::default()

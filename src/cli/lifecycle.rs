@@ -12,9 +12,9 @@ use super::spec::{
 };
 use super::tables::{print_tables_change, wait_tables};
 use super::watch::{state_message, wait_running};
-use super::{CliError, ClientOpts, Out, connect, pipe_of};
+use super::{CliError, Client, ClientOpts, Out, connect, get_pipe, pipe_of};
 use crate::proto::{
-    DeletePipeRequest, GetPipeRequest, PausePipeRequest, Pipe, ResumePipeRequest, ResyncPipeRequest,
+    DeletePipeRequest, PausePipeRequest, Pipe, ResumePipeRequest, ResyncPipeRequest,
 };
 
 #[derive(Args, Debug)]
@@ -97,11 +97,10 @@ pub struct ResyncArgs {
 
 /// `pgpipe delete`.
 pub(super) async fn delete(
-    opts: &ClientOpts,
+    client: &mut Client,
     args: DeleteArgs,
     out: &mut Out,
 ) -> Result<ExitCode, CliError> {
-    let mut client = connect(opts).await?;
     let pipe = pipe_of(
         client
             .delete_pipe(DeletePipeRequest {
@@ -130,41 +129,23 @@ pub(super) async fn delete(
     Ok(ExitCode::SUCCESS)
 }
 
-/// `pgpipe pause`.
-pub(super) async fn pause(
-    opts: &ClientOpts,
+/// `pgpipe pause` (`pause` true) or `pgpipe resume` (false): PausePipe or
+/// ResumePipe, then the new status.
+pub(super) async fn pause_or_resume(
+    client: &mut Client,
     args: NameArgs,
     out: &mut Out,
+    pause: bool,
 ) -> Result<ExitCode, CliError> {
-    let mut client = connect(opts).await?;
-    let pipe = pipe_of(
-        client
-            .pause_pipe(PausePipeRequest { name: args.name })
-            .await?
-            .into_inner()
-            .pipe,
-        "PausePipe",
-    )?;
-    print_transition(out, &pipe, "paused", args.json)?;
-    Ok(ExitCode::SUCCESS)
-}
-
-/// `pgpipe resume`.
-pub(super) async fn resume(
-    opts: &ClientOpts,
-    args: NameArgs,
-    out: &mut Out,
-) -> Result<ExitCode, CliError> {
-    let mut client = connect(opts).await?;
-    let pipe = pipe_of(
-        client
-            .resume_pipe(ResumePipeRequest { name: args.name })
-            .await?
-            .into_inner()
-            .pipe,
-        "ResumePipe",
-    )?;
-    print_transition(out, &pipe, "resumed", args.json)?;
+    let name = args.name;
+    let (pipe, rpc, verb) = if pause {
+        let answer = client.pause_pipe(PausePipeRequest { name }).await?;
+        (answer.into_inner().pipe, "PausePipe", "paused")
+    } else {
+        let answer = client.resume_pipe(ResumePipeRequest { name }).await?;
+        (answer.into_inner().pipe, "ResumePipe", "resumed")
+    };
+    print_transition(out, &pipe_of(pipe, rpc)?, verb, args.json)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -184,17 +165,7 @@ pub(super) async fn resync(
         && args.types.is_empty()
         && args.reset_columns.is_empty())
     {
-        let current = pipe_of(
-            client
-                .get_pipe(GetPipeRequest {
-                    name: args.name.clone(),
-                    ..Default::default()
-                })
-                .await?
-                .into_inner()
-                .pipe,
-            "GetPipe",
-        )?;
+        let current = get_pipe(&mut client, args.name.clone(), String::new()).await?;
         let tables = current.config.map(|c| c.tables).unwrap_or_default();
         replace_column_options = resync_column_options(
             &tables,

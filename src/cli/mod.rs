@@ -386,6 +386,15 @@ fn pipe_of(pipe: Option<Pipe>, what: &'static str) -> Result<Pipe, CliError> {
     pipe.ok_or(CliError::MissingPipe(what))
 }
 
+/// GetPipe by name or by id (the other left empty).
+async fn get_pipe(client: &mut Client, name: String, id: String) -> Result<Pipe, CliError> {
+    let answer = client
+        .get_pipe(crate::proto::GetPipeRequest { name, id })
+        .await?
+        .into_inner();
+    pipe_of(answer.pipe, "GetPipe")
+}
+
 /// Runs `cmd`, writing to `out`; `bars`: progress bars may be drawn on
 /// stderr.
 pub(crate) async fn execute(
@@ -397,17 +406,29 @@ pub(crate) async fn execute(
     match cmd {
         ClientCommand::Create(args) => create::create(opts, &args, out, bars).await,
         ClientCommand::Validate(args) => create::validate(opts, &args, out).await,
-        ClientCommand::List(args) => read::list(opts, args, out).await,
-        ClientCommand::Get(args) => read::get(opts, args, out).await,
-        ClientCommand::Delete(args) => lifecycle::delete(opts, args, out).await,
-        ClientCommand::Pause(args) => lifecycle::pause(opts, args, out).await,
-        ClientCommand::Resume(args) => lifecycle::resume(opts, args, out).await,
+        ClientCommand::List(args) => read::list(&mut connect(opts).await?, args, out).await,
+        ClientCommand::Get(args) => read::get(&mut connect(opts).await?, args, out).await,
+        ClientCommand::Delete(args) => {
+            lifecycle::delete(&mut connect(opts).await?, args, out).await
+        }
+        ClientCommand::Pause(args) => {
+            lifecycle::pause_or_resume(&mut connect(opts).await?, args, out, true).await
+        }
+        ClientCommand::Resume(args) => {
+            lifecycle::pause_or_resume(&mut connect(opts).await?, args, out, false).await
+        }
         ClientCommand::Resync(args) => lifecycle::resync(opts, args, out, bars).await,
-        ClientCommand::Watch(args) => watch::watch(opts, args, out, bars).await,
-        ClientCommand::Events(args) => watch::events(opts, args, out).await,
-        ClientCommand::Tables(TablesCommand::Add(args)) => tables::add(opts, args, out).await,
-        ClientCommand::Tables(TablesCommand::Remove(args)) => tables::remove(opts, args, out).await,
-        ClientCommand::Labels(args) => labels::labels(opts, args, out).await,
+        ClientCommand::Watch(args) => {
+            watch::watch(&mut connect(opts).await?, args, out, bars).await
+        }
+        ClientCommand::Events(args) => watch::events(&mut connect(opts).await?, args, out).await,
+        ClientCommand::Tables(TablesCommand::Add(args)) => {
+            tables::add(&mut connect(opts).await?, args, out).await
+        }
+        ClientCommand::Tables(TablesCommand::Remove(args)) => {
+            tables::remove(&mut connect(opts).await?, args, out).await
+        }
+        ClientCommand::Labels(args) => labels::labels(&mut connect(opts).await?, args, out).await,
         ClientCommand::History(args) => {
             history::history(&mut connect(opts).await?, args, out).await?;
             Ok(ExitCode::SUCCESS)

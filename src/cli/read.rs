@@ -7,8 +7,8 @@ use serde_json::Value;
 
 use super::format::{pipe_summary, pipes_table};
 use super::json::pipe_json;
-use super::{CliError, ClientOpts, Out, connect, parse_label, pipe_of};
-use crate::proto::{GetPipeRequest, ListPipesRequest};
+use super::{CliError, Client, Out, get_pipe, parse_label};
+use crate::proto::ListPipesRequest;
 
 #[derive(Args, Debug)]
 pub struct ListArgs {
@@ -42,11 +42,10 @@ pub struct GetArgs {
 
 /// `pgpipe list`.
 pub(super) async fn list(
-    opts: &ClientOpts,
+    client: &mut Client,
     args: ListArgs,
     out: &mut Out,
 ) -> Result<ExitCode, CliError> {
-    let mut client = connect(opts).await?;
     let pipes = client
         .list_pipes(ListPipesRequest {
             include_deleted: args.all,
@@ -71,22 +70,16 @@ pub(super) async fn list(
 
 /// `pgpipe get`.
 pub(super) async fn get(
-    opts: &ClientOpts,
+    client: &mut Client,
     args: GetArgs,
     out: &mut Out,
 ) -> Result<ExitCode, CliError> {
-    let mut client = connect(opts).await?;
-    let pipe = pipe_of(
-        client
-            .get_pipe(GetPipeRequest {
-                name: args.name.unwrap_or_default(),
-                id: args.id.unwrap_or_default(),
-            })
-            .await?
-            .into_inner()
-            .pipe,
-        "GetPipe",
-    )?;
+    let pipe = get_pipe(
+        client,
+        args.name.unwrap_or_default(),
+        args.id.unwrap_or_default(),
+    )
+    .await?;
     if args.json {
         out.json_pretty(&pipe_json(&pipe))?;
     } else {

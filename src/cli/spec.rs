@@ -104,11 +104,7 @@ fn split_assignment(s: &str) -> Result<(String, String), String> {
 
 /// `resync --order-by SOURCE_TABLE=col1,col2`.
 pub(crate) fn parse_order_by_override(s: &str) -> Result<(String, Vec<String>), String> {
-    let (table, cols) = split_assignment(s)?;
-    if cols.is_empty() {
-        return Err(format!("{s:?}: empty ORDER BY list"));
-    }
-    Ok((table, parse_columns(&cols, "ORDER BY list")?))
+    table_columns(s, "ORDER BY list")
 }
 
 /// `resync --dest SOURCE_TABLE=dest_table`.
@@ -122,11 +118,16 @@ pub(crate) fn parse_dest_override(s: &str) -> Result<(String, String), String> {
 
 /// `create --exclude SOURCE_TABLE=col1,col2`.
 pub(crate) fn parse_exclude(s: &str) -> Result<(String, Vec<String>), String> {
+    table_columns(s, "column list")
+}
+
+/// `SOURCE_TABLE=col1,col2`, a non-empty `what`.
+fn table_columns(s: &str, what: &str) -> Result<(String, Vec<String>), String> {
     let (table, cols) = split_assignment(s)?;
     if cols.is_empty() {
-        return Err(format!("{s:?}: empty column list"));
+        return Err(format!("{s:?}: empty {what}"));
     }
-    Ok((table, parse_columns(&cols, "column list")?))
+    Ok((table, parse_columns(&cols, what)?))
 }
 
 /// `create --rename SOURCE_TABLE=old:new[,old2:new2]`.

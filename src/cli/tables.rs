@@ -9,8 +9,8 @@ use super::create::print_problems;
 use super::format::status_label;
 use super::json::pipe_json;
 use super::spec::parse_table_spec;
-use super::{CliError, Client, ClientOpts, Out, connect, pipe_of};
-use crate::proto::{GetPipeRequest, Pipe, PipeStatus, TableConfig, TableState, UpdatePipeRequest};
+use super::{CliError, Client, Out, get_pipe, pipe_of};
+use crate::proto::{Pipe, PipeStatus, TableConfig, TableState, UpdatePipeRequest};
 
 #[derive(Subcommand, Debug)]
 pub enum TablesCommand {
@@ -57,55 +57,55 @@ pub struct TablesRemoveArgs {
 
 /// `pgpipe tables add`.
 pub(super) async fn add(
-    opts: &ClientOpts,
+    client: &mut Client,
     args: TablesAddArgs,
     out: &mut Out,
 ) -> Result<ExitCode, CliError> {
-    let mut client = connect(opts).await?;
     let names: Vec<String> = args.tables.iter().map(|t| t.source_table.clone()).collect();
-    let answer = client
-        .update_pipe(UpdatePipeRequest {
-            name: args.name.clone(),
-            add_tables: args.tables,
-            remove_tables: Vec::new(),
-            validate_only: args.dry_run,
-        })
-        .await?
-        .into_inner();
-    if args.dry_run {
-        return print_problems(out, answer.ok, &answer.problems, args.json);
-    }
-    let pipe = pipe_of(answer.pipe, "UpdatePipe")?;
-    let pipe = if args.wait {
-        wait_tables(&mut client, &args.name, &names).await?
-    } else {
-        pipe
+    let request = UpdatePipeRequest {
+        name: args.name,
+        add_tables: args.tables,
+        remove_tables: Vec::new(),
+        validate_only: args.dry_run,
     };
-    print_tables_change(out, &pipe, args.json)?;
-    Ok(ExitCode::SUCCESS)
+    update_tables(client, request, args.wait.then_some(names), args.json, out).await
 }
 
 /// `pgpipe tables remove`.
 pub(super) async fn remove(
-    opts: &ClientOpts,
+    client: &mut Client,
     args: TablesRemoveArgs,
     out: &mut Out,
 ) -> Result<ExitCode, CliError> {
-    let mut client = connect(opts).await?;
-    let answer = client
-        .update_pipe(UpdatePipeRequest {
-            name: args.name,
-            add_tables: Vec::new(),
-            remove_tables: args.tables,
-            validate_only: args.dry_run,
-        })
-        .await?
-        .into_inner();
-    if args.dry_run {
-        return print_problems(out, answer.ok, &answer.problems, args.json);
+    let request = UpdatePipeRequest {
+        name: args.name,
+        add_tables: Vec::new(),
+        remove_tables: args.tables,
+        validate_only: args.dry_run,
+    };
+    update_tables(client, request, None, args.json, out).await
+}
+
+/// Sends an UpdatePipe (a dry run prints the problems found) and prints the
+/// tables, after waiting for `wait_for` to replicate when given.
+async fn update_tables(
+    client: &mut Client,
+    request: UpdatePipeRequest,
+    wait_for: Option<Vec<String>>,
+    json: bool,
+    out: &mut Out,
+) -> Result<ExitCode, CliError> {
+    let name = request.name.clone();
+    let dry_run = request.validate_only;
+    let answer = client.update_pipe(request).await?.into_inner();
+    if dry_run {
+        return print_problems(out, answer.ok, &answer.problems, json);
     }
-    let pipe = pipe_of(answer.pipe, "UpdatePipe")?;
-    print_tables_change(out, &pipe, args.json)?;
+    let mut pipe = pipe_of(answer.pipe, "UpdatePipe")?;
+    if let Some(names) = wait_for {
+        pipe = wait_tables(client, &name, &names).await?;
+    }
+    print_tables_change(out, &pipe, json)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -116,17 +116,7 @@ pub(super) async fn wait_tables(
     tables: &[String],
 ) -> Result<Pipe, CliError> {
     loop {
-        let pipe = pipe_of(
-            client
-                .get_pipe(GetPipeRequest {
-                    name: name.to_owned(),
-                    id: String::new(),
-                })
-                .await?
-                .into_inner()
-                .pipe,
-            "GetPipe",
-        )?;
+        let pipe = get_pipe(client, name.to_owned(), String::new()).await?;
         if pipe.status() == PipeStatus::Failed || pipe.status() == PipeStatus::Deleted {
             return Err(CliError::Watch(format!(
                 "pipe {name} is {}: {}",
