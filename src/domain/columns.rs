@@ -63,32 +63,17 @@ pub fn column_types(
 /// renamed, two columns renamed to one name. Errors carry the field.
 pub fn check_static(i: usize, t: &TableConfig) -> Result<(), (String, Invalid)> {
     let fail = |field: String, msg: String| Err((field, Invalid(msg)));
-    if t.exclude_columns.len() > MAX_COLUMN_ENTRIES {
-        return fail(
-            format!("tables[{i}].exclude_columns"),
-            format!(
-                "tables[{i}].exclude_columns has {} entries; at most {MAX_COLUMN_ENTRIES}",
-                t.exclude_columns.len()
-            ),
-        );
-    }
-    if t.rename_columns.len() > MAX_COLUMN_ENTRIES {
-        return fail(
-            format!("tables[{i}].rename_columns"),
-            format!(
-                "tables[{i}].rename_columns has {} entries; at most {MAX_COLUMN_ENTRIES}",
-                t.rename_columns.len()
-            ),
-        );
-    }
-    if t.column_types.len() > MAX_COLUMN_ENTRIES {
-        return fail(
-            format!("tables[{i}].column_types"),
-            format!(
-                "tables[{i}].column_types has {} entries; at most {MAX_COLUMN_ENTRIES}",
-                t.column_types.len()
-            ),
-        );
+    for (option, entries) in [
+        ("exclude_columns", t.exclude_columns.len()),
+        ("rename_columns", t.rename_columns.len()),
+        ("column_types", t.column_types.len()),
+    ] {
+        if entries > MAX_COLUMN_ENTRIES {
+            return fail(
+                format!("tables[{i}].{option}"),
+                format!("tables[{i}].{option} has {entries} entries; at most {MAX_COLUMN_ENTRIES}"),
+            );
+        }
     }
     let mut excluded = HashSet::new();
     for (j, c) in t.exclude_columns.iter().enumerate() {
@@ -221,21 +206,23 @@ pub fn replicated(
     let what = format!("{}.{}", table.schema, table.name);
     let names: Vec<&str> = table.columns.iter().map(|c| c.name.as_str()).collect();
     let mut problems = Vec::new();
+    // An option of the entry names a column the table does not have.
+    let missing = |option: &str, field: String, c: &str| ColumnProblem {
+        field,
+        column: c.to_owned(),
+        unsupported_type: false,
+        message: format!(
+            "{option} of {what} names column {c:?}, which the table does not have; its columns \
+             are: {}",
+            names.join(", ")
+        ),
+    };
     let excluded: HashSet<&str> = cfg.exclude_columns.iter().map(String::as_str).collect();
     for (j, c) in cfg.exclude_columns.iter().enumerate() {
         let field = format!("tables[{i}].exclude_columns[{j}]");
         let Some(idx) = names.iter().position(|n| n == c) else {
             if strict {
-                problems.push(ColumnProblem {
-                    field,
-                    column: c.clone(),
-                    unsupported_type: false,
-                    message: format!(
-                        "exclude_columns of {what} names column {c:?}, which the table does not \
-                         have; its columns are: {}",
-                        names.join(", ")
-                    ),
-                });
+                problems.push(missing("exclude_columns", field, c));
             }
             continue;
         };
@@ -265,16 +252,7 @@ pub fn replicated(
     renames.sort();
     for (from, _) in &renames {
         if strict && !names.contains(&from.as_str()) {
-            problems.push(ColumnProblem {
-                field: rename_field(i, from),
-                column: (*from).clone(),
-                unsupported_type: false,
-                message: format!(
-                    "rename_columns of {what} names column {from:?}, which the table does not \
-                     have; its columns are: {}",
-                    names.join(", ")
-                ),
-            });
+            problems.push(missing("rename_columns", rename_field(i, from), from));
         }
     }
     let kept: Vec<usize> = (0..table.columns.len())
@@ -303,16 +281,7 @@ pub fn replicated(
         let field = type_field(i, c);
         let Some(idx) = names.iter().position(|n| n == c) else {
             if strict {
-                problems.push(ColumnProblem {
-                    field,
-                    column: c.clone(),
-                    unsupported_type: false,
-                    message: format!(
-                        "column_types of {what} names column {c:?}, which the table does not \
-                         have; its columns are: {}",
-                        names.join(", ")
-                    ),
-                });
+                problems.push(missing("column_types", field, c));
             }
             continue;
         };

@@ -176,17 +176,7 @@ impl Worker {
                 continue;
             }
             let job = partitions::LeafLoad {
-                facts: self.facts(),
-                conn: ends.conn.clone(),
-                password: ends.secrets.source_password.clone(),
-                ch: ends.ch.clone(),
-                settings: pipe
-                    .config
-                    .as_ref()
-                    .and_then(|c| c.settings)
-                    .unwrap_or_default(),
-                prepared: prepared.clone(),
-                view: route.table.view.clone(),
+                table: self.load_job(ends, &pipe, prepared.clone(), route.table.view.clone()),
                 leaves,
             };
             // Rows of the leaves not loaded yet fill unchanged TOAST values
