@@ -167,6 +167,17 @@ fn shorten(s: &str) -> String {
     }
 }
 
+/// Refuses a text field longer than `max` bytes.
+fn at_most(field: &str, text: &str, max: usize) -> Result<(), Invalid> {
+    if text.len() > max {
+        return invalid(format!(
+            "{field} is {} bytes; at most {max} are accepted",
+            text.len()
+        ));
+    }
+    Ok(())
+}
+
 fn source(src: Option<&SourceConfig>) -> Result<(SourceConfig, Option<String>), Invalid> {
     let Some(src) = src else {
         return invalid(
@@ -177,12 +188,7 @@ fn source(src: Option<&SourceConfig>) -> Result<(SourceConfig, Option<String>), 
     if conn.is_empty() {
         return invalid("source.connection_string is required (e.g. postgres://user@host:5432/db)");
     }
-    if conn.len() > MAX_CONN_LEN {
-        return invalid(format!(
-            "source.connection_string is {} bytes; at most {MAX_CONN_LEN} are accepted",
-            conn.len()
-        ));
-    }
+    at_most("source.connection_string", conn, MAX_CONN_LEN)?;
     let (redacted, embedded) = split_password(conn);
     // tokio-postgres knows neither verify-ca/verify-full nor sslrootcert:
     // those are checked here and applied by the source's own TLS layer.
@@ -205,12 +211,7 @@ fn source(src: Option<&SourceConfig>) -> Result<(SourceConfig, Option<String>), 
             "source.connection_string names no database; add dbname=... or /DB to the URL",
         );
     }
-    if src.password.len() > MAX_PASSWORD_LEN {
-        return invalid(format!(
-            "source.password is {} bytes; at most {MAX_PASSWORD_LEN} are accepted",
-            src.password.len()
-        ));
-    }
+    at_most("source.password", &src.password, MAX_PASSWORD_LEN)?;
     let password = match (embedded, src.password.as_str()) {
         (Some(_), p) if !p.is_empty() => {
             return invalid(
@@ -240,18 +241,8 @@ fn destination(
     if url.is_empty() {
         return invalid("destination.url is required (e.g. http://clickhouse:8123)");
     }
-    if url.len() > MAX_URL_LEN {
-        return invalid(format!(
-            "destination.url is {} bytes; at most {MAX_URL_LEN} are accepted",
-            url.len()
-        ));
-    }
-    if dst.password.len() > MAX_PASSWORD_LEN {
-        return invalid(format!(
-            "destination.password is {} bytes; at most {MAX_PASSWORD_LEN} are accepted",
-            dst.password.len()
-        ));
-    }
+    at_most("destination.url", url, MAX_URL_LEN)?;
+    at_most("destination.password", &dst.password, MAX_PASSWORD_LEN)?;
     let parsed = url::Url::parse(url).map_err(|e| {
         Invalid(format!(
             "destination.url {:?} is not a URL ({e}); use http://host:8123 or https://host:8443",
@@ -578,14 +569,7 @@ pub fn apply_overrides(
         }
         let canonical = q.canonical();
         let Some(t) = out.iter_mut().find(|t| t.source_table == canonical) else {
-            return invalid(format!(
-                "overrides[{i}]: table {canonical} is not part of this pipe; its tables are: {}",
-                tables
-                    .iter()
-                    .map(|t| t.source_table.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
+            return Err(not_in_pipe(&format!("overrides[{i}]"), &canonical, tables));
         };
         if !o.order_by.is_empty() {
             t.order_by = order_by(&format!("overrides[{i}].order_by"), &o.order_by)?;
@@ -714,20 +698,22 @@ pub fn table_changes(
 }
 
 /// The tables of a table resync, as canonical names of the pipe's tables.
+/// `field` names a table the pipe does not replicate.
+fn not_in_pipe(field: &str, canonical: &str, tables: &[TableConfig]) -> Invalid {
+    let names: Vec<&str> = tables.iter().map(|t| t.source_table.as_str()).collect();
+    Invalid(format!(
+        "{field}: table {canonical} is not part of this pipe; its tables are: {}",
+        names.join(", ")
+    ))
+}
+
 pub fn resync_tables(current: &[TableConfig], tables: &[String]) -> Result<Vec<String>, Invalid> {
     let mut out = Vec::new();
     for (i, t) in tables.iter().enumerate() {
         let field = format!("tables[{i}]");
         let canonical = qualified_name(&field, t)?.canonical();
         if !current.iter().any(|c| c.source_table == canonical) {
-            return invalid(format!(
-                "{field}: table {canonical} is not part of this pipe; its tables are: {}",
-                current
-                    .iter()
-                    .map(|t| t.source_table.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
+            return Err(not_in_pipe(&field, &canonical, current));
         }
         if out.contains(&canonical) {
             return invalid(format!("{field}: table {canonical} is listed twice"));

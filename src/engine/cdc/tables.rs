@@ -13,6 +13,7 @@ use crate::domain::validate;
 use crate::failpoint;
 use crate::proto::event::Payload;
 use crate::proto::*;
+use crate::sink::types::repr_fits;
 use crate::sink::{CreateMode, SinkError};
 use crate::source;
 
@@ -223,7 +224,7 @@ impl Worker {
                     })?
             }
         };
-        let view = columns::replicated(index, &table, &config, false)
+        let view = columns::replicated(index, &table, &config, false, repr_fits)
             .map_err(|p| column_error(&table, &p))?;
         Ok(TableColumns {
             described: table,
@@ -270,17 +271,7 @@ impl Worker {
         let prepared = match job {
             Some(job) => job.clone(),
             None => {
-                // ClickHouse sees destination names; order_by is given in
-                // source names.
-                let order_by: Vec<String> = if cfg.order_by.is_empty() {
-                    dest_view
-                        .key
-                        .iter()
-                        .map(|&i| dest_view.columns[i].name.clone())
-                        .collect()
-                } else {
-                    columns::dest_order_by(cfg)
-                };
+                let order_by = columns::dest_order_by(cfg, &cols.view);
                 ends.ch
                     .create_table(
                         &cfg.destination_table,
