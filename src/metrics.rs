@@ -94,55 +94,37 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Applies `f` to `key`'s entry. Looked up by &str first: the series
+/// exists almost always, so the hot path allocates nothing.
+fn with_entry<T: Default>(map: &mut BTreeMap<String, T>, key: &str, f: impl FnOnce(&mut T)) {
+    match map.get_mut(key) {
+        Some(v) => f(v),
+        None => f(map.entry(key.to_owned()).or_default()),
+    }
+}
+
 impl Metrics {
     pub fn rows_applied(&self, pipe: &str, table: &str, kind: RowKind, n: u64) {
         if n == 0 {
             return;
         }
-        let mut rows = lock(&self.rows);
-        // Look up by &str first: the series exists almost always, so the
-        // hot path allocates nothing.
-        let tables = match rows.get_mut(pipe) {
-            Some(t) => t,
-            None => rows.entry(pipe.to_owned()).or_default(),
-        };
-        let counts = match tables.get_mut(table) {
-            Some(c) => c,
-            None => tables.entry(table.to_owned()).or_default(),
-        };
-        counts[kind as usize] += n;
+        with_entry(&mut lock(&self.rows), pipe, |tables| {
+            with_entry(tables, table, |counts| counts[kind as usize] += n)
+        });
     }
 
     pub fn set_cdc_lag_bytes(&self, pipe: &str, bytes: u64) {
-        let mut lag = lock(&self.lag_bytes);
-        match lag.get_mut(pipe) {
-            Some(v) => *v = bytes,
-            None => {
-                lag.insert(pipe.to_owned(), bytes);
-            }
-        }
+        with_entry(&mut lock(&self.lag_bytes), pipe, |v| *v = bytes);
     }
 
     pub fn set_cdc_lag_seconds(&self, pipe: &str, seconds: f64) {
-        let mut lag = lock(&self.lag_seconds);
-        match lag.get_mut(pipe) {
-            Some(v) => *v = seconds,
-            None => {
-                lag.insert(pipe.to_owned(), seconds);
-            }
-        }
+        with_entry(&mut lock(&self.lag_seconds), pipe, |v| *v = seconds);
     }
 
     pub fn observe_batch_apply(&self, pipe: &str, took: Duration) {
-        let mut apply = lock(&self.apply);
-        match apply.get_mut(pipe) {
-            Some(h) => h.observe(took.as_secs_f64()),
-            None => {
-                let mut h = Histogram::default();
-                h.observe(took.as_secs_f64());
-                apply.insert(pipe.to_owned(), h);
-            }
-        }
+        with_entry(&mut lock(&self.apply), pipe, |h| {
+            h.observe(took.as_secs_f64())
+        });
     }
 
     pub fn set_resync_step(&self, pipe: &str, step: &'static str, took: Duration) {

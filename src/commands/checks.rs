@@ -10,6 +10,7 @@ use crate::domain::columns;
 use crate::domain::validate::{QualifiedName, source_tables};
 use crate::model::PgType;
 use crate::proto::{PipeConfig, Problem, ProblemKind};
+use crate::sink::types::repr_fits;
 use crate::sink::{ChSink, SinkError};
 use crate::source::{self, SourceError, TableReport};
 use crate::store::PipeSecrets;
@@ -340,7 +341,7 @@ async fn check_source(
         // A new pipe's excluded and renamed columns must exist (a typo would
         // replicate the column); a resync's source may have dropped them.
         let strict = purpose != Purpose::Resync && r.problems.is_empty();
-        match columns::replicated(i, &r.table, cfg, strict) {
+        match columns::replicated(i, &r.table, cfg, strict, repr_fits) {
             // The destination checks compare ClickHouse with what is
             // replicated, under the destination names.
             Ok(view) => r.table = view.dest,

@@ -114,11 +114,7 @@ pub(super) fn resync(
     replace_columns: bool,
 ) -> Result<Vec<Event>, CommandError> {
     let p = resyncable(name, current)?;
-    if p.id != old_id {
-        return Err(CommandError::Conflict(format!(
-            "pipe {name:?} was replaced while the resync was requested; retry"
-        )));
-    }
+    same_incarnation(name, p, old_id, "resync")?;
     let mut config = p.config.clone().unwrap_or_default();
     config.tables = validate::apply_overrides(&config.tables, overrides, replace_columns)?;
     config.labels = p.labels.clone();
@@ -194,11 +190,7 @@ pub(super) fn update_tables(
     remove: &[String],
 ) -> Result<Vec<Event>, CommandError> {
     let now = live(name, current)?;
-    if now.id != id {
-        return Err(CommandError::Conflict(format!(
-            "pipe {name:?} was replaced while the change was requested; retry"
-        )));
-    }
+    same_incarnation(name, now, id, "change")?;
     can_change_tables(now)?;
     let tables = now
         .config
@@ -232,11 +224,7 @@ pub(super) fn resync_tables(
     wanted: &[String],
 ) -> Result<Vec<Event>, CommandError> {
     let now = live(name, current)?;
-    if now.id != id {
-        return Err(CommandError::Conflict(format!(
-            "pipe {name:?} was replaced while the resync was requested; retry"
-        )));
-    }
+    same_incarnation(name, now, id, "resync")?;
     can_resync_tables(now, wanted)?;
     Ok(vec![new_event(
         &now.id,
@@ -289,6 +277,17 @@ pub(super) fn not_found(name: &str) -> CommandError {
     CommandError::NotFound(format!(
         "no pipe named {name:?}; ListPipes shows the existing ones"
     ))
+}
+
+/// Refuses a request decided against incarnation `id` when `now` is
+/// another one (the pipe was deleted and created again meanwhile).
+fn same_incarnation(name: &str, now: &Pipe, id: &str, what: &str) -> Result<(), CommandError> {
+    if now.id != id {
+        return Err(CommandError::Conflict(format!(
+            "pipe {name:?} was replaced while the {what} was requested; retry"
+        )));
+    }
+    Ok(())
 }
 
 /// The pipe, if it exists and is not deleted.

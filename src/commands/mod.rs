@@ -69,31 +69,24 @@ struct Creation<'a> {
     labels: &'a BTreeMap<String, String>,
 }
 
-impl CreatePipeRequest {
-    fn creation(&self) -> Creation<'_> {
-        Creation {
-            name: &self.name,
-            source: self.source.as_ref(),
-            destination: self.destination.as_ref(),
-            tables: &self.tables,
-            settings: self.settings.as_ref(),
-            labels: &self.labels,
+/// The two requests carry the same fields (prost gives them no common type).
+macro_rules! creation_of {
+    ($($request:ty),*) => {$(
+        impl $request {
+            fn creation(&self) -> Creation<'_> {
+                Creation {
+                    name: &self.name,
+                    source: self.source.as_ref(),
+                    destination: self.destination.as_ref(),
+                    tables: &self.tables,
+                    settings: self.settings.as_ref(),
+                    labels: &self.labels,
+                }
+            }
         }
-    }
+    )*};
 }
-
-impl ValidatePipeRequest {
-    fn creation(&self) -> Creation<'_> {
-        Creation {
-            name: &self.name,
-            source: self.source.as_ref(),
-            destination: self.destination.as_ref(),
-            tables: &self.tables,
-            settings: self.settings.as_ref(),
-            labels: &self.labels,
-        }
-    }
-}
+creation_of!(CreatePipeRequest, ValidatePipeRequest);
 
 impl Core {
     /// Reads the projection (a poisoned lock means a panic elsewhere; the

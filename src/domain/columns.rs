@@ -12,7 +12,6 @@ use std::collections::{HashMap, HashSet};
 use super::names::{Invalid, ident};
 use crate::model::{ColumnRepr, PgType, Row, SourceTable};
 use crate::proto::TableConfig;
-use crate::sink::types::Kind;
 
 /// Prefix of pgpipe's own ClickHouse columns (`_pgpipe_version`, ...).
 pub const RESERVED_PREFIX: &str = "_pgpipe_";
@@ -63,32 +62,17 @@ pub fn column_types(
 /// renamed, two columns renamed to one name. Errors carry the field.
 pub fn check_static(i: usize, t: &TableConfig) -> Result<(), (String, Invalid)> {
     let fail = |field: String, msg: String| Err((field, Invalid(msg)));
-    if t.exclude_columns.len() > MAX_COLUMN_ENTRIES {
-        return fail(
-            format!("tables[{i}].exclude_columns"),
-            format!(
-                "tables[{i}].exclude_columns has {} entries; at most {MAX_COLUMN_ENTRIES}",
-                t.exclude_columns.len()
-            ),
-        );
-    }
-    if t.rename_columns.len() > MAX_COLUMN_ENTRIES {
-        return fail(
-            format!("tables[{i}].rename_columns"),
-            format!(
-                "tables[{i}].rename_columns has {} entries; at most {MAX_COLUMN_ENTRIES}",
-                t.rename_columns.len()
-            ),
-        );
-    }
-    if t.column_types.len() > MAX_COLUMN_ENTRIES {
-        return fail(
-            format!("tables[{i}].column_types"),
-            format!(
-                "tables[{i}].column_types has {} entries; at most {MAX_COLUMN_ENTRIES}",
-                t.column_types.len()
-            ),
-        );
+    for (option, entries) in [
+        ("exclude_columns", t.exclude_columns.len()),
+        ("rename_columns", t.rename_columns.len()),
+        ("column_types", t.column_types.len()),
+    ] {
+        if entries > MAX_COLUMN_ENTRIES {
+            return fail(
+                format!("tables[{i}].{option}"),
+                format!("tables[{i}].{option} has {entries} entries; at most {MAX_COLUMN_ENTRIES}"),
+            );
+        }
     }
     let mut excluded = HashSet::new();
     for (j, c) in t.exclude_columns.iter().enumerate() {
@@ -208,6 +192,12 @@ impl Replicated {
     }
 }
 
+/// The sink's word on a representation `column_types` chose for a column
+/// (domain knows no ClickHouse types): `Ok(whether distinct values stay
+/// distinct)` if it holds every value of the type, else why not and what
+/// to choose.
+pub type ReprFits = fn(&PgType, ColumnRepr) -> Result<bool, String>;
+
 /// The replicated view of `table` (described from the source) under table
 /// entry `i`'s config. `strict` (a new pipe) also refuses excluded or
 /// renamed columns the table does not have; otherwise (a running pipe, a
@@ -217,25 +207,28 @@ pub fn replicated(
     table: &SourceTable,
     cfg: &TableConfig,
     strict: bool,
+    fits: ReprFits,
 ) -> Result<Replicated, Vec<ColumnProblem>> {
     let what = format!("{}.{}", table.schema, table.name);
     let names: Vec<&str> = table.columns.iter().map(|c| c.name.as_str()).collect();
     let mut problems = Vec::new();
+    // An option of the entry names a column the table does not have.
+    let missing = |option: &str, field: String, c: &str| ColumnProblem {
+        field,
+        column: c.to_owned(),
+        unsupported_type: false,
+        message: format!(
+            "{option} of {what} names column {c:?}, which the table does not have; its columns \
+             are: {}",
+            names.join(", ")
+        ),
+    };
     let excluded: HashSet<&str> = cfg.exclude_columns.iter().map(String::as_str).collect();
     for (j, c) in cfg.exclude_columns.iter().enumerate() {
         let field = format!("tables[{i}].exclude_columns[{j}]");
         let Some(idx) = names.iter().position(|n| n == c) else {
             if strict {
-                problems.push(ColumnProblem {
-                    field,
-                    column: c.clone(),
-                    unsupported_type: false,
-                    message: format!(
-                        "exclude_columns of {what} names column {c:?}, which the table does not \
-                         have; its columns are: {}",
-                        names.join(", ")
-                    ),
-                });
+                problems.push(missing("exclude_columns", field, c));
             }
             continue;
         };
@@ -265,16 +258,7 @@ pub fn replicated(
     renames.sort();
     for (from, _) in &renames {
         if strict && !names.contains(&from.as_str()) {
-            problems.push(ColumnProblem {
-                field: rename_field(i, from),
-                column: (*from).clone(),
-                unsupported_type: false,
-                message: format!(
-                    "rename_columns of {what} names column {from:?}, which the table does not \
-                     have; its columns are: {}",
-                    names.join(", ")
-                ),
-            });
+            problems.push(missing("rename_columns", rename_field(i, from), from));
         }
     }
     let kept: Vec<usize> = (0..table.columns.len())
@@ -303,16 +287,7 @@ pub fn replicated(
         let field = type_field(i, c);
         let Some(idx) = names.iter().position(|n| n == c) else {
             if strict {
-                problems.push(ColumnProblem {
-                    field,
-                    column: c.clone(),
-                    unsupported_type: false,
-                    message: format!(
-                        "column_types of {what} names column {c:?}, which the table does not \
-                         have; its columns are: {}",
-                        names.join(", ")
-                    ),
-                });
+                problems.push(missing("column_types", field, c));
             }
             continue;
         };
@@ -321,10 +296,10 @@ pub fn replicated(
             // Reported by the static checks / as an unsupported type.
             continue;
         }
-        let problem = match Kind::for_type(&col.pg_type, Some(*repr)) {
+        let problem = match fits(&col.pg_type, *repr) {
             Err(e) => Some(e),
-            Ok(kind)
-                if !kind.keeps_values_apart()
+            Ok(keeps_apart)
+                if !keeps_apart
                     && (table.key.contains(&idx) || cfg.order_by.iter().any(|o| o == c)) =>
             {
                 Some(format!(
@@ -419,18 +394,30 @@ pub fn renamed_since(view: &Replicated, old: &TableConfig) -> HashMap<String, St
         .collect()
 }
 
-/// order_by (source column names) in destination names.
-pub fn dest_order_by(cfg: &TableConfig) -> Vec<String> {
-    cfg.order_by
-        .iter()
-        .map(|c| Replicated::dest_name(cfg, c).to_owned())
-        .collect()
+/// The destination table's ORDER BY under destination names (what
+/// ClickHouse sees; order_by is given in source names): order_by, or else
+/// the key.
+pub fn dest_order_by(cfg: &TableConfig, view: &Replicated) -> Vec<String> {
+    if cfg.order_by.is_empty() {
+        let dest = &view.dest;
+        dest.key
+            .iter()
+            .map(|&i| dest.columns[i].name.clone())
+            .collect()
+    } else {
+        cfg.order_by
+            .iter()
+            .map(|c| Replicated::dest_name(cfg, c).to_owned())
+            .collect()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::{Cell, PgType, SourceColumn};
+    // The sink's rules, as the engine passes them.
+    use crate::sink::types::repr_fits;
 
     fn table() -> SourceTable {
         let col = |n: &str| SourceColumn {
@@ -471,7 +458,7 @@ mod tests {
     #[test]
     fn the_view_keeps_other_columns_under_their_destination_names() {
         let c = cfg(&["password_hash"], &[("desc", "description")]);
-        let r = replicated(0, &table(), &c, true).unwrap();
+        let r = replicated(0, &table(), &c, true, repr_fits).unwrap();
         assert_eq!(r.kept, vec![0, 1, 3]);
         let src: Vec<_> = r.source.columns.iter().map(|c| c.name.as_str()).collect();
         let dst: Vec<_> = r.dest.columns.iter().map(|c| c.name.as_str()).collect();
@@ -488,19 +475,19 @@ mod tests {
         let mut t = table();
         t.columns[2].pg_type = PgType::Unsupported;
         t.columns[2].type_name = "point".into();
-        let problems = replicated(0, &t, &cfg(&[], &[]), true).unwrap_err();
+        let problems = replicated(0, &t, &cfg(&[], &[]), true, repr_fits).unwrap_err();
         assert_eq!(problems.len(), 1);
         assert!(problems[0].unsupported_type);
         assert_eq!(problems[0].column, "password_hash");
         assert!(problems[0].message.contains("type point"), "{problems:?}");
-        let r = replicated(0, &t, &cfg(&["password_hash"], &[]), true).unwrap();
+        let r = replicated(0, &t, &cfg(&["password_hash"], &[]), true, repr_fits).unwrap();
         assert_eq!(r.kept, vec![0, 1, 3]);
     }
 
     #[test]
     fn keys_and_unknown_columns_cannot_be_excluded() {
         let c = cfg(&["note", "id", "nope"], &[("gone", "x")]);
-        let fields: Vec<String> = replicated(2, &table(), &c, true)
+        let fields: Vec<String> = replicated(2, &table(), &c, true, repr_fits)
             .unwrap_err()
             .into_iter()
             .map(|p| p.field)
@@ -514,7 +501,7 @@ mod tests {
             ]
         );
         // A running pipe ignores what the source dropped since, not keys.
-        let lenient = replicated(2, &table(), &c, false).unwrap_err();
+        let lenient = replicated(2, &table(), &c, false, repr_fits).unwrap_err();
         assert_eq!(lenient.len(), 1);
         assert_eq!(lenient[0].column, "id");
     }
@@ -522,13 +509,13 @@ mod tests {
     #[test]
     fn a_rename_onto_a_kept_column_name_collides() {
         let c = cfg(&[], &[("desc", "note")]);
-        let p = replicated(0, &table(), &c, true).unwrap_err();
+        let p = replicated(0, &table(), &c, true, repr_fits).unwrap_err();
         assert_eq!(p[0].field, "tables[0].rename_columns[\"desc\"]");
         // Swapping two names is fine, as is taking an excluded column's name.
         let swap = cfg(&[], &[("desc", "note"), ("note", "desc")]);
-        assert!(replicated(0, &table(), &swap, true).is_ok());
+        assert!(replicated(0, &table(), &swap, true, repr_fits).is_ok());
         let onto_excluded = cfg(&["password_hash"], &[("desc", "password_hash")]);
-        assert!(replicated(0, &table(), &onto_excluded, true).is_ok());
+        assert!(replicated(0, &table(), &onto_excluded, true, repr_fits).is_ok());
     }
 
     fn typed(types: &[(&str, &str)]) -> TableConfig {
@@ -551,7 +538,7 @@ mod tests {
     fn a_chosen_column_type_is_carried_by_the_view_under_both_names() {
         let mut c = typed(&[("note", "int32")]);
         c.rename_columns.insert("note".into(), "born".into());
-        let r = replicated(0, &dated(), &c, true).unwrap();
+        let r = replicated(0, &dated(), &c, true, repr_fits).unwrap();
         assert_eq!(r.dest.columns[3].name, "born");
         assert_eq!(r.dest.columns[3].repr, Some(ColumnRepr::Int32));
         assert_eq!(r.source.columns[3].repr, Some(ColumnRepr::Int32));
@@ -561,7 +548,7 @@ mod tests {
     #[test]
     fn column_types_that_cannot_hold_the_column_are_refused_naming_the_field() {
         let field = |c: &TableConfig| {
-            replicated(1, &dated(), c, true)
+            replicated(1, &dated(), c, true, repr_fits)
                 .unwrap_err()
                 .into_iter()
                 .map(|p| p.field)
@@ -576,18 +563,18 @@ mod tests {
             ["tables[1].column_types[\"nope\"]"]
         );
         // A running pipe ignores a column the source dropped since.
-        assert!(replicated(1, &dated(), &typed(&[("nope", "String")]), false).is_ok());
+        assert!(replicated(1, &dated(), &typed(&[("nope", "String")]), false, repr_fits).is_ok());
         // Clamp would merge distinct key (or order_by) values; String keeps them.
         let mut t = dated();
         t.key = vec![3];
         assert_eq!(
-            replicated(1, &t, &typed(&[("note", "Clamp")]), true).unwrap_err()[0].field,
+            replicated(1, &t, &typed(&[("note", "Clamp")]), true, repr_fits).unwrap_err()[0].field,
             "tables[1].column_types[\"note\"]"
         );
-        assert!(replicated(1, &t, &typed(&[("note", "String")]), true).is_ok());
+        assert!(replicated(1, &t, &typed(&[("note", "String")]), true, repr_fits).is_ok());
         let mut ordered = typed(&[("note", "Clamp")]);
         ordered.order_by = vec!["id".into(), "note".into()];
-        assert!(replicated(1, &dated(), &ordered, true).is_err());
+        assert!(replicated(1, &dated(), &ordered, true, repr_fits).is_err());
     }
 
     #[test]

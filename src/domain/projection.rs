@@ -64,6 +64,14 @@ pub fn ends_stream(e: &Event) -> bool {
 
 const PAUSED_DETAIL: &str = "paused: the replication slot is kept, so the source retains WAL until the pipe is resumed or deleted";
 
+/// A table's snapshot counts, started afresh (a redone snapshot, a load).
+fn snapshot_afresh(t: &mut TableStats, partitions_total: u32) {
+    t.snapshot_partitions_total = partitions_total;
+    t.snapshot_partitions_done = 0;
+    t.snapshot_rows = 0;
+    t.snapshot_done = false;
+}
+
 fn table_stats_mut<'a>(pipe: &'a mut Pipe, source_table: &str) -> Option<&'a mut TableStats> {
     pipe.tables
         .iter_mut()
@@ -221,10 +229,7 @@ pub fn apply(pipe: Option<&mut Pipe>, e: &Event) -> Option<Pipe> {
                     for plan in &s.tables {
                         if let Some(t) = table_stats_mut(p, &plan.source_table) {
                             // A redone snapshot starts its counts afresh.
-                            t.snapshot_partitions_total = plan.partitions_total;
-                            t.snapshot_partitions_done = 0;
-                            t.snapshot_rows = 0;
-                            t.snapshot_done = false;
+                            snapshot_afresh(t, plan.partitions_total);
                         }
                     }
                 }
@@ -345,10 +350,7 @@ pub fn apply(pipe: Option<&mut Pipe>, e: &Event) -> Option<Pipe> {
                             } as i32;
                             t.destination_table = job.destination_table.clone();
                             set_generated(t, &job.generated_columns);
-                            t.snapshot_partitions_total = l.partitions_total;
-                            t.snapshot_partitions_done = 0;
-                            t.snapshot_rows = 0;
-                            t.snapshot_done = false;
+                            snapshot_afresh(t, l.partitions_total);
                         }
                     }
                 }

@@ -14,20 +14,23 @@ pub const DEFAULT_LAG_WARNING_BYTES: u64 = 1 << 30;
 pub const DEFAULT_STALL_WARNING_SECONDS: u32 = 300;
 pub const DEFAULT_CHECK_INTERVAL_SECONDS: u32 = 30;
 
+/// `v`, or `default` for 0 (proto3's "not set").
+fn or<T: Default + PartialEq>(v: T, default: T) -> T {
+    if v == T::default() { default } else { v }
+}
+
 /// `s` with the slot health settings defaulted (0 means the default). Also
 /// applied when a pipe runs, for pipes created before these settings.
 pub fn with_slot_health_defaults(s: &PipeSettings) -> PipeSettings {
-    let mut out = *s;
-    if out.slot_lag_warning_bytes == 0 {
-        out.slot_lag_warning_bytes = DEFAULT_LAG_WARNING_BYTES;
+    PipeSettings {
+        slot_lag_warning_bytes: or(s.slot_lag_warning_bytes, DEFAULT_LAG_WARNING_BYTES),
+        slot_stall_warning_seconds: or(s.slot_stall_warning_seconds, DEFAULT_STALL_WARNING_SECONDS),
+        slot_check_interval_seconds: or(
+            s.slot_check_interval_seconds,
+            DEFAULT_CHECK_INTERVAL_SECONDS,
+        ),
+        ..*s
     }
-    if out.slot_stall_warning_seconds == 0 {
-        out.slot_stall_warning_seconds = DEFAULT_STALL_WARNING_SECONDS;
-    }
-    if out.slot_check_interval_seconds == 0 {
-        out.slot_check_interval_seconds = DEFAULT_CHECK_INTERVAL_SECONDS;
-    }
-    out
 }
 
 /// Range checks of the (defaulted) slot health settings.
@@ -58,26 +61,10 @@ fn check_slot_health(s: &PipeSettings) -> Result<(), String> {
 pub fn checked(s: Option<&PipeSettings>) -> Result<PipeSettings, String> {
     let s = s.cloned().unwrap_or_default();
     let out = PipeSettings {
-        snapshot_parallelism: if s.snapshot_parallelism == 0 {
-            DEFAULT_PARALLELISM
-        } else {
-            s.snapshot_parallelism
-        },
-        snapshot_rows_per_partition: if s.snapshot_rows_per_partition == 0 {
-            DEFAULT_ROWS_PER_PARTITION
-        } else {
-            s.snapshot_rows_per_partition
-        },
-        cdc_batch_size: if s.cdc_batch_size == 0 {
-            DEFAULT_BATCH_SIZE
-        } else {
-            s.cdc_batch_size
-        },
-        cdc_sync_interval_ms: if s.cdc_sync_interval_ms == 0 {
-            DEFAULT_SYNC_INTERVAL_MS
-        } else {
-            s.cdc_sync_interval_ms
-        },
+        snapshot_parallelism: or(s.snapshot_parallelism, DEFAULT_PARALLELISM),
+        snapshot_rows_per_partition: or(s.snapshot_rows_per_partition, DEFAULT_ROWS_PER_PARTITION),
+        cdc_batch_size: or(s.cdc_batch_size, DEFAULT_BATCH_SIZE),
+        cdc_sync_interval_ms: or(s.cdc_sync_interval_ms, DEFAULT_SYNC_INTERVAL_MS),
         ..with_slot_health_defaults(&s)
     };
     if out.snapshot_parallelism > MAX_PARALLELISM {

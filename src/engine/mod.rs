@@ -17,6 +17,7 @@ mod table_load;
 pub mod worker;
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -107,19 +108,7 @@ fn reconcile(
             .collect();
         (wanted, release)
     });
-    workers.retain(|id, h| {
-        if wanted.contains(id) && !h.is_finished() {
-            true
-        } else {
-            h.abort();
-            false
-        }
-    });
-    for id in wanted {
-        workers
-            .entry(id.clone())
-            .or_insert_with(|| tokio::spawn(worker::run(Arc::clone(core), id)));
-    }
+    keep_tasks(core, workers, wanted, worker::run);
     releasing.retain(|_, h| !h.is_finished());
     for p in to_release {
         if workers.contains_key(&p.id) || releasing.contains_key(&p.id) {
@@ -129,6 +118,31 @@ fn reconcile(
         let core = Arc::clone(core);
         let id = p.id.clone();
         releasing.insert(id, tokio::spawn(release(core, p).instrument(span)));
+    }
+}
+
+/// Keeps one running task per wanted id (started by `start`) in `tasks`:
+/// the others, and finished ones, are aborted; the missing ones started.
+pub(crate) fn keep_tasks<F>(
+    core: &Arc<Core>,
+    tasks: &mut HashMap<String, JoinHandle<()>>,
+    wanted: HashSet<String>,
+    start: impl Fn(Arc<Core>, String) -> F,
+) where
+    F: Future<Output = ()> + Send + 'static,
+{
+    tasks.retain(|id, h| {
+        if wanted.contains(id) && !h.is_finished() {
+            true
+        } else {
+            h.abort();
+            false
+        }
+    });
+    for id in wanted {
+        tasks
+            .entry(id.clone())
+            .or_insert_with(|| tokio::spawn(start(Arc::clone(core), id)));
     }
 }
 

@@ -30,13 +30,12 @@ use std::time::Duration;
 use tokio_postgres::Client;
 
 use super::copy::{CopyPlan, CopyWork, Progress, copy_partitions};
-use super::table_load;
+use super::table_load::{self, LoadJob};
 use super::worker::{EngineError, Facts};
 use crate::domain::columns::Replicated;
 use crate::failpoint;
 use crate::proto::event::Payload;
 use crate::proto::*;
-use crate::sink::ChSink;
 use crate::source::{self, Leaf};
 
 /// How often the CDC loop compares a partitioned table's leaves with the
@@ -186,15 +185,8 @@ pub(super) async fn check_leaves(
 
 /// A load of some leaves of a partitioned table beside CDC.
 pub(super) struct LeafLoad {
-    pub facts: Facts,
-    pub conn: String,
-    pub password: Option<String>,
-    pub ch: ChSink,
-    pub settings: PipeSettings,
-    /// The partitioned table as prepared (rows go to its destination).
-    pub prepared: PreparedTable,
-    /// Its replicated columns.
-    pub view: Replicated,
+    /// The partitioned table's load: rows go to its destination.
+    pub table: LoadJob,
     /// Leaves to load, canonical names.
     pub leaves: Vec<String>,
 }
@@ -204,13 +196,16 @@ pub(super) struct LeafLoad {
 /// `PartitionsChanged` (replicated). Returns the rows copied.
 pub(super) async fn load_leaves(job: LeafLoad) -> Result<u64, EngineError> {
     let LeafLoad {
-        facts,
-        conn,
-        password,
-        ch,
-        settings,
-        prepared,
-        view,
+        table:
+            LoadJob {
+                facts,
+                conn,
+                password,
+                ch,
+                settings,
+                prepared,
+                view,
+            },
         leaves,
     } = job;
     let pg = source::connect(&conn, password.as_deref()).await?;

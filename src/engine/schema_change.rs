@@ -23,6 +23,7 @@ use crate::proto::event::Payload;
 use crate::proto::{SchemaChangeKind, SchemaChanged, TableFailed};
 use crate::sink::Change;
 use crate::sink::types::Kind;
+use crate::sink::types::repr_fits;
 use crate::source::{self, AddedValue};
 
 use super::cdc::{Route, Routes, Side, TableColumns};
@@ -86,7 +87,7 @@ fn fits_options(cols: &TableColumns, d: &RelationDiff, source_table: &str) -> Re
             );
         }
     }
-    columns::replicated(cols.index, &d.now, &cfg, false)
+    columns::replicated(cols.index, &d.now, &cfg, false, repr_fits)
         .map(|_| ())
         .map_err(|problems| {
             let list: Vec<String> = problems
@@ -226,7 +227,7 @@ impl Worker {
             .find(|c| c.source_table == source_table)
             .unwrap_or_else(|| cols.config.clone());
         let index = cols.index;
-        let view = match columns::replicated(index, &d.now, &config, false) {
+        let view = match columns::replicated(index, &d.now, &config, false, repr_fits) {
             Ok(v) => v,
             Err(problems) => {
                 let list: Vec<String> = problems.iter().map(|p| p.message.clone()).collect();
@@ -451,7 +452,7 @@ impl Worker {
         let Some(fresh) = fresh else {
             return Ok(false);
         };
-        let view = match columns::replicated(index, &fresh, cfg, false) {
+        let view = match columns::replicated(index, &fresh, cfg, false, repr_fits) {
             Ok(v) => v,
             Err(problems) => {
                 let list: Vec<String> = problems.iter().map(|p| p.message.clone()).collect();

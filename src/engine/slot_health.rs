@@ -296,19 +296,7 @@ pub(crate) fn reconcile(core: &Arc<Core>, monitors: &mut HashMap<String, JoinHan
             .map(|p| p.id)
             .collect()
     });
-    monitors.retain(|id, h| {
-        if wanted.contains(id) && !h.is_finished() {
-            true
-        } else {
-            h.abort();
-            false
-        }
-    });
-    for id in wanted {
-        monitors
-            .entry(id.clone())
-            .or_insert_with(|| tokio::spawn(monitor(Arc::clone(core), id)));
-    }
+    super::keep_tasks(core, monitors, wanted, monitor);
 }
 
 /// Samples one incarnation's slot until it stops being watched.

@@ -34,6 +34,7 @@ use crate::domain::step::Step;
 use crate::model::SourceTable;
 use crate::proto::event::Payload;
 use crate::proto::*;
+use crate::sink::types::repr_fits;
 use crate::sink::{ChSink, SinkError};
 use crate::source::{self, SourceError};
 
@@ -319,7 +320,7 @@ fn replicated_views(
         .zip(tables)
         .enumerate()
         .map(
-            |(i, (cfg, t))| match columns::replicated(i, t, cfg, false) {
+            |(i, (cfg, t))| match columns::replicated(i, t, cfg, false, repr_fits) {
                 Ok(v) => Ok(v),
                 Err(_) if failed.contains(&cfg.source_table.as_str()) => {
                     let empty = SourceTable {

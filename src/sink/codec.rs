@@ -834,7 +834,7 @@ pub(crate) fn parse_array(t: &[u8]) -> R<Vec<Option<Cow<'_, [u8]>>>> {
 
 // ---------------------------------------------------------------- decoding
 
-fn take<'a>(input: &mut &'a [u8], n: usize) -> R<&'a [u8]> {
+pub(super) fn take<'a>(input: &mut &'a [u8], n: usize) -> R<&'a [u8]> {
     if input.len() < n {
         return Err("truncated RowBinary data".into());
     }
@@ -843,7 +843,7 @@ fn take<'a>(input: &mut &'a [u8], n: usize) -> R<&'a [u8]> {
     Ok(head)
 }
 
-fn take_arr<const N: usize>(input: &mut &[u8]) -> R<[u8; N]> {
+pub(super) fn take_arr<const N: usize>(input: &mut &[u8]) -> R<[u8; N]> {
     let mut a = [0u8; N];
     a.copy_from_slice(take(input, N)?);
     Ok(a)

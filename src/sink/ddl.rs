@@ -202,15 +202,21 @@ impl ChSink {
         .await
     }
 
+    /// A query of `expr` over `system.tables`' row for `table` (none if it
+    /// does not exist).
+    fn table_info(&self, expr: &str, table: &str) -> clickhouse::query::Query {
+        self.client
+            .query_raw(&format!(
+                "SELECT {expr} FROM system.tables WHERE database = {{db:String}} AND name = {{t:String}}"
+            ))
+            .param("db", &self.database)
+            .param("t", table)
+    }
+
     /// The table's UUID (Atomic databases keep it across EXCHANGE and
     /// RENAME, so it identifies the data, not the name); None if missing.
     pub async fn table_uuid(&self, table: &str) -> Result<Option<String>, SinkError> {
-        self.client
-            .query_raw(
-                "SELECT toString(uuid) FROM system.tables WHERE database = {db:String} AND name = {t:String}",
-            )
-            .param("db", &self.database)
-            .param("t", table)
+        self.table_info("toString(uuid)", table)
             .fetch_optional::<String>()
             .await
             .map_err(|e| self.map_err(e))
@@ -218,12 +224,7 @@ impl ChSink {
 
     pub async fn table_exists(&self, table: &str) -> Result<bool, SinkError> {
         let n = self
-            .client
-            .query_raw(
-                "SELECT count() FROM system.tables WHERE database = {db:String} AND name = {t:String}",
-            )
-            .param("db", &self.database)
-            .param("t", table)
+            .table_info("count()", table)
             .fetch_one::<u64>()
             .await
             .map_err(|e| self.map_err(e))?;
@@ -235,12 +236,7 @@ impl ChSink {
     /// if the table does not exist.
     pub async fn sorting_key(&self, table: &str) -> Result<Option<Vec<String>>, SinkError> {
         let key = self
-            .client
-            .query_raw(
-                "SELECT sorting_key FROM system.tables WHERE database = {db:String} AND name = {t:String}",
-            )
-            .param("db", &self.database)
-            .param("t", table)
+            .table_info("sorting_key", table)
             .fetch_optional::<String>()
             .await
             .map_err(|e| self.map_err(e))?;
@@ -300,16 +296,24 @@ impl ChSink {
         Ok(sql)
     }
 
-    /// `ALTER TABLE DROP COLUMN IF EXISTS`; returns the statement run.
-    pub async fn drop_column(&self, table: &str, column: &str) -> Result<String, SinkError> {
-        let sql = format!(
-            "ALTER TABLE {} DROP COLUMN IF EXISTS {}",
-            self.qualified(table),
-            quote_ident(column)
-        );
+    /// Runs `ALTER TABLE <table> <change>`; returns the statement run.
+    async fn alter(&self, table: &str, change: String) -> Result<String, SinkError> {
+        let sql = format!("ALTER TABLE {} {change}", self.qualified(table));
         self.exec(&sql).await?;
+        Ok(sql)
+    }
+
+    /// [`Self::alter`] of the table's columns: its cached schema is dropped.
+    async fn alter_schema(&self, table: &str, change: String) -> Result<String, SinkError> {
+        let sql = self.alter(table, change).await?;
         self.forget_schema(table);
         Ok(sql)
+    }
+
+    /// `ALTER TABLE DROP COLUMN IF EXISTS`; returns the statement run.
+    pub async fn drop_column(&self, table: &str, column: &str) -> Result<String, SinkError> {
+        let change = format!("DROP COLUMN IF EXISTS {}", quote_ident(column));
+        self.alter_schema(table, change).await
     }
 
     /// `ALTER TABLE RENAME COLUMN IF EXISTS`; returns the statement run.
@@ -319,15 +323,12 @@ impl ChSink {
         from: &str,
         to: &str,
     ) -> Result<String, SinkError> {
-        let sql = format!(
-            "ALTER TABLE {} RENAME COLUMN IF EXISTS {} TO {}",
-            self.qualified(table),
+        let change = format!(
+            "RENAME COLUMN IF EXISTS {} TO {}",
             quote_ident(from),
             quote_ident(to)
         );
-        self.exec(&sql).await?;
-        self.forget_schema(table);
-        Ok(sql)
+        self.alter_schema(table, change).await
     }
 
     /// Each column's comment (`system.columns.comment`), by name.
@@ -353,14 +354,9 @@ impl ChSink {
         column: &str,
         comment: &str,
     ) -> Result<String, SinkError> {
-        let sql = format!(
-            "ALTER TABLE {} COMMENT COLUMN IF EXISTS {} {}",
-            self.qualified(table),
-            quote_ident(column),
-            super::ident::quote_literal(comment.as_bytes())
-        );
-        self.exec(&sql).await?;
-        Ok(sql)
+        let comment = super::ident::quote_literal(comment.as_bytes());
+        let change = format!("COMMENT COLUMN IF EXISTS {} {comment}", quote_ident(column));
+        self.alter(table, change).await
     }
 
     /// `ALTER TABLE MODIFY COLUMN` to `ch_type`; returns the statement run.
@@ -370,14 +366,8 @@ impl ChSink {
         column: &str,
         ch_type: &str,
     ) -> Result<String, SinkError> {
-        let sql = format!(
-            "ALTER TABLE {} MODIFY COLUMN {} {ch_type}",
-            self.qualified(table),
-            quote_ident(column)
-        );
-        self.exec(&sql).await?;
-        self.forget_schema(table);
-        Ok(sql)
+        let change = format!("MODIFY COLUMN {} {ch_type}", quote_ident(column));
+        self.alter_schema(table, change).await
     }
 
     /// Resync step 4: copies the soft-deleted keys of `original` into

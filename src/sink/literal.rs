@@ -7,7 +7,8 @@
 //! (`unhex(..)`), timestamps as microseconds. No text is spliced in
 //! unescaped.
 
-use super::codec::{decode_value, encode_value, read_uleb};
+// The RowBinary value is read as the codec reads it (the same errors).
+use super::codec::{decode_value, encode_value, read_uleb, take, take_arr};
 use super::ident::quote_literal;
 use super::types::Kind;
 
@@ -26,21 +27,6 @@ pub(crate) fn literal(kind: &Kind, nullable: bool, text: &[u8]) -> R<String> {
     Ok(format!("CAST({value} AS {})", kind.ch_type(nullable)))
 }
 
-fn take<'a>(input: &mut &'a [u8], n: usize) -> R<&'a [u8]> {
-    if input.len() < n {
-        return Err("truncated value".into());
-    }
-    let (head, tail) = input.split_at(n);
-    *input = tail;
-    Ok(head)
-}
-
-fn int<const N: usize>(input: &mut &[u8]) -> R<[u8; N]> {
-    let mut a = [0u8; N];
-    a.copy_from_slice(take(input, N)?);
-    Ok(a)
-}
-
 fn value_literal(kind: &Kind, input: &mut &[u8]) -> R<String> {
     let base = kind.ch_type(false);
     let mut text = Vec::new();
@@ -51,11 +37,13 @@ fn value_literal(kind: &Kind, input: &mut &[u8]) -> R<String> {
             "false"
         })
         .into(),
-        Kind::Int16 => format!("CAST({} AS Int16)", i16::from_le_bytes(int(input)?)),
+        Kind::Int16 => format!("CAST({} AS Int16)", i16::from_le_bytes(take_arr(input)?)),
         Kind::Int32 | Kind::DateDays => {
-            format!("CAST({} AS Int32)", i32::from_le_bytes(int(input)?))
+            format!("CAST({} AS Int32)", i32::from_le_bytes(take_arr(input)?))
         }
-        Kind::Int64 | Kind::Time => format!("CAST({} AS Int64)", i64::from_le_bytes(int(input)?)),
+        Kind::Int64 | Kind::Time => {
+            format!("CAST({} AS Int64)", i64::from_le_bytes(take_arr(input)?))
+        }
         Kind::Float32 => format!(
             "reinterpretAsFloat32(unhex('{}'))",
             hex::encode(take(input, 4)?)
@@ -66,7 +54,7 @@ fn value_literal(kind: &Kind, input: &mut &[u8]) -> R<String> {
         ),
         Kind::Timestamp | Kind::TimestampTz => format!(
             "fromUnixTimestamp64Micro(CAST({} AS Int64), 'UTC')",
-            i64::from_le_bytes(int(input)?)
+            i64::from_le_bytes(take_arr(input)?)
         ),
         // Clamping happened in the encoding: the bytes are the inner kind's.
         Kind::Clamp(inner) => value_literal(inner, input)?,

@@ -102,6 +102,12 @@ pub(crate) enum Kind {
     Json,
 }
 
+/// The [`ReprFits`](crate::domain::columns::ReprFits) the engine gives the
+/// domain's column checks.
+pub(crate) fn repr_fits(t: &PgType, repr: ColumnRepr) -> Result<bool, String> {
+    Kind::for_type(t, Some(repr)).map(|k| k.keeps_values_apart())
+}
+
 impl Kind {
     /// Classifies a Postgres type. Errors name what is unsupported.
     pub(crate) fn from_pg(t: &PgType) -> Result<Kind, String> {

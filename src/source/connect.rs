@@ -33,15 +33,21 @@ const SESSION_SETUP: &str = "SET DateStyle = 'ISO, YMD'; SET TimeZone = 'UTC'; \
 pub(crate) const OUTPUT_OPTIONS: &str = "-c DateStyle=ISO,YMD -c TimeZone=UTC \
      -c IntervalStyle=postgres -c extra_float_digits=3 -c bytea_output=hex";
 
-/// Where a connection goes, for messages: `host:port/db` (never a password).
-fn target(cfg: &Config) -> String {
+/// The first host (a Unix socket's directory as text) and port, with
+/// libpq's defaults.
+pub(super) fn host_port(cfg: &Config) -> (String, u16) {
     let host = match cfg.get_hosts().first() {
         Some(Host::Tcp(h)) => h.clone(),
         #[cfg(unix)]
         Some(Host::Unix(p)) => p.display().to_string(),
         None => "localhost".into(),
     };
-    let port = cfg.get_ports().first().copied().unwrap_or(5432);
+    (host, cfg.get_ports().first().copied().unwrap_or(5432))
+}
+
+/// Where a connection goes, for messages: `host:port/db` (never a password).
+fn target(cfg: &Config) -> String {
+    let (host, port) = host_port(cfg);
     format!("{host}:{port}/{}", cfg.get_dbname().unwrap_or(""))
 }
 

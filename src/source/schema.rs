@@ -22,11 +22,7 @@ pub async fn describe_tables(
     client: &Client,
     tables: &[QualifiedName],
 ) -> Result<Vec<SourceTable>, SourceError> {
-    let version: i32 = client
-        .query_one("SELECT current_setting('server_version_num')::int4", &[])
-        .await
-        .map_err(|e| SourceError::query("reading the server version", &e))?
-        .get(0);
+    let version = server_version(client).await?;
     let mut types = TypeCache::default();
     let mut out = Vec::with_capacity(tables.len());
     for q in tables {
@@ -66,17 +62,22 @@ pub async fn describe_table_problems(
     client: &Client,
     tables: &[QualifiedName],
 ) -> Result<Vec<Result<TableReport, SourceError>>, SourceError> {
-    let version: i32 = client
-        .query_one("SELECT current_setting('server_version_num')::int4", &[])
-        .await
-        .map_err(|e| SourceError::query("reading the server version", &e))?
-        .get(0);
+    let version = server_version(client).await?;
     let mut types = TypeCache::default();
     let mut out = Vec::with_capacity(tables.len());
     for q in tables {
         out.push(describe_one(client, q, version, &mut types).await);
     }
     Ok(out)
+}
+
+/// `server_version_num`: which columns are replicated depends on it.
+async fn server_version(client: &Client) -> Result<i32, SourceError> {
+    Ok(client
+        .query_one("SELECT current_setting('server_version_num')::int4", &[])
+        .await
+        .map_err(|e| SourceError::query("reading the server version", &e))?
+        .get(0))
 }
 
 async fn describe_one(

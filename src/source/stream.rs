@@ -21,10 +21,9 @@ use pgwire_replication::{
     ReplicationClient, ReplicationConfig, ReplicationEvent, SslMode as WireSsl, TlsConfig,
 };
 use tokio_postgres::Client;
-use tokio_postgres::config::Host;
 
 use super::SourceError;
-use super::connect::{OUTPUT_OPTIONS, parse_connection};
+use super::connect::{OUTPUT_OPTIONS, host_port, parse_connection};
 use super::pgoutput::{self, OldTuple, PgOutputMessage, TupleData, TupleValue};
 use super::slot::slot_error_text;
 use super::tls::SslMode;
@@ -363,13 +362,7 @@ fn replication_config(spec: &StreamSpec<'_>) -> Result<(ReplicationConfig, Durat
         .get_connect_timeout()
         .copied()
         .unwrap_or(Duration::from_secs(15));
-    let host = match cfg.get_hosts().first() {
-        Some(Host::Tcp(h)) => h.clone(),
-        #[cfg(unix)]
-        Some(Host::Unix(p)) => p.display().to_string(),
-        None => "localhost".into(),
-    };
-    let port = cfg.get_ports().first().copied().unwrap_or(5432);
+    let (host, port) = host_port(&cfg);
     let user = cfg.get_user().ok_or_else(|| {
         SourceError::InvalidConnectionString(
             "no user given; add user=... or postgres://USER@host/db".into(),
@@ -632,69 +625,55 @@ mod tests {
         Ok(items)
     }
 
+    /// A change of relation 7, as `convert` emits it.
+    fn change(kind: ChangeKind, row: Vec<Cell>) -> TxItem {
+        TxItem::Change(Change {
+            relation_oid: 7,
+            kind,
+            row,
+        })
+    }
+
+    /// The items of one update of a default-identity relation 7.
+    fn update_by_key(old_key: Vec<TupleValue>, new: Vec<TupleValue>) -> Vec<TxItem> {
+        let update = PgOutputMessage::Update {
+            relation_oid: 7,
+            old: Some(OldTuple::Key(old_key)),
+            new,
+        };
+        run(vec![PgOutputMessage::Relation(rel(b'd')), update], &[]).unwrap()
+    }
+
     #[test]
     fn key_change_is_delete_then_update() {
-        let items = run(
-            vec![
-                PgOutputMessage::Relation(rel(b'd')),
-                PgOutputMessage::Update {
-                    relation_oid: 7,
-                    old: Some(OldTuple::Key(vec![
-                        t("1"),
-                        TupleValue::Null,
-                        TupleValue::Null,
-                    ])),
-                    new: vec![t("2"), t("x"), TupleValue::UnchangedToast],
-                },
-            ],
-            &[],
-        )
-        .unwrap();
+        let items = update_by_key(
+            vec![t("1"), TupleValue::Null, TupleValue::Null],
+            vec![t("2"), t("x"), TupleValue::UnchangedToast],
+        );
         assert_eq!(items.len(), 3);
         assert_eq!(
             items[1],
-            TxItem::Change(Change {
-                relation_oid: 7,
-                kind: ChangeKind::Delete,
-                row: vec![c("1"), Cell::Null, Cell::Null]
-            })
+            change(ChangeKind::Delete, vec![c("1"), Cell::Null, Cell::Null])
         );
         assert_eq!(
             items[2],
-            TxItem::Change(Change {
-                relation_oid: 7,
-                kind: ChangeKind::Update,
-                row: vec![c("2"), c("x"), Cell::UnchangedToast]
-            })
+            change(
+                ChangeKind::Update,
+                vec![c("2"), c("x"), Cell::UnchangedToast]
+            )
         );
     }
 
     #[test]
     fn unchanged_toasted_key_is_filled_from_the_old_key() {
-        let items = run(
-            vec![
-                PgOutputMessage::Relation(rel(b'd')),
-                PgOutputMessage::Update {
-                    relation_oid: 7,
-                    old: Some(OldTuple::Key(vec![
-                        t("k"),
-                        TupleValue::Null,
-                        TupleValue::Null,
-                    ])),
-                    new: vec![TupleValue::UnchangedToast, t("x"), t("y")],
-                },
-            ],
-            &[],
-        )
-        .unwrap();
+        let items = update_by_key(
+            vec![t("k"), TupleValue::Null, TupleValue::Null],
+            vec![TupleValue::UnchangedToast, t("x"), t("y")],
+        );
         assert_eq!(items.len(), 2);
         assert_eq!(
             items[1],
-            TxItem::Change(Change {
-                relation_oid: 7,
-                kind: ChangeKind::Update,
-                row: vec![c("k"), c("x"), c("y")]
-            })
+            change(ChangeKind::Update, vec![c("k"), c("x"), c("y")])
         );
     }
 
@@ -716,11 +695,7 @@ mod tests {
         assert_eq!(items.len(), 3, "{items:?}");
         assert_eq!(
             items[2],
-            TxItem::Change(Change {
-                relation_oid: 7,
-                kind: ChangeKind::Delete,
-                row: vec![c("1"), Cell::Null, Cell::Null]
-            })
+            change(ChangeKind::Delete, vec![c("1"), Cell::Null, Cell::Null])
         );
     }
 

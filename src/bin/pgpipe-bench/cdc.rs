@@ -1,7 +1,6 @@
 //! The CDC scenario: a steady write load at several rates, and a backlog,
 //! against the raw decode limit.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,10 +10,10 @@ use pgpipe::proto::{
     CreatePipeRequest, DestinationConfig, PipeSettings, SourceConfig, TableConfig,
 };
 
-use crate::machine::{Footprint, machine, rss_mb};
+use crate::machine::{Footprint, rss_mb};
 use crate::peers::{CpuSplit, Peers, ch_client, ch_exec, dev_env, pg_connect, settle, unique_name};
 use crate::pgpipe_server::{Server, get_pipe, toggle, wait_cdc};
-use crate::report::{Lat, fmt_rate, lat, ms, print_grid, print_header, progress, row, x};
+use crate::report::{Lat, Output, fmt_rate, lat, ms, print_grid, print_header, progress, row, x};
 use crate::{Client, Res};
 
 #[derive(Args)]
@@ -39,12 +38,45 @@ pub(crate) struct CdcArgs {
     /// Two rates (2000, unthrottled) of 3 s each, one 100,000-row transaction.
     #[arg(long)]
     quick: bool,
-    /// Also write the results as JSON to this file.
-    #[arg(long)]
-    json: Option<PathBuf>,
-    /// Where the temporary data directory goes (default: the system temp dir).
-    #[arg(long)]
-    dir: Option<PathBuf>,
+    #[command(flatten)]
+    out: Output,
+}
+
+/// Inserts a probe row and returns its id: once ClickHouse has it, every
+/// change committed before it is there too.
+async fn insert_probe(pg: &tokio_postgres::Client, schema: &str) -> Res<i64> {
+    Ok(pg
+        .query_one(
+            &format!("INSERT INTO {schema}.probe DEFAULT VALUES RETURNING id"),
+            &[],
+        )
+        .await?
+        .get(0))
+}
+
+/// Waits until ClickHouse has probe `last`, polling every `poll`; fails
+/// with `late` once `deadline` passes.
+async fn await_probe(
+    ch: &clickhouse::Client,
+    db: &str,
+    last: i64,
+    deadline: Instant,
+    poll: Duration,
+    late: impl Into<String>,
+) -> Res<()> {
+    loop {
+        let top: i64 = ch
+            .query(&format!("SELECT toInt64(max(id)) FROM {db}.probe"))
+            .fetch_one::<i64>()
+            .await?;
+        if top >= last {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(late.into().into());
+        }
+        tokio::time::sleep(poll).await;
+    }
 }
 
 /// Rows changed per writer transaction: 6 inserted, 3 updated, 1 deleted.
@@ -115,13 +147,7 @@ async fn cdc_prober(
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         tick.tick().await;
-        let id: i64 = pg
-            .query_one(
-                &format!("INSERT INTO {schema}.probe DEFAULT VALUES RETURNING id"),
-                &[],
-            )
-            .await?
-            .get(0);
+        let id = insert_probe(&pg, &schema).await?;
         sent.push((id, Instant::now()));
     }
     Ok(sent)
@@ -224,13 +250,7 @@ async fn cdc_rate(
             }
             // A probe committed after every write: when it is visible,
             // everything before it is.
-            let last: i64 = pg
-                .query_one(
-                    &format!("INSERT INTO {schema}.probe DEFAULT VALUES RETURNING id"),
-                    &[],
-                )
-                .await?
-                .get(0);
+            let last = insert_probe(&pg, schema).await?;
             done_writing = Some((start.elapsed().as_secs_f64(), last));
         }
         if let Some((_, last)) = done_writing
@@ -339,31 +359,21 @@ async fn cdc_backlog(
     for t in tasks {
         changed += t.await??;
     }
-    let last: i64 = pg
-        .query_one(
-            &format!("INSERT INTO {schema}.probe DEFAULT VALUES RETURNING id"),
-            &[],
-        )
-        .await?
-        .get(0);
+    let last = insert_probe(&pg, schema).await?;
     settle(ch).await?;
     let fp = Footprint::start(peers);
     let start = Instant::now();
     toggle(c, name, false).await?;
     let deadline = start + Duration::from_secs(600);
-    loop {
-        let top: i64 = ch
-            .query(&format!("SELECT toInt64(max(id)) FROM {db}.probe"))
-            .fetch_one::<i64>()
-            .await?;
-        if top >= last {
-            break;
-        }
-        if Instant::now() > deadline {
-            return Err("CDC backlog not drained after 10 minutes".into());
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    await_probe(
+        ch,
+        db,
+        last,
+        deadline,
+        Duration::from_millis(10),
+        "CDC backlog not drained after 10 minutes",
+    )
+    .await?;
     let drain = start.elapsed().as_secs_f64();
     let (cpu, peak) = fp.end();
     let (raw_secs, msgs) = raw_decode(&pg, &raw_slot, &format!("{schema}_raw")).await?;
@@ -411,27 +421,17 @@ async fn cdc_big_tx(
     .await?;
     let committed = Instant::now();
     let commit_secs = (committed - t0).as_secs_f64();
-    let last: i64 = pg
-        .query_one(
-            &format!("INSERT INTO {schema}.probe DEFAULT VALUES RETURNING id"),
-            &[],
-        )
-        .await?
-        .get(0);
+    let last = insert_probe(&pg, schema).await?;
     let deadline = committed + Duration::from_secs(1800);
-    loop {
-        let top: i64 = ch
-            .query(&format!("SELECT toInt64(max(id)) FROM {db}.probe"))
-            .fetch_one::<i64>()
-            .await?;
-        if top >= last {
-            break;
-        }
-        if Instant::now() > deadline {
-            return Err(format!("a {rows}-row transaction not visible after 30 minutes").into());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    await_probe(
+        ch,
+        db,
+        last,
+        deadline,
+        Duration::from_millis(20),
+        format!("a {rows}-row transaction not visible after 30 minutes"),
+    )
+    .await?;
     let visible_secs = committed.elapsed().as_secs_f64();
     let (cpu, peak_mb) = fp.end();
     let (raw_secs, _) = raw_decode(&pg, &raw_slot, &format!("{schema}_raw")).await?;
@@ -458,9 +458,7 @@ pub(crate) async fn cdc(args: CdcArgs) -> Res<()> {
     if rates.is_empty() || secs <= 0.0 || args.writers == 0 {
         return Err("--rates, --secs and --writers must be set and positive".into());
     }
-    let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
-    std::fs::create_dir_all(&base)?;
-    let m = machine(&base);
+    let (base, m) = args.out.base()?;
     let started = Instant::now();
     progress(format!(
         "cdc: rates {rates:?} rows/s, {secs} s each, {} writers, on {} cores",
@@ -750,21 +748,17 @@ pub(crate) async fn cdc(args: CdcArgs) -> Res<()> {
         "total bench time {:.1} s, peak RSS {peak:.0} MB (includes the in-process server)",
         total.as_secs_f64()
     );
-    if let Some(path) = &args.json {
-        let doc = serde_json::json!({
-            "benchmark": "cdc",
-            "quick": args.quick,
-            "machine": m,
-            "rates": rates,
-            "secs": secs,
-            "writers": args.writers,
-            "sync_ms": args.sync_ms,
-            "elapsed_s": total.as_secs_f64(),
-            "results": out,
-        });
-        std::fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")?;
-        progress(format!("JSON written to {}", path.display()));
-    }
+    args.out.write_json(serde_json::json!({
+        "benchmark": "cdc",
+        "quick": args.quick,
+        "machine": m,
+        "rates": rates,
+        "secs": secs,
+        "writers": args.writers,
+        "sync_ms": args.sync_ms,
+        "elapsed_s": total.as_secs_f64(),
+        "results": out,
+    }))?;
 
     c.delete_pipe(pgpipe::proto::DeletePipeRequest {
         name: name.clone(),

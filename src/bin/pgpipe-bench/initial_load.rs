@@ -1,7 +1,7 @@
 //! The initial-load scenario: one Postgres table snapshotted into ClickHouse
 //! against source-read, destination-write, psql|curl and postgresql() baselines.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use clap::Args;
@@ -13,12 +13,14 @@ use pgpipe::proto::{
 };
 use serde::Serialize;
 
-use crate::machine::{Footprint, machine, rss_mb, tempdir_in};
+use crate::machine::{Footprint, rss_mb, tempdir_in};
 use crate::peers::{
     CpuSplit, Peers, ch_client, ch_count, ch_exec, dev_env, pg_connect, settle, unique_name,
 };
 use crate::pgpipe_server::{Server, get_pipe, wait_cdc};
-use crate::report::{Row, fmt_rate, fmt_secs, goal, print_grid, print_header, progress, row, x};
+use crate::report::{
+    Output, Row, fmt_rate, fmt_secs, goal, print_grid, print_header, progress, row, x,
+};
 use crate::{Client, Res};
 
 #[derive(Args)]
@@ -32,12 +34,8 @@ pub(crate) struct IlArgs {
     /// 200,000 rows instead of 5,000,000.
     #[arg(long)]
     quick: bool,
-    /// Also write the results as JSON to this file.
-    #[arg(long)]
-    json: Option<PathBuf>,
-    /// Where the temporary data directories go (default: the system temp dir).
-    #[arg(long)]
-    dir: Option<PathBuf>,
+    #[command(flatten)]
+    out: Output,
     /// Only pgpipe's loads, no baselines and no table (for profiling).
     #[arg(long)]
     pgpipe_only: bool,
@@ -450,9 +448,7 @@ pub(crate) async fn initial_load(args: IlArgs) -> Res<()> {
     if rows == 0 || args.parallelism.is_empty() || args.parallelism.contains(&0) {
         return Err("--rows and every --parallelism must be > 0".into());
     }
-    let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
-    std::fs::create_dir_all(&base)?;
-    let m = machine(&base);
+    let (base, m) = args.out.base()?;
     let started = Instant::now();
     progress(format!(
         "initial-load of {rows} rows, parallelism {:?}, on {} cores",
@@ -731,23 +727,19 @@ pub(crate) async fn initial_load(args: IlArgs) -> Res<()> {
         total.as_secs_f64()
     );
 
-    if let Some(path) = &args.json {
-        let doc = serde_json::json!({
-            "benchmark": "initial-load",
-            "quick": args.quick,
-            "machine": m,
-            "rows": rows,
-            "parallelism": args.parallelism,
-            "relation_bytes": rel_bytes,
-            "copy_binary_bytes": copy_bytes,
-            "rowbinary_bytes": rb_bytes,
-            "elapsed_s": total.as_secs_f64(),
-            "peak_rss_mb": peak,
-            "results": out,
-        });
-        std::fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")?;
-        progress(format!("JSON written to {}", path.display()));
-    }
+    args.out.write_json(serde_json::json!({
+        "benchmark": "initial-load",
+        "quick": args.quick,
+        "machine": m,
+        "rows": rows,
+        "parallelism": args.parallelism,
+        "relation_bytes": rel_bytes,
+        "copy_binary_bytes": copy_bytes,
+        "rowbinary_bytes": rb_bytes,
+        "elapsed_s": total.as_secs_f64(),
+        "peak_rss_mb": peak,
+        "results": out,
+    }))?;
 
     // Clean up (best effort).
     for db in dbs.iter().chain([&db_b, &db_c, &db_d]) {

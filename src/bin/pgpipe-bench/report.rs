@@ -1,11 +1,43 @@
 //! The printed tables and the figures in them.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::machine::{Machine, rss_mb};
+use crate::Res;
+use crate::machine::{Machine, machine, rss_mb};
+
+/// Where every scenario keeps its data and writes its results.
+#[derive(clap::Args)]
+pub(crate) struct Output {
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Where the temporary data directories go (default: the system temp dir).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+impl Output {
+    /// The data directories' base (created) and the machine it is on.
+    pub(crate) fn base(&self) -> Res<(PathBuf, Machine)> {
+        let base = self.dir.clone().unwrap_or_else(std::env::temp_dir);
+        std::fs::create_dir_all(&base)?;
+        let m = machine(&base);
+        Ok((base, m))
+    }
+
+    /// Writes `doc` to the --json file, if one was given.
+    pub(crate) fn write_json(&self, doc: serde_json::Value) -> Res<()> {
+        if let Some(path) = &self.json {
+            std::fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")?;
+            progress(format!("JSON written to {}", path.display()));
+        }
+        Ok(())
+    }
+}
 
 /// One line of the table (and of the JSON copy).
 #[derive(Debug, Clone, Serialize)]

@@ -13,6 +13,7 @@ use crate::domain::validate;
 use crate::failpoint;
 use crate::proto::event::Payload;
 use crate::proto::*;
+use crate::sink::types::repr_fits;
 use crate::sink::{CreateMode, SinkError};
 use crate::source;
 
@@ -176,17 +177,7 @@ impl Worker {
                 continue;
             }
             let job = partitions::LeafLoad {
-                facts: self.facts(),
-                conn: ends.conn.clone(),
-                password: ends.secrets.source_password.clone(),
-                ch: ends.ch.clone(),
-                settings: pipe
-                    .config
-                    .as_ref()
-                    .and_then(|c| c.settings)
-                    .unwrap_or_default(),
-                prepared: prepared.clone(),
-                view: route.table.view.clone(),
+                table: self.load_job(ends, &pipe, prepared.clone(), route.table.view.clone()),
                 leaves,
             };
             // Rows of the leaves not loaded yet fill unchanged TOAST values
@@ -233,7 +224,7 @@ impl Worker {
                     })?
             }
         };
-        let view = columns::replicated(index, &table, &config, false)
+        let view = columns::replicated(index, &table, &config, false, repr_fits)
             .map_err(|p| column_error(&table, &p))?;
         Ok(TableColumns {
             described: table,
@@ -280,17 +271,7 @@ impl Worker {
         let prepared = match job {
             Some(job) => job.clone(),
             None => {
-                // ClickHouse sees destination names; order_by is given in
-                // source names.
-                let order_by: Vec<String> = if cfg.order_by.is_empty() {
-                    dest_view
-                        .key
-                        .iter()
-                        .map(|&i| dest_view.columns[i].name.clone())
-                        .collect()
-                } else {
-                    columns::dest_order_by(cfg)
-                };
+                let order_by = columns::dest_order_by(cfg, &cols.view);
                 ends.ch
                     .create_table(
                         &cfg.destination_table,

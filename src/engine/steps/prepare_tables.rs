@@ -25,17 +25,9 @@ impl Worker {
         let mut prepared = Vec::new();
         for (cfg, view) in Self::table_configs(pipe).iter().zip(&ends.views) {
             // ClickHouse sees the replicated columns under their
-            // destination names; order_by is given in source names.
+            // destination names.
             let table = &view.dest;
-            let order_by: Vec<String> = if cfg.order_by.is_empty() {
-                table
-                    .key
-                    .iter()
-                    .map(|&i| table.columns[i].name.clone())
-                    .collect()
-            } else {
-                columns::dest_order_by(cfg)
-            };
+            let order_by = columns::dest_order_by(cfg, view);
             let load_table = if resync {
                 names::resync_table(&cfg.destination_table)
             } else {

@@ -6,7 +6,6 @@ pub(crate) mod fanout;
 pub(crate) mod get;
 pub(crate) mod replay;
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Args;
@@ -18,20 +17,16 @@ use crate::control_plane::appends::bench_appends;
 use crate::control_plane::fanout::bench_fanout;
 use crate::control_plane::get::bench_get;
 use crate::control_plane::replay::bench_replay;
-use crate::machine::{Machine, machine, rss_mb};
-use crate::report::{Row, print_grid, print_header, progress};
+use crate::machine::{Machine, rss_mb};
+use crate::report::{Output, Row, print_grid, print_header, progress};
 
 #[derive(Args)]
 pub(crate) struct CpArgs {
     /// Smaller sizes and shorter runs (100k replay, 200 watchers, 5 rounds).
     #[arg(long)]
     quick: bool,
-    /// Also write the results as JSON to this file.
-    #[arg(long)]
-    json: Option<PathBuf>,
-    /// Where the temporary data directories go (default: the system temp dir).
-    #[arg(long)]
-    dir: Option<PathBuf>,
+    #[command(flatten)]
+    out: Output,
 }
 
 /// Sizes of one run.
@@ -110,9 +105,7 @@ pub(crate) fn table_name(i: usize) -> String {
 
 pub(crate) async fn control_plane(args: CpArgs) -> Res<()> {
     let p = Params::new(args.quick);
-    let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
-    std::fs::create_dir_all(&base)?;
-    let m = machine(&base);
+    let (base, m) = args.out.base()?;
     let started = Instant::now();
     progress(format!(
         "control-plane{} on {} cores, data under {} [{}]",
@@ -131,19 +124,15 @@ pub(crate) async fn control_plane(args: CpArgs) -> Res<()> {
     let total = started.elapsed();
     let peak_rss_mb = rss_mb().1;
     print_table(&m, &p, args.quick, &rows, total, peak_rss_mb);
-    if let Some(path) = &args.json {
-        let doc = serde_json::json!({
-            "benchmark": "control-plane",
-            "quick": args.quick,
-            "machine": m,
-            "params": p,
-            "elapsed_s": total.as_secs_f64(),
-            "peak_rss_mb": peak_rss_mb,
-            "rows": rows,
-        });
-        std::fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")?;
-        progress(format!("JSON written to {}", path.display()));
-    }
+    args.out.write_json(serde_json::json!({
+        "benchmark": "control-plane",
+        "quick": args.quick,
+        "machine": m,
+        "params": p,
+        "elapsed_s": total.as_secs_f64(),
+        "peak_rss_mb": peak_rss_mb,
+        "rows": rows,
+    }))?;
     Ok(())
 }
 
