@@ -31,7 +31,8 @@ use super::worker::{Ends, EngineError, Result, Worker};
 
 mod diff;
 
-use diff::{ColumnChange, RelationDiff, diff, kind_of_ch_type, same_shape, widens};
+pub(super) use diff::same_shape;
+use diff::{ColumnChange, RelationDiff, diff, kind_of_ch_type, widens};
 
 /// Comment of a ClickHouse column kept after its source column was dropped.
 const DROPPED_MARK: &str = "pgpipe: dropped at the source; kept with its old values";
@@ -128,15 +129,6 @@ struct AlterTarget<'a> {
 /// The outcome of applying a Relation message's changes.
 struct Applied {
     events: Vec<SchemaChanged>,
-}
-
-/// Whether a Relation message shows a routed table with other columns than
-/// ClickHouse has: a schema change to apply (or to fail the table on).
-pub(super) fn shape_changed(routes: &Routes, rel: &Relation) -> bool {
-    routes
-        .by_oid
-        .get(&rel.oid)
-        .is_some_and(|r| !same_shape(&r.table.described, rel))
 }
 
 impl Worker {

@@ -147,7 +147,11 @@ impl Worker {
                     // streams the transactions before the change again
                     // (their Relation messages carry the old shape, which
                     // ClickHouse no longer has).
-                    if schema_change::shape_changed(&routes, &rel) {
+                    if routes
+                        .by_oid
+                        .get(&rel.oid)
+                        .is_some_and(|r| !schema_change::same_shape(&r.table.described, &rel))
+                    {
                         if !batch.is_empty() {
                             self.flush(&ends, &slot, &stream, &mut batch, &routes, &mut progress)
                                 .await?;

@@ -32,7 +32,7 @@ pub(super) struct RelationDiff {
 }
 
 /// Whether a Relation message describes exactly the known columns.
-pub(super) fn same_shape(known: &SourceTable, rel: &Relation) -> bool {
+pub(in crate::engine) fn same_shape(known: &SourceTable, rel: &Relation) -> bool {
     known.columns.len() == rel.columns.len()
         && known.columns.iter().zip(&rel.columns).all(|(k, r)| {
             k.name == r.name && k.type_oid == r.type_oid && k.typmod == r.type_modifier
