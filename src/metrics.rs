@@ -249,7 +249,7 @@ fn header(out: &mut String, name: &str) {
 /// The whole exposition. Reads the registry, the projection (pipes by
 /// status) and the log (events, size on disk).
 pub fn render(core: &Core) -> String {
-    let m = &core.metrics;
+    let m = core.metrics();
     let mut out = String::with_capacity(4096);
     // Gauges of a deleted pipe say nothing any more: only pipes that exist
     // are shown (counters and the histogram stay, as counters do).
@@ -353,10 +353,10 @@ pub fn render(core: &Core) -> String {
     let _ = writeln!(out, "pgpipe_watchers {}", m.watchers());
 
     header(&mut out, "pgpipe_event_log_events");
-    let _ = writeln!(out, "pgpipe_event_log_events {}", core.log.head());
+    let _ = writeln!(out, "pgpipe_event_log_events {}", core.log().head());
 
     header(&mut out, "pgpipe_event_log_size_bytes");
-    match core.log.db().size_on_disk() {
+    match core.log().db().size_on_disk() {
         Ok(bytes) => {
             let _ = writeln!(out, "pgpipe_event_log_size_bytes {bytes}");
         }

@@ -91,13 +91,7 @@ pub async fn open_core(
         Err(poisoned) => poisoned.into_inner().apply(e),
     }));
     let secrets = SecretStore::open(&secrets_dir, log.db())?;
-    let core = Arc::new(Core {
-        log,
-        projection,
-        secrets,
-        preflight: engine,
-        metrics: Arc::default(),
-    });
+    let core = Arc::new(Core::new(log, projection, secrets, engine));
     Ok((
         core,
         ReplayReport {
@@ -276,7 +270,7 @@ pub async fn serve_on_listeners(
         }
     };
     if let Some(core) = core {
-        core.log.close().await?;
+        core.log().close().await?;
         tracing::info!("event log flushed and closed");
     }
     served?;

@@ -258,7 +258,7 @@ impl PipeService for PipeApi {
         };
         history_exists(&core, &req.name)?;
         // Reading the log blocks: off the async threads.
-        let log = Arc::clone(&core.log);
+        let log = Arc::clone(core.log());
         let name = req.name.clone();
         let (events, next) =
             tokio::task::spawn_blocking(move || history::page(&log, &name, kind, after, size))
@@ -306,7 +306,7 @@ impl PipeService for PipeApi {
                 })?,
         };
         history_exists(&core, &req.name)?;
-        let log = Arc::clone(&core.log);
+        let log = Arc::clone(core.log());
         let name = req.name.clone();
         let (points, next) = tokio::task::spawn_blocking(move || {
             history::throughput_page(&log, &name, width, after, size)
@@ -338,7 +338,7 @@ impl PipeService for PipeApi {
             })?,
         };
         history_exists(&core, &req.name)?;
-        let log = Arc::clone(&core.log);
+        let log = Arc::clone(core.log());
         let name = req.name.clone();
         let (tables, next) = tokio::task::spawn_blocking(move || {
             history::load_summary_page(&log, &name, offset, size)
@@ -408,7 +408,7 @@ impl PipeService for PipeApi {
         let core = self.core()?;
         let req = request.into_inner();
         name_arg(&req.name)?;
-        let log = Arc::clone(&core.log);
+        let log = Arc::clone(core.log());
         let start = cursor_arg(req.after_cursor, log.head())?;
         let mut view = PipeView::load(&log, &req.name, start)?;
         if log.stream_version(&req.name) == 0 {
@@ -422,7 +422,7 @@ impl PipeService for PipeApi {
         let resumed = req.after_cursor.is_some();
         let name = req.name.clone();
         let mut closing = self.closing.clone();
-        let watcher = core.metrics.watcher();
+        let watcher = core.metrics().watcher();
         tokio::spawn(async move {
             let _watcher = watcher;
             if !resumed {
@@ -481,7 +481,7 @@ impl PipeService for PipeApi {
         };
         validate::label_pairs("label_selector", &req.label_selector)
             .map_err(|e| Status::invalid_argument(e.0))?;
-        let log = Arc::clone(&core.log);
+        let log = Arc::clone(core.log());
         let start = cursor_arg(req.after_cursor, log.head())?;
         let mut labels = if req.label_selector.is_empty() {
             None
@@ -498,7 +498,7 @@ impl PipeService for PipeApi {
         let (tx, rx) = mpsc::channel(WATCH_QUEUE);
         let (feed_tx, mut feed_rx) = mpsc::channel(WATCH_QUEUE);
         let mut closing = self.closing.clone();
-        let watcher = core.metrics.watcher();
+        let watcher = core.metrics().watcher();
         tokio::spawn(async move {
             let _watcher = watcher;
             let follower = tokio::spawn(watch::follow(log, start, filter, feed_tx));
@@ -540,7 +540,7 @@ fn history_page_size(n: u32) -> Result<usize, Status> {
 
 /// NOT_FOUND unless the name has a stream (a pipe so named ever existed).
 fn history_exists(core: &Core, name: &str) -> Result<(), Status> {
-    if core.log.stream_version(name) == 0 {
+    if core.log().stream_version(name) == 0 {
         return Err(Status::not_found(format!(
             "no pipe named {name:?} has ever existed"
         )));

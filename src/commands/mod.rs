@@ -47,16 +47,52 @@ pub enum CommandError {
 }
 
 /// The write side of the service, shared by the gRPC layer and the workers.
+/// Its state is private: every change goes through [`Core::append_when`]
+/// (or a command built on it); readers get the log, the secrets and the
+/// metrics through accessors.
 pub struct Core {
-    pub log: Arc<EventLog>,
-    pub projection: Arc<RwLock<Projection>>,
-    pub secrets: SecretStore,
+    log: Arc<EventLog>,
+    projection: Arc<RwLock<Projection>>,
+    secrets: SecretStore,
     /// Check both ends before recording CreatePipe/ResyncPipe (off only for
     /// a control-plane-only server).
-    pub preflight: bool,
+    preflight: bool,
     /// Prometheus registry: the engine and watch streams record, the
     /// metrics endpoint reads.
-    pub metrics: Arc<crate::metrics::Metrics>,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl Core {
+    /// `projection` must be the one the log's writer folds events into.
+    pub fn new(
+        log: Arc<EventLog>,
+        projection: Arc<RwLock<Projection>>,
+        secrets: SecretStore,
+        preflight: bool,
+    ) -> Self {
+        Core {
+            log,
+            projection,
+            secrets,
+            preflight,
+            metrics: Arc::default(),
+        }
+    }
+
+    /// The event log (for readers: history, watch streams, metrics).
+    pub fn log(&self) -> &Arc<EventLog> {
+        &self.log
+    }
+
+    /// The pipes' secrets (passwords), kept out of events.
+    pub fn secrets(&self) -> &SecretStore {
+        &self.secrets
+    }
+
+    /// The metrics registry.
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
+    }
 }
 
 /// The parts of a CreatePipe (or ValidatePipe) request.

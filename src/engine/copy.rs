@@ -63,7 +63,7 @@ pub(super) async fn copy_partitions(
         let queue = Arc::clone(&queue);
         let progress = Arc::clone(&progress);
         let plan = Arc::clone(&plan);
-        let metrics = Arc::clone(&facts.core.metrics);
+        let metrics = Arc::clone(facts.core.metrics());
         let pipe_name = facts.name.clone();
         set.spawn(
             async move {

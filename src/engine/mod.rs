@@ -51,7 +51,7 @@ pub fn spawn(core: Arc<Core>, mut closing: tokio::sync::watch::Receiver<bool>) -
         let mut workers: HashMap<String, JoinHandle<()>> = HashMap::new();
         let mut releasing: HashMap<String, JoinHandle<()>> = HashMap::new();
         let mut monitors: HashMap<String, JoinHandle<()>> = HashMap::new();
-        let mut feed = core.log.subscribe();
+        let mut feed = core.log().subscribe();
         loop {
             reconcile(&core, &mut workers, &mut releasing);
             slot_health::reconcile(&core, &mut monitors);
@@ -164,7 +164,7 @@ async fn release(core: Arc<Core>, pipe: Pipe) {
 
 async fn release_once(core: &Core, pipe: &Pipe) -> Result<(), worker::EngineError> {
     let config = pipe.config.clone().unwrap_or_default();
-    let secrets = core.secrets.get(&pipe.id)?;
+    let secrets = core.secrets().get(&pipe.id)?;
     let src = config.source.clone().unwrap_or_default();
     let slot = source::slot_name(&pipe.id);
     let publication = source::publication_name(&pipe.id);
@@ -204,7 +204,7 @@ async fn release_once(core: &Core, pipe: &Pipe) -> Result<(), worker::EngineErro
     )
     .await?;
     // The secrets of a released incarnation are no longer needed.
-    let _ = core.secrets.remove(&pipe.id);
+    let _ = core.secrets().remove(&pipe.id);
     tracing::info!("source objects released");
     Ok(())
 }

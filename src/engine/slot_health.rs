@@ -349,7 +349,7 @@ pub async fn monitor(core: Arc<Core>, id: String) {
 }
 
 async fn connect(core: &Core, p: &Pipe) -> Option<tokio_postgres::Client> {
-    let secrets = match core.secrets.get(&p.id) {
+    let secrets = match core.secrets().get(&p.id) {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(error = %e, "slot health: no secrets");

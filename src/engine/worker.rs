@@ -211,7 +211,7 @@ impl Worker {
 
     async fn connect(&self, pipe: &Pipe) -> Result<Ends> {
         let config = pipe.config.clone().unwrap_or_default();
-        let secrets = self.core.secrets.get(&self.id)?;
+        let secrets = self.core.secrets().get(&self.id)?;
         let src = config.source.clone().unwrap_or_default();
         let pg =
             source::connect(&src.connection_string, secrets.source_password.as_deref()).await?;
@@ -294,7 +294,7 @@ impl Worker {
     fn step_done(&self, resync: bool, started: Instant) {
         if resync {
             self.core
-                .metrics
+                .metrics()
                 .set_resync_step(&self.name, self.step.name(), started.elapsed());
         }
     }
@@ -388,7 +388,7 @@ mod tests {
                 config: Some(PipeConfig::default()),
                 resync_of: String::new(),
             });
-            core.log
+            core.log()
                 .append(&name, 0, vec![new_event(&id, created)])
                 .await
                 .unwrap();
@@ -420,7 +420,7 @@ mod tests {
                 let version = core.read(|p| p.stream_version(&name));
                 let deleted = Payload::PipeDeleted(PipeDeleted::default());
                 match core
-                    .log
+                    .log()
                     .append(&name, version, vec![new_event(&id, deleted)])
                     .await
                 {
@@ -433,7 +433,7 @@ mod tests {
                 r.await.unwrap();
             }
             let events = core
-                .log
+                .log()
                 .read_stream(&name, 0, u64::MAX, usize::MAX)
                 .unwrap();
             let kinds: Vec<_> = events

@@ -110,7 +110,7 @@ impl Worker {
                 }
                 Err(_) => {
                     if batch.is_empty() {
-                        self.core.metrics.set_cdc_lag_seconds(&self.name, 0.0);
+                        self.core.metrics().set_cdc_lag_seconds(&self.name, 0.0);
                     } else {
                         self.flush(&ends, &slot, &stream, &mut batch, &routes, &mut progress)
                             .await?;
@@ -258,7 +258,7 @@ impl Worker {
             batch.started = None;
             failpoint::hit(failpoint::CDC_MID_TRANSACTION).await;
         }
-        let metrics = &self.core.metrics;
+        let metrics = self.core.metrics();
         metrics.observe_batch_apply(&self.name, applying.elapsed());
         if let Some(t) = batch.last_commit_time {
             metrics.set_cdc_lag_seconds(&self.name, crate::metrics::seconds_since_pg_time(t));

@@ -129,7 +129,7 @@ impl Worker {
             })??;
         let confirmed = info.map(|i| i.confirmed_flush).unwrap_or_default();
         let bytes = wal.0.saturating_sub(confirmed.0);
-        self.core.metrics.set_cdc_lag_bytes(&self.name, bytes);
+        self.core.metrics().set_cdc_lag_bytes(&self.name, bytes);
         Ok(SlotLag { confirmed, bytes })
     }
 }
