@@ -105,12 +105,8 @@ async fn snapshot_and_cdc_history_of_a_running_pipe() {
              INSERT INTO {schema}.t SELECT g, 'v' || g FROM generate_series(1, 5000) g;"
     ))
     .await;
-    let (_srv, mut c) = engine().await;
     let name = pipe_name(&schema);
-    c.create_pipe(pipe_req(&name, &schema, &[&format!("{schema}.t")]))
-        .await
-        .unwrap();
-    wait_running(&mut c, &name, Duration::from_secs(60)).await;
+    let (_srv, mut c, _) = start_pipe(pipe_req(&name, &schema, &[&format!("{schema}.t")])).await;
 
     let (snap, _) = all_pages(&mut c, &name, HistoryKind::Snapshot, 2).await;
     assert!(matches!(
@@ -298,12 +294,8 @@ async fn a_steady_stream_of_small_transactions_is_recorded_every_few_seconds_not
         "CREATE SCHEMA {schema}; CREATE TABLE {schema}.t (id bigint PRIMARY KEY, v text);"
     ))
     .await;
-    let (_srv, mut c) = engine().await;
     let name = pipe_name(&schema);
-    c.create_pipe(pipe_req(&name, &schema, &[&format!("{schema}.t")]))
-        .await
-        .unwrap();
-    wait_running(&mut c, &name, Duration::from_secs(60)).await;
+    let (_srv, mut c, _) = start_pipe(pipe_req(&name, &schema, &[&format!("{schema}.t")])).await;
 
     // 40 transactions over about 8 s: each lands in a batch of its own
     // (200 ms apart, the default sync interval), yet the history records
