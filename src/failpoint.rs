@@ -64,6 +64,7 @@ pub const PARTITION_LOAD_COPIED: FailPoint = FailPoint("partition_load.copied");
 pub const SCHEMA_CHANGE_BEFORE_RECORD: FailPoint = FailPoint("schema_change.before_record");
 
 /// Every fail-point (the README lists them; a unit test keeps it true).
+#[cfg(test)]
 pub const ALL: &[FailPoint] = &[
     REPLAY_BEFORE,
     SETUP_BEFORE_SLOT,

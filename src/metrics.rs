@@ -7,7 +7,7 @@
 //! Labels are limited to pipe name, table, kind, step and status, so the
 //! number of series follows the number of pipes and tables, nothing more.
 
-pub mod endpoint;
+pub(crate) mod endpoint;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -25,7 +25,7 @@ const APPLY_BUCKETS: [f64; 12] = [
 
 /// What a replicated row was: a snapshot copy or a CDC change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum RowKind {
+pub(crate) enum RowKind {
     Snapshot,
     Insert,
     Update,
@@ -73,7 +73,7 @@ impl Histogram {
 /// The registry. One per service ([`Core::metrics`]); every method is a
 /// short critical section or an atomic, safe to call on the hot path.
 #[derive(Debug, Default)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     /// pipe -> table -> rows applied by kind (indexed by `RowKind`).
     rows: Mutex<BTreeMap<String, BTreeMap<String, [u64; RowKind::ALL.len()]>>>,
     /// pipe -> bytes of WAL the slot's confirmed position trails the server.
@@ -137,7 +137,8 @@ impl Metrics {
         WatcherGuard(std::sync::Arc::clone(self))
     }
 
-    /// Rows applied so far for one series (for tests and the bench).
+    /// Rows applied so far for one series (for the unit tests).
+    #[cfg(test)]
     pub fn rows(&self, pipe: &str, table: &str, kind: RowKind) -> u64 {
         lock(&self.rows)
             .get(pipe)
@@ -151,7 +152,7 @@ impl Metrics {
 }
 
 /// Decrements the watcher gauge when the stream's task ends.
-pub struct WatcherGuard(std::sync::Arc<Metrics>);
+pub(crate) struct WatcherGuard(std::sync::Arc<Metrics>);
 
 impl Drop for WatcherGuard {
     fn drop(&mut self) {
@@ -216,7 +217,7 @@ pub const FAMILIES: [(&str, &str, &str); 10] = [
 
 /// Seconds from a Postgres commit time (microseconds since 2000-01-01 UTC)
 /// to now; 0 if the source's clock is ahead of ours.
-pub fn seconds_since_pg_time(pg_us: i64) -> f64 {
+pub(crate) fn seconds_since_pg_time(pg_us: i64) -> f64 {
     // 2000-01-01 in Unix microseconds.
     const PG_EPOCH_UNIX_US: i64 = 946_684_800_000_000;
     let now_us = std::time::SystemTime::now()
@@ -248,7 +249,7 @@ fn header(out: &mut String, name: &str) {
 
 /// The whole exposition. Reads the registry, the projection (pipes by
 /// status) and the log (events, size on disk).
-pub fn render(core: &Core) -> String {
+pub(crate) fn render(core: &Core) -> String {
     let m = core.metrics();
     let mut out = String::with_capacity(4096);
     // Gauges of a deleted pipe say nothing any more: only pipes that exist

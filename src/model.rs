@@ -22,6 +22,7 @@ impl fmt::Debug for Lsn {
     }
 }
 
+/// Text that is not an LSN (as `Lsn::from_str` got it, cut to 40 characters).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("invalid LSN {0:?}: expected two hex numbers like 16/B374D848")]
 pub struct LsnParseError(pub String);
@@ -43,31 +44,50 @@ impl FromStr for Lsn {
 /// column named, never replicated as garbage.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PgType {
+    /// `boolean`.
     Bool,
+    /// `smallint`.
     Int2,
+    /// `integer`.
     Int4,
+    /// `bigint`.
     Int8,
+    /// `real`.
     Float4,
+    /// `double precision`.
     Float8,
     /// `numeric(p, s)`; both None for unconstrained `numeric`.
     Numeric {
+        /// Total digits.
         precision: Option<u32>,
+        /// Digits after the point.
         scale: Option<u32>,
     },
     /// text, varchar(n), char(n), name, citext-like text types.
     Text,
+    /// `bytea`.
     Bytea,
+    /// `date`.
     Date,
+    /// `timestamp` (without time zone).
     Timestamp,
+    /// `timestamptz`.
     TimestampTz,
+    /// `time` (without time zone).
     Time,
+    /// `interval`.
     Interval,
+    /// `uuid`.
     Uuid,
+    /// `json`.
     Json,
+    /// `jsonb`.
     Jsonb,
+    /// `inet` or `cidr`.
     Inet,
     /// A user enum type; labels in sort order.
     Enum {
+        /// The enum's labels, in sort order.
         labels: Vec<String>,
     },
     /// One-dimensional array of an element type.
@@ -76,13 +96,18 @@ pub enum PgType {
     Unsupported,
 }
 
+/// A column of a source table as pgpipe replicates it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceColumn {
+    /// Column name, unquoted.
     pub name: String,
     /// `format_type(atttypid, atttypmod)`, e.g. `numeric(10,2)`, `text[]`.
     pub type_name: String,
+    /// `pg_attribute.atttypid`.
     pub type_oid: u32,
+    /// The type, classified.
     pub pg_type: PgType,
+    /// Declared NOT NULL (the ClickHouse column is then not Nullable).
     pub not_null: bool,
     /// `pg_attribute.attnum`: stays with the column through a rename or a
     /// type change (how a rename is told from a drop and an add); 0 when
@@ -107,7 +132,12 @@ pub enum ColumnRepr {
     /// double's precision rounded (the user's choice).
     Float64,
     /// `Decimal(P, S)` for a numeric: values that do not fit are refused.
-    Decimal { precision: u32, scale: u32 },
+    Decimal {
+        /// P: total digits, 1..=76.
+        precision: u32,
+        /// S: digits after the point, at most P.
+        scale: u32,
+    },
     /// `Int32` for a date: days since 1970-01-01; `infinity` / `-infinity`
     /// are 2147483647 / -2147483648.
     Int32,
@@ -132,7 +162,7 @@ impl fmt::Display for ColumnRepr {
 }
 
 /// The `column_types` vocabulary, for messages.
-pub const COLUMN_REPR_CHOICES: &str = "String, Float64, Decimal(P, S), Int32, Clamp, JSON";
+pub(crate) const COLUMN_REPR_CHOICES: &str = "String, Float64, Decimal(P, S), Int32, Clamp, JSON";
 
 impl FromStr for ColumnRepr {
     type Err = String;
@@ -180,10 +210,15 @@ impl FromStr for ColumnRepr {
     }
 }
 
+/// A source table as described by the catalog: what the snapshot, CDC and
+/// the ClickHouse DDL work from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceTable {
+    /// Schema name, unquoted.
     pub schema: String,
+    /// Table name, unquoted.
     pub name: String,
+    /// `pg_class.oid`, how pgoutput names the relation.
     pub oid: u32,
     /// Columns in attribute order (dropped columns excluded).
     pub columns: Vec<SourceColumn>,
@@ -193,6 +228,7 @@ pub struct SourceTable {
     /// Planner estimates, for partitioning the snapshot (for a partitioned
     /// table, the sums over its leaf partitions).
     pub estimated_rows: u64,
+    /// Heap pages (`relpages`): snapshot partitions are page ranges.
     pub pages: u64,
     /// A partitioned table (relkind 'p'): it has no rows of its own; its
     /// leaf partitions are copied and their changes are published through
@@ -206,12 +242,15 @@ pub struct SourceTable {
 /// One value in Postgres' text output format (unescaped).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Cell {
+    /// SQL NULL.
     Null,
+    /// The value in text output format.
     Text(Vec<u8>),
     /// pgoutput's "unchanged TOAST value": the column kept its old value.
     UnchangedToast,
 }
 
+/// One row: a cell per column, in the table's column order.
 pub type Row = Vec<Cell>;
 
 /// Many rows in two reused buffers (the snapshot's hot path: no allocation
@@ -220,12 +259,16 @@ pub type Row = Vec<Cell>;
 /// the unescaped text value, or None for NULL.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RowBatch {
+    /// Cells per row.
     pub ncols: usize,
+    /// The text values of all cells, back to back.
     pub data: Vec<u8>,
+    /// Each cell's byte range in `data` (None for NULL), row after row.
     pub cells: Vec<Option<(usize, usize)>>,
 }
 
 impl RowBatch {
+    /// An empty batch of rows of `ncols` cells.
     pub fn new(ncols: usize) -> RowBatch {
         RowBatch {
             ncols,
@@ -233,15 +276,18 @@ impl RowBatch {
         }
     }
 
+    /// Empties the batch, keeping its buffers for the next rows.
     pub fn clear(&mut self) {
         self.data.clear();
         self.cells.clear();
     }
 
+    /// Number of rows.
     pub fn len(&self) -> usize {
         self.cells.len().checked_div(self.ncols).unwrap_or(0)
     }
 
+    /// No rows.
     pub fn is_empty(&self) -> bool {
         self.cells.is_empty()
     }
@@ -261,10 +307,14 @@ impl RowBatch {
     }
 }
 
+/// What a CDC change does to its row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChangeKind {
+    /// A new row.
     Insert,
+    /// New values for an existing row (matched by key).
     Update,
+    /// The row is gone (a soft delete in ClickHouse).
     Delete,
 }
 
@@ -273,8 +323,11 @@ pub enum ChangeKind {
 /// columns are set (others Null).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
+    /// The table (`Relation::oid`).
     pub relation_oid: u32,
+    /// Insert, update or delete.
     pub kind: ChangeKind,
+    /// New values (key values for a delete).
     pub row: Row,
 }
 
@@ -282,31 +335,49 @@ pub struct Change {
 /// table in a session and again after its schema changes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Relation {
+    /// Relation OID; changes name their table by it.
     pub oid: u32,
+    /// Schema name.
     pub schema: String,
+    /// Table name.
     pub name: String,
+    /// `relreplident`: `d` default, `n` nothing, `f` full, `i` index.
     pub replica_identity: u8,
+    /// Columns in the order changes carry their values.
     pub columns: Vec<RelationColumn>,
 }
 
+/// A column of a pgoutput Relation message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RelationColumn {
+    /// Column name.
     pub name: String,
+    /// Type OID.
     pub type_oid: u32,
+    /// `atttypmod` (-1 for none).
     pub type_modifier: i32,
+    /// Part of the replica identity (key) columns.
     pub is_key: bool,
 }
 
+/// One item of a transaction, in WAL order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TxItem {
+    /// A table's description (before its first change, and after a schema change).
     Relation(Relation),
+    /// A row change.
     Change(Change),
-    Truncate { relation_oids: Vec<u32> },
+    /// The tables were truncated.
+    Truncate {
+        /// The truncated tables (`Relation::oid`).
+        relation_oids: Vec<u32>,
+    },
 }
 
 /// A committed transaction, in commit order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transaction {
+    /// Source transaction id.
     pub xid: u32,
     /// LSN of the commit record: the version of every change in it.
     pub commit_lsn: Lsn,
@@ -315,6 +386,7 @@ pub struct Transaction {
     pub end_lsn: Lsn,
     /// Commit time, microseconds since 2000-01-01 UTC (the source's clock).
     pub commit_time_us: i64,
+    /// The transaction's relations and changes, in WAL order.
     pub items: Vec<TxItem>,
 }
 

@@ -23,9 +23,13 @@ use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::proto::pipe_service_server::PipeServiceServer;
 use crate::store::{EventLog, LogError, SecretStore};
 
+/// How `serve` runs: addresses, data directory, auth, TLS, and whether pipes
+/// move data.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
+    /// Address of the gRPC server.
     pub listen: SocketAddr,
+    /// Directory of the event log and secrets (sled).
     pub data_dir: PathBuf,
     /// Bearer token required on every RPC but health (None: open).
     pub token: Option<String>,
@@ -43,34 +47,46 @@ pub struct ServeConfig {
 /// PEM files of the server's certificate chain and private key.
 #[derive(Debug, Clone)]
 pub struct TlsFiles {
+    /// Certificate chain, leaf first.
     pub cert: PathBuf,
+    /// Private key of the leaf certificate.
     pub key: PathBuf,
 }
 
+/// Why the service could not start or stopped serving.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
+        /// The address asked for.
         addr: SocketAddr,
+        /// What the OS said.
         source: std::io::Error,
     },
+    /// The event log could not be opened, replayed or written.
     #[error(transparent)]
     Log(#[from] LogError),
+    /// A TLS certificate or key file could not be read.
     #[error(transparent)]
     TlsFile(#[from] crate::tls::TlsFileError),
+    /// The certificate and key were read but rustls refused them.
     #[error("the TLS certificate and key cannot be used: {0}")]
     Tls(String),
+    /// The gRPC transport failed.
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The reflection service could not load the descriptors.
     #[error("reflection setup failed: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The replay task panicked or was cancelled.
     #[error("replay task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
 
 /// Opens the log, replays it into a projection and starts the writer.
 /// Returns the core and how long replay took.
-pub async fn open_core(
+pub(crate) async fn open_core(
     data_dir: PathBuf,
     engine: bool,
 ) -> Result<(Arc<Core>, ReplayReport), ServeError> {
@@ -102,7 +118,7 @@ pub async fn open_core(
 }
 
 #[derive(Debug, Clone, Copy)]
-pub struct ReplayReport {
+pub(crate) struct ReplayReport {
     pub events: u64,
     pub elapsed_ms: u64,
 }

@@ -10,25 +10,35 @@ use rustls::crypto::CryptoProvider;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+/// A PEM file (certificate, key or CA) that cannot be used; the message names
+/// the file, never its content.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsFileError {
+    /// The file cannot be read.
     #[error("cannot read {what} {}: {source}", path.display())]
     Read {
+        /// What the file is for, e.g. "TLS key file".
         what: &'static str,
+        /// The file.
         path: PathBuf,
+        /// What the OS said.
         source: std::io::Error,
     },
+    /// The file was read but holds no usable PEM item of the kind expected.
     #[error("{what} {} is not usable: {reason}", path.display())]
     Invalid {
+        /// What the file is for, e.g. "TLS key file".
         what: &'static str,
+        /// The file.
         path: PathBuf,
+        /// What is wrong with it.
         reason: String,
     },
 }
 
 /// The one crypto provider of the process (explicit, so no feature
 /// unification elsewhere can make rustls pick another or none).
-pub fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
@@ -77,7 +87,10 @@ fn parse_certs(
 }
 
 /// The certificates of a PEM file, as trust anchors.
-pub fn roots_from_file(what: &'static str, path: &Path) -> Result<RootCertStore, TlsFileError> {
+pub(crate) fn roots_from_file(
+    what: &'static str,
+    path: &Path,
+) -> Result<RootCertStore, TlsFileError> {
     let pem = read(what, path)?;
     let mut store = RootCertStore::empty();
     for cert in parse_certs(what, path, &pem)? {
@@ -89,7 +102,7 @@ pub fn roots_from_file(what: &'static str, path: &Path) -> Result<RootCertStore,
 }
 
 /// The operating system's trust anchors (unreadable ones are skipped).
-pub fn system_roots() -> RootCertStore {
+pub(crate) fn system_roots() -> RootCertStore {
     let found = rustls_native_certs::load_native_certs();
     for e in &found.errors {
         tracing::debug!(error = %e, "skipping a system root certificate store");
@@ -101,7 +114,10 @@ pub fn system_roots() -> RootCertStore {
 }
 
 /// Trust anchors: the CA file if one is given, else the system's.
-pub fn roots(what: &'static str, ca_file: Option<&Path>) -> Result<RootCertStore, TlsFileError> {
+pub(crate) fn roots(
+    what: &'static str,
+    ca_file: Option<&Path>,
+) -> Result<RootCertStore, TlsFileError> {
     match ca_file {
         Some(path) => roots_from_file(what, path),
         None => Ok(system_roots()),
@@ -111,7 +127,7 @@ pub fn roots(what: &'static str, ca_file: Option<&Path>) -> Result<RootCertStore
 /// A server identity read from PEM files: the certificate chain and its key,
 /// checked to parse so a bad file is named at start-up.
 #[derive(Clone)]
-pub struct Identity {
+pub(crate) struct Identity {
     pub cert_pem: Vec<u8>,
     pub key_pem: Vec<u8>,
 }
@@ -124,7 +140,7 @@ impl std::fmt::Debug for Identity {
 }
 
 /// Reads and checks a certificate chain file and its private key file.
-pub fn read_identity(cert: &Path, key: &Path) -> Result<Identity, TlsFileError> {
+pub(crate) fn read_identity(cert: &Path, key: &Path) -> Result<Identity, TlsFileError> {
     const CERT: &str = "TLS certificate file";
     const KEY: &str = "TLS key file";
     let cert_pem = read(CERT, cert)?;

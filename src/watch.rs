@@ -20,7 +20,7 @@ use crate::store::{EventLog, LogError};
 
 const HISTORY_CHUNK: usize = 512;
 
-pub enum FeedItem {
+pub(crate) enum FeedItem {
     Event(Arc<Event>),
     /// Everything up to this cursor has been delivered; the rest is live.
     CaughtUp(u64),
@@ -28,7 +28,7 @@ pub enum FeedItem {
 
 /// Follows events with seq > `after` (of `stream` only, if given) until the
 /// receiver goes away. Sends `CaughtUp` once, when history is exhausted.
-pub async fn follow(
+pub(crate) async fn follow(
     log: Arc<EventLog>,
     after: u64,
     stream: Option<String>,
@@ -108,7 +108,7 @@ fn history_chunk(
 /// labels, right after the event, have every pair of the selector. Labels
 /// are folded from the log itself (not read from the live projection), so a
 /// replay from a cursor passes exactly the events a live watcher passed.
-pub struct LabelFilter {
+pub(crate) struct LabelFilter {
     selector: BTreeMap<String, String>,
     labels: HashMap<String, BTreeMap<String, String>>,
 }
@@ -162,7 +162,7 @@ impl LabelFilter {
 
 /// State of one pipe name's stream, folded from its events.
 #[derive(Default)]
-pub struct PipeView {
+pub(crate) struct PipeView {
     fold: Projection,
     name: String,
 }
@@ -207,7 +207,7 @@ impl PipeView {
 }
 
 /// Whether a watcher should stop after sending this event.
-pub fn is_final(e: &Event) -> bool {
+pub(crate) fn is_final(e: &Event) -> bool {
     ends_stream(e)
 }
 

@@ -46,21 +46,23 @@ use crate::proto::Pipe;
 use crate::proto::pipe_service_client::PipeServiceClient;
 use format::code_name;
 
-// Each command's arguments live with the command, under the paths they
-// always had.
-pub use create::CreateArgs;
-pub use labels::{LabelChange, LabelsArgs};
-pub use lifecycle::{DeleteArgs, NameArgs, ResyncArgs};
-pub use read::{GetArgs, ListArgs};
-pub use tables::{TablesAddArgs, TablesCommand, TablesRemoveArgs};
-pub use watch::{EventsArgs, WatchArgs};
+// Each command's arguments live with the command; the dispatch and the
+// unit tests name them from here.
+pub(crate) use create::CreateArgs;
+#[cfg(test)]
+use labels::LabelChange;
+pub(crate) use labels::LabelsArgs;
+pub(crate) use lifecycle::{DeleteArgs, NameArgs, ResyncArgs};
+pub(crate) use read::{GetArgs, ListArgs};
+pub(crate) use tables::TablesCommand;
+pub(crate) use watch::{EventsArgs, WatchArgs};
 
 /// Exit code when the watched pipe failed (and is not retrying).
-pub const EXIT_PIPE_FAILED: u8 = 1;
+pub(crate) const EXIT_PIPE_FAILED: u8 = 1;
 /// Exit code of `validate` when it found problems.
-pub const EXIT_PROBLEMS: u8 = 1;
+pub(crate) const EXIT_PROBLEMS: u8 = 1;
 /// Exit code for every other error.
-pub const EXIT_ERROR: u8 = 2;
+pub(crate) const EXIT_ERROR: u8 = 2;
 
 const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
 
@@ -168,7 +170,7 @@ pub(crate) fn parse_label(s: &str) -> Result<(String, String), String> {
 
 /// Errors of the client; all exit with [`EXIT_ERROR`].
 #[derive(Debug, thiserror::Error)]
-pub enum CliError {
+pub(crate) enum CliError {
     /// An error status from the server (or the transport under it).
     #[error("{}", rpc_message(.0))]
     Rpc(Box<tonic::Status>),

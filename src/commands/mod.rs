@@ -16,7 +16,6 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use checks::Purpose;
-pub use decide::status_name;
 use decide::{can_change_tables, can_resync_tables, live, not_found};
 use problems::{Problems, Stop};
 

@@ -12,11 +12,14 @@ use serde::{Deserialize, Serialize};
 /// events (`store::SecretStore` keeps them on disk in this form).
 #[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PipeSecrets {
+    /// Password of the source connection (None: none given apart).
     pub source_password: Option<String>,
+    /// Password of the ClickHouse user (None: none given).
     pub destination_password: Option<String>,
 }
 
 impl PipeSecrets {
+    /// No password at all.
     pub fn is_empty(&self) -> bool {
         self.source_password.is_none() && self.destination_password.is_none()
     }

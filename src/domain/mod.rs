@@ -4,10 +4,10 @@
 //! the sink's type mapping, which `columns` asks whether a chosen column
 //! type holds a source type's values.
 
-pub mod columns;
-pub mod conn;
-pub mod names;
+pub(crate) mod columns;
+pub(crate) mod conn;
+pub(crate) mod names;
 pub mod projection;
-pub mod settings;
-pub mod step;
+pub(crate) mod settings;
+pub(crate) mod step;
 pub mod validate;

@@ -58,7 +58,7 @@ pub fn event_kind(e: &Event) -> &'static str {
 /// True when a watcher of the pipe name should stop after this event: the
 /// name's pipe was deleted for good (a resync deletion is followed by the
 /// new incarnation, so the stream goes on).
-pub fn ends_stream(e: &Event) -> bool {
+pub(crate) fn ends_stream(e: &Event) -> bool {
     matches!(&e.payload, Some(Payload::PipeDeleted(d)) if d.reason() != DeleteReason::Resync)
 }
 
@@ -139,7 +139,7 @@ fn close_open_step(pipe: &mut Pipe, at: Option<prost_types::Timestamp>) {
 
 /// Applies one event to the state of the incarnation it is about.
 /// `PipeCreated` makes a new state; other events need the existing one.
-pub fn apply(pipe: Option<&mut Pipe>, e: &Event) -> Option<Pipe> {
+pub(crate) fn apply(pipe: Option<&mut Pipe>, e: &Event) -> Option<Pipe> {
     let at = e.at;
     match (&e.payload, pipe) {
         (Some(Payload::PipeCreated(c)), _) => {
@@ -433,7 +433,7 @@ pub fn apply(pipe: Option<&mut Pipe>, e: &Event) -> Option<Pipe> {
 /// name): exclusion, order_by and the destination name follow the column.
 /// The destination name is the event's `destination_column` (kept when
 /// ClickHouse could not rename it); a column not replicated stays so.
-pub fn fold_rename(cfg: &mut TableConfig, c: &SchemaChanged) {
+pub(crate) fn fold_rename(cfg: &mut TableConfig, c: &SchemaChanged) {
     let (old, new) = (&c.column, &c.new_column);
     for x in cfg.exclude_columns.iter_mut().filter(|x| *x == old) {
         x.clone_from(new);
@@ -462,6 +462,7 @@ pub struct Projection {
 }
 
 impl Projection {
+    /// Folds one event in (events must come in seq order).
     pub fn apply(&mut self, e: &Event) {
         self.head = e.seq;
         match self.streams.get_mut(e.pipe_name.as_str()) {
@@ -493,6 +494,7 @@ impl Projection {
         self.current.get(name).and_then(|id| self.by_id.get(id))
     }
 
+    /// An incarnation by id, deleted ones included.
     pub fn by_id(&self, id: &str) -> Option<&Pipe> {
         self.by_id.get(id)
     }
@@ -506,7 +508,7 @@ impl Projection {
     /// seen from `id` back along the resync chain: the first that swapped
     /// its tables in, or the chain's first incarnation, which created them
     /// (a resync that failed before its swap wrote nothing there).
-    pub fn config_of_live_tables(&self, id: &str) -> Option<&PipeConfig> {
+    pub(crate) fn config_of_live_tables(&self, id: &str) -> Option<&PipeConfig> {
         let mut id = id;
         // Bounded: a chain is at most every incarnation long.
         for _ in 0..self.by_id.len() {

@@ -6,22 +6,22 @@ use std::str::FromStr;
 
 use super::conn::{PipeSecrets, split_password, split_tls};
 use super::names::{self, RESYNC_SUFFIX};
-pub use super::names::{Invalid, MAX_IDENT_LEN, ident};
+pub(crate) use super::names::{Invalid, ident};
 use super::settings;
 use crate::proto::{DestinationConfig, PipeConfig, PipeSettings, SourceConfig, TableConfig};
 
-pub const MAX_NAME_LEN: usize = 63;
-pub const MAX_CONN_LEN: usize = 4096;
+pub(crate) const MAX_NAME_LEN: usize = 63;
+pub(crate) const MAX_CONN_LEN: usize = 4096;
 /// Longer URLs are not ClickHouse endpoints; refused before they are
 /// recorded in every event and watch message of the pipe.
-pub const MAX_URL_LEN: usize = 2048;
+pub(crate) const MAX_URL_LEN: usize = 2048;
 /// Bounds what the secrets file holds per pipe.
-pub const MAX_PASSWORD_LEN: usize = 1024;
-pub const MAX_TABLES: usize = 1000;
+pub(crate) const MAX_PASSWORD_LEN: usize = 1024;
+pub(crate) const MAX_TABLES: usize = 1000;
 /// Label limits, as Kubernetes: small enough to copy into every Pipe message.
-pub const MAX_LABELS: usize = 64;
-pub const MAX_LABEL_KEY_LEN: usize = 63;
-pub const MAX_LABEL_VALUE_LEN: usize = 253;
+pub(crate) const MAX_LABELS: usize = 64;
+pub(crate) const MAX_LABEL_KEY_LEN: usize = 63;
+pub(crate) const MAX_LABEL_VALUE_LEN: usize = 253;
 const LABEL_KEY_RULE: &str = "keys match [a-z0-9][a-z0-9._/-]{0,62}: 1 to 63 characters, lowercase letters, digits, `.`, `_`, `/`, `-`, starting with a letter or digit";
 
 fn invalid<T>(msg: impl Into<String>) -> Result<T, Invalid> {
@@ -31,7 +31,7 @@ fn invalid<T>(msg: impl Into<String>) -> Result<T, Invalid> {
 /// Pipe names become parts of replication slot and publication names, so
 /// they are restricted to what those accept: lowercase letters, digits, `_`.
 /// `-` is accepted and mapped to `_` where Postgres needs it.
-pub fn pipe_name(name: &str) -> Result<(), Invalid> {
+pub(crate) fn pipe_name(name: &str) -> Result<(), Invalid> {
     if name.is_empty() {
         return invalid("name is required: a pipe name like `orders_to_ch`");
     }
@@ -56,7 +56,9 @@ pub fn pipe_name(name: &str) -> Result<(), Invalid> {
 /// A source table reference: schema and table, unquoted.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct QualifiedName {
+    /// Schema (`public` when the text named none).
     pub schema: String,
+    /// Table name.
     pub table: String,
 }
 
@@ -89,7 +91,7 @@ fn display_ident(s: &str) -> String {
 /// quotes around either part (`"My Schema"."Order.Items"`, `""` escapes a
 /// quote). Unquoted parts keep their case as given: Postgres would fold them
 /// to lowercase, which surprises users who typed `Orders` for "Orders".
-pub fn qualified_name(field: &str, text: &str) -> Result<QualifiedName, Invalid> {
+pub(crate) fn qualified_name(field: &str, text: &str) -> Result<QualifiedName, Invalid> {
     // Errors quote the input, cut short: it may be megabytes.
     let shown = shorten(text);
     let mut parts = Vec::new();
@@ -303,7 +305,7 @@ fn order_by(field: &str, cols: &[String]) -> Result<Vec<String>, Invalid> {
 }
 
 /// Validates one table entry, filling in the default destination name.
-pub fn table(i: usize, t: &TableConfig) -> Result<(QualifiedName, TableConfig), Invalid> {
+pub(crate) fn table(i: usize, t: &TableConfig) -> Result<(QualifiedName, TableConfig), Invalid> {
     let field = format!("tables[{i}].source_table");
     if t.source_table.trim().is_empty() {
         return invalid(format!("{field} is required: write `schema.table`"));
@@ -341,7 +343,7 @@ pub fn table(i: usize, t: &TableConfig) -> Result<(QualifiedName, TableConfig), 
 }
 
 /// The source tables of a pipe config, parsed.
-pub fn source_tables(config: &PipeConfig) -> Result<Vec<QualifiedName>, Invalid> {
+pub(crate) fn source_tables(config: &PipeConfig) -> Result<Vec<QualifiedName>, Invalid> {
     config
         .tables
         .iter()
@@ -353,7 +355,7 @@ pub fn source_tables(config: &PipeConfig) -> Result<Vec<QualifiedName>, Invalid>
 /// One problem of a request, with the field at fault and, for a table
 /// entry, the source table as given.
 #[derive(Debug, PartialEq, Eq)]
-pub struct FieldProblem {
+pub(crate) struct FieldProblem {
     pub field: String,
     pub table: String,
     pub invalid: Invalid,
@@ -363,7 +365,7 @@ pub struct FieldProblem {
 /// in the order of the request's fields (ValidatePipe reports them all;
 /// CreatePipe refuses with the first).
 #[derive(Debug, Default)]
-pub struct RequestCheck {
+pub(crate) struct RequestCheck {
     pub source: Option<(SourceConfig, Option<String>)>,
     pub destination: Option<(DestinationConfig, Option<String>)>,
     /// The valid table entries, normalized.
@@ -397,7 +399,7 @@ impl RequestCheck {
 
 /// Checks every part of a CreatePipe request on its own, so one bad part
 /// does not hide the problems of the others.
-pub fn check_request(
+pub(crate) fn check_request(
     name: &str,
     src: Option<&SourceConfig>,
     dst: Option<&DestinationConfig>,
@@ -489,7 +491,7 @@ pub fn check_request(
 }
 
 /// A label key: `[a-z0-9][a-z0-9._/-]{0,62}`.
-pub fn label_key(field: &str, key: &str) -> Result<(), Invalid> {
+pub(crate) fn label_key(field: &str, key: &str) -> Result<(), Invalid> {
     let mut chars = key.chars();
     let first_ok = chars
         .next()
@@ -507,7 +509,7 @@ pub fn label_key(field: &str, key: &str) -> Result<(), Invalid> {
 }
 
 /// A label value: at most 253 characters (empty is allowed).
-pub fn label_value(field: &str, key: &str, value: &str) -> Result<(), Invalid> {
+pub(crate) fn label_value(field: &str, key: &str, value: &str) -> Result<(), Invalid> {
     let n = value.chars().count();
     if n > MAX_LABEL_VALUE_LEN {
         return invalid(format!(
@@ -518,7 +520,7 @@ pub fn label_value(field: &str, key: &str, value: &str) -> Result<(), Invalid> {
 }
 
 /// Label pairs (of a request or a selector): each key and value.
-pub fn label_pairs(field: &str, labels: &BTreeMap<String, String>) -> Result<(), Invalid> {
+pub(crate) fn label_pairs(field: &str, labels: &BTreeMap<String, String>) -> Result<(), Invalid> {
     for (k, v) in labels {
         label_key(field, k)?;
         label_value(field, k, v)?;
@@ -527,12 +529,12 @@ pub fn label_pairs(field: &str, labels: &BTreeMap<String, String>) -> Result<(),
 }
 
 /// A pipe's full label set: valid pairs, and not too many of them.
-pub fn labels(field: &str, labels: &BTreeMap<String, String>) -> Result<(), Invalid> {
+pub(crate) fn labels(field: &str, labels: &BTreeMap<String, String>) -> Result<(), Invalid> {
     label_pairs(field, labels)?;
     label_count(field, labels.len())
 }
 
-pub fn label_count(field: &str, n: usize) -> Result<(), Invalid> {
+pub(crate) fn label_count(field: &str, n: usize) -> Result<(), Invalid> {
     if n > MAX_LABELS {
         return invalid(format!(
             "{field}: a pipe would have {n} labels; at most {MAX_LABELS} are allowed"
@@ -542,7 +544,7 @@ pub fn label_count(field: &str, n: usize) -> Result<(), Invalid> {
 }
 
 /// Whether `labels` has every pair of `selector` (an empty selector matches).
-pub fn selector_matches(
+pub(crate) fn selector_matches(
     selector: &BTreeMap<String, String>,
     labels: &BTreeMap<String, String>,
 ) -> bool {
@@ -551,7 +553,7 @@ pub fn selector_matches(
 
 /// Applies resync overrides (matched by source table) to a pipe's tables;
 /// with `replace_columns` their column options replace the tables'.
-pub fn apply_overrides(
+pub(crate) fn apply_overrides(
     tables: &[TableConfig],
     overrides: &[TableConfig],
     replace_columns: bool,
@@ -621,7 +623,7 @@ pub fn apply_overrides(
 /// An UpdatePipe's table changes, checked against the pipe's tables:
 /// returns the added tables (normalized as at create) and the canonical
 /// names of the removed ones.
-pub fn table_changes(
+pub(crate) fn table_changes(
     current: &[TableConfig],
     add: &[TableConfig],
     remove: &[String],
@@ -707,7 +709,10 @@ fn not_in_pipe(field: &str, canonical: &str, tables: &[TableConfig]) -> Invalid 
     ))
 }
 
-pub fn resync_tables(current: &[TableConfig], tables: &[String]) -> Result<Vec<String>, Invalid> {
+pub(crate) fn resync_tables(
+    current: &[TableConfig],
+    tables: &[String],
+) -> Result<Vec<String>, Invalid> {
     let mut out = Vec::new();
     for (i, t) in tables.iter().enumerate() {
         let field = format!("tables[{i}]");

@@ -14,7 +14,7 @@ mod schema_change;
 pub mod slot_health;
 mod steps;
 mod table_load;
-pub mod worker;
+pub(crate) mod worker;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -46,7 +46,10 @@ pub(crate) fn sink_for(
 pub(crate) use crate::domain::validate::source_tables;
 
 /// Starts the engine; it stops when `closing` turns true.
-pub fn spawn(core: Arc<Core>, mut closing: tokio::sync::watch::Receiver<bool>) -> JoinHandle<()> {
+pub(crate) fn spawn(
+    core: Arc<Core>,
+    mut closing: tokio::sync::watch::Receiver<bool>,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut workers: HashMap<String, JoinHandle<()>> = HashMap::new();
         let mut releasing: HashMap<String, JoinHandle<()>> = HashMap::new();

@@ -30,10 +30,13 @@ use crate::source;
 /// One look at the slot.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sample {
+    /// When the sample was taken.
     pub at: Instant,
     /// `missing` when the slot does not exist.
     pub wal_status: String,
+    /// Whether a reader held the slot.
     pub active: bool,
+    /// The slot's `confirmed_flush_lsn`.
     pub confirmed: Lsn,
     /// The server's current WAL position.
     pub wal: Lsn,
@@ -58,7 +61,7 @@ fn bad_wal_status(s: &str) -> bool {
 }
 
 #[derive(Debug, Clone, Copy)]
-pub struct Thresholds {
+pub(crate) struct Thresholds {
     pub lag_bytes: u64,
     pub stall: Duration,
 }
@@ -75,7 +78,7 @@ impl Thresholds {
 
 /// What holds, and since when the confirmed position stands still.
 #[derive(Debug)]
-pub struct SlotHealth {
+pub(crate) struct SlotHealth {
     slot: String,
     /// Kinds that hold, with the wal_status their warning reported.
     holding: HashMap<SlotWarningKind, String>,
@@ -300,7 +303,7 @@ pub(crate) fn reconcile(core: &Arc<Core>, monitors: &mut HashMap<String, JoinHan
 }
 
 /// Samples one incarnation's slot until it stops being watched.
-pub async fn monitor(core: Arc<Core>, id: String) {
+pub(crate) async fn monitor(core: Arc<Core>, id: String) {
     let Some(pipe) = core.read(|p| p.by_id(&id).cloned()) else {
         return;
     };

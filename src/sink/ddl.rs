@@ -222,6 +222,7 @@ impl ChSink {
             .map_err(|e| self.map_err(e))
     }
 
+    /// Whether `table` exists in the destination database.
     pub async fn table_exists(&self, table: &str) -> Result<bool, SinkError> {
         let n = self
             .table_info("count()", table)

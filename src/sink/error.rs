@@ -4,8 +4,14 @@ use clickhouse::error::Error as ChError;
 /// password; URLs in them have credentials and query strings stripped.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
+    /// The destination URL is not an http(s) URL pgpipe can use.
     #[error("invalid ClickHouse URL {url:?}: {reason}")]
-    InvalidUrl { url: String, reason: String },
+    InvalidUrl {
+        /// The ClickHouse URL, credentials and query stripped.
+        url: String,
+        /// What is wrong.
+        reason: String,
+    },
 
     /// Connection refused, DNS failure, timeout, connection reset, TLS...
     /// Usually transient: retry later.
@@ -13,7 +19,12 @@ pub enum SinkError {
         "ClickHouse at {url} is unreachable: {reason} \
          (check that the server runs and that the URL and port are right)"
     )]
-    Unreachable { url: String, reason: String },
+    Unreachable {
+        /// The ClickHouse URL, credentials and query stripped.
+        url: String,
+        /// What is wrong.
+        reason: String,
+    },
 
     /// A TLS problem: an untrusted or mismatched certificate, a CA file that
     /// cannot be read, or a server that does not speak TLS on that port.
@@ -21,21 +32,35 @@ pub enum SinkError {
         "TLS with ClickHouse at {url} failed: {reason} \
          (check destination.ca_cert and that the server's certificate is for this host)"
     )]
-    Tls { url: String, reason: String },
+    Tls {
+        /// The ClickHouse URL, credentials and query stripped.
+        url: String,
+        /// What is wrong.
+        reason: String,
+    },
 
+    /// ClickHouse refused the user or password.
     #[error(
         "ClickHouse at {url} rejected the credentials of user {user:?}: {message} \
          (check the user name and password)"
     )]
     Auth {
+        /// The ClickHouse URL, credentials and query stripped.
         url: String,
+        /// The ClickHouse user.
         user: String,
+        /// What ClickHouse (or the check) said.
         message: String,
     },
 
     /// An error the server reported (`Code: N. DB::Exception: ...`).
     #[error("ClickHouse error{}: {message}", code.map(|c| format!(" {c}")).unwrap_or_default())]
-    Server { code: Option<u32>, message: String },
+    Server {
+        /// ClickHouse's error code, when the message has one.
+        code: Option<u32>,
+        /// What ClickHouse (or the check) said.
+        message: String,
+    },
 
     /// Other client-side errors of the `clickhouse` crate.
     #[error("ClickHouse client error: {0}")]
@@ -44,8 +69,11 @@ pub enum SinkError {
     /// A source value that cannot be converted to its ClickHouse column.
     #[error("table {table}, column {column:?}: {message}")]
     Value {
+        /// The ClickHouse table.
         table: String,
+        /// The column.
         column: String,
+        /// What ClickHouse (or the check) said.
         message: String,
     },
 
@@ -61,20 +89,31 @@ pub enum SinkError {
          column {column:?} from (the destination is missing rows: resync the table)"
     )]
     ToastRowMissing {
+        /// The ClickHouse table.
         table: String,
+        /// The column.
         column: String,
+        /// The row's key values.
         key: String,
     },
 
     /// A [`super::TableWriter`] used after its insert failed.
     #[error("insert into table {table} already failed: {message}")]
-    WriterFailed { table: String, message: String },
+    WriterFailed {
+        /// The ClickHouse table.
+        table: String,
+        /// What ClickHouse (or the check) said.
+        message: String,
+    },
 
     /// A row has a different number of cells than the table has columns.
     #[error("table {table}: row has {got} values, the table has {want} columns")]
     RowWidth {
+        /// The ClickHouse table.
         table: String,
+        /// Cells in the row.
         got: usize,
+        /// Columns of the table.
         want: usize,
     },
 }

@@ -20,7 +20,7 @@ mod error;
 mod ident;
 mod literal;
 mod toast;
-pub mod types;
+pub(crate) mod types;
 mod writer;
 
 use std::collections::HashMap;
@@ -30,22 +30,22 @@ use std::time::Duration;
 use clickhouse::Client;
 use serde::Deserialize;
 
-pub use apply::{ApplyTo, Change, RowLookup};
+pub(crate) use apply::{ApplyTo, Change, RowLookup};
 pub use ddl::CreateMode;
 pub use error::SinkError;
 pub use ident::quote_ident;
 pub use types::clickhouse_type;
-pub use writer::{TableWriter, WriteStats, WriterOptions};
+pub use writer::{TableWriter, WriterOptions};
 
 use crate::model::SourceTable;
 use types::Kind;
 
 /// `_pgpipe_version UInt64`: the LSN that produced the row version.
-pub const VERSION_COLUMN: &str = "_pgpipe_version";
+pub(crate) const VERSION_COLUMN: &str = "_pgpipe_version";
 /// `_pgpipe_is_deleted UInt8`: 1 for a soft-deleted key.
-pub const IS_DELETED_COLUMN: &str = "_pgpipe_is_deleted";
+pub(crate) const IS_DELETED_COLUMN: &str = "_pgpipe_is_deleted";
 /// `_pgpipe_synced_at DateTime64(6, 'UTC')`: when pgpipe wrote the row.
-pub const SYNCED_AT_COLUMN: &str = "_pgpipe_synced_at";
+pub(crate) const SYNCED_AT_COLUMN: &str = "_pgpipe_synced_at";
 const METADATA_COLUMNS: [(&str, &str); 3] = [
     (VERSION_COLUMN, "UInt64"),
     (IS_DELETED_COLUMN, "UInt8"),
@@ -79,6 +79,7 @@ impl std::fmt::Debug for ChSink {
 /// A column of a destination table as `system.columns` reports it.
 #[derive(Debug, Clone, PartialEq, Eq, clickhouse::Row, Deserialize)]
 pub struct DestColumn {
+    /// Column name.
     pub name: String,
     /// The ClickHouse type, e.g. `Nullable(Decimal(12, 2))`.
     pub ch_type: String,
@@ -145,7 +146,7 @@ impl ChSink {
     }
 
     /// The ClickHouse end of a pipe (its stored config and password).
-    pub fn for_destination(
+    pub(crate) fn for_destination(
         dst: &crate::proto::DestinationConfig,
         password: Option<&str>,
     ) -> Result<ChSink, SinkError> {
@@ -309,7 +310,7 @@ impl ChSink {
     /// Checks an existing destination table against `source` without
     /// changing anything: Ok(false) if it does not exist, Ok(true) if pgpipe
     /// can write to it, Err([`SinkError::Schema`]) saying what differs.
-    pub async fn check_existing(
+    pub(crate) async fn check_existing(
         &self,
         table: &str,
         source: &SourceTable,
@@ -347,7 +348,7 @@ impl ChSink {
 
     /// Forgets the cached columns of `table` (the sink's own DDL does this;
     /// call it after changing a destination table by other means).
-    pub fn forget_schema(&self, table: &str) {
+    pub(crate) fn forget_schema(&self, table: &str) {
         self.cache().remove(table);
     }
 

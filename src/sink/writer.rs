@@ -36,9 +36,11 @@ impl Default for WriterOptions {
 /// What a finished [`TableWriter`] wrote.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct WriteStats {
+    /// Rows written.
     pub rows: u64,
     /// RowBinary bytes before compression.
     pub bytes: u64,
+    /// Time from the first row to the end of the insert.
     pub elapsed: Duration,
 }
 
@@ -98,6 +100,7 @@ impl ChSink {
             .await
     }
 
+    /// Starts an insert into `table` with explicit batching options.
     pub async fn writer_with(
         &self,
         table: &str,

@@ -15,6 +15,7 @@ pub enum CopyFormatError {
 }
 
 /// Decodes one row (without its trailing `\n`) of `ncols` fields.
+#[cfg(test)]
 pub fn decode_copy_line(line: &[u8], ncols: usize) -> Result<Row, CopyFormatError> {
     let mut batch = RowBatch::new(ncols);
     decode_line_into(line, &mut batch)?;

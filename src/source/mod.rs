@@ -25,172 +25,301 @@ mod schema;
 mod slot;
 mod snapshot;
 mod stream;
-pub mod tls;
+pub(crate) mod tls;
 
-pub use connect::{ServerInfo, check_server, connect, server_problems};
-pub use copy_text::{CopyFormatError, decode_copy_line, decode_copy_lines, decode_copy_lines_into};
-pub use lookup::fill_from_source;
-pub use partitions::{Leaf, leaf_partitions, partition_overlaps};
-pub use schema::{
-    AddedValue, TableReport, added_column_value, describe_table_problems, describe_tables,
-};
+// Public: what the integration tests drive against a real Postgres; the
+// rest is for the engine only.
+pub(crate) use connect::server_problems;
+pub use connect::{check_server, connect};
+pub(crate) use copy_text::CopyFormatError;
+pub use copy_text::decode_copy_lines;
+pub(crate) use lookup::fill_from_source;
+pub(crate) use partitions::{Leaf, leaf_partitions, partition_overlaps};
+pub(crate) use schema::{AddedValue, TableReport, added_column_value};
+pub use schema::{describe_table_problems, describe_tables};
+pub(crate) use slot::create_temporary_slot;
 pub use slot::{
-    SlotInfo, create_slot, create_temporary_slot, current_wal_lsn, drop_publication, drop_slot,
-    ensure_publication, slot_info,
+    create_slot, current_wal_lsn, drop_publication, drop_slot, ensure_publication, slot_info,
 };
-pub use snapshot::{
-    Partition, PartitionCopy, SnapshotExport, SnapshotWorker, copy_select_sql, plan_partitions,
-};
-pub use stream::{ChangeStream, Liveness, PROBE_TIMEOUT, StreamItem, StreamSpec};
+pub use snapshot::{Partition, SnapshotExport, SnapshotWorker, copy_select_sql, plan_partitions};
+pub use stream::{ChangeStream, StreamItem, StreamSpec};
+pub(crate) use stream::{Liveness, PROBE_TIMEOUT};
 
 use crate::domain::validate::QualifiedName;
 
 /// Minimum supported server version (`server_version_num`): 11 brings
 /// `pg_replication_slot_advance` and TRUNCATE in pgoutput.
-pub const MIN_SERVER_VERSION_NUM: i32 = 110_000;
+pub(crate) const MIN_SERVER_VERSION_NUM: i32 = 110_000;
 
 /// What went wrong with the source, phrased so the user knows what to fix.
 /// Messages never contain a password or a connection string.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
+    /// The connection string does not parse (the message says why).
     #[error(
         "source connection string is not usable: {0}; use postgres://user@host:port/db or `host=... user=... dbname=...`"
     )]
     InvalidConnectionString(String),
 
+    /// No connection: refused, DNS, timeout. Usually transient.
     #[error(
         "cannot reach PostgreSQL at {target}: {reason}; check the host and port, that the server is running and accepts TCP connections (listen_addresses), and that no firewall is in the way"
     )]
-    Unreachable { target: String, reason: String },
+    Unreachable {
+        /// The server, as `host:port/database`.
+        target: String,
+        /// What the server or the library said.
+        reason: String,
+    },
 
+    /// The TLS handshake or certificate check failed.
     #[error("TLS with PostgreSQL at {target} failed: {reason}")]
-    Tls { target: String, reason: String },
+    Tls {
+        /// The server, as `host:port/database`.
+        target: String,
+        /// What the server or the library said.
+        reason: String,
+    },
 
+    /// The server refused the user or password.
     #[error(
         "PostgreSQL at {target} rejected user {user:?}: {reason}; check the user name, the password (source.password) and the server's pg_hba.conf"
     )]
     AuthFailed {
+        /// The server, as `host:port/database`.
         target: String,
+        /// The source user.
         user: String,
+        /// What the server or the library said.
         reason: String,
     },
 
+    /// The database named in the connection string does not exist.
     #[error(
         "database {database:?} does not exist on {target}; create it or fix the database name in the connection string"
     )]
-    DatabaseMissing { target: String, database: String },
+    DatabaseMissing {
+        /// The server, as `host:port/database`.
+        target: String,
+        /// The database asked for.
+        database: String,
+    },
 
+    /// `wal_level` is not `logical`.
     #[error(
         "the source server has wal_level = {actual:?}, but logical replication needs wal_level = logical: run `ALTER SYSTEM SET wal_level = logical;` and restart PostgreSQL"
     )]
-    WalLevel { actual: String },
+    WalLevel {
+        /// The server's `wal_level`.
+        actual: String,
+    },
 
+    /// The user may not create replication slots.
     #[error(
         "user {user:?} lacks the REPLICATION privilege needed for replication slots: run `ALTER ROLE {quoted} WITH REPLICATION;` as a superuser (on Amazon RDS: `GRANT rds_replication TO {quoted};`)",
         quoted = quote_ident(user)
     )]
-    NoReplicationPrivilege { user: String },
+    NoReplicationPrivilege {
+        /// The source user.
+        user: String,
+    },
 
+    /// The server is older than PostgreSQL 11.
     #[error("the source runs PostgreSQL {version}; pgpipe needs PostgreSQL 11 or newer")]
-    ServerTooOld { version: String },
+    ServerTooOld {
+        /// The server's version.
+        version: String,
+    },
 
+    /// The database encoding is not UTF8.
     #[error(
         "the source database uses encoding {encoding}; pgpipe needs a UTF8 database (logical decoding sends values in the database encoding)"
     )]
-    UnsupportedEncoding { encoding: String },
+    UnsupportedEncoding {
+        /// The database encoding.
+        encoding: String,
+    },
 
+    /// A configured table does not exist.
     #[error(
         "table {table} does not exist on the source; check tables[].source_table (names are case-sensitive: quote mixed-case names like \"MyTable\")"
     )]
-    TableMissing { table: String },
+    TableMissing {
+        /// The table, as `schema.table`.
+        table: String,
+    },
 
+    /// The relation is a view, sequence, foreign table...
     #[error("{table} is a {kind}, not a table; pgpipe replicates ordinary tables{hint}")]
     NotATable {
+        /// The table, as `schema.table`.
         table: String,
+        /// What the relation is instead, e.g. `view`.
         kind: String,
+        /// How to replicate it anyway, if there is a way (may be empty).
         hint: String,
     },
 
+    /// An UNLOGGED table: its changes never reach the WAL.
     #[error(
         "table {table} is UNLOGGED, so its changes never reach the WAL and cannot be replicated; run `ALTER TABLE {table} SET LOGGED`"
     )]
-    UnloggedTable { table: String },
+    UnloggedTable {
+        /// The table, as `schema.table`.
+        table: String,
+    },
 
+    /// No primary key nor replica identity index.
     #[error(
         "table {table} has no primary key; add one or set REPLICA IDENTITY USING INDEX (a unique index on NOT NULL columns)"
     )]
-    NoPrimaryKey { table: String },
+    NoPrimaryKey {
+        /// The table, as `schema.table`.
+        table: String,
+    },
 
+    /// A partitioned table without a primary key.
     #[error(
         "partitioned table {table} has no primary key; pgpipe replicates it into one ClickHouse table keyed by the parent's primary key (which must include the partition key, as Postgres requires): add one with ALTER TABLE {table} ADD PRIMARY KEY (...)"
     )]
-    PartitionedWithoutKey { table: String },
+    PartitionedWithoutKey {
+        /// The table, as `schema.table`.
+        table: String,
+    },
 
+    /// REPLICA IDENTITY FULL without a primary key.
     #[error(
         "table {table} has REPLICA IDENTITY FULL but no primary key, and ClickHouse needs a key: add a primary key or set REPLICA IDENTITY USING INDEX"
     )]
-    ReplicaIdentityFullWithoutKey { table: String },
+    ReplicaIdentityFullWithoutKey {
+        /// The table, as `schema.table`.
+        table: String,
+    },
 
+    /// REPLICA IDENTITY NOTHING: updates and deletes carry no key.
     #[error(
         "table {table} has REPLICA IDENTITY NOTHING, so its updates and deletes cannot be replicated: run `ALTER TABLE {table} REPLICA IDENTITY DEFAULT`"
     )]
-    ReplicaIdentityNothing { table: String },
+    ReplicaIdentityNothing {
+        /// The table, as `schema.table`.
+        table: String,
+    },
 
+    /// The user may not read the table.
     #[error(
         "user {user:?} may not read table {table}: run `GRANT SELECT ON {table} TO {quoted};`",
         quoted = quote_ident(user)
     )]
-    NoSelectPrivilege { table: String, user: String },
+    NoSelectPrivilege {
+        /// The table, as `schema.table`.
+        table: String,
+        /// The source user.
+        user: String,
+    },
 
+    /// A column of a type pgpipe cannot replicate.
     #[error(
         "table {table} column {column:?} has type {type_name}, which pgpipe cannot replicate; supported: bool, int2/4/8, float4/8, numeric, text/varchar/char, bytea, date, time, timestamp(tz), interval, uuid, json(b), inet/cidr, enums, domains and 1-D arrays of these; or leave the column out with the table's exclude_columns"
     )]
     UnsupportedType {
+        /// The table, as `schema.table`.
         table: String,
+        /// The column's name.
         column: String,
+        /// The column's type (`format_type`).
         type_name: String,
     },
 
+    /// The slot pgpipe would create already exists.
     #[error(
         "replication slot {slot:?} already exists on the source; drop it (SELECT pg_drop_replication_slot('{slot}')) if no other pipe uses it"
     )]
-    SlotExists { slot: String },
+    SlotExists {
+        /// The replication slot's name.
+        slot: String,
+    },
 
+    /// Another connection reads the slot.
     #[error(
         "replication slot {slot:?} is in use by another connection (pid {pid}); stop the other consumer of the slot"
     )]
-    SlotActive { slot: String, pid: i32 },
+    SlotActive {
+        /// The replication slot's name.
+        slot: String,
+        /// Backend process id of the other reader.
+        pid: i32,
+    },
 
+    /// The slot lost WAL it needs: the pipe must be resynced.
     #[error(
         "replication slot {slot:?} is lost ({reason}); changes since the last sync can no longer be read: resync the pipe"
     )]
-    SlotLost { slot: String, reason: String },
+    SlotLost {
+        /// The replication slot's name.
+        slot: String,
+        /// What the server or the library said.
+        reason: String,
+    },
 
+    /// The pipe's publication is gone.
     #[error(
         "publication {publication:?} does not exist on the source (was it dropped?); resync the pipe to recreate it"
     )]
-    PublicationMissing { publication: String },
+    PublicationMissing {
+        /// The publication's name.
+        publication: String,
+    },
 
+    /// A statement was refused for lack of privilege.
     #[error(
         "permission denied while {action}: {reason}; the source user must own the tables (or be superuser) to create the publication"
     )]
-    PermissionDenied { action: String, reason: String },
+    PermissionDenied {
+        /// What pgpipe was doing, e.g. creating the publication.
+        action: String,
+        /// What the server or the library said.
+        reason: String,
+    },
 
+    /// The exported snapshot ended before every worker imported it.
     #[error(
         "the exported snapshot {snapshot:?} is gone ({reason}); its coordinator transaction ended before every worker imported it: restart the snapshot"
     )]
-    SnapshotGone { snapshot: String, reason: String },
+    SnapshotGone {
+        /// The exported snapshot's name.
+        snapshot: String,
+        /// What the server or the library said.
+        reason: String,
+    },
 
+    /// The server sent something pgpipe does not understand (a bug).
     #[error(
         "unexpected data from PostgreSQL while {context}: {reason}; this is a pgpipe bug, please report it"
     )]
-    Protocol { context: String, reason: String },
+    Protocol {
+        /// What pgpipe was doing when it happened.
+        context: String,
+        /// What the server or the library said.
+        reason: String,
+    },
 
+    /// The connection broke mid-operation. Transient.
     #[error("lost the connection to the source while {context}: {reason}")]
-    ConnectionLost { context: String, reason: String },
+    ConnectionLost {
+        /// What pgpipe was doing when it happened.
+        context: String,
+        /// What the server or the library said.
+        reason: String,
+    },
 
+    /// Any other PostgreSQL error.
     #[error("PostgreSQL error while {context}: {reason}")]
-    Query { context: String, reason: String },
+    Query {
+        /// What pgpipe was doing when it happened.
+        context: String,
+        /// What the server or the library said.
+        reason: String,
+    },
 }
 
 impl SourceError {
@@ -321,7 +450,7 @@ pub fn quote_literal(s: &str) -> String {
 }
 
 /// `"schema"."table"`.
-pub fn quote_table(q: &QualifiedName) -> String {
+pub(crate) fn quote_table(q: &QualifiedName) -> String {
     format!("{}.{}", quote_ident(&q.schema), quote_ident(&q.table))
 }
 
@@ -329,13 +458,13 @@ pub fn quote_table(q: &QualifiedName) -> String {
 /// 12 hex digits of its id (a UUID; each incarnation has its own, so a
 /// resync's slot never collides with the old one's). Only `[a-z0-9_]`,
 /// at most 63 bytes.
-pub fn slot_name(pipe_id: &str) -> String {
+pub(crate) fn slot_name(pipe_id: &str) -> String {
     derived_name(pipe_id)
 }
 
 /// The publication name of a pipe incarnation (same rule as
 /// [`slot_name`]; slots and publications live in separate namespaces).
-pub fn publication_name(pipe_id: &str) -> String {
+pub(crate) fn publication_name(pipe_id: &str) -> String {
     derived_name(pipe_id)
 }
 

@@ -20,6 +20,7 @@ pub enum TupleValue {
     Binary(Vec<u8>),
 }
 
+/// A row as sent: one value per column of the relation.
 pub type TupleData = Vec<TupleValue>;
 
 /// The old row sent with an UPDATE or DELETE.
@@ -31,73 +32,125 @@ pub enum OldTuple {
     Full(TupleData),
 }
 
+/// One decoded pgoutput message (the payload of an XLogData record).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PgOutputMessage {
+    /// `B`: a transaction starts.
     Begin {
         /// LSN of the commit record.
         final_lsn: Lsn,
         /// Microseconds since 2000-01-01 UTC.
         commit_time: i64,
+        /// Transaction id.
         xid: u32,
     },
+    /// `C`: the transaction commits.
     Commit {
+        /// Unused by the protocol so far (0).
         flags: u8,
+        /// LSN of the commit record.
         commit_lsn: Lsn,
+        /// End of the commit record.
         end_lsn: Lsn,
+        /// Microseconds since 2000-01-01 UTC.
         commit_time: i64,
     },
+    /// `O`: the transaction came from another node (replication origin).
     Origin {
+        /// LSN of the commit on the origin server.
         commit_lsn: Lsn,
+        /// Origin name.
         name: String,
     },
+    /// `R`: a table's description.
     Relation(Relation),
+    /// `Y`: a data type's name (sent before a Relation using a non-builtin type).
     Type {
+        /// Type OID.
         oid: u32,
+        /// Type's schema.
         schema: String,
+        /// Type name.
         name: String,
     },
+    /// `I`: a new row.
     Insert {
+        /// The table.
         relation_oid: u32,
+        /// The row.
         new: TupleData,
     },
+    /// `U`: a changed row.
     Update {
+        /// The table.
         relation_oid: u32,
+        /// Old key or row, when the key changed or with REPLICA IDENTITY FULL.
         old: Option<OldTuple>,
+        /// The new row.
         new: TupleData,
     },
+    /// `D`: a deleted row.
     Delete {
+        /// The table.
         relation_oid: u32,
+        /// Its key (or whole row with REPLICA IDENTITY FULL).
         old: OldTuple,
     },
+    /// `T`: tables truncated.
     Truncate {
         /// Bit 1: CASCADE, bit 2: RESTART IDENTITY.
         options: u8,
+        /// The tables.
         relation_oids: Vec<u32>,
     },
+    /// `M`: a `pg_logical_emit_message` message.
     Message {
+        /// Emitted inside a transaction.
         transactional: bool,
+        /// Its LSN.
         lsn: Lsn,
+        /// The prefix it was emitted with.
         prefix: String,
+        /// Its payload.
         content: Vec<u8>,
     },
 }
 
+/// Why bytes are not a valid pgoutput message.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
+    /// No bytes at all.
     #[error("empty pgoutput message")]
     Empty,
+    /// A message type byte pgpipe does not know.
     #[error("unknown pgoutput message type {0:#04x}")]
     UnknownMessage(u8),
+    /// The message ends before a field.
     #[error("pgoutput message {msg:?} is truncated at byte {at} (reading {what})")]
     Truncated {
+        /// Message type.
         msg: char,
+        /// The field being read.
         what: &'static str,
+        /// Byte offset where the bytes ran out.
         at: usize,
     },
     #[error("pgoutput message {msg:?}: invalid {what}")]
-    Invalid { msg: char, what: String },
+    /// A field holds a value it may not.
+    Invalid {
+        /// Message type.
+        msg: char,
+        /// The field and what is wrong with it.
+        what: String,
+    },
     #[error("pgoutput message {msg:?} has {extra} unexpected trailing bytes")]
-    TrailingBytes { msg: char, extra: usize },
+    /// Bytes left over after the message.
+    TrailingBytes {
+        /// Message type.
+        msg: char,
+        /// How many.
+        extra: usize,
+    },
 }
 
 struct Reader<'a> {

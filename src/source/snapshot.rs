@@ -52,6 +52,7 @@ impl SnapshotExport {
         ))
     }
 
+    /// The snapshot's name, for workers to import (`SET TRANSACTION SNAPSHOT`).
     pub fn snapshot_name(&self) -> &str {
         &self.name
     }
@@ -72,16 +73,20 @@ impl SnapshotExport {
 /// grew, or its page count was stale) are still read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Partition {
+    /// First heap page of the range.
     pub first_page: u64,
+    /// Page after the range's last (None: to the table's end).
     pub end_page: Option<u64>,
 }
 
 impl Partition {
+    /// The whole table as one partition.
     pub const WHOLE: Partition = Partition {
         first_page: 0,
         end_page: None,
     };
 
+    /// Whether this partition is the whole table.
     pub fn is_whole_table(&self) -> bool {
         *self == Partition::WHOLE
     }
@@ -164,6 +169,8 @@ pub struct SnapshotWorker {
 }
 
 impl SnapshotWorker {
+    /// Connects and imports the exported snapshot `snapshot_name`, so every
+    /// partition this worker copies sees the same data.
     pub async fn begin(
         conn_str: &str,
         password: Option<&str>,

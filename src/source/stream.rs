@@ -39,9 +39,13 @@ const BUFFER_EVENTS: usize = 2048;
 
 /// Where and how to stream from.
 pub struct StreamSpec<'a> {
+    /// Source connection string.
     pub conn: &'a str,
+    /// Password, when not in the connection string.
     pub password: Option<&'a str>,
+    /// Replication slot to read.
     pub slot: &'a str,
+    /// Publication naming the tables.
     pub publication: &'a str,
     /// Where to start: the slot's confirmed position (the server never
     /// sends a transaction that committed before the slot's position anyway).
@@ -53,8 +57,11 @@ pub struct StreamSpec<'a> {
 pub enum StreamItem {
     /// A transaction starts; every change in it is versioned `commit_lsn`.
     Begin {
+        /// Source transaction id.
         xid: u32,
+        /// LSN of the commit record.
         commit_lsn: Lsn,
+        /// Commit time, microseconds since 2000-01-01 UTC.
         commit_time_us: i64,
     },
     /// A change, relation or truncate of the open transaction. Rows have
@@ -64,15 +71,21 @@ pub enum StreamItem {
     Item(TxItem),
     /// The open transaction ends: confirm `end_lsn` once it is stored.
     Commit {
+        /// LSN of the commit record.
         commit_lsn: Lsn,
+        /// End of the commit record: where the slot may be confirmed to.
         end_lsn: Lsn,
+        /// Commit time, microseconds since 2000-01-01 UTC.
         commit_time_us: i64,
     },
     /// The server's WAL end, between transactions. Nothing published
     /// committed before it is still to come, so when nothing is being
     /// applied the slot may be confirmed up to it (a quiet publication on a
     /// busy server then pins no WAL).
-    Idle { wal_end: Lsn },
+    Idle {
+        /// The server's WAL end.
+        wal_end: Lsn,
+    },
 }
 
 /// One streaming replication session on a slot.

@@ -26,31 +26,42 @@ use crate::proto::{Event, event::Payload};
 const RECORD_FORMAT: u8 = 1;
 const EVENT_PREFIX: u8 = b'e';
 /// Schema version written into every new event.
-pub const EVENT_SCHEMA_VERSION: u32 = 1;
+pub(crate) const EVENT_SCHEMA_VERSION: u32 = 1;
 /// In-memory fan-out depth; a watcher further behind continues from the log.
 const FEED_CAPACITY: usize = 4096;
 /// Most requests folded into one group commit.
 const MAX_GROUP: usize = 512;
 
+/// What can go wrong with the event log.
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
+    /// sled failed (other than a refused write).
     #[error("event log storage error: {0}")]
     Storage(#[from] sled::Error),
+    /// A stored record fails its checks; `repair` truncates the log before it.
     #[error(
         "event log is corrupt at seq {seq}: {reason}; {valid} valid events precede it. \
          Run `pgpipe repair --data-dir <dir>` to truncate the log to the last valid event"
     )]
     Corrupt {
+        /// Sequence of the first bad record.
         seq: u64,
+        /// Valid events before it.
         valid: u64,
+        /// What is wrong with the record.
         reason: String,
     },
+    /// An append expected another stream version (optimistic concurrency): someone else wrote first.
     #[error("stream {stream:?} is at version {actual}, expected {expected}")]
     VersionConflict {
+        /// The pipe name's stream.
         stream: String,
+        /// The version the writer expected.
         expected: u64,
+        /// The stream's version.
         actual: u64,
     },
+    /// The writer is not started or has stopped.
     #[error("event log is not accepting writes: {0}")]
     Unavailable(String),
     /// The storage under the data directory refused a write. Sticky until
@@ -61,26 +72,43 @@ pub enum LogError {
          and pgpipe is restarted (reads keep working)"
     )]
     NotWritable(WriteFailure),
+    /// The log could not be opened (the storage refused it).
     #[error("cannot open the event log in {dir}: {reason}")]
-    Open { dir: String, reason: WriteFailure },
+    Open {
+        /// The data directory.
+        dir: String,
+        /// Why the storage refused.
+        reason: WriteFailure,
+    },
+    /// The data directory could not be created or made owner-only.
     #[error("cannot prepare the data directory {dir}: {source}")]
-    DataDir { dir: String, source: std::io::Error },
+    DataDir {
+        /// The data directory.
+        dir: String,
+        /// What the OS said.
+        source: std::io::Error,
+    },
 }
 
 /// Why the storage refused a write, in words an operator can act on.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum WriteFailure {
+    /// No space left (ENOSPC, EDQUOT).
     #[error("the file system holding the data directory is full ({0}); free space")]
     StorageFull(String),
+    /// A read-only file system (EROFS).
     #[error("the data directory is on a read-only file system ({0}); make it writable")]
     ReadOnly(String),
+    /// No permission (EACCES, EPERM).
     #[error("pgpipe may not write to the data directory ({0}); fix its permissions")]
     PermissionDenied(String),
+    /// Any other I/O error.
     #[error("{0}")]
     Io(String),
 }
 
 impl WriteFailure {
+    /// Classifies an I/O error from the storage.
     pub fn from_io(e: &std::io::Error) -> Self {
         use std::io::ErrorKind as K;
         // sled hands out clones of its first I/O error, rebuilt from the
@@ -100,6 +128,7 @@ impl WriteFailure {
         }
     }
 
+    /// Classifies a sled error (its I/O errors by kind).
     pub fn from_sled(e: &sled::Error) -> Self {
         match e {
             sled::Error::Io(io) => Self::from_io(io),
@@ -115,7 +144,7 @@ const DATA_DIR_MODE: u32 = 0o700;
 
 /// Creates `dir` owner-only, or tightens an existing one that pgpipe owns
 /// (empty, or holding pgpipe's files) to owner-only.
-pub fn prepare_data_dir(dir: &Path) -> Result<(), LogError> {
+pub(crate) fn prepare_data_dir(dir: &Path) -> Result<(), LogError> {
     let err = |source| LogError::DataDir {
         dir: dir.display().to_string(),
         source,
@@ -171,7 +200,9 @@ fn is_pgpipe_file(name: &str) -> bool {
 /// What replay found.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ReplayStats {
+    /// Events replayed.
     pub events: u64,
+    /// Seq of the last one (0 for an empty log).
     pub head: u64,
 }
 
@@ -186,6 +217,8 @@ struct AppendRequest {
     reply: oneshot::Sender<Result<Vec<Arc<Event>>, LogError>>,
 }
 
+/// The durable, totally ordered event log on sled: appends go through one
+/// group-committing writer; readers replay, read and subscribe.
 pub struct EventLog {
     db: sled::Db,
     tree: sled::Tree,
@@ -266,6 +299,7 @@ impl EventLog {
         Self::with_db(db)
     }
 
+    /// Opens the log in an already open sled database.
     pub fn with_db(db: sled::Db) -> Result<Arc<Self>, LogError> {
         let tree = db.open_tree("log")?;
         let (feed, _) = broadcast::channel(FEED_CAPACITY);
@@ -496,7 +530,7 @@ impl EventLog {
     }
 
     /// Live feed of committed events. Subscribe before reading history.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
         self.feed.subscribe()
     }
 
@@ -522,7 +556,7 @@ impl EventLog {
     }
 
     /// Up to `limit` durable events with seq in (`after`, `upto`], in order.
-    pub fn read_after(
+    pub(crate) fn read_after(
         &self,
         after: u64,
         upto: u64,
@@ -584,11 +618,6 @@ impl EventLog {
             .await
             .map_err(|e| LogError::NotWritable(WriteFailure::from_sled(&e)))?;
         Ok(())
-    }
-
-    /// Whether an earlier write failed (appends are refused until restart).
-    pub fn write_failure(&self) -> Option<WriteFailure> {
-        self.failure.lock().ok().and_then(|f| f.clone())
     }
 }
 

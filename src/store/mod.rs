@@ -1,7 +1,7 @@
 //! Storage adapters: the sled event log and the secret store beside it.
 
 pub mod event_log;
-pub mod secrets;
+pub(crate) mod secrets;
 
 pub use event_log::{EventLog, LogError};
 pub use secrets::{PipeSecrets, SecretStore};

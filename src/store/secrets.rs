@@ -38,6 +38,8 @@ struct Inner {
     file: SecretsFile,
 }
 
+/// The pipes' passwords by pipe id, in `secrets.json` beside the log (owner-only,
+/// rewritten whole on each change); cheap to clone.
 #[derive(Clone)]
 pub struct SecretStore {
     inner: Arc<Mutex<Inner>>,
@@ -104,7 +106,7 @@ impl SecretStore {
     }
 
     /// Stores the secrets of a pipe incarnation, durably.
-    pub fn put(&self, pipe_id: &str, secrets: &PipeSecrets) -> Result<(), LogError> {
+    pub(crate) fn put(&self, pipe_id: &str, secrets: &PipeSecrets) -> Result<(), LogError> {
         if secrets.is_empty() {
             return Ok(());
         }
@@ -120,6 +122,7 @@ impl SecretStore {
         Ok(())
     }
 
+    /// The passwords of an incarnation (none when it has none stored).
     pub fn get(&self, pipe_id: &str) -> Result<PipeSecrets, LogError> {
         Ok(self
             .lock()
@@ -130,6 +133,7 @@ impl SecretStore {
             .unwrap_or_default())
     }
 
+    /// Forgets an incarnation's passwords (nothing to do when it has none).
     pub fn remove(&self, pipe_id: &str) -> Result<(), LogError> {
         let mut inner = self.lock();
         if inner.file.pipes.remove(pipe_id).is_some() {
