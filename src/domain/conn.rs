@@ -12,9 +12,10 @@ use serde::{Deserialize, Serialize};
 /// events (`store::SecretStore` keeps them on disk in this form).
 #[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PipeSecrets {
-    /// Password of the source connection (None: none given apart).
+    /// Source password, from `source.password` or taken out of the
+    /// connection string (None: there is none).
     pub source_password: Option<String>,
-    /// Password of the ClickHouse user (None: none given).
+    /// Password of the ClickHouse user (None: there is none).
     pub destination_password: Option<String>,
 }
 

@@ -40,7 +40,7 @@ pub struct WriteStats {
     pub rows: u64,
     /// RowBinary bytes before compression.
     pub bytes: u64,
-    /// Time from the first row to the end of the insert.
+    /// Time from the start of the insert to its end.
     pub elapsed: Duration,
 }
 
@@ -100,7 +100,7 @@ impl ChSink {
             .await
     }
 
-    /// Starts an insert into `table` with explicit batching options.
+    /// Starts an insert into `table` with explicit chunk size and timeouts.
     pub async fn writer_with(
         &self,
         table: &str,
