@@ -85,6 +85,9 @@ pub struct ChangeStream {
     pk_names: HashMap<u32, Vec<String>>,
     /// Items converted but not returned yet (a key change gives two).
     queued: VecDeque<StreamItem>,
+    /// A message received but not decoded yet: decoding a Relation may
+    /// query the server, and a `next` dropped meanwhile must not lose it.
+    undecoded: Option<(bytes::Bytes, Lsn)>,
     xid: Option<u32>,
 }
 
@@ -133,17 +136,25 @@ impl ChangeStream {
             rels: HashMap::new(),
             pk_names: HashMap::new(),
             queued: VecDeque::new(),
+            undecoded: None,
             xid: None,
         })
     }
 
     /// The next item (cancel-safe: nothing is lost if the future is
-    /// dropped before it completes). `pg` looks up the primary key of a
+    /// dropped before it completes, which the CDC loop does when a wait
+    /// times out or a write it read ahead beside finishes). `pg` looks up the primary key of a
     /// REPLICA IDENTITY FULL table when its Relation arrives.
     pub async fn next(&mut self, pg: &Client) -> Result<StreamItem, SourceError> {
         loop {
             if let Some(item) = self.queued.pop_front() {
                 return Ok(item);
+            }
+            if let Some((data, at)) = self.undecoded.clone() {
+                let decoded = self.decode(pg, &data, at).await;
+                self.undecoded = None;
+                decoded?;
+                continue;
             }
             let ev =
                 self.client.recv().await.map_err(|e| {
@@ -190,7 +201,7 @@ impl ChangeStream {
                 ReplicationEvent::XLogData {
                     wal_start, data, ..
                 } => {
-                    self.decode(pg, &data, Lsn(wal_start.as_u64())).await?;
+                    self.undecoded = Some((data, Lsn(wal_start.as_u64())));
                 }
                 ReplicationEvent::Message { .. } => {}
                 ReplicationEvent::StoppedAt { .. } => {

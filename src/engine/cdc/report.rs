@@ -13,7 +13,7 @@ use crate::{failpoint, source};
 use crate::engine::copy::PROGRESS_EVERY;
 use crate::engine::worker::{Ends, Result, Worker};
 
-use super::CdcReport;
+use super::{CdcReport, Reader};
 
 /// Where the slot stands against the server's WAL.
 struct SlotLag {
@@ -61,7 +61,7 @@ impl Worker {
         &mut self,
         ends: &Ends,
         slot: &str,
-        stream: &source::ChangeStream,
+        reader: &Reader,
         progress: &mut CdcReport,
     ) -> Result<()> {
         if let Some(history) = progress.history.take() {
@@ -70,7 +70,7 @@ impl Worker {
         if let Some(end) = progress.written_end.take() {
             failpoint::hit(failpoint::CDC_BEFORE_ADVANCE).await;
             // ClickHouse has every row of these transactions.
-            stream.confirm(end);
+            reader.confirm(end);
         }
         progress.last_report = Instant::now();
         Ok(())
