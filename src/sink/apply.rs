@@ -165,18 +165,18 @@ impl ChSink {
                 }
             }
         }
-        let mut last: HashMap<Vec<Cell>, usize> = HashMap::with_capacity(cells.len());
+        let key_cols: Vec<usize> = table.key.iter().chain(&extra).copied().collect();
+        let mut last: HashMap<KeyOf, usize> = HashMap::with_capacity(cells.len());
         for (i, row) in cells.iter().enumerate() {
-            if !keep_row[i] {
-                continue;
+            if keep_row[i] {
+                last.insert(
+                    KeyOf {
+                        row,
+                        cols: &key_cols,
+                    },
+                    i,
+                );
             }
-            let key: Vec<Cell> = table
-                .key
-                .iter()
-                .chain(&extra)
-                .map(|&k| row.get(k).cloned().unwrap_or(Cell::Null))
-                .collect();
-            last.insert(key, i);
         }
         let mut keep: Vec<usize> = last.into_values().collect();
         keep.sort_unstable();
@@ -207,6 +207,35 @@ impl ChSink {
         Ok(())
     }
 }
+
+/// A row's key columns, borrowed: hashing and comparing it clones nothing
+/// (the last change of each key in a batch is the one written).
+struct KeyOf<'a> {
+    row: &'a Row,
+    cols: &'a [usize],
+}
+
+impl KeyOf<'_> {
+    fn cells(&self) -> impl Iterator<Item = &Cell> {
+        self.cols
+            .iter()
+            .map(|&k| self.row.get(k).unwrap_or(&Cell::Null))
+    }
+}
+
+impl std::hash::Hash for KeyOf<'_> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.cells().for_each(|c| c.hash(state));
+    }
+}
+
+impl PartialEq for KeyOf<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.cells().eq(other.cells())
+    }
+}
+
+impl Eq for KeyOf<'_> {}
 
 /// The smallest insert buffer of a CDC write.
 const MIN_CHUNK_BYTES: usize = 64 << 10;

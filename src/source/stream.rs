@@ -510,11 +510,10 @@ fn convert(
     pk_names: &HashMap<u32, Vec<String>>,
     items: &mut Vec<TxItem>,
 ) -> Result<(), String> {
-    let rel = |rels: &HashMap<u32, RelKey>, oid: u32| -> Result<(usize, Vec<usize>), String> {
+    fn rel(rels: &HashMap<u32, RelKey>, oid: u32) -> Result<&RelKey, String> {
         rels.get(&oid)
-            .map(|r| (r.ncols, r.key.clone()))
             .ok_or_else(|| format!("a change of relation {oid} before its Relation message"))
-    };
+    }
     match m {
         PgOutputMessage::Relation(r) => {
             let key = relation_key(&r, pk_names);
@@ -528,7 +527,7 @@ fn convert(
             items.push(TxItem::Relation(r));
         }
         PgOutputMessage::Insert { relation_oid, new } => {
-            let (ncols, _) = rel(rels, relation_oid)?;
+            let ncols = rel(rels, relation_oid)?.ncols;
             items.push(TxItem::Change(Change {
                 relation_oid,
                 kind: ChangeKind::Insert,
@@ -540,14 +539,15 @@ fn convert(
             old,
             new,
         } => {
-            let (ncols, key) = rel(rels, relation_oid)?;
+            let RelKey { ncols, key } = rel(rels, relation_oid)?;
+            let ncols = *ncols;
             let mut row = cells(new, ncols)?;
             if let Some(old) = old {
                 let old = match old {
                     OldTuple::Key(t) | OldTuple::Full(t) => cells(t, ncols)?,
                 };
                 let mut key_changed = false;
-                for &i in &key {
+                for &i in key {
                     match (&row[i], &old[i]) {
                         // An unchanged (TOASTed) key column: take its value
                         // from the old key.
@@ -559,7 +559,7 @@ fn convert(
                     items.push(TxItem::Change(Change {
                         relation_oid,
                         kind: ChangeKind::Delete,
-                        row: key_only(old, &key),
+                        row: key_only(old, key),
                     }));
                 }
             }
@@ -570,14 +570,14 @@ fn convert(
             }));
         }
         PgOutputMessage::Delete { relation_oid, old } => {
-            let (ncols, key) = rel(rels, relation_oid)?;
+            let RelKey { ncols, key } = rel(rels, relation_oid)?;
             let row = match old {
-                OldTuple::Key(t) | OldTuple::Full(t) => cells(t, ncols)?,
+                OldTuple::Key(t) | OldTuple::Full(t) => cells(t, *ncols)?,
             };
             items.push(TxItem::Change(Change {
                 relation_oid,
                 kind: ChangeKind::Delete,
-                row: key_only(row, &key),
+                row: key_only(row, key),
             }));
         }
         PgOutputMessage::Truncate { relation_oids, .. } => {
