@@ -29,8 +29,8 @@ use std::time::Duration;
 
 use tokio_postgres::Client;
 
-use super::copy::{CopyPlan, CopyWork, Progress, copy_partitions};
-use super::table_load::{self, LoadJob};
+use super::copy::{CopyWork, Progress};
+use super::table_load::LoadJob;
 use super::worker::{EngineError, Facts};
 use crate::domain::columns::Replicated;
 use crate::failpoint;
@@ -195,28 +195,15 @@ pub(super) struct LeafLoad {
 /// docs for why versions make this safe beside CDC); records their end as
 /// `PartitionsChanged` (replicated). Returns the rows copied.
 pub(super) async fn load_leaves(job: LeafLoad) -> Result<u64, EngineError> {
-    let LeafLoad {
-        table:
-            LoadJob {
-                facts,
-                conn,
-                password,
-                ch,
-                settings,
-                prepared,
-                view,
-            },
-        leaves,
-    } = job;
-    let pg = source::connect(&conn, password.as_deref()).await?;
+    let LeafLoad { table, leaves } = job;
+    let (prepared, view) = (&table.prepared, &table.view);
+    let pg = table.connect().await?;
     let listed = source::leaf_partitions(&pg, view.source.oid).await?;
     let wanted: Vec<Leaf> = listed
         .into_iter()
         .filter(|l| leaves.contains(&l.canonical()))
         .collect();
-    let (consistent, export, snapshot_name) =
-        table_load::consistent_snapshot(pg, &conn, password.as_deref(), "leaf").await?;
-    let version = consistent.0.saturating_sub(1);
+    let snap = table.snapshot(pg, "leaf").await?;
     // Progress is counted per leaf (its own name), apart from the table's
     // snapshot counts.
     let mut work = Vec::new();
@@ -226,9 +213,9 @@ pub(super) async fn load_leaves(job: LeafLoad) -> Result<u64, EngineError> {
         as_leaf.source_table = leaf.canonical();
         let leaf_work = leaf_work(
             &as_leaf,
-            &view,
+            view,
             std::slice::from_ref(leaf),
-            settings.snapshot_rows_per_partition,
+            table.settings.snapshot_rows_per_partition,
         );
         plans.push(SnapshotTablePlan {
             source_table: as_leaf.source_table.clone(),
@@ -237,23 +224,20 @@ pub(super) async fn load_leaves(job: LeafLoad) -> Result<u64, EngineError> {
         });
         work.extend(leaf_work);
     }
-    tracing::info!(table = %prepared.source_table, partitions = ?leaves, consistent_point = %consistent, "loading partitions beside CDC");
+    tracing::info!(table = %prepared.source_table, partitions = ?leaves, consistent_point = %snap.consistent, "loading partitions beside CDC");
     let progress = Arc::new(Progress::new(&plans));
-    let copy = CopyPlan {
-        conn,
-        password,
-        snapshot_name,
-        ch,
-        version,
-        parallelism: settings.snapshot_parallelism,
-        failpoint: failpoint::PARTITION_LOAD_PARTITION_DONE,
-    };
-    let copied = copy_partitions(&facts, copy, work, Arc::clone(&progress)).await;
-    let _ = export.finish().await;
-    copied?;
+    table
+        .copy(
+            snap,
+            work,
+            &progress,
+            failpoint::PARTITION_LOAD_PARTITION_DONE,
+        )
+        .await?;
     failpoint::hit(failpoint::PARTITION_LOAD_COPIED).await;
     let rows = plans.iter().map(|p| progress.rows(&p.source_table)).sum();
-    facts
+    table
+        .facts
         .record(vec![Payload::PartitionsChanged(PartitionsChanged {
             source_table: prepared.source_table.clone(),
             replicated: wanted.iter().map(Leaf::canonical).collect(),
