@@ -46,7 +46,7 @@ fn handle(cell: &CoreCell, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         return r;
     }
     match cell.get() {
-        Some(core) => reply(StatusCode::OK, CONTENT_TYPE_0_0_4, super::render(core)),
+        Some(core) => reply(StatusCode::OK, CONTENT_TYPE_0_0_4, core.render_metrics()),
         // The registry lives in the core, which exists once the log is
         // replayed; until then say so, as health does.
         None => reply(
