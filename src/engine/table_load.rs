@@ -1,5 +1,7 @@
 //! Loading one table while the pipe's CDC goes on: a table added by
-//! UpdatePipe, or a table rebuilt by a table resync (ResyncPipe with tables).
+//! UpdatePipe, a table rebuilt by a table resync (ResyncPipe with tables),
+//! or partitions attached to a partitioned table ([`load_leaves`], see
+//! `partitions`).
 //!
 //! Why no change is lost or doubled (the same version argument as the
 //! pipe's own snapshot, see `docs/architecture.md`):
@@ -23,7 +25,7 @@
 use std::sync::Arc;
 
 use super::copy::{CopyPlan, CopyWork, Progress, copy_partitions};
-use super::partitions;
+use super::partitions::{self, leaf_work};
 use super::worker::{EngineError, Facts};
 use crate::domain::columns::Replicated;
 use crate::failpoint;
@@ -31,7 +33,7 @@ use crate::model::Lsn;
 use crate::proto::event::Payload;
 use crate::proto::*;
 use crate::sink::ChSink;
-use crate::source::{self, SnapshotExport};
+use crate::source::{self, Leaf, SnapshotExport};
 
 /// What a load needs, owned (it runs as its own task).
 pub(super) struct LoadJob {
@@ -149,4 +151,70 @@ impl LoadJob {
         let _ = snap.export.finish().await;
         copied
     }
+}
+
+/// A load of some leaves of a partitioned table beside CDC.
+pub(super) struct LeafLoad {
+    /// The partitioned table's load: rows go to its destination.
+    pub table: LoadJob,
+    /// Leaves to load, canonical names.
+    pub leaves: Vec<String>,
+}
+
+/// Loads the leaves' rows into the table's destination (see `partitions`
+/// for why versions make this safe beside CDC); records their end as
+/// `PartitionsChanged` (replicated). Returns the rows copied.
+pub(super) async fn load_leaves(job: LeafLoad) -> Result<u64, EngineError> {
+    let LeafLoad { table, leaves } = job;
+    let (prepared, view) = (&table.prepared, &table.view);
+    let pg = table.connect().await?;
+    let listed = source::leaf_partitions(&pg, view.source.oid).await?;
+    let wanted: Vec<Leaf> = listed
+        .into_iter()
+        .filter(|l| leaves.contains(&l.canonical()))
+        .collect();
+    let snap = table.snapshot(pg, "leaf").await?;
+    // Progress is counted per leaf (its own name), apart from the table's
+    // snapshot counts.
+    let mut work = Vec::new();
+    let mut plans = Vec::new();
+    for leaf in &wanted {
+        let mut as_leaf = prepared.clone();
+        as_leaf.source_table = leaf.canonical();
+        let leaf_work = leaf_work(
+            &as_leaf,
+            view,
+            std::slice::from_ref(leaf),
+            table.settings.snapshot_rows_per_partition,
+        );
+        plans.push(SnapshotTablePlan {
+            source_table: as_leaf.source_table.clone(),
+            partitions_total: leaf_work.len() as u32,
+            estimated_rows: leaf.estimated_rows,
+        });
+        work.extend(leaf_work);
+    }
+    tracing::info!(table = %prepared.source_table, partitions = ?leaves, consistent_point = %snap.consistent, "loading partitions beside CDC");
+    let progress = Arc::new(Progress::new(&plans));
+    table
+        .copy(
+            snap,
+            work,
+            &progress,
+            failpoint::PARTITION_LOAD_PARTITION_DONE,
+        )
+        .await?;
+    failpoint::hit(failpoint::PARTITION_LOAD_COPIED).await;
+    let rows = plans.iter().map(|p| progress.rows(&p.source_table)).sum();
+    table
+        .facts
+        .record(vec![Payload::PartitionsChanged(PartitionsChanged {
+            source_table: prepared.source_table.clone(),
+            replicated: wanted.iter().map(Leaf::canonical).collect(),
+            rows,
+            ..Default::default()
+        })])
+        .await?;
+    tracing::info!(table = %prepared.source_table, rows, "partitions loaded");
+    Ok(rows)
 }
