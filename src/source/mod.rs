@@ -41,7 +41,7 @@ pub use slot::{
 pub use snapshot::{
     Partition, PartitionCopy, SnapshotExport, SnapshotWorker, copy_select_sql, plan_partitions,
 };
-pub use stream::{ChangeStream, Liveness, PROBE_TIMEOUT, StreamItem, StreamSpec};
+pub use stream::{ChangeStream, Liveness, StreamItem, StreamSpec, bounded};
 
 use crate::domain::validate::QualifiedName;
 

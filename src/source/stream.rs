@@ -284,6 +284,24 @@ pub struct Liveness {
 const SILENT_AFTER: Duration = Duration::from_secs(10);
 /// How long the liveness query may take.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Runs `read` on a query connection within [`PROBE_TIMEOUT`]: a connection
+/// that stopped answering (a network dropping packets without a reset) is a
+/// lost connection the worker retries, not a task stuck for good. `lost`
+/// makes the error from the reason ("the server did not answer ...").
+pub async fn bounded<T>(
+    read: impl std::future::Future<Output = Result<T, SourceError>>,
+    lost: impl FnOnce(String) -> SourceError,
+) -> Result<T, SourceError> {
+    tokio::time::timeout(PROBE_TIMEOUT, read)
+        .await
+        .map_err(|_| {
+            lost(format!(
+                "the server did not answer within {} s",
+                PROBE_TIMEOUT.as_secs()
+            ))
+        })?
+}
+
 /// Time between two liveness queries while the connection stays silent.
 const PROBE_EVERY: Duration = Duration::from_secs(5);
 
@@ -316,15 +334,11 @@ impl Liveness {
             context: format!("streaming changes of slot {:?}", self.slot),
             reason,
         };
-        let info = tokio::time::timeout(PROBE_TIMEOUT, super::slot::slot_info(pg, &self.slot))
-            .await
-            .map_err(|_| {
-                lost(format!(
-                    "no message for {} s, and the server did not answer within {} s",
-                    self.last_message.elapsed().as_secs(),
-                    PROBE_TIMEOUT.as_secs()
-                ))
-            })??;
+        let info = bounded(super::slot::slot_info(pg, &self.slot), |late| {
+            let silent = self.last_message.elapsed().as_secs();
+            lost(format!("no message for {silent} s, and {late}"))
+        })
+        .await?;
         if info.is_some_and(|i| i.active) {
             self.inactive = 0;
             return Ok(());

@@ -118,15 +118,11 @@ impl Worker {
             let wal = source::current_wal_lsn(&ends.pg).await?;
             Ok::<_, source::SourceError>((info, wal))
         };
-        let (info, wal) = tokio::time::timeout(source::PROBE_TIMEOUT, measure)
-            .await
-            .map_err(|_| source::SourceError::ConnectionLost {
-                context: format!("measuring the lag of slot {slot:?}"),
-                reason: format!(
-                    "the server did not answer within {} s",
-                    source::PROBE_TIMEOUT.as_secs()
-                ),
-            })??;
+        let (info, wal) = source::bounded(measure, |reason| source::SourceError::ConnectionLost {
+            context: format!("measuring the lag of slot {slot:?}"),
+            reason,
+        })
+        .await?;
         let confirmed = info.map(|i| i.confirmed_flush).unwrap_or_default();
         let bytes = wal.0.saturating_sub(confirmed.0);
         self.core.metrics().set_cdc_lag_bytes(&self.name, bytes);

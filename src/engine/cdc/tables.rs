@@ -176,14 +176,14 @@ impl Worker {
             if leaves.is_empty() {
                 continue;
             }
-            let job = partitions::LeafLoad {
+            let job = table_load::LeafLoad {
                 table: self.load_job(ends, &pipe, prepared.clone(), route.table.view.clone()),
                 leaves,
             };
             // Rows of the leaves not loaded yet fill unchanged TOAST values
             // from the source, as for an added table.
             route.side.loading = true;
-            let run = partitions::load_leaves(job);
+            let run = table_load::load_leaves(job);
             loads.start(key, tokio::spawn(run.in_current_span()), *oid);
         }
         Ok(())
