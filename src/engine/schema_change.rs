@@ -29,9 +29,9 @@ use crate::source::{self, AddedValue};
 use super::cdc::{Route, Routes, Side, TableColumns};
 use super::worker::{Ends, EngineError, Result, Worker};
 
-mod diff;
+pub(super) mod diff;
 
-pub(super) use diff::same_shape;
+use diff::same_shape;
 use diff::{ColumnChange, RelationDiff, diff, kind_of_ch_type, widens};
 
 /// Comment of a ClickHouse column kept after its source column was dropped.

@@ -22,8 +22,9 @@ use crate::proto::*;
 use crate::sink::Change;
 use crate::source::{self, SourceError, StreamItem};
 
+use super::partitions;
+use super::schema_change::diff::same_shape;
 use super::worker::{Ends, Result, Worker};
-use super::{partitions, schema_change};
 
 use reader::Reader;
 pub(super) use routes::{Route, Routes, Side, TableColumns};
@@ -163,7 +164,7 @@ impl Worker {
                     if routes
                         .by_oid
                         .get(&rel.oid)
-                        .is_some_and(|r| !schema_change::same_shape(&r.table.described, &rel))
+                        .is_some_and(|r| !same_shape(&r.table.described, &rel))
                     {
                         if !batch.is_empty() {
                             self.flush(
