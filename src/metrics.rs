@@ -15,8 +15,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use crate::commands::Core;
-use crate::proto::{PipeStatus, SlotWarningKind};
+use crate::proto::{Pipe, PipeStatus, SlotWarningKind};
 
 /// Upper bounds (seconds) of the CDC batch apply latency histogram.
 const APPLY_BUCKETS: [f64; 12] = [
@@ -70,7 +69,7 @@ impl Histogram {
     }
 }
 
-/// The registry. One per service ([`Core::metrics`]); every method is a
+/// The registry. One per service (`commands::Core::metrics`); every method is a
 /// short critical section or an atomic, safe to call on the hot path.
 #[derive(Debug, Default)]
 pub(crate) struct Metrics {
@@ -247,22 +246,34 @@ fn header(out: &mut String, name: &str) {
     }
 }
 
-/// The whole exposition. Reads the registry, the projection (pipes by
-/// status) and the log (events, size on disk).
-pub(crate) fn render(core: &Core) -> String {
-    let m = core.metrics();
+/// What a scrape shows besides the registry, read by the caller (the
+/// commands' `Core`) at scrape time: metrics only render, so they need
+/// not know the projection or the log.
+pub(crate) struct Scrape {
+    /// Every pipe, deleted ones too (`Projection::list(true, ..)`).
+    pub pipes: Vec<Pipe>,
+    /// The event log's head.
+    pub log_events: u64,
+    /// The event log's size on disk.
+    pub log_size: Result<u64, sled::Error>,
+}
+
+fn live_pipe(p: &Pipe) -> bool {
+    p.status() != PipeStatus::Deleted
+}
+
+/// The whole exposition: the registry `m` and what `s` read.
+pub(crate) fn render(m: &Metrics, s: &Scrape) -> String {
     let mut out = String::with_capacity(4096);
     // Gauges of a deleted pipe say nothing any more: only pipes that exist
     // are shown (counters and the histogram stay, as counters do).
-    let (pipes, live): (Vec<PipeStatus>, std::collections::HashSet<String>) = core.read(|p| {
-        let current = p.list(true, &Default::default());
-        let live = current
-            .iter()
-            .filter(|x| x.status() != PipeStatus::Deleted)
-            .map(|x| x.name.clone())
-            .collect();
-        (current.iter().map(|x| x.status()).collect(), live)
-    });
+    let pipes: Vec<PipeStatus> = s.pipes.iter().map(|x| x.status()).collect();
+    let live: std::collections::HashSet<String> = s
+        .pipes
+        .iter()
+        .filter(|x| live_pipe(x))
+        .map(|x| x.name.clone())
+        .collect();
 
     header(&mut out, "pgpipe_rows_applied_total");
     for (pipe, tables) in lock(&m.rows).iter() {
@@ -327,13 +338,14 @@ pub(crate) fn render(core: &Core) -> String {
     }
 
     header(&mut out, "pgpipe_slot_warning");
-    let warnings: Vec<(String, Vec<i32>)> = core.read(|p| {
-        p.list(false, &Default::default())
-            .into_iter()
-            .filter(|x| x.cdc_started)
-            .map(|x| (x.name, x.slot_warnings.iter().map(|w| w.kind).collect()))
-            .collect()
-    });
+    let warnings = s
+        .pipes
+        .iter()
+        .filter(|x| live_pipe(x) && x.cdc_started)
+        .map(|x| {
+            let holding: Vec<i32> = x.slot_warnings.iter().map(|w| w.kind).collect();
+            (&x.name, holding)
+        });
     for (pipe, holding) in warnings {
         for kind in [
             SlotWarningKind::Lag,
@@ -345,7 +357,7 @@ pub(crate) fn render(core: &Core) -> String {
             let _ = writeln!(
                 out,
                 "pgpipe_slot_warning{{pipe=\"{}\",kind=\"{label}\"}} {v}",
-                esc(&pipe)
+                esc(pipe)
             );
         }
     }
@@ -354,10 +366,10 @@ pub(crate) fn render(core: &Core) -> String {
     let _ = writeln!(out, "pgpipe_watchers {}", m.watchers());
 
     header(&mut out, "pgpipe_event_log_events");
-    let _ = writeln!(out, "pgpipe_event_log_events {}", core.log().head());
+    let _ = writeln!(out, "pgpipe_event_log_events {}", s.log_events);
 
     header(&mut out, "pgpipe_event_log_size_bytes");
-    match core.log().db().size_on_disk() {
+    match &s.log_size {
         Ok(bytes) => {
             let _ = writeln!(out, "pgpipe_event_log_size_bytes {bytes}");
         }

@@ -206,9 +206,12 @@ pub async fn serve_on_listeners(
             // Logged, not printed: stdout's first line is the gRPC address
             // and scripts may stop reading it after that.
             tracing::info!(addr = %maddr, "metrics endpoint listening on /metrics");
+            let cell = Arc::clone(&cell);
+            let render: crate::metrics::endpoint::Exposition =
+                Arc::new(move || cell.get().map(|core| core.render_metrics()));
             Some(tokio::spawn(crate::metrics::endpoint::serve(
                 l,
-                Arc::clone(&cell),
+                render,
                 closing_rx_engine.clone(),
             )))
         }

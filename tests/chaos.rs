@@ -125,14 +125,11 @@ fn resyncing(p: &Pipe) -> bool {
     !p.resync_of.is_empty() && p.status() != PipeStatus::Running
 }
 
-/// Waits (at most `timeout`) until `pred` holds for pipe `name`.
+/// Waits (at most `timeout`) until `pred` holds for pipe `name`; goes on
+/// without it (the kill only aims at that state).
 async fn wait_for(c: &mut Client, name: &str, timeout: Duration, pred: impl Fn(&Pipe) -> bool) {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if pred(&get(c, name).await) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    if let Err(why) = common::wait::try_wait_pipe(c, name, "aimed at", timeout, pred).await {
+        println!("chaos: {why}");
     }
 }
 

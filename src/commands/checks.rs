@@ -34,18 +34,7 @@ pub enum Purpose {
 
 /// Problems at either end, in their own words: the kind says what is at
 /// fault, the table and column where.
-trait AtTheEnds {
-    fn end(
-        &mut self,
-        kind: ProblemKind,
-        table: &str,
-        column: &str,
-        message: String,
-    ) -> Result<(), Stop>;
-    fn source(&mut self, table: &str, e: &SourceError) -> Result<(), Stop>;
-}
-
-impl AtTheEnds for Problems {
+impl Problems {
     fn end(
         &mut self,
         kind: ProblemKind,

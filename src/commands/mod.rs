@@ -92,6 +92,17 @@ impl Core {
     pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
         &self.metrics
     }
+
+    /// The metrics exposition: the registry, with the pipes and the log as
+    /// they are now.
+    pub fn render_metrics(&self) -> String {
+        let scrape = crate::metrics::Scrape {
+            pipes: self.read(|p| p.list(true, &BTreeMap::new())),
+            log_events: self.log.head(),
+            log_size: self.log.db().size_on_disk(),
+        };
+        crate::metrics::render(&self.metrics, &scrape)
+    }
 }
 
 /// The parts of a CreatePipe (or ValidatePipe) request.

@@ -68,16 +68,33 @@ fn given(events: &[Event]) -> Projection {
     p
 }
 
-/// Decides `command` on the pipe under [`NAME`] in `p`.
-fn when(
-    p: &Projection,
-    command: impl FnOnce(Option<&Pipe>) -> Result<Vec<Event>, CommandError>,
-) -> Result<Vec<Event>, CommandError> {
-    command(p.by_name(NAME))
+/// What a command decides: events to record, or a refusal.
+type Decided = Result<Vec<Event>, CommandError>;
+
+/// Given `events`, `command` records events of `kinds` (returned).
+#[track_caller]
+fn decides(
+    events: &[Event],
+    command: impl FnOnce(Option<&Pipe>) -> Decided,
+    kinds: &[&str],
+) -> Vec<Event> {
+    then_events(command(given(events).by_name(NAME)), kinds)
+}
+
+/// Given `events`, `command` is refused with `code`, saying `says`.
+#[track_caller]
+fn refuses(
+    events: &[Event],
+    command: impl FnOnce(Option<&Pipe>) -> Decided,
+    code: &str,
+    says: &str,
+) {
+    let message = then_refused(command(given(events).by_name(NAME)), code);
+    assert!(message.contains(says), "{message}");
 }
 
 #[track_caller]
-fn then_events(decided: Result<Vec<Event>, CommandError>, kinds: &[&str]) -> Vec<Event> {
+fn then_events(decided: Decided, kinds: &[&str]) -> Vec<Event> {
     let events = match decided {
         Ok(events) => events,
         Err(e) => panic!("expected {kinds:?}, refused: {e:?}"),
@@ -88,7 +105,7 @@ fn then_events(decided: Result<Vec<Event>, CommandError>, kinds: &[&str]) -> Vec
 }
 
 #[track_caller]
-fn then_refused(decided: Result<Vec<Event>, CommandError>, expected: &str) -> String {
+fn then_refused(decided: Decided, expected: &str) -> String {
     match decided {
         Ok(events) => panic!("expected {expected}, decided {events:?}"),
         Err(e) => {
@@ -108,21 +125,21 @@ fn then_refused(decided: Result<Vec<Event>, CommandError>, expected: &str) -> St
 
 #[test]
 fn create_on_a_live_name_is_already_exists() {
-    let p = given(&[created("a")]);
     let config = PipeConfig::default();
-    let message = then_refused(
-        when(&p, |cur| decide::create(cur, "b", NAME, &config)),
+    refuses(
+        &[created("a")],
+        |cur| decide::create(cur, "b", NAME, &config),
         "ALREADY_EXISTS",
+        "(id a)",
     );
-    assert!(message.contains("(id a)"), "{message}");
 }
 
 #[test]
 fn create_on_a_deleted_name_records_a_new_incarnation() {
-    let p = given(&[created("a"), deleted("a")]);
     let config = PipeConfig::default();
-    let events = then_events(
-        when(&p, |cur| decide::create(cur, "b", NAME, &config)),
+    let events = decides(
+        &[created("a"), deleted("a")],
+        |cur| decide::create(cur, "b", NAME, &config),
         &["pipe_created"],
     );
     assert_eq!(events[0].pipe_id, "b");
@@ -130,54 +147,58 @@ fn create_on_a_deleted_name_records_a_new_incarnation() {
 
 #[test]
 fn delete_of_a_deleted_pipe_is_not_found() {
-    let p = given(&[created("a"), deleted("a")]);
-    let message = then_refused(
-        when(&p, |cur| decide::delete(NAME, cur, false)),
+    refuses(
+        &[created("a"), deleted("a")],
+        |cur| decide::delete(NAME, cur, false),
         "NOT_FOUND",
+        "was deleted",
     );
-    assert!(message.contains("was deleted"), "{message}");
 }
 
 #[test]
 fn delete_of_an_unknown_name_is_not_found() {
-    let p = given(&[]);
-    let message = then_refused(
-        when(&p, |cur| decide::delete(NAME, cur, false)),
+    refuses(
+        &[],
+        |cur| decide::delete(NAME, cur, false),
         "NOT_FOUND",
+        "ListPipes",
     );
-    assert!(message.contains("ListPipes"), "{message}");
 }
 
 #[test]
 fn pause_of_a_running_pipe_records_pipe_paused() {
-    let p = given(&[created("a"), replicating("a")]);
-    then_events(when(&p, |cur| decide::pause(NAME, cur)), &["pipe_paused"]);
+    decides(
+        &[created("a"), replicating("a")],
+        |cur| decide::pause(NAME, cur),
+        &["pipe_paused"],
+    );
 }
 
 #[test]
 fn pause_of_a_paused_pipe_is_failed_precondition() {
-    let p = given(&[created("a"), replicating("a"), paused("a")]);
-    then_refused(
-        when(&p, |cur| decide::pause(NAME, cur)),
+    refuses(
+        &[created("a"), replicating("a"), paused("a")],
+        |cur| decide::pause(NAME, cur),
         "FAILED_PRECONDITION",
+        "",
     );
 }
 
 #[test]
 fn resume_of_a_running_pipe_is_failed_precondition() {
-    let p = given(&[created("a"), replicating("a")]);
-    let message = then_refused(
-        when(&p, |cur| decide::resume(NAME, cur)),
+    refuses(
+        &[created("a"), replicating("a")],
+        |cur| decide::resume(NAME, cur),
         "FAILED_PRECONDITION",
+        "status RUNNING",
     );
-    assert!(message.contains("status RUNNING"), "{message}");
 }
 
 #[test]
 fn resync_of_a_paused_pipe_retires_it_for_a_new_incarnation() {
-    let p = given(&[created("a"), replicating("a"), paused("a")]);
-    let events = then_events(
-        when(&p, |cur| decide::resync(NAME, cur, "a", "b", &[], false)),
+    let events = decides(
+        &[created("a"), replicating("a"), paused("a")],
+        |cur| decide::resync(NAME, cur, "a", "b", &[], false),
         &["resync_started", "pipe_deleted", "pipe_created"],
     );
     let Some(Payload::PipeCreated(c)) = &events[2].payload else {
@@ -191,25 +212,20 @@ fn resync_of_a_paused_pipe_retires_it_for_a_new_incarnation() {
 
 #[test]
 fn resync_while_one_runs_is_failed_precondition() {
-    let p = given(&[
-        created("a"),
-        replicating("a"),
-        event("a", Payload::ResyncStarted(ResyncStarted::default())),
-    ]);
-    let message = then_refused(
-        when(&p, |cur| decide::resync(NAME, cur, "a", "b", &[], false)),
+    let resyncing = event("a", Payload::ResyncStarted(ResyncStarted::default()));
+    refuses(
+        &[created("a"), replicating("a"), resyncing],
+        |cur| decide::resync(NAME, cur, "a", "b", &[], false),
         "FAILED_PRECONDITION",
+        "already in progress",
     );
-    assert!(message.contains("already in progress"), "{message}");
 }
 
 #[test]
 fn update_adding_a_table_records_tables_added() {
-    let p = given(&[created("a"), replicating("a")]);
-    let events = then_events(
-        when(&p, |cur| {
-            decide::update_tables(NAME, cur, "a", &[table("b", "")], &[])
-        }),
+    let events = decides(
+        &[created("a"), replicating("a")],
+        |cur| decide::update_tables(NAME, cur, "a", &[table("b", "")], &[]),
         &["tables_added"],
     );
     let Some(Payload::TablesAdded(t)) = &events[0].payload else {
@@ -220,44 +236,39 @@ fn update_adding_a_table_records_tables_added() {
 
 #[test]
 fn update_removing_a_table_and_adding_another_records_both() {
-    let p = given(&[created("a"), replicating("a")]);
-    then_events(
-        when(&p, |cur| {
-            decide::update_tables(NAME, cur, "a", &[table("b", "")], &["a".into()])
-        }),
+    decides(
+        &[created("a"), replicating("a")],
+        |cur| decide::update_tables(NAME, cur, "a", &[table("b", "")], &["a".into()]),
         &["tables_removed", "tables_added"],
     );
 }
 
 #[test]
 fn update_before_cdc_started_is_failed_precondition() {
-    let p = given(&[created("a")]);
-    let message = then_refused(
-        when(&p, |cur| {
-            decide::update_tables(NAME, cur, "a", &[table("b", "")], &[])
-        }),
+    refuses(
+        &[created("a")],
+        |cur| decide::update_tables(NAME, cur, "a", &[table("b", "")], &[]),
         "FAILED_PRECONDITION",
+        "once it is RUNNING",
     );
-    assert!(message.contains("once it is RUNNING"), "{message}");
 }
 
 #[test]
 fn update_of_a_replaced_incarnation_is_aborted() {
-    let p = given(&[created("a"), deleted("a"), created("b"), replicating("b")]);
-    then_refused(
-        when(&p, |cur| {
-            decide::update_tables(NAME, cur, "a", &[table("c", "")], &[])
-        }),
+    refuses(
+        &[created("a"), deleted("a"), created("b"), replicating("b")],
+        |cur| decide::update_tables(NAME, cur, "a", &[table("c", "")], &[]),
         "ABORTED",
+        "",
     );
 }
 
 #[test]
 fn a_new_label_records_pipe_labels_changed() {
-    let p = given(&[created("a")]);
     let set = BTreeMap::from([("team".to_owned(), "db".to_owned())]);
-    let events = then_events(
-        when(&p, |cur| decide::labels(NAME, cur, &set, &[])),
+    let events = decides(
+        &[created("a")],
+        |cur| decide::labels(NAME, cur, &set, &[]),
         &["pipe_labels_changed"],
     );
     let Some(Payload::PipeLabelsChanged(l)) = &events[0].payload else {
@@ -269,16 +280,17 @@ fn a_new_label_records_pipe_labels_changed() {
 #[test]
 fn labels_already_as_asked_record_nothing() {
     let set = BTreeMap::from([("team".to_owned(), "db".to_owned())]);
-    let p = given(&[
-        created("a"),
-        event(
-            "a",
-            Payload::PipeLabelsChanged(PipeLabelsChanged {
-                set: set.clone(),
-                removed: Vec::new(),
-                labels: set.clone(),
-            }),
-        ),
-    ]);
-    then_events(when(&p, |cur| decide::labels(NAME, cur, &set, &[])), &[]);
+    let labelled = event(
+        "a",
+        Payload::PipeLabelsChanged(PipeLabelsChanged {
+            set: set.clone(),
+            removed: Vec::new(),
+            labels: set.clone(),
+        }),
+    );
+    decides(
+        &[created("a"), labelled],
+        |cur| decide::labels(NAME, cur, &set, &[]),
+        &[],
+    );
 }

@@ -40,7 +40,7 @@ impl Guard {
                     )
             }
             Guard::NotDeleted => p.status() != PipeStatus::Deleted,
-            Guard::Watched => current && super::slot_health::watched(p),
+            Guard::Watched => current && watched(p),
             Guard::Unreleased => !p.source_released,
         }
     }
@@ -69,4 +69,13 @@ pub(crate) async fn record(
         return Ok(None);
     }
     Ok(core.read(|p| p.by_id(id).cloned()))
+}
+
+/// Whether the incarnation's slot is watched: current, CDC started, and
+/// running or paused (a FAILED or deleted pipe's slot is the user's to fix
+/// or already being released).
+pub(super) fn watched(p: &Pipe) -> bool {
+    p.cdc_started
+        && !p.slot_name.is_empty()
+        && matches!(p.status(), PipeStatus::Running | PipeStatus::Paused)
 }

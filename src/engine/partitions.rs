@@ -24,16 +24,13 @@
 //!   the log: its rows stay in ClickHouse, as Postgres emits no deletes.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_postgres::Client;
 
-use super::copy::{CopyPlan, CopyWork, Progress, copy_partitions};
-use super::table_load::{self, LoadJob};
+use super::copy::CopyWork;
 use super::worker::{EngineError, Facts};
 use crate::domain::columns::Replicated;
-use crate::failpoint;
 use crate::proto::event::Payload;
 use crate::proto::*;
 use crate::source::{self, Leaf};
@@ -98,7 +95,7 @@ pub(super) async fn plan_copy(
 }
 
 /// The page ranges of each leaf, copied into `prepared`'s load table.
-fn leaf_work(
+pub(super) fn leaf_work(
     prepared: &PreparedTable,
     view: &Replicated,
     leaves: &[Leaf],
@@ -181,86 +178,4 @@ pub(super) async fn check_leaves(
         .collect();
     load.extend(attached);
     Ok(load)
-}
-
-/// A load of some leaves of a partitioned table beside CDC.
-pub(super) struct LeafLoad {
-    /// The partitioned table's load: rows go to its destination.
-    pub table: LoadJob,
-    /// Leaves to load, canonical names.
-    pub leaves: Vec<String>,
-}
-
-/// Loads the leaves' rows into the table's destination (see the module
-/// docs for why versions make this safe beside CDC); records their end as
-/// `PartitionsChanged` (replicated). Returns the rows copied.
-pub(super) async fn load_leaves(job: LeafLoad) -> Result<u64, EngineError> {
-    let LeafLoad {
-        table:
-            LoadJob {
-                facts,
-                conn,
-                password,
-                ch,
-                settings,
-                prepared,
-                view,
-            },
-        leaves,
-    } = job;
-    let pg = source::connect(&conn, password.as_deref()).await?;
-    let listed = source::leaf_partitions(&pg, view.source.oid).await?;
-    let wanted: Vec<Leaf> = listed
-        .into_iter()
-        .filter(|l| leaves.contains(&l.canonical()))
-        .collect();
-    let (consistent, export, snapshot_name) =
-        table_load::consistent_snapshot(pg, &conn, password.as_deref(), "leaf").await?;
-    let version = consistent.0.saturating_sub(1);
-    // Progress is counted per leaf (its own name), apart from the table's
-    // snapshot counts.
-    let mut work = Vec::new();
-    let mut plans = Vec::new();
-    for leaf in &wanted {
-        let mut as_leaf = prepared.clone();
-        as_leaf.source_table = leaf.canonical();
-        let leaf_work = leaf_work(
-            &as_leaf,
-            &view,
-            std::slice::from_ref(leaf),
-            settings.snapshot_rows_per_partition,
-        );
-        plans.push(SnapshotTablePlan {
-            source_table: as_leaf.source_table.clone(),
-            partitions_total: leaf_work.len() as u32,
-            estimated_rows: leaf.estimated_rows,
-        });
-        work.extend(leaf_work);
-    }
-    tracing::info!(table = %prepared.source_table, partitions = ?leaves, consistent_point = %consistent, "loading partitions beside CDC");
-    let progress = Arc::new(Progress::new(&plans));
-    let copy = CopyPlan {
-        conn,
-        password,
-        snapshot_name,
-        ch,
-        version,
-        parallelism: settings.snapshot_parallelism,
-        failpoint: failpoint::PARTITION_LOAD_PARTITION_DONE,
-    };
-    let copied = copy_partitions(&facts, copy, work, Arc::clone(&progress)).await;
-    let _ = export.finish().await;
-    copied?;
-    failpoint::hit(failpoint::PARTITION_LOAD_COPIED).await;
-    let rows = plans.iter().map(|p| progress.rows(&p.source_table)).sum();
-    facts
-        .record(vec![Payload::PartitionsChanged(PartitionsChanged {
-            source_table: prepared.source_table.clone(),
-            replicated: wanted.iter().map(Leaf::canonical).collect(),
-            rows,
-            ..Default::default()
-        })])
-        .await?;
-    tracing::info!(table = %prepared.source_table, rows, "partitions loaded");
-    Ok(rows)
 }

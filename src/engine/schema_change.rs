@@ -29,9 +29,9 @@ use crate::source::{self, AddedValue};
 use super::cdc::{Route, Routes, Side, TableColumns};
 use super::worker::{Ends, EngineError, Result, Worker};
 
-mod diff;
+pub(super) mod diff;
 
-pub(super) use diff::same_shape;
+use diff::same_shape;
 use diff::{ColumnChange, RelationDiff, diff, kind_of_ch_type, widens};
 
 /// Comment of a ClickHouse column kept after its source column was dropped.
@@ -540,16 +540,14 @@ impl Worker {
             let mut ev = SchemaChanged {
                 source_table: source_table.to_owned(),
                 lsn: lsn.to_string(),
-                ..Default::default()
+                ..change.event()
             };
-            match change {
-                ColumnChange::Added(col) => {
-                    ev.kind = SchemaChangeKind::AddColumn as i32;
-                    ev.column = col.name.clone();
-                    ev.new_type = col.type_name.clone();
-                    if excluded(&col.name) {
-                        ev.clickhouse = "nothing: the column is in exclude_columns".into();
-                    } else {
+            // An excluded column is in no ClickHouse table, whatever changed.
+            if excluded(&ev.column) {
+                ev.clickhouse = "nothing: the column is in exclude_columns".into();
+            } else {
+                match change {
+                    ColumnChange::Added(col) => {
                         let name = dest_name(&col.name);
                         let value =
                             source::added_column_value(&ends.pg, d.now.oid, col.attnum).await?;
@@ -587,14 +585,7 @@ impl Worker {
                         ev.destination_column = name;
                         ev.clickhouse = done.join("; ");
                     }
-                }
-                ColumnChange::Dropped(col) => {
-                    ev.kind = SchemaChangeKind::DropColumn as i32;
-                    ev.column = col.name.clone();
-                    ev.old_type = col.type_name.clone();
-                    if excluded(&col.name) {
-                        ev.clickhouse = "nothing: the column is in exclude_columns".into();
-                    } else {
+                    ColumnChange::Dropped(col) => {
                         let name = dest_name(&col.name);
                         if sorting.contains(&name) {
                             return Err(Failure::Table(format!(
@@ -610,15 +601,7 @@ impl Worker {
                             }
                             ev.clickhouse = done.join("; ");
                         } else {
-                            let ty = ends
-                                .ch
-                                .columns(dest)
-                                .await?
-                                .unwrap_or_default()
-                                .into_iter()
-                                .find(|c| c.name == name)
-                                .map(|c| c.ch_type)
-                                .unwrap_or_default();
+                            let ty = ch_type(ends, dest, &name).await?;
                             // Marked, so a column added later under
                             // this name is not taken for it.
                             for t in &targets {
@@ -635,59 +618,44 @@ impl Worker {
                             };
                         }
                     }
-                }
-                ColumnChange::Renamed { old, new } => {
-                    ev.kind = SchemaChangeKind::RenameColumn as i32;
-                    ev.column = old.name.clone();
-                    ev.new_column = new.name.clone();
-                    ev.old_type = old.type_name.clone();
-                    ev.new_type = old.type_name.clone();
-                    if excluded(&old.name) {
-                        ev.clickhouse = "nothing: the column is in exclude_columns".into();
-                    } else if let Some(to) = cfg.rename_columns.get(&old.name) {
-                        ev.destination_column = to.clone();
-                        ev.clickhouse = format!(
-                            "nothing: rename_columns maps it to {to:?}, now under its new name"
-                        );
-                    } else if sorting.contains(&old.name) {
-                        ev.destination_column = old.name.clone();
-                        ev.clickhouse = format!(
-                            "column {:?} kept (ClickHouse cannot rename ORDER BY columns); \
+                    ColumnChange::Renamed { old, new } => {
+                        if let Some(to) = cfg.rename_columns.get(&old.name) {
+                            ev.destination_column = to.clone();
+                            ev.clickhouse = format!(
+                                "nothing: rename_columns maps it to {to:?}, now under its new name"
+                            );
+                        } else if sorting.contains(&old.name) {
+                            ev.destination_column = old.name.clone();
+                            ev.clickhouse = format!(
+                                "column {:?} kept (ClickHouse cannot rename ORDER BY columns); \
                              rename_columns maps {:?} to it",
-                            old.name, new.name
-                        );
-                    } else {
-                        let mut done = Vec::new();
-                        for t in &targets {
-                            let existing = ends.ch.columns(t).await?.unwrap_or_default();
-                            let has = |n: &str| existing.iter().any(|c| c.name == n);
-                            match (has(&old.name), has(&new.name)) {
-                                (true, true) => {
-                                    return Err(Failure::Table(format!(
-                                        "column {:?} of {source_table} was renamed to {:?}, but \
+                                old.name, new.name
+                            );
+                        } else {
+                            let mut done = Vec::new();
+                            for t in &targets {
+                                let existing = ends.ch.columns(t).await?.unwrap_or_default();
+                                let has = |n: &str| existing.iter().any(|c| c.name == n);
+                                match (has(&old.name), has(&new.name)) {
+                                    (true, true) => {
+                                        return Err(Failure::Table(format!(
+                                            "column {:?} of {source_table} was renamed to {:?}, but \
                                          ClickHouse table {t} already has a column {:?}",
-                                        old.name, new.name, new.name
-                                    )));
-                                }
-                                // Renamed before a crash.
-                                (false, true) => done.push(format!("{t}: already renamed")),
-                                _ => {
-                                    done.push(ends.ch.rename_column(t, &old.name, &new.name).await?)
+                                            old.name, new.name, new.name
+                                        )));
+                                    }
+                                    // Renamed before a crash.
+                                    (false, true) => done.push(format!("{t}: already renamed")),
+                                    _ => done.push(
+                                        ends.ch.rename_column(t, &old.name, &new.name).await?,
+                                    ),
                                 }
                             }
+                            ev.destination_column = new.name.clone();
+                            ev.clickhouse = done.join("; ");
                         }
-                        ev.destination_column = new.name.clone();
-                        ev.clickhouse = done.join("; ");
                     }
-                }
-                ColumnChange::Retyped { old, new } => {
-                    ev.kind = SchemaChangeKind::RetypeColumn as i32;
-                    ev.column = new.name.clone();
-                    ev.old_type = old.type_name.clone();
-                    ev.new_type = new.type_name.clone();
-                    if excluded(&new.name) {
-                        ev.clickhouse = "nothing: the column is in exclude_columns".into();
-                    } else {
+                    ColumnChange::Retyped { old, new } => {
                         let name = dest_name(&new.name);
                         let refuse = |why: &str| {
                             Failure::Table(format!(
@@ -725,15 +693,7 @@ impl Worker {
                         } else {
                             let mut done = Vec::new();
                             for t in &targets {
-                                let current = ends
-                                    .ch
-                                    .columns(t)
-                                    .await?
-                                    .unwrap_or_default()
-                                    .into_iter()
-                                    .find(|c| c.name == name)
-                                    .map(|c| c.ch_type)
-                                    .unwrap_or_default();
+                                let current = ch_type(ends, t, &name).await?;
                                 let nullable = current.contains("Nullable(");
                                 let ty = to.ch_type(nullable && to.can_be_nullable());
                                 if current == ty {
@@ -757,6 +717,20 @@ impl Worker {
         }
         Ok(Applied { events })
     }
+}
+
+/// The ClickHouse type of `column` in `table`; empty when either is missing.
+async fn ch_type(
+    ends: &Ends,
+    table: &str,
+    column: &str,
+) -> std::result::Result<String, crate::sink::SinkError> {
+    let columns = ends.ch.columns(table).await?.unwrap_or_default();
+    Ok(columns
+        .into_iter()
+        .find(|c| c.name == column)
+        .map(|c| c.ch_type)
+        .unwrap_or_default())
 }
 
 /// Why applying a change stopped.

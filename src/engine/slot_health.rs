@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
+use super::guard::watched;
 use crate::commands::Core;
 use crate::domain::settings::with_slot_health_defaults as with_defaults;
 use crate::model::Lsn;
@@ -278,15 +279,6 @@ pub async fn sample(
         active: row.get(3),
         paused,
     })
-}
-
-/// Whether the incarnation's slot is watched: current, CDC started, and
-/// running or paused (a FAILED or deleted pipe's slot is the user's to fix
-/// or already being released).
-pub(super) fn watched(p: &Pipe) -> bool {
-    p.cdc_started
-        && !p.slot_name.is_empty()
-        && matches!(p.status(), PipeStatus::Running | PipeStatus::Paused)
 }
 
 /// Starts a monitor for every watched incarnation and stops the others.

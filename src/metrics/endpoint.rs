@@ -13,7 +13,10 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::api::CoreCell;
+/// Renders the exposition now; None until the event log is replayed (the
+/// registry lives in the service's core, which exists only then). The
+/// server fills it, so this endpoint needs neither the API nor the core.
+pub type Exposition = std::sync::Arc<dyn Fn() -> Option<String> + Send + Sync>;
 
 /// Content type of the text exposition format.
 pub const CONTENT_TYPE_0_0_4: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -27,7 +30,7 @@ fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<
     r
 }
 
-fn handle(cell: &CoreCell, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn handle(render: &Exposition, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     if req.uri().path() != "/metrics" {
         return reply(
             StatusCode::NOT_FOUND,
@@ -45,10 +48,9 @@ fn handle(cell: &CoreCell, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             .insert(ALLOW, hyper::header::HeaderValue::from_static("GET, HEAD"));
         return r;
     }
-    match cell.get() {
-        Some(core) => reply(StatusCode::OK, CONTENT_TYPE_0_0_4, super::render(core)),
-        // The registry lives in the core, which exists once the log is
-        // replayed; until then say so, as health does.
+    match render() {
+        Some(text) => reply(StatusCode::OK, CONTENT_TYPE_0_0_4, text),
+        // Until the log is replayed say so, as health does.
         None => reply(
             StatusCode::SERVICE_UNAVAILABLE,
             "text/plain",
@@ -61,7 +63,7 @@ fn handle(cell: &CoreCell, req: &Request<Incoming>) -> Response<Full<Bytes>> {
 /// end that connection only.
 pub async fn serve(
     listener: TcpListener,
-    cell: CoreCell,
+    render: Exposition,
     mut closing: tokio::sync::watch::Receiver<bool>,
 ) {
     let addr: Option<SocketAddr> = listener.local_addr().ok();
@@ -79,11 +81,11 @@ pub async fn serve(
                 continue;
             }
         };
-        let cell = cell.clone();
+        let render = render.clone();
         let mut closing = closing.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req: Request<Incoming>| {
-                let resp = handle(&cell, &req);
+                let resp = handle(&render, &req);
                 async move { Ok::<_, Infallible>(resp) }
             });
             let conn = hyper::server::conn::http1::Builder::new()

@@ -43,7 +43,7 @@ pub use slot::{
 };
 pub use snapshot::{Partition, SnapshotExport, SnapshotWorker, copy_select_sql, plan_partitions};
 pub use stream::{ChangeStream, StreamItem, StreamSpec};
-pub(crate) use stream::{Liveness, PROBE_TIMEOUT};
+pub(crate) use stream::{Liveness, bounded};
 
 use crate::domain::validate::QualifiedName;
 

@@ -108,22 +108,7 @@ pub async fn drop_publication(client: &Client, name: &str) -> Result<(), SourceE
 /// commit at or after that LSN. Waits for transactions running at the time
 /// (in any database) to finish. An existing slot is [`SourceError::SlotExists`].
 pub async fn create_slot(client: &Client, name: &str) -> Result<Lsn, SourceError> {
-    let row = client
-        .query_one(
-            "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",
-            &[&name],
-        )
-        .await
-        .map_err(|e| {
-            if e.code() == Some(&SqlState::DUPLICATE_OBJECT) {
-                SourceError::SlotExists { slot: name.into() }
-            } else {
-                SourceError::query(format!("creating replication slot {name:?}"), &e)
-            }
-        })?;
-    let lsn = parse_lsn(row.get(0), "creating the replication slot")?;
-    tracing::info!(slot = %name, consistent_point = %lsn, "created replication slot");
-    Ok(lsn)
+    create_logical_slot(client, name, false).await
 }
 
 /// Creates a temporary logical slot (dropped when this session ends) and
@@ -131,15 +116,36 @@ pub async fn create_slot(client: &Client, name: &str) -> Result<Lsn, SourceError
 /// snapshot after this point and versions its rows just below it, exactly as
 /// the pipe's own snapshot does with the pipe's slot.
 pub async fn create_temporary_slot(client: &Client, name: &str) -> Result<Lsn, SourceError> {
+    create_logical_slot(client, name, true).await
+}
+
+async fn create_logical_slot(
+    client: &Client,
+    name: &str,
+    temporary: bool,
+) -> Result<Lsn, SourceError> {
+    let (what, parsing) = if temporary {
+        ("temporary slot", "creating a temporary slot")
+    } else {
+        ("replication slot", "creating the replication slot")
+    };
     let row = client
         .query_one(
-            "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput', true)",
-            &[&name],
+            "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput', $2)",
+            &[&name, &temporary],
         )
         .await
-        .map_err(|e| SourceError::query(format!("creating temporary slot {name:?}"), &e))?;
-    let lsn = parse_lsn(row.get(0), "creating a temporary slot")?;
-    tracing::info!(slot = %name, consistent_point = %lsn, "created temporary slot");
+        .map_err(|e| {
+            // A temporary slot's name is new each time: only the pipe's own
+            // slot can be left over from an earlier run.
+            if !temporary && e.code() == Some(&SqlState::DUPLICATE_OBJECT) {
+                SourceError::SlotExists { slot: name.into() }
+            } else {
+                SourceError::query(format!("creating {what} {name:?}"), &e)
+            }
+        })?;
+    let lsn = parse_lsn(row.get(0), parsing)?;
+    tracing::info!(slot = %name, consistent_point = %lsn, "created {what}");
     Ok(lsn)
 }
 

@@ -98,6 +98,9 @@ pub struct ChangeStream {
     pk_names: HashMap<u32, Vec<String>>,
     /// Items converted but not returned yet (a key change gives two).
     queued: VecDeque<StreamItem>,
+    /// A message received but not decoded yet: decoding a Relation may
+    /// query the server, and a `next` dropped meanwhile must not lose it.
+    undecoded: Option<(bytes::Bytes, Lsn)>,
     xid: Option<u32>,
 }
 
@@ -146,17 +149,25 @@ impl ChangeStream {
             rels: HashMap::new(),
             pk_names: HashMap::new(),
             queued: VecDeque::new(),
+            undecoded: None,
             xid: None,
         })
     }
 
     /// The next item (cancel-safe: nothing is lost if the future is
-    /// dropped before it completes). `pg` looks up the primary key of a
+    /// dropped before it completes, which the CDC loop does when a wait
+    /// times out or a write it read ahead beside finishes). `pg` looks up the primary key of a
     /// REPLICA IDENTITY FULL table when its Relation arrives.
     pub async fn next(&mut self, pg: &Client) -> Result<StreamItem, SourceError> {
         loop {
             if let Some(item) = self.queued.pop_front() {
                 return Ok(item);
+            }
+            if let Some((data, at)) = self.undecoded.clone() {
+                let decoded = self.decode(pg, &data, at).await;
+                self.undecoded = None;
+                decoded?;
+                continue;
             }
             let ev =
                 self.client.recv().await.map_err(|e| {
@@ -203,7 +214,7 @@ impl ChangeStream {
                 ReplicationEvent::XLogData {
                     wal_start, data, ..
                 } => {
-                    self.decode(pg, &data, Lsn(wal_start.as_u64())).await?;
+                    self.undecoded = Some((data, Lsn(wal_start.as_u64())));
                 }
                 ReplicationEvent::Message { .. } => {}
                 ReplicationEvent::StoppedAt { .. } => {
@@ -286,6 +297,24 @@ pub struct Liveness {
 const SILENT_AFTER: Duration = Duration::from_secs(10);
 /// How long the liveness query may take.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Runs `read` on a query connection within [`PROBE_TIMEOUT`]: a connection
+/// that stopped answering (a network dropping packets without a reset) is a
+/// lost connection the worker retries, not a task stuck for good. `lost`
+/// makes the error from the reason ("the server did not answer ...").
+pub async fn bounded<T>(
+    read: impl std::future::Future<Output = Result<T, SourceError>>,
+    lost: impl FnOnce(String) -> SourceError,
+) -> Result<T, SourceError> {
+    tokio::time::timeout(PROBE_TIMEOUT, read)
+        .await
+        .map_err(|_| {
+            lost(format!(
+                "the server did not answer within {} s",
+                PROBE_TIMEOUT.as_secs()
+            ))
+        })?
+}
+
 /// Time between two liveness queries while the connection stays silent.
 const PROBE_EVERY: Duration = Duration::from_secs(5);
 
@@ -318,15 +347,11 @@ impl Liveness {
             context: format!("streaming changes of slot {:?}", self.slot),
             reason,
         };
-        let info = tokio::time::timeout(PROBE_TIMEOUT, super::slot::slot_info(pg, &self.slot))
-            .await
-            .map_err(|_| {
-                lost(format!(
-                    "no message for {} s, and the server did not answer within {} s",
-                    self.last_message.elapsed().as_secs(),
-                    PROBE_TIMEOUT.as_secs()
-                ))
-            })??;
+        let info = bounded(super::slot::slot_info(pg, &self.slot), |late| {
+            let silent = self.last_message.elapsed().as_secs();
+            lost(format!("no message for {silent} s, and {late}"))
+        })
+        .await?;
         if info.is_some_and(|i| i.active) {
             self.inactive = 0;
             return Ok(());
@@ -512,11 +537,10 @@ fn convert(
     pk_names: &HashMap<u32, Vec<String>>,
     items: &mut Vec<TxItem>,
 ) -> Result<(), String> {
-    let rel = |rels: &HashMap<u32, RelKey>, oid: u32| -> Result<(usize, Vec<usize>), String> {
+    fn rel(rels: &HashMap<u32, RelKey>, oid: u32) -> Result<&RelKey, String> {
         rels.get(&oid)
-            .map(|r| (r.ncols, r.key.clone()))
             .ok_or_else(|| format!("a change of relation {oid} before its Relation message"))
-    };
+    }
     match m {
         PgOutputMessage::Relation(r) => {
             let key = relation_key(&r, pk_names);
@@ -530,7 +554,7 @@ fn convert(
             items.push(TxItem::Relation(r));
         }
         PgOutputMessage::Insert { relation_oid, new } => {
-            let (ncols, _) = rel(rels, relation_oid)?;
+            let ncols = rel(rels, relation_oid)?.ncols;
             items.push(TxItem::Change(Change {
                 relation_oid,
                 kind: ChangeKind::Insert,
@@ -542,14 +566,15 @@ fn convert(
             old,
             new,
         } => {
-            let (ncols, key) = rel(rels, relation_oid)?;
+            let RelKey { ncols, key } = rel(rels, relation_oid)?;
+            let ncols = *ncols;
             let mut row = cells(new, ncols)?;
             if let Some(old) = old {
                 let old = match old {
                     OldTuple::Key(t) | OldTuple::Full(t) => cells(t, ncols)?,
                 };
                 let mut key_changed = false;
-                for &i in &key {
+                for &i in key {
                     match (&row[i], &old[i]) {
                         // An unchanged (TOASTed) key column: take its value
                         // from the old key.
@@ -561,7 +586,7 @@ fn convert(
                     items.push(TxItem::Change(Change {
                         relation_oid,
                         kind: ChangeKind::Delete,
-                        row: key_only(old, &key),
+                        row: key_only(old, key),
                     }));
                 }
             }
@@ -572,14 +597,14 @@ fn convert(
             }));
         }
         PgOutputMessage::Delete { relation_oid, old } => {
-            let (ncols, key) = rel(rels, relation_oid)?;
+            let RelKey { ncols, key } = rel(rels, relation_oid)?;
             let row = match old {
-                OldTuple::Key(t) | OldTuple::Full(t) => cells(t, ncols)?,
+                OldTuple::Key(t) | OldTuple::Full(t) => cells(t, *ncols)?,
             };
             items.push(TxItem::Change(Change {
                 relation_oid,
                 kind: ChangeKind::Delete,
-                row: key_only(row, &key),
+                row: key_only(row, key),
             }));
         }
         PgOutputMessage::Truncate { relation_oids, .. } => {

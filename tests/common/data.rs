@@ -6,7 +6,8 @@ use std::time::Duration;
 use pgpipe::proto::*;
 use tokio_postgres::NoTls;
 
-use super::{Client, delete_pipe, get, get_id};
+use super::wait::wait_pipe;
+use super::{Client, delete_pipe};
 
 /// The columns of [`items_sql`]'s table, as the oracle compares them.
 pub const ITEMS_COLS: &str = "id, name, qty";
@@ -176,36 +177,16 @@ pub fn pipe_req(name: &str, database: &str, tables: &[&str]) -> CreatePipeReques
 /// Waits until the deleted incarnation `id` released its slot and
 /// publication (so no test leaves a slot pinning WAL behind).
 pub async fn wait_released(c: &mut Client, id: &str) -> Pipe {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let p = get_id(c, id).await;
-        if p.source_released {
-            return p;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "source objects of {id} not released: {p:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    super::wait::wait_released(c, id).await
 }
 
 /// Waits until the pipe's current incarnation is RUNNING (panics on FAILED).
 pub async fn wait_running(c: &mut Client, name: &str, timeout: Duration) -> Pipe {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let p = get(c, name).await;
-        match p.status() {
-            PipeStatus::Running => return p,
-            PipeStatus::Failed => panic!("pipe {name} failed: {} ({})", p.error, p.failed_step),
-            _ => {}
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "pipe {name} not RUNNING in time: {p:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_pipe(c, name, "RUNNING", timeout, |p| match p.status() {
+        PipeStatus::Failed => panic!("pipe {name} failed: {} ({})", p.error, p.failed_step),
+        s => s == PipeStatus::Running,
+    })
+    .await
 }
 
 /// Starts a whole-pipe resync and waits until its incarnation is RUNNING
@@ -353,20 +334,10 @@ pub async fn pg_rows(q: &str) -> Vec<Vec<String>> {
 /// Waits until the pipe is FAILED and returns it (panics if it does not
 /// fail in time).
 pub async fn wait_failed(c: &mut Client, name: &str, timeout: Duration) -> Pipe {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let p = get(c, name).await;
-        if p.status() == PipeStatus::Failed {
-            return p;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "pipe {name} not FAILED after {timeout:?}: {:?} {}",
-            p.status(),
-            p.status_detail
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_pipe(c, name, "FAILED", timeout, |p| {
+        p.status() == PipeStatus::Failed
+    })
+    .await
 }
 
 /// How long a data-plane test waits for a pipe to load, fail or catch up.
@@ -475,7 +446,7 @@ pub async fn wait_table_state(
     state: TableState,
 ) -> TableStats {
     let what = format!("table {table} {state:?}");
-    let p = super::peers::wait_pipe(c, name, &what, WAIT, |p| {
+    let p = wait_pipe(c, name, &what, WAIT, |p| {
         assert_eq!(p.status(), PipeStatus::Running, "{p:?}");
         p.tables
             .iter()

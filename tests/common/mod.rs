@@ -9,6 +9,7 @@ use std::time::Duration;
 pub mod data;
 pub mod peers;
 pub mod proxy;
+pub mod wait;
 pub mod workload;
 
 use pgpipe::proto::pipe_service_client::PipeServiceClient;

@@ -13,6 +13,9 @@ use pgpipe::proto::*;
 use tokio_postgres::NoTls;
 
 use super::Client;
+/// The shared wait on a pipe's state (it used to live here).
+#[allow(unused_imports)]
+pub use super::wait::wait_pipe;
 
 const PG_DB: &str = "pgpipe_dev";
 
@@ -430,31 +433,5 @@ pub async fn churn_wal(pg: &tokio_postgres::Client) {
         "CHECKPOINT",
     ] {
         pg.batch_execute(sql).await.unwrap();
-    }
-}
-
-/// Polls GetPipe until `pred` holds (panics with the last state after
-/// `timeout`).
-pub async fn wait_pipe(
-    c: &mut Client,
-    name: &str,
-    what: &str,
-    timeout: Duration,
-    pred: impl Fn(&Pipe) -> bool,
-) -> Pipe {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let p = super::get(c, name).await;
-        if pred(&p) {
-            return p;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "pipe {name}: not {what} after {timeout:?}: status {:?}, error {:?}, detail {:?}",
-            p.status(),
-            p.error,
-            p.status_detail
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

@@ -7,6 +7,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use crate::common::data::*;
+use crate::common::wait::wait_pipe;
 use crate::common::*;
 use pgpipe::proto::*;
 use serde_json::Value;
@@ -347,18 +348,11 @@ async fn a_watched_resync_that_fails_exits_1() {
     };
     // The new incarnation has planned its load (fail-point sleep): the
     // source table changes under it.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let p = get(&mut c, &name).await;
-        if p.id != old.id && p.status() == PipeStatus::Snapshot {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "resync never reached SNAPSHOT: {p:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let what = "SNAPSHOT in the resync's incarnation";
+    wait_pipe(&mut c, &name, what, Duration::from_secs(60), |p| {
+        p.id != old.id && p.status() == PipeStatus::Snapshot
+    })
+    .await;
     pg_exec(&format!("ALTER TABLE {schema}.items DROP COLUMN qty")).await;
     let r = resync.await.unwrap();
     assert_eq!(r.code, 1, "{r:?}");
@@ -514,15 +508,7 @@ async fn the_token_is_required_and_never_printed() {
     let r = pgpipe(addr, &["delete", &name, "--token", &token], &[]).await;
     assert_eq!(r.code, 0, "{r:?}");
     no_leak(&r, "delete");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let p = get_id(&mut c, &current.id).await;
-        if p.source_released {
-            break;
-        }
-        assert!(Instant::now() < deadline, "not released: {p:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    crate::common::wait::wait_released(&mut c, &current.id).await;
 }
 
 /// history (cdc batches, errors, snapshot), throughput and load-summary,

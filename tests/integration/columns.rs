@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use crate::common::data::*;
+use crate::common::wait::wait_pipe;
 use crate::common::*;
 use pgpipe::proto::*;
 
@@ -226,17 +227,25 @@ async fn a_new_column_taking_a_renamed_columns_name_fails_its_table_saying_why()
              INSERT INTO {schema}.users (id, description) VALUES (1000, 'clash');"
     ))
     .await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     // Only the table fails (the pipe keeps running its other tables).
-    let p = loop {
-        let p = get(&mut c, &name).await;
-        assert_eq!(p.status(), PipeStatus::Running, "{p:?}");
-        if let Some(t) = p.tables.iter().find(|t| t.state() == TableState::Failed) {
-            break t.clone();
-        }
-        assert!(tokio::time::Instant::now() < deadline, "not failed: {p:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    let failed = |p: &Pipe| {
+        p.tables
+            .iter()
+            .find(|t| t.state() == TableState::Failed)
+            .cloned()
     };
+    let p = wait_pipe(
+        &mut c,
+        &name,
+        "a table FAILED",
+        Duration::from_secs(60),
+        |p| {
+            assert_eq!(p.status(), PipeStatus::Running, "{p:?}");
+            failed(p).is_some()
+        },
+    )
+    .await;
+    let p = failed(&p).expect("the wait returned on a failed table");
     assert!(
         p.error.contains("rename_columns[\"desc\"]") && p.error.contains("\"description\""),
         "{}",

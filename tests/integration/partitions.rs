@@ -11,7 +11,6 @@ use crate::common::data::*;
 use crate::common::peers::wait_pipe;
 use crate::common::*;
 use pgpipe::proto::*;
-use tokio::time::Instant;
 
 /// Columns compared by the oracle (NULLs made comparable).
 const COLS: &str =
@@ -335,22 +334,20 @@ async fn a_table_resync_rebuilds_a_partitioned_table_while_the_pipe_runs() {
 
     resync_tables(&mut c, &name, &[&t]).await;
     cdc_changes(&t).await;
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let p = get(&mut c, &name).await;
+    // The request left the table RESYNC_PENDING, so REPLICATING again is
+    // its swap.
+    let p = wait_pipe(&mut c, &name, "swapped", WAIT, |p| {
         assert_eq!(p.id, pipe.id, "a table resync keeps the incarnation");
         assert_eq!(p.status(), PipeStatus::Running, "{}", p.error);
-        let swapped = history(&mut c, &name, None)
-            .await
-            .iter()
-            .any(|e| matches!(e.payload, Some(event::Payload::TableSwapped(_))));
-        if swapped && p.table_loads.is_empty() {
-            assert_eq!(source_details(&p, &t).partitions.len(), 3);
-            break;
-        }
-        assert!(Instant::now() < deadline, "not swapped in time: {p:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        table_stats(p, &t).state() == TableState::Replicating && p.table_loads.is_empty()
+    })
+    .await;
+    let swapped = history(&mut c, &name, None)
+        .await
+        .iter()
+        .any(|e| matches!(e.payload, Some(event::Payload::TableSwapped(_))));
+    assert!(swapped, "replicating again without a TableSwapped event");
+    assert_eq!(source_details(&p, &t).partitions.len(), 3);
     assert_equal(&schema, "events").await;
     assert_eq!(ch_tables(&schema).await, vec!["events".to_owned()]);
 }

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use crate::common::data::*;
+use crate::common::wait::wait_pipe;
 use crate::common::*;
 use pgpipe::proto::*;
 
@@ -30,17 +31,11 @@ async fn slot_exists(slot: &str) -> bool {
 }
 
 async fn wait_status(c: &mut Client, name: &str, status: PipeStatus) -> Pipe {
-    for _ in 0..300 {
-        let p = get(c, name).await;
-        if p.status() == status {
-            return p;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!(
-        "pipe {name} never reached {status:?}: {:?}",
-        get(c, name).await
-    );
+    let what = format!("{status:?}");
+    wait_pipe(c, name, &what, Duration::from_secs(60), |p| {
+        p.status() == status
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -66,12 +61,7 @@ async fn delete_drops_the_slot_and_publication_and_keeps_the_tables() {
     let (_srv, mut c, schema, name) = setup(100).await;
     let p = get(&mut c, &name).await;
     delete_pipe(&mut c, &name).await;
-    for _ in 0..100 {
-        if !slot_exists(&p.slot_name).await {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_released(&mut c, &p.id).await;
     assert!(!slot_exists(&p.slot_name).await, "slot dropped");
     assert!(
         !publication_exists(&p.publication_name).await,
@@ -121,21 +111,22 @@ async fn a_breaking_schema_change_fails_the_table_and_a_table_resync_picks_up_th
     ))
     .await;
     let table = format!("{schema}.items");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let p = get(&mut c, &name).await;
-        assert_eq!(p.status(), PipeStatus::Running, "{p:?}");
-        if p.tables[0].state() == TableState::Failed {
-            assert!(
-                p.tables[0].error.contains("resync this table"),
-                "{}",
-                p.tables[0].error
-            );
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "not failed: {p:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let p = wait_pipe(
+        &mut c,
+        &name,
+        "table FAILED",
+        Duration::from_secs(60),
+        |p| {
+            assert_eq!(p.status(), PipeStatus::Running, "{p:?}");
+            p.tables[0].state() == TableState::Failed
+        },
+    )
+    .await;
+    assert!(
+        p.tables[0].error.contains("resync this table"),
+        "{}",
+        p.tables[0].error
+    );
     c.resync_pipe(ResyncPipeRequest {
         name: name.clone(),
         tables: vec![table],

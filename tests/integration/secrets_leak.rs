@@ -15,8 +15,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::common::data::*;
+use crate::common::wait::wait_pipe;
 use crate::common::{
-    AuthedClient, Bearer, create_pipe, delete_pipe, get, resync, watch_all, watch_pipe,
+    AuthedClient, Bearer, create_pipe, delete_pipe, resync, watch_all, watch_pipe,
 };
 use pgpipe::proto::pipe_service_client::PipeServiceClient;
 use pgpipe::proto::*;
@@ -81,16 +82,12 @@ fn assert_clean(what: &str, hay: &[u8], secrets: &[&str]) {
 }
 
 async fn wait_running(c: &mut AuthedClient, name: &str, after_id: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let p = get(c, name).await;
-        if p.id != after_id && p.status() == PipeStatus::Running {
-            return;
-        }
+    let what = format!("RUNNING in an incarnation other than {after_id:?}");
+    wait_pipe(c, name, &what, Duration::from_secs(120), |p| {
         assert_ne!(p.status(), PipeStatus::Failed, "{}", p.error);
-        assert!(tokio::time::Instant::now() < deadline, "{p:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        p.id != after_id && p.status() == PipeStatus::Running
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -165,23 +165,21 @@ async fn a_slot_losing_its_wal_is_reported_before_the_pipe_fails() {
     wait_running(&mut c, &name, Duration::from_secs(120)).await;
     pause(&mut c, &name).await;
 
-    // WAL past max_slot_wal_keep_size, until the pipe reports the slot lost.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        churn_wal(&admin).await;
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        let p = get(&mut c, &name).await;
-        if p.slot_wal_status == "lost" {
-            assert!(holds(&p, SlotWarningKind::WalStatus), "{p:?}");
-            assert_eq!(p.status(), PipeStatus::Paused);
-            break;
+    // WAL past max_slot_wal_keep_size, written in the background until the
+    // pipe reports the slot lost.
+    let churner = tokio::spawn(async move {
+        loop {
+            churn_wal(&admin).await;
+            tokio::time::sleep(Duration::from_millis(1500)).await;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no lost slot reported: {:?}",
-            p.slot_warnings
-        );
-    }
+    });
+    let p = wait_pipe(&mut c, &name, "slot lost", Duration::from_secs(120), |p| {
+        p.slot_wal_status == "lost"
+    })
+    .await;
+    churner.abort();
+    assert!(holds(&p, SlotWarningKind::WalStatus), "{p:?}");
+    assert_eq!(p.status(), PipeStatus::Paused);
     let events = slot_history(&mut c, &name).await;
     let ws = warnings(&events, SlotWarningKind::WalStatus);
     let lost = ws.iter().find(|w| w.wal_status == "lost").unwrap();

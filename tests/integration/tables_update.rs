@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use crate::common::data::*;
+use crate::common::wait::wait_pipe;
 use crate::common::workload::{Shape, Target, Workload};
 use crate::common::*;
 use pgpipe::proto::*;
@@ -53,9 +54,8 @@ fn state_of(p: &Pipe, source_table: &str) -> Option<TableState> {
 /// Waits until `source_table` is part of the pipe and replicating; the pipe
 /// must stay RUNNING (and the same incarnation) throughout.
 async fn wait_replicating(c: &mut Client, name: &str, id: &str, source_table: &str) -> Pipe {
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        let p = get(c, name).await;
+    let what = format!("{source_table} replicating");
+    wait_pipe(c, name, &what, Duration::from_secs(180), |p| {
         assert_eq!(p.id, id, "the pipe was replaced");
         assert_eq!(
             p.status(),
@@ -64,15 +64,9 @@ async fn wait_replicating(c: &mut Client, name: &str, id: &str, source_table: &s
             p.error,
             p.failed_step
         );
-        if state_of(&p, source_table) == Some(TableState::Replicating) && p.table_loads.is_empty() {
-            return p;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{source_table} not replicating in time: {p:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        state_of(p, source_table) == Some(TableState::Replicating) && p.table_loads.is_empty()
+    })
+    .await
 }
 
 async fn assert_equal(schema: &str, table: &str) {
@@ -210,17 +204,9 @@ async fn a_resync_after_adding_a_table_carries_the_new_table_list() {
     update(&mut c, &name, &[&b], &[]).await.unwrap();
     wait_replicating(&mut c, &name, &first.id, &b).await;
 
-    resync(&mut c, &name).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let second = loop {
-        let p = get(&mut c, &name).await;
-        if p.id != first.id && p.status() == PipeStatus::Running {
-            break p;
-        }
-        assert!(p.status() != PipeStatus::Failed, "{p:?}");
-        assert!(Instant::now() < deadline, "resync not done: {p:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let new = resync(&mut c, &name).await.unwrap();
+    let second = wait_running(&mut c, &name, Duration::from_secs(180)).await;
+    assert_eq!(second.id, new.id, "another incarnation is running");
     let tables: Vec<String> = second
         .config
         .unwrap()

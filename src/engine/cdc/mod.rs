@@ -7,6 +7,7 @@
 //! `docs/architecture.md` ("CDC: streaming, chunks, and what a crash
 //! replays").
 
+mod reader;
 mod report;
 mod routes;
 mod tables;
@@ -21,9 +22,11 @@ use crate::proto::*;
 use crate::sink::Change;
 use crate::source::{self, SourceError, StreamItem};
 
+use super::partitions;
+use super::schema_change::diff::same_shape;
 use super::worker::{Ends, Result, Worker};
-use super::{partitions, schema_change};
 
+use reader::Reader;
 pub(super) use routes::{Route, Routes, Side, TableColumns};
 
 impl Worker {
@@ -49,7 +52,7 @@ impl Worker {
         // a restart does not replay old Relation messages over newer columns.
         let recorded: Lsn = pipe.last_lsn.parse().unwrap_or_default();
         let start = confirmed_position(&ends.pg, &slot).await?.max(recorded);
-        let mut stream = source::ChangeStream::start(source::StreamSpec {
+        let stream = source::ChangeStream::start(source::StreamSpec {
             conn: &ends.conn,
             password: ends.secrets.source_password.as_deref(),
             slot: &slot,
@@ -57,6 +60,8 @@ impl Worker {
             start,
         })
         .await?;
+        let mut batch = Batch::new(settings.cdc_batch_size as usize);
+        let mut reader = Reader::new(stream, &slot, batch.limit, BATCH_BYTES);
         let mut progress = CdcReport {
             counts: HashMap::new(),
             lag: LagSample::default(),
@@ -65,13 +70,11 @@ impl Worker {
             history: None,
             written_end: None,
         };
-        let mut liveness = source::Liveness::new(&slot);
         let mut housekeeping = Housekeeping {
             synced: self.stream_version(),
             leaves_checked: Instant::now(),
             at: None,
         };
-        let mut batch = Batch::new(settings.cdc_batch_size as usize);
         // The commit LSN (the rows' version) of the transaction being
         // streamed.
         let mut open: Option<Lsn> = None;
@@ -90,7 +93,7 @@ impl Worker {
                 }
                 if progress.last_report.elapsed() >= CDC_REPORT_EVERY {
                     if progress.written_end.is_some() {
-                        self.record_history(&ends, &slot, &stream, &mut progress)
+                        self.record_history(&ends, &slot, &reader, &mut progress)
                             .await?;
                     } else {
                         self.report_cdc(&ends, &slot, &mut progress).await?;
@@ -103,20 +106,24 @@ impl Worker {
                 Some(at) if !batch.is_empty() => interval.saturating_sub(at.elapsed()),
                 _ => interval,
             };
-            let item = match tokio::time::timeout(wait, stream.next(&ends.pg)).await {
-                Ok(item) => {
-                    liveness.heard();
-                    item?
-                }
-                Err(_) => {
+            let item = match reader.next_within(wait, &ends.pg).await? {
+                Some(item) => item,
+                None => {
                     if batch.is_empty() {
                         self.core.metrics().set_cdc_lag_seconds(&self.name, 0.0);
                     } else {
-                        self.flush(&ends, &slot, &stream, &mut batch, &routes, &mut progress)
-                            .await?;
+                        self.flush(
+                            &ends,
+                            &slot,
+                            &mut reader,
+                            &mut batch,
+                            &routes,
+                            &mut progress,
+                        )
+                        .await?;
                     }
                     // A silent connection may be a dead one.
-                    liveness.probe_if_silent(&ends.pg).await?;
+                    reader.probe_if_silent(&ends.pg).await?;
                     continue;
                 }
             };
@@ -132,8 +139,15 @@ impl Worker {
                     // batch so far written first.
                     if self.stream_version() != housekeeping.synced {
                         if !batch.is_empty() {
-                            self.flush(&ends, &slot, &stream, &mut batch, &routes, &mut progress)
-                                .await?;
+                            self.flush(
+                                &ends,
+                                &slot,
+                                &mut reader,
+                                &mut batch,
+                                &routes,
+                                &mut progress,
+                            )
+                            .await?;
                         }
                         housekeeping.synced = self.stream_version();
                         self.sync_tables(&ends, &mut routes).await?;
@@ -150,13 +164,20 @@ impl Worker {
                     if routes
                         .by_oid
                         .get(&rel.oid)
-                        .is_some_and(|r| !schema_change::same_shape(&r.table.described, &rel))
+                        .is_some_and(|r| !same_shape(&r.table.described, &rel))
                     {
                         if !batch.is_empty() {
-                            self.flush(&ends, &slot, &stream, &mut batch, &routes, &mut progress)
-                                .await?;
+                            self.flush(
+                                &ends,
+                                &slot,
+                                &mut reader,
+                                &mut batch,
+                                &routes,
+                                &mut progress,
+                            )
+                            .await?;
                         }
-                        self.record_history(&ends, &slot, &stream, &mut progress)
+                        self.record_history(&ends, &slot, &reader, &mut progress)
                             .await?;
                     }
                     let version = open.unwrap_or_default();
@@ -188,8 +209,15 @@ impl Worker {
                         // A transaction of any size is written in chunks:
                         // every row carries the commit's version, and the
                         // slot is confirmed only at its end.
-                        self.flush(&ends, &slot, &stream, &mut batch, &routes, &mut progress)
-                            .await?;
+                        self.flush(
+                            &ends,
+                            &slot,
+                            &mut reader,
+                            &mut batch,
+                            &routes,
+                            &mut progress,
+                        )
+                        .await?;
                     }
                 }
                 StreamItem::Item(TxItem::Truncate { relation_oids }) => {
@@ -218,15 +246,22 @@ impl Worker {
                     open = None;
                     batch.commit(commit_lsn, end_lsn, commit_time_us);
                     if batch.is_full() || batch.started.is_some_and(|at| at.elapsed() >= interval) {
-                        self.flush(&ends, &slot, &stream, &mut batch, &routes, &mut progress)
-                            .await?;
+                        self.flush(
+                            &ends,
+                            &slot,
+                            &mut reader,
+                            &mut batch,
+                            &routes,
+                            &mut progress,
+                        )
+                        .await?;
                     }
                 }
                 StreamItem::Idle { wal_end } => {
                     // Nothing published is in flight: let the slot move so
                     // it does not pin WAL of unrelated activity.
                     if open.is_none() && batch.is_empty() && progress.written_end.is_none() {
-                        stream.confirm(wal_end);
+                        reader.confirm(wal_end);
                     }
                 }
             }
@@ -240,17 +275,23 @@ impl Worker {
         &mut self,
         ends: &Ends,
         slot: &str,
-        stream: &source::ChangeStream,
+        reader: &mut Reader,
         batch: &mut Batch,
         routes: &Routes,
         progress: &mut CdcReport,
     ) -> Result<()> {
         let applying = Instant::now();
-        for (oid, rows) in batch.pending.drain() {
-            if let Some(route) = routes.by_oid.get(&oid) {
-                route.write(ends, rows).await?;
+        // The next batch is read meanwhile (see `reader`).
+        let pending: Vec<_> = batch.pending.drain().collect();
+        let write = async {
+            for (oid, rows) in pending {
+                if let Some(route) = routes.by_oid.get(&oid) {
+                    route.write(ends, rows).await?;
+                }
             }
-        }
+            Ok::<_, super::worker::EngineError>(())
+        };
+        reader.while_writing(&ends.pg, write).await?;
         batch.rows = 0;
         batch.bytes = 0;
         if batch.committed_end.is_none() {
@@ -271,7 +312,7 @@ impl Worker {
                 metrics.rows_applied(&self.name, &table, kind, count);
             }
         }
-        self.after_flush(ends, slot, stream, batch, progress).await
+        self.after_flush(ends, slot, reader, batch, progress).await
     }
 
     /// After a flush that ended at a transaction boundary: the batch joins
@@ -281,7 +322,7 @@ impl Worker {
         &mut self,
         ends: &Ends,
         slot: &str,
-        stream: &source::ChangeStream,
+        reader: &Reader,
         batch: &mut Batch,
         progress: &mut CdcReport,
     ) -> Result<()> {
@@ -299,10 +340,10 @@ impl Worker {
         if progress.history.is_none() {
             // Nothing to count: ClickHouse has every row, confirm now.
             failpoint::hit(failpoint::CDC_BEFORE_ADVANCE).await;
-            stream.confirm(end);
+            reader.confirm(end);
             progress.written_end = None;
         } else if progress.last_report.elapsed() >= CDC_REPORT_EVERY {
-            self.record_history(ends, slot, stream, progress).await?;
+            self.record_history(ends, slot, reader, progress).await?;
         }
         Ok(())
     }

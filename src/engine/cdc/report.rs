@@ -13,7 +13,7 @@ use crate::{failpoint, source};
 use crate::engine::copy::PROGRESS_EVERY;
 use crate::engine::worker::{Ends, Result, Worker};
 
-use super::CdcReport;
+use super::{CdcReport, Reader};
 
 /// Where the slot stands against the server's WAL.
 struct SlotLag {
@@ -61,7 +61,7 @@ impl Worker {
         &mut self,
         ends: &Ends,
         slot: &str,
-        stream: &source::ChangeStream,
+        reader: &Reader,
         progress: &mut CdcReport,
     ) -> Result<()> {
         if let Some(history) = progress.history.take() {
@@ -70,7 +70,7 @@ impl Worker {
         if let Some(end) = progress.written_end.take() {
             failpoint::hit(failpoint::CDC_BEFORE_ADVANCE).await;
             // ClickHouse has every row of these transactions.
-            stream.confirm(end);
+            reader.confirm(end);
         }
         progress.last_report = Instant::now();
         Ok(())
@@ -118,15 +118,11 @@ impl Worker {
             let wal = source::current_wal_lsn(&ends.pg).await?;
             Ok::<_, source::SourceError>((info, wal))
         };
-        let (info, wal) = tokio::time::timeout(source::PROBE_TIMEOUT, measure)
-            .await
-            .map_err(|_| source::SourceError::ConnectionLost {
-                context: format!("measuring the lag of slot {slot:?}"),
-                reason: format!(
-                    "the server did not answer within {} s",
-                    source::PROBE_TIMEOUT.as_secs()
-                ),
-            })??;
+        let (info, wal) = source::bounded(measure, |reason| source::SourceError::ConnectionLost {
+            context: format!("measuring the lag of slot {slot:?}"),
+            reason,
+        })
+        .await?;
         let confirmed = info.map(|i| i.confirmed_flush).unwrap_or_default();
         let bytes = wal.0.saturating_sub(confirmed.0);
         self.core.metrics().set_cdc_lag_bytes(&self.name, bytes);

@@ -13,8 +13,6 @@ use crate::source;
 
 use crate::engine::worker::{Ends, EngineError, Result, Worker};
 
-use super::tables::Loads;
-
 /// A table as the source describes it (every column) and how it is
 /// replicated: what CDC rows are projected with and Relation messages are
 /// compared to.
@@ -180,4 +178,53 @@ pub(in crate::engine) fn canonical(t: &SourceTable) -> String {
         table: t.name.clone(),
     }
     .canonical()
+}
+
+/// A load running beside the CDC loop.
+pub(in crate::engine) struct RunningLoad {
+    pub(in crate::engine) handle: tokio::task::JoinHandle<Result<u64>>,
+    /// The OID of the table loaded.
+    pub(in crate::engine) oid: u32,
+}
+
+/// Loads of single tables running beside the CDC loop (aborted with it).
+#[derive(Default)]
+pub(in crate::engine) struct Loads {
+    /// By source table (or `<table> (partitions)`).
+    pub(in crate::engine) running: HashMap<String, RunningLoad>,
+}
+
+impl Loads {
+    pub(super) fn start(
+        &mut self,
+        name: String,
+        handle: tokio::task::JoinHandle<Result<u64>>,
+        oid: u32,
+    ) {
+        self.running.insert(name, RunningLoad { handle, oid });
+    }
+
+    /// Aborts the loads of a table (its own and its partitions'); the next
+    /// routing sync starts them again if still wanted.
+    pub(in crate::engine) fn restart(&mut self, oid: u32) {
+        let stale: Vec<String> = self
+            .running
+            .iter()
+            .filter(|(_, load)| load.oid == oid)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in stale {
+            if let Some(load) = self.running.remove(&name) {
+                load.handle.abort();
+            }
+        }
+    }
+}
+
+impl Drop for Loads {
+    fn drop(&mut self) {
+        for load in self.running.values() {
+            load.handle.abort();
+        }
+    }
 }

@@ -1,6 +1,6 @@
 //! The per-table machine of the CDC loop, run between batches: tables
 //! removed from the pipe stop, added ones and table resyncs are routed and
-//! loaded beside CDC ([`Loads`]), finished table resyncs are swapped in,
+//! loaded beside CDC ([`Loads`](super::routes::Loads)), finished table resyncs are swapped in,
 //! partitions attached to a partitioned table are loaded.
 
 use std::collections::HashMap;
@@ -176,14 +176,14 @@ impl Worker {
             if leaves.is_empty() {
                 continue;
             }
-            let job = partitions::LeafLoad {
+            let job = table_load::LeafLoad {
                 table: self.load_job(ends, &pipe, prepared.clone(), route.table.view.clone()),
                 leaves,
             };
             // Rows of the leaves not loaded yet fill unchanged TOAST values
             // from the source, as for an added table.
             route.side.loading = true;
-            let run = partitions::load_leaves(job);
+            let run = table_load::load_leaves(job);
             loads.start(key, tokio::spawn(run.in_current_span()), *oid);
         }
         Ok(())
@@ -452,49 +452,5 @@ impl Worker {
         .await?;
         tracing::info!(table = %job.source_table, soft_deletes = moved, "table resync swapped in");
         Ok(())
-    }
-}
-
-/// A load running beside the CDC loop.
-pub(in crate::engine) struct RunningLoad {
-    pub(in crate::engine) handle: tokio::task::JoinHandle<Result<u64>>,
-    /// The OID of the table loaded.
-    pub(in crate::engine) oid: u32,
-}
-
-/// Loads of single tables running beside the CDC loop (aborted with it).
-#[derive(Default)]
-pub(in crate::engine) struct Loads {
-    /// By source table (or `<table> (partitions)`).
-    pub(in crate::engine) running: HashMap<String, RunningLoad>,
-}
-
-impl Loads {
-    fn start(&mut self, name: String, handle: tokio::task::JoinHandle<Result<u64>>, oid: u32) {
-        self.running.insert(name, RunningLoad { handle, oid });
-    }
-
-    /// Aborts the loads of a table (its own and its partitions'); the next
-    /// routing sync starts them again if still wanted.
-    pub(in crate::engine) fn restart(&mut self, oid: u32) {
-        let stale: Vec<String> = self
-            .running
-            .iter()
-            .filter(|(_, load)| load.oid == oid)
-            .map(|(name, _)| name.clone())
-            .collect();
-        for name in stale {
-            if let Some(load) = self.running.remove(&name) {
-                load.handle.abort();
-            }
-        }
-    }
-}
-
-impl Drop for Loads {
-    fn drop(&mut self) {
-        for load in self.running.values() {
-            load.handle.abort();
-        }
     }
 }

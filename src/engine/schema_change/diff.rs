@@ -3,6 +3,7 @@
 //! ClickHouse can follow in place. No I/O.
 
 use crate::model::{Relation, SourceColumn, SourceTable};
+use crate::proto::{SchemaChangeKind, SchemaChanged};
 use crate::sink::types::Kind;
 
 /// One column change between two shapes of a table (matched by attnum).
@@ -20,6 +21,40 @@ pub(super) enum ColumnChange {
         old: SourceColumn,
         new: SourceColumn,
     },
+}
+
+/// What the event says of the change itself: its kind, the column (by its
+/// old name for a rename) and the types.
+impl ColumnChange {
+    pub(super) fn event(&self) -> SchemaChanged {
+        let of = |kind: SchemaChangeKind, column: &SourceColumn| SchemaChanged {
+            kind: kind as i32,
+            column: column.name.clone(),
+            ..Default::default()
+        };
+        match self {
+            ColumnChange::Added(col) => SchemaChanged {
+                new_type: col.type_name.clone(),
+                ..of(SchemaChangeKind::AddColumn, col)
+            },
+            ColumnChange::Dropped(col) => SchemaChanged {
+                old_type: col.type_name.clone(),
+                ..of(SchemaChangeKind::DropColumn, col)
+            },
+            // A rename alone keeps the type (a Retyped follows otherwise).
+            ColumnChange::Renamed { old, new } => SchemaChanged {
+                new_column: new.name.clone(),
+                old_type: old.type_name.clone(),
+                new_type: old.type_name.clone(),
+                ..of(SchemaChangeKind::RenameColumn, old)
+            },
+            ColumnChange::Retyped { old, new } => SchemaChanged {
+                old_type: old.type_name.clone(),
+                new_type: new.type_name.clone(),
+                ..of(SchemaChangeKind::RetypeColumn, new)
+            },
+        }
+    }
 }
 
 /// What a Relation message changed: the table in its new shape (columns in
