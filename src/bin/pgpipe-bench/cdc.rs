@@ -317,10 +317,22 @@ async fn cdc_rate(
     })
 }
 
+/// A pgoutput slot of its own, created before the changes to decode raw.
+async fn create_raw_slot(pg: &tokio_postgres::Client, slot: &str) -> Res<()> {
+    pg.execute(
+        "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+        &[&slot],
+    )
+    .await?;
+    Ok(())
+}
+
 /// The decode limit: the same changes read raw from a slot of its own with
-/// `pg_logical_slot_get_binary_changes` (pgoutput), in changes per second.
-async fn raw_decode(pg: &tokio_postgres::Client, slot: &str, publication: &str) -> Res<(f64, u64)> {
+/// `pg_logical_slot_get_binary_changes` (pgoutput) through the schema's
+/// `_raw` publication, as (seconds, messages); the slot is dropped after.
+async fn raw_decode(pg: &tokio_postgres::Client, slot: &str, schema: &str) -> Res<(f64, u64)> {
     let start = Instant::now();
+    let publication = format!("{schema}_raw");
     let msgs: i64 = pg
         .query_one(
             "SELECT count(*) FROM pg_logical_slot_get_binary_changes($1, NULL, NULL,
@@ -329,7 +341,10 @@ async fn raw_decode(pg: &tokio_postgres::Client, slot: &str, publication: &str) 
         )
         .await?
         .get(0);
-    Ok((start.elapsed().as_secs_f64(), msgs as u64))
+    let secs = start.elapsed().as_secs_f64();
+    pg.execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+        .await?;
+    Ok((secs, msgs as u64))
 }
 
 /// pgpipe's CDC apply limit: a backlog written while the pipe is paused
@@ -345,13 +360,13 @@ async fn cdc_backlog(
     secs: f64,
 ) -> Res<(u64, f64, f64, u64, CpuSplit, f64)> {
     let Setup {
-        pg_url,
         ch,
         schema,
         db,
         peers,
+        ..
     } = setup;
-    let pg = pg_connect(pg_url).await?;
+    let pg = pg_connect(setup.pg_url).await?;
     toggle(c, name, true).await?;
     loop {
         let p = get_pipe(c, name).await?;
@@ -361,11 +376,7 @@ async fn cdc_backlog(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let raw_slot = format!("{schema}_raw");
-    pg.execute(
-        "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
-        &[&raw_slot],
-    )
-    .await?;
+    create_raw_slot(&pg, &raw_slot).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let tasks = spawn_writers(setup, writers, 0.0, 7_000, &stop);
     tokio::time::sleep(Duration::from_secs_f64(secs)).await;
@@ -387,9 +398,7 @@ async fn cdc_backlog(
     .await?;
     let drain = start.elapsed().as_secs_f64();
     let (cpu, peak) = fp.end();
-    let (raw_secs, msgs) = raw_decode(&pg, &raw_slot, &format!("{schema}_raw")).await?;
-    pg.execute("SELECT pg_drop_replication_slot($1)", &[&raw_slot])
-        .await?;
+    let (raw_secs, msgs) = raw_decode(&pg, &raw_slot, schema).await?;
     Ok((changed, drain, raw_secs, msgs, cpu, peak))
 }
 
@@ -418,11 +427,7 @@ async fn cdc_big_tx(
 ) -> Res<BigTx> {
     let pg = pg_connect(pg_url).await?;
     let raw_slot = format!("{schema}_big");
-    pg.execute(
-        "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
-        &[&raw_slot],
-    )
-    .await?;
+    create_raw_slot(&pg, &raw_slot).await?;
     settle(ch).await?;
     let fp = Footprint::start(peers);
     let t0 = Instant::now();
@@ -445,9 +450,7 @@ async fn cdc_big_tx(
     .await?;
     let visible_secs = committed.elapsed().as_secs_f64();
     let (cpu, peak_mb) = fp.end();
-    let (raw_secs, _) = raw_decode(&pg, &raw_slot, &format!("{schema}_raw")).await?;
-    pg.execute("SELECT pg_drop_replication_slot($1)", &[&raw_slot])
-        .await?;
+    let (raw_secs, _) = raw_decode(&pg, &raw_slot, schema).await?;
     Ok(BigTx {
         rows,
         commit_secs,

@@ -289,26 +289,18 @@ impl Follow for EventsFollower<'_> {
     }
 
     fn on_message(&mut self, msg: WatchEventsResponse, out: &mut Out) -> Result<Step, CliError> {
-        match &msg.item {
+        let (step, text) = match &msg.item {
             Some(Item::Event(ev)) => {
                 if self.last_seq.is_some_and(|last| ev.seq <= last) {
                     return Ok(Step::Idle);
                 }
                 self.last_seq = Some(ev.seq);
-                if self.json {
-                    out.json_line(&watch_events_json(&msg))?;
-                } else {
-                    out.line(&format!(
-                        "{} #{}  {}  {}",
-                        ev.at
-                            .as_ref()
-                            .map_or_else(|| "-".to_owned(), |t| format_timestamp(t, false)),
-                        ev.seq,
-                        ev.pipe_name,
-                        event_text(ev)
-                    ))?;
-                }
-                Ok(Step::Progress)
+                let at = ev
+                    .at
+                    .as_ref()
+                    .map_or_else(|| "-".to_owned(), |t| format_timestamp(t, false));
+                let text = format!("{at} #{}  {}  {}", ev.seq, ev.pipe_name, event_text(ev));
+                (Step::Progress, text)
             }
             Some(Item::CaughtUp(c)) => {
                 // Everything up to the head was delivered: a
@@ -316,18 +308,17 @@ impl Follow for EventsFollower<'_> {
                 if self.last_seq.is_none_or(|last| c.cursor > last) {
                     self.last_seq = Some(c.cursor);
                 }
-                if self.json {
-                    out.json_line(&watch_events_json(&msg))?;
-                } else {
-                    out.line(&format!(
-                        "-- caught up at cursor {}; live events follow --",
-                        c.cursor
-                    ))?;
-                }
-                Ok(Step::Idle)
+                let text = format!("-- caught up at cursor {}; live events follow --", c.cursor);
+                (Step::Idle, text)
             }
-            None => Ok(Step::Idle),
+            None => return Ok(Step::Idle),
+        };
+        if self.json {
+            out.json_line(&watch_events_json(&msg))?;
+        } else {
+            out.line(&text)?;
         }
+        Ok(step)
     }
 
     /// The feed never ends for good: an end is always resumed.
