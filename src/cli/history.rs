@@ -4,6 +4,7 @@
 
 use clap::{Args, ValueEnum};
 use serde_json::Value;
+use tonic::Status;
 
 use super::format::{
     format_bytes, format_count, format_duration_ms, format_lsn, format_timestamp, render_table,
@@ -124,36 +125,63 @@ pub(crate) async fn history(
     args: HistoryArgs,
     out: &mut Out,
 ) -> Result<(), CliError> {
-    let mut events = Vec::new();
+    let events = all_pages(|page_token| {
+        let request = GetPipeHistoryRequest {
+            name: args.name.clone(),
+            kind: HistoryKind::from(args.kind) as i32,
+            page_size: PAGE,
+            page_token,
+        };
+        let mut client = client.clone();
+        async move {
+            let page = client.get_pipe_history(request).await?.into_inner();
+            Ok((page.events, page.next_page_token))
+        }
+    })
+    .await?;
+    let events = tail(events, args.limit);
+    let empty = format!("no {} history for {}", kind_word(args.kind), args.name);
+    print_list(out, args.json, &events, event_json, &empty, |e| {
+        history_table(args.kind, e)
+    })
+}
+
+/// Every page of a paged RPC, in order: `fetch` is given the page token
+/// (empty: the first page) and answers the page's items and the next token
+/// (empty: that was the last page). Callers hand each page's future a clone
+/// of the client (the same channel), so that the future owns what it uses.
+async fn all_pages<T, F: Future<Output = Result<(Vec<T>, String), Status>>>(
+    mut fetch: impl FnMut(String) -> F,
+) -> Result<Vec<T>, CliError> {
+    let mut items = Vec::new();
     let mut token = String::new();
     loop {
-        let page = client
-            .get_pipe_history(GetPipeHistoryRequest {
-                name: args.name.clone(),
-                kind: HistoryKind::from(args.kind) as i32,
-                page_size: PAGE,
-                page_token: token,
-            })
-            .await?
-            .into_inner();
-        events.extend(page.events);
-        if page.next_page_token.is_empty() {
-            break;
+        let (page, next) = fetch(token).await?;
+        items.extend(page);
+        if next.is_empty() {
+            return Ok(items);
         }
-        token = page.next_page_token;
+        token = next;
     }
-    let events = tail(events, args.limit);
-    if args.json {
-        return out.json_pretty(&Value::Array(events.iter().map(event_json).collect()));
+}
+
+/// `items` as a JSON array, the `empty` line when there are none, or the
+/// table `table` draws.
+fn print_list<T>(
+    out: &mut Out,
+    json: bool,
+    items: &[T],
+    to_json: fn(&T) -> Value,
+    empty: &str,
+    table: impl FnOnce(&[T]) -> String,
+) -> Result<(), CliError> {
+    if json {
+        return out.json_pretty(&Value::Array(items.iter().map(to_json).collect()));
     }
-    if events.is_empty() {
-        return out.line(&format!(
-            "no {} history for {}",
-            kind_word(args.kind),
-            args.name
-        ));
+    if items.is_empty() {
+        return out.line(empty);
     }
-    out.block(&history_table(args.kind, &events))
+    out.block(&table(items))
 }
 
 fn kind_word(k: Kind) -> &'static str {
@@ -291,34 +319,30 @@ pub(crate) async fn throughput(
     args: ThroughputArgs,
     out: &mut Out,
 ) -> Result<(), CliError> {
-    let mut points = Vec::new();
-    let mut token = String::new();
-    loop {
-        let page = client
-            .get_pipe_throughput(GetPipeThroughputRequest {
-                name: args.name.clone(),
-                bucket_seconds: args.bucket,
-                page_size: PAGE,
-                page_token: token,
-            })
-            .await?
-            .into_inner();
-        points.extend(page.points);
-        if page.next_page_token.is_empty() {
-            break;
+    let points = all_pages(|page_token| {
+        let request = GetPipeThroughputRequest {
+            name: args.name.clone(),
+            bucket_seconds: args.bucket,
+            page_size: PAGE,
+            page_token,
+        };
+        let mut client = client.clone();
+        async move {
+            let page = client.get_pipe_throughput(request).await?.into_inner();
+            Ok((page.points, page.next_page_token))
         }
-        token = page.next_page_token;
-    }
+    })
+    .await?;
     let points = tail(points, args.limit);
-    if args.json {
-        return out.json_pretty(&Value::Array(
-            points.iter().map(throughput_point_json).collect(),
-        ));
-    }
-    if points.is_empty() {
-        return out.line(&format!("no cdc history for {}", args.name));
-    }
-    out.block(&throughput_table(&points))
+    let empty = format!("no cdc history for {}", args.name);
+    print_list(
+        out,
+        args.json,
+        &points,
+        throughput_point_json,
+        &empty,
+        throughput_table,
+    )
 }
 
 /// One row per bucket: changes by kind, batches, lag.
@@ -354,32 +378,28 @@ pub(crate) async fn load_summary(
     args: LoadSummaryArgs,
     out: &mut Out,
 ) -> Result<(), CliError> {
-    let mut tables = Vec::new();
-    let mut token = String::new();
-    loop {
-        let page = client
-            .get_load_summary(GetLoadSummaryRequest {
-                name: args.name.clone(),
-                page_size: PAGE,
-                page_token: token,
-            })
-            .await?
-            .into_inner();
-        tables.extend(page.tables);
-        if page.next_page_token.is_empty() {
-            break;
+    let tables = all_pages(|page_token| {
+        let request = GetLoadSummaryRequest {
+            name: args.name.clone(),
+            page_size: PAGE,
+            page_token,
+        };
+        let mut client = client.clone();
+        async move {
+            let page = client.get_load_summary(request).await?.into_inner();
+            Ok((page.tables, page.next_page_token))
         }
-        token = page.next_page_token;
-    }
-    if args.json {
-        return out.json_pretty(&Value::Array(
-            tables.iter().map(load_summary_json).collect(),
-        ));
-    }
-    if tables.is_empty() {
-        return out.line(&format!("no initial load recorded for {}", args.name));
-    }
-    out.block(&load_summary_table(&tables))
+    })
+    .await?;
+    let empty = format!("no initial load recorded for {}", args.name);
+    print_list(
+        out,
+        args.json,
+        &tables,
+        load_summary_json,
+        &empty,
+        load_summary_table,
+    )
 }
 
 /// One row per incarnation and table.
