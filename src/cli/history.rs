@@ -7,7 +7,7 @@ use serde_json::Value;
 use tonic::Status;
 
 use super::format::{
-    format_bytes, format_count, format_duration_ms, format_lsn, format_timestamp, render_table,
+    format_bytes, format_count, format_duration_ms, format_lsn, format_timestamp, table_of,
 };
 use super::json::{event_json, load_summary_json, throughput_point_json};
 use super::{CliError, Client, Out};
@@ -219,98 +219,83 @@ fn counts_cell(c: &CdcProgress) -> String {
 /// The table view of `events` for `kind`.
 pub(crate) fn history_table(kind: Kind, events: &[Event]) -> String {
     match kind {
-        Kind::All | Kind::Schema => {
-            let rows: Vec<Vec<String>> = events
-                .iter()
-                .map(|e| {
-                    vec![
-                        time_cell(e),
-                        super::json::event_kind(e).to_owned(),
-                        super::format::event_text(e),
-                    ]
-                })
-                .collect();
-            render_table(&["TIME", "EVENT", "DETAILS"], &rows)
-        }
-        Kind::Errors => {
-            let rows: Vec<Vec<String>> = events
-                .iter()
-                .map(|e| match &e.payload {
-                    Some(Payload::PipeFailed(f)) => vec![
-                        time_cell(e),
-                        if f.step.is_empty() { "-" } else { &f.step }.to_owned(),
-                        if f.retrying { "yes" } else { "no" }.to_owned(),
-                        f.reason.clone(),
-                    ],
-                    _ => vec![
-                        time_cell(e),
-                        "-".into(),
-                        "-".into(),
-                        super::format::event_text(e),
-                    ],
-                })
-                .collect();
-            render_table(&["TIME", "STEP", "RETRYING", "REASON"], &rows)
-        }
-        Kind::Cdc => {
-            let rows: Vec<Vec<String>> = events
-                .iter()
-                .map(|e| match &e.payload {
-                    Some(Payload::CdcProgress(c)) => vec![
-                        time_cell(e),
-                        if c.start_lsn.is_empty() {
-                            format_lsn(&c.lsn).to_owned()
-                        } else {
-                            format!("{}..{}", c.start_lsn, format_lsn(&c.lsn))
-                        },
-                        format_count(c.rows),
-                        c.transactions.to_string(),
-                        format_duration_ms(c.duration_ms),
-                        format_bytes(c.lag_bytes),
-                        counts_cell(c),
-                    ],
-                    _ => vec![
-                        time_cell(e),
-                        super::format::event_text(e),
-                        "-".into(),
-                        "-".into(),
-                        "-".into(),
-                        "-".into(),
-                        "-".into(),
-                    ],
-                })
-                .collect();
-            render_table(
-                &["TIME", "LSN", "ROWS", "TX", "DURATION", "LAG", "TABLES"],
-                &rows,
-            )
-        }
-        Kind::Snapshot => {
-            let rows: Vec<Vec<String>> = events
-                .iter()
-                .map(|e| {
-                    let (table, parts, rows) = match &e.payload {
-                        Some(Payload::SnapshotProgress(p)) => (
-                            p.source_table.clone(),
-                            format!("{}/{}", p.partitions_done, p.partitions_total),
-                            format_count(p.rows_copied),
-                        ),
-                        Some(Payload::SnapshotTableCompleted(p)) => {
-                            (p.source_table.clone(), "-".into(), format_count(p.rows))
-                        }
-                        _ => ("-".into(), "-".into(), "-".into()),
-                    };
-                    vec![
-                        time_cell(e),
-                        super::json::event_kind(e).to_owned(),
-                        table,
-                        parts,
-                        rows,
-                    ]
-                })
-                .collect();
-            render_table(&["TIME", "EVENT", "TABLE", "PARTITIONS", "ROWS"], &rows)
-        }
+        Kind::All | Kind::Schema => table_of(&["TIME", "EVENT", "DETAILS"], events, |e| {
+            vec![
+                time_cell(e),
+                super::json::event_kind(e).to_owned(),
+                super::format::event_text(e),
+            ]
+        }),
+        Kind::Errors => table_of(
+            &["TIME", "STEP", "RETRYING", "REASON"],
+            events,
+            |e| match &e.payload {
+                Some(Payload::PipeFailed(f)) => vec![
+                    time_cell(e),
+                    if f.step.is_empty() { "-" } else { &f.step }.to_owned(),
+                    if f.retrying { "yes" } else { "no" }.to_owned(),
+                    f.reason.clone(),
+                ],
+                _ => vec![
+                    time_cell(e),
+                    "-".into(),
+                    "-".into(),
+                    super::format::event_text(e),
+                ],
+            },
+        ),
+        Kind::Cdc => table_of(
+            &["TIME", "LSN", "ROWS", "TX", "DURATION", "LAG", "TABLES"],
+            events,
+            |e| match &e.payload {
+                Some(Payload::CdcProgress(c)) => vec![
+                    time_cell(e),
+                    if c.start_lsn.is_empty() {
+                        format_lsn(&c.lsn).to_owned()
+                    } else {
+                        format!("{}..{}", c.start_lsn, format_lsn(&c.lsn))
+                    },
+                    format_count(c.rows),
+                    c.transactions.to_string(),
+                    format_duration_ms(c.duration_ms),
+                    format_bytes(c.lag_bytes),
+                    counts_cell(c),
+                ],
+                _ => vec![
+                    time_cell(e),
+                    super::format::event_text(e),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                ],
+            },
+        ),
+        Kind::Snapshot => table_of(
+            &["TIME", "EVENT", "TABLE", "PARTITIONS", "ROWS"],
+            events,
+            |e| {
+                let (table, parts, rows) = match &e.payload {
+                    Some(Payload::SnapshotProgress(p)) => (
+                        p.source_table.clone(),
+                        format!("{}/{}", p.partitions_done, p.partitions_total),
+                        format_count(p.rows_copied),
+                    ),
+                    Some(Payload::SnapshotTableCompleted(p)) => {
+                        (p.source_table.clone(), "-".into(), format_count(p.rows))
+                    }
+                    _ => ("-".into(), "-".into(), "-".into()),
+                };
+                vec![
+                    time_cell(e),
+                    super::json::event_kind(e).to_owned(),
+                    table,
+                    parts,
+                    rows,
+                ]
+            },
+        ),
     }
 }
 
@@ -347,9 +332,12 @@ pub(crate) async fn throughput(
 
 /// One row per bucket: changes by kind, batches, lag.
 pub(crate) fn throughput_table(points: &[ThroughputPoint]) -> String {
-    let rows: Vec<Vec<String>> = points
-        .iter()
-        .map(|p| {
+    table_of(
+        &[
+            "START", "ROWS", "INSERTED", "UPDATED", "DELETED", "BATCHES", "LAG", "MAX LAG", "LSN",
+        ],
+        points,
+        |p| {
             vec![
                 p.start
                     .as_ref()
@@ -363,13 +351,7 @@ pub(crate) fn throughput_table(points: &[ThroughputPoint]) -> String {
                 format_bytes(p.max_lag_bytes),
                 format_lsn(&p.lsn).to_owned(),
             ]
-        })
-        .collect();
-    render_table(
-        &[
-            "START", "ROWS", "INSERTED", "UPDATED", "DELETED", "BATCHES", "LAG", "MAX LAG", "LSN",
-        ],
-        &rows,
+        },
     )
 }
 
@@ -404,9 +386,19 @@ pub(crate) async fn load_summary(
 
 /// One row per incarnation and table.
 pub(crate) fn load_summary_table(tables: &[TableLoadSummary]) -> String {
-    let rows: Vec<Vec<String>> = tables
-        .iter()
-        .map(|t| {
+    table_of(
+        &[
+            "PIPE ID",
+            "TABLE",
+            "PARTITIONS",
+            "ROWS",
+            "AVG PARTITION",
+            "STARTED",
+            "DURATION",
+            "STATUS",
+        ],
+        tables,
+        |t| {
             vec![
                 t.pipe_id.clone(),
                 t.source_table.clone(),
@@ -419,20 +411,7 @@ pub(crate) fn load_summary_table(tables: &[TableLoadSummary]) -> String {
                 format_duration_ms(t.duration_ms),
                 if t.done { "done" } else { "loading" }.to_owned(),
             ]
-        })
-        .collect();
-    render_table(
-        &[
-            "PIPE ID",
-            "TABLE",
-            "PARTITIONS",
-            "ROWS",
-            "AVG PARTITION",
-            "STARTED",
-            "DURATION",
-            "STATUS",
-        ],
-        &rows,
+        },
     )
 }
 

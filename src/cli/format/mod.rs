@@ -16,7 +16,7 @@ mod table;
 
 pub(crate) use event::event_text;
 pub(crate) use pipe::{pipe_summary, status_line};
-pub(crate) use table::{pipes_table, problem_kind_label, problems_table, render_table};
+pub(crate) use table::{pipes_table, problem_kind_label, problems_table, render_table, table_of};
 
 /// Lower-case status name for humans ("running"), or `unknown(N)` for a value
 /// this client does not know (a newer server).
