@@ -5,6 +5,7 @@
 //! events.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use prost_types::Timestamp;
 
@@ -60,21 +61,41 @@ pub fn page(
     after: u64,
     page: usize,
 ) -> Result<(Vec<Event>, Option<u64>), LogError> {
-    let head = log.head();
     let mut out = Vec::new();
+    let mut next = None;
+    walk(log, name, after, |e| {
+        if matches(kind, &e) {
+            out.push(Event::clone(&e));
+            if out.len() >= page {
+                next = Some(e.seq);
+                return false;
+            }
+        }
+        true
+    })?;
+    Ok((out, next))
+}
+
+/// Hands stream `name`'s events after seq `after`, up to the head as of the
+/// call, oldest first, to `visit` (read `CHUNK` at a time) until it answers
+/// false; true if it did (the walk stopped before the end).
+fn walk(
+    log: &EventLog,
+    name: &str,
+    after: u64,
+    mut visit: impl FnMut(Arc<Event>) -> bool,
+) -> Result<bool, LogError> {
+    let head = log.head();
     let mut cursor = after;
     loop {
         let chunk = log.read_stream(name, cursor, head, CHUNK)?;
         if chunk.is_empty() {
-            return Ok((out, None));
+            return Ok(false);
         }
         for e in chunk {
             cursor = e.seq;
-            if matches(kind, &e) {
-                out.push(Event::clone(&e));
-                if out.len() >= page {
-                    return Ok((out, Some(cursor)));
-                }
+            if !visit(e) {
+                return Ok(true);
             }
         }
     }
@@ -171,21 +192,9 @@ pub fn throughput_page(
     after: u64,
     page: usize,
 ) -> Result<(Vec<ThroughputPoint>, Option<u64>), LogError> {
-    let head = log.head();
     let mut fold = ThroughputFold::new(width_seconds, page);
-    let mut cursor = after;
-    loop {
-        let chunk = log.read_stream(name, cursor, head, CHUNK)?;
-        if chunk.is_empty() {
-            return Ok(fold.finish(false));
-        }
-        for e in chunk {
-            cursor = e.seq;
-            if !fold.push(&e) {
-                return Ok(fold.finish(true));
-            }
-        }
-    }
+    let full = walk(log, name, after, |e| fold.push(&e))?;
+    Ok(fold.finish(full))
 }
 
 fn millis_between(from: &Timestamp, to: &Timestamp) -> u64 {
@@ -289,19 +298,13 @@ pub fn load_summary_page(
     offset: usize,
     page: usize,
 ) -> Result<(Vec<TableLoadSummary>, Option<usize>), LogError> {
-    let head = log.head();
     let mut events = Vec::new();
-    let mut cursor = 0;
-    loop {
-        let chunk = log.read_stream(name, cursor, head, CHUNK)?;
-        let Some(last) = chunk.last() else { break };
-        cursor = last.seq;
-        events.extend(
-            chunk
-                .into_iter()
-                .filter(|e| matches(HistoryKind::Snapshot, e)),
-        );
-    }
+    walk(log, name, 0, |e| {
+        if matches(HistoryKind::Snapshot, &e) {
+            events.push(e);
+        }
+        true
+    })?;
     let all = load_summaries(events.iter().map(|e| e.as_ref()));
     let end = offset.saturating_add(page).min(all.len());
     let rows = all.get(offset..end).map(<[_]>::to_vec).unwrap_or_default();

@@ -1,5 +1,6 @@
 //! `pgpipe.v1.PipeService`: requests become commands, errors become statuses.
 
+use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
 
 use tokio::sync::mpsc;
@@ -12,7 +13,7 @@ use crate::commands::{CommandError, Core};
 use crate::domain::validate;
 use crate::proto::pipe_service_server::PipeService;
 use crate::proto::*;
-use crate::store::LogError;
+use crate::store::{EventLog, LogError};
 use crate::watch::{self, FeedItem, LabelFilter, PipeView};
 
 /// Depth of each watcher's outgoing queue; the follower task waits when the
@@ -39,6 +40,14 @@ impl PipeApi {
         self.core.get().cloned().ok_or_else(|| {
             Status::unavailable("pgpipe is replaying its event log; retry in a moment")
         })
+    }
+
+    /// The core for an RPC about the pipe `name` (UNAVAILABLE first, then
+    /// INVALID_ARGUMENT for a malformed name).
+    fn core_for(&self, name: &str) -> Result<Arc<Core>, Status> {
+        let core = self.core()?;
+        name_arg(name)?;
+        Ok(core)
     }
 }
 
@@ -158,9 +167,8 @@ impl PipeService for PipeApi {
         &self,
         request: Request<DeletePipeRequest>,
     ) -> Result<Response<DeletePipeResponse>, Status> {
-        let core = self.core()?;
         let req = request.into_inner();
-        name_arg(&req.name)?;
+        let core = self.core_for(&req.name)?;
         let pipe = core.delete(&req.name, req.drop_destination_tables).await?;
         tracing::info!(pipe_id = %pipe.id, "pipe deleted");
         Ok(Response::new(DeletePipeResponse { pipe: Some(pipe) }))
@@ -171,9 +179,8 @@ impl PipeService for PipeApi {
         &self,
         request: Request<PausePipeRequest>,
     ) -> Result<Response<PausePipeResponse>, Status> {
-        let core = self.core()?;
         let name = &request.get_ref().name;
-        name_arg(name)?;
+        let core = self.core_for(name)?;
         let pipe = core.pause(name).await?;
         Ok(Response::new(PausePipeResponse { pipe: Some(pipe) }))
     }
@@ -183,9 +190,8 @@ impl PipeService for PipeApi {
         &self,
         request: Request<ResumePipeRequest>,
     ) -> Result<Response<ResumePipeResponse>, Status> {
-        let core = self.core()?;
         let name = &request.get_ref().name;
-        name_arg(name)?;
+        let core = self.core_for(name)?;
         let pipe = core.resume(name).await?;
         Ok(Response::new(ResumePipeResponse { pipe: Some(pipe) }))
     }
@@ -195,9 +201,8 @@ impl PipeService for PipeApi {
         &self,
         request: Request<ResyncPipeRequest>,
     ) -> Result<Response<ResyncPipeResponse>, Status> {
-        let core = self.core()?;
         let req = request.into_inner();
-        name_arg(&req.name)?;
+        let core = self.core_for(&req.name)?;
         if !req.tables.is_empty() {
             if !req.overrides.is_empty() || req.replace_column_options {
                 return Err(Status::invalid_argument(
@@ -236,9 +241,8 @@ impl PipeService for PipeApi {
         &self,
         request: Request<GetPipeHistoryRequest>,
     ) -> Result<Response<GetPipeHistoryResponse>, Status> {
-        let core = self.core()?;
         let req = request.into_inner();
-        name_arg(&req.name)?;
+        let core = self.core_for(&req.name)?;
         let kind = HistoryKind::try_from(req.kind).map_err(|_| {
             Status::invalid_argument(format!(
                 "kind {} is not a history kind (0 all, 1 errors, 2 cdc, 3 snapshot, 5 slot health)",
@@ -246,24 +250,11 @@ impl PipeService for PipeApi {
             ))
         })?;
         let size = history_page_size(req.page_size)?;
-        let after = if req.page_token.is_empty() {
-            0
-        } else {
-            req.page_token.parse::<u64>().map_err(|_| {
-                Status::invalid_argument(
-                    "page_token is not one from an earlier GetPipeHistory answer: \
-                     pass next_page_token as it came, or leave it empty to start over",
-                )
-            })?
-        };
-        history_exists(&core, &req.name)?;
-        // Reading the log blocks: off the async threads.
-        let log = Arc::clone(core.log());
-        let name = req.name.clone();
-        let (events, next) =
-            tokio::task::spawn_blocking(move || history::page(&log, &name, kind, after, size))
-                .await
-                .map_err(|e| Status::internal(format!("reading the history failed: {e}")))??;
+        let after: u64 = page_token(&req.page_token, "GetPipeHistory")?;
+        let (events, next) = read_history(&core, &req.name, move |log, name| {
+            history::page(log, name, kind, after, size)
+        })
+        .await?;
         Ok(Response::new(GetPipeHistoryResponse {
             events,
             next_page_token: next.map(|s| s.to_string()).unwrap_or_default(),
@@ -275,9 +266,8 @@ impl PipeService for PipeApi {
         &self,
         request: Request<GetPipeThroughputRequest>,
     ) -> Result<Response<GetPipeThroughputResponse>, Status> {
-        let core = self.core()?;
         let req = request.into_inner();
-        name_arg(&req.name)?;
+        let core = self.core_for(&req.name)?;
         let width = match req.bucket_seconds {
             0 => history::DEFAULT_BUCKET_SECONDS,
             n if n > history::MAX_BUCKET_SECONDS => {
@@ -305,14 +295,10 @@ impl PipeService for PipeApi {
                     )
                 })?,
         };
-        history_exists(&core, &req.name)?;
-        let log = Arc::clone(core.log());
-        let name = req.name.clone();
-        let (points, next) = tokio::task::spawn_blocking(move || {
-            history::throughput_page(&log, &name, width, after, size)
+        let (points, next) = read_history(&core, &req.name, move |log, name| {
+            history::throughput_page(log, name, width, after, size)
         })
-        .await
-        .map_err(|e| Status::internal(format!("reading the history failed: {e}")))??;
+        .await?;
         Ok(Response::new(GetPipeThroughputResponse {
             points,
             next_page_token: next.map(|s| format!("{s}/{width}")).unwrap_or_default(),
@@ -324,27 +310,14 @@ impl PipeService for PipeApi {
         &self,
         request: Request<GetLoadSummaryRequest>,
     ) -> Result<Response<GetLoadSummaryResponse>, Status> {
-        let core = self.core()?;
         let req = request.into_inner();
-        name_arg(&req.name)?;
+        let core = self.core_for(&req.name)?;
         let size = history_page_size(req.page_size)?;
-        let offset = match req.page_token.as_str() {
-            "" => 0,
-            t => t.parse::<usize>().map_err(|_| {
-                Status::invalid_argument(
-                    "page_token is not one from an earlier GetLoadSummary answer: \
-                     pass next_page_token as it came, or leave it empty to start over",
-                )
-            })?,
-        };
-        history_exists(&core, &req.name)?;
-        let log = Arc::clone(core.log());
-        let name = req.name.clone();
-        let (tables, next) = tokio::task::spawn_blocking(move || {
-            history::load_summary_page(&log, &name, offset, size)
+        let offset: usize = page_token(&req.page_token, "GetLoadSummary")?;
+        let (tables, next) = read_history(&core, &req.name, move |log, name| {
+            history::load_summary_page(log, name, offset, size)
         })
-        .await
-        .map_err(|e| Status::internal(format!("reading the history failed: {e}")))??;
+        .await?;
         Ok(Response::new(GetLoadSummaryResponse {
             tables,
             next_page_token: next.map(|s| s.to_string()).unwrap_or_default(),
@@ -356,9 +329,8 @@ impl PipeService for PipeApi {
         &self,
         request: Request<SetPipeLabelsRequest>,
     ) -> Result<Response<SetPipeLabelsResponse>, Status> {
-        let core = self.core()?;
         let req = request.into_inner();
-        name_arg(&req.name)?;
+        let core = self.core_for(&req.name)?;
         let pipe = core
             .set_labels(&req.name, &req.labels, &req.remove_keys)
             .await?;
@@ -370,9 +342,8 @@ impl PipeService for PipeApi {
         &self,
         request: Request<UpdatePipeRequest>,
     ) -> Result<Response<UpdatePipeResponse>, Status> {
-        let core = self.core()?;
         let req = request.into_inner();
-        name_arg(&req.name)?;
+        let core = self.core_for(&req.name)?;
         if req.validate_only {
             let (pipe, problems) = core
                 .validate_update(&req.name, &req.add_tables, &req.remove_tables)
@@ -405,9 +376,8 @@ impl PipeService for PipeApi {
         &self,
         request: Request<WatchPipeRequest>,
     ) -> Result<Response<Self::WatchPipeStream>, Status> {
-        let core = self.core()?;
         let req = request.into_inner();
-        name_arg(&req.name)?;
+        let core = self.core_for(&req.name)?;
         let log = Arc::clone(core.log());
         let start = cursor_arg(req.after_cursor, log.head())?;
         let mut view = PipeView::load(&log, &req.name, start)?;
@@ -536,6 +506,35 @@ fn history_page_size(n: u32) -> Result<usize, Status> {
         ))),
         n => Ok(n),
     }
+}
+
+/// A page token from an earlier answer of `rpc` (empty: the first page).
+fn page_token<T: FromStr + Default>(token: &str, rpc: &str) -> Result<T, Status> {
+    if token.is_empty() {
+        return Ok(T::default());
+    }
+    token.parse().map_err(|_| {
+        Status::invalid_argument(format!(
+            "page_token is not one from an earlier {rpc} answer: \
+             pass next_page_token as it came, or leave it empty to start over"
+        ))
+    })
+}
+
+/// One page of pipe `name`'s history, read by `read` off the async threads
+/// (reading the log blocks); NOT_FOUND unless a pipe so named ever existed.
+async fn read_history<T: Send + 'static>(
+    core: &Core,
+    name: &str,
+    read: impl FnOnce(&EventLog, &str) -> Result<T, LogError> + Send + 'static,
+) -> Result<T, Status> {
+    history_exists(core, name)?;
+    let log = Arc::clone(core.log());
+    let name = name.to_owned();
+    let page = tokio::task::spawn_blocking(move || read(&log, &name))
+        .await
+        .map_err(|e| Status::internal(format!("reading the history failed: {e}")))?;
+    Ok(page?)
 }
 
 /// NOT_FOUND unless the name has a stream (a pipe so named ever existed).

@@ -4,9 +4,10 @@
 
 use clap::{Args, ValueEnum};
 use serde_json::Value;
+use tonic::Status;
 
 use super::format::{
-    format_bytes, format_count, format_duration_ms, format_lsn, format_timestamp, render_table,
+    format_bytes, format_count, format_duration_ms, format_lsn, format_timestamp, table_of,
 };
 use super::json::{event_json, load_summary_json, throughput_point_json};
 use super::{CliError, Client, Out};
@@ -124,36 +125,63 @@ pub(crate) async fn history(
     args: HistoryArgs,
     out: &mut Out,
 ) -> Result<(), CliError> {
-    let mut events = Vec::new();
+    let events = all_pages(|page_token| {
+        let request = GetPipeHistoryRequest {
+            name: args.name.clone(),
+            kind: HistoryKind::from(args.kind) as i32,
+            page_size: PAGE,
+            page_token,
+        };
+        let mut client = client.clone();
+        async move {
+            let page = client.get_pipe_history(request).await?.into_inner();
+            Ok((page.events, page.next_page_token))
+        }
+    })
+    .await?;
+    let events = tail(events, args.limit);
+    let empty = format!("no {} history for {}", kind_word(args.kind), args.name);
+    print_list(out, args.json, &events, event_json, &empty, |e| {
+        history_table(args.kind, e)
+    })
+}
+
+/// Every page of a paged RPC, in order: `fetch` is given the page token
+/// (empty: the first page) and answers the page's items and the next token
+/// (empty: that was the last page). Callers hand each page's future a clone
+/// of the client (the same channel), so that the future owns what it uses.
+async fn all_pages<T, F: Future<Output = Result<(Vec<T>, String), Status>>>(
+    mut fetch: impl FnMut(String) -> F,
+) -> Result<Vec<T>, CliError> {
+    let mut items = Vec::new();
     let mut token = String::new();
     loop {
-        let page = client
-            .get_pipe_history(GetPipeHistoryRequest {
-                name: args.name.clone(),
-                kind: HistoryKind::from(args.kind) as i32,
-                page_size: PAGE,
-                page_token: token,
-            })
-            .await?
-            .into_inner();
-        events.extend(page.events);
-        if page.next_page_token.is_empty() {
-            break;
+        let (page, next) = fetch(token).await?;
+        items.extend(page);
+        if next.is_empty() {
+            return Ok(items);
         }
-        token = page.next_page_token;
+        token = next;
     }
-    let events = tail(events, args.limit);
-    if args.json {
-        return out.json_pretty(&Value::Array(events.iter().map(event_json).collect()));
+}
+
+/// `items` as a JSON array, the `empty` line when there are none, or the
+/// table `table` draws.
+fn print_list<T>(
+    out: &mut Out,
+    json: bool,
+    items: &[T],
+    to_json: fn(&T) -> Value,
+    empty: &str,
+    table: impl FnOnce(&[T]) -> String,
+) -> Result<(), CliError> {
+    if json {
+        return out.json_pretty(&Value::Array(items.iter().map(to_json).collect()));
     }
-    if events.is_empty() {
-        return out.line(&format!(
-            "no {} history for {}",
-            kind_word(args.kind),
-            args.name
-        ));
+    if items.is_empty() {
+        return out.line(empty);
     }
-    out.block(&history_table(args.kind, &events))
+    out.block(&table(items))
 }
 
 fn kind_word(k: Kind) -> &'static str {
@@ -191,98 +219,83 @@ fn counts_cell(c: &CdcProgress) -> String {
 /// The table view of `events` for `kind`.
 pub(crate) fn history_table(kind: Kind, events: &[Event]) -> String {
     match kind {
-        Kind::All | Kind::Schema => {
-            let rows: Vec<Vec<String>> = events
-                .iter()
-                .map(|e| {
-                    vec![
-                        time_cell(e),
-                        super::json::event_kind(e).to_owned(),
-                        super::format::event_text(e),
-                    ]
-                })
-                .collect();
-            render_table(&["TIME", "EVENT", "DETAILS"], &rows)
-        }
-        Kind::Errors => {
-            let rows: Vec<Vec<String>> = events
-                .iter()
-                .map(|e| match &e.payload {
-                    Some(Payload::PipeFailed(f)) => vec![
-                        time_cell(e),
-                        if f.step.is_empty() { "-" } else { &f.step }.to_owned(),
-                        if f.retrying { "yes" } else { "no" }.to_owned(),
-                        f.reason.clone(),
-                    ],
-                    _ => vec![
-                        time_cell(e),
-                        "-".into(),
-                        "-".into(),
-                        super::format::event_text(e),
-                    ],
-                })
-                .collect();
-            render_table(&["TIME", "STEP", "RETRYING", "REASON"], &rows)
-        }
-        Kind::Cdc => {
-            let rows: Vec<Vec<String>> = events
-                .iter()
-                .map(|e| match &e.payload {
-                    Some(Payload::CdcProgress(c)) => vec![
-                        time_cell(e),
-                        if c.start_lsn.is_empty() {
-                            format_lsn(&c.lsn).to_owned()
-                        } else {
-                            format!("{}..{}", c.start_lsn, format_lsn(&c.lsn))
-                        },
-                        format_count(c.rows),
-                        c.transactions.to_string(),
-                        format_duration_ms(c.duration_ms),
-                        format_bytes(c.lag_bytes),
-                        counts_cell(c),
-                    ],
-                    _ => vec![
-                        time_cell(e),
-                        super::format::event_text(e),
-                        "-".into(),
-                        "-".into(),
-                        "-".into(),
-                        "-".into(),
-                        "-".into(),
-                    ],
-                })
-                .collect();
-            render_table(
-                &["TIME", "LSN", "ROWS", "TX", "DURATION", "LAG", "TABLES"],
-                &rows,
-            )
-        }
-        Kind::Snapshot => {
-            let rows: Vec<Vec<String>> = events
-                .iter()
-                .map(|e| {
-                    let (table, parts, rows) = match &e.payload {
-                        Some(Payload::SnapshotProgress(p)) => (
-                            p.source_table.clone(),
-                            format!("{}/{}", p.partitions_done, p.partitions_total),
-                            format_count(p.rows_copied),
-                        ),
-                        Some(Payload::SnapshotTableCompleted(p)) => {
-                            (p.source_table.clone(), "-".into(), format_count(p.rows))
-                        }
-                        _ => ("-".into(), "-".into(), "-".into()),
-                    };
-                    vec![
-                        time_cell(e),
-                        super::json::event_kind(e).to_owned(),
-                        table,
-                        parts,
-                        rows,
-                    ]
-                })
-                .collect();
-            render_table(&["TIME", "EVENT", "TABLE", "PARTITIONS", "ROWS"], &rows)
-        }
+        Kind::All | Kind::Schema => table_of(&["TIME", "EVENT", "DETAILS"], events, |e| {
+            vec![
+                time_cell(e),
+                super::json::event_kind(e).to_owned(),
+                super::format::event_text(e),
+            ]
+        }),
+        Kind::Errors => table_of(
+            &["TIME", "STEP", "RETRYING", "REASON"],
+            events,
+            |e| match &e.payload {
+                Some(Payload::PipeFailed(f)) => vec![
+                    time_cell(e),
+                    if f.step.is_empty() { "-" } else { &f.step }.to_owned(),
+                    if f.retrying { "yes" } else { "no" }.to_owned(),
+                    f.reason.clone(),
+                ],
+                _ => vec![
+                    time_cell(e),
+                    "-".into(),
+                    "-".into(),
+                    super::format::event_text(e),
+                ],
+            },
+        ),
+        Kind::Cdc => table_of(
+            &["TIME", "LSN", "ROWS", "TX", "DURATION", "LAG", "TABLES"],
+            events,
+            |e| match &e.payload {
+                Some(Payload::CdcProgress(c)) => vec![
+                    time_cell(e),
+                    if c.start_lsn.is_empty() {
+                        format_lsn(&c.lsn).to_owned()
+                    } else {
+                        format!("{}..{}", c.start_lsn, format_lsn(&c.lsn))
+                    },
+                    format_count(c.rows),
+                    c.transactions.to_string(),
+                    format_duration_ms(c.duration_ms),
+                    format_bytes(c.lag_bytes),
+                    counts_cell(c),
+                ],
+                _ => vec![
+                    time_cell(e),
+                    super::format::event_text(e),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                ],
+            },
+        ),
+        Kind::Snapshot => table_of(
+            &["TIME", "EVENT", "TABLE", "PARTITIONS", "ROWS"],
+            events,
+            |e| {
+                let (table, parts, rows) = match &e.payload {
+                    Some(Payload::SnapshotProgress(p)) => (
+                        p.source_table.clone(),
+                        format!("{}/{}", p.partitions_done, p.partitions_total),
+                        format_count(p.rows_copied),
+                    ),
+                    Some(Payload::SnapshotTableCompleted(p)) => {
+                        (p.source_table.clone(), "-".into(), format_count(p.rows))
+                    }
+                    _ => ("-".into(), "-".into(), "-".into()),
+                };
+                vec![
+                    time_cell(e),
+                    super::json::event_kind(e).to_owned(),
+                    table,
+                    parts,
+                    rows,
+                ]
+            },
+        ),
     }
 }
 
@@ -291,41 +304,40 @@ pub(crate) async fn throughput(
     args: ThroughputArgs,
     out: &mut Out,
 ) -> Result<(), CliError> {
-    let mut points = Vec::new();
-    let mut token = String::new();
-    loop {
-        let page = client
-            .get_pipe_throughput(GetPipeThroughputRequest {
-                name: args.name.clone(),
-                bucket_seconds: args.bucket,
-                page_size: PAGE,
-                page_token: token,
-            })
-            .await?
-            .into_inner();
-        points.extend(page.points);
-        if page.next_page_token.is_empty() {
-            break;
+    let points = all_pages(|page_token| {
+        let request = GetPipeThroughputRequest {
+            name: args.name.clone(),
+            bucket_seconds: args.bucket,
+            page_size: PAGE,
+            page_token,
+        };
+        let mut client = client.clone();
+        async move {
+            let page = client.get_pipe_throughput(request).await?.into_inner();
+            Ok((page.points, page.next_page_token))
         }
-        token = page.next_page_token;
-    }
+    })
+    .await?;
     let points = tail(points, args.limit);
-    if args.json {
-        return out.json_pretty(&Value::Array(
-            points.iter().map(throughput_point_json).collect(),
-        ));
-    }
-    if points.is_empty() {
-        return out.line(&format!("no cdc history for {}", args.name));
-    }
-    out.block(&throughput_table(&points))
+    let empty = format!("no cdc history for {}", args.name);
+    print_list(
+        out,
+        args.json,
+        &points,
+        throughput_point_json,
+        &empty,
+        throughput_table,
+    )
 }
 
 /// One row per bucket: changes by kind, batches, lag.
 pub(crate) fn throughput_table(points: &[ThroughputPoint]) -> String {
-    let rows: Vec<Vec<String>> = points
-        .iter()
-        .map(|p| {
+    table_of(
+        &[
+            "START", "ROWS", "INSERTED", "UPDATED", "DELETED", "BATCHES", "LAG", "MAX LAG", "LSN",
+        ],
+        points,
+        |p| {
             vec![
                 p.start
                     .as_ref()
@@ -339,13 +351,7 @@ pub(crate) fn throughput_table(points: &[ThroughputPoint]) -> String {
                 format_bytes(p.max_lag_bytes),
                 format_lsn(&p.lsn).to_owned(),
             ]
-        })
-        .collect();
-    render_table(
-        &[
-            "START", "ROWS", "INSERTED", "UPDATED", "DELETED", "BATCHES", "LAG", "MAX LAG", "LSN",
-        ],
-        &rows,
+        },
     )
 }
 
@@ -354,39 +360,45 @@ pub(crate) async fn load_summary(
     args: LoadSummaryArgs,
     out: &mut Out,
 ) -> Result<(), CliError> {
-    let mut tables = Vec::new();
-    let mut token = String::new();
-    loop {
-        let page = client
-            .get_load_summary(GetLoadSummaryRequest {
-                name: args.name.clone(),
-                page_size: PAGE,
-                page_token: token,
-            })
-            .await?
-            .into_inner();
-        tables.extend(page.tables);
-        if page.next_page_token.is_empty() {
-            break;
+    let tables = all_pages(|page_token| {
+        let request = GetLoadSummaryRequest {
+            name: args.name.clone(),
+            page_size: PAGE,
+            page_token,
+        };
+        let mut client = client.clone();
+        async move {
+            let page = client.get_load_summary(request).await?.into_inner();
+            Ok((page.tables, page.next_page_token))
         }
-        token = page.next_page_token;
-    }
-    if args.json {
-        return out.json_pretty(&Value::Array(
-            tables.iter().map(load_summary_json).collect(),
-        ));
-    }
-    if tables.is_empty() {
-        return out.line(&format!("no initial load recorded for {}", args.name));
-    }
-    out.block(&load_summary_table(&tables))
+    })
+    .await?;
+    let empty = format!("no initial load recorded for {}", args.name);
+    print_list(
+        out,
+        args.json,
+        &tables,
+        load_summary_json,
+        &empty,
+        load_summary_table,
+    )
 }
 
 /// One row per incarnation and table.
 pub(crate) fn load_summary_table(tables: &[TableLoadSummary]) -> String {
-    let rows: Vec<Vec<String>> = tables
-        .iter()
-        .map(|t| {
+    table_of(
+        &[
+            "PIPE ID",
+            "TABLE",
+            "PARTITIONS",
+            "ROWS",
+            "AVG PARTITION",
+            "STARTED",
+            "DURATION",
+            "STATUS",
+        ],
+        tables,
+        |t| {
             vec![
                 t.pipe_id.clone(),
                 t.source_table.clone(),
@@ -399,20 +411,7 @@ pub(crate) fn load_summary_table(tables: &[TableLoadSummary]) -> String {
                 format_duration_ms(t.duration_ms),
                 if t.done { "done" } else { "loading" }.to_owned(),
             ]
-        })
-        .collect();
-    render_table(
-        &[
-            "PIPE ID",
-            "TABLE",
-            "PARTITIONS",
-            "ROWS",
-            "AVG PARTITION",
-            "STARTED",
-            "DURATION",
-            "STATUS",
-        ],
-        &rows,
+        },
     )
 }
 

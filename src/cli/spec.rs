@@ -365,6 +365,27 @@ pub(crate) fn merge_overrides(
 mod tests {
     use super::*;
 
+    /// `(name, value)` pairs as flags parse them.
+    fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    /// `TABLE=a,b` as flags parse it.
+    fn table_list(table: &str, items: &[&str]) -> (String, Vec<String>) {
+        (table.into(), items.iter().map(|c| c.to_string()).collect())
+    }
+
+    /// A table's configuration with `exclude`d columns.
+    fn table(source: &str, exclude: &[&str]) -> TableConfig {
+        TableConfig {
+            source_table: source.into(),
+            exclude_columns: exclude.iter().map(|c| c.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
     fn spec(s: &str) -> (String, String, Vec<String>) {
         let t = parse_table_spec(s).unwrap();
         (t.source_table, t.destination_table, t.order_by)
@@ -372,12 +393,9 @@ mod tests {
 
     #[test]
     fn resync_column_flags_start_from_the_tables_options_and_replace_what_they_name() {
-        let current = vec![TableConfig {
-            source_table: "public.users".into(),
-            exclude_columns: vec!["password_hash".into()],
-            rename_columns: [("desc".to_string(), "description".to_string())].into(),
-            ..Default::default()
-        }];
+        let mut users = table("public.users", &["password_hash"]);
+        users.rename_columns = pairs(&[("desc", "description")]).into_iter().collect();
+        let current = vec![users];
         // --order-by made an entry already: it gets the table's options.
         let mut overrides = merge_overrides(&[("users".into(), vec!["id".into()])], &[]);
         let exclude = [("users".to_string(), vec!["note".to_string()])];
@@ -393,10 +411,7 @@ mod tests {
         );
         // --reset-columns clears both, then --rename sets new ones.
         let mut overrides = Vec::new();
-        let rename = [(
-            "public.users".to_string(),
-            vec![("id".to_string(), "user_id".to_string())],
-        )];
+        let rename = [("public.users".to_string(), pairs(&[("id", "user_id")]))];
         resync_column_options(
             &current,
             &mut overrides,
@@ -475,10 +490,7 @@ mod tests {
     fn column_options() {
         assert_eq!(
             parse_exclude("public.users=password_hash, token").unwrap(),
-            (
-                "public.users".into(),
-                vec!["password_hash".into(), "token".into()]
-            )
+            table_list("public.users", &["password_hash", "token"])
         );
         assert!(parse_exclude("public.users=").is_err());
         assert_eq!(
@@ -520,9 +532,6 @@ mod tests {
 
     #[test]
     fn type_flags_keep_commas_inside_parentheses() {
-        let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
-            v.iter().map(|(a, b)| ((*a).into(), (*b).into())).collect()
-        };
         assert_eq!(
             parse_type("public.t=price:Decimal(20, 4),born:String, d:Int32").unwrap(),
             (
@@ -555,17 +564,11 @@ mod tests {
 
     #[test]
     fn resync_type_flag_replaces_the_tables_column_types() {
-        let current = vec![TableConfig {
-            source_table: "public.t".into(),
-            exclude_columns: vec!["secret".into()],
-            column_types: [("born".to_string(), "String".to_string())].into(),
-            ..Default::default()
-        }];
+        let mut t = table("public.t", &["secret"]);
+        t.column_types = pairs(&[("born", "String")]).into_iter().collect();
+        let current = vec![t];
         let mut overrides = Vec::new();
-        let types = [(
-            "t".to_string(),
-            vec![("born".to_string(), "Int32".to_string())],
-        )];
+        let types = [("t".to_string(), pairs(&[("born", "Int32")]))];
         assert!(resync_column_options(&current, &mut overrides, &[], &[], &types, &[]).unwrap());
         assert_eq!(overrides[0].column_types["born"], "Int32");
         assert_eq!(overrides[0].exclude_columns, ["secret"], "exclusions kept");
@@ -579,10 +582,7 @@ mod tests {
     fn overrides() {
         assert_eq!(
             parse_order_by_override("public.orders=id,created_at").unwrap(),
-            (
-                "public.orders".into(),
-                vec!["id".into(), "created_at".into()]
-            )
+            table_list("public.orders", &["id", "created_at"])
         );
         assert_eq!(
             parse_order_by_override(r#""a=b".t="x=y""#).unwrap(),

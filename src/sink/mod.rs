@@ -31,6 +31,7 @@ use clickhouse::Client;
 use serde::Deserialize;
 
 pub(crate) use apply::{ApplyTo, Change, RowLookup};
+pub use codec::civil_from_days;
 pub use ddl::CreateMode;
 pub use error::SinkError;
 pub use ident::quote_ident;

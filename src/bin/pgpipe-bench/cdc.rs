@@ -2,6 +2,7 @@
 //! against the raw decode limit.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Args;
@@ -9,6 +10,7 @@ use pgpipe::proto::pipe_service_client::PipeServiceClient;
 use pgpipe::proto::{
     CreatePipeRequest, DestinationConfig, PipeSettings, SourceConfig, TableConfig,
 };
+use tokio::task::JoinHandle;
 
 use crate::machine::{Footprint, rss_mb};
 use crate::peers::{CpuSplit, Peers, ch_client, ch_exec, dev_env, pg_connect, settle, unique_name};
@@ -91,7 +93,6 @@ async fn cdc_writer(
     seed: u64,
     stop: Arc<std::sync::atomic::AtomicBool>,
 ) -> Res<u64> {
-    use std::sync::atomic::Ordering;
     let pg = pg_connect(&pg_url).await?;
     let mut rng = seed | 1;
     let mut next = move || {
@@ -189,6 +190,38 @@ struct Setup<'a> {
     peers: &'a Peers,
 }
 
+/// Starts `n` writers of `rate` rows/s each (0: as fast as they can), the
+/// `w`-th seeded with `seed + w`, until `stop` is set.
+fn spawn_writers(
+    setup: Setup<'_>,
+    n: usize,
+    rate: f64,
+    seed: u64,
+    stop: &Arc<AtomicBool>,
+) -> Vec<JoinHandle<Res<u64>>> {
+    (0..n)
+        .map(|w| {
+            tokio::spawn(cdc_writer(
+                setup.pg_url.to_string(),
+                setup.schema.to_string(),
+                rate,
+                seed + w as u64,
+                Arc::clone(stop),
+            ))
+        })
+        .collect()
+}
+
+/// Stops the writers and sums the rows they changed.
+async fn stop_writers(stop: &AtomicBool, writers: Vec<JoinHandle<Res<u64>>>) -> Res<u64> {
+    stop.store(true, Ordering::Relaxed);
+    let mut changed = 0;
+    for w in writers {
+        changed += w.await??;
+    }
+    Ok(changed)
+}
+
 async fn cdc_rate(
     setup: Setup<'_>,
     slot: &str,
@@ -203,21 +236,17 @@ async fn cdc_rate(
         db,
         peers,
     } = setup;
-    use std::sync::atomic::{AtomicBool, Ordering};
     let pg = pg_connect(pg_url).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let fp = Footprint::start(peers);
     let start = Instant::now();
-    let mut writers = Vec::new();
-    for w in 0..args.writers {
-        writers.push(tokio::spawn(cdc_writer(
-            pg_url.to_string(),
-            schema.to_string(),
-            rate as f64 / args.writers as f64,
-            (rate + 1) * 1000 + w as u64,
-            Arc::clone(&stop),
-        )));
-    }
+    let mut writers = spawn_writers(
+        setup,
+        args.writers,
+        rate as f64 / args.writers as f64,
+        (rate + 1) * 1000,
+        &stop,
+    );
     let prober = tokio::spawn(cdc_prober(
         pg_url.to_string(),
         schema.to_string(),
@@ -244,10 +273,7 @@ async fn cdc_rate(
             last_lag = now;
         }
         if done_writing.is_none() && start.elapsed().as_secs_f64() >= secs {
-            stop.store(true, Ordering::Relaxed);
-            for w in writers.drain(..) {
-                changed += w.await??;
-            }
+            changed += stop_writers(&stop, std::mem::take(&mut writers)).await?;
             // A probe committed after every write: when it is visible,
             // everything before it is.
             let last = insert_probe(&pg, schema).await?;
@@ -291,10 +317,22 @@ async fn cdc_rate(
     })
 }
 
+/// A pgoutput slot of its own, created before the changes to decode raw.
+async fn create_raw_slot(pg: &tokio_postgres::Client, slot: &str) -> Res<()> {
+    pg.execute(
+        "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+        &[&slot],
+    )
+    .await?;
+    Ok(())
+}
+
 /// The decode limit: the same changes read raw from a slot of its own with
-/// `pg_logical_slot_get_binary_changes` (pgoutput), in changes per second.
-async fn raw_decode(pg: &tokio_postgres::Client, slot: &str, publication: &str) -> Res<(f64, u64)> {
+/// `pg_logical_slot_get_binary_changes` (pgoutput) through the schema's
+/// `_raw` publication, as (seconds, messages); the slot is dropped after.
+async fn raw_decode(pg: &tokio_postgres::Client, slot: &str, schema: &str) -> Res<(f64, u64)> {
     let start = Instant::now();
+    let publication = format!("{schema}_raw");
     let msgs: i64 = pg
         .query_one(
             "SELECT count(*) FROM pg_logical_slot_get_binary_changes($1, NULL, NULL,
@@ -303,7 +341,10 @@ async fn raw_decode(pg: &tokio_postgres::Client, slot: &str, publication: &str) 
         )
         .await?
         .get(0);
-    Ok((start.elapsed().as_secs_f64(), msgs as u64))
+    let secs = start.elapsed().as_secs_f64();
+    pg.execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+        .await?;
+    Ok((secs, msgs as u64))
 }
 
 /// pgpipe's CDC apply limit: a backlog written while the pipe is paused
@@ -319,14 +360,13 @@ async fn cdc_backlog(
     secs: f64,
 ) -> Res<(u64, f64, f64, u64, CpuSplit, f64)> {
     let Setup {
-        pg_url,
         ch,
         schema,
         db,
         peers,
+        ..
     } = setup;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    let pg = pg_connect(pg_url).await?;
+    let pg = pg_connect(setup.pg_url).await?;
     toggle(c, name, true).await?;
     loop {
         let p = get_pipe(c, name).await?;
@@ -336,29 +376,11 @@ async fn cdc_backlog(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let raw_slot = format!("{schema}_raw");
-    pg.execute(
-        "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
-        &[&raw_slot],
-    )
-    .await?;
+    create_raw_slot(&pg, &raw_slot).await?;
     let stop = Arc::new(AtomicBool::new(false));
-    let tasks: Vec<_> = (0..writers)
-        .map(|w| {
-            tokio::spawn(cdc_writer(
-                pg_url.to_string(),
-                schema.to_string(),
-                0.0,
-                7_000 + w as u64,
-                Arc::clone(&stop),
-            ))
-        })
-        .collect();
+    let tasks = spawn_writers(setup, writers, 0.0, 7_000, &stop);
     tokio::time::sleep(Duration::from_secs_f64(secs)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut changed = 0;
-    for t in tasks {
-        changed += t.await??;
-    }
+    let changed = stop_writers(&stop, tasks).await?;
     let last = insert_probe(&pg, schema).await?;
     settle(ch).await?;
     let fp = Footprint::start(peers);
@@ -376,9 +398,7 @@ async fn cdc_backlog(
     .await?;
     let drain = start.elapsed().as_secs_f64();
     let (cpu, peak) = fp.end();
-    let (raw_secs, msgs) = raw_decode(&pg, &raw_slot, &format!("{schema}_raw")).await?;
-    pg.execute("SELECT pg_drop_replication_slot($1)", &[&raw_slot])
-        .await?;
+    let (raw_secs, msgs) = raw_decode(&pg, &raw_slot, schema).await?;
     Ok((changed, drain, raw_secs, msgs, cpu, peak))
 }
 
@@ -407,11 +427,7 @@ async fn cdc_big_tx(
 ) -> Res<BigTx> {
     let pg = pg_connect(pg_url).await?;
     let raw_slot = format!("{schema}_big");
-    pg.execute(
-        "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
-        &[&raw_slot],
-    )
-    .await?;
+    create_raw_slot(&pg, &raw_slot).await?;
     settle(ch).await?;
     let fp = Footprint::start(peers);
     let t0 = Instant::now();
@@ -434,9 +450,7 @@ async fn cdc_big_tx(
     .await?;
     let visible_secs = committed.elapsed().as_secs_f64();
     let (cpu, peak_mb) = fp.end();
-    let (raw_secs, _) = raw_decode(&pg, &raw_slot, &format!("{schema}_raw")).await?;
-    pg.execute("SELECT pg_drop_replication_slot($1)", &[&raw_slot])
-        .await?;
+    let (raw_secs, _) = raw_decode(&pg, &raw_slot, schema).await?;
     Ok(BigTx {
         rows,
         commit_secs,

@@ -338,6 +338,15 @@ async fn like_pgpipe(ch: &clickhouse::Client, src_db: &str, db: &str, table: &st
     .await
 }
 
+/// A fresh database (named after `prefix`) for a baseline, with a table `t`
+/// like the first pgpipe load's, once ClickHouse has settled.
+async fn like_first_load(ch: &clickhouse::Client, src_db: &str, prefix: &str) -> Res<String> {
+    let db = unique_name(prefix);
+    like_pgpipe(ch, src_db, &db, "t").await?;
+    settle(ch).await?;
+    Ok(db)
+}
+
 /// (b) POST a prepared RowBinary file to ClickHouse.
 async fn post_rowbinary(ch_url: &str, file: &Path, db: &str, rows: u64) -> Res<Load> {
     let data = prost::bytes::Bytes::from(std::fs::read(file)?);
@@ -471,9 +480,10 @@ pub(crate) async fn initial_load(args: IlArgs) -> Res<()> {
 
     let peers = Peers::find(&pg, &ch_url).await;
     let mut feet: Vec<(String, CpuSplit, f64, f64)> = Vec::new();
-    // A baseline's CPU split (no RSS: pgpipe is not running).
-    let base_cpu = |feet: &mut Vec<_>, name: &str, c0: CpuSplit, l: &Load| {
+    // A baseline's CPU split (no RSS: pgpipe is not running), and its time.
+    let base_done = |feet: &mut Vec<_>, name: &str, c0: CpuSplit, l: &Load| {
         feet.push((name.to_string(), peers.now() - c0, f64::NAN, l.secs));
+        progress(format!("{name}: {:.2} s", l.secs));
     };
 
     // (a) warm once (untimed), then measure.
@@ -481,8 +491,7 @@ pub(crate) async fn initial_load(args: IlArgs) -> Res<()> {
     settle(&ch).await?;
     let c0 = peers.now();
     let (a, copy_bytes) = copy_out_binary(&pg_url, &schema).await?;
-    base_cpu(&mut feet, "(a) COPY binary", c0, &a);
-    progress(format!("(a) COPY binary: {:.2} s", a.secs));
+    base_done(&mut feet, "(a) COPY binary", c0, &a);
 
     let mut runs: Vec<(u32, Load)> = Vec::new();
     let mut load_steps: Vec<Vec<(&'static str, f64)>> = Vec::new();
@@ -547,29 +556,20 @@ pub(crate) async fn initial_load(args: IlArgs) -> Res<()> {
         std::io::Write::flush(&mut f)?;
     }
     let rb_bytes = std::fs::metadata(&file)?.len();
-    let db_b = unique_name("bench_il_b");
-    like_pgpipe(&ch, &dbs[0], &db_b, "t").await?;
-    settle(&ch).await?;
+    let db_b = like_first_load(&ch, &dbs[0], "bench_il_b").await?;
     let c0 = peers.now();
     let b = post_rowbinary(&ch_url, &file, &db_b, rows).await?;
-    base_cpu(&mut feet, "(b) RowBinary POST", c0, &b);
-    progress(format!("(b) RowBinary POST: {:.2} s", b.secs));
+    base_done(&mut feet, "(b) RowBinary POST", c0, &b);
 
-    let db_c = unique_name("bench_il_c");
-    like_pgpipe(&ch, &dbs[0], &db_c, "t").await?;
-    settle(&ch).await?;
+    let db_c = like_first_load(&ch, &dbs[0], "bench_il_c").await?;
     let c0 = peers.now();
     let c = psql_curl(&pg_url, &ch_url, &schema, &db_c, rows).await?;
-    base_cpu(&mut feet, "(c) psql | curl", c0, &c);
-    progress(format!("(c) psql | curl: {:.2} s", c.secs));
+    base_done(&mut feet, "(c) psql | curl", c0, &c);
 
-    let db_d = unique_name("bench_il_d");
-    like_pgpipe(&ch, &dbs[0], &db_d, "t").await?;
-    settle(&ch).await?;
+    let db_d = like_first_load(&ch, &dbs[0], "bench_il_d").await?;
     let c0 = peers.now();
     let d = ch_pull(&pg_url, &ch_url, &schema, &db_d, rows).await?;
-    base_cpu(&mut feet, "(d) postgresql()", c0, &d);
-    progress(format!("(d) postgresql(): {:.2} s", d.secs));
+    base_done(&mut feet, "(d) postgresql()", c0, &d);
 
     // Table.
     let ab = a.secs.max(b.secs);

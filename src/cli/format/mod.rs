@@ -16,7 +16,7 @@ mod table;
 
 pub(crate) use event::event_text;
 pub(crate) use pipe::{pipe_summary, status_line};
-pub(crate) use table::{pipes_table, problem_kind_label, problems_table, render_table};
+pub(crate) use table::{pipes_table, problem_kind_label, problems_table, render_table, table_of};
 
 /// Lower-case status name for humans ("running"), or `unknown(N)` for a value
 /// this client does not know (a newer server).
@@ -102,21 +102,6 @@ pub(crate) fn format_lsn(lsn: &str) -> &str {
     if lsn.is_empty() { "-" } else { lsn }
 }
 
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian calendar
-/// (Howard Hinnant's `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097); // [0, 146096]
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365]
-    let mp = (5 * doy + 2) / 153; // [0, 11]
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
 /// Splits a timestamp into (seconds since epoch, nanos in [0, 1e9)).
 fn normalized(ts: &Timestamp) -> (i64, u32) {
     let extra = i64::from(ts.nanos.div_euclid(1_000_000_000));
@@ -128,7 +113,7 @@ fn normalized(ts: &Timestamp) -> (i64, u32) {
 /// of them, as in the protobuf JSON mapping); without, they are dropped.
 pub(crate) fn format_timestamp(ts: &Timestamp, fraction: bool) -> String {
     let (secs, nanos) = normalized(ts);
-    let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
+    let (year, month, day) = crate::sink::civil_from_days(secs.div_euclid(86_400));
     let sod = secs.rem_euclid(86_400);
     let mut out = format!(
         "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",

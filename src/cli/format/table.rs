@@ -36,11 +36,24 @@ pub(crate) fn render_table(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// A table with a row per item: `row` makes an item's cells.
+pub(crate) fn table_of<T>(
+    headers: &[&str],
+    items: &[T],
+    row: impl Fn(&T) -> Vec<String>,
+) -> String {
+    let rows: Vec<Vec<String>> = items.iter().map(row).collect();
+    render_table(headers, &rows)
+}
+
 /// `pgpipe list`: one row per pipe.
 pub(crate) fn pipes_table(pipes: &[Pipe]) -> String {
-    let rows: Vec<Vec<String>> = pipes
-        .iter()
-        .map(|p| {
+    table_of(
+        &[
+            "NAME", "STATUS", "TABLES", "LAST LSN", "LAG", "UPDATED", "ID", "LABELS",
+        ],
+        pipes,
+        |p| {
             let mut status = status_label(p.status);
             if p.resyncing {
                 status.push_str(" (resyncing)");
@@ -55,13 +68,7 @@ pub(crate) fn pipes_table(pipes: &[Pipe]) -> String {
                 p.id.clone(),
                 labels_text(&p.labels),
             ]
-        })
-        .collect();
-    render_table(
-        &[
-            "NAME", "STATUS", "TABLES", "LAST LSN", "LAG", "UPDATED", "ID", "LABELS",
-        ],
-        &rows,
+        },
     )
 }
 
@@ -82,15 +89,11 @@ pub(crate) fn problems_table(problems: &[crate::proto::Problem]) -> String {
             s.to_owned()
         }
     };
-    let rows: Vec<Vec<String>> = problems
-        .iter()
-        .map(|p| {
-            let mut kind = problem_kind_label(p.kind);
-            if p.warning {
-                kind.push_str(" (warning)");
-            }
-            vec![kind, dash(&p.table), dash(&p.column), p.message.clone()]
-        })
-        .collect();
-    render_table(&["KIND", "TABLE", "COLUMN", "WHAT TO DO"], &rows)
+    table_of(&["KIND", "TABLE", "COLUMN", "WHAT TO DO"], problems, |p| {
+        let mut kind = problem_kind_label(p.kind);
+        if p.warning {
+            kind.push_str(" (warning)");
+        }
+        vec![kind, dash(&p.table), dash(&p.column), p.message.clone()]
+    })
 }

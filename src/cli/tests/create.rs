@@ -24,6 +24,13 @@ fn create_args(name: &str, source: &str, table: &str, rest: &[&str]) -> CreateAr
     *a
 }
 
+/// The request of `create NAME --table TABLE` with `flags`, no environment
+/// and nothing on stdin.
+fn flags_request(table: &str, flags: &[&str]) -> CreatePipeRequest {
+    let a = create_args("p", "host=db", table, flags);
+    build_create_request(&a, &|_: &str| None, &mut Cursor::new("")).unwrap()
+}
+
 #[test]
 fn create_request_from_options_env_stdin_and_file() {
     let env = |var: &str| match var {
@@ -91,9 +98,7 @@ fn create_request_from_options_env_stdin_and_file() {
 #[test]
 fn create_takes_column_options_for_listed_tables() {
     let env = |_: &str| None;
-    let a = create_args(
-        "users",
-        "host=db",
+    let req = flags_request(
         "public.users",
         &[
             "--exclude",
@@ -102,7 +107,6 @@ fn create_takes_column_options_for_listed_tables() {
             "users=desc:description,note:remark",
         ],
     );
-    let req = build_create_request(&a, &env, &mut Cursor::new("")).unwrap();
     let t = &req.tables[0];
     assert_eq!(t.exclude_columns, ["password_hash"]);
     assert_eq!(t.rename_columns["desc"], "description");
@@ -127,10 +131,7 @@ fn create_takes_column_options_for_listed_tables() {
 
 #[test]
 fn create_and_resync_take_column_types() {
-    let env = |_: &str| None;
-    let a = create_args(
-        "people",
-        "host=db",
+    let req = flags_request(
         "public.people",
         &[
             "--type",
@@ -139,7 +140,6 @@ fn create_and_resync_take_column_types() {
             "people=doc:JSON",
         ],
     );
-    let req = build_create_request(&a, &env, &mut Cursor::new("")).unwrap();
     let types = &req.tables[0].column_types;
     assert_eq!(types["score"], "Decimal(20, 4)");
     assert_eq!(types["born"], "Int32");

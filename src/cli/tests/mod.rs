@@ -70,6 +70,13 @@ struct MockState {
 struct Mock(Arc<Mutex<MockState>>);
 
 impl Mock {
+    /// A mock whose (first) WatchPipe stream plays `script`.
+    fn watching(script: Vec<Result<WatchPipeResponse, Status>>) -> Self {
+        let mock = Mock::default();
+        mock.state().watch_scripts.push_back(script);
+        mock
+    }
+
     fn state(&self) -> std::sync::MutexGuard<'_, MockState> {
         self.0.lock().unwrap()
     }

@@ -79,8 +79,7 @@ async fn resync_wait_resumes_after_the_cursor_and_reconnects() {
 
 #[tokio::test]
 async fn watch_until_running_exits_1_on_final_failure() {
-    let mock = Mock::default();
-    mock.state().watch_scripts.push_back(vec![
+    let mock = Mock::watching(vec![
         Ok(state_msg("p1", PipeStatus::Running, 5)),
         Ok(event_msg(
             6,
@@ -123,8 +122,7 @@ async fn watch_until_running_exits_1_on_final_failure() {
 
 #[tokio::test]
 async fn watch_ends_0_when_the_pipe_is_deleted() {
-    let mock = Mock::default();
-    mock.state().watch_scripts.push_back(vec![
+    let mock = Mock::watching(vec![
         Ok(state_msg("p1", PipeStatus::Running, 5)),
         Ok(deleted_msg(6, "p1", DeleteReason::User)),
     ]);
@@ -138,8 +136,7 @@ async fn watch_ends_0_when_the_pipe_is_deleted() {
 
 #[tokio::test]
 async fn watch_follows_a_resync_across_incarnations() {
-    let mock = Mock::default();
-    mock.state().watch_scripts.push_back(vec![
+    let mock = Mock::watching(vec![
         Ok(state_msg("p1", PipeStatus::Running, 5)),
         Ok(deleted_msg(6, "p1", DeleteReason::Resync)),
         Ok(event_msg(

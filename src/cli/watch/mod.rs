@@ -10,13 +10,14 @@ use std::time::Duration;
 
 use clap::Args;
 use serde_json::Value;
-use tonic::{Code, Status};
+use tonic::{Code, Status, Streaming};
 
 use super::format::{event_text, format_time_of_day, format_timestamp};
 use super::json::{watch_events_json, watch_message_json};
 use super::{CliError, Client, EXIT_PIPE_FAILED, Out, parse_label};
 use crate::proto::{
-    Pipe, WatchEventsRequest, WatchPipeRequest, WatchPipeResponse, watch_events_response::Item,
+    Pipe, WatchEventsRequest, WatchEventsResponse, WatchPipeRequest, WatchPipeResponse,
+    watch_events_response::Item,
 };
 
 pub(crate) use tracker::{Tracker, Verdict};
@@ -130,6 +131,211 @@ fn warn(view: &Option<ProgressView>, line: &str) {
     }
 }
 
+/// What one followed stream does with its messages; `follow` owns the
+/// reconnection loop both `watch` and `events` share.
+trait Follow {
+    type Msg;
+    /// Opens the stream, resuming after the last cursor seen.
+    async fn open(&mut self, client: &mut Client) -> Result<Streaming<Self::Msg>, Status>;
+    fn on_message(&mut self, msg: Self::Msg, out: &mut Out) -> Result<Step, CliError>;
+    /// The server ended the stream: the exit code if that is final, `None`
+    /// to resume.
+    fn on_end(&mut self, out: &mut Out) -> Result<Option<ExitCode>, CliError>;
+    /// The cursor to resume after (named in the reconnect message).
+    fn cursor(&self) -> Option<u64>;
+    fn warn(&self, line: &str);
+}
+
+enum Step {
+    /// Nothing new (a duplicate, or a marker): the reconnect budget stays.
+    Idle,
+    /// A new message: the stream works, so the reconnect budget is reset.
+    Progress,
+    Exit(ExitCode),
+}
+
+async fn follow<F: Follow>(
+    client: &mut Client,
+    follower: &mut F,
+    out: &mut Out,
+) -> Result<ExitCode, CliError> {
+    let mut attempt = 0u32;
+    loop {
+        let failure = match follower.open(client).await {
+            Err(status) => status,
+            Ok(mut stream) => loop {
+                match stream.message().await {
+                    Ok(Some(msg)) => match follower.on_message(msg, out)? {
+                        Step::Idle => {}
+                        Step::Progress => attempt = 0,
+                        Step::Exit(code) => return Ok(code),
+                    },
+                    Ok(None) => match follower.on_end(out)? {
+                        Some(code) => return Ok(code),
+                        // Cut short (e.g. a server shutting down): resume.
+                        None => break Status::unavailable("the server ended the stream"),
+                    },
+                    Err(status) => break status,
+                }
+            },
+        };
+        let (delay, message) = plan_reconnect(failure, &mut attempt, follower.cursor())?;
+        follower.warn(&message);
+        tokio::time::sleep(delay).await;
+    }
+}
+
+struct PipeFollower<'a> {
+    name: &'a str,
+    tracker: &'a mut Tracker,
+    opts: &'a WatchOptions,
+    view: &'a mut Option<ProgressView>,
+}
+
+impl Follow for PipeFollower<'_> {
+    type Msg = WatchPipeResponse;
+
+    async fn open(&mut self, client: &mut Client) -> Result<Streaming<Self::Msg>, Status> {
+        let request = WatchPipeRequest {
+            name: self.name.to_owned(),
+            after_cursor: self.tracker.resume_cursor(),
+        };
+        Ok(client.watch_pipe(request).await?.into_inner())
+    }
+
+    fn on_message(&mut self, msg: WatchPipeResponse, out: &mut Out) -> Result<Step, CliError> {
+        let Some(observed) = self.tracker.observe(&msg) else {
+            return Ok(Step::Idle);
+        };
+        let name = self.name;
+        let view = &mut *self.view;
+        if self.opts.json {
+            out.json_line(&watch_message_json(&msg))?;
+        } else {
+            if let (Some(v), Some(pipe)) = (view.as_mut(), msg.pipe.as_ref()) {
+                v.update(pipe);
+            }
+            let prefix = match &msg.event {
+                Some(ev) => format!("{} #{}  ", format_time_of_day(ev.at.as_ref()), ev.seq),
+                None => String::new(),
+            };
+            for line in &observed.lines {
+                emit(view, out, &format!("{prefix}{line}"))?;
+            }
+        }
+        match observed.verdict {
+            Verdict::Continue => Ok(Step::Progress),
+            Verdict::Running => {
+                if !self.opts.json {
+                    emit(view, out, &format!("pipe {name} is running"))?;
+                }
+                Ok(Step::Exit(ExitCode::SUCCESS))
+            }
+            Verdict::Failed { step, reason } => {
+                if let Some(v) = view.as_ref() {
+                    v.finish();
+                }
+                eprintln!(
+                    "error: pipe {name} failed in step {}: {reason}",
+                    if step.is_empty() { "?" } else { &step }
+                );
+                Ok(Step::Exit(ExitCode::from(EXIT_PIPE_FAILED)))
+            }
+        }
+    }
+
+    fn on_end(&mut self, out: &mut Out) -> Result<Option<ExitCode>, CliError> {
+        if !self.tracker.stream_end_is_final() {
+            return Ok(None);
+        }
+        if self.opts.until_running {
+            return Err(CliError::Watch(format!(
+                "the stream of pipe {} ended (pipe deleted) before it reached RUNNING",
+                self.name
+            )));
+        }
+        if !self.opts.json {
+            emit(self.view, out, "stream ended (pipe deleted)")?;
+        }
+        Ok(Some(ExitCode::SUCCESS))
+    }
+
+    fn cursor(&self) -> Option<u64> {
+        self.tracker.resume_cursor()
+    }
+
+    fn warn(&self, line: &str) {
+        warn(self.view, line);
+    }
+}
+
+struct EventsFollower<'a> {
+    last_seq: Option<u64>,
+    pipe: Option<&'a str>,
+    selector: &'a std::collections::BTreeMap<String, String>,
+    json: bool,
+}
+
+impl Follow for EventsFollower<'_> {
+    type Msg = WatchEventsResponse;
+
+    async fn open(&mut self, client: &mut Client) -> Result<Streaming<Self::Msg>, Status> {
+        let request = WatchEventsRequest {
+            after_cursor: self.last_seq,
+            pipe_name: self.pipe.unwrap_or_default().to_owned(),
+            label_selector: self.selector.clone(),
+        };
+        Ok(client.watch_events(request).await?.into_inner())
+    }
+
+    fn on_message(&mut self, msg: WatchEventsResponse, out: &mut Out) -> Result<Step, CliError> {
+        let (step, text) = match &msg.item {
+            Some(Item::Event(ev)) => {
+                if self.last_seq.is_some_and(|last| ev.seq <= last) {
+                    return Ok(Step::Idle);
+                }
+                self.last_seq = Some(ev.seq);
+                let at = ev
+                    .at
+                    .as_ref()
+                    .map_or_else(|| "-".to_owned(), |t| format_timestamp(t, false));
+                let text = format!("{at} #{}  {}  {}", ev.seq, ev.pipe_name, event_text(ev));
+                (Step::Progress, text)
+            }
+            Some(Item::CaughtUp(c)) => {
+                // Everything up to the head was delivered: a
+                // reconnection may resume from there.
+                if self.last_seq.is_none_or(|last| c.cursor > last) {
+                    self.last_seq = Some(c.cursor);
+                }
+                let text = format!("-- caught up at cursor {}; live events follow --", c.cursor);
+                (Step::Idle, text)
+            }
+            None => return Ok(Step::Idle),
+        };
+        if self.json {
+            out.json_line(&watch_events_json(&msg))?;
+        } else {
+            out.line(&text)?;
+        }
+        Ok(step)
+    }
+
+    /// The feed never ends for good: an end is always resumed.
+    fn on_end(&mut self, _out: &mut Out) -> Result<Option<ExitCode>, CliError> {
+        Ok(None)
+    }
+
+    fn cursor(&self) -> Option<u64> {
+        self.last_seq
+    }
+
+    fn warn(&self, line: &str) {
+        eprintln!("{line}");
+    }
+}
+
+/// Follows one pipe's stream; see `follow_pipe`.
 async fn follow_pipe_inner(
     client: &mut Client,
     name: &str,
@@ -138,86 +344,13 @@ async fn follow_pipe_inner(
     out: &mut Out,
     view: &mut Option<ProgressView>,
 ) -> Result<ExitCode, CliError> {
-    let mut attempt = 0u32;
-    loop {
-        let request = WatchPipeRequest {
-            name: name.to_owned(),
-            after_cursor: tracker.resume_cursor(),
-        };
-        let failure = match client.watch_pipe(request).await {
-            Err(status) => status,
-            Ok(response) => {
-                let mut stream = response.into_inner();
-                loop {
-                    match stream.message().await {
-                        Ok(Some(msg)) => {
-                            let Some(observed) = tracker.observe(&msg) else {
-                                continue;
-                            };
-                            attempt = 0;
-                            if opts.json {
-                                out.json_line(&watch_message_json(&msg))?;
-                            } else {
-                                if let (Some(v), Some(pipe)) = (view.as_mut(), msg.pipe.as_ref()) {
-                                    v.update(pipe);
-                                }
-                                let prefix = match &msg.event {
-                                    Some(ev) => {
-                                        format!(
-                                            "{} #{}  ",
-                                            format_time_of_day(ev.at.as_ref()),
-                                            ev.seq
-                                        )
-                                    }
-                                    None => String::new(),
-                                };
-                                for line in &observed.lines {
-                                    emit(view, out, &format!("{prefix}{line}"))?;
-                                }
-                            }
-                            match observed.verdict {
-                                Verdict::Continue => {}
-                                Verdict::Running => {
-                                    if !opts.json {
-                                        emit(view, out, &format!("pipe {name} is running"))?;
-                                    }
-                                    return Ok(ExitCode::SUCCESS);
-                                }
-                                Verdict::Failed { step, reason } => {
-                                    if let Some(v) = view.as_ref() {
-                                        v.finish();
-                                    }
-                                    eprintln!(
-                                        "error: pipe {name} failed in step {}: {reason}",
-                                        if step.is_empty() { "?" } else { &step }
-                                    );
-                                    return Ok(ExitCode::from(EXIT_PIPE_FAILED));
-                                }
-                            }
-                        }
-                        Ok(None) if tracker.stream_end_is_final() => {
-                            if opts.until_running {
-                                return Err(CliError::Watch(format!(
-                                    "the stream of pipe {name} ended (pipe deleted) before it reached RUNNING"
-                                )));
-                            }
-                            if !opts.json {
-                                emit(view, out, "stream ended (pipe deleted)")?;
-                            }
-                            return Ok(ExitCode::SUCCESS);
-                        }
-                        // Cut short (e.g. a server shutting down): resume.
-                        Ok(None) => break Status::unavailable("the server ended the stream"),
-                        Err(status) => break status,
-                    }
-                }
-            }
-        };
-        let cursor = tracker.resume_cursor();
-        let (delay, message) = plan_reconnect(failure, &mut attempt, cursor)?;
-        warn(view, &message);
-        tokio::time::sleep(delay).await;
-    }
+    let mut follower = PipeFollower {
+        name,
+        tracker,
+        opts,
+        view,
+    };
+    follow(client, &mut follower, out).await
 }
 
 /// Follows the global event feed (optionally one pipe's) forever.
@@ -229,71 +362,13 @@ pub(crate) async fn follow_events(
     json: bool,
     out: &mut Out,
 ) -> Result<ExitCode, CliError> {
-    let mut last_seq: Option<u64> = after;
-    let mut attempt = 0u32;
-    loop {
-        let request = WatchEventsRequest {
-            after_cursor: last_seq,
-            pipe_name: pipe.unwrap_or_default().to_owned(),
-            label_selector: selector.clone(),
-        };
-        let failure = match client.watch_events(request).await {
-            Err(status) => status,
-            Ok(response) => {
-                let mut stream = response.into_inner();
-                loop {
-                    match stream.message().await {
-                        Ok(Some(msg)) => {
-                            match &msg.item {
-                                Some(Item::Event(ev)) => {
-                                    if last_seq.is_some_and(|last| ev.seq <= last) {
-                                        continue;
-                                    }
-                                    attempt = 0;
-                                    last_seq = Some(ev.seq);
-                                    if json {
-                                        out.json_line(&watch_events_json(&msg))?;
-                                    } else {
-                                        out.line(&format!(
-                                            "{} #{}  {}  {}",
-                                            ev.at.as_ref().map_or_else(
-                                                || "-".to_owned(),
-                                                |t| format_timestamp(t, false)
-                                            ),
-                                            ev.seq,
-                                            ev.pipe_name,
-                                            event_text(ev)
-                                        ))?;
-                                    }
-                                }
-                                Some(Item::CaughtUp(c)) => {
-                                    // Everything up to the head was delivered: a
-                                    // reconnection may resume from there.
-                                    if last_seq.is_none_or(|last| c.cursor > last) {
-                                        last_seq = Some(c.cursor);
-                                    }
-                                    if json {
-                                        out.json_line(&watch_events_json(&msg))?;
-                                    } else {
-                                        out.line(&format!(
-                                            "-- caught up at cursor {}; live events follow --",
-                                            c.cursor
-                                        ))?;
-                                    }
-                                }
-                                None => {}
-                            }
-                        }
-                        Ok(None) => break Status::unavailable("the server ended the stream"),
-                        Err(status) => break status,
-                    }
-                }
-            }
-        };
-        let (delay, message) = plan_reconnect(failure, &mut attempt, last_seq)?;
-        eprintln!("{message}");
-        tokio::time::sleep(delay).await;
-    }
+    let mut follower = EventsFollower {
+        last_seq: after,
+        pipe,
+        selector,
+        json,
+    };
+    follow(client, &mut follower, out).await
 }
 
 #[derive(Args, Debug)]

@@ -243,13 +243,8 @@ mod tests {
     fn until_running_after_resync() {
         let mut t = Tracker::new(true, Some(10));
         // Resuming after a resync: events of the new incarnation.
-        let o = see(
-            &mut t,
-            11,
-            "p2",
-            PipeStatus::Setup,
-            Some(Payload::StepStarted(Default::default())),
-        );
+        let payload = Some(Payload::StepStarted(Default::default()));
+        let o = see(&mut t, 11, "p2", PipeStatus::Setup, payload);
         assert_eq!(o.verdict, Verdict::Continue);
         let o = see(&mut t, 12, "p2", PipeStatus::Snapshot, Some(progress()));
         assert_eq!(o.lines[0], "snapshot progress:  0/0 partitions, 0 rows");
@@ -275,13 +270,8 @@ mod tests {
                 .observe(&msg(10, "p2", PipeStatus::Setup, Some(progress())))
                 .is_none()
         );
-        let o = see(
-            &mut t,
-            14,
-            "p2",
-            PipeStatus::Running,
-            Some(Payload::CdcStarted(Default::default())),
-        );
+        let payload = Some(Payload::CdcStarted(Default::default()));
+        let o = see(&mut t, 14, "p2", PipeStatus::Running, payload);
         assert_eq!(o.verdict, Verdict::Running);
     }
 
@@ -294,21 +284,11 @@ mod tests {
         assert_eq!(o.verdict, Verdict::Continue);
         assert_eq!(o.lines, vec!["pipe orders (p1): running, cursor 5"]);
         // ResyncStarted on the still-running old incarnation: keep waiting.
-        let o = see(
-            &mut t,
-            6,
-            "p1",
-            PipeStatus::Running,
-            Some(Payload::ResyncStarted(ResyncStarted::default())),
-        );
+        let payload = Some(Payload::ResyncStarted(ResyncStarted::default()));
+        let o = see(&mut t, 6, "p1", PipeStatus::Running, payload);
         assert_eq!(o.verdict, Verdict::Continue);
-        let o = see(
-            &mut t,
-            7,
-            "p1",
-            PipeStatus::Deleted,
-            Some(deleted(DeleteReason::Resync, false)),
-        );
+        let payload = Some(deleted(DeleteReason::Resync, false));
+        let o = see(&mut t, 7, "p1", PipeStatus::Deleted, payload);
         assert_eq!(
             o.lines,
             vec!["deleted (resync)", "status: running → deleted"]
@@ -329,59 +309,32 @@ mod tests {
             o.lines,
             vec!["created (resync of p1)", "status: deleted → setup"]
         );
-        let o = see(
-            &mut t,
-            9,
-            "p2",
-            PipeStatus::Running,
-            Some(Payload::CdcStarted(Default::default())),
-        );
+        let payload = Some(Payload::CdcStarted(Default::default()));
+        let o = see(&mut t, 9, "p2", PipeStatus::Running, payload);
         assert_eq!(o.verdict, Verdict::Running);
+    }
+
+    /// A FAILED message of pipe `p` with `failed(step, reason, retrying)`.
+    fn see_failed(t: &mut Tracker, cursor: u64, step: &str, reason: &str, retry: bool) -> Verdict {
+        let payload = Some(failed(step, reason, retry));
+        see(t, cursor, "p", PipeStatus::Failed, payload).verdict
     }
 
     #[test]
     fn failures() {
         let mut t = Tracker::new(true, None);
-        let o = see(
-            &mut t,
-            1,
-            "p",
-            PipeStatus::Failed,
-            Some(failed("cdc", "peer down", true)),
-        );
-        assert_eq!(o.verdict, Verdict::Continue);
-        let o = see(
-            &mut t,
-            2,
-            "p",
-            PipeStatus::Failed,
-            Some(failed("cdc", "slot lost", false)),
-        );
-        assert_eq!(
-            o.verdict,
-            Verdict::Failed {
-                step: "cdc".into(),
-                reason: "slot lost".into()
-            }
-        );
+        // A failure that is retried is not the end of --until-running.
+        let v = see_failed(&mut t, 1, "cdc", "peer down", true);
+        assert_eq!(v, Verdict::Continue);
+        let v = see_failed(&mut t, 2, "cdc", "slot lost", false);
+        let (step, reason) = ("cdc".into(), "slot lost".into());
+        assert_eq!(v, Verdict::Failed { step, reason });
         // Without --until-running a failure is just a line.
         let mut t = Tracker::new(false, None);
-        let o = see(
-            &mut t,
-            2,
-            "p",
-            PipeStatus::Failed,
-            Some(failed("", "", false)),
-        );
-        assert_eq!(o.verdict, Verdict::Continue);
+        assert_eq!(see_failed(&mut t, 2, "", "", false), Verdict::Continue);
         // A user deletion makes the end of the stream final.
-        let o = see(
-            &mut t,
-            3,
-            "p",
-            PipeStatus::Deleted,
-            Some(deleted(DeleteReason::User, true)),
-        );
+        let user_deleted = Some(deleted(DeleteReason::User, true));
+        let o = see(&mut t, 3, "p", PipeStatus::Deleted, user_deleted);
         assert_eq!(o.lines[0], "deleted (by user), destination tables dropped");
         assert!(t.stream_end_is_final());
     }

@@ -7,8 +7,7 @@ use std::time::{Duration, Instant};
 use pgpipe::proto::{PausePipeRequest, ResumePipeRequest, WatchPipeRequest};
 use tokio::sync::mpsc;
 
-use crate::control_plane::{Params, create_req};
-use crate::pgpipe_server::Server;
+use crate::control_plane::{Params, server_with_pipe};
 use crate::report::{Lat, Row, fmt_ms, lat, ms, progress, row, x};
 use crate::{Client, Res};
 
@@ -20,10 +19,8 @@ struct FanoutResult {
 }
 
 async fn fanout(p: &Params, base: &Path, watchers: usize) -> Res<FanoutResult> {
-    let server = Server::start(base).await?;
-    let mut ctl = Client::new(server.channel().await?);
     let name = "fanout";
-    ctl.create_pipe(create_req(name, 3)).await?;
+    let (server, mut ctl) = server_with_pipe(base, name).await?;
     let nchan = watchers.div_ceil(p.watchers_per_channel);
     let chans = server.channels(nchan).await?;
     let (tx, mut rx) = mpsc::unbounded_channel::<(u64, Instant)>();

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use pgpipe::proto::GetPipeRequest;
 
-use crate::control_plane::{Params, create_req};
-use crate::pgpipe_server::{Server, toggle};
+use crate::control_plane::{Params, create_req, server_with_pipe};
+use crate::pgpipe_server::toggle;
 use crate::report::{Lat, Row, fmt_rate, lat, ms, progress, row, x};
 use crate::{Client, Res};
 
@@ -18,9 +18,7 @@ struct GetResult {
 }
 
 async fn get_load(p: &Params, base: &Path, background: bool) -> Res<GetResult> {
-    let server = Server::start(base).await?;
-    let mut ctl = Client::new(server.channel().await?);
-    ctl.create_pipe(create_req("target", 3)).await?;
+    let (server, mut ctl) = server_with_pipe(base, "target").await?;
     for b in 0..p.background_appenders {
         ctl.create_pipe(create_req(&format!("bg-{b:02}"), 3))
             .await?;

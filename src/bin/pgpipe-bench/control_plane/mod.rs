@@ -6,19 +6,21 @@ pub(crate) mod fanout;
 pub(crate) mod get;
 pub(crate) mod replay;
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use clap::Args;
 use pgpipe::proto::{CreatePipeRequest, DestinationConfig, SourceConfig, TableConfig};
 use serde::Serialize;
 
-use crate::Res;
 use crate::control_plane::appends::bench_appends;
 use crate::control_plane::fanout::bench_fanout;
 use crate::control_plane::get::bench_get;
 use crate::control_plane::replay::bench_replay;
 use crate::machine::{Machine, rss_mb};
+use crate::pgpipe_server::Server;
 use crate::report::{Output, Row, print_grid, print_header, progress};
+use crate::{Client, Res};
 
 #[derive(Args)]
 pub(crate) struct CpArgs {
@@ -65,6 +67,15 @@ impl Params {
             background_appenders: 16,
         }
     }
+}
+
+/// A fresh server under `base`, a control client of it, and the pipe `name`
+/// (three tables) created through that client.
+pub(crate) async fn server_with_pipe(base: &Path, name: &str) -> Res<(Server, Client)> {
+    let server = Server::start(base).await?;
+    let mut ctl = Client::new(server.channel().await?);
+    ctl.create_pipe(create_req(name, 3)).await?;
+    Ok((server, ctl))
 }
 
 pub(crate) fn create_req(name: &str, tables: usize) -> CreatePipeRequest {

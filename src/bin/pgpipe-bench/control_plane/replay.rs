@@ -13,6 +13,7 @@ use pgpipe::proto::{
 use pgpipe::store::EventLog;
 use pgpipe::store::event_log::{decode_record, new_event};
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use crate::Res;
 use crate::control_plane::appends::open_log;
@@ -142,21 +143,34 @@ pub(crate) async fn write_replay_log(
 /// Runs [`write_replay_log`] in a child process (this binary, hidden
 /// subcommand), so its memory is not this process's.
 async fn write_child(dir: &Path, p: &Params) -> Res<WriteResult> {
+    let args = [
+        "--events",
+        &p.replay_events.to_string(),
+        "--pipes",
+        &p.replay_pipes.to_string(),
+        "--batch",
+        &p.replay_batch.to_string(),
+    ];
+    run_child("replay-write", dir, &args, "replay-write").await
+}
+
+/// Runs this binary's hidden subcommand `sub` on `dir` with `args` and reads
+/// its JSON answer; `what` names it in the error.
+async fn run_child<T: DeserializeOwned>(
+    sub: &str,
+    dir: &Path,
+    args: &[&str],
+    what: &str,
+) -> Res<T> {
     let out = tokio::process::Command::new(std::env::current_exe()?)
-        .arg("replay-write")
+        .arg(sub)
         .arg("--dir")
         .arg(dir)
-        .args(["--events", &p.replay_events.to_string()])
-        .args(["--pipes", &p.replay_pipes.to_string()])
-        .args(["--batch", &p.replay_batch.to_string()])
+        .args(args)
         .output()
         .await?;
     if !out.status.success() {
-        return Err(format!(
-            "replay-write failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-        .into());
+        return Err(format!("{what} failed: {}", String::from_utf8_lossy(&out.stderr)).into());
     }
     Ok(serde_json::from_slice(&out.stdout)?)
 }
@@ -257,21 +271,14 @@ async fn probe_child(dir: &Path, kind: ProbeKind, expect: u64) -> Res<ProbeResul
     let kind_arg = clap::ValueEnum::to_possible_value(&kind)
         .map(|v| v.get_name().to_owned())
         .ok_or("probe kind has no name")?;
-    let out = tokio::process::Command::new(std::env::current_exe()?)
-        .arg("replay-probe")
-        .arg("--dir")
-        .arg(dir)
-        .args(["--kind", &kind_arg, "--expect", &expect.to_string()])
-        .output()
-        .await?;
-    if !out.status.success() {
-        return Err(format!(
-            "replay probe {kind_arg} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-        .into());
-    }
-    Ok(serde_json::from_slice(&out.stdout)?)
+    let args = ["--kind", &kind_arg, "--expect", &expect.to_string()];
+    run_child(
+        "replay-probe",
+        dir,
+        &args,
+        &format!("replay probe {kind_arg}"),
+    )
+    .await
 }
 
 pub(crate) async fn bench_replay(p: &Params, base: &Path) -> Res<Vec<Row>> {
