@@ -60,15 +60,19 @@ impl Worker {
             start,
         })
         .await?;
-        let mut batch = Batch::new(settings.cdc_batch_size as usize);
-        let mut reader = Reader::new(stream, &slot, batch.limit, BATCH_BYTES);
-        let mut progress = CdcReport {
-            counts: HashMap::new(),
-            lag: LagSample::default(),
-            last_lsn: start.to_string(),
-            last_report: Instant::now(),
-            history: None,
-            written_end: None,
+        let batch = Batch::new(settings.cdc_batch_size as usize);
+        let mut s = Session {
+            reader: Reader::new(stream, &slot, batch.limit, BATCH_BYTES),
+            slot,
+            batch,
+            progress: CdcReport {
+                counts: HashMap::new(),
+                lag: LagSample::default(),
+                last_lsn: start.to_string(),
+                last_report: Instant::now(),
+                history: None,
+                written_end: None,
+            },
         };
         let mut housekeeping = Housekeeping {
             synced: self.stream_version(),
@@ -82,7 +86,7 @@ impl Worker {
             // Routing changes only between transactions and batches, so no
             // transaction is half-routed and no batch half-written.
             if open.is_none()
-                && batch.is_empty()
+                && s.batch.is_empty()
                 && housekeeping.at.is_none_or(|at| at.elapsed() >= interval)
             {
                 housekeeping.synced = self.stream_version();
@@ -91,39 +95,30 @@ impl Worker {
                     self.sync_partitions(&ends, &mut routes).await?;
                     housekeeping.leaves_checked = Instant::now();
                 }
-                if progress.last_report.elapsed() >= CDC_REPORT_EVERY {
-                    if progress.written_end.is_some() {
-                        self.record_history(&ends, &slot, &reader, &mut progress)
-                            .await?;
+                if s.progress.last_report.elapsed() >= CDC_REPORT_EVERY {
+                    if s.progress.written_end.is_some() {
+                        self.record_history(&ends, &mut s).await?;
                     } else {
-                        self.report_cdc(&ends, &slot, &mut progress).await?;
+                        self.report_cdc(&ends, &s.slot, &mut s.progress).await?;
                     }
                 }
                 housekeeping.at = Some(Instant::now());
             }
             // A batch is written at most `interval` after it began.
-            let wait = match batch.started {
-                Some(at) if !batch.is_empty() => interval.saturating_sub(at.elapsed()),
+            let wait = match s.batch.started {
+                Some(at) if !s.batch.is_empty() => interval.saturating_sub(at.elapsed()),
                 _ => interval,
             };
-            let item = match reader.next_within(wait, &ends.pg).await? {
+            let item = match s.reader.next_within(wait, &ends.pg).await? {
                 Some(item) => item,
                 None => {
-                    if batch.is_empty() {
+                    if s.batch.is_empty() {
                         self.core.metrics().set_cdc_lag_seconds(&self.name, 0.0);
                     } else {
-                        self.flush(
-                            &ends,
-                            &slot,
-                            &mut reader,
-                            &mut batch,
-                            &routes,
-                            &mut progress,
-                        )
-                        .await?;
+                        self.flush(&ends, &routes, &mut s).await?;
                     }
                     // A silent connection may be a dead one.
-                    reader.probe_if_silent(&ends.pg).await?;
+                    s.reader.probe_if_silent(&ends.pg).await?;
                     continue;
                 }
             };
@@ -138,22 +133,14 @@ impl Worker {
                     // committed): routed again before this transaction, the
                     // batch so far written first.
                     if self.stream_version() != housekeeping.synced {
-                        if !batch.is_empty() {
-                            self.flush(
-                                &ends,
-                                &slot,
-                                &mut reader,
-                                &mut batch,
-                                &routes,
-                                &mut progress,
-                            )
-                            .await?;
+                        if !s.batch.is_empty() {
+                            self.flush(&ends, &routes, &mut s).await?;
                         }
                         housekeeping.synced = self.stream_version();
                         self.sync_tables(&ends, &mut routes).await?;
                     }
                     open = Some(commit_lsn);
-                    batch.begin(commit_lsn, commit_time_us);
+                    s.batch.begin(commit_lsn, commit_time_us);
                 }
                 StreamItem::Item(TxItem::Relation(rel)) => {
                     // A table's shape changes: what is written so far is
@@ -166,22 +153,13 @@ impl Worker {
                         .get(&rel.oid)
                         .is_some_and(|r| !same_shape(&r.table.described, &rel))
                     {
-                        if !batch.is_empty() {
-                            self.flush(
-                                &ends,
-                                &slot,
-                                &mut reader,
-                                &mut batch,
-                                &routes,
-                                &mut progress,
-                            )
-                            .await?;
+                        if !s.batch.is_empty() {
+                            self.flush(&ends, &routes, &mut s).await?;
                         }
-                        self.record_history(&ends, &slot, &reader, &mut progress)
-                            .await?;
+                        self.record_history(&ends, &mut s).await?;
                     }
                     let version = open.unwrap_or_default();
-                    self.check_relation(&ends, &mut routes, &rel, version, &mut batch.pending)
+                    self.check_relation(&ends, &mut routes, &rel, version, &mut s.batch.pending)
                         .await?;
                 }
                 StreamItem::Item(TxItem::Change(c)) => {
@@ -189,7 +167,7 @@ impl Worker {
                         continue;
                     };
                     let source_table = &route.source;
-                    let e = progress
+                    let e = s.progress
                         .counts
                         .entry(source_table.clone())
                         .or_insert_with(|| TableChangeCounts {
@@ -204,20 +182,13 @@ impl Worker {
                     let version = open.map(|v| v.0).unwrap_or_default();
                     // Every source column, cut down to the replicated ones.
                     let row = route.table.view.project(&c.row);
-                    batch.push(source_table, c.relation_oid, c.kind, row, version);
-                    if batch.is_full() {
+                    s.batch
+                        .push(source_table, c.relation_oid, c.kind, row, version);
+                    if s.batch.is_full() {
                         // A transaction of any size is written in chunks:
                         // every row carries the commit's version, and the
                         // slot is confirmed only at its end.
-                        self.flush(
-                            &ends,
-                            &slot,
-                            &mut reader,
-                            &mut batch,
-                            &routes,
-                            &mut progress,
-                        )
-                        .await?;
+                        self.flush(&ends, &routes, &mut s).await?;
                     }
                 }
                 StreamItem::Item(TxItem::Truncate { relation_oids }) => {
@@ -225,7 +196,7 @@ impl Worker {
                     // in this batch are written first, so order is kept.
                     for oid in relation_oids {
                         if let Some(route) = routes.by_oid.get(&oid) {
-                            if let Some(rows) = batch.pending.remove(&oid) {
+                            if let Some(rows) = s.batch.pending.remove(&oid) {
                                 route.write(&ends, rows).await?;
                             }
                             ends.ch.truncate(&route.dest).await?;
@@ -244,24 +215,18 @@ impl Worker {
                     commit_time_us,
                 } => {
                     open = None;
-                    batch.commit(commit_lsn, end_lsn, commit_time_us);
-                    if batch.is_full() || batch.started.is_some_and(|at| at.elapsed() >= interval) {
-                        self.flush(
-                            &ends,
-                            &slot,
-                            &mut reader,
-                            &mut batch,
-                            &routes,
-                            &mut progress,
-                        )
-                        .await?;
+                    s.batch.commit(commit_lsn, end_lsn, commit_time_us);
+                    if s.batch.is_full()
+                        || s.batch.started.is_some_and(|at| at.elapsed() >= interval)
+                    {
+                        self.flush(&ends, &routes, &mut s).await?;
                     }
                 }
                 StreamItem::Idle { wal_end } => {
                     // Nothing published is in flight: let the slot move so
                     // it does not pin WAL of unrelated activity.
-                    if open.is_none() && batch.is_empty() && progress.written_end.is_none() {
-                        reader.confirm(wal_end);
+                    if open.is_none() && s.batch.is_empty() && s.progress.written_end.is_none() {
+                        s.reader.confirm(wal_end);
                     }
                 }
             }
@@ -271,15 +236,8 @@ impl Worker {
     /// Writes the batch's rows to ClickHouse and then confirms its finished
     /// transactions to the server: the slot never moves past a row
     /// ClickHouse has not acknowledged.
-    async fn flush(
-        &mut self,
-        ends: &Ends,
-        slot: &str,
-        reader: &mut Reader,
-        batch: &mut Batch,
-        routes: &Routes,
-        progress: &mut CdcReport,
-    ) -> Result<()> {
+    async fn flush(&mut self, ends: &Ends, routes: &Routes, s: &mut Session) -> Result<()> {
+        let Session { reader, batch, .. } = s;
         let applying = Instant::now();
         // The next batch is read meanwhile (see `reader`).
         let pending: Vec<_> = batch.pending.drain().collect();
@@ -312,20 +270,19 @@ impl Worker {
                 metrics.rows_applied(&self.name, &table, kind, count);
             }
         }
-        self.after_flush(ends, slot, reader, batch, progress).await
+        self.after_flush(ends, s).await
     }
 
     /// After a flush that ended at a transaction boundary: the batch joins
     /// the CDC history not yet recorded, which is recorded (one CdcProgress
     /// event) at most every [`CDC_REPORT_EVERY`]; a fresh batch starts.
-    async fn after_flush(
-        &mut self,
-        ends: &Ends,
-        slot: &str,
-        reader: &Reader,
-        batch: &mut Batch,
-        progress: &mut CdcReport,
-    ) -> Result<()> {
+    async fn after_flush(&mut self, ends: &Ends, s: &mut Session) -> Result<()> {
+        let Session {
+            reader,
+            batch,
+            progress,
+            ..
+        } = s;
         let Some(end) = batch.committed_end else {
             // Only part of a transaction so far: its rows are counted when
             // it ends.
@@ -343,10 +300,20 @@ impl Worker {
             reader.confirm(end);
             progress.written_end = None;
         } else if progress.last_report.elapsed() >= CDC_REPORT_EVERY {
-            self.record_history(ends, slot, reader, progress).await?;
+            self.record_history(ends, s).await?;
         }
         Ok(())
     }
+}
+
+/// One streaming session of the slot: the stream read, the batch not yet
+/// written and what is not yet reported (the CDC loop's state between
+/// items).
+struct Session {
+    slot: String,
+    reader: Reader,
+    batch: Batch,
+    progress: CdcReport,
 }
 
 /// When the CDC loop last brought routing in line with the pipe (between

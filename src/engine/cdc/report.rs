@@ -13,7 +13,7 @@ use crate::{failpoint, source};
 use crate::engine::copy::PROGRESS_EVERY;
 use crate::engine::worker::{Ends, Result, Worker};
 
-use super::{CdcReport, Reader};
+use super::{CdcReport, Session};
 
 /// Where the slot stands against the server's WAL.
 struct SlotLag {
@@ -57,13 +57,13 @@ impl Worker {
     /// but not recorded is streamed again (re-writing it is harmless: same
     /// versions) and counted once; what is recorded is not streamed again
     /// (CDC resumes at the log's last position).
-    pub(super) async fn record_history(
-        &mut self,
-        ends: &Ends,
-        slot: &str,
-        reader: &Reader,
-        progress: &mut CdcReport,
-    ) -> Result<()> {
+    pub(super) async fn record_history(&mut self, ends: &Ends, s: &mut Session) -> Result<()> {
+        let Session {
+            slot,
+            reader,
+            progress,
+            ..
+        } = s;
         if let Some(history) = progress.history.take() {
             self.report_batch(ends, slot, progress, history).await?;
         }
