@@ -62,7 +62,7 @@ impl Worker {
         .await?;
         let batch = Batch::new(settings.cdc_batch_size as usize);
         let mut s = Session {
-            reader: Reader::new(stream, &slot, batch.limit, BATCH_BYTES),
+            reader: Reader::new(stream, &slot),
             slot,
             batch,
             progress: CdcReport {
@@ -167,7 +167,8 @@ impl Worker {
                         continue;
                     };
                     let source_table = &route.source;
-                    let e = s.progress
+                    let e = s
+                        .progress
                         .counts
                         .entry(source_table.clone())
                         .or_insert_with(|| TableChangeCounts {
@@ -237,19 +238,13 @@ impl Worker {
     /// transactions to the server: the slot never moves past a row
     /// ClickHouse has not acknowledged.
     async fn flush(&mut self, ends: &Ends, routes: &Routes, s: &mut Session) -> Result<()> {
-        let Session { reader, batch, .. } = s;
+        let batch = &mut s.batch;
         let applying = Instant::now();
-        // The next batch is read meanwhile (see `reader`).
-        let pending: Vec<_> = batch.pending.drain().collect();
-        let write = async {
-            for (oid, rows) in pending {
-                if let Some(route) = routes.by_oid.get(&oid) {
-                    route.write(ends, rows).await?;
-                }
+        for (oid, rows) in batch.pending.drain() {
+            if let Some(route) = routes.by_oid.get(&oid) {
+                route.write(ends, rows).await?;
             }
-            Ok::<_, super::worker::EngineError>(())
-        };
-        reader.while_writing(&ends.pg, write).await?;
+        }
         batch.rows = 0;
         batch.bytes = 0;
         if batch.committed_end.is_none() {
