@@ -25,7 +25,8 @@
 //!   applied), [`model`] (rows and changes between them).
 //! - [`cli`]: the `pgpipe` client commands; [`metrics`]: Prometheus;
 //!   [`tls`]: rustls material; `failpoint`: crash points for tests;
-//!   `proto_ext`: enum labels.
+//!   `proto_ext`: enum labels; [`alloc`]: the allocator settings the
+//!   binaries start with.
 //!
 //! Only what `src/main.rs`, the bench binary, the integration tests and the
 //! fuzz targets use is `pub`; everything else is `pub(crate)`, so the
@@ -33,6 +34,7 @@
 
 #![warn(missing_docs)]
 
+pub mod alloc;
 pub(crate) mod api;
 pub mod cli;
 pub(crate) mod commands;

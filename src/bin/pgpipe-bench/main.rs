@@ -80,6 +80,8 @@ enum Cmd {
 }
 
 fn main() -> Res<()> {
+    // The allocator as the service has it (RSS figures).
+    pgpipe::alloc::limit_arenas();
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::ControlPlane(args) => {
