@@ -7,7 +7,6 @@
 use std::time::Duration;
 
 use crate::common::data::*;
-use crate::common::wait::wait_pipe;
 use crate::common::*;
 use pgpipe::proto::*;
 
@@ -228,24 +227,13 @@ async fn a_new_column_taking_a_renamed_columns_name_fails_its_table_saying_why()
     ))
     .await;
     // Only the table fails (the pipe keeps running its other tables).
-    let failed = |p: &Pipe| {
-        p.tables
-            .iter()
-            .find(|t| t.state() == TableState::Failed)
-            .cloned()
-    };
-    let p = wait_pipe(
+    let p = wait_table_state(
         &mut c,
         &name,
-        "a table FAILED",
-        Duration::from_secs(60),
-        |p| {
-            assert_eq!(p.status(), PipeStatus::Running, "{p:?}");
-            failed(p).is_some()
-        },
+        &format!("{schema}.users"),
+        TableState::Failed,
     )
     .await;
-    let p = failed(&p).expect("the wait returned on a failed table");
     assert!(
         p.error.contains("rename_columns[\"desc\"]") && p.error.contains("\"description\""),
         "{}",

@@ -111,22 +111,8 @@ async fn a_breaking_schema_change_fails_the_table_and_a_table_resync_picks_up_th
     ))
     .await;
     let table = format!("{schema}.items");
-    let p = wait_pipe(
-        &mut c,
-        &name,
-        "table FAILED",
-        Duration::from_secs(60),
-        |p| {
-            assert_eq!(p.status(), PipeStatus::Running, "{p:?}");
-            p.tables[0].state() == TableState::Failed
-        },
-    )
-    .await;
-    assert!(
-        p.tables[0].error.contains("resync this table"),
-        "{}",
-        p.tables[0].error
-    );
+    let t = wait_table_state(&mut c, &name, &table, TableState::Failed).await;
+    assert!(t.error.contains("resync this table"), "{}", t.error);
     c.resync_pipe(ResyncPipeRequest {
         name: name.clone(),
         tables: vec![table],
