@@ -11,9 +11,7 @@ use serde_json::Value;
 
 use super::format::{conn_string_has_password, pipe_summary, problem_kind_label, problems_table};
 use super::json::{create_request_from_json, pipe_json};
-use super::spec::{
-    apply_column_options, parse_exclude, parse_rename, parse_table_spec, parse_type,
-};
+use super::spec::{ColumnFlags, apply_column_options, parse_table_spec};
 use super::watch::{state_message, wait_running};
 use super::{CliError, ClientOpts, EXIT_PROBLEMS, Out, connect, parse_label, pipe_of};
 use crate::proto::{
@@ -124,21 +122,8 @@ pub struct CreateArgs {
     )]
     pub tables: Vec<TableConfig>,
 
-    /// Source columns not to replicate: SOURCE_TABLE=col1,col2 (a table
-    /// given with --table or in --file). Repeatable.
-    #[arg(long, value_name = "TABLE=COLS", value_parser = parse_exclude)]
-    pub exclude: Vec<(String, Vec<String>)>,
-
-    /// ClickHouse names for source columns: SOURCE_TABLE=old:new[,old2:new2]
-    /// (a table given with --table or in --file). Repeatable.
-    #[arg(long, value_name = "TABLE=OLD:NEW", value_parser = parse_rename)]
-    pub rename: Vec<(String, Vec<(String, String)>)>,
-
-    /// ClickHouse types chosen for source columns:
-    /// SOURCE_TABLE=col:Type[,col2:Type] (String, Float64, Decimal(P, S),
-    /// Int32, Clamp, JSON). Repeatable.
-    #[arg(long = "type", value_name = "TABLE=COL:TYPE", value_parser = parse_type)]
-    pub types: Vec<(String, Vec<(String, String)>)>,
+    #[command(flatten)]
+    pub columns: ColumnFlags,
 
     /// Parallel snapshot workers [server default: 4, at most 64].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
@@ -394,8 +379,7 @@ pub(super) fn build_create_request(
     if !args.tables.is_empty() {
         req.tables = args.tables.clone();
     }
-    apply_column_options(&mut req.tables, &args.exclude, &args.rename, &args.types)
-        .map_err(CliError::Usage)?;
+    apply_column_options(&mut req.tables, &args.columns).map_err(CliError::Usage)?;
     // --label adds to (or overrides) the file's labels.
     for (k, v) in &args.labels {
         req.labels.insert(k.clone(), v.clone());

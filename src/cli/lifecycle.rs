@@ -7,8 +7,8 @@ use clap::Args;
 use super::format::status_label;
 use super::json::pipe_json;
 use super::spec::{
-    merge_overrides, parse_dest_override, parse_exclude, parse_order_by_override, parse_rename,
-    parse_type, resync_column_options,
+    ColumnFlags, merge_overrides, parse_dest_override, parse_order_by_override,
+    resync_column_options,
 };
 use super::tables::{print_tables_change, wait_tables};
 use super::watch::{state_message, wait_running};
@@ -56,22 +56,8 @@ pub struct ResyncArgs {
     #[arg(long, value_name = "TABLE=NAME", value_parser = parse_dest_override)]
     pub dest: Vec<(String, String)>,
 
-    /// Source columns not to replicate from now on: SOURCE_TABLE=col1,col2
-    /// (replaces the table's exclusions). Repeatable.
-    #[arg(long, value_name = "TABLE=COLS", value_parser = parse_exclude)]
-    pub exclude: Vec<(String, Vec<String>)>,
-
-    /// ClickHouse names for source columns from now on:
-    /// SOURCE_TABLE=old:new[,old2:new2] (replaces the table's renames).
-    /// Repeatable.
-    #[arg(long, value_name = "TABLE=OLD:NEW", value_parser = parse_rename)]
-    pub rename: Vec<(String, Vec<(String, String)>)>,
-
-    /// ClickHouse types for source columns from now on:
-    /// SOURCE_TABLE=col:Type[,col2:Type] (replaces the table's column types).
-    /// Repeatable.
-    #[arg(long = "type", value_name = "TABLE=COL:TYPE", value_parser = parse_type)]
-    pub types: Vec<(String, Vec<(String, String)>)>,
+    #[command(flatten)]
+    pub columns: ColumnFlags,
 
     /// Drop a table's exclusions, renames and column types (then
     /// --exclude/--rename/--type, if given, set new ones). Repeatable.
@@ -160,22 +146,12 @@ pub(super) async fn resync(
     let mut overrides = merge_overrides(&args.order_by, &args.dest);
     let mut client = connect(opts).await?;
     let mut replace_column_options = false;
-    if !(args.exclude.is_empty()
-        && args.rename.is_empty()
-        && args.types.is_empty()
-        && args.reset_columns.is_empty())
-    {
+    if !(args.columns.is_empty() && args.reset_columns.is_empty()) {
         let current = get_pipe(&mut client, args.name.clone(), String::new()).await?;
         let tables = current.config.map(|c| c.tables).unwrap_or_default();
-        replace_column_options = resync_column_options(
-            &tables,
-            &mut overrides,
-            &args.exclude,
-            &args.rename,
-            &args.types,
-            &args.reset_columns,
-        )
-        .map_err(CliError::Usage)?;
+        replace_column_options =
+            resync_column_options(&tables, &mut overrides, &args.columns, &args.reset_columns)
+                .map_err(CliError::Usage)?;
     }
     let pipe = pipe_of(
         client

@@ -202,14 +202,46 @@ fn same_table(a: &str, b: &str) -> bool {
     full(a) == full(b)
 }
 
+/// `--exclude`, `--rename` and `--type`: the column options `create` sets
+/// and `resync` replaces.
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct ColumnFlags {
+    /// Source columns not to replicate: SOURCE_TABLE=col1,col2 (resync:
+    /// replaces the table's exclusions). Repeatable.
+    #[arg(long, value_name = "TABLE=COLS", value_parser = parse_exclude)]
+    pub exclude: Vec<(String, Vec<String>)>,
+
+    /// ClickHouse names for source columns: SOURCE_TABLE=old:new[,old2:new2]
+    /// (resync: replaces the table's renames). Repeatable.
+    #[arg(long, value_name = "TABLE=OLD:NEW", value_parser = parse_rename)]
+    pub rename: Vec<(String, Vec<(String, String)>)>,
+
+    /// ClickHouse types for source columns: SOURCE_TABLE=col:Type[,col2:Type]
+    /// (String, Float64, Decimal(P, S), Int32, Clamp, JSON; resync: replaces
+    /// the table's column types). Repeatable.
+    #[arg(long = "type", value_name = "TABLE=COL:TYPE", value_parser = parse_type)]
+    pub types: Vec<(String, Vec<(String, String)>)>,
+}
+
+impl ColumnFlags {
+    /// No column option given.
+    pub fn is_empty(&self) -> bool {
+        self.exclude.is_empty() && self.rename.is_empty() && self.types.is_empty()
+    }
+}
+
 /// Adds `--exclude`, `--rename` and `--type` options to the `--table`
-/// entries they name; an option naming no listed table is an error.
+/// entries they name (`create`: a table given with --table or in --file);
+/// an option naming no listed table is an error.
 pub(crate) fn apply_column_options(
     tables: &mut [TableConfig],
-    exclude: &[(String, Vec<String>)],
-    rename: &[(String, Vec<(String, String)>)],
-    types: &[(String, Vec<(String, String)>)],
+    flags: &ColumnFlags,
 ) -> Result<(), String> {
+    let ColumnFlags {
+        exclude,
+        rename,
+        types,
+    } = flags;
     fn entry<'a>(
         tables: &'a mut [TableConfig],
         table: &str,
@@ -255,11 +287,14 @@ pub(crate) fn apply_column_options(
 pub(crate) fn resync_column_options(
     current: &[TableConfig],
     overrides: &mut Vec<TableConfig>,
-    exclude: &[(String, Vec<String>)],
-    rename: &[(String, Vec<(String, String)>)],
-    types: &[(String, Vec<(String, String)>)],
+    flags: &ColumnFlags,
     reset: &[String],
 ) -> Result<bool, String> {
+    let ColumnFlags {
+        exclude,
+        rename,
+        types,
+    } = flags;
     let named = reset
         .iter()
         .map(|t| (t, "--reset-columns"))
@@ -398,8 +433,11 @@ mod tests {
         let current = vec![users];
         // --order-by made an entry already: it gets the table's options.
         let mut overrides = merge_overrides(&[("users".into(), vec!["id".into()])], &[]);
-        let exclude = [("users".to_string(), vec!["note".to_string()])];
-        let any = resync_column_options(&current, &mut overrides, &exclude, &[], &[], &[]).unwrap();
+        let flags = ColumnFlags {
+            exclude: vec![("users".to_string(), vec!["note".to_string()])],
+            ..Default::default()
+        };
+        let any = resync_column_options(&current, &mut overrides, &flags, &[]).unwrap();
         assert!(any);
         assert_eq!(overrides.len(), 1);
         assert_eq!(overrides[0].order_by, ["id"]);
@@ -411,23 +449,19 @@ mod tests {
         );
         // --reset-columns clears both, then --rename sets new ones.
         let mut overrides = Vec::new();
-        let rename = [("public.users".to_string(), pairs(&[("id", "user_id")]))];
-        resync_column_options(
-            &current,
-            &mut overrides,
-            &[],
-            &rename,
-            &[],
-            &["public.users".into()],
-        )
-        .unwrap();
+        let flags = ColumnFlags {
+            rename: vec![("public.users".to_string(), pairs(&[("id", "user_id")]))],
+            ..Default::default()
+        };
+        resync_column_options(&current, &mut overrides, &flags, &["public.users".into()]).unwrap();
         assert!(overrides[0].exclude_columns.is_empty());
         assert_eq!(overrides[0].rename_columns.len(), 1);
         assert_eq!(overrides[0].rename_columns["id"], "user_id");
         // Nothing named: nothing to replace.
-        assert!(!resync_column_options(&current, &mut Vec::new(), &[], &[], &[], &[]).unwrap());
-        let err = resync_column_options(&current, &mut Vec::new(), &[], &[], &[], &["nope".into()])
-            .unwrap_err();
+        let none = ColumnFlags::default();
+        assert!(!resync_column_options(&current, &mut Vec::new(), &none, &[]).unwrap());
+        let err =
+            resync_column_options(&current, &mut Vec::new(), &none, &["nope".into()]).unwrap_err();
         assert!(err.contains("public.users"), "{err}");
     }
 
@@ -513,20 +547,19 @@ mod tests {
             assert!(parse_rename(bad).is_err(), "{bad:?} should be rejected");
         }
         let mut tables = vec![parse_table_spec("public.users").unwrap()];
-        apply_column_options(
-            &mut tables,
-            &[("users".into(), vec!["password_hash".into()])],
-            &[(
-                "public.users".into(),
-                vec![("desc".into(), "description".into())],
-            )],
-            &[],
-        )
-        .unwrap();
+        let flags = ColumnFlags {
+            exclude: vec![("users".into(), vec!["password_hash".into()])],
+            rename: vec![("public.users".into(), pairs(&[("desc", "description")]))],
+            ..Default::default()
+        };
+        apply_column_options(&mut tables, &flags).unwrap();
         assert_eq!(tables[0].exclude_columns, vec!["password_hash"]);
         assert_eq!(tables[0].rename_columns["desc"], "description");
-        let err =
-            apply_column_options(&mut tables, &[("other".into(), vec!["x".into()])], &[], &[]);
+        let other = ColumnFlags {
+            exclude: vec![("other".into(), vec!["x".into()])],
+            ..Default::default()
+        };
+        let err = apply_column_options(&mut tables, &other);
         assert!(err.unwrap_err().contains("no --table"));
     }
 
@@ -551,15 +584,21 @@ mod tests {
             assert!(parse_type(bad).is_err(), "{bad:?} should be rejected");
         }
         let mut tables = vec![parse_table_spec("public.t").unwrap()];
-        let types = [
-            ("t".to_string(), pairs(&[("price", "Decimal(20, 4)")])),
-            ("public.t".to_string(), pairs(&[("born", "String")])),
-        ];
-        apply_column_options(&mut tables, &[], &[], &types).unwrap();
+        let types = ColumnFlags {
+            types: vec![
+                ("t".to_string(), pairs(&[("price", "Decimal(20, 4)")])),
+                ("public.t".to_string(), pairs(&[("born", "String")])),
+            ],
+            ..Default::default()
+        };
+        apply_column_options(&mut tables, &types).unwrap();
         assert_eq!(tables[0].column_types["price"], "Decimal(20, 4)");
         assert_eq!(tables[0].column_types["born"], "String");
-        let twice = [("t".to_string(), pairs(&[("born", "Int32")]))];
-        assert!(apply_column_options(&mut tables, &[], &[], &twice).is_err());
+        let twice = ColumnFlags {
+            types: vec![("t".to_string(), pairs(&[("born", "Int32")]))],
+            ..Default::default()
+        };
+        assert!(apply_column_options(&mut tables, &twice).is_err());
     }
 
     #[test]
@@ -568,13 +607,17 @@ mod tests {
         t.column_types = pairs(&[("born", "String")]).into_iter().collect();
         let current = vec![t];
         let mut overrides = Vec::new();
-        let types = [("t".to_string(), pairs(&[("born", "Int32")]))];
-        assert!(resync_column_options(&current, &mut overrides, &[], &[], &types, &[]).unwrap());
+        let types = ColumnFlags {
+            types: vec![("t".to_string(), pairs(&[("born", "Int32")]))],
+            ..Default::default()
+        };
+        assert!(resync_column_options(&current, &mut overrides, &types, &[]).unwrap());
         assert_eq!(overrides[0].column_types["born"], "Int32");
         assert_eq!(overrides[0].exclude_columns, ["secret"], "exclusions kept");
         // --reset-columns clears the types too.
         let mut overrides = Vec::new();
-        resync_column_options(&current, &mut overrides, &[], &[], &[], &["t".into()]).unwrap();
+        let none = ColumnFlags::default();
+        resync_column_options(&current, &mut overrides, &none, &["t".into()]).unwrap();
         assert!(overrides[0].column_types.is_empty());
     }
 

@@ -22,6 +22,7 @@ use crate::model::{ColumnRepr, Lsn, Relation, SourceColumn};
 use crate::proto::event::Payload;
 use crate::proto::{SchemaChangeKind, SchemaChanged, TableFailed};
 use crate::sink::Change;
+use crate::sink::ColumnAlter;
 use crate::sink::types::Kind;
 use crate::sink::types::repr_fits;
 use crate::source::{self, AddedValue};
@@ -399,7 +400,13 @@ impl Worker {
             let ty = to.ch_type(nullable && to.can_be_nullable());
             let sql = ends
                 .ch
-                .modify_column(dest, &col.name, &ty)
+                .alter_column(
+                    dest,
+                    ColumnAlter::Modify {
+                        column: &col.name,
+                        ch_type: &ty,
+                    },
+                )
                 .await
                 .map_err(schema_failure)?;
             let mut ev = event(SchemaChangeKind::RetypeColumn, &src.name);
@@ -597,7 +604,7 @@ impl Worker {
                         if drop_dropped {
                             let mut done = Vec::new();
                             for t in &targets {
-                                done.push(ends.ch.drop_column(t, &name).await?);
+                                done.push(ends.ch.alter_column(t, ColumnAlter::Drop(&name)).await?);
                             }
                             ev.clickhouse = done.join("; ");
                         } else {
@@ -605,7 +612,11 @@ impl Worker {
                             // Marked, so a column added later under
                             // this name is not taken for it.
                             for t in &targets {
-                                ends.ch.comment_column(t, &name, DROPPED_MARK).await?;
+                                let mark = ColumnAlter::Comment {
+                                    column: &name,
+                                    comment: DROPPED_MARK,
+                                };
+                                ends.ch.alter_column(t, mark).await?;
                             }
                             ev.destination_column = name.clone();
                             ev.clickhouse = if ty.contains("Nullable(") {
@@ -646,9 +657,13 @@ impl Worker {
                                     }
                                     // Renamed before a crash.
                                     (false, true) => done.push(format!("{t}: already renamed")),
-                                    _ => done.push(
-                                        ends.ch.rename_column(t, &old.name, &new.name).await?,
-                                    ),
+                                    _ => done.push({
+                                        let rename = ColumnAlter::Rename {
+                                            from: &old.name,
+                                            to: &new.name,
+                                        };
+                                        ends.ch.alter_column(t, rename).await?
+                                    }),
                                 }
                             }
                             ev.destination_column = new.name.clone();
@@ -701,7 +716,13 @@ impl Worker {
                                 } else {
                                     done.push(
                                         ends.ch
-                                            .modify_column(t, &name, &ty)
+                                            .alter_column(
+                                                t,
+                                                ColumnAlter::Modify {
+                                                    column: &name,
+                                                    ch_type: &ty,
+                                                },
+                                            )
                                             .await
                                             .map_err(schema_failure)?,
                                     );

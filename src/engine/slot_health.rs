@@ -408,8 +408,9 @@ mod tests {
             }
         }
 
-        /// One sample at `secs`, confirmed at `confirmed`, WAL at `wal`.
-        fn at(&mut self, secs: u64, confirmed: u64, wal: u64, status: &str) -> Vec<String> {
+        /// One sample at `secs`, confirmed at `confirmed`, WAL at `wal`:
+        /// what it records, `; `-separated ("" for nothing).
+        fn at(&mut self, secs: u64, confirmed: u64, wal: u64, status: &str) -> String {
             self.sample(secs, confirmed, wal, status, false)
         }
 
@@ -420,7 +421,7 @@ mod tests {
             wal: u64,
             status: &str,
             paused: bool,
-        ) -> Vec<String> {
+        ) -> String {
             let s = Sample {
                 at: self.t0 + Duration::from_secs(secs),
                 wal_status: status.into(),
@@ -441,12 +442,9 @@ mod tests {
                     }
                     _ => unreachable!(),
                 })
-                .collect()
+                .collect::<Vec<_>>()
+                .join("; ")
         }
-    }
-
-    fn one(s: &str) -> Vec<String> {
-        vec![s.to_owned()]
     }
 
     #[test]
@@ -455,17 +453,14 @@ mod tests {
         assert!(r.at(0, 100, 500, "reserved").is_empty());
         assert_eq!(
             r.at(1, 100, 1200, "reserved"),
-            one("warn SLOT_WARNING_KIND_LAG reserved")
+            "warn SLOT_WARNING_KIND_LAG reserved"
         );
         assert!(r.at(2, 100, 5000, "reserved").is_empty(), "not repeated");
         assert!(
             r.at(3, 4050, 5000, "reserved").is_empty(),
             "950 is still within 90%"
         );
-        assert_eq!(
-            r.at(4, 5000, 5000, "reserved"),
-            one("ok SLOT_WARNING_KIND_LAG")
-        );
+        assert_eq!(r.at(4, 5000, 5000, "reserved"), "ok SLOT_WARNING_KIND_LAG");
         assert!(r.at(5, 5000, 5100, "reserved").is_empty());
     }
 
@@ -479,12 +474,12 @@ mod tests {
         assert!(r.at(130, 100, 200, "reserved").is_empty());
         assert_eq!(
             r.at(180, 100, 300, "reserved"),
-            one("warn SLOT_WARNING_KIND_STALLED reserved")
+            "warn SLOT_WARNING_KIND_STALLED reserved"
         );
         assert!(r.at(240, 100, 400, "reserved").is_empty(), "not repeated");
         assert_eq!(
             r.at(250, 350, 400, "reserved"),
-            one("ok SLOT_WARNING_KIND_STALLED")
+            "ok SLOT_WARNING_KIND_STALLED"
         );
     }
 
@@ -503,18 +498,18 @@ mod tests {
         assert!(r.sample(500, 100, 900, "reserved", true).is_empty());
         assert_eq!(
             r.sample(600, 100, 1500, "reserved", true),
-            one("warn SLOT_WARNING_KIND_LAG reserved")
+            "warn SLOT_WARNING_KIND_LAG reserved"
         );
         // Resumed: the stall clock starts at the resume, not the pause.
         assert!(r.at(610, 100, 1500, "reserved").is_empty());
         assert_eq!(
             r.at(680, 100, 1500, "reserved"),
-            Vec::<String>::new(),
+            "",
             "the WAL did not move since the resume"
         );
         assert_eq!(
             r.at(690, 100, 1600, "reserved"),
-            one("warn SLOT_WARNING_KIND_STALLED reserved")
+            "warn SLOT_WARNING_KIND_STALLED reserved"
         );
     }
 
@@ -525,25 +520,25 @@ mod tests {
         assert!(r.at(1, 100, 100, "extended").is_empty(), "extended is fine");
         assert_eq!(
             r.at(2, 100, 100, "unreserved"),
-            one("warn SLOT_WARNING_KIND_WAL_STATUS unreserved")
+            "warn SLOT_WARNING_KIND_WAL_STATUS unreserved"
         );
         assert!(r.at(3, 100, 100, "unreserved").is_empty(), "not repeated");
         assert_eq!(
             r.at(4, 100, 100, "reserved"),
-            one("ok SLOT_WARNING_KIND_WAL_STATUS")
+            "ok SLOT_WARNING_KIND_WAL_STATUS"
         );
         assert_eq!(
             r.at(5, 100, 100, "unreserved"),
-            one("warn SLOT_WARNING_KIND_WAL_STATUS unreserved")
+            "warn SLOT_WARNING_KIND_WAL_STATUS unreserved"
         );
         assert_eq!(
             r.at(6, 100, 100, "lost"),
-            one("warn SLOT_WARNING_KIND_WAL_STATUS lost"),
+            "warn SLOT_WARNING_KIND_WAL_STATUS lost",
             "unreserved -> lost is recorded"
         );
         assert_eq!(
             r.at(7, 0, 100, "missing"),
-            one("warn SLOT_WARNING_KIND_WAL_STATUS missing")
+            "warn SLOT_WARNING_KIND_WAL_STATUS missing"
         );
     }
 
@@ -553,19 +548,11 @@ mod tests {
         assert!(r.at(0, 100, 100, "reserved").is_empty());
         assert_eq!(
             r.at(61, 100, 2000, "unreserved"),
-            vec![
-                "warn SLOT_WARNING_KIND_WAL_STATUS unreserved".to_owned(),
-                "warn SLOT_WARNING_KIND_LAG unreserved".to_owned(),
-                "warn SLOT_WARNING_KIND_STALLED unreserved".to_owned(),
-            ]
+            "warn SLOT_WARNING_KIND_WAL_STATUS unreserved; warn SLOT_WARNING_KIND_LAG unreserved; warn SLOT_WARNING_KIND_STALLED unreserved"
         );
         assert_eq!(
             r.at(62, 2000, 2000, "reserved"),
-            vec![
-                "ok SLOT_WARNING_KIND_WAL_STATUS".to_owned(),
-                "ok SLOT_WARNING_KIND_LAG".to_owned(),
-                "ok SLOT_WARNING_KIND_STALLED".to_owned(),
-            ]
+            "ok SLOT_WARNING_KIND_WAL_STATUS; ok SLOT_WARNING_KIND_LAG; ok SLOT_WARNING_KIND_STALLED"
         );
     }
 
@@ -590,10 +577,7 @@ mod tests {
         assert!(r.at(0, 100, 5000, "reserved").is_empty());
         assert_eq!(
             r.at(1, 5000, 5000, "reserved"),
-            vec![
-                "ok SLOT_WARNING_KIND_LAG".to_owned(),
-                "ok SLOT_WARNING_KIND_STALLED".to_owned(),
-            ]
+            "ok SLOT_WARNING_KIND_LAG; ok SLOT_WARNING_KIND_STALLED"
         );
     }
 

@@ -311,25 +311,18 @@ impl ChSink {
         Ok(sql)
     }
 
-    /// `ALTER TABLE DROP COLUMN IF EXISTS`; returns the statement run.
-    pub async fn drop_column(&self, table: &str, column: &str) -> Result<String, SinkError> {
-        let change = format!("DROP COLUMN IF EXISTS {}", quote_ident(column));
-        self.alter_schema(table, change).await
-    }
-
-    /// `ALTER TABLE RENAME COLUMN IF EXISTS`; returns the statement run.
-    pub async fn rename_column(
+    /// `ALTER TABLE <table> <change>` of one column; returns the statement
+    /// run.
+    pub async fn alter_column(
         &self,
         table: &str,
-        from: &str,
-        to: &str,
+        change: ColumnAlter<'_>,
     ) -> Result<String, SinkError> {
-        let change = format!(
-            "RENAME COLUMN IF EXISTS {} TO {}",
-            quote_ident(from),
-            quote_ident(to)
-        );
-        self.alter_schema(table, change).await
+        if change.changes_schema() {
+            self.alter_schema(table, change.sql()).await
+        } else {
+            self.alter(table, change.sql()).await
+        }
     }
 
     /// Each column's comment (`system.columns.comment`), by name.
@@ -346,29 +339,6 @@ impl ChSink {
             .await
             .map_err(|e| self.map_err(e))?;
         Ok(rows.into_iter().collect())
-    }
-
-    /// `ALTER TABLE COMMENT COLUMN IF EXISTS`; returns the statement run.
-    pub async fn comment_column(
-        &self,
-        table: &str,
-        column: &str,
-        comment: &str,
-    ) -> Result<String, SinkError> {
-        let comment = super::ident::quote_literal(comment.as_bytes());
-        let change = format!("COMMENT COLUMN IF EXISTS {} {comment}", quote_ident(column));
-        self.alter(table, change).await
-    }
-
-    /// `ALTER TABLE MODIFY COLUMN` to `ch_type`; returns the statement run.
-    pub async fn modify_column(
-        &self,
-        table: &str,
-        column: &str,
-        ch_type: &str,
-    ) -> Result<String, SinkError> {
-        let change = format!("MODIFY COLUMN {} {ch_type}", quote_ident(column));
-        self.alter_schema(table, change).await
     }
 
     /// Resync step 4: copies the soft-deleted keys of `original` into
@@ -518,6 +488,61 @@ impl ChSink {
             "transferred soft-deleted rows"
         );
         Ok(written)
+    }
+}
+
+/// One column change of `ALTER TABLE` (what a source schema change becomes
+/// in ClickHouse); every form is idempotent where ClickHouse allows it.
+#[derive(Debug, Clone, Copy)]
+pub enum ColumnAlter<'a> {
+    /// `DROP COLUMN IF EXISTS`.
+    Drop(&'a str),
+    /// `RENAME COLUMN IF EXISTS from TO to`.
+    Rename {
+        /// The column's name now.
+        from: &'a str,
+        /// Its new name.
+        to: &'a str,
+    },
+    /// `COMMENT COLUMN IF EXISTS` (names and types stay).
+    Comment {
+        /// The column.
+        column: &'a str,
+        /// The comment, as text.
+        comment: &'a str,
+    },
+    /// `MODIFY COLUMN` to another type.
+    Modify {
+        /// The column.
+        column: &'a str,
+        /// Its new ClickHouse type.
+        ch_type: &'a str,
+    },
+}
+
+impl ColumnAlter<'_> {
+    fn sql(&self) -> String {
+        match *self {
+            Self::Drop(column) => format!("DROP COLUMN IF EXISTS {}", quote_ident(column)),
+            Self::Rename { from, to } => format!(
+                "RENAME COLUMN IF EXISTS {} TO {}",
+                quote_ident(from),
+                quote_ident(to)
+            ),
+            Self::Comment { column, comment } => format!(
+                "COMMENT COLUMN IF EXISTS {} {}",
+                quote_ident(column),
+                super::ident::quote_literal(comment.as_bytes())
+            ),
+            Self::Modify { column, ch_type } => {
+                format!("MODIFY COLUMN {} {ch_type}", quote_ident(column))
+            }
+        }
+    }
+
+    /// Whether a column's name or type changes (the cached schema goes).
+    fn changes_schema(&self) -> bool {
+        !matches!(self, Self::Comment { .. })
     }
 }
 

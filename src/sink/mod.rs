@@ -32,7 +32,7 @@ use serde::Deserialize;
 
 pub(crate) use apply::{ApplyTo, Change, RowLookup};
 pub use codec::civil_from_days;
-pub use ddl::CreateMode;
+pub use ddl::{ColumnAlter, CreateMode};
 pub use error::SinkError;
 pub use ident::quote_ident;
 pub use types::clickhouse_type;

@@ -69,17 +69,6 @@ pub struct TableWriter {
     failed: Option<String>,
 }
 
-impl std::fmt::Debug for TableWriter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TableWriter")
-            .field("table", &self.table)
-            .field("rows", &self.rows)
-            .field("bytes", &self.bytes)
-            .field("failed", &self.failed)
-            .finish_non_exhaustive()
-    }
-}
-
 fn now_micros() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -141,6 +130,16 @@ impl ChSink {
             started: Instant::now(),
             failed: None,
         })
+    }
+}
+
+impl std::fmt::Debug for TableWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Rows and bytes are in the error a failed insert returns.
+        f.debug_struct("TableWriter")
+            .field("table", &self.table)
+            .field("failed", &self.failed)
+            .finish_non_exhaustive()
     }
 }
 

@@ -28,13 +28,17 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, SignatureScheme};
+use rustls::{CertificateError, ClientConfig, DigitallySignedStruct as Dss, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::Socket;
 use tokio_postgres::config::SslMode as WireMode;
 use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream};
 
 pub use crate::domain::conn::{SslMode, TlsParams, split_tls};
+
+type CertDer<'a> = CertificateDer<'a>;
+/// What a handshake signature check answers.
+type SignatureCheck = Result<HandshakeSignatureValid, rustls::Error>;
 
 /// What tokio-postgres is told: it knows only whether TLS is off, tried or
 /// required; the verifying modes are this module's own verifier.
@@ -130,24 +134,14 @@ impl ServerCertVerifier for NoNameCheck {
     }
 
     // The same algorithms webpki checks with: both come from `provider`.
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls12_signature(&self, msg: &[u8], cert: &CertDer<'_>, dss: &Dss) -> SignatureCheck {
         let algs = &self.provider.signature_verification_algorithms;
-        rustls::crypto::verify_tls12_signature(message, cert, dss, algs)
+        rustls::crypto::verify_tls12_signature(msg, cert, dss, algs)
     }
 
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(&self, msg: &[u8], cert: &CertDer<'_>, dss: &Dss) -> SignatureCheck {
         let algs = &self.provider.signature_verification_algorithms;
-        rustls::crypto::verify_tls13_signature(message, cert, dss, algs)
+        rustls::crypto::verify_tls13_signature(msg, cert, dss, algs)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

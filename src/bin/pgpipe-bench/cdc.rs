@@ -12,10 +12,9 @@ use pgpipe::proto::{
 };
 use tokio::task::JoinHandle;
 
-use crate::machine::{Footprint, rss_mb};
-use crate::peers::{CpuSplit, Peers, ch_client, ch_exec, dev_env, pg_connect, settle, unique_name};
+use crate::peers::{CpuSplit, Footprint, Peers, ch_exec, pg_connect, settle, unique_name};
 use crate::pgpipe_server::{Server, get_pipe, toggle, wait_cdc};
-use crate::report::{Lat, Output, fmt_rate, lat, ms, print_grid, print_header, progress, row, x};
+use crate::report::{Lat, Output, fmt_rate, lat, ms, print_grid, progress, row, x};
 use crate::{Client, Res};
 
 #[derive(Args)]
@@ -462,7 +461,6 @@ async fn cdc_big_tx(
 }
 
 pub(crate) async fn cdc(args: CdcArgs) -> Res<()> {
-    let (pg_url, ch_url) = dev_env()?;
     let rates = if args.quick {
         vec![2000, 0]
     } else {
@@ -472,15 +470,14 @@ pub(crate) async fn cdc(args: CdcArgs) -> Res<()> {
     if rates.is_empty() || secs <= 0.0 || args.writers == 0 {
         return Err("--rates, --secs and --writers must be set and positive".into());
     }
-    let (base, m) = args.out.base()?;
-    let started = Instant::now();
-    progress(format!(
-        "cdc: rates {rates:?} rows/s, {secs} s each, {} writers, on {} cores",
-        args.writers, m.cores
-    ));
-    let pg = pg_connect(&pg_url).await?;
-    let ch = ch_client(&ch_url);
-    let peers = Peers::find(&pg, &ch_url).await;
+    let (s, pg, ch) = args
+        .out
+        .start(format!(
+            "cdc: rates {rates:?} rows/s, {secs} s each, {} writers",
+            args.writers
+        ))
+        .await?;
+    let peers = Peers::find(&pg, &s.ch_url).await;
     let schema = unique_name("bench_cdc");
     pg.batch_execute(&format!(
         "CREATE SCHEMA {schema};
@@ -491,7 +488,7 @@ pub(crate) async fn cdc(args: CdcArgs) -> Res<()> {
          CREATE PUBLICATION {schema}_raw FOR TABLE {schema}.t, {schema}.probe;"
     ))
     .await?;
-    let srv = Server::start_with(&base, true).await?;
+    let srv = Server::start_with(&s.base, true).await?;
     let mut c = PipeServiceClient::new(srv.channel().await?);
     let db = schema.clone();
     let name = db.replace('_', "-");
@@ -502,11 +499,11 @@ pub(crate) async fn cdc(args: CdcArgs) -> Res<()> {
     c.create_pipe(CreatePipeRequest {
         name: name.clone(),
         source: Some(SourceConfig {
-            connection_string: pg_url.clone(),
+            connection_string: s.pg_url.clone(),
             password: String::new(),
         }),
         destination: Some(DestinationConfig {
-            url: ch_url.clone(),
+            url: s.ch_url.clone(),
             database: db.clone(),
             user: "default".into(),
             password: String::new(),
@@ -529,7 +526,7 @@ pub(crate) async fn cdc(args: CdcArgs) -> Res<()> {
 
     let mut runs = Vec::new();
     let setup = Setup {
-        pg_url: &pg_url,
+        pg_url: &s.pg_url,
         ch: &ch,
         schema: &schema,
         db: &db,
@@ -564,7 +561,7 @@ pub(crate) async fn cdc(args: CdcArgs) -> Res<()> {
     };
     let mut bigs = Vec::new();
     for rows in sizes {
-        let b = cdc_big_tx(&pg_url, &ch, &schema, &db, rows, &peers).await?;
+        let b = cdc_big_tx(&s.pg_url, &ch, &schema, &db, rows, &peers).await?;
         progress(format!(
             "one {rows}-row transaction: visible {:.2} s after its commit, raw decode {:.2} s, peak RSS {:.0} MB",
             b.visible_secs, b.raw_secs, b.peak_mb
@@ -748,10 +745,7 @@ pub(crate) async fn cdc(args: CdcArgs) -> Res<()> {
         );
     }
 
-    let total = started.elapsed();
-    let peak = rss_mb().1;
-    println!();
-    print_header("cdc", args.quick, &m);
+    let (total, peak, machine) = s.finish("cdc", args.quick);
     println!(
         "{} writers, transactions of 6 inserts + 3 updates + 1 delete, {secs} s per rate; \
          cdc_sync_interval_ms {}; latency = probe row commit in Postgres -> visible in ClickHouse (10 ms polls)",
@@ -765,7 +759,7 @@ pub(crate) async fn cdc(args: CdcArgs) -> Res<()> {
     args.out.write_json(serde_json::json!({
         "benchmark": "cdc",
         "quick": args.quick,
-        "machine": m,
+        "machine": machine,
         "rates": rates,
         "secs": secs,
         "writers": args.writers,

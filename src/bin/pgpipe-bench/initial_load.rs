@@ -13,14 +13,12 @@ use pgpipe::proto::{
 };
 use serde::Serialize;
 
-use crate::machine::{Footprint, rss_mb, tempdir_in};
+use crate::machine::tempdir_in;
 use crate::peers::{
-    CpuSplit, Peers, ch_client, ch_count, ch_exec, dev_env, pg_connect, settle, unique_name,
+    CpuSplit, Footprint, Peers, ch_client, ch_count, ch_exec, pg_connect, settle, unique_name,
 };
 use crate::pgpipe_server::{Server, get_pipe, wait_cdc};
-use crate::report::{
-    Output, Row, fmt_rate, fmt_secs, goal, print_grid, print_header, progress, row, x,
-};
+use crate::report::{Output, Row, fmt_rate, fmt_secs, goal, print_grid, progress, row, x};
 use crate::{Client, Res};
 
 #[derive(Args)]
@@ -450,22 +448,17 @@ fn load_row(section: &str, name: &str, baseline: bool, l: &Load, mb: f64, vs: St
 }
 
 pub(crate) async fn initial_load(args: IlArgs) -> Res<()> {
-    let (pg_url, ch_url) = dev_env()?;
     let rows = args
         .rows
         .unwrap_or(if args.quick { 200_000 } else { 5_000_000 });
     if rows == 0 || args.parallelism.is_empty() || args.parallelism.contains(&0) {
         return Err("--rows and every --parallelism must be > 0".into());
     }
-    let (base, m) = args.out.base()?;
-    let started = Instant::now();
-    progress(format!(
-        "initial-load of {rows} rows, parallelism {:?}, on {} cores",
-        args.parallelism, m.cores
-    ));
-
-    let pg = pg_connect(&pg_url).await?;
-    let ch = ch_client(&ch_url);
+    let what = format!(
+        "initial-load of {rows} rows, parallelism {:?}",
+        args.parallelism
+    );
+    let (s, pg, ch) = args.out.start(what).await?;
     let schema = unique_name("bench_il");
     make_source(&pg, &schema, rows).await?;
     let rel_bytes = pg
@@ -478,7 +471,7 @@ pub(crate) async fn initial_load(args: IlArgs) -> Res<()> {
     let rel_mb = rel_bytes as f64 / 1e6;
     progress(format!("source {schema}.t: {rows} rows, {rel_mb:.1} MB"));
 
-    let peers = Peers::find(&pg, &ch_url).await;
+    let peers = Peers::find(&pg, &s.ch_url).await;
     let mut feet: Vec<(String, CpuSplit, f64, f64)> = Vec::new();
     // A baseline's CPU split (no RSS: pgpipe is not running), and its time.
     let base_done = |feet: &mut Vec<_>, name: &str, c0: CpuSplit, l: &Load| {
@@ -487,10 +480,10 @@ pub(crate) async fn initial_load(args: IlArgs) -> Res<()> {
     };
 
     // (a) warm once (untimed), then measure.
-    copy_out_binary(&pg_url, &schema).await?;
+    copy_out_binary(&s.pg_url, &schema).await?;
     settle(&ch).await?;
     let c0 = peers.now();
-    let (a, copy_bytes) = copy_out_binary(&pg_url, &schema).await?;
+    let (a, copy_bytes) = copy_out_binary(&s.pg_url, &schema).await?;
     base_done(&mut feet, "(a) COPY binary", c0, &a);
 
     let mut runs: Vec<(u32, Load)> = Vec::new();
@@ -502,9 +495,9 @@ pub(crate) async fn initial_load(args: IlArgs) -> Res<()> {
         // The last (usually the widest) load is resynced too.
         settle(&ch).await?;
         let setup = Setup {
-            base: &base,
-            pg_url: &pg_url,
-            ch_url: &ch_url,
+            base: &s.base,
+            pg_url: &s.pg_url,
+            ch_url: &s.ch_url,
             schema: &schema,
             rows,
             peers: &peers,
@@ -543,7 +536,7 @@ pub(crate) async fn initial_load(args: IlArgs) -> Res<()> {
     }
 
     // (b) RowBinary file exported (untimed) from the first pgpipe load.
-    let tmp = tempdir_in(&base)?;
+    let tmp = tempdir_in(&s.base)?;
     let file = tmp.path().join("t.rowbinary");
     {
         let mut cur = ch
@@ -558,17 +551,17 @@ pub(crate) async fn initial_load(args: IlArgs) -> Res<()> {
     let rb_bytes = std::fs::metadata(&file)?.len();
     let db_b = like_first_load(&ch, &dbs[0], "bench_il_b").await?;
     let c0 = peers.now();
-    let b = post_rowbinary(&ch_url, &file, &db_b, rows).await?;
+    let b = post_rowbinary(&s.ch_url, &file, &db_b, rows).await?;
     base_done(&mut feet, "(b) RowBinary POST", c0, &b);
 
     let db_c = like_first_load(&ch, &dbs[0], "bench_il_c").await?;
     let c0 = peers.now();
-    let c = psql_curl(&pg_url, &ch_url, &schema, &db_c, rows).await?;
+    let c = psql_curl(&s.pg_url, &s.ch_url, &schema, &db_c, rows).await?;
     base_done(&mut feet, "(c) psql | curl", c0, &c);
 
     let db_d = like_first_load(&ch, &dbs[0], "bench_il_d").await?;
     let c0 = peers.now();
-    let d = ch_pull(&pg_url, &ch_url, &schema, &db_d, rows).await?;
+    let d = ch_pull(&s.pg_url, &s.ch_url, &schema, &db_d, rows).await?;
     base_done(&mut feet, "(d) postgresql()", c0, &d);
 
     // Table.
@@ -690,8 +683,8 @@ pub(crate) async fn initial_load(args: IlArgs) -> Res<()> {
                 format!(
                     "{}; {:.0}% of {} cores busy",
                     cpu.show(),
-                    100.0 * (cpu.pgpipe + cpu.pg + cpu.ch) / (secs * m.cores as f64),
-                    m.cores
+                    100.0 * (cpu.pgpipe + cpu.pg + cpu.ch) / (secs * s.cores() as f64),
+                    s.cores()
                 ),
             )
             .val("peak_rss_mb", *peak)
@@ -702,14 +695,11 @@ pub(crate) async fn initial_load(args: IlArgs) -> Res<()> {
         );
     }
 
-    let total = started.elapsed();
-    let peak = rss_mb().1;
-    println!();
-    print_header("initial-load", args.quick, &m);
+    let (total, peak, machine) = s.finish("initial-load", args.quick);
     println!(
         "source {schema}.t: {rows} rows (id bigint PK, numeric(12,2), text ~96 chars, timestamptz, jsonb, int); \
          load average at start {}",
-        m.loadavg_at_start
+        machine.loadavg_at_start
     );
     println!(
         "MB/s = pg_total_relation_size ({rel_mb:.1} MB, heap+toast+PK index) / time; \
@@ -730,7 +720,7 @@ pub(crate) async fn initial_load(args: IlArgs) -> Res<()> {
     args.out.write_json(serde_json::json!({
         "benchmark": "initial-load",
         "quick": args.quick,
-        "machine": m,
+        "machine": machine,
         "rows": rows,
         "parallelism": args.parallelism,
         "relation_bytes": rel_bytes,

@@ -6,7 +6,6 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use crate::Res;
-use crate::peers::{CpuSplit, Peers};
 
 /// Current and peak resident set size of this process, in MB (Linux).
 pub(crate) fn rss_mb() -> (f64, f64) {
@@ -30,30 +29,6 @@ pub(crate) fn cpu_secs() -> f64 {
     let f: Vec<&str> = rest.split_whitespace().collect();
     let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     (tick(11) + tick(12)) / 100.0
-}
-
-/// Footprint of one scenario: peak RSS (reset at the start, Linux's
-/// clear_refs) and CPU seconds of this process, which hosts the service.
-pub(crate) struct Footprint<'p> {
-    peers: &'p Peers,
-    cpu0: CpuSplit,
-}
-
-impl Footprint<'_> {
-    pub(crate) fn start(peers: &Peers) -> Footprint<'_> {
-        // "5" resets the peak RSS (VmHWM) to the current RSS.
-        let _ = std::fs::write("/proc/self/clear_refs", "5");
-        Footprint {
-            peers,
-            cpu0: peers.now(),
-        }
-    }
-
-    /// (CPU seconds used by each side, peak RSS of this process in MB)
-    /// since start.
-    pub(crate) fn end(&self) -> (CpuSplit, f64) {
-        (self.peers.now() - self.cpu0, rss_mb().1)
-    }
 }
 
 /// (utime + stime, cutime + cstime) of a process, in seconds.

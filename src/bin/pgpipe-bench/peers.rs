@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use crate::Res;
-use crate::machine::{all_pids, cpu_secs, proc_cpu, proc_ppid};
+use crate::machine::{all_pids, cpu_secs, proc_cpu, proc_ppid, rss_mb};
 
 /// The dev env's peers, to charge CPU time to each side: Postgres' postmaster
 /// (its children's time lands in its cutime when they exit) and the
@@ -154,4 +154,28 @@ pub(crate) async fn settle(ch: &clickhouse::Client) -> Res<()> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     Ok(())
+}
+
+/// Footprint of one scenario: peak RSS (reset at the start, Linux's
+/// clear_refs) and CPU seconds of this process, which hosts the service.
+pub(crate) struct Footprint<'p> {
+    peers: &'p Peers,
+    cpu0: CpuSplit,
+}
+
+impl Footprint<'_> {
+    pub(crate) fn start(peers: &Peers) -> Footprint<'_> {
+        // "5" resets the peak RSS (VmHWM) to the current RSS.
+        let _ = std::fs::write("/proc/self/clear_refs", "5");
+        Footprint {
+            peers,
+            cpu0: peers.now(),
+        }
+    }
+
+    /// (CPU seconds used by each side, peak RSS of this process in MB)
+    /// since start.
+    pub(crate) fn end(&self) -> (CpuSplit, f64) {
+        (self.peers.now() - self.cpu0, rss_mb().1)
+    }
 }

@@ -2,12 +2,43 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use crate::Res;
 use crate::machine::{Machine, machine, rss_mb};
+use crate::peers::{ch_client, dev_env, pg_connect};
+
+/// What a scenario starts from: the dev environment's databases, where its
+/// data goes, the machine it runs on, and its clock.
+pub(crate) struct Start {
+    /// The dev env's Postgres.
+    pub(crate) pg_url: String,
+    /// The dev env's ClickHouse (HTTP).
+    pub(crate) ch_url: String,
+    /// Where data directories go.
+    pub(crate) base: PathBuf,
+    machine: Machine,
+    started: Instant,
+}
+
+impl Start {
+    /// The scenario's end: prints the header of its table; answers how long
+    /// it ran, this process's peak RSS (MB) and the machine.
+    pub(crate) fn finish(&self, scenario: &str, quick: bool) -> (Duration, f64, &Machine) {
+        let total = self.started.elapsed();
+        let peak = rss_mb().1;
+        println!();
+        print_header(scenario, quick, &self.machine);
+        (total, peak, &self.machine)
+    }
+
+    /// How many cores the machine has.
+    pub(crate) fn cores(&self) -> usize {
+        self.machine.cores
+    }
+}
 
 /// Where every scenario keeps its data and writes its results.
 #[derive(clap::Args)]
@@ -27,6 +58,28 @@ impl Output {
         std::fs::create_dir_all(&base)?;
         let m = machine(&base);
         Ok((base, m))
+    }
+
+    /// Starts a scenario: says what it runs (`what`, and on how many cores)
+    /// and connects to Postgres and ClickHouse.
+    pub(crate) async fn start(
+        &self,
+        what: String,
+    ) -> Res<(Start, tokio_postgres::Client, clickhouse::Client)> {
+        let (pg_url, ch_url) = dev_env()?;
+        let (base, machine) = self.base()?;
+        let started = Instant::now();
+        progress(format!("{what}, on {} cores", machine.cores));
+        let pg = pg_connect(&pg_url).await?;
+        let ch = ch_client(&ch_url);
+        let start = Start {
+            pg_url,
+            ch_url,
+            base,
+            machine,
+            started,
+        };
+        Ok((start, pg, ch))
     }
 
     /// Writes `doc` to the --json file, if one was given.

@@ -160,7 +160,7 @@ fn create_and_resync_take_column_types() {
         panic!()
     };
     assert_eq!(
-        r.types,
+        r.columns.types,
         [(
             "people".to_string(),
             vec![("born".to_string(), "String".to_string())]

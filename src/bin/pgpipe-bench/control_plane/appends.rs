@@ -7,11 +7,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use pgpipe::domain::projection::Projection;
 use pgpipe::proto::{PipeCreated, PipePaused, PipeResumed, event::Payload};
-use pgpipe::store::EventLog;
 use pgpipe::store::event_log::new_event;
 use prost::Message;
 
-use crate::control_plane::replay::pipe_config;
+use crate::control_plane::replay::{open_log, pipe_config};
 use crate::control_plane::{Params, create_req};
 use crate::machine::tempdir_in;
 use crate::pgpipe_server::{Server, toggle};
@@ -70,13 +69,6 @@ async fn raw_sled(base: &Path, flush: bool, secs: f64, cap: u64) -> Res<(f64, La
     drop(tree);
     db.flush_async().await?;
     Ok((rate, lat(lats)))
-}
-
-pub(crate) async fn open_log(dir: &Path) -> Res<Arc<EventLog>> {
-    let d = dir.to_owned();
-    let log = tokio::task::spawn_blocking(move || EventLog::open(&d)).await??;
-    log.replay(|_| {})?;
-    Ok(log)
 }
 
 /// Appends on `streams` streams concurrently (one appender each) for

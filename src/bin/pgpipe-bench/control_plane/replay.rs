@@ -16,10 +16,17 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::Res;
-use crate::control_plane::appends::open_log;
 use crate::control_plane::{Params, create_req, table_name};
 use crate::machine::{rss_mb, tempdir_in};
 use crate::report::{Row, fmt_rate, progress, row};
+
+/// Opens the log in `dir` and replays it (as the service does at start-up).
+pub(crate) async fn open_log(dir: &Path) -> Res<Arc<EventLog>> {
+    let d = dir.to_owned();
+    let log = tokio::task::spawn_blocking(move || EventLog::open(&d)).await??;
+    log.replay(|_| {})?;
+    Ok(log)
+}
 
 pub(crate) fn pipe_config(tables: usize) -> PipeConfig {
     let req = create_req("x", tables);
