@@ -32,6 +32,9 @@ pub(crate) struct CdcArgs {
     /// The pipe's cdc_sync_interval_ms.
     #[arg(long, default_value_t = 200)]
     sync_ms: u32,
+    /// The pipe's cdc_batch_size (rows).
+    #[arg(long, default_value_t = 10_000)]
+    batch_size: u32,
     /// Sizes of the single-transaction runs (rows inserted by one
     /// transaction), comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1000000,5000000")]
@@ -513,7 +516,7 @@ pub(crate) async fn cdc(args: CdcArgs) -> Res<()> {
         settings: Some(PipeSettings {
             snapshot_parallelism: 2,
             snapshot_rows_per_partition: 0,
-            cdc_batch_size: 10_000,
+            cdc_batch_size: args.batch_size,
             cdc_sync_interval_ms: args.sync_ms,
             ..Default::default()
         }),
@@ -748,8 +751,8 @@ pub(crate) async fn cdc(args: CdcArgs) -> Res<()> {
     let (total, peak, machine) = s.finish("cdc", args.quick);
     println!(
         "{} writers, transactions of 6 inserts + 3 updates + 1 delete, {secs} s per rate; \
-         cdc_sync_interval_ms {}; latency = probe row commit in Postgres -> visible in ClickHouse (10 ms polls)",
-        args.writers, args.sync_ms
+         cdc_sync_interval_ms {}, cdc_batch_size {}; latency = probe row commit in Postgres -> visible in ClickHouse (10 ms polls)",
+        args.writers, args.sync_ms, args.batch_size
     );
     print_grid(&out);
     println!(
