@@ -17,7 +17,7 @@
 /// leaves holes the heap keeps. A fixed threshold keeps large buffers in
 /// mmaps of their own, returned on free. Call it before the runtime starts
 /// its threads.
-pub fn limit_arenas() {
+pub fn tune_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         let set = |env: &str, param: libc::c_int, value: libc::c_int| {

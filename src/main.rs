@@ -95,7 +95,7 @@ fn init_tracing(level: &str, json: bool) {
 }
 
 fn main() -> ExitCode {
-    pgpipe::alloc::limit_arenas();
+    pgpipe::alloc::tune_malloc();
     match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -21,10 +21,9 @@ use crate::domain::columns;
 use crate::model::{ColumnRepr, Lsn, Relation, SourceColumn};
 use crate::proto::event::Payload;
 use crate::proto::{SchemaChangeKind, SchemaChanged, TableFailed};
-use crate::sink::Change;
-use crate::sink::ColumnAlter;
 use crate::sink::types::Kind;
 use crate::sink::types::repr_fits;
+use crate::sink::{Change, ColumnAlter};
 use crate::source::{self, AddedValue};
 
 use super::cdc::{Route, Routes, Side, TableColumns};

@@ -81,7 +81,7 @@ enum Cmd {
 
 fn main() -> Res<()> {
     // The allocator as the service has it (RSS figures).
-    pgpipe::alloc::limit_arenas();
+    pgpipe::alloc::tune_malloc();
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::ControlPlane(args) => {
