@@ -79,39 +79,28 @@ enum Cmd {
     },
 }
 
+/// The multi-threaded runtime every scenario runs on (the service's kind).
+fn runtime() -> Res<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
 fn main() -> Res<()> {
     // The allocator as the service has it (RSS figures).
     pgpipe::alloc::tune_malloc();
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::ControlPlane(args) => {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(control_plane(args))
-        }
-        Cmd::InitialLoad(args) => {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(initial_load(args))
-        }
-        Cmd::Cdc(args) => {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(cdc(args))
-        }
+        Cmd::ControlPlane(args) => runtime()?.block_on(control_plane(args)),
+        Cmd::InitialLoad(args) => runtime()?.block_on(initial_load(args)),
+        Cmd::Cdc(args) => runtime()?.block_on(cdc(args)),
         Cmd::ReplayWrite {
             dir,
             events,
             pipes,
             batch,
         } => {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            let r = rt.block_on(write_replay_log(&dir, events, pipes, batch))?;
+            let r = runtime()?.block_on(write_replay_log(&dir, events, pipes, batch))?;
             println!("{}", serde_json::to_string(&r)?);
             Ok(())
         }
